@@ -1,10 +1,7 @@
 """pyv4: a quantized local runtime for DeepSeek-V4 with a Python session API."""
 
 from ._core import ContextOverflowError, FormatError, GGUFFile
-try:
-    from .model import Model, Session
-except ImportError:  # engine not built yet
-    pass
+from .model import Model, Session
 
 __all__ = [
     "ContextOverflowError",

@@ -1,4 +1,86 @@
+// Engine and session-state bindings. The GIL is released while the forward
+// pass runs so other Python threads (a UI, a stream reader) keep going.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "model/engine.h"
 #include "python/bindings.h"
+
+namespace py = pybind11;
+
 namespace pyv4 {
-void bind_model(pybind11::module_& m) { (void)m; }
+
+static py::dict config_dict(const ModelConfig& c) {
+  py::dict d;
+  d["vocab_size"] = c.n_vocab;
+  d["context_length"] = c.n_ctx;
+  d["hidden_size"] = c.n_embd;
+  d["num_hidden_layers"] = c.n_layer;
+  d["num_nextn_predict_layers"] = c.n_layer_mtp;
+  d["num_attention_heads"] = c.n_head;
+  d["head_dim"] = c.head_dim;
+  d["qk_rope_head_dim"] = c.rope_dim;
+  d["q_lora_rank"] = c.q_lora_rank;
+  d["o_groups"] = c.o_groups;
+  d["o_lora_rank"] = c.o_lora_rank;
+  d["sliding_window"] = c.window;
+  d["compress_ratios"] = c.compress_ratio;
+  d["rope_theta"] = c.rope_theta;
+  d["compress_rope_theta"] = c.compress_rope_theta;
+  d["yarn_factor"] = c.yarn_factor;
+  d["yarn_original_context"] = c.yarn_orig_ctx;
+  d["index_n_heads"] = c.index_n_head;
+  d["index_head_dim"] = c.index_head_dim;
+  d["index_topk"] = c.index_topk;
+  d["n_routed_experts"] = c.n_expert;
+  d["num_experts_per_tok"] = c.n_expert_used;
+  d["moe_intermediate_size"] = c.n_ff_exp;
+  d["n_shared_experts"] = c.n_expert_shared;
+  d["routed_scaling_factor"] = c.routed_scale;
+  d["norm_topk_prob"] = c.norm_topk;
+  d["swiglu_limit"] = c.swiglu_limit.empty() ? 0.0 : c.swiglu_limit[0];
+  d["num_hash_layers"] = c.n_hash_layers;
+  d["hc_mult"] = c.hc_mult;
+  d["hc_sinkhorn_iters"] = c.hc_sinkhorn_iters;
+  d["hc_eps"] = c.hc_eps;
+  d["rms_norm_eps"] = c.rms_eps;
+  d["bos_token_id"] = c.bos_id;
+  d["eos_token_id"] = c.eos_id;
+  return d;
+}
+
+void bind_model(py::module_& m) {
+  py::class_<KVState>(m, "KVState", "Per-session decode state")
+      .def_property_readonly("n_tokens", &KVState::n_tokens)
+      .def("reset", &KVState::reset);
+
+  py::class_<Engine>(m, "Engine", "A loaded DeepSeek-V4 GGUF")
+      .def(py::init<const std::string&, int>(), py::arg("path"), py::arg("threads") = 0,
+           py::call_guard<py::gil_scoped_release>())
+      .def("config", [](const Engine& e) { return config_dict(e.config()); })
+      .def_property_readonly("n_vocab", [](const Engine& e) { return e.config().n_vocab; })
+      .def_property_readonly("n_ctx", [](const Engine& e) { return e.config().n_ctx; })
+      .def_property_readonly("n_threads", [](Engine& e) { return e.pool().size(); })
+      .def_property_readonly("fingerprint", [](const Engine& e) { return e.file().fingerprint(); })
+      .def("new_session", [](const Engine& e) { return e.new_state(); })
+      .def(
+          "eval",
+          [](Engine& e, KVState& s, py::array_t<int64_t, py::array::c_style | py::array::forcecast> tokens,
+             bool all_logits) {
+            const int64_t n = tokens.size();
+            std::vector<int64_t> ids(tokens.data(), tokens.data() + n);
+            std::vector<float> logits;
+            {
+              py::gil_scoped_release release;
+              logits = e.eval(s, ids.data(), n, all_logits);
+            }
+            const int64_t V = e.config().n_vocab;
+            py::array_t<float> out = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>(V);
+            std::copy(logits.begin(), logits.end(), out.mutable_data());
+            return out;
+          },
+          py::arg("state"), py::arg("tokens"), py::arg("all_logits"));
+}
+
 }  // namespace pyv4

@@ -1,0 +1,71 @@
+#include "model/compressor.h"
+
+#include <cmath>
+#include <vector>
+
+namespace pyv4 {
+
+namespace {
+
+// Emits block b from the raw token projections held in st's tail.
+void emit_block(const ModelConfig& c, const CompressorWeights& w, const RopeTable& rope,
+                int64_t b, CompressorState& st) {
+  const int64_t m = w.ratio, width = w.width;
+  std::vector<float> row(width), slot_kv, slot_g;
+  // Slots per channel: CSA = series A (channels [0, width)) of block b-1's
+  // tokens, then series B (channels [width, 2 width)) of block b's tokens.
+  // Block 0 has no A slots (equivalent to weight 0).
+  struct Slot {
+    int64_t pos, offset;
+  };
+  std::vector<Slot> slots;
+  if (w.overlap && b > 0) {
+    for (int64_t q = (b - 1) * m; q < b * m; ++q) slots.push_back({q, 0});
+  }
+  for (int64_t q = b * m; q < (b + 1) * m; ++q) slots.push_back({q, w.overlap ? width : 0});
+
+  const size_t S = slots.size();
+  std::vector<float> e(S);
+  for (int64_t ch = 0; ch < width; ++ch) {
+    // Softmax over the slots' gate logits, separately for each channel.
+    float mx = -INFINITY;
+    for (size_t s = 0; s < S; ++s) mx = std::max(mx, st.tail_gate_at(slots[s].pos)[slots[s].offset + ch]);
+    float sum = 0.0f;
+    for (size_t s = 0; s < S; ++s) {
+      e[s] = std::exp(st.tail_gate_at(slots[s].pos)[slots[s].offset + ch] - mx);
+      sum += e[s];
+    }
+    float acc = 0.0f;
+    for (size_t s = 0; s < S; ++s) acc += st.tail_kv_at(slots[s].pos)[slots[s].offset + ch] * (e[s] / sum);
+    row[ch] = acc;
+  }
+  rms_norm(row.data(), w.norm.data(), row.data(), width, static_cast<float>(c.rms_eps));
+  rope.apply(row.data(), width, b * m);  // at the block's first token
+  st.append_row(row.data());
+}
+
+}  // namespace
+
+void compressor_update(const ModelConfig& c, const CompressorWeights& w, const RopeTable& rope,
+                       const float* x, int64_t n, int64_t pos0, CompressorState& st,
+                       ThreadPool& pool) {
+  const int64_t pw = st.proj_width, m = w.ratio;
+  std::vector<float> kv(static_cast<size_t>(n * pw)), gate(static_cast<size_t>(n * pw));
+  matmul(w.kv, x, c.n_embd, n, kv.data(), pw, pool);
+  matmul(w.gate, x, c.n_embd, n, gate.data(), pw, pool);
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t p = pos0 + t;
+    float* g = gate.data() + t * pw;
+    const float* ape = w.ape.data() + (p % m) * pw;  // learned bias per slot in the block
+    for (int64_t k = 0; k < pw; ++k) g[k] += ape[k];
+    st.push_token(kv.data() + t * pw, g);
+    if ((p + 1) % m == 0) {
+      const int64_t b = p / m;
+      emit_block(c, w, rope, b, st);
+      // CSA keeps block b's series A for block b+1; HCA needs nothing.
+      st.drop_tail_before(w.overlap ? b * m : (b + 1) * m);
+    }
+  }
+}
+
+}  // namespace pyv4

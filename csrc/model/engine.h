@@ -1,0 +1,47 @@
+// The DeepSeek-V4 engine: a loaded GGUF, its validated config and weights, a
+// thread pool, and the forward pass over a chunk of tokens for one session.
+//
+// Path of one token: Engine::eval → embedding → per layer { hc_pre →
+// attention_forward (csrc/model/attention.cpp) → hc_post → hc_pre → moe_forward
+// (csrc/model/moe.cpp) → hc_post } → hc_head → norm → head; every matrix
+// product goes through matmul() in csrc/quant.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/thread_pool.h"
+#include "gguf/gguf_file.h"
+#include "kv/kv_state.h"
+#include "model/config.h"
+#include "model/ops.h"
+#include "model/weights.h"
+
+namespace pyv4 {
+
+class Engine {
+ public:
+  Engine(const std::string& path, int n_threads);
+
+  const ModelConfig& config() const { return cfg_; }
+  const GGUFFile& file() const { return *file_; }
+  ThreadPool& pool() { return pool_; }
+
+  std::unique_ptr<KVState> new_state() const { return std::make_unique<KVState>(cfg_); }
+
+  // Runs tokens [n] through the model after the session's current tokens and
+  // returns logits: [n, vocab] if all_logits, else [vocab] for the last token.
+  // Validates everything first: on error the session is unchanged.
+  std::vector<float> eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits);
+
+ private:
+  std::unique_ptr<GGUFFile> file_;
+  ModelConfig cfg_;
+  ModelWeights w_;
+  ThreadPool pool_;
+  std::vector<RopeTable> rope_;  // per layer: plain (sliding) or YaRN (compressed)
+};
+
+}  // namespace pyv4

@@ -1,0 +1,64 @@
+// The model's tensors, bound by name from the GGUF (llama.cpp `deepseek4`
+// names, spec §10) and checked against the config once at load: every later
+// access is a plain pointer. Large matrices stay in the mmap; small vectors
+// (norms, biases, mHC base/scale, sinks, ape) are decoded to fp32 here.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "quant/matmul.h"
+
+namespace pyv4 {
+
+class GGUFFile;
+
+using Vec = std::vector<float>;
+
+struct HyperConnWeights {  // one mHC site (spec §3.3)
+  WeightMatrix fn;         // [mix, hc*D]
+  Vec base;                // [mix]
+  Vec scale;               // [3]
+};
+
+struct CompressorWeights {  // spec §3.5 / §3.6
+  WeightMatrix kv, gate;    // [coff*width, D]
+  Vec ape;                  // [ratio, coff*width] row-major
+  Vec norm;                 // [width]
+  int64_t ratio = 0, width = 0;
+  bool overlap = false;     // CSA: two series, 2*ratio-slot pools
+};
+
+struct LayerWeights {
+  AttnKind kind = AttnKind::Sliding;
+  Vec attn_norm, ffn_norm;
+  HyperConnWeights hc_attn, hc_ffn;
+  Vec sinks;                      // [H]
+  WeightMatrix wq_a, wq_b, wkv;   // [q_lora, D], [H*d, q_lora], [d, D]
+  Vec q_norm, kv_norm;            // [q_lora], [d]
+  WeightMatrix wo_a, wo_b;        // [G*o_lora, H*d/G], [D, G*o_lora]
+  CompressorWeights comp;         // CSA / HCA
+  CompressorWeights index_comp;   // CSA only
+  WeightMatrix index_q_b, index_proj;  // [nih*ihd, q_lora], [nih, D]
+  WeightMatrix router;            // [E, D]
+  const int32_t* tid2eid = nullptr;  // [vocab, k] for hash layers
+  Vec router_bias;                // [E] for score-routed layers
+  WeightMatrix gate_exps, up_exps, down_exps;  // [E*F, D], [E*F, D], [E*D, F]
+  WeightMatrix gate_sh, up_sh, down_sh;        // [F, D], [F, D], [D, F]
+  bool has_shared = false;
+};
+
+struct ModelWeights {
+  WeightMatrix tok_embd, output;  // [V, D]
+  Vec output_norm;                // [D]
+  WeightMatrix hc_head_fn;        // [hc, hc*D]
+  Vec hc_head_base, hc_head_scale;
+  std::vector<LayerWeights> layers;
+
+  // Binds and validates every tensor of the main model (MTP tensors are
+  // left for the MTP path). Sets cfg.n_vocab from token_embd if unset.
+  static ModelWeights load(const GGUFFile& f, ModelConfig& cfg);
+};
+
+}  // namespace pyv4
