@@ -14,6 +14,8 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"model file not found: {self.path}")
         self._engine = _core.Engine(self.path, threads or 0)
 
     @property

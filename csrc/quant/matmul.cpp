@@ -1,76 +1,40 @@
-// Reference matmul: decode each weight row to fp32 once, then dot it with every
-// token. Exact fp32 math, used for the float weight types and as the oracle for
-// the fast kernels.
+// matmul dispatch: picks the reference path or the SIMD kernels of the active
+// ISA (quant/cpu_features.h), quantizes the activations once per call for the
+// integer kernels, and splits the weight rows across the thread pool.
 #include "quant/matmul.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "common/error.h"
+#include "quant/cpu_features.h"
+#include "quant/kernels.h"
 
 namespace pyv4 {
 
-static inline float f16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: renormalise
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      mant &= 0x3ff;
-      bits = sign | (exp << 23) | (mant << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000 | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+namespace {
 
-static inline float bf16_to_f32(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
-  switch (type) {
+bool is_matmul_type(GGMLType t) {
+  switch (t) {
     case GGMLType::F32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-      return;
-    case GGMLType::F16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
-      return;
-    }
-    case GGMLType::BF16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
-      return;
-    }
+    case GGMLType::F16:
+    case GGMLType::BF16:
+    case GGMLType::Q8_0:
+    case GGMLType::Q4_0:
+    case GGMLType::Q4_K:
+    case GGMLType::MXFP4:
+      return true;
     default:
-      throw FormatError(std::string("dequantize_row: weight type ") + type_name(type) +
-                        " is not supported yet");
+      return false;
   }
 }
 
-static inline float dot(const float* a, const float* b, int64_t n) {
-  float s = 0.0f;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-static void matmul_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens,
-                        float* Y, int64_t ldy, int64_t r0, int64_t r1) {
+// Reference: decode each weight row to fp32 once with the scalar oracle, then
+// a plain sequential fp32 dot with every token.
+void reference_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens,
+                    float* Y, int64_t ldy, int64_t r0, int64_t r1) {
   thread_local std::vector<float> row;
   if (static_cast<int64_t>(row.size()) < W.cols) row.resize(W.cols);
   for (int64_t r = r0; r < r1; ++r) {
@@ -81,20 +45,130 @@ static void matmul_rows(const WeightMatrix& W, const float* X, int64_t ldx, int6
       dequantize_row(W.type, W.row(r), row.data(), W.cols);
       w = row.data();
     }
-    for (int64_t t = 0; t < n_tokens; ++t) Y[t * ldy + r] = dot(w, X + t * ldx, W.cols);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const float* x = X + t * ldx;
+      float s = 0.0f;
+      for (int64_t i = 0; i < W.cols; ++i) s += w[i] * x[i];
+      Y[t * ldy + r] = s;
+    }
   }
 }
 
+// Per-thread scratch for the quantized activations; grows once, never shrinks.
+struct ActScratch {
+  std::vector<int8_t> qs;
+  std::vector<float> dx, cs;
+};
+
+struct Job {
+  const WeightMatrix* W;
+  const qk::ActQ* act;
+  const float* X;
+  int64_t ldx, n_tokens, ldy;
+  float* Y;
+  Isa isa;
+  bool reference;
+};
+
+void run_rows(const Job& j, int64_t r0, int64_t r1) {
+  if (j.reference) {
+    reference_rows(*j.W, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
+  } else if (j.isa == Isa::AVX512) {
+    qk::gemm_avx512(*j.W, j.act, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
+  } else {
+    qk::gemm_avx2(*j.W, j.act, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
+  }
+}
+
+// Fills job (and the calling thread's activation scratch) for one call.
+void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
+             int64_t ldy, Job* job, qk::ActQ* act) {
+  if (!is_matmul_type(W.type))
+    throw FormatError(std::string("matmul: ") + type_name(W.type) + " is not a weight type");
+  const Isa isa = active_isa();
+  job->W = &W;
+  job->act = nullptr;
+  job->X = X;
+  job->ldx = ldx;
+  job->n_tokens = n_tokens;
+  job->Y = Y;
+  job->ldy = ldy;
+  job->isa = isa;
+  job->reference = compute_mode() == ComputeMode::Reference || isa == Isa::Scalar;
+  if (job->reference) return;
+  float cscale = 0.0f;
+  const bool quantize = isa == Isa::AVX512 ? qk::act_cscale_avx512(W.type, &cscale)
+                                           : qk::act_cscale_avx2(W.type, &cscale);
+  if (!quantize) return;
+  thread_local ActScratch s;
+  const int64_t nb = W.cols / 32, nb_pad = (nb + 1) & ~int64_t(1);
+  const size_t nq = static_cast<size_t>(n_tokens * nb_pad * 32);
+  const size_t nf = static_cast<size_t>(n_tokens * nb_pad);
+  if (s.qs.size() < nq) s.qs.resize(nq);
+  if (s.dx.size() < nf) s.dx.resize(nf), s.cs.resize(nf);
+  qk::quantize_act_avx2(X, ldx, n_tokens, W.cols, cscale, s.qs.data(), s.dx.data(),
+                        s.cs.data());
+  act->n_tokens = n_tokens;
+  act->nb = nb;
+  act->nb_pad = nb_pad;
+  act->qs = s.qs.data();
+  act->dx = s.dx.data();
+  act->cs = s.cs.data();
+  job->act = act;
+}
+
+}  // namespace
+
+namespace qk {
+
+void quantize_act_scalar(const float* X, int64_t ldx, int64_t n_tokens, int64_t cols,
+                         float cscale, int8_t* qs, float* dx, float* cs) {
+  const int64_t nb = cols / 32, nb_pad = (nb + 1) & ~int64_t(1);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* x = X + t * ldx;
+    int8_t* q = qs + t * nb_pad * 32;
+    float* d = dx + t * nb_pad;
+    float* c = cs + t * nb_pad;
+    for (int64_t b = 0; b < nb_pad; ++b) {
+      if (b >= nb) {
+        std::memset(q + 32 * b, 0, 32);
+        d[b] = c[b] = 0.0f;
+        continue;
+      }
+      float amax = 0.0f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[32 * b + i]));
+      const float db = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        const int v = static_cast<int>(std::nearbyint(x[32 * b + i] * id));
+        q[32 * b + i] = static_cast<int8_t>(v);
+        sum += v;
+      }
+      d[b] = db;
+      c[b] = cscale * (db * static_cast<float>(sum));
+    }
+  }
+}
+
+}  // namespace qk
+
 void matmul_serial(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
                    int64_t ldy) {
-  matmul_rows(W, X, ldx, n_tokens, Y, ldy, 0, W.rows);
+  if (W.rows <= 0 || n_tokens <= 0) return;
+  Job job;
+  qk::ActQ act;
+  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act);
+  run_rows(job, 0, W.rows);
 }
 
 void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
             int64_t ldy, ThreadPool& pool) {
-  pool.parallel_for(W.rows, 8, [&](int64_t r0, int64_t r1, int) {
-    matmul_rows(W, X, ldx, n_tokens, Y, ldy, r0, r1);
-  });
+  if (W.rows <= 0 || n_tokens <= 0) return;
+  Job job;
+  qk::ActQ act;
+  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act);
+  const Job* jp = &job;  // one captured pointer: std::function stays allocation-free
+  pool.parallel_for(W.rows, 16, [jp](int64_t r0, int64_t r1, int) { run_rows(*jp, r0, r1); });
 }
 
 }  // namespace pyv4

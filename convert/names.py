@@ -1,0 +1,545 @@
+"""Source tensor names (official and transformers) -> llama.cpp ``deepseek4`` GGUF tensors.
+
+``build_plan(hp, source)`` checks every source tensor against the config (name known,
+expected shape, supported dtype, nothing missing, nothing left over) *before* anything
+is written, and returns the ordered list of output tensors, each with a reader that
+streams its data one source tensor (or one expert) at a time.
+
+Every source name is first reduced to its official spelling:
+``[model.]layers.N.<suffix>`` / ``mtp.I.<suffix>`` / root names, with transformers'
+module names (``self_attn.q_a_proj``, ``mlp.gate.e_score_correction_bias``, ...) and
+``save_pretrained``'s quirks (``model.`` prefix, ``attn.norm`` for the kv norm) folded in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .config import HParams
+from .errors import ConvertError
+from .source import Source
+
+# ---------------------------------------------------------------------------
+# Name tables
+# ---------------------------------------------------------------------------
+
+ROOT_GGUF = {
+    "embed.weight": "token_embd.weight",
+    "head.weight": "output.weight",
+    "norm.weight": "output_norm.weight",
+    "hc_head_fn": "output_hc_fn.weight",
+    "hc_head_base": "output_hc_base.weight",
+    "hc_head_scale": "output_hc_scale.weight",
+}
+
+ROOT_ALIASES = {
+    "embed_tokens.weight": "embed.weight",
+    "lm_head.weight": "head.weight",
+    "hc_head.hc_fn": "hc_head_fn",
+    "hc_head.hc_base": "hc_head_base",
+    "hc_head.hc_scale": "hc_head_scale",
+}
+
+# official per-layer suffix -> GGUF suffix (after "blk.N.")
+LAYER_GGUF = {
+    "attn_norm.weight": "attn_norm.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "hc_attn_fn": "hc_attn_fn.weight",
+    "hc_attn_base": "hc_attn_base.weight",
+    "hc_attn_scale": "hc_attn_scale.weight",
+    "hc_ffn_fn": "hc_ffn_fn.weight",
+    "hc_ffn_base": "hc_ffn_base.weight",
+    "hc_ffn_scale": "hc_ffn_scale.weight",
+    "attn.attn_sink": "attn_sinks.weight",
+    "attn.wq_a.weight": "attn_q_a.weight",
+    "attn.q_norm.weight": "attn_q_a_norm.weight",
+    "attn.wq_b.weight": "attn_q_b.weight",
+    "attn.wkv.weight": "attn_kv.weight",
+    "attn.kv_norm.weight": "attn_kv_a_norm.weight",
+    "attn.wo_a.weight": "attn_output_a.weight",
+    "attn.wo_b.weight": "attn_output_b.weight",
+    "attn.compressor.wkv.weight": "attn_compressor_kv.weight",
+    "attn.compressor.wgate.weight": "attn_compressor_gate.weight",
+    "attn.compressor.ape": "attn_compressor_ape.weight",
+    "attn.compressor.norm.weight": "attn_compressor_norm.weight",
+    "attn.indexer.wq_b.weight": "indexer.attn_q_b.weight",
+    "attn.indexer.weights_proj.weight": "indexer.proj.weight",
+    "attn.indexer.compressor.wkv.weight": "indexer_compressor_kv.weight",
+    "attn.indexer.compressor.wgate.weight": "indexer_compressor_gate.weight",
+    "attn.indexer.compressor.ape": "indexer_compressor_ape.weight",
+    "attn.indexer.compressor.norm.weight": "indexer_compressor_norm.weight",
+    "ffn.gate.weight": "ffn_gate_inp.weight",
+    "ffn.gate.bias": "exp_probs_b.bias",
+    "ffn.gate.tid2eid": "ffn_gate_tid2eid.weight",
+    "ffn.shared_experts.w1.weight": "ffn_gate_shexp.weight",
+    "ffn.shared_experts.w2.weight": "ffn_down_shexp.weight",
+    "ffn.shared_experts.w3.weight": "ffn_up_shexp.weight",
+}
+
+# routed experts: official projection -> GGUF suffix
+EXPERT_GGUF = {"w1": "ffn_gate_exps.weight", "w3": "ffn_up_exps.weight", "w2": "ffn_down_exps.weight"}
+
+# MTP-only extras: official suffix -> GGUF suffix. e_proj/h_proj become one eh_proj.
+# The MTP block's own hc head has no llama.cpp name in a file that also holds the
+# trunk (llama.cpp's MTP-only file stores it as output_hc_*); pyv4 stores it here.
+MTP_GGUF = {
+    "enorm.weight": "nextn.enorm.weight",
+    "hnorm.weight": "nextn.hnorm.weight",
+    "norm.weight": "nextn.shared_head_norm.weight",
+    "hc_head_fn": "nextn.hc_head_fn.weight",
+    "hc_head_base": "nextn.hc_head_base.weight",
+    "hc_head_scale": "nextn.hc_head_scale.weight",
+}
+
+# transformers module names (and save_pretrained quirks) -> official suffix
+LAYER_ALIASES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "attn_hc.fn": "hc_attn_fn",
+    "attn_hc.base": "hc_attn_base",
+    "attn_hc.scale": "hc_attn_scale",
+    "ffn_hc.fn": "hc_ffn_fn",
+    "ffn_hc.base": "hc_ffn_base",
+    "ffn_hc.scale": "hc_ffn_scale",
+    "self_attn.sinks": "attn.attn_sink",
+    "self_attn.q_a_proj.weight": "attn.wq_a.weight",
+    "self_attn.q_a_norm.weight": "attn.q_norm.weight",
+    "self_attn.q_b_proj.weight": "attn.wq_b.weight",
+    "self_attn.kv_proj.weight": "attn.wkv.weight",
+    "self_attn.kv_norm.weight": "attn.kv_norm.weight",
+    "attn.norm.weight": "attn.kv_norm.weight",  # save_pretrained writes the kv norm so
+    "self_attn.o_a_proj.weight": "attn.wo_a.weight",
+    "self_attn.o_b_proj.weight": "attn.wo_b.weight",
+    "self_attn.compressor.kv_proj.weight": "attn.compressor.wkv.weight",
+    "self_attn.compressor.gate_proj.weight": "attn.compressor.wgate.weight",
+    "self_attn.compressor.position_bias": "attn.compressor.ape",
+    "self_attn.compressor.kv_norm.weight": "attn.compressor.norm.weight",
+    "self_attn.compressor.indexer.kv_proj.weight": "attn.indexer.compressor.wkv.weight",
+    "self_attn.compressor.indexer.gate_proj.weight": "attn.indexer.compressor.wgate.weight",
+    "self_attn.compressor.indexer.position_bias": "attn.indexer.compressor.ape",
+    "self_attn.compressor.indexer.kv_norm.weight": "attn.indexer.compressor.norm.weight",
+    "self_attn.compressor.indexer.q_b_proj.weight": "attn.indexer.wq_b.weight",
+    "self_attn.compressor.indexer.scorer.weights_proj.weight": "attn.indexer.weights_proj.weight",
+    "mlp.gate.weight": "ffn.gate.weight",
+    "mlp.gate.e_score_correction_bias": "ffn.gate.bias",
+    "mlp.gate.tid2eid": "ffn.gate.tid2eid",
+    "mlp.shared_experts.gate_proj.weight": "ffn.shared_experts.w1.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn.shared_experts.w2.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn.shared_experts.w3.weight",
+}
+
+_RE_LAYER = re.compile(r"^(layers|mtp)\.(\d+)\.(.+)$")
+_RE_EXPERT = re.compile(r"^(?:ffn|mlp)\.experts\.(\d+)\.(w[123])\.(weight|scale)$")
+_RE_STACKED = re.compile(r"^(?:ffn|mlp)\.experts\.(gate_up_proj|down_proj)$")
+
+FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+INT_DTYPES = {"I64", "I32", "I16", "U16", "U32"}
+FP8_DTYPES = {"F8_E4M3", "F8_E5M2"}
+FP4_PACKED_DTYPES = {"I8", "U8"}
+SCALE_DTYPES = {"F8_E8M0", "U8", "F32", "BF16", "F16"}
+
+
+def canonical_name(name: str) -> str:
+    """Reduce a source tensor name (official or transformers) to the official spelling."""
+    n = name[len("model."):] if name.startswith("model.") else name
+    if n in ROOT_ALIASES:
+        return ROOT_ALIASES[n]
+    m = _RE_LAYER.match(n)
+    if m is None:
+        return n
+    scope, idx, rest = m.groups()
+    rest = LAYER_ALIASES.get(rest, rest)
+    me = _RE_EXPERT.match(rest)
+    if me is not None:
+        rest = f"ffn.experts.{me.group(1)}.{me.group(2)}.{me.group(3)}"
+    ms = _RE_STACKED.match(rest)
+    if ms is not None:
+        rest = f"ffn.experts.{ms.group(1)}"
+    return f"{scope}.{idx}.{rest}"
+
+
+# ---------------------------------------------------------------------------
+# Plan
+# ---------------------------------------------------------------------------
+
+@dataclass
+class PlanTensor:
+    """One GGUF output tensor.
+
+    ``shape`` is the torch (row-major) shape; GGUF ``ne`` is its reverse.
+    ``role`` drives the type choice (see recipes). ``read(source)`` yields torch
+    chunks whose row-major concatenation is the whole tensor.
+    """
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    sources: list[str]
+    read: Callable[[Source], Iterator]
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    tensors: list[PlanTensor]
+    n_mtp: int                      # MTP blocks written (blk.{n_layer + i})
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Index:
+    """Source tensors keyed by canonical name, tracking which ones were used."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.by_canon: dict[str, str] = {}
+        for name in source.names:
+            c = canonical_name(name)
+            if c in self.by_canon:
+                other = self.by_canon[c]
+                raise ConvertError(
+                    f"{source.info(name).file}: tensors {other!r} and {name!r} are the same weight ({c})")
+            self.by_canon[c] = name
+        self.used: set[str] = set()
+
+    def has(self, canon: str) -> bool:
+        return canon in self.by_canon
+
+    def take(self, canon: str) -> str:
+        name = self.by_canon[canon]
+        self.used.add(name)
+        return name
+
+    def where(self, canon: str | None = None) -> str:
+        if canon is not None and canon in self.by_canon:
+            return str(self.source.info(self.by_canon[canon]).file)
+        return str(self.source.dir)
+
+
+def _expected_layer(hp: HParams, layer: int, mtp: bool) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Official suffix -> (torch shape, role) for one layer or MTP block (experts excluded)."""
+    D, H, d = hp.n_embd, hp.n_head, hp.head_dim
+    ql, g, ol = hp.q_lora_rank, hp.o_groups, hp.o_lora_rank
+    E, I = hp.n_expert, hp.n_ff_exp
+    hcD, mix = hp.hc_mult * D, hp.hc_mix
+    exp: dict[str, tuple[tuple[int, ...], str]] = {
+        "attn_norm.weight": ((D,), "norm"),
+        "ffn_norm.weight": ((D,), "norm"),
+        "hc_attn_fn": ((mix, hcD), "hc"),
+        "hc_attn_base": ((mix,), "hc"),
+        "hc_attn_scale": ((3,), "hc"),
+        "hc_ffn_fn": ((mix, hcD), "hc"),
+        "hc_ffn_base": ((mix,), "hc"),
+        "hc_ffn_scale": ((3,), "hc"),
+        "attn.attn_sink": ((H,), "sink"),
+        "attn.wq_a.weight": ((ql, D), "weight"),
+        "attn.q_norm.weight": ((ql,), "norm"),
+        "attn.wq_b.weight": ((H * d, ql), "weight"),
+        "attn.wkv.weight": ((d, D), "weight"),
+        "attn.kv_norm.weight": ((d,), "norm"),
+        "attn.wo_a.weight": ((g * ol, H * d // g), "weight"),
+        "attn.wo_b.weight": ((D, g * ol), "weight"),
+        "ffn.gate.weight": ((E, D), "router"),
+        "ffn.shared_experts.w1.weight": ((I * hp.n_expert_shared, D), "weight"),
+        "ffn.shared_experts.w3.weight": ((I * hp.n_expert_shared, D), "weight"),
+        "ffn.shared_experts.w2.weight": ((D, I * hp.n_expert_shared), "weight"),
+    }
+    ratio = hp.layer_ratio(layer)
+    if ratio != 0:
+        coff = 2 if ratio == 4 else 1
+        exp.update({
+            "attn.compressor.wkv.weight": ((coff * d, D), "weight"),
+            "attn.compressor.wgate.weight": ((coff * d, D), "weight"),
+            "attn.compressor.ape": ((ratio, coff * d), "ape"),
+            "attn.compressor.norm.weight": ((d,), "norm"),
+        })
+        if ratio == 4:
+            ih, idim = hp.index_n_heads, hp.index_head_dim
+            exp.update({
+                "attn.indexer.wq_b.weight": ((ih * idim, ql), "weight"),
+                "attn.indexer.weights_proj.weight": ((ih, D), "weight"),
+                "attn.indexer.compressor.wkv.weight": ((2 * idim, D), "weight"),
+                "attn.indexer.compressor.wgate.weight": ((2 * idim, D), "weight"),
+                "attn.indexer.compressor.ape": ((ratio, 2 * idim), "ape"),
+                "attn.indexer.compressor.norm.weight": ((idim,), "norm"),
+            })
+    if layer < hp.n_hash_layers and not mtp:
+        exp["ffn.gate.tid2eid"] = ((hp.n_vocab, hp.n_expert_used), "tid2eid")
+    else:
+        exp["ffn.gate.bias"] = ((E,), "bias")
+    return exp
+
+
+# ---------------------------------------------------------------------------
+# Reading and dequantisation
+# ---------------------------------------------------------------------------
+
+def _e8m0(scale):
+    import torch
+
+    if str(scale.dtype) in ("torch.float8_e8m0fnu",) or scale.dtype == torch.uint8:
+        bits = scale.view(torch.uint8).to(torch.float32)
+        return torch.exp2(bits - 127.0)
+    return scale.to(torch.float32)
+
+
+def _dequant_fp8(w, scale):
+    out_f, in_f = w.shape
+    s = _e8m0(scale)
+    s = s.repeat_interleave(128, 0)[:out_f].repeat_interleave(128, 1)[:, :in_f]
+    return w.to(torch_float32()) * s
+
+
+def _dequant_fp4(w, scale):
+    import torch
+
+    lut = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                        -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=torch.float32)
+    b = w.view(torch.uint8).to(torch.int64)
+    rows, half = b.shape
+    vals = torch.stack((lut[b & 0x0F], lut[(b >> 4) & 0x0F]), dim=-1).reshape(rows, 2 * half)
+    s = _e8m0(scale).repeat_interleave(32, 1)[:, : 2 * half]
+    return vals * s
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+@dataclass
+class _Dense:
+    """How to read one logical tensor: the weight name and, when quantised, its scale."""
+    name: str
+    scale: str | None
+    kind: str  # "float", "int", "fp8", "fp4"
+
+
+def _read_dense(source: Source, spec: _Dense):
+    t = source.get(spec.name)
+    if spec.kind == "float":
+        return t.to(torch_float32())
+    if spec.kind == "int":
+        return t
+    sc = source.get(spec.scale)
+    return _dequant_fp8(t, sc) if spec.kind == "fp8" else _dequant_fp4(t, sc)
+
+
+def _dense_spec(ix: _Index, canon: str, want: tuple[int, ...], role: str) -> _Dense:
+    """Validate one logical source tensor (dtype, shape, scale companion) and mark it used."""
+    name = ix.take(canon)
+    st = ix.source.info(name)
+    where = f"{st.file}: tensor {name!r}"
+    scale_canon = canon[: -len(".weight")] + ".scale" if canon.endswith(".weight") else None
+    has_scale = scale_canon is not None and ix.has(scale_canon)
+    if role == "tid2eid":
+        if st.dtype not in INT_DTYPES:
+            raise ConvertError(f"{where}: unsupported dtype {st.dtype} for a hash table (expected an integer type)")
+        kind = "int"
+    elif st.dtype in FLOAT_DTYPES:
+        if has_scale:
+            raise ConvertError(f"{st.file}: unexpected tensor {ix.by_canon[scale_canon]!r} "
+                               f"(a scale for the unquantised {name!r})")
+        kind = "float"
+    elif st.dtype in FP8_DTYPES and has_scale:
+        kind = "fp8"
+    elif st.dtype in FP4_PACKED_DTYPES and has_scale and len(st.shape) == 2:
+        kind = "fp4"
+    else:
+        extra = " without its .scale tensor" if st.dtype in FP8_DTYPES | FP4_PACKED_DTYPES else ""
+        raise ConvertError(f"{where}: unsupported dtype {st.dtype}{extra}")
+    shape = st.shape
+    if kind == "fp4":
+        shape = (shape[0], shape[1] * 2)
+    if tuple(shape) != tuple(want):
+        raise ConvertError(f"{where}: shape {list(shape)} does not match the config (expected {list(want)})")
+    scale_name = None
+    if kind in ("fp8", "fp4"):
+        scale_name = ix.take(scale_canon)
+        sst = ix.source.info(scale_name)
+        if sst.dtype not in SCALE_DTYPES:
+            raise ConvertError(f"{sst.file}: tensor {scale_name!r}: unsupported scale dtype {sst.dtype}")
+        if kind == "fp8":
+            ws = (math.ceil(want[0] / 128), math.ceil(want[1] / 128))
+        else:
+            if want[1] % 32:
+                raise ConvertError(f"{where}: FP4 row length {want[1]} is not a multiple of 32")
+            ws = (want[0], want[1] // 32)
+        if tuple(sst.shape) != ws:
+            raise ConvertError(f"{sst.file}: tensor {scale_name!r}: scale shape {list(sst.shape)} "
+                               f"does not match weight {name!r} (expected {list(ws)})")
+    return _Dense(name, scale_name, kind)
+
+
+def _single(spec: _Dense) -> Callable[[Source], Iterator]:
+    def read(source: Source):
+        yield _read_dense(source, spec)
+    return read
+
+
+def _concat_cols(a: _Dense, b: _Dense) -> Callable[[Source], Iterator]:
+    def read(source: Source):
+        import torch
+
+        yield torch.cat((_read_dense(source, a), _read_dense(source, b)), dim=1)
+    return read
+
+
+def _experts_unstacked(specs: list[_Dense]) -> Callable[[Source], Iterator]:
+    def read(source: Source):
+        for s in specs:
+            yield _read_dense(source, s).unsqueeze(0)
+    return read
+
+
+def _experts_stacked(name: str, n_expert: int, rows: slice) -> Callable[[Source], Iterator]:
+    def read(source: Source):
+        sl = source.get_slice(name)
+        for e in range(n_expert):
+            yield sl[e:e + 1, rows.start:rows.stop].to(torch_float32())
+    return read
+
+
+def _stacked_spec(ix: _Index, canon: str, want: tuple[int, ...]) -> str:
+    name = ix.take(canon)
+    st = ix.source.info(name)
+    if st.dtype not in FLOAT_DTYPES:
+        raise ConvertError(f"{st.file}: tensor {name!r}: unsupported dtype {st.dtype} for stacked experts")
+    if tuple(st.shape) != tuple(want):
+        raise ConvertError(f"{st.file}: tensor {name!r}: shape {list(st.shape)} does not match the config "
+                           f"(expected {list(want)})")
+    return name
+
+
+def _plan_experts(hp: HParams, ix: _Index, prefix: str, blk: str) -> list[PlanTensor]:
+    E, I, D = hp.n_expert, hp.n_ff_exp, hp.n_embd
+    shapes = {"w1": (I, D), "w3": (I, D), "w2": (D, I)}
+    stacked_gu = f"{prefix}ffn.experts.gate_up_proj"
+    stacked_dn = f"{prefix}ffn.experts.down_proj"
+    out: list[PlanTensor] = []
+    if ix.has(stacked_gu) or ix.has(stacked_dn):
+        for c in (stacked_gu, stacked_dn):
+            if not ix.has(c):
+                raise ConvertError(f"{ix.where()}: missing tensor for {c} (stacked experts need both "
+                                   "gate_up_proj and down_proj)")
+        gu = _stacked_spec(ix, stacked_gu, (E, 2 * I, D))
+        dn = _stacked_spec(ix, stacked_dn, (E, D, I))
+        out.append(PlanTensor(f"{blk}.{EXPERT_GGUF['w1']}", (E, I, D), "experts", [gu],
+                              _experts_stacked(gu, E, slice(0, I))))
+        out.append(PlanTensor(f"{blk}.{EXPERT_GGUF['w3']}", (E, I, D), "experts", [gu],
+                              _experts_stacked(gu, E, slice(I, 2 * I))))
+        out.append(PlanTensor(f"{blk}.{EXPERT_GGUF['w2']}", (E, D, I), "experts", [dn],
+                              _experts_stacked(dn, E, slice(0, D))))
+        return out
+    for w in ("w1", "w3", "w2"):
+        specs = []
+        for e in range(E):
+            c = f"{prefix}ffn.experts.{e}.{w}.weight"
+            if not ix.has(c):
+                raise ConvertError(f"{ix.where()}: missing tensor {c} (routed expert {e} of {E})")
+            specs.append(_dense_spec(ix, c, shapes[w], "experts"))
+        out.append(PlanTensor(f"{blk}.{EXPERT_GGUF[w]}", (E,) + shapes[w], "experts",
+                              [s.name for s in specs], _experts_unstacked(specs)))
+    return out
+
+
+def _plan_block(hp: HParams, ix: _Index, prefix: str, layer: int, mtp: bool) -> list[PlanTensor]:
+    blk = f"blk.{layer}"
+    out: list[PlanTensor] = []
+    for suffix, (shape, role) in _expected_layer(hp, layer, mtp).items():
+        c = prefix + suffix
+        if not ix.has(c):
+            raise ConvertError(f"{ix.where()}: missing tensor {c} (needed by the config for "
+                               f"{'MTP block' if mtp else 'layer'} {prefix.split('.')[1]})")
+        spec = _dense_spec(ix, c, shape, role)
+        out.append(PlanTensor(f"{blk}.{LAYER_GGUF[suffix]}", shape, role, [spec.name], _single(spec)))
+    out.extend(_plan_experts(hp, ix, prefix, blk))
+    if mtp:
+        D = hp.n_embd
+        specs = []
+        for c in (prefix + "e_proj.weight", prefix + "h_proj.weight"):
+            if not ix.has(c):
+                raise ConvertError(f"{ix.where()}: missing tensor {c} (MTP block)")
+            specs.append(_dense_spec(ix, c, (D, D), "weight"))
+        out.append(PlanTensor(f"{blk}.nextn.eh_proj.weight", (D, 2 * D), "weight",
+                              [s.name for s in specs], _concat_cols(*specs)))
+        extra = {
+            "enorm.weight": ((D,), "norm"),
+            "hnorm.weight": ((D,), "norm"),
+            "norm.weight": ((D,), "norm"),
+            "hc_head_fn": ((hp.hc_mult, hp.hc_mult * D), "hc"),
+            "hc_head_base": ((hp.hc_mult,), "hc"),
+            "hc_head_scale": ((1,), "hc"),
+        }
+        for suffix, (shape, role) in extra.items():
+            c = prefix + suffix
+            if not ix.has(c):
+                raise ConvertError(f"{ix.where()}: missing tensor {c} (MTP block)")
+            spec = _dense_spec(ix, c, shape, role)
+            out.append(PlanTensor(f"{blk}.{MTP_GGUF[suffix]}", shape, role, [spec.name], _single(spec)))
+    return out
+
+
+def build_plan(hp: HParams, source: Source, mtp: str = "auto") -> Plan:
+    """Validate ``source`` against ``hp`` and return the ordered output tensors.
+
+    ``mtp``: ``"auto"`` writes the MTP blocks the checkpoint has (as ``blk.{n_layer+i}``
+    with the ``nextn.*`` extras); ``"skip"`` leaves them out (like llama.cpp's default).
+    """
+    if mtp not in ("auto", "skip"):
+        raise ValueError(f"mtp must be 'auto' or 'skip', not {mtp!r}")
+    ix = _Index(source)
+    D, V = hp.n_embd, hp.n_vocab
+    root = {
+        "embed.weight": ((V, D), "embed"),
+        "head.weight": ((V, D), "output"),
+        "norm.weight": ((D,), "norm"),
+        "hc_head_fn": ((hp.hc_mult, hp.hc_mult * D), "hc"),
+        "hc_head_base": ((hp.hc_mult,), "hc"),
+        "hc_head_scale": ((1,), "hc"),
+    }
+    tensors: list[PlanTensor] = []
+    head: list[PlanTensor] = []
+    for canon, (shape, role) in root.items():
+        if not ix.has(canon):
+            raise ConvertError(f"{ix.where()}: missing tensor {canon}")
+        spec = _dense_spec(ix, canon, shape, role)
+        pt = PlanTensor(ROOT_GGUF[canon], shape, role, [spec.name], _single(spec))
+        (tensors if canon == "embed.weight" else head).append(pt)
+
+    for layer in range(hp.n_layer):
+        tensors.extend(_plan_block(hp, ix, f"layers.{layer}.", layer, mtp=False))
+
+    notes: list[str] = []
+    mtp_ids = sorted({int(c.split(".")[1]) for c in ix.by_canon if c.startswith("mtp.")})
+    n_mtp = 0
+    if mtp_ids and mtp == "auto":
+        if mtp_ids != list(range(len(mtp_ids))):
+            raise ConvertError(f"{ix.where()}: MTP blocks {mtp_ids} are not numbered 0..{len(mtp_ids) - 1}")
+        for i in mtp_ids:
+            tensors.extend(_plan_block(hp, ix, f"mtp.{i}.", hp.n_layer + i, mtp=True))
+        n_mtp = len(mtp_ids)
+    elif mtp_ids:
+        for c, name in ix.by_canon.items():
+            if c.startswith("mtp."):
+                ix.used.add(name)
+        notes.append(f"skipped {len(mtp_ids)} MTP block(s)")
+    tensors.extend(head)
+
+    ignored: list[str] = []
+    for c, name in ix.by_canon.items():
+        if name in ix.used:
+            continue
+        m = _RE_LAYER.match(c)
+        # Hash-routed layers never use a routing bias; llama.cpp's converter drops it too.
+        if m and m.group(1) == "layers" and m.group(3) == "ffn.gate.bias" and int(m.group(2)) < hp.n_hash_layers:
+            ignored.append(name)
+            continue
+        raise ConvertError(f"{source.info(name).file}: unexpected tensor {name!r} "
+                           f"(not part of a DeepSeek-V4 model with this config)")
+    if ignored:
+        notes.append(f"ignored {len(ignored)} unused routing bias tensor(s) of hash layers")
+    return Plan(tensors=tensors, n_mtp=n_mtp, ignored=ignored, notes=notes)

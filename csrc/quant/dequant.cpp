@@ -1,0 +1,92 @@
+// Scalar reference decode of every supported weight type: plain, readable code
+// that matches gguf.quants.dequantize bit for bit (this is the oracle the fast
+// kernels are tested against). Compiled for the x86-64 baseline, so there is
+// no FMA contraction: each product and difference is rounded like numpy's.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <cstring>
+#include <string>
+
+#include "common/error.h"
+#include "quant/blocks.h"
+#include "quant/matmul.h"
+
+namespace pyv4 {
+
+using namespace qblocks;
+
+void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
+  const int64_t bs = traits(type).block_size;
+  if (n % bs != 0)
+    throw FormatError(std::string("dequantize_row: ") + type_name(type) + " length " +
+                      std::to_string(n) + " is not a multiple of the block size");
+  switch (type) {
+    case GGMLType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      return;
+    case GGMLType::F16: {
+      const uint8_t* s = static_cast<const uint8_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(load_u16(s + 2 * i));
+      return;
+    }
+    case GGMLType::BF16: {
+      const uint8_t* s = static_cast<const uint8_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(load_u16(s + 2 * i));
+      return;
+    }
+    case GGMLType::Q8_0: {
+      const BlockQ8_0* b = static_cast<const BlockQ8_0*>(src);
+      for (int64_t k = 0; k < n / kQK; ++k, dst += kQK) {
+        const float d = f16_to_f32(b[k].d);
+        for (int i = 0; i < kQK; ++i) dst[i] = static_cast<float>(b[k].qs[i]) * d;
+      }
+      return;
+    }
+    case GGMLType::Q4_0: {
+      const BlockQ4_0* b = static_cast<const BlockQ4_0*>(src);
+      for (int64_t k = 0; k < n / kQK; ++k, dst += kQK) {
+        const float d = f16_to_f32(b[k].d);
+        for (int j = 0; j < kQK / 2; ++j) {
+          dst[j] = d * static_cast<float>((b[k].qs[j] & 0x0F) - 8);
+          dst[j + 16] = d * static_cast<float>((b[k].qs[j] >> 4) - 8);
+        }
+      }
+      return;
+    }
+    case GGMLType::MXFP4: {
+      const BlockMXFP4* b = static_cast<const BlockMXFP4*>(src);
+      for (int64_t k = 0; k < n / kQK; ++k, dst += kQK) {
+        const float d = e8m0_to_f32_half(b[k].e);
+        for (int j = 0; j < kQK / 2; ++j) {
+          dst[j] = d * static_cast<float>(kMxfp4x2[b[k].qs[j] & 0x0F]);
+          dst[j + 16] = d * static_cast<float>(kMxfp4x2[b[k].qs[j] >> 4]);
+        }
+      }
+      return;
+    }
+    case GGMLType::Q4_K: {
+      const BlockQ4_K* b = static_cast<const BlockQ4_K*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d), dmin = f16_to_f32(b[k].dmin);
+        const uint8_t* q = b[k].qs;
+        for (int c = 0; c < 4; ++c, q += 32) {
+          uint8_t sc, m;
+          q4k_scale_min(b[k].scales, 2 * c, &sc, &m);
+          const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
+          q4k_scale_min(b[k].scales, 2 * c + 1, &sc, &m);
+          const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
+          for (int l = 0; l < 32; ++l) *dst++ = d1 * static_cast<float>(q[l] & 0x0F) - m1;
+          for (int l = 0; l < 32; ++l) *dst++ = d2 * static_cast<float>(q[l] >> 4) - m2;
+        }
+      }
+      return;
+    }
+    default:
+      throw FormatError(std::string("dequantize_row: ") + type_name(type) +
+                        " is not a weight type");
+  }
+}
+
+}  // namespace pyv4

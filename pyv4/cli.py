@@ -1,0 +1,63 @@
+"""The `pyv4` command: chat, run, convert, info, bench.
+
+Every user error ends in a one-line `pyv4 <cmd>: error: ...` on stderr and exit
+code 2; no traceback for things the user can fix."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _fail(cmd: str, msg: str) -> int:
+    print(f"pyv4 {cmd}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _cmd_convert(argv: list[str]) -> int:
+    try:
+        from .convert import main as convert_main
+    except ImportError as e:  # torch / safetensors missing
+        return _fail("convert", f"{e}. Install the converter extras: pip install 'pyv4[convert]'")
+    return convert_main(argv)
+
+
+def _cmd_info(argv: list[str]) -> int:
+    from .info import main as info_main
+
+    return info_main(argv)
+
+
+_COMMANDS = {
+    "convert": (_cmd_convert, "convert a Hugging Face / official checkpoint to GGUF"),
+    "info": (_cmd_info, "describe a GGUF file and whether pyv4 can load it"),
+}
+
+
+def register(name: str, fn, help_text: str) -> None:
+    _COMMANDS[name] = (fn, help_text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from . import cli_commands  # noqa: F401  (registers chat, run, bench)
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: pyv4 <command> [options]\n\ncommands:")
+        for name, (_, h) in _COMMANDS.items():
+            print(f"  {name:<9} {h}")
+        print("\nRun `pyv4 <command> --help` for the options of a command.")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(f"pyv4 {__version__}")
+        return 0
+    cmd = argv[0]
+    if cmd not in _COMMANDS:
+        return _fail(cmd, f"unknown command (choose from {', '.join(_COMMANDS)})")
+    return _COMMANDS[cmd][0](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Registers the interactive commands (chat, run, bench) with the CLI."""
