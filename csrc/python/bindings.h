@@ -7,4 +7,5 @@ namespace pyv4 {
 void bind_gguf(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
 void bind_quant(pybind11::module_& m);
+void bind_sample(pybind11::module_& m);
 }  // namespace pyv4

@@ -26,4 +26,5 @@ PYBIND11_MODULE(_core, m) {
   pyv4::bind_gguf(m);
   pyv4::bind_quant(m);
   pyv4::bind_model(m);
+  pyv4::bind_sample(m);
 }
