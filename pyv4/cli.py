@@ -22,26 +22,27 @@ def _cmd_convert(argv: list[str]) -> int:
     return convert_main(argv)
 
 
-def _cmd_info(argv: list[str]) -> int:
-    from .info import main as info_main
+def _lazy(module: str, attr: str):
+    def run(argv: list[str]) -> int:
+        import importlib
 
-    return info_main(argv)
+        return getattr(importlib.import_module(module, __package__), attr)(argv)
+
+    return run
 
 
+# name -> (entry point, help); modules load only when their command runs, so
+# `pyv4 chat` never imports the converter (and with it torch).
 _COMMANDS = {
+    "chat": (_lazy(".cli_commands", "chat_main"), "interactive chat (the demo model if none is given)"),
+    "run": (_lazy(".cli_commands", "run_main"), "answer one prompt (-p TEXT, or -p - for stdin)"),
     "convert": (_cmd_convert, "convert a Hugging Face / official checkpoint to GGUF"),
-    "info": (_cmd_info, "describe a GGUF file and whether pyv4 can load it"),
+    "info": (_lazy(".info", "main"), "describe a GGUF file and whether pyv4 can load it"),
 }
-
-
-def register(name: str, fn, help_text: str) -> None:
-    _COMMANDS[name] = (fn, help_text)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from . import cli_commands  # noqa: F401  (registers chat, run, bench)
-
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: pyv4 <command> [options]\n\ncommands:")
         for name, (_, h) in _COMMANDS.items():

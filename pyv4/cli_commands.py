@@ -1,5 +1,5 @@
-"""`pyv4 chat` (interactive REPL) and `pyv4 run` (one-shot), registered with
-the command dispatcher in pyv4/cli.py."""
+"""`pyv4 chat` (interactive REPL) and `pyv4 run` (one-shot); dispatched from
+pyv4/cli.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import sys
 import time
 
-from . import cli
 from .sampling import SamplingParams
 
 DIM, RESET, BOLD = "\x1b[2m", "\x1b[0m", "\x1b[1m"
@@ -76,7 +75,8 @@ def _run_guarded(name: str, fn, argv) -> int:
     try:
         return fn(argv)
     except UserError as e:
-        return cli._fail(name, str(e))
+        print(f"pyv4 {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 # ----------------------------------------------------------------- pyv4 run
@@ -300,5 +300,9 @@ def _reply(chat, text: str, tty: bool) -> None:
     print("\n" + (DIM + info + RESET if tty else info))
 
 
-cli.register("chat", lambda argv: _run_guarded("chat", _cmd_chat, argv), "interactive chat (demo model if none given)")
-cli.register("run", lambda argv: _run_guarded("run", _cmd_run, argv), "answer one prompt (-p TEXT, or -p - for stdin)")
+def chat_main(argv: list[str]) -> int:
+    return _run_guarded("chat", _cmd_chat, argv)
+
+
+def run_main(argv: list[str]) -> int:
+    return _run_guarded("run", _cmd_run, argv)

@@ -517,9 +517,10 @@ def test_keyboard_interrupt_leaves_no_file(spec11, tmp_path):
 @pytest.mark.parametrize("name", tm.CONFIG_NAMES)
 def test_tiny_model_logits_are_informative(name):
     model = tm.build_model(name, seed=1)
-    toks = np.random.default_rng(0).integers(0, model.config.vocab_size, 600)
+    n = 600 if name == "spec11" else 260  # 600 for one config keeps the file fast on 2 cores
+    toks = np.random.default_rng(0).integers(0, model.config.vocab_size, n)
     lg = tm.reference_logits(model, toks)
-    assert lg.shape == (600, model.config.vocab_size) and lg.dtype == np.float32
+    assert lg.shape == (n, model.config.vocab_size) and lg.dtype == np.float32
     assert np.isfinite(lg).all()
     assert 0.3 < lg.std() < 10
     if name == "window128":

@@ -94,7 +94,8 @@ def test_dequantize_matches_gguf(type_name):
     n = 64 * max(bs, 32)
     raw = random_weight(type_name, 1, n, rng, full_range=True)
     ours = _core.quant_dequantize(type_name, raw.reshape(-1), n)
-    ref = gguf_dequant(type_name, raw, 1, n).reshape(-1).astype(np.float32)
+    with np.errstate(over="ignore"):  # MXFP4 e = 255 scales overflow to inf (both sides)
+        ref = gguf_dequant(type_name, raw, 1, n).reshape(-1).astype(np.float32)
     assert ours.dtype == np.float32
     assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
 
@@ -117,12 +118,13 @@ def test_dequantize_rejects_bad_length():
 
 # ---------------------------------------------------------------- matmul
 
-def _cols_for(type_name):
+def _cols_for(type_name, n_tokens):
     if type_name == "Q4_K":
         return 512
     if type_name in INT_TYPES:
-        return 96  # 3 blocks: odd block count exercises the pair kernels' tail
-    return 100     # not a multiple of the SIMD width
+        # 3 or 5 blocks: not a multiple of the 4-block groups (tail paths)
+        return 96 if n_tokens in (1, 32) else 160
+    return 100 if n_tokens in (1, 32) else 200  # not a multiple of the SIMD width
 
 
 def _check_fast(type_name, W, x, y):
@@ -156,7 +158,7 @@ def test_matmul_fast(type_name, isa, n_tokens, rows):
     _core.set_isa(isa)
     _core.set_compute_mode("fast")
     rng = np.random.default_rng(hash((type_name, isa, n_tokens)) & 0xFFFF)
-    cols = _cols_for(type_name)
+    cols = _cols_for(type_name, n_tokens)
     raw = random_weight(type_name, rows, cols, rng)
     W = gguf_dequant(type_name, raw, rows, cols)
     x = rng.standard_normal((n_tokens, cols)).astype(np.float32)

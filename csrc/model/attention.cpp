@@ -5,6 +5,7 @@
 #include <numeric>
 #include <vector>
 
+#include "kv/kv_kernels.h"
 #include "model/compressor.h"
 
 namespace pyv4 {
@@ -24,22 +25,13 @@ void select_topk(const float* scores, int64_t n_visible, int64_t topk, int64_t* 
 
 namespace {
 
-// Indexer scores of query t against blocks [0, nb): Σ_h w_h · ReLU(q_h · K_b).
-// The positive global scales are folded into w_h (spec §3.6).
-void indexer_scores(const ModelConfig& c, const float* qI, const float* wI,
-                    const CompressorState& keys, int64_t nb, float* scores) {
-  const int64_t nih = c.index_n_head, ihd = c.index_head_dim;
-  for (int64_t b = 0; b < nb; ++b) {
-    const float* k = keys.row(b);
-    float s = 0.0f;
-    for (int64_t h = 0; h < nih; ++h) {
-      const float* q = qI + h * ihd;
-      float dot = 0.0f;
-      for (int64_t i = 0; i < ihd; ++i) dot += q[i] * k[i];
-      s += std::max(dot, 0.0f) * wI[h];
-    }
-    scores[b] = s;
-  }
+// Indexer score of one query against key k: Σ_h w_h · ReLU(q_h · k) (spec §3.6);
+// the positive global scales are folded into w_h.
+float indexer_score(const KvKernels& kk, const float* qI, const float* wI, const float* k,
+                    int64_t nih, int64_t ihd) {
+  float s = 0.0f;
+  for (int64_t h = 0; h < nih; ++h) s += std::max(kk.dot(qI + h * ihd, k, ihd), 0.0f) * wI[h];
+  return s;
 }
 
 }  // namespace
@@ -50,6 +42,8 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   const int64_t D = c.n_embd, H = c.n_head, d = c.head_dim, QL = c.q_lora_rank;
   const float eps = static_cast<float>(c.rms_eps);
   LayerState& st = kv.layer(il);
+  const RowCodec& mc = kv.main_codec();
+  const KvKernels& kk = kv_kernels();
 
   // Q path: q_lat = q_norm(wq_a x); q = wq_b q_lat; per-head RMS; RoPE at P.
   std::vector<float> qlat(n * QL), q(n * H * d), kvr(n * d);
@@ -68,6 +62,9 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
       float* k = &kvr[t * d];
       rms_norm(k, w.kv_norm.data(), k, d, eps);
       rope.apply(k, d, pos0 + t);
+      // Storage rounding (spec §3.4 step 3 in fp8: act_quant of the nope dims),
+      // also for this token's own attention, as in the official code.
+      mc.round(k);
     }
   });
 
@@ -77,30 +74,75 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   std::vector<std::vector<int64_t>> picked;  // CSA: selected blocks per query
   if (w.kind != AttnKind::Sliding) {
     ratio = w.comp.ratio;
-    compressor_update(c, w.comp, rope, x, n, pos0, st.comp, pool);
+    compressor_update(c, w.comp, rope, x, n, pos0, kv, il, /*indexer=*/false, pool);
   }
+  const int64_t nb_last = ratio ? (pos0 + n) / ratio : 0;  // rows visible to the last query
   if (w.kind == AttnKind::CSA) {
-    compressor_update(c, w.index_comp, rope, x, n, pos0, st.index_comp, pool);
+    compressor_update(c, w.index_comp, rope, x, n, pos0, kv, il, /*indexer=*/true, pool);
     const int64_t nih = c.index_n_head, ihd = c.index_head_dim;
+    const RowCodec& ic = kv.index_codec();
     std::vector<float> qI(n * nih * ihd), wI(n * nih);
     matmul(w.index_q_b, qlat.data(), QL, n, qI.data(), nih * ihd, pool);
     matmul(w.index_proj, x, D, n, wI.data(), nih, pool);
     const float wscale = 1.0f / std::sqrt(static_cast<float>(nih));
     const float qscale = 1.0f / std::sqrt(static_cast<float>(ihd));
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t h = 0; h < nih; ++h) {
+        float* qh = &qI[(t * nih + h) * ihd];
+        rope.apply(qh, ihd, pos0 + t);
+        round_index_query(kv.type(), qh, ihd);  // fp8: Hadamard + FP4 QAT (spec §3.6)
+      }
+      for (int64_t h = 0; h < nih; ++h) wI[t * nih + h] *= wscale * qscale;
+    }
+    // Every visible key is scored (keys are small: 68 B in fp8); only the
+    // selected compressed rows are read below (offload contract).
     picked.resize(n);
-    pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
-      std::vector<float> scores;
-      for (int64_t t = t0; t < t1; ++t) {
-        for (int64_t h = 0; h < nih; ++h) rope.apply(&qI[(t * nih + h) * ihd], ihd, pos0 + t);
-        for (int64_t h = 0; h < nih; ++h) wI[t * nih + h] *= wscale * qscale;
-        const int64_t nb = (pos0 + t + 1) / ratio;
-        scores.resize(nb);
-        indexer_scores(c, &qI[t * nih * ihd], &wI[t * nih], st.index_comp, nb, scores.data());
-        picked[t].resize(std::min(nb, c.index_topk));
-        int64_t k = 0;
-        select_topk(scores.data(), nb, c.index_topk, picked[t].data(), &k);
+    std::vector<float> scores;
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t nb = (pos0 + t + 1) / ratio;
+      scores.resize(nb);
+      pool.parallel_for(nb, 64, [&](int64_t b0, int64_t b1, int) {
+        std::vector<float> scratch(ihd);
+        for (int64_t b = b0; b < b1; ++b) {
+          const float* k = ic.view(kv.index_rec(il, b), scratch.data());
+          scores[b] = indexer_score(kk, &qI[t * nih * ihd], &wI[t * nih], k, nih, ihd);
+        }
+      });
+      picked[t].resize(std::min(nb, c.index_topk));
+      int64_t k = 0;
+      select_topk(scores.data(), nb, c.index_topk, picked[t].data(), &k);
+    }
+    st.touch.index_keys += nb_last;
+  }
+
+  // Rows this chunk's queries read, each decoded once: the stored window rows
+  // before pos0, and the compressed rows (HCA: all visible; CSA: the union of
+  // the selected ones). F32 rows are read in place.
+  const int64_t w_first = std::max<int64_t>(0, pos0 - c.window + 1);
+  std::vector<float> wbuf(mc.type == KVType::F32 ? 0 : (pos0 - w_first) * d);
+  std::vector<const float*> wptr(pos0 - w_first);
+  for (int64_t p = w_first; p < pos0; ++p) {
+    wptr[p - w_first] = mc.view(kv.window_rec(il, p), wbuf.data() + (wbuf.empty() ? 0 : (p - w_first) * d));
+  }
+  st.touch.window += pos0 - w_first;
+  std::vector<const float*> cptr(nb_last, nullptr);
+  if (ratio) {
+    std::vector<int64_t> need;
+    if (w.kind == AttnKind::HCA) {
+      need.resize(nb_last);
+      std::iota(need.begin(), need.end(), 0);
+    } else {
+      std::vector<char> mark(nb_last, 0);
+      for (const auto& pk : picked) for (int64_t b : pk) mark[b] = 1;
+      for (int64_t b = 0; b < nb_last; ++b) if (mark[b]) need.push_back(b);
+    }
+    std::vector<float> cbuf(mc.type == KVType::F32 ? 0 : need.size() * d);
+    pool.parallel_for(static_cast<int64_t>(need.size()), 16, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; ++i) {
+        cptr[need[i]] = mc.view(kv.comp_rec(il, need[i]), cbuf.empty() ? nullptr : cbuf.data() + i * d);
       }
     });
+    st.touch.compressed += static_cast<int64_t>(need.size());
   }
 
   // Softmax over window ∪ visible compressed rows, with the per-head sink.
@@ -113,39 +155,37 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
       const int64_t t = i / H, h = i % H, P = pos0 + t;
       keys.clear();
       for (int64_t j = std::max<int64_t>(0, P - c.window + 1); j <= P; ++j) {
-        keys.push_back(j >= pos0 ? &kvr[(j - pos0) * d] : kv.window_row(il, j));
+        keys.push_back(j >= pos0 ? &kvr[(j - pos0) * d] : wptr[j - w_first]);
       }
       if (w.kind == AttnKind::HCA) {
         const int64_t nb = (P + 1) / ratio;
-        for (int64_t b = 0; b < nb; ++b) keys.push_back(st.comp.row(b));
+        for (int64_t b = 0; b < nb; ++b) keys.push_back(cptr[b]);
       } else if (w.kind == AttnKind::CSA) {
-        for (int64_t b : picked[t]) keys.push_back(st.comp.row(b));
+        for (int64_t b : picked[t]) keys.push_back(cptr[b]);
       }
       const float* qh = &q[(t * H + h) * d];
       s.resize(keys.size());
       float mx = w.sinks[h];
       for (size_t j = 0; j < keys.size(); ++j) {
-        float dot = 0.0f;
-        for (int64_t e = 0; e < d; ++e) dot += qh[e] * keys[j][e];
-        s[j] = dot * scale;
+        s[j] = kk.dot(qh, keys[j], d) * scale;
         mx = std::max(mx, s[j]);
       }
       float denom = std::exp(w.sinks[h] - mx);  // sink: denominator only
       for (size_t j = 0; j < keys.size(); ++j) denom += (s[j] = std::exp(s[j] - mx));
       float* oh = &o[(t * H + h) * d];
       std::fill(oh, oh + d, 0.0f);
-      for (size_t j = 0; j < keys.size(); ++j) {
-        const float p = s[j] / denom;
-        for (int64_t e = 0; e < d; ++e) oh[e] += p * keys[j][e];
-      }
+      for (size_t j = 0; j < keys.size(); ++j) kk.axpy(s[j] / denom, keys[j], oh, d);
       rope.apply(oh, d, P, /*inverse=*/true);  // V carried RoPE (K = V); undo it
     }
   });
 
+  // Snapshots (window ring image + rolling state) at every snap_every-th
+  // position of this chunk, taken before the chunk overwrites ring slots.
+  kv.commit_snapshots(il, pos0, n, kvr.data());
   // The chunk's rows enter the window ring only now: earlier queries of this
   // chunk read older ring slots that these would overwrite.
   for (int64_t t = std::max<int64_t>(0, n - c.window); t < n; ++t) {
-    std::copy(&kvr[t * d], &kvr[(t + 1) * d], kv.window_row(il, pos0 + t));
+    kv.write_window(il, pos0 + t, &kvr[t * d]);
   }
 
   // Grouped low-rank output: z_g = W_oa[g] · concat(heads of group g); out = wo_b z.

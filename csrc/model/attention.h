@@ -12,12 +12,9 @@
 
 namespace pyv4 {
 
-struct AttentionStats {
-  int64_t csa_rows_read = 0;  // compressed CSA rows touched by the last call
-};
-
 // x: attention inputs [n, D] of the tokens at positions [pos0, pos0 + n);
-// out: [n, D]. Reads and updates the layer's state in kv.
+// out: [n, D]. Reads and updates the layer's state in kv, and records the rows
+// it touched in kv.layer(il).touch.
 void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
                        const RopeTable& rope, const float* x, int64_t n, int64_t pos0,
                        KVState& kv, float* out, ThreadPool& pool);

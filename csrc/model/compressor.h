@@ -13,10 +13,13 @@
 namespace pyv4 {
 
 // Feeds tokens at positions [pos0, pos0 + n) with attention inputs x [n, D] to
-// the compressor, and appends one row to `st` for every block they close, so
-// that after the call st.n_rows() == (pos0 + n) / ratio.
+// the layer's main compressor (indexer = false) or indexer compressor, and
+// appends one row to the session's stream for every block they close, rounded
+// to the session's KV type (spec §3.5, §3.6), so that afterwards the stream
+// holds (pos0 + n) / ratio rows. At every snapshot position it records the
+// rolling state for KVState::commit_snapshots.
 void compressor_update(const ModelConfig& c, const CompressorWeights& w, const RopeTable& rope,
-                       const float* x, int64_t n, int64_t pos0, CompressorState& st,
-                       ThreadPool& pool);
+                       const float* x, int64_t n, int64_t pos0, KVState& kv, int64_t il,
+                       bool indexer, ThreadPool& pool);
 
 }  // namespace pyv4

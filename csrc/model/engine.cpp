@@ -33,6 +33,7 @@ std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n
                                std::to_string(c.n_ctx));
   }
 
+  state.begin_eval();
   const int64_t D = c.n_embd, hc = c.hc_mult, W = hc * D;
   // Residual streams: every stream starts as the token's embedding (spec §3.1).
   std::vector<float> X(n * W), y(n * D), f(n * D);
@@ -55,7 +56,7 @@ std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n
     moe_forward(c, L, il, y.data(), tokens, n, f.data(), pool_);
     hc_post(c, mix, f.data(), X.data(), n);
   }
-  state.set_n_tokens(pos0 + n);
+  state.end_eval(tokens, n);
 
   // Head: only the rows the caller asked for.
   const int64_t first = all_logits ? 0 : n - 1, n_out = n - first;
@@ -64,6 +65,17 @@ std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n
   std::vector<float> logits(n_out * c.n_vocab);
   matmul(w_.output, y.data(), D, n_out, logits.data(), c.n_vocab, pool_);
   return logits;
+}
+
+void Engine::truncate(KVState& state, int64_t n) {
+  if (n < 0 || n > state.n_tokens()) {
+    throw InputError("truncate: n_tokens must be in [0, " + std::to_string(state.n_tokens()) + "], got " +
+                     std::to_string(n));
+  }
+  if (n == state.n_tokens()) return;
+  const std::vector<int64_t> ids(state.tokens().begin(), state.tokens().begin() + n);
+  const int64_t s = state.restore_before(n);
+  if (n > s) eval(state, ids.data() + s, n - s, /*all_logits=*/false);
 }
 
 }  // namespace pyv4

@@ -29,12 +29,21 @@ class Engine {
   const GGUFFile& file() const { return *file_; }
   ThreadPool& pool() { return pool_; }
 
-  std::unique_ptr<KVState> new_state() const { return std::make_unique<KVState>(cfg_); }
+  // A new session state (csrc/kv): rows stored as `type` in a memory-mapped
+  // file (`path`, or an unlinked temporary file when empty).
+  std::unique_ptr<KVState> new_state(KVType type = KVType::FP8, const std::string& path = "",
+                                     int64_t snap_every = KVState::kDefaultSnapEvery) const {
+    return std::make_unique<KVState>(cfg_, type, path, snap_every);
+  }
 
   // Runs tokens [n] through the model after the session's current tokens and
   // returns logits: [n, vocab] if all_logits, else [vocab] for the last token.
   // Validates everything first: on error the session is unchanged.
   std::vector<float> eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits);
+
+  // Cuts the session back to its first n tokens: restores the latest snapshot
+  // at or before n and re-evaluates the (< snap_every) tokens after it.
+  void truncate(KVState& state, int64_t n);
 
  private:
   std::unique_ptr<GGUFFile> file_;

@@ -1,4 +1,4 @@
-// Engine and session-state bindings. The GIL is released while the forward
+// Engine bindings (session state: bind_session.cpp). The GIL is released while the forward
 // pass runs so other Python threads (a UI, a stream reader) keep going.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -51,10 +51,6 @@ static py::dict config_dict(const ModelConfig& c) {
 }
 
 void bind_model(py::module_& m) {
-  py::class_<KVState>(m, "KVState", "Per-session decode state")
-      .def_property_readonly("n_tokens", &KVState::n_tokens)
-      .def("reset", &KVState::reset);
-
   py::class_<Engine>(m, "Engine", "A loaded DeepSeek-V4 GGUF")
       .def(py::init<const std::string&, int>(), py::arg("path"), py::arg("threads") = 0,
            py::call_guard<py::gil_scoped_release>())
@@ -63,7 +59,6 @@ void bind_model(py::module_& m) {
       .def_property_readonly("n_ctx", [](const Engine& e) { return e.config().n_ctx; })
       .def_property_readonly("n_threads", [](Engine& e) { return e.pool().size(); })
       .def_property_readonly("fingerprint", [](const Engine& e) { return e.file().fingerprint(); })
-      .def("new_session", [](const Engine& e) { return e.new_state(); })
       .def(
           "eval",
           [](Engine& e, KVState& s, py::array_t<int64_t, py::array::c_style | py::array::forcecast> tokens,

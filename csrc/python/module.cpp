@@ -26,5 +26,6 @@ PYBIND11_MODULE(_core, m) {
   pyv4::bind_gguf(m);
   pyv4::bind_quant(m);
   pyv4::bind_model(m);
+  pyv4::bind_session(m);
   pyv4::bind_sample(m);
 }

@@ -9,6 +9,13 @@
 //     sum_i w_i x_i = dw * dx * (sum_i u_i q_i) - k * dw * (dx * sum_i q_i)
 // and the second term uses cs[b] = cscale * dx[b] * sum_i q[32b + i], computed
 // once per token.
+//
+// Two byte layouts of the quantized activations (the kernel asks for one):
+//  * plain: block b occupies bytes [32b, 32b+32) of the token's row;
+//  * quad (AVX-512): blocks are grouped by 4; group g occupies [128g, 128g+128):
+//    bytes 0..63 hold elements 0..15 of blocks 4g..4g+3 (16 each), bytes 64..127
+//    hold their elements 16..31. Two chained vpdpbusd then sum exactly the 32
+//    products of each block into 4 int32 lanes, so the float work per block halves.
 #pragma once
 
 #include <cstddef>
@@ -22,7 +29,7 @@ namespace qk {
 struct ActQ {
   int64_t n_tokens = 0;
   int64_t nb = 0;      // blocks of 32 per token
-  int64_t nb_pad = 0;  // nb rounded up to even; padding blocks are all zero
+  int64_t nb_pad = 0;  // nb rounded up to a multiple of 4; padding blocks are all zero
   const int8_t* qs = nullptr;  // [n_tokens][nb_pad * 32]
   const float* dx = nullptr;   // [n_tokens][nb_pad]
   const float* cs = nullptr;   // [n_tokens][nb_pad]  cscale * dx * sum(q)
@@ -32,23 +39,22 @@ struct ActQ {
   const float* c(int64_t t) const { return cs + t * nb_pad; }
 };
 
-// Scalar quantizer (the definition of the activation format). Writes into the
-// given buffers sized as ActQ describes.
-void quantize_act_scalar(const float* X, int64_t ldx, int64_t n_tokens, int64_t cols,
-                         float cscale, int8_t* qs, float* dx, float* cs);
+inline int64_t act_nb_pad(int64_t nb) { return (nb + 3) & ~int64_t(3); }
 
 // ---- AVX2 + FMA + F16C (kernels_avx2.cpp) ----
 // For an integer weight type: the cscale its kernel needs (k/8 for a code offset
 // k, 1 for Q4_K). Returns false for float weight types (no activation quantization).
 bool act_cscale_avx2(GGMLType t, float* cscale);
+// Quantizes X into buffers sized as ActQ describes (plain or quad layout).
 void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t cols, float cscale,
-                       int8_t* qs, float* dx, float* cs);
+                       bool quad, int8_t* qs, float* dx, float* cs);
 // Y[t, r] for r in [r0, r1), all tokens. act is null for float weight types.
 void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t ldx,
                int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1);
 uint64_t read_sum_avx2(const uint8_t* p, size_t bytes);
 
 // ---- AVX-512 F/BW/VL/DQ + VNNI (kernels_avx512.cpp) ----
+// Same contract as act_cscale_avx2; these kernels want the quad layout.
 bool act_cscale_avx512(GGMLType t, float* cscale);
 void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t ldx,
                  int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1);

@@ -136,10 +136,10 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
     for (int i = 0; i < R; ++i) {
       const uint8_t* p = rows[i] + sb * 144;
       const float d = f16(p), dmin = f16(p + 2);
-      alignas(8) uint8_t sc[8], mn[8];
-      for (int j = 0; j < 8; ++j) q4k_scale_min(p + 4, j, &sc[j], &mn[j]);
-      const __m128i sc8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc));
-      const __m128i mn8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn));
+      uint64_t sc64, mn64;
+      q4k_scales_mins(p + 4, &sc64, &mn64);
+      const __m128i sc8 = _mm_cvtsi64_si128(static_cast<long long>(sc64));
+      const __m128i mn8 = _mm_cvtsi64_si128(static_cast<long long>(mn64));
       _mm256_store_ps(dsc[i], _mm256_mul_ps(_mm256_set1_ps(d),
                                             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc8))));
       MN[i] = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)));
@@ -296,8 +296,8 @@ bool act_cscale_avx2(GGMLType t, float* cscale) {
 }
 
 void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t cols, float cscale,
-                       int8_t* qs, float* dx, float* cs) {
-  const int64_t nb = cols / 32, nb_pad = (nb + 1) & ~int64_t(1);
+                       bool quad, int8_t* qs, float* dx, float* cs) {
+  const int64_t nb = cols / 32, nb_pad = act_nb_pad(nb);
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t t = 0; t < n_tokens; ++t) {
     const float* x = X + t * ldx;
@@ -330,13 +330,25 @@ void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t co
       const __m256i p23 = _mm256_packs_epi32(i32[2], i32[3]);
       __m256i p = _mm256_packs_epi16(p01, p23);
       p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * b), p);
+      if (quad) {
+        int8_t* g = q + 128 * (b / 4) + 16 * (b % 4);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(g), _mm256_castsi256_si128(p));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(g + 64), _mm256_extracti128_si256(p, 1));
+      } else {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * b), p);
+      }
       d[b] = db;
       c[b] = cscale * (db * static_cast<float>(sum));
     }
-    if (nb_pad > nb) {
-      std::memset(q + 32 * nb, 0, 32);
-      d[nb] = c[nb] = 0.0f;
+    for (int64_t b = nb; b < nb_pad; ++b) {
+      if (quad) {
+        int8_t* g = q + 128 * (b / 4) + 16 * (b % 4);
+        std::memset(g, 0, 16);
+        std::memset(g + 64, 0, 16);
+      } else {
+        std::memset(q + 32 * b, 0, 32);
+      }
+      d[b] = c[b] = 0.0f;
     }
   }
 }

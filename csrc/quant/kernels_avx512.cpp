@@ -1,16 +1,17 @@
 // AVX-512 (F/BW/VL/DQ) + VNNI kernels, called only when CPUID and XCR0 say the
 // CPU and OS support them. Anonymous namespace: no ODR clash with the AVX2 file.
 //
-// Integer weight types, activation format of quant/kernels.h. One zmm holds a
-// pair of 32-blocks (64 codes); per pair and (row, token):
-//   P  = vpdpbusd(0, u, q)            16 int32 lanes, 8 per block, exact
-//   acc += dw * (dx * float(P) - cs)  dw, dx, cs broadcast to the 8 lanes of
-//                                      their block; cs = (k/8) * dx * sum(q)
-// Codes u (unsigned 8-bit): Q8_0 w+128 (k = 128), Q4_0 nibble (k = 8), MXFP4
-// 2*E2M1+12 (k = 12), Q4_K nibble with dw = d*sc and the mins subtracted once
-// per super-block. VNNI sums in int32, so nothing saturates (|u*q| <= 255*127).
+// Integer weight types use the quad activation layout of quant/kernels.h. A
+// group of 4 weight blocks is decoded into two zmm of unsigned codes, A (elements
+// 0..15 of each block) and B (elements 16..31), matching the activations, so
+//   P  = vpdpbusd(vpdpbusd(0, A, xa), B, xb)   16 int32 lanes, 4 per block, exact
+//   acc += dw * (dx * float(P) - cs)            dw, dx, cs spread to their 4 lanes;
+//                                                cs = (k/4) * dx * sum(q)
+// Codes: Q8_0 w+128 (k = 128), Q4_0 nibble (k = 8), MXFP4 2*E2M1+12 (k = 12),
+// Q4_K nibble with dw = d*sc and the mins subtracted once per super-block
+// (acc -= sum_i dmin*m_i * dx_i*sum(q)_i). VNNI sums in int32: no saturation.
 // Weight rows are processed in tiles of 4 rows x up to 4 tokens: each weight
-// pair is decoded once per tile and reused for every token in it.
+// group is decoded once per tile and reused for every token in it.
 #include <immintrin.h>
 
 #include <cstring>
@@ -27,100 +28,89 @@ using namespace qblocks;
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// [a x8, b x8] from the two floats in the low half of v.
-inline __m512 spread2(__m128 v) {
-  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+// [a x4, b x4, c x4, d x4] from the four floats of v.
+inline __m512 spread4(__m128 v) {
+  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
 }
-inline __m128 load2f(const float* p) {
-  return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+
+inline __m512i load4x16(const uint8_t* p, int64_t stride) {
+  const __m512i z = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512i z1 =
+      _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + stride)), 1);
+  const __m512i z2 =
+      _mm512_inserti32x4(z1, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * stride)), 2);
+  return _mm512_inserti32x4(z2, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3 * stride)),
+                            3);
 }
 
-// Nibbles of two 16-byte groups: [lo(v0), hi(v0), lo(v1), hi(v1)].
-inline __m512i nibbles2x16(const uint8_t* p0, const uint8_t* p1) {
-  const __m256i a = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p1)),
-                                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(p0)));
-  const __m512i z = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3),
-                                             _mm512_castsi256_si512(a));
-  const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
-                                       0x0004000400040004LL, 0x0004000400040004LL);
-  return _mm512_and_si512(_mm512_srlv_epi16(z, sh), _mm512_set1_epi8(0x0F));
-}
-inline __m512i nibbles1x16(const uint8_t* p0) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p0));
-  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
-  return _mm512_zextsi256_si512(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)));
+// Four f16 scales at stride bytes apart, spread.
+inline __m512 f16x4(const uint8_t* p, int64_t stride) {
+  const uint64_t bits = static_cast<uint64_t>(load_u16(p)) |
+                        (static_cast<uint64_t>(load_u16(p + stride)) << 16) |
+                        (static_cast<uint64_t>(load_u16(p + 2 * stride)) << 32) |
+                        (static_cast<uint64_t>(load_u16(p + 3 * stride)) << 48);
+  return spread4(_mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(bits))));
 }
 
-inline __m128 f16x2(const uint8_t* p0, const uint8_t* p1) {
-  const uint32_t bits = load_u16(p0) | (static_cast<uint32_t>(load_u16(p1)) << 16);
-  return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits)));
-}
-inline __m128 f16x1(const uint8_t* p0) {
-  return _mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(p0)));
-}
-
-// ---- pair decoders: codes of blocks 2u, 2u+1 of a row and [dw x8, dw' x8] ----
+// ---- group decoders: blocks 4g..4g+3 starting at p -> A, B codes and dw ----
 struct DecQ8_0 {
-  static inline __m512i pair(const uint8_t* row, int64_t u, __m512* DW) {
-    const uint8_t* p = row + u * 68;
-    *DW = spread2(f16x2(p, p + 34));
-    const __m512i v = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2))),
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 36)), 1);
-    return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
-  }
-  static inline __m512i single(const uint8_t* row, int64_t u, __m512* DW) {
-    const uint8_t* p = row + u * 68;
-    *DW = spread2(f16x1(p));
-    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2)),
-                                       _mm256_set1_epi8(static_cast<char>(0x80)));
-    return _mm512_zextsi256_si512(v);
+  static constexpr int kBB = 34;
+  static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+    const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
+    *DW = f16x4(p, 34);
+    *A = _mm512_xor_si512(load4x16(p + 2, 34), off);
+    *B = _mm512_xor_si512(load4x16(p + 18, 34), off);
   }
 };
 struct DecQ4_0 {
-  static inline __m512i pair(const uint8_t* row, int64_t u, __m512* DW) {
-    const uint8_t* p = row + u * 36;
-    *DW = spread2(f16x2(p, p + 18));
-    return nibbles2x16(p + 2, p + 20);
-  }
-  static inline __m512i single(const uint8_t* row, int64_t u, __m512* DW) {
-    const uint8_t* p = row + u * 36;
-    *DW = spread2(f16x1(p));
-    return nibbles1x16(p + 2);
+  static constexpr int kBB = 18;
+  static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    *DW = f16x4(p, 18);
+    const __m512i z = load4x16(p + 2, 18);
+    *A = _mm512_and_si512(z, m4);
+    *B = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
   }
 };
 struct DecMXFP4 {
-  static inline __m512i lut() {
-    return _mm512_broadcast_i32x4(
-        _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
-  }
-  static inline __m512i pair(const uint8_t* row, int64_t u, __m512* DW) {
-    const uint8_t* p = row + u * 34;
-    *DW = spread2(_mm_unpacklo_ps(_mm_set_ss(e8m0_to_f32_half(p[0])),
-                                  _mm_set_ss(e8m0_to_f32_half(p[17]))));
-    return _mm512_shuffle_epi8(lut(), nibbles2x16(p + 1, p + 18));
-  }
-  static inline __m512i single(const uint8_t* row, int64_t u, __m512* DW) {
-    const uint8_t* p = row + u * 34;
-    *DW = spread2(_mm_set_ss(e8m0_to_f32_half(p[0])));
-    // zero the upper half of the codes (the activations there are zero anyway)
-    return _mm512_maskz_shuffle_epi8(0xFFFFFFFFULL, lut(), nibbles1x16(p + 1));
+  static constexpr int kBB = 17;
+  static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i lut = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));  // 2*E2M1 + 12
+    // e8m0_to_f32_half on 4 lanes: e < 2 -> 0x00200000 << e, else (e - 1) << 23
+    const uint32_t e4 = p[0] | (static_cast<uint32_t>(p[17]) << 8) |
+                        (static_cast<uint32_t>(p[34]) << 16) | (static_cast<uint32_t>(p[51]) << 24);
+    const __m128i e = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(e4)));
+    const __m128i normal = _mm_slli_epi32(_mm_sub_epi32(e, _mm_set1_epi32(1)), 23);
+    const __m128i sub = _mm_sllv_epi32(_mm_set1_epi32(0x00200000), e);
+    const __m128i bits = _mm_blendv_epi8(normal, sub, _mm_cmplt_epi32(e, _mm_set1_epi32(2)));
+    *DW = spread4(_mm_castsi128_ps(bits));
+    const __m512i z = load4x16(p + 1, 17);
+    *A = _mm512_shuffle_epi8(lut, _mm512_and_si512(z, m4));
+    *B = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4));
   }
 };
 
-template <int R, int T>
-inline void pair_fma(__m512 (&acc)[R][T], const __m512i (&U)[R], const __m512 (&DW)[R],
-                     const ActQ& a, int64_t t0, int64_t u) {
+template <int R, int T, bool kOffset>
+inline void group_fma(__m512 (&acc)[R][T], const __m512i (&A)[R], const __m512i (&B)[R],
+                      const __m512 (&DW)[R], const ActQ& a, int64_t t0, int64_t g) {
 #pragma GCC unroll 4
   for (int t = 0; t < T; ++t) {
-    const __m512i X = _mm512_loadu_si512(a.q(t0 + t) + 64 * u);
-    const __m512 DX = spread2(load2f(a.d(t0 + t) + 2 * u));
-    const __m512 KC = spread2(load2f(a.c(t0 + t) + 2 * u));
+    const int8_t* xq = a.q(t0 + t) + 128 * g;
+    const __m512i XA = _mm512_loadu_si512(xq);
+    const __m512i XB = _mm512_loadu_si512(xq + 64);
+    const __m512 DX = spread4(_mm_loadu_ps(a.d(t0 + t) + 4 * g));
+    __m512 KC = _mm512_setzero_ps();
+    if constexpr (kOffset) KC = spread4(_mm_loadu_ps(a.c(t0 + t) + 4 * g));
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
-      const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), U[i], X));
-      acc[i][t] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DW[i], acc[i][t]);
+      const __m512i p =
+          _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), A[i], XA), B[i], XB);
+      const __m512 f = _mm512_cvtepi32_ps(p);
+      const __m512 s = kOffset ? _mm512_fmsub_ps(f, DX, KC) : _mm512_mul_ps(f, DX);
+      acc[i][t] = _mm512_fmadd_ps(s, DW[i], acc[i][t]);
     }
   }
 }
@@ -132,19 +122,26 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
     for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
-  const int64_t np = a.nb / 2;
-  for (int64_t u = 0; u < np; ++u) {
-    __m512i U[R];
+  const int64_t ng = a.nb / 4;
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512i A[R], B[R];
     __m512 DW[R];
 #pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) U[i] = Dec::pair(rows[i], u, &DW[i]);
-    pair_fma<R, T>(acc, U, DW, a, t0, u);
+    for (int i = 0; i < R; ++i) Dec::group(rows[i] + g * 4 * Dec::kBB, &A[i], &B[i], &DW[i]);
+    group_fma<R, T, true>(acc, A, B, DW, a, t0, g);
   }
-  if (a.nb & 1) {
-    __m512i U[R];
+  if (const int rem = static_cast<int>(a.nb - 4 * ng)) {
+    // Tail group: copy the 1..3 remaining blocks into a zeroed 4-block buffer
+    // (zero scale; the activations there are zero too).
+    alignas(64) uint8_t tmp[4 * Dec::kBB];
+    __m512i A[R], B[R];
     __m512 DW[R];
-    for (int i = 0; i < R; ++i) U[i] = Dec::single(rows[i], np, &DW[i]);
-    pair_fma<R, T>(acc, U, DW, a, t0, np);
+    for (int i = 0; i < R; ++i) {
+      std::memset(tmp, 0, sizeof(tmp));
+      std::memcpy(tmp, rows[i] + ng * 4 * Dec::kBB, static_cast<size_t>(rem) * Dec::kBB);
+      Dec::group(tmp, &A[i], &B[i], &DW[i]);
+    }
+    group_fma<R, T, true>(acc, A, B, DW, a, t0, ng);
   }
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
@@ -159,49 +156,42 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // qwords of (lo, hi): A = [lo L0, hi L0, lo L2, hi L2], B = [lo L1, hi L1, lo L3, hi L3]
+  const __m512i idxA = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+  const __m512i idxB = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i idx1 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
   const int64_t nsb = a.nb / 8;
   for (int64_t sb = 0; sb < nsb; ++sb) {
     __m512 DSC[R], MN[R];
     for (int i = 0; i < R; ++i) {
       const uint8_t* p = rows[i] + sb * 144;
-      const __m128 dd = f16x2(p, p + 2);
-      alignas(8) uint8_t sc[8], mn[8];
-      for (int j = 0; j < 8; ++j) q4k_scale_min(p + 4, j, &sc[j], &mn[j]);
+      const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(
+          load_u16(p) | (static_cast<uint32_t>(load_u16(p + 2)) << 16))));
+      uint64_t sc64, mn64;
+      q4k_scales_mins(p + 4, &sc64, &mn64);
       const __m256 scf = _mm256_cvtepi32_ps(
-          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc))));
+          _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(sc64))));
       const __m256 mnf = _mm256_cvtepi32_ps(
-          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn))));
-      const __m256 d = _mm256_broadcastss_ps(dd);
-      const __m256 dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
-      DSC[i] = _mm512_zextps256_ps512(_mm256_mul_ps(d, scf));
-      MN[i] = _mm512_zextps256_ps512(_mm256_mul_ps(dmin, mnf));
+          _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(mn64))));
+      DSC[i] = _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_broadcastss_ps(dd), scf));
+      MN[i] = _mm512_zextps256_ps512(
+          _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), mnf));
     }
-    for (int c = 0; c < 4; ++c) {
-      const __m512i idx = _mm512_setr_epi32(2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c,
-                                            2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1,
-                                            2 * c + 1, 2 * c + 1, 2 * c + 1);
-      __m512i U[R];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      __m512i A[R], B[R];
       __m512 DW[R];
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
-        const __m256i q =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + sb * 144 + 16 + 32 * c));
-        U[i] = _mm512_and_si512(
-            _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), m4);
-        DW[i] = _mm512_permutexvar_ps(idx, DSC[i]);
+        const __m512i z = _mm512_loadu_si512(rows[i] + sb * 144 + 16 + 64 * h);
+        const __m512i lo = _mm512_and_si512(z, m4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+        A[i] = _mm512_permutex2var_epi64(lo, idxA, hi);
+        B[i] = _mm512_permutex2var_epi64(lo, idxB, hi);
+        DW[i] = _mm512_permutexvar_ps(h ? idx1 : idx0, DSC[i]);
       }
-      const int64_t u = sb * 4 + c;
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) {
-        const __m512i X = _mm512_loadu_si512(a.q(t0 + t) + 64 * u);
-        const __m512 DX = spread2(load2f(a.d(t0 + t) + 2 * u));
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) {
-          const __m512 f =
-              _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), U[i], X));
-          acc[i][t] = _mm512_fmadd_ps(_mm512_mul_ps(f, DX), DW[i], acc[i][t]);
-        }
-      }
+      group_fma<R, T, false>(acc, A, B, DW, a, t0, 2 * sb + h);
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
@@ -303,9 +293,9 @@ void drive(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
 
 bool act_cscale_avx512(GGMLType t, float* cscale) {
   switch (t) {
-    case GGMLType::Q8_0: *cscale = 128.0f / 8.0f; return true;  // k = 128
-    case GGMLType::Q4_0: *cscale = 8.0f / 8.0f; return true;    // k = 8
-    case GGMLType::MXFP4: *cscale = 12.0f / 8.0f; return true;  // k = 12
+    case GGMLType::Q8_0: *cscale = 128.0f / 4.0f; return true;  // k = 128, 4 lanes per block
+    case GGMLType::Q4_0: *cscale = 8.0f / 4.0f; return true;    // k = 8
+    case GGMLType::MXFP4: *cscale = 12.0f / 4.0f; return true;  // k = 12
     case GGMLType::Q4_K: *cscale = 1.0f; return true;           // mins use dx*sum(q)
     default: return false;
   }

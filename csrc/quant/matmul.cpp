@@ -4,7 +4,6 @@
 #include "quant/matmul.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -101,13 +100,13 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
                                            : qk::act_cscale_avx2(W.type, &cscale);
   if (!quantize) return;
   thread_local ActScratch s;
-  const int64_t nb = W.cols / 32, nb_pad = (nb + 1) & ~int64_t(1);
+  const int64_t nb = W.cols / 32, nb_pad = qk::act_nb_pad(nb);
   const size_t nq = static_cast<size_t>(n_tokens * nb_pad * 32);
   const size_t nf = static_cast<size_t>(n_tokens * nb_pad);
   if (s.qs.size() < nq) s.qs.resize(nq);
   if (s.dx.size() < nf) s.dx.resize(nf), s.cs.resize(nf);
-  qk::quantize_act_avx2(X, ldx, n_tokens, W.cols, cscale, s.qs.data(), s.dx.data(),
-                        s.cs.data());
+  qk::quantize_act_avx2(X, ldx, n_tokens, W.cols, cscale, /*quad=*/isa == Isa::AVX512,
+                        s.qs.data(), s.dx.data(), s.cs.data());
   act->n_tokens = n_tokens;
   act->nb = nb;
   act->nb_pad = nb_pad;
@@ -119,38 +118,6 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
 
 }  // namespace
 
-namespace qk {
-
-void quantize_act_scalar(const float* X, int64_t ldx, int64_t n_tokens, int64_t cols,
-                         float cscale, int8_t* qs, float* dx, float* cs) {
-  const int64_t nb = cols / 32, nb_pad = (nb + 1) & ~int64_t(1);
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const float* x = X + t * ldx;
-    int8_t* q = qs + t * nb_pad * 32;
-    float* d = dx + t * nb_pad;
-    float* c = cs + t * nb_pad;
-    for (int64_t b = 0; b < nb_pad; ++b) {
-      if (b >= nb) {
-        std::memset(q + 32 * b, 0, 32);
-        d[b] = c[b] = 0.0f;
-        continue;
-      }
-      float amax = 0.0f;
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[32 * b + i]));
-      const float db = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int sum = 0;
-      for (int i = 0; i < 32; ++i) {
-        const int v = static_cast<int>(std::nearbyint(x[32 * b + i] * id));
-        q[32 * b + i] = static_cast<int8_t>(v);
-        sum += v;
-      }
-      d[b] = db;
-      c[b] = cscale * (db * static_cast<float>(sum));
-    }
-  }
-}
-
-}  // namespace qk
 
 void matmul_serial(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
                    int64_t ldy) {

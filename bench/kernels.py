@@ -1,0 +1,125 @@
+"""Kernel benchmark (not a test): GEMV/GEMM throughput of the quantized weight
+kernels at DeepSeek-V4-Flash shapes, against the memory read bandwidth measured
+in the same run.
+
+    PYTHONPATH=<site> python bench/kernels.py [--threads N] [--quick] [--isa auto]
+
+GEMV (1 token): GB/s of weight bytes read per second. Each matrix is stored in
+enough copies (>= 256 MiB in all) that every call streams it from DRAM, as in a
+real decode step; the read bandwidth (all threads, 512 MiB buffer) is measured
+right before and right after each kernel measurement (the host's bandwidth
+swings a lot), and the kernel is reported as a fraction of their mean.
+GEMM (32/128/512 tokens): int8 multiply-adds x2 per second (Gops/s), and the
+ratio of tokens/s at 128 tokens to tokens/s of the DRAM-bound GEMV.
+"""
+
+import argparse
+import datetime
+import platform
+import statistics
+
+import numpy as np
+
+from pyv4 import _core
+
+BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
+         "Q4_K": (256, 144), "MXFP4": (32, 17)}
+
+SHAPES = [  # name, rows (out), cols (in)
+    ("expert w1/w3 [2048x4096]", 2048, 4096),
+    ("expert w2 [4096x2048]", 4096, 2048),
+    ("wq_b [32768x1024]", 32768, 1024),
+    ("wo_b [4096x8192]", 4096, 8192),
+    ("head [129280x4096]", 129280, 4096),
+]
+INT_TYPES = ["Q8_0", "Q4_0", "Q4_K", "MXFP4"]
+
+
+def make_weight(type_name, rows, cols, copies, rng):
+    """Random raw GGML bytes with sane scales: [rows * copies, row_bytes]."""
+    bs, bb = BLOCK[type_name]
+    nb = rows * cols // bs * copies
+    raw = np.frombuffer(rng.bytes(nb * bb), np.uint8).reshape(nb, bb).copy()
+    if type_name in ("Q8_0", "Q4_0"):
+        raw[:, :2] = np.array([0.01], np.float16).view(np.uint8)
+    elif type_name == "Q4_K":
+        raw[:, :4] = np.array([0.001, 0.001], np.float16).view(np.uint8)
+    elif type_name == "MXFP4":
+        raw[:, 0] = 122
+    elif type_name == "F16":
+        raw[:] = np.array([0.01], np.float16).view(np.uint8)
+    elif type_name == "BF16":
+        raw[:] = np.array([0.01], np.float32).view(np.uint16)[1:2].view(np.uint8)
+    return raw.reshape(rows * copies, -1)
+
+
+def row_bytes(type_name, cols):
+    bs, bb = BLOCK[type_name]
+    return cols // bs * bb
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--isa", default="auto")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes and reps")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    import os
+    threads = args.threads or os.cpu_count()
+    _core.set_isa(args.isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(0)
+    bw_bytes = 512 << 20
+    print(f"# pyv4 kernels bench {datetime.date.today()}  cpu={platform.processor() or 'x86_64'}"
+          f"  isa={_core.active_isa()}  threads={threads}")
+    feats = _core.cpu_features()
+    print("# features:", " ".join(k for k, v in feats.items() if v))
+
+    shapes = SHAPES[:2] + SHAPES[4:] if args.quick else SHAPES
+    print("\n## GEMV (1 token), weight GB/s vs read bandwidth measured around it")
+    print(f"{'shape':28s} {'type':6s} {'MiB':>7s} {'kernel GB/s':>11s} {'read GB/s':>9s} {'ratio':>6s}")
+    gemv_time = {}
+    for name, rows, cols in shapes:
+        for t in INT_TYPES + (["BF16"] if "head" in name or "wq_b" in name else []):
+            size = rows * row_bytes(t, cols)
+            copies = max(1, -(-(256 << 20) // size))
+            raw = make_weight(t, rows, cols, copies, rng)
+            x = rng.standard_normal((1, cols)).astype(np.float32)
+            reps = max(copies, int(2e9 // size)) if not args.quick else copies
+            reps = min(reps, 200)
+            ratios, ks, bws = [], [], []
+            for _ in range(args.rounds):
+                b0 = _core.read_bandwidth(bw_bytes, threads, 2)
+                sec = _core.quant_matmul_time(t, raw, rows, cols, x, threads, reps, copies)
+                b1 = _core.read_bandwidth(bw_bytes, threads, 2)
+                k = size / sec / 1e9
+                ks.append(k)
+                bws.append((b0 + b1) / 2)
+                ratios.append(k / ((b0 + b1) / 2))
+            i = int(np.argsort(ratios)[len(ratios) // 2])  # median round
+            gemv_time[(name, t)] = size / ks[i] / 1e9
+            print(f"{name:28s} {t:6s} {size / 2**20:7.1f} {ks[i]:11.1f} {bws[i]:9.1f} "
+                  f"{ratios[i]:6.2f}", flush=True)
+            del raw
+
+    print("\n## GEMM (prefill), Gops/s = 2*rows*cols*tokens/s; ratio = tokens/s at 128 over GEMV tokens/s")
+    print(f"{'shape':28s} {'type':6s} {'n=32':>8s} {'n=128':>8s} {'n=512':>8s} {'ratio128':>8s}")
+    for name, rows, cols in SHAPES[:2] + SHAPES[3:4]:
+        for t in INT_TYPES + ["BF16"]:
+            raw = make_weight(t, rows, cols, 1, rng)
+            out = []
+            for n in (32, 128, 512):
+                x = rng.standard_normal((n, cols)).astype(np.float32)
+                reps = max(2, int(4e9 / (2 * rows * cols * n)))
+                sec = min(_core.quant_matmul_time(t, raw, rows, cols, x, threads, reps, 1)
+                          for _ in range(2))
+                out.append((2 * rows * cols * n / sec / 1e9, sec))
+            g = gemv_time.get((name, t))
+            ratio = (128 / out[1][1]) * g if g else float("nan")
+            print(f"{name:28s} {t:6s} {out[0][0]:8.0f} {out[1][0]:8.0f} {out[2][0]:8.0f} "
+                  f"{ratio:8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

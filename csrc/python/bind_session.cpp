@@ -1,0 +1,169 @@
+// Session-state bindings: KVState (csrc/kv), the Engine methods that create,
+// truncate, save and load it, and the QAT helpers the tests compare against
+// their numpy reference.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "kv/qat.h"
+#include "kv/session_file.h"
+#include "model/engine.h"
+#include "python/bindings.h"
+
+namespace py = pybind11;
+
+namespace pyv4 {
+
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+const char* kind_name(AttnKind k) {
+  return k == AttnKind::CSA ? "csa" : (k == AttnKind::HCA ? "hca" : "sliding");
+}
+
+py::dict stats_dict(const KVState& s) {
+  py::dict d;
+  d["n_tokens"] = s.n_tokens();
+  d["kv_type"] = kv_type_name(s.type());
+  d["kv_bytes"] = s.kv_bytes();
+  d["snapshot_bytes"] = s.snapshot_bytes();
+  d["state_bytes"] = s.state_bytes();
+  d["file_bytes"] = s.file_bytes();
+  d["chunk_bytes"] = s.chunk_bytes();
+  d["snapshot_every"] = s.snap_every();
+  d["row_bytes"] = s.main_codec().bytes;
+  d["index_key_bytes"] = s.index_codec().bytes;
+  int64_t win = 0, csa = 0, hca = 0, idx = 0;
+  py::list layers, touched;
+  for (int64_t il = 0; il < s.n_layer(); ++il) {
+    const LayerState& L = s.layer(il);
+    win += L.window.n;
+    (L.kind == AttnKind::CSA ? csa : hca) += L.comp.n;
+    idx += L.index.n;
+    py::dict l;
+    l["kind"] = kind_name(L.kind);
+    l["window_rows"] = L.window.n;
+    l["compressed_rows"] = L.comp.n;
+    l["index_keys"] = L.index.n;
+    py::dict t;
+    t["window"] = L.touch.window;
+    t["compressed"] = L.touch.compressed;
+    t["index_keys"] = L.touch.index_keys;
+    l["touched"] = t;
+    layers.append(l);
+    if (L.kind == AttnKind::CSA) touched.append(L.touch.compressed);
+  }
+  py::dict rows;
+  rows["window"] = win;
+  rows["csa"] = csa;
+  rows["hca"] = hca;
+  rows["index_keys"] = idx;
+  d["rows"] = rows;
+  d["layers"] = layers;
+  d["csa_rows_touched"] = touched;
+  int64_t mx = 0;
+  for (auto v : touched) mx = std::max<int64_t>(mx, v.cast<int64_t>());
+  d["csa_rows_touched_max"] = mx;
+  return d;
+}
+
+py::array_t<float> to_array(const std::vector<float>& v) {
+  py::array_t<float> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+}  // namespace
+
+void bind_session(py::module_& m) {
+  py::class_<KVState>(m, "KVState", "Per-session decode state (csrc/kv)")
+      .def_property_readonly("n_tokens", &KVState::n_tokens)
+      .def_property_readonly("kv_type", [](const KVState& s) { return kv_type_name(s.type()); })
+      .def_property_readonly("tokens", [](const KVState& s) {
+        py::array_t<int64_t> a(static_cast<py::ssize_t>(s.tokens().size()));
+        std::copy(s.tokens().begin(), s.tokens().end(), a.mutable_data());
+        return a;
+      })
+      .def("reset", &KVState::reset)
+      .def("fork", &KVState::fork)
+      .def("stats", &stats_dict);
+
+  auto engine = py::reinterpret_borrow<py::object>(m.attr("Engine"));
+  py::class_<Engine>& E = static_cast<py::class_<Engine>&>(engine);
+  E.def(
+       "new_session",
+       [](const Engine& e, const std::string& kv, const std::string& path, int64_t snap_every) {
+         return e.new_state(parse_kv_type(kv), path, snap_every);
+       },
+       py::arg("kv") = "fp8", py::arg("path") = "", py::arg("snapshot_every") = KVState::kDefaultSnapEvery)
+      .def("truncate", &Engine::truncate, py::arg("state"), py::arg("n_tokens"),
+           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "save_session",
+          [](const Engine& e, const KVState& s, const std::string& path) {
+            SessionFile::save(s, e.file().fingerprint(), path);
+          },
+          py::arg("state"), py::arg("path"), py::call_guard<py::gil_scoped_release>())
+      .def(
+          "load_session",
+          [](const Engine& e, const std::string& path, bool verify) {
+            return SessionFile::load(e.config(), e.file().fingerprint(), path, verify);
+          },
+          py::arg("path"), py::arg("verify") = false, py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "session_file_info",
+      [](const std::string& path) {
+        const SessionFileInfo i = SessionFile::info(path);
+        py::dict d;
+        d["version"] = i.version;
+        d["fingerprint"] = i.fingerprint;
+        d["kv_type"] = kv_type_name(i.type);
+        d["n_tokens"] = i.n_tokens;
+        d["file_bytes"] = i.file_bytes;
+        py::array_t<int64_t> t(static_cast<py::ssize_t>(i.tokens.size()));
+        std::copy(i.tokens.begin(), i.tokens.end(), t.mutable_data());
+        d["tokens"] = t;
+        return d;
+      },
+      py::arg("path"));
+
+  // QAT building blocks (spec §2), for tests against the numpy reference.
+  m.def("qat_act_quant_fp8", [](F32Array x, int64_t block) {
+    std::vector<float> v(x.data(), x.data() + x.size());
+    if (block <= 0) throw InputError("block must be positive");
+    act_quant_fp8(v.data(), static_cast<int64_t>(v.size()), block);
+    return to_array(v);
+  });
+  m.def("qat_act_quant_fp4", [](F32Array x, int64_t block) {
+    std::vector<float> v(x.data(), x.data() + x.size());
+    if (block <= 0) throw InputError("block must be positive");
+    act_quant_fp4(v.data(), static_cast<int64_t>(v.size()), block);
+    return to_array(v);
+  });
+  m.def("qat_hadamard", [](F32Array x) {
+    std::vector<float> v(x.data(), x.data() + x.size());
+    const int64_t n = static_cast<int64_t>(v.size());
+    if (n == 0 || (n & (n - 1)) != 0) throw InputError("hadamard needs a power-of-two length");
+    hadamard(v.data(), n);
+    return to_array(v);
+  });
+  // (rounded, decoded, record bytes) of one row through a KV type's codec.
+  m.def(
+      "kv_codec_roundtrip",
+      [](const std::string& kv, const std::string& kind, F32Array x, int64_t rope_dim) {
+        const RowCodec c = RowCodec::make(parse_kv_type(kv),
+                                          kind == "index" ? RowCodec::Kind::Index : RowCodec::Kind::Main,
+                                          static_cast<int64_t>(x.size()), rope_dim);
+        std::vector<float> v(x.data(), x.data() + x.size()), out(v.size());
+        c.round(v.data());
+        std::vector<uint8_t> rec(c.bytes);
+        c.encode(v.data(), rec.data());
+        c.decode(rec.data(), out.data());
+        return py::make_tuple(to_array(v), to_array(out), c.bytes);
+      },
+      py::arg("kv"), py::arg("kind"), py::arg("row"), py::arg("rope_dim") = 0);
+}
+
+}  // namespace pyv4
