@@ -3,7 +3,7 @@
 Public API::
 
     main(argv=None) -> int                      # the `pyv4 convert` command
-    convert(src_dir, out, recipe="bf16", *, mtp="auto", overrides=None,
+    convert(src_dir, out, recipe="mxfp4", *, mtp="auto", overrides=None,
             progress=None, log=None) -> ConvertResult
     load_config(src_dir) -> HParams             # normalised hyper-parameters
     ConvertError                                # raised for bad input (a ValueError)

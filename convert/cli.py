@@ -1,28 +1,86 @@
-"""``pyv4 convert SRC_DIR OUT.gguf --recipe f32|f16|bf16`` (argument parsing and exit codes)."""
+"""``pyv4 convert SRC_DIR OUT.gguf [--recipe R] [--type PATTERN=TYPE ...]`` (arguments, progress, exit codes)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from .errors import ConvertError
-from .recipes import RECIPES
+from .recipes import DEFAULT_RECIPE, RECIPES, TYPE_NAMES, parse_override
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pyv4 convert",
-        description="Convert a DeepSeek-V4 safetensors folder (official or transformers layout) "
-                    "to a GGUF file in llama.cpp's deepseek4 layout.")
+        description="Convert a DeepSeek-V4 safetensors folder (official FP8/FP4 or transformers layout, "
+                    "sharded or not) to one self-contained GGUF file in llama.cpp's deepseek4 layout.")
     p.add_argument("src", metavar="SRC_DIR", help="folder with config.json and the safetensors weights")
-    p.add_argument("out", metavar="OUT.gguf", help="output file (written atomically)")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="bf16",
-                   help="type of the large matrices (norms, mHC, ape, sinks, biases stay F32; "
-                        "the hash table I32). Default: bf16")
+    p.add_argument("out", metavar="OUT.gguf", help="output file (appears only when complete)")
+    p.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE,
+                   help="mxfp4 (default): routed experts MXFP4 (the official FP4 repacked bit-exactly), "
+                        "FP8 projections Q8_0, BF16 kept -- what llama.cpp's converter writes; "
+                        "q4: experts Q4_K, rest Q8_0; q8: Q8_0; bf16/f16/f32: plain floats. "
+                        "Norms, mHC, ape, sinks and biases are always F32, the hash table I32.")
+    p.add_argument("--type", dest="types", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="override the type of tensors whose GGUF name matches the shell pattern "
+                        f"(types: {', '.join(TYPE_NAMES)}); repeatable, first match wins. "
+                        "Example: --type 'blk.*.ffn_*_exps.weight=q4_k'")
     p.add_argument("--mtp", choices=("auto", "skip"), default="auto",
-                   help="auto: write the MTP block(s) the checkpoint has; skip: leave them out")
+                   help="auto: keep the MTP block(s) the checkpoint has; skip: leave them out")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _fmt_time(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class ProgressBar:
+    """``[12/345] ####------  1.2 GB / 9.8 GB  310 MB/s  ETA 0:28  name`` on stderr."""
+
+    def __init__(self, stream=None, min_interval: float = 0.2):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.min_interval = min_interval
+        self.total = 0
+        self.done = 0
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, i: int, n: int, name: str, nbytes: int = 0) -> None:
+        now = time.monotonic()
+        if i == 0:
+            self.total, self.done, self.t0 = nbytes, 0, now
+            return
+        self.done += nbytes
+        final = i >= n
+        if not final and now - self.last < (self.min_interval if self.tty else 10.0):
+            return
+        self.last = now
+        el = max(now - self.t0, 1e-9)
+        rate = self.done / el
+        frac = self.done / self.total if self.total else i / n
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        width = 20
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        line = (f"[{i}/{n}] {bar} {_fmt_bytes(self.done)} / {_fmt_bytes(self.total)}  "
+                f"{_fmt_bytes(rate)}/s  " + (f"{_fmt_time(el)} total" if final else f"ETA {_fmt_time(eta)}")
+                + f"  {name[:40]}")
+        if self.tty:
+            self.stream.write("\r" + line.ljust(120)[:120] + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,18 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"pyv4 convert: {msg}", file=sys.stderr)
 
-    def progress(i: int, n: int, name: str) -> None:
-        if not args.quiet and sys.stderr.isatty():
-            print(f"\r[{i}/{n}] {name[:60]:<60}", end="" if i < n else "\n", file=sys.stderr, flush=True)
-
     try:
-        res = convert(args.src, args.out, args.recipe, mtp=args.mtp, progress=progress, log=log)
+        overrides = [parse_override(t) for t in args.types]
+        res = convert(args.src, args.out, args.recipe, mtp=args.mtp, overrides=overrides,
+                      progress=None if args.quiet else ProgressBar(), log=log)
     except ConvertError as e:
         print(f"pyv4 convert: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pyv4 convert: interrupted; no output written", file=sys.stderr)
+        print("\npyv4 convert: interrupted; no output written", file=sys.stderr)
         return 130
-    log(f"wrote {res.out} ({res.n_tensors} tensors, recipe {args.recipe}"
-        + (f", {res.n_mtp} MTP block(s)" if res.n_mtp else "") + ")")
+    hist: dict[str, int] = {}
+    for t in res.types.values():
+        hist[t.name] = hist.get(t.name, 0) + 1
+    log(f"wrote {res.out} ({res.n_tensors} tensors: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1]))
+        + f"; recipe {args.recipe}" + (f"; {res.n_mtp} MTP block(s)" if res.n_mtp else "") + ")")
     return 0

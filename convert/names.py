@@ -18,8 +18,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
+
 from .config import HParams
 from .errors import ConvertError
+from .quants import PackedFP4, dequant_fp8, to_f32
 from .source import Source
 
 # ---------------------------------------------------------------------------
@@ -83,16 +86,25 @@ LAYER_GGUF = {
 EXPERT_GGUF = {"w1": "ffn_gate_exps.weight", "w3": "ffn_up_exps.weight", "w2": "ffn_down_exps.weight"}
 
 # MTP-only extras: official suffix -> GGUF suffix. e_proj/h_proj become one eh_proj.
-# The MTP block's own hc head has no llama.cpp name in a file that also holds the
-# trunk (llama.cpp's MTP-only file stores it as output_hc_*); pyv4 stores it here.
 MTP_GGUF = {
     "enorm.weight": "nextn.enorm.weight",
     "hnorm.weight": "nextn.hnorm.weight",
     "norm.weight": "nextn.shared_head_norm.weight",
-    "hc_head_fn": "nextn.hc_head_fn.weight",
-    "hc_head_base": "nextn.hc_head_base.weight",
-    "hc_head_scale": "nextn.hc_head_scale.weight",
 }
+# The MTP block's own hc head has no tensor name llama.cpp accepts in a file that also
+# holds the trunk (its MTP-only export stores it as the root output_hc_*, which here is
+# the trunk's), and llama.cpp refuses any file with an unknown tensor. So these three
+# small F32 tensors go into metadata arrays (row-major, float32), which llama.cpp ignores:
+# deepseek4.nextn.<i>.hc_head_fn / _base / _scale (with _shape for fn).
+MTP_HC_HEAD_KV = {
+    "hc_head_fn": "hc_head_fn",
+    "hc_head_base": "hc_head_base",
+    "hc_head_scale": "hc_head_scale",
+}
+
+
+def mtp_kv_key(i: int, what: str) -> str:
+    return f"deepseek4.nextn.{i}.{what}"
 
 # transformers module names (and save_pretrained quirks) -> official suffix
 LAYER_ALIASES = {
@@ -170,8 +182,11 @@ class PlanTensor:
     """One GGUF output tensor.
 
     ``shape`` is the torch (row-major) shape; GGUF ``ne`` is its reverse.
-    ``role`` drives the type choice (see recipes). ``read(source)`` yields torch
-    chunks whose row-major concatenation is the whole tensor.
+    ``role`` drives the type choice (see recipes): embed, output, router, index_proj,
+    proj (the projections the official checkpoint stores in FP8), dense (BF16 matrices
+    of the compressors), experts, and the small ones norm, hc, ape, sink, bias, tid2eid.
+    ``read(source)`` yields chunks of whole rows (float32 / int arrays, or ``PackedFP4``)
+    whose row-major concatenation is the whole tensor.
     """
     name: str
     shape: tuple[int, ...]
@@ -179,6 +194,7 @@ class PlanTensor:
     sources: list[str]
     read: Callable[[Source], Iterator]
     note: str = ""
+    src_kind: str = "F32"   # FP8, FP4, INT, or the source float dtype (BF16, F16, F32, F64)
 
 
 @dataclass
@@ -234,34 +250,34 @@ def _expected_layer(hp: HParams, layer: int, mtp: bool) -> dict[str, tuple[tuple
         "hc_ffn_base": ((mix,), "hc"),
         "hc_ffn_scale": ((3,), "hc"),
         "attn.attn_sink": ((H,), "sink"),
-        "attn.wq_a.weight": ((ql, D), "weight"),
+        "attn.wq_a.weight": ((ql, D), "proj"),
         "attn.q_norm.weight": ((ql,), "norm"),
-        "attn.wq_b.weight": ((H * d, ql), "weight"),
-        "attn.wkv.weight": ((d, D), "weight"),
+        "attn.wq_b.weight": ((H * d, ql), "proj"),
+        "attn.wkv.weight": ((d, D), "proj"),
         "attn.kv_norm.weight": ((d,), "norm"),
-        "attn.wo_a.weight": ((g * ol, H * d // g), "weight"),
-        "attn.wo_b.weight": ((D, g * ol), "weight"),
+        "attn.wo_a.weight": ((g * ol, H * d // g), "proj"),
+        "attn.wo_b.weight": ((D, g * ol), "proj"),
         "ffn.gate.weight": ((E, D), "router"),
-        "ffn.shared_experts.w1.weight": ((I * hp.n_expert_shared, D), "weight"),
-        "ffn.shared_experts.w3.weight": ((I * hp.n_expert_shared, D), "weight"),
-        "ffn.shared_experts.w2.weight": ((D, I * hp.n_expert_shared), "weight"),
+        "ffn.shared_experts.w1.weight": ((I * hp.n_expert_shared, D), "proj"),
+        "ffn.shared_experts.w3.weight": ((I * hp.n_expert_shared, D), "proj"),
+        "ffn.shared_experts.w2.weight": ((D, I * hp.n_expert_shared), "proj"),
     }
     ratio = hp.layer_ratio(layer)
     if ratio != 0:
         coff = 2 if ratio == 4 else 1
         exp.update({
-            "attn.compressor.wkv.weight": ((coff * d, D), "weight"),
-            "attn.compressor.wgate.weight": ((coff * d, D), "weight"),
+            "attn.compressor.wkv.weight": ((coff * d, D), "proj"),
+            "attn.compressor.wgate.weight": ((coff * d, D), "dense"),
             "attn.compressor.ape": ((ratio, coff * d), "ape"),
             "attn.compressor.norm.weight": ((d,), "norm"),
         })
         if ratio == 4:
             ih, idim = hp.index_n_heads, hp.index_head_dim
             exp.update({
-                "attn.indexer.wq_b.weight": ((ih * idim, ql), "weight"),
-                "attn.indexer.weights_proj.weight": ((ih, D), "weight"),
-                "attn.indexer.compressor.wkv.weight": ((2 * idim, D), "weight"),
-                "attn.indexer.compressor.wgate.weight": ((2 * idim, D), "weight"),
+                "attn.indexer.wq_b.weight": ((ih * idim, ql), "dense"),
+                "attn.indexer.weights_proj.weight": ((ih, D), "dense"),
+                "attn.indexer.compressor.wkv.weight": ((2 * idim, D), "dense"),
+                "attn.indexer.compressor.wgate.weight": ((2 * idim, D), "index_proj"),
                 "attn.indexer.compressor.ape": ((ratio, 2 * idim), "ape"),
                 "attn.indexer.compressor.norm.weight": ((idim,), "norm"),
             })
@@ -276,38 +292,9 @@ def _expected_layer(hp: HParams, layer: int, mtp: bool) -> dict[str, tuple[tuple
 # Reading and dequantisation
 # ---------------------------------------------------------------------------
 
-def _e8m0(scale):
-    import torch
-
-    if str(scale.dtype) in ("torch.float8_e8m0fnu",) or scale.dtype == torch.uint8:
-        bits = scale.view(torch.uint8).to(torch.float32)
-        return torch.exp2(bits - 127.0)
-    return scale.to(torch.float32)
-
-
-def _dequant_fp8(w, scale):
-    out_f, in_f = w.shape
-    s = _e8m0(scale)
-    s = s.repeat_interleave(128, 0)[:out_f].repeat_interleave(128, 1)[:, :in_f]
-    return w.to(torch_float32()) * s
-
-
-def _dequant_fp4(w, scale):
-    import torch
-
-    lut = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-                        -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=torch.float32)
-    b = w.view(torch.uint8).to(torch.int64)
-    rows, half = b.shape
-    vals = torch.stack((lut[b & 0x0F], lut[(b >> 4) & 0x0F]), dim=-1).reshape(rows, 2 * half)
-    s = _e8m0(scale).repeat_interleave(32, 1)[:, : 2 * half]
-    return vals * s
-
-
-def torch_float32():
-    import torch
-
-    return torch.float32
+# Chunks hold at most about this many values (whole rows), so memory stays bounded
+# whatever the tensor size (the embedding of V4-Flash is 530M values).
+CHUNK_VALUES = 1 << 23
 
 
 @dataclass
@@ -315,17 +302,49 @@ class _Dense:
     """How to read one logical tensor: the weight name and, when quantised, its scale."""
     name: str
     scale: str | None
-    kind: str  # "float", "int", "fp8", "fp4"
+    kind: str    # "float", "int", "fp8", "fp4"
+    dtype: str   # source dtype of the weight
 
 
-def _read_dense(source: Source, spec: _Dense):
-    t = source.get(spec.name)
-    if spec.kind == "float":
-        return t.to(torch_float32())
-    if spec.kind == "int":
-        return t
-    sc = source.get(spec.scale)
-    return _dequant_fp8(t, sc) if spec.kind == "fp8" else _dequant_fp4(t, sc)
+def _rows_per_chunk(cols: int) -> int:
+    return max(1, CHUNK_VALUES // max(1, cols))
+
+
+def _read_chunks(source: Source, spec: _Dense) -> Iterator:
+    """Row blocks of one logical tensor: float32 arrays, int arrays, or ``PackedFP4``."""
+    w = source.raw(spec.name)
+    try:
+        if spec.kind == "int" or w.ndim < 2:
+            yield (np.array(w) if spec.kind == "int" else to_f32(w, spec.dtype))
+            return
+        rows = w.shape[0]
+        step = _rows_per_chunk(w.shape[-1] * (2 if spec.kind == "fp4" else 1))
+        if spec.kind in ("fp8", "fp4"):
+            sst = source.info(spec.scale)
+            sc = source.raw(spec.scale)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            if spec.kind == "float":
+                yield to_f32(w[r0:r1], spec.dtype)
+            elif spec.kind == "fp8":
+                yield dequant_fp8(w[r0:r1], spec.dtype, sc, sst.dtype, row0=r0)
+            else:
+                yield PackedFP4(np.array(w[r0:r1]).view(np.uint8), _fp4_exps(sc[r0:r1], sst.dtype))
+    finally:
+        source.release(spec.name)
+        if spec.scale is not None:
+            source.release(spec.scale)
+
+
+def _fp4_exps(sc: np.ndarray, dtype: str) -> np.ndarray:
+    """FP4 block scales as E8M0 bytes (float scales must be powers of two)."""
+    if dtype in ("F8_E8M0", "U8"):
+        return np.array(sc).view(np.uint8)
+    f = to_f32(sc, dtype)
+    m, e = np.frexp(f)
+    if not (np.all(m == 0.5) and np.all(f > 0)):
+        raise ConvertError("FP4 block scales stored as floats must be positive powers of two")
+    return np.clip(e - 1 + 127, 0, 254).astype(np.uint8)
 
 
 def _dense_spec(ix: _Index, canon: str, want: tuple[int, ...], role: str) -> _Dense:
@@ -344,7 +363,7 @@ def _dense_spec(ix: _Index, canon: str, want: tuple[int, ...], role: str) -> _De
             raise ConvertError(f"{st.file}: unexpected tensor {ix.by_canon[scale_canon]!r} "
                                f"(a scale for the unquantised {name!r})")
         kind = "float"
-    elif st.dtype in FP8_DTYPES and has_scale:
+    elif st.dtype in FP8_DTYPES and has_scale and len(st.shape) == 2:
         kind = "fp8"
     elif st.dtype in FP4_PACKED_DTYPES and has_scale and len(st.shape) == 2:
         kind = "fp4"
@@ -371,35 +390,42 @@ def _dense_spec(ix: _Index, canon: str, want: tuple[int, ...], role: str) -> _De
         if tuple(sst.shape) != ws:
             raise ConvertError(f"{sst.file}: tensor {scale_name!r}: scale shape {list(sst.shape)} "
                                f"does not match weight {name!r} (expected {list(ws)})")
-    return _Dense(name, scale_name, kind)
+    return _Dense(name, scale_name, kind, st.dtype)
+
+
+def _src_kind(spec: _Dense) -> str:
+    """What the plan records as the source format: FP8, FP4, INT or the float dtype."""
+    return {"fp8": "FP8", "fp4": "FP4", "int": "INT"}.get(spec.kind, spec.dtype)
 
 
 def _single(spec: _Dense) -> Callable[[Source], Iterator]:
     def read(source: Source):
-        yield _read_dense(source, spec)
+        yield from _read_chunks(source, spec)
     return read
 
 
 def _concat_cols(a: _Dense, b: _Dense) -> Callable[[Source], Iterator]:
     def read(source: Source):
-        import torch
-
-        yield torch.cat((_read_dense(source, a), _read_dense(source, b)), dim=1)
+        for ca, cb in zip(_read_chunks(source, a), _read_chunks(source, b)):
+            yield np.concatenate((ca, cb), axis=1)
     return read
 
 
 def _experts_unstacked(specs: list[_Dense]) -> Callable[[Source], Iterator]:
     def read(source: Source):
         for s in specs:
-            yield _read_dense(source, s).unsqueeze(0)
+            yield from _read_chunks(source, s)
     return read
 
 
-def _experts_stacked(name: str, n_expert: int, rows: slice) -> Callable[[Source], Iterator]:
+def _experts_stacked(name: str, dtype: str, n_expert: int, rows: slice) -> Callable[[Source], Iterator]:
     def read(source: Source):
-        sl = source.get_slice(name)
-        for e in range(n_expert):
-            yield sl[e:e + 1, rows.start:rows.stop].to(torch_float32())
+        w = source.raw(name)
+        try:
+            for e in range(n_expert):
+                yield to_f32(w[e, rows.start:rows.stop], dtype)
+        finally:
+            source.release(name)
     return read
 
 
@@ -427,12 +453,13 @@ def _plan_experts(hp: HParams, ix: _Index, prefix: str, blk: str) -> list[PlanTe
                                    "gate_up_proj and down_proj)")
         gu = _stacked_spec(ix, stacked_gu, (E, 2 * I, D))
         dn = _stacked_spec(ix, stacked_dn, (E, D, I))
+        gdt, ddt = ix.source.info(gu).dtype, ix.source.info(dn).dtype
         out.append(PlanTensor(f"{blk}.{EXPERT_GGUF['w1']}", (E, I, D), "experts", [gu],
-                              _experts_stacked(gu, E, slice(0, I))))
+                              _experts_stacked(gu, gdt, E, slice(0, I)), src_kind=gdt))
         out.append(PlanTensor(f"{blk}.{EXPERT_GGUF['w3']}", (E, I, D), "experts", [gu],
-                              _experts_stacked(gu, E, slice(I, 2 * I))))
+                              _experts_stacked(gu, gdt, E, slice(I, 2 * I)), src_kind=gdt))
         out.append(PlanTensor(f"{blk}.{EXPERT_GGUF['w2']}", (E, D, I), "experts", [dn],
-                              _experts_stacked(dn, E, slice(0, D))))
+                              _experts_stacked(dn, ddt, E, slice(0, D)), src_kind=ddt))
         return out
     for w in ("w1", "w3", "w2"):
         specs = []
@@ -441,8 +468,12 @@ def _plan_experts(hp: HParams, ix: _Index, prefix: str, blk: str) -> list[PlanTe
             if not ix.has(c):
                 raise ConvertError(f"{ix.where()}: missing tensor {c} (routed expert {e} of {E})")
             specs.append(_dense_spec(ix, c, shapes[w], "experts"))
+        kinds = {_src_kind(s) for s in specs}
+        if len(kinds) > 1:
+            raise ConvertError(f"{ix.where(f'{prefix}ffn.experts.0.{w}.weight')}: routed experts of "
+                               f"{prefix}ffn {w} mix source formats {sorted(kinds)}")
         out.append(PlanTensor(f"{blk}.{EXPERT_GGUF[w]}", (E,) + shapes[w], "experts",
-                              [s.name for s in specs], _experts_unstacked(specs)))
+                              [s.name for s in specs], _experts_unstacked(specs), src_kind=kinds.pop()))
     return out
 
 
@@ -455,7 +486,8 @@ def _plan_block(hp: HParams, ix: _Index, prefix: str, layer: int, mtp: bool) -> 
             raise ConvertError(f"{ix.where()}: missing tensor {c} (needed by the config for "
                                f"{'MTP block' if mtp else 'layer'} {prefix.split('.')[1]})")
         spec = _dense_spec(ix, c, shape, role)
-        out.append(PlanTensor(f"{blk}.{LAYER_GGUF[suffix]}", shape, role, [spec.name], _single(spec)))
+        out.append(PlanTensor(f"{blk}.{LAYER_GGUF[suffix]}", shape, role, [spec.name], _single(spec),
+                              src_kind=_src_kind(spec)))
     out.extend(_plan_experts(hp, ix, prefix, blk))
     if mtp:
         D = hp.n_embd
@@ -463,23 +495,28 @@ def _plan_block(hp: HParams, ix: _Index, prefix: str, layer: int, mtp: bool) -> 
         for c in (prefix + "e_proj.weight", prefix + "h_proj.weight"):
             if not ix.has(c):
                 raise ConvertError(f"{ix.where()}: missing tensor {c} (MTP block)")
-            specs.append(_dense_spec(ix, c, (D, D), "weight"))
-        out.append(PlanTensor(f"{blk}.nextn.eh_proj.weight", (D, 2 * D), "weight",
-                              [s.name for s in specs], _concat_cols(*specs)))
+            specs.append(_dense_spec(ix, c, (D, D), "proj"))
+        kinds = {_src_kind(s) for s in specs}
+        out.append(PlanTensor(f"{blk}.nextn.eh_proj.weight", (D, 2 * D), "proj",
+                              [s.name for s in specs], _concat_cols(*specs),
+                              src_kind="FP8" if "FP8" in kinds else specs[0].dtype))
         extra = {
             "enorm.weight": ((D,), "norm"),
             "hnorm.weight": ((D,), "norm"),
             "norm.weight": ((D,), "norm"),
-            "hc_head_fn": ((hp.hc_mult, hp.hc_mult * D), "hc"),
-            "hc_head_base": ((hp.hc_mult,), "hc"),
-            "hc_head_scale": ((1,), "hc"),
+            "hc_head_fn": ((hp.hc_mult, hp.hc_mult * D), "kv"),
+            "hc_head_base": ((hp.hc_mult,), "kv"),
+            "hc_head_scale": ((1,), "kv"),
         }
+        mtp_idx = layer - hp.n_layer
         for suffix, (shape, role) in extra.items():
             c = prefix + suffix
             if not ix.has(c):
                 raise ConvertError(f"{ix.where()}: missing tensor {c} (MTP block)")
-            spec = _dense_spec(ix, c, shape, role)
-            out.append(PlanTensor(f"{blk}.{MTP_GGUF[suffix]}", shape, role, [spec.name], _single(spec)))
+            spec = _dense_spec(ix, c, shape, "hc" if role == "kv" else role)
+            name = (mtp_kv_key(mtp_idx, MTP_HC_HEAD_KV[suffix]) if role == "kv"
+                    else f"{blk}.{MTP_GGUF[suffix]}")
+            out.append(PlanTensor(name, shape, role, [spec.name], _single(spec), src_kind=_src_kind(spec)))
     return out
 
 
@@ -487,7 +524,8 @@ def build_plan(hp: HParams, source: Source, mtp: str = "auto") -> Plan:
     """Validate ``source`` against ``hp`` and return the ordered output tensors.
 
     ``mtp``: ``"auto"`` writes the MTP blocks the checkpoint has (as ``blk.{n_layer+i}``
-    with the ``nextn.*`` extras); ``"skip"`` leaves them out (like llama.cpp's default).
+    with llama.cpp's ``nextn.*`` extras; the block's hc head becomes metadata, role ``kv``);
+    ``"skip"`` leaves them out (like llama.cpp's default export).
     """
     if mtp not in ("auto", "skip"):
         raise ValueError(f"mtp must be 'auto' or 'skip', not {mtp!r}")
@@ -507,7 +545,7 @@ def build_plan(hp: HParams, source: Source, mtp: str = "auto") -> Plan:
         if not ix.has(canon):
             raise ConvertError(f"{ix.where()}: missing tensor {canon}")
         spec = _dense_spec(ix, canon, shape, role)
-        pt = PlanTensor(ROOT_GGUF[canon], shape, role, [spec.name], _single(spec))
+        pt = PlanTensor(ROOT_GGUF[canon], shape, role, [spec.name], _single(spec), src_kind=_src_kind(spec))
         (tensors if canon == "embed.weight" else head).append(pt)
 
     for layer in range(hp.n_layer):

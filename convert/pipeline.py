@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from gguf import GGMLQuantizationType
 
 from .config import HParams, load_config
 from .errors import ConvertError
-from .names import Plan, build_plan
-from .recipes import get_recipe
+from .names import Plan, PlanTensor, build_plan
+from .recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from .source import Source
 from .tokenizer import KV, tokenizer_metadata
 from .writer import ARCH, OutTensor, write_gguf
@@ -92,20 +93,53 @@ def model_metadata(hp: HParams, n_mtp: int, name: str, file_type: int) -> list[K
 
 def _tid2eid_check(n_expert: int, name: str):
     def check(chunk) -> None:
-        lo, hi = int(chunk.min()), int(chunk.max())
+        lo, hi = int(np.min(chunk)), int(np.max(chunk))
         if lo < 0 or hi >= n_expert:
             raise ConvertError(f"hash table {name} holds expert ids in [{lo}, {hi}], outside [0, {n_expert})")
     return check
 
 
-def convert(src_dir: Path | str, out: Path | str, recipe: str = "bf16", *, mtp: str = "auto",
+def _kv_from_tensor(pt: PlanTensor, source: Source) -> list[KV]:
+    """A small tensor stored as metadata (the MTP hc head): float32 array (+ shape for 2-D)."""
+    data = np.concatenate([np.asarray(c, dtype=np.float32).reshape(-1) for c in pt.read(source)])
+    out = [KV(pt.name, "array", [float(v) for v in data])]
+    if len(pt.shape) > 1:
+        out.append(KV(pt.name + "_shape", "array", [int(x) for x in pt.shape]))
+    return out
+
+
+def _fallback_notes(fallbacks: dict[tuple[str, str], list[str]]) -> list[str]:
+    notes = []
+    for (want, got), names in fallbacks.items():
+        ex = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
+        notes.append(f"{want} does not fit the row length of {ex}: wrote {got} instead")
+    return notes
+
+
+def plan_types(hp: HParams, plan: Plan, rec: Recipe) -> tuple[dict[str, GGMLQuantizationType], list[str]]:
+    """GGML type of every planned tensor, and notes on the fallbacks taken."""
+    types: dict[str, GGMLQuantizationType] = {}
+    fallbacks: dict[tuple[str, str], list[str]] = {}
+    for pt in plan.tensors:
+        if pt.role == "kv":
+            continue
+        t, wanted = rec.choose_type(pt.name, pt.shape, pt.role, pt.src_kind)
+        types[pt.name] = t
+        if wanted is not None:
+            fallbacks.setdefault((wanted.name, t.name), []).append(pt.name)
+    return types, _fallback_notes(fallbacks)
+
+
+def convert(src_dir: Path | str, out: Path | str, recipe: str = DEFAULT_RECIPE, *, mtp: str = "auto",
             overrides: list[tuple[str, str]] | None = None,
-            progress: Callable[[int, int, str], None] | None = None,
+            progress: Callable[..., None] | None = None,
             log: Callable[[str], None] | None = None) -> ConvertResult:
     """Convert a DeepSeek-V4 safetensors folder (official or transformers layout) to GGUF.
 
     Everything is validated before the output is opened; the output appears only when
-    complete. Raises ``ConvertError`` for bad input.
+    complete and re-checked. Raises ``ConvertError`` for bad input.
+    ``progress(i, n, name, nbytes)`` is called once with ``i = 0`` and the total output
+    bytes before writing, then after each tensor with that tensor's bytes.
     """
     src = Path(src_dir)
     out = Path(out)
@@ -117,21 +151,25 @@ def convert(src_dir: Path | str, out: Path | str, recipe: str = "bf16", *, mtp: 
     try:
         plan: Plan = build_plan(hp, source, mtp=mtp)
         tok = tokenizer_metadata(src, hp.n_vocab, hp.bos_token_id, hp.eos_token_id)
-        notes = list(hp.warnings) + list(plan.notes)
+        types, fb_notes = plan_types(hp, plan, rec)
+        notes = list(hp.warnings) + list(plan.notes) + fb_notes
         if tok.note:
             notes.append(tok.note)
-        kvs = model_metadata(hp, plan.n_mtp, src.resolve().name, rec.file_type) + tok.entries
+        kvs = model_metadata(hp, plan.n_mtp, src.resolve().name, rec.file_type)
         tensors: list[OutTensor] = []
-        types: dict[str, GGMLQuantizationType] = {}
         for pt in plan.tensors:
-            t = rec.choose_type(pt.name, pt.shape, pt.role)
-            types[pt.name] = t
+            if pt.role == "kv":
+                kvs += _kv_from_tensor(pt, source)
+                continue
             check = _tid2eid_check(hp.n_expert, pt.sources[0]) if pt.role == "tid2eid" else None
-            tensors.append(OutTensor(pt.name, pt.shape, t, pt.role,
+            tensors.append(OutTensor(pt.name, pt.shape, types[pt.name], pt.role,
                                      (lambda r=pt.read: r(source)), check))
+        kvs += tok.entries
         if log is not None:
             for n in notes:
                 log(n)
+        if progress is not None:
+            progress(0, len(tensors), "", sum(t.nbytes for t in tensors))
         write_gguf(out, kvs, tensors, progress=progress)
     finally:
         source.close()

@@ -1,17 +1,33 @@
-"""Choose the GGML type of every output tensor, and turn float data into its bytes.
+"""Choose the GGML type of every output tensor, and turn chunks into its bytes.
 
-A recipe names the type for the large matrices; small or precision-critical tensors
-keep a fixed type whatever the recipe:
+Fixed whatever the recipe (llama.cpp's converter does the same):
 
-* F32 always: norms, mHC (``hc_*``, ``output_hc_*``), compressor ``ape``, attention
-  sinks, biases (``exp_probs_b``), and every 1-D tensor.
-* I32 always: the hash-routing table ``ffn_gate_tid2eid``.
+* F32: norms, mHC (``hc_*``, ``output_hc_*``), compressor ``ape``, attention sinks, the
+  routing bias (``exp_probs_b``) and every 1-D tensor;
+* I32: the hash-routing table ``ffn_gate_tid2eid``.
 
-Overrides (``pattern -> type``; a later ``--type PATTERN=TYPE`` option feeds them)
-are tried first, in order, and may only pick a type that the tensor can hold
-(the fixed tensors above cannot be overridden). Quantised types (``q8_0``, ``q4_0``,
-``mxfp4``, ...) slot in here: add the type to ``TYPE_NAMES`` and its encoder to
-``encode``; ``choose_type`` already checks the row-length block constraint.
+Recipes for the rest (``role`` comes from the plan, ``src`` is the source format):
+
+=========  ================  ==================  ===============================  =================
+recipe     routed experts    FP8-class proj (*)  embed / output / compressor      router, idx proj
+=========  ================  ==================  ===============================  =================
+mxfp4      MXFP4 (FP4: bit-  Q8_0                source float type (BF16 stays    source float type
+           exact repack)                         BF16; F16 -> F16; F32 -> F32)
+q4         Q4_K              Q8_0                Q8_0                             F32
+q8         Q8_0              Q8_0                Q8_0                             F32
+bf16/f16/  that type         that type           that type                        that type
+f32
+=========  ================  ==================  ===============================  =================
+
+(*) the tensors the official checkpoint stores as FP8: attention ``wq_a/wq_b/wkv/wo_a/wo_b``,
+the indexer ``wq_b``, the shared experts and the MTP ``eh_proj``. In ``mxfp4`` any FP8
+source tensor becomes Q8_0, as llama.cpp's ``conversion/deepseek.py`` writes it; on the
+official checkpoint the ``mxfp4`` recipe therefore gives exactly llama.cpp's per-tensor types.
+
+``--type PATTERN=TYPE`` overrides (``fnmatch`` on the GGUF tensor name, first match wins)
+apply to every tensor except the fixed ones. A type whose block does not divide the row
+length falls back (Q4_K -> Q4_0 -> F16; Q8_0, Q4_0, MXFP4 -> F16, llama.cpp's fallback);
+``choose_type`` returns the fallback and the pipeline reports it.
 """
 
 from __future__ import annotations
@@ -23,38 +39,43 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .errors import ConvertError
+from .quants import BLOCK_BYTES, QUANT_BLOCK, PackedFP4, dequant_fp4, fits, quantize, repack_mxfp4
 
-# recipe name -> (type of large matrices, general.file_type value as llama.cpp numbers it)
-RECIPES: dict[str, tuple[T, int]] = {
-    "f32": (T.F32, 0),   # LlamaFileType.ALL_F32
-    "f16": (T.F16, 1),   # MOSTLY_F16
-    "bf16": (T.BF16, 32),  # MOSTLY_BF16
+# recipe name -> general.file_type as llama.cpp numbers it (LlamaFileType)
+RECIPES: dict[str, int] = {
+    "mxfp4": 38,  # MOSTLY_MXFP4_MOE
+    "q4": 15,     # MOSTLY_Q4_K_M (closest llama.cpp label: Q4_K experts, Q8_0 rest)
+    "q8": 7,      # MOSTLY_Q8_0
+    "bf16": 32,   # MOSTLY_BF16
+    "f16": 1,     # MOSTLY_F16
+    "f32": 0,     # ALL_F32
+}
+DEFAULT_RECIPE = "mxfp4"
+
+TYPE_NAMES: dict[str, T] = {
+    "f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0,
+    "q4_k": T.Q4_K, "mxfp4": T.MXFP4,
 }
 
-TYPE_NAMES: dict[str, T] = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16}
-
 _FIXED_F32_ROLES = {"norm", "hc", "ape", "sink", "bias"}
-
-_BLOCK = {T.F32: 1, T.F16: 1, T.BF16: 1, T.I32: 1}
-_ITEMSIZE = {T.F32: 4, T.F16: 2, T.BF16: 2, T.I32: 4}
+_FLOAT_OF_SRC = {"BF16": T.BF16, "F16": T.F16, "F32": T.F32, "F64": T.F32}
+_FALLBACK = {T.Q4_K: T.Q4_0, T.Q4_0: T.F16, T.Q8_0: T.F16, T.MXFP4: T.F16}
 
 
 @dataclass
 class Recipe:
     name: str
-    matrix_type: T
     file_type: int
     overrides: list[tuple[str, T]] = field(default_factory=list)
 
-    def choose_type(self, name: str, shape: tuple[int, ...], role: str) -> T:
-        return choose_type(self, name, shape, role)
+    def choose_type(self, name: str, shape: tuple[int, ...], role: str, src: str = "F32") -> tuple[T, T | None]:
+        return choose_type(self, name, shape, role, src)
 
 
 def get_recipe(name: str, overrides: list[tuple[str, str]] | None = None) -> Recipe:
     key = name.lower()
     if key not in RECIPES:
         raise ConvertError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-    mtype, ftype = RECIPES[key]
     ov: list[tuple[str, T]] = []
     for pattern, tname in overrides or []:
         t = TYPE_NAMES.get(tname.lower())
@@ -62,62 +83,85 @@ def get_recipe(name: str, overrides: list[tuple[str, str]] | None = None) -> Rec
             raise ConvertError(f"unknown tensor type {tname!r} in override {pattern}={tname}; "
                                f"choose from {', '.join(TYPE_NAMES)}")
         ov.append((pattern, t))
-    return Recipe(key, mtype, ftype, ov)
+    return Recipe(key, RECIPES[key], ov)
 
 
-def choose_type(recipe: Recipe, name: str, shape: tuple[int, ...], role: str) -> T:
-    """The GGML type for one output tensor (``shape`` in torch order)."""
-    if role == "tid2eid":
-        return T.I32
-    if role in _FIXED_F32_ROLES or len(shape) < 2:
+def parse_override(text: str) -> tuple[str, str]:
+    """``PATTERN=TYPE`` -> (pattern, type name)."""
+    pattern, sep, tname = text.rpartition("=")
+    if not sep or not pattern or not tname:
+        raise ConvertError(f"bad --type {text!r}: expected PATTERN=TYPE, e.g. '*ffn_*_exps*=q4_k'")
+    return pattern, tname
+
+
+def _recipe_type(recipe: str, role: str, src: str) -> T:
+    if recipe in ("f32", "f16", "bf16"):
+        return TYPE_NAMES[recipe]
+    if recipe == "mxfp4":
+        if role == "experts":
+            return T.MXFP4
+        if role == "proj" or src == "FP8":
+            return T.Q8_0
+        return _FLOAT_OF_SRC.get(src, T.F32)
+    # q8 / q4
+    if role in ("router", "index_proj"):
         return T.F32
+    if role == "experts" and recipe == "q4":
+        return T.Q4_K
+    return T.Q8_0
+
+
+def choose_type(recipe: Recipe, name: str, shape: tuple[int, ...], role: str,
+                src: str = "F32") -> tuple[T, T | None]:
+    """(GGML type, the type it replaces when the row length forced a fallback, else None)."""
+    if role == "tid2eid":
+        return T.I32, None
+    if role in _FIXED_F32_ROLES or len(shape) < 2:
+        return T.F32, None
+    want = None
     for pattern, t in recipe.overrides:
         if fnmatch.fnmatchcase(name, pattern):
-            if shape[-1] % _BLOCK[t]:
-                raise ConvertError(f"type override {pattern}: {name} has rows of {shape[-1]} values, "
-                                   f"not a multiple of the {t.name} block {_BLOCK[t]}")
-            return t
-    t = recipe.matrix_type
-    if shape[-1] % _BLOCK[t]:
-        return T.F16 if t not in (T.F32,) else T.F32  # fallback for rows a block type cannot hold
-    return t
+            want = t
+            break
+    if want is None:
+        want = _recipe_type(recipe.name, role, src)
+    t = want
+    while not fits(t, shape[-1]):
+        t = _FALLBACK[t]
+    return t, (want if t != want else None)
 
 
 def nbytes(t: T, shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n * _ITEMSIZE[t]
+    rows = 1
+    for s in shape[:-1]:
+        rows *= int(s)
+    n = int(shape[-1]) if shape else 1
+    return rows * (n // QUANT_BLOCK[t]) * BLOCK_BYTES[t]
 
 
 def encode(chunk, t: T) -> np.ndarray:
-    """Encode a torch chunk (float or int) into the little-endian bytes of GGML type ``t``."""
-    import torch
-
+    """Encode one chunk of whole rows (float32/int array or ``PackedFP4``) as GGML type ``t``."""
+    if isinstance(chunk, PackedFP4):
+        if t == T.MXFP4:
+            return repack_mxfp4(chunk)
+        chunk = dequant_fp4(chunk)
     if t == T.I32:
-        return chunk.to(torch.int32).contiguous().numpy()
-    x = chunk.to(torch.float32).contiguous()
-    if t == T.F32:
-        return x.numpy()
-    if t == T.F16:
-        h = x.to(torch.float16)
-        if bool(torch.isinf(h).any()) and not bool(torch.isinf(x).any()):
-            raise ConvertError(f"values beyond the F16 range ({float(x.abs().max()):.3g}); use --recipe bf16 or f32")
-        return h.numpy()
-    if t == T.BF16:
-        # torch rounds to nearest even, like llama.cpp's converter
-        return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    raise ConvertError(f"type {t.name} is not supported by this converter yet")
+        a = np.asarray(chunk)
+        if a.dtype.kind not in "iu":
+            raise ConvertError(f"expected integers for I32, got {a.dtype}")
+        return a.astype(np.int32)
+    try:
+        return quantize(np.asarray(chunk, dtype=np.float32), t)
+    except OverflowError as e:
+        raise ConvertError(f"{e}; use --recipe bf16 or f32, or --type PATTERN=bf16") from None
 
 
 def decode(raw: np.ndarray, t: T) -> np.ndarray:
-    """Inverse of ``encode`` for the float types (used by tests): float32 array."""
-    if t == T.F32:
-        return raw.astype(np.float32)
-    if t == T.F16:
-        return raw.view(np.float16).astype(np.float32)
-    if t == T.BF16:
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    """Raw GGUF tensor bytes -> float32 (I32 stays int32); used by tests and checks."""
     if t == T.I32:
-        return raw.view(np.int32)
-    raise ValueError(f"cannot decode {t.name}")
+        return np.asarray(raw).view(np.int32)
+    if t == T.F32:
+        return np.asarray(raw).view(np.float32)
+    import gguf
+
+    return gguf.quants.dequantize(np.asarray(raw), t)

@@ -1,18 +1,29 @@
 """Open a safetensors checkpoint (single file or sharded) and read one tensor at a time.
 
-Only the headers are read up front (names, shapes, dtypes, owning file); tensor data is
-fetched lazily through ``safetensors.safe_open``, which memory-maps the file, so at most
-one source tensor (or one slice of it) is resident at a time.
+Only the headers are read up front (names, shapes, dtypes, data offsets, owning file).
+Tensor data is read through a read-only memory map of each shard as numpy views (no torch,
+no copies until a chunk is decoded); ``release(name)`` drops a finished tensor's pages from
+the process again, so resident memory stays bounded by the chunk being converted.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ConvertError
+
+NP_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -24,6 +35,7 @@ class SourceTensor:
     file: Path
     shape: tuple[int, ...]
     dtype: str  # safetensors dtype string: F32, BF16, F16, F8_E4M3, F8_E8M0, I8, I64, ...
+    offsets: tuple[int, int] = (0, 0)  # data_offsets, relative to the end of the header
 
 
 def _read_header(path: Path) -> dict:
@@ -50,7 +62,7 @@ class Source:
     def __init__(self, src_dir: Path | str):
         self.dir = Path(src_dir)
         self.tensors: dict[str, SourceTensor] = {}
-        self._handles: dict[Path, object] = {}
+        self._handles: dict[Path, tuple] = {}
         index = self.dir / INDEX_NAME
         if index.is_file():
             self._open_index(index)
@@ -92,11 +104,12 @@ class Source:
             try:
                 shape = tuple(int(x) for x in meta["shape"])
                 dtype = str(meta["dtype"])
+                offs = (int(meta["data_offsets"][0]), int(meta["data_offsets"][1]))
             except (KeyError, TypeError, ValueError):
                 raise ConvertError(f"{path}: bad header entry for tensor {name!r}") from None
             if name in self.tensors:
                 raise ConvertError(f"{path}: tensor {name!r} also appears in {self.tensors[name].file.name}")
-            self.tensors[name] = SourceTensor(name, path, shape, dtype)
+            self.tensors[name] = SourceTensor(name, path, shape, dtype, offs)
         if expected is not None:
             missing = sorted(expected - set(header))
             if missing:
@@ -109,30 +122,55 @@ class Source:
     def info(self, name: str) -> SourceTensor:
         return self.tensors[name]
 
-    def _handle(self, path: Path):
+    def _map(self, path: Path) -> tuple[mmap.mmap, int]:
         h = self._handles.get(path)
         if h is None:
-            from safetensors import safe_open
-
-            h = safe_open(str(path), framework="pt")
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            h = (mm, 8 + n)
             self._handles[path] = h
         return h
 
-    def get(self, name: str):
-        """The whole tensor as a torch tensor (memory-mapped read)."""
-        st = self.tensors[name]
-        try:
-            return self._handle(st.file).get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types
-            raise ConvertError(f"{st.file}: cannot read tensor {name!r} ({e})") from None
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes as a read-only numpy view of the memory-mapped shard.
 
-    def get_slice(self, name: str):
-        """A lazy slice object: ``src.get_slice(name)[i]`` reads only that part."""
+        The numpy dtype is the storage type: BF16 and the F8 types come back as uint16 /
+        uint8 codes (decode with ``quants.to_f32``).
+        """
         st = self.tensors[name]
-        try:
-            return self._handle(st.file).get_slice(name)
-        except Exception as e:
-            raise ConvertError(f"{st.file}: cannot read tensor {name!r} ({e})") from None
+        np_dtype = NP_DTYPES.get(st.dtype)
+        if np_dtype is None:
+            raise ConvertError(f"{st.file}: tensor {name!r} has unsupported dtype {st.dtype}")
+        mm, base = self._map(st.file)
+        start, end = st.offsets
+        count = 1
+        for s in st.shape:
+            count *= s
+        if end - start != count * np.dtype(np_dtype).itemsize or base + end > len(mm):
+            raise ConvertError(f"{st.file}: tensor {name!r}: data offsets {[start, end]} do not match "
+                               f"shape {list(st.shape)} {st.dtype} (truncated or corrupt file?)")
+        return np.frombuffer(mm, dtype=np_dtype, count=count, offset=base + start).reshape(st.shape)
+
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process (they stay in the page cache)."""
+        st = self.tensors[name]
+        h = self._handles.get(st.file)
+        if h is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        mm, base = h
+        a = (base + st.offsets[0]) // mmap.PAGESIZE * mmap.PAGESIZE
+        b = min(len(mm), base + st.offsets[1])
+        if b > a:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+            except (OSError, ValueError):
+                pass
 
     def close(self) -> None:
+        for mm, _ in self._handles.values():
+            try:
+                mm.close()
+            except BufferError:  # a numpy view is still alive; the map goes with it
+                pass
         self._handles.clear()

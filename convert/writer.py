@@ -2,8 +2,9 @@
 
 The header, metadata and tensor directory are written first (all shapes and types are
 known from the plan); tensor data then follows one chunk at a time, so memory stays
-bounded by the largest chunk (one source tensor, or one routed expert). Everything goes
-to ``OUT.tmp-<pid>`` which is renamed onto ``OUT`` only once complete; on any error or
+bounded by the largest chunk (a block of rows, or one routed expert). Everything goes to
+``OUT.tmp-<pid>``; once the last byte is written the file is re-opened and checked (size,
+tensor directory against the plan), and only then renamed onto ``OUT``. On any error or
 ``KeyboardInterrupt`` the temporary file is removed and ``OUT`` is left untouched.
 """
 
@@ -30,8 +31,12 @@ class OutTensor:
     shape: tuple[int, ...]        # torch order
     type: GGMLQuantizationType
     role: str
-    chunks: Callable[[], Iterable]  # yields torch chunks, row-major
+    chunks: Callable[[], Iterable]  # yields chunks of whole rows, row-major
     check: Callable[[object], None] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.type, self.shape)
 
 
 def temp_path(out: Path) -> Path:
@@ -53,9 +58,38 @@ def _add_kv(w: GGUFWriter, kv: KV) -> None:
         raise ValueError(f"unknown metadata kind {kv.kind!r} for {kv.key}")
 
 
+def verify_gguf(path: Path, tensors: list[OutTensor]) -> None:
+    """Re-read the finished file's directory: every planned tensor, in order, with its type,
+    shape and a data range inside the file."""
+    from gguf import GGUFReader
+
+    try:
+        r = GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
+        raise ConvertError(f"{path}: written file does not parse as GGUF ({e})") from None
+    size = path.stat().st_size
+    if len(r.tensors) != len(tensors):
+        raise ConvertError(f"{path}: wrote {len(r.tensors)} tensors, planned {len(tensors)}")
+    for got, want in zip(r.tensors, tensors):
+        shape = tuple(int(x) for x in reversed(list(got.shape)))
+        while len(shape) > len(want.shape) and shape[0] == 1:
+            shape = shape[1:]
+        if got.name != want.name or got.tensor_type != want.type or shape != tuple(want.shape):
+            raise ConvertError(f"{path}: tensor {got.name} ({got.tensor_type.name} {list(shape)}) does not match "
+                               f"the plan ({want.name} {want.type.name} {list(want.shape)})")
+        if got.data_offset + want.nbytes > size:
+            raise ConvertError(f"{path}: tensor {got.name} runs past the end of the file")
+    del r
+
+
 def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
-               progress: Callable[[int, int, str], None] | None = None) -> None:
-    """Write ``tensors`` with metadata ``kvs`` to ``out`` atomically."""
+               progress: Callable[[int, int, str, int], None] | None = None,
+               verify: bool = True) -> None:
+    """Write ``tensors`` with metadata ``kvs`` to ``out`` atomically.
+
+    ``progress(i, n, name, nbytes)`` is called after each tensor (``nbytes`` = that tensor's
+    output size).
+    """
     out = Path(out)
     if out.is_dir():
         raise ConvertError(f"{out}: output path is a directory")
@@ -67,7 +101,7 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
         for kv in kvs:
             _add_kv(w, kv)
         for t in tensors:
-            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.type, t.shape), raw_dtype=t.type)
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.type)
         w.write_header_to_file(path=tmp)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
@@ -76,17 +110,18 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
         w.write_padding(f, f.tell())
         total = len(tensors)
         for i, t in enumerate(tensors):
-            want = nbytes(t.type, t.shape)
+            want = t.nbytes
             done = 0
             try:
                 for chunk in t.chunks():
                     if t.check is not None:
                         t.check(chunk)
-                    arr = encode(chunk, t.type)
+                    arr = np.ascontiguousarray(encode(chunk, t.type))
                     done += arr.nbytes
                     if done > want:
                         break
-                    arr.tofile(f)
+                    f.write(memoryview(arr).cast("B"))
+                    del arr, chunk
             except ConvertError as e:
                 raise ConvertError(f"tensor {t.name}: {e}") from None
             if done != want:
@@ -94,8 +129,10 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
                                    f"(shape {list(t.shape)}, {t.type.name})")
             w.write_padding(f, want)
             if progress is not None:
-                progress(i + 1, total, t.name)
+                progress(i + 1, total, t.name, want)
         w.close()
+        if verify:
+            verify_gguf(tmp, tensors)
         os.replace(tmp, out)
     except BaseException:
         try:

@@ -2,6 +2,7 @@
 
 from ._core import ContextOverflowError, FormatError, GGUFFile
 from .model import Model, Session
+from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 from .chat_format import ReplyEvent, ReplyStream, parse_completion, render_chat
 from .tokenizer import StreamDecoder, Tokenizer
@@ -20,6 +21,7 @@ __all__ = [
     "FormatError",
     "GGUFFile",
     "Model",
+    "PromptCache",
     "Session",
 ]
 __version__ = "0.1.0"

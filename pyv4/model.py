@@ -40,20 +40,53 @@ class Model:
             self._tokenizer = Tokenizer.from_gguf(self.path)
         return self._tokenizer
 
-    def new_session(self) -> "Session":
-        return Session(self)
+    @property
+    def fingerprint(self) -> int:
+        """Hash of the GGUF metadata and tensor table; session files carry it."""
+        return self._engine.fingerprint
+
+    def new_session(self, kv: str = "fp8", path: str | os.PathLike | None = None) -> "Session":
+        """A new, empty session.
+
+        kv: how the KV cache is stored (csrc/kv/qat.h): "fp8" (default; the
+        official record: FP8 e4m3 nope dims + BF16 rope dims, FP4 indexer keys,
+        with the official QAT rounding), "bf16", or "f32" (exact).
+        path: the memory-mapped file that backs the cache; default an unlinked
+        temporary file. (This is not a saved session: use `save` for that.)"""
+        return Session(self, kv=kv, path=path)
+
+    def prompt_cache(self, directory: str | os.PathLike, max_bytes: int) -> "PromptCache":
+        """A directory of saved sessions keyed by their tokens (see PromptCache)."""
+        from .prompt_cache import PromptCache
+
+        return PromptCache(self, directory, max_bytes)
 
 
 class Session:
     """One conversation's state: the tokens seen so far and their KV state."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, kv: str = "fp8", path: str | os.PathLike | None = None,
+                 _state=None):
         self.model = model
-        self._state = model._engine.new_session()
+        if _state is not None:
+            self._state = _state
+        else:
+            if not isinstance(kv, str):
+                raise ValueError(f'kv must be "fp8", "bf16" or "f32", not {kv!r}')
+            self._state = model._engine.new_session(kv, os.fspath(path) if path is not None else "")
 
     @property
     def n_tokens(self) -> int:
         return self._state.n_tokens
+
+    @property
+    def kv_type(self) -> str:
+        return self._state.kv_type
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """The token ids evaluated so far (int64)."""
+        return self._state.tokens
 
     def eval(self, tokens, logits: str = "last") -> np.ndarray:
         """Feed `tokens` and return float32 logits: [n, vocab] for logits="all",
@@ -79,3 +112,37 @@ class Session:
 
     def reset(self) -> None:
         self._state.reset()
+
+    def fork(self) -> "Session":
+        """An independent copy that shares every stored row copy-on-write: cheap
+        (no row is copied until one of the two writes into a shared chunk)."""
+        return Session(self.model, _state=self._state.fork())
+
+    def truncate(self, n_tokens: int) -> None:
+        """Forget every token after the first `n_tokens`. Restores the snapshot
+        at or before n_tokens (one is kept every 128 tokens) and re-evaluates at
+        most 127 tokens."""
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)):
+            raise ValueError(f"n_tokens must be an int, not {n_tokens!r}")
+        self.model._engine.truncate(self._state, int(n_tokens))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the session to `path` atomically (temp file, fsync, rename)."""
+        self.model._engine.save_session(self._state, os.fspath(path))
+
+    @classmethod
+    def load(cls, model: Model, path: str | os.PathLike, verify: bool = False) -> "Session":
+        """Open a saved session, memory-mapped (no re-prefill). The file must
+        come from the same model (fingerprint), else pyv4.FormatError. verify=True
+        also checksums the stored rows (O(file size))."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"session file not found: {path}")
+        return cls(model, _state=model._engine.load_session(path, bool(verify)))
+
+    def stats(self) -> dict:
+        """Sizes and counters: n_tokens, kv_type, kv_bytes (stored window,
+        compressed and indexer rows), snapshot_bytes, state_bytes (fp32 rolling
+        state), file_bytes, rows per kind, per-layer rows and rows touched by the
+        last eval, csa_rows_touched (per CSA layer) and csa_rows_touched_max."""
+        return self._state.stats()

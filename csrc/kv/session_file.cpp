@@ -360,7 +360,8 @@ std::unique_ptr<KVState> SessionFile::load(const ModelConfig& cfg, uint64_t fing
       const bool n_ok = k == 0 ? (static_cast<int64_t>(n) >= std::min(nt, cfg.window) &&
                                   static_cast<int64_t>(n) <= cfg.window)
                                : static_cast<int64_t>(n) == expect[k];
-      if (rec != st.rec || !n_ok || nc != (n + st.per_chunk - 1) / st.per_chunk) {
+      const uint64_t want_nc = st.per_chunk ? (n + st.per_chunk - 1) / st.per_chunk : 0;
+      if (rec != st.rec || !n_ok || nc != want_nc || (st.per_chunk == 0 && n != 0)) {
         throw FormatError(path + ": layer " + std::to_string(il) + " row table does not match the model");
       }
       for (uint64_t c = 0; c < nc; ++c) {

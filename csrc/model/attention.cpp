@@ -126,6 +126,7 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   }
   st.touch.window += pos0 - w_first;
   std::vector<const float*> cptr(nb_last, nullptr);
+  std::vector<float> cbuf;  // decoded rows cptr points into (non-f32 types)
   if (ratio) {
     std::vector<int64_t> need;
     if (w.kind == AttnKind::HCA) {
@@ -136,7 +137,7 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
       for (const auto& pk : picked) for (int64_t b : pk) mark[b] = 1;
       for (int64_t b = 0; b < nb_last; ++b) if (mark[b]) need.push_back(b);
     }
-    std::vector<float> cbuf(mc.type == KVType::F32 ? 0 : need.size() * d);
+    cbuf.resize(mc.type == KVType::F32 ? 0 : need.size() * d);
     pool.parallel_for(static_cast<int64_t>(need.size()), 16, [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; ++i) {
         cptr[need[i]] = mc.view(kv.comp_rec(il, need[i]), cbuf.empty() ? nullptr : cbuf.data() + i * d);

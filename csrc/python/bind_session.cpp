@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "common/error.h"
 #include "kv/qat.h"
 #include "kv/session_file.h"
 #include "model/engine.h"

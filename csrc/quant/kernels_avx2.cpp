@@ -270,9 +270,13 @@ void drive(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
 template <class Dec>
 void run_int(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y, int64_t ldy,
              int64_t r0, int64_t r1) {
-  drive<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+  auto f = [&](auto R, auto T, int64_t r, int64_t t) {
     tile_int<Dec, decltype(R)::value, decltype(T)::value>(W, r, a, t, Y, ldy);
-  });
+  };
+  if (n_tokens < 4)
+    drive<1>(r0, r1, n_tokens, f);  // decode: one contiguous stream per thread
+  else
+    drive<2>(r0, r1, n_tokens, f);
 }
 
 template <class Conv>
@@ -362,11 +366,16 @@ void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t l
     case GGMLType::Q8_0: run_int<DecQ8_0>(W, *act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q4_0: run_int<DecQ4_0>(W, *act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::MXFP4: run_int<DecMXFP4>(W, *act, n_tokens, Y, ldy, r0, r1); return;
-    case GGMLType::Q4_K:
-      drive<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+    case GGMLType::Q4_K: {
+      auto f = [&](auto R, auto T, int64_t r, int64_t t) {
         tile_q4k<decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
-      });
+      };
+      if (n_tokens < 4)
+        drive<1>(r0, r1, n_tokens, f);
+      else
+        drive<2>(r0, r1, n_tokens, f);
       return;
+    }
     default: return;
   }
 }

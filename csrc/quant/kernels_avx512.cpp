@@ -123,11 +123,18 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const int64_t ng = a.nb / 4;
+  // Software prefetch of the same bytes R rows further on (the next row tile):
+  // short rows read 4 at a time defeat the hardware prefetcher's ramp-up.
+  const int64_t ahead = R * static_cast<int64_t>(W.row_stride);
   for (int64_t g = 0; g < ng; ++g) {
     __m512i A[R], B[R];
     __m512 DW[R];
 #pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) Dec::group(rows[i] + g * 4 * Dec::kBB, &A[i], &B[i], &DW[i]);
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* p = rows[i] + g * 4 * Dec::kBB;
+      for (int l = 0; l < 4 * Dec::kBB; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + ahead + l), _MM_HINT_T0);
+      Dec::group(p, &A[i], &B[i], &DW[i]);
+    }
     group_fma<R, T, true>(acc, A, B, DW, a, t0, g);
   }
   if (const int rem = static_cast<int>(a.nb - 4 * ng)) {
@@ -162,6 +169,7 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m512i idx1 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
   const int64_t nsb = a.nb / 8;
+  const int64_t ahead = R * static_cast<int64_t>(W.row_stride);  // see tile_int
   for (int64_t sb = 0; sb < nsb; ++sb) {
     __m512 DSC[R], MN[R];
     for (int i = 0; i < R; ++i) {
@@ -184,7 +192,10 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
       __m512 DW[R];
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
-        const __m512i z = _mm512_loadu_si512(rows[i] + sb * 144 + 16 + 64 * h);
+        const uint8_t* p = rows[i] + sb * 144 + 64 * h;
+        _mm_prefetch(reinterpret_cast<const char*>(p + ahead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + ahead + 72), _MM_HINT_T0);
+        const __m512i z = _mm512_loadu_si512(p + 16);
         const __m512i lo = _mm512_and_si512(z, m4);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
         A[i] = _mm512_permutex2var_epi64(lo, idxA, hi);
@@ -305,9 +316,15 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
                  int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
   auto ints = [&](auto dec) {
     using Dec = decltype(dec);
-    drive<4>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+    auto f = [&](auto R, auto T, int64_t r, int64_t t) {
       tile_int<Dec, decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
-    });
+    };
+    // Decode (1..3 tokens): one row at a time, so each thread reads one
+    // contiguous stream (4 interleaved short rows halve the DRAM throughput).
+    if (n_tokens < 4)
+      drive<1>(r0, r1, n_tokens, f);
+    else
+      drive<4>(r0, r1, n_tokens, f);
   };
   auto floats = [&](auto conv) {
     using Conv = decltype(conv);
@@ -322,11 +339,16 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
     case GGMLType::Q8_0: ints(DecQ8_0{}); return;
     case GGMLType::Q4_0: ints(DecQ4_0{}); return;
     case GGMLType::MXFP4: ints(DecMXFP4{}); return;
-    case GGMLType::Q4_K:
-      drive<4>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+    case GGMLType::Q4_K: {
+      auto f = [&](auto R, auto T, int64_t r, int64_t t) {
         tile_q4k<decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
-      });
+      };
+      if (n_tokens < 4)
+        drive<1>(r0, r1, n_tokens, f);
+      else
+        drive<4>(r0, r1, n_tokens, f);
       return;
+    }
     default: return;
   }
 }
