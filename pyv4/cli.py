@@ -38,6 +38,7 @@ _COMMANDS = {
     "run": (_lazy(".cli_commands", "run_main"), "answer one prompt (-p TEXT, or -p - for stdin)"),
     "convert": (_cmd_convert, "convert a Hugging Face / official checkpoint to GGUF"),
     "info": (_lazy(".info", "main"), "describe a GGUF file and whether pyv4 can load it"),
+    "bench": (_lazy(".bench_cli", "main"), "prefill and decode speed of a model on this machine"),
 }
 
 
