@@ -10,7 +10,9 @@ real decode step; the read bandwidth (all threads, 512 MiB buffer) is measured
 right before and right after each kernel measurement (the host's bandwidth
 swings a lot), and the kernel is reported as a fraction of their mean.
 GEMM (32/128/512 tokens): int8 multiply-adds x2 per second (Gops/s), and the
-ratio of tokens/s at 128 tokens to tokens/s of the DRAM-bound GEMV.
+ratio of tokens/s at 128 tokens to tokens/s of the DRAM-bound GEMV. That ratio
+equals Gops/s * (weight bytes per element) / (2 * GEMV GB/s): for 4-bit types
+(~0.53-0.56 B/element) a 10x ratio needs ~36 Gops/s per GB/s of read bandwidth.
 """
 
 import argparse
@@ -75,6 +77,7 @@ def main():
           f"  isa={_core.active_isa()}  threads={threads}")
     feats = _core.cpu_features()
     print("# features:", " ".join(k for k, v in feats.items() if v))
+    print("# load average at start: %.2f %.2f %.2f" % os.getloadavg())
 
     shapes = SHAPES[:2] + SHAPES[4:] if args.quick else SHAPES
     print("\n## GEMV (1 token), weight GB/s vs read bandwidth measured around it")
@@ -119,6 +122,7 @@ def main():
             ratio = (128 / out[1][1]) * g if g else float("nan")
             print(f"{name:28s} {t:6s} {out[0][0]:8.0f} {out[1][0]:8.0f} {out[2][0]:8.0f} "
                   f"{ratio:8.1f}", flush=True)
+    print("\n# load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Public API::
     load_config(src_dir) -> HParams             # normalised hyper-parameters
     ConvertError                                # raised for bad input (a ValueError)
 
-torch and safetensors are needed to convert; importing this package does not import them.
+The converter reads safetensors through numpy memory maps: it needs neither torch nor
+safetensors (``pip install 'pyv4[convert]'`` installs them for the tests' fixtures).
 """
 
 from .cli import main

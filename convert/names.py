@@ -266,7 +266,7 @@ def _expected_layer(hp: HParams, layer: int, mtp: bool) -> dict[str, tuple[tuple
     if ratio != 0:
         coff = 2 if ratio == 4 else 1
         exp.update({
-            "attn.compressor.wkv.weight": ((coff * d, D), "proj"),
+            "attn.compressor.wkv.weight": ((coff * d, D), "dense"),
             "attn.compressor.wgate.weight": ((coff * d, D), "dense"),
             "attn.compressor.ape": ((ratio, coff * d), "ape"),
             "attn.compressor.norm.weight": ((d,), "norm"),
@@ -274,10 +274,10 @@ def _expected_layer(hp: HParams, layer: int, mtp: bool) -> dict[str, tuple[tuple
         if ratio == 4:
             ih, idim = hp.index_n_heads, hp.index_head_dim
             exp.update({
-                "attn.indexer.wq_b.weight": ((ih * idim, ql), "dense"),
-                "attn.indexer.weights_proj.weight": ((ih, D), "dense"),
+                "attn.indexer.wq_b.weight": ((ih * idim, ql), "proj"),
+                "attn.indexer.weights_proj.weight": ((ih, D), "index_proj"),
                 "attn.indexer.compressor.wkv.weight": ((2 * idim, D), "dense"),
-                "attn.indexer.compressor.wgate.weight": ((2 * idim, D), "index_proj"),
+                "attn.indexer.compressor.wgate.weight": ((2 * idim, D), "dense"),
                 "attn.indexer.compressor.ape": ((ratio, 2 * idim), "ape"),
                 "attn.indexer.compressor.norm.weight": ((idim,), "norm"),
             })
@@ -330,6 +330,8 @@ def _read_chunks(source: Source, spec: _Dense) -> Iterator:
                 yield dequant_fp8(w[r0:r1], spec.dtype, sc, sst.dtype, row0=r0)
             else:
                 yield PackedFP4(np.array(w[r0:r1]).view(np.uint8), _fp4_exps(sc[r0:r1], sst.dtype))
+            row_bytes = w.strides[0]
+            source.release(spec.name, r0 * row_bytes, r1 * row_bytes)  # keep RSS at one chunk
     finally:
         source.release(spec.name)
         if spec.scale is not None:

@@ -97,6 +97,9 @@ class Source:
 
     def _add_file(self, path: Path, expected: set[str] | None) -> None:
         header = _read_header(path)
+        with open(path, "rb") as f:
+            (hlen,) = struct.unpack("<Q", f.read(8))
+        data_size = path.stat().st_size - 8 - hlen
         for name, meta in header.items():
             if expected is not None and name not in expected:
                 # present in the shard but the index points elsewhere (or nowhere): trust the index
@@ -105,8 +108,11 @@ class Source:
                 shape = tuple(int(x) for x in meta["shape"])
                 dtype = str(meta["dtype"])
                 offs = (int(meta["data_offsets"][0]), int(meta["data_offsets"][1]))
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, IndexError):
                 raise ConvertError(f"{path}: bad header entry for tensor {name!r}") from None
+            if not 0 <= offs[0] <= offs[1] <= data_size:
+                raise ConvertError(f"{path}: tensor {name!r}: data offsets {list(offs)} lie outside the "
+                                   f"file's {data_size} data bytes (truncated or corrupt file?)")
             if name in self.tensors:
                 raise ConvertError(f"{path}: tensor {name!r} also appears in {self.tensors[name].file.name}")
             self.tensors[name] = SourceTensor(name, path, shape, dtype, offs)
@@ -152,15 +158,17 @@ class Source:
                                f"shape {list(st.shape)} {st.dtype} (truncated or corrupt file?)")
         return np.frombuffer(mm, dtype=np_dtype, count=count, offset=base + start).reshape(st.shape)
 
-    def release(self, name: str) -> None:
-        """Drop the tensor's pages from this process (they stay in the page cache)."""
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Drop the tensor's pages (bytes ``start:stop`` of it) from this process; they stay
+        in the page cache."""
         st = self.tensors[name]
         h = self._handles.get(st.file)
         if h is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
         mm, base = h
-        a = (base + st.offsets[0]) // mmap.PAGESIZE * mmap.PAGESIZE
-        b = min(len(mm), base + st.offsets[1])
+        end = st.offsets[1] if stop is None else min(st.offsets[1], st.offsets[0] + stop)
+        a = (base + st.offsets[0] + start) // mmap.PAGESIZE * mmap.PAGESIZE
+        b = min(len(mm), base + end)
         if b > a:
             try:
                 mm.madvise(mmap.MADV_DONTNEED, a, b - a)

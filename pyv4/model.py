@@ -10,13 +10,17 @@ from . import _core
 
 
 class Model:
-    """A DeepSeek-V4 model loaded from a `deepseek4` GGUF file (memory-mapped)."""
+    """A DeepSeek-V4 model loaded from a `deepseek4` GGUF file.
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    By default the file is memory-mapped (pages load on first use and the kernel
+    may drop them again under memory pressure). resident=True copies the whole
+    file into anonymous memory at load instead: steady timings, RSS = file size."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, resident: bool = False):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"model file not found: {self.path}")
-        self._engine = _core.Engine(self.path, threads or 0)
+        self._engine = _core.Engine(self.path, threads or 0, bool(resident))
         self._tokenizer = None
 
     @property
@@ -44,6 +48,17 @@ class Model:
     def fingerprint(self) -> int:
         """Hash of the GGUF metadata and tensor table; session files carry it."""
         return self._engine.fingerprint
+
+    def profile(self) -> dict | None:
+        """Wall time per op kind summed over every eval since `profile_reset()`,
+        when the process runs with PYV4_PROFILE=1 (else None):
+        {"ops": {kind: (seconds, calls)}, "total": seconds, "evals": n}. Kinds
+        are leaves (matmul.<tensor kind>, attn.*, indexer*, compressor, moe.router,
+        mhc, ...); total minus their sum is untracked glue."""
+        return self._engine.profile()
+
+    def profile_reset(self) -> None:
+        self._engine.profile_reset()
 
     def new_session(self, kv: str = "fp8", path: str | os.PathLike | None = None) -> "Session":
         """A new, empty session.

@@ -97,6 +97,158 @@ def random_tensor(rng: np.random.Generator, shape, role: str, hp: HParams) -> np
     return (std * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
 
 
+# ---------------------------------------------------------------------------
+# Quantized random weights, generated as GGML blocks directly (bench/make_wide.py)
+# ---------------------------------------------------------------------------
+
+# synthetic role -> (converter role, checkpoint source format): the converter's recipe
+# table (convert/recipes.py) then gives exactly the type llama.cpp's converter writes.
+_CONVERT_ROLE = {
+    "embed": ("embed", "BF16"), "head": ("output", "BF16"), "linear": ("proj", "FP8"),
+    "expert": ("experts", "FP4"), "router": ("router", "BF16"), "compressor": ("dense", "BF16"),
+    "norm": ("norm", "F32"), "hc_fn": ("hc", "F32"), "hc_base": ("hc", "F32"), "hc_scale": ("hc", "F32"),
+    "sink": ("sink", "F32"), "ape": ("ape", "F32"), "bias": ("bias", "F32"), "tid2eid": ("tid2eid", "INT"),
+}
+
+
+def tensor_types(hp: HParams, recipe: str) -> dict[str, T]:
+    """GGML type of every tensor of `tensor_layout(hp)` under a converter recipe
+    (mxfp4 / q4 / q8 / bf16 / f16 / f32), as `pyv4 convert` would choose it for the
+    official checkpoint (FP8 projections, FP4 experts, BF16 embed/head/router/compressors)."""
+    from .convert.recipes import get_recipe
+
+    rec = get_recipe(recipe)
+    out = {}
+    for tname, shape, role in tensor_layout(hp):
+        crole, src = _CONVERT_ROLE[role]
+        if tname.endswith("indexer.proj.weight"):
+            crole = "index_proj"
+        out[tname] = rec.choose_type(tname, shape, crole, src)[0]
+    return out
+
+
+_BLOCK = {T.Q8_0: (32, 34), T.MXFP4: (32, 17), T.Q4_K: (256, 144), T.Q4_0: (32, 18)}
+_E2M1_RMS = math.sqrt(sum(v * v for v in (0, .5, 1, 1.5, 2, 3, 4, 6)) / 8)  # uniform codes
+
+
+def _weight_std(shape, role: str) -> float:
+    return {"embed": 1.0, "head": 2.0 / math.sqrt(shape[-1])}.get(role, 1.0 / math.sqrt(shape[-1]))
+
+
+def _random_rows(rng: np.random.Generator, rows: int, cols: int, t: T, std: float) -> np.ndarray:
+    """`rows` rows of random GGML blocks of type `t` whose values have about `std`
+    standard deviation and zero mean: random codes, scales set from `std`."""
+    if t in (T.F32, T.F16, T.BF16):
+        x = rng.standard_normal((rows, cols), dtype=np.float32)
+        x *= np.float32(std)
+        if t == T.F32:
+            return x
+        if t == T.F16:
+            return x.astype(np.float16)
+        return (x.view(np.uint32) >> 16).astype(np.uint16)  # truncation: fine for noise
+    bs, bb = _BLOCK[t]
+    nb = rows * (cols // bs)
+    raw = np.frombuffer(rng.bytes(nb * bb), np.uint8).reshape(nb, bb).copy()
+    jitter = rng.uniform(0.75, 1.25, nb).astype(np.float32)  # scales vary block to block
+    if t == T.Q8_0:
+        q = raw[:, 2:].view(np.int8)
+        q[q == -128] = -127  # the quantizer's range: [-127, 127]
+        d = jitter * np.float32(std / (127 / math.sqrt(3)))  # uniform int8: rms 127/sqrt(3)
+        raw[:, :2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t == T.Q4_0:
+        d = jitter * np.float32(std / math.sqrt((16 * 16 - 1) / 12))
+        raw[:, :2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t == T.MXFP4:
+        # E8M0 exponent: 2^(e-127) * rms(e2m1 codes) ~= std, rounded up or down at random
+        e = math.log2(std / _E2M1_RMS) + 127
+        raw[:, 0] = (math.floor(e) + (rng.random(nb) < e - math.floor(e))).astype(np.uint8)
+    elif t == T.Q4_K:
+        from .convert.quants import _pack_k_scales
+
+        # value = d*sc*q - dmin*m with m = sc and dmin = 7.5 d: zero mean, rms d*sc*4.61
+        sc = rng.integers(40, 64, (nb, 8), dtype=np.uint8)
+        d = jitter * np.float32(std / (51.5 * math.sqrt((16 * 16 - 1) / 12)))
+        raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+        raw[:, 2:4] = (d * 7.5).astype(np.float16).reshape(nb, 1).view(np.uint8)
+        raw[:, 4:16] = _pack_k_scales(sc, sc)
+    return raw.reshape(rows, -1)
+
+
+def random_blocks(rng: np.random.Generator, shape, role: str, hp: HParams, t: T,
+                  chunk_bytes: int = 64 << 20):
+    """Yields the raw bytes of one random tensor of GGML type `t`, in chunks of whole
+    rows of about `chunk_bytes` (the embedding alone is 1 GB in BF16)."""
+    if len(shape) < 2 or role in ("tid2eid", "norm", "hc_fn", "hc_base", "hc_scale", "sink", "ape", "bias"):
+        a = random_tensor(rng, shape, role, hp)
+        yield a if t in (T.F32, T.I32) else _float_as(a, t)
+        return
+    cols = shape[-1]
+    rows = int(np.prod(shape[:-1]))
+    std = _weight_std(shape, role)
+    from .convert.quants import row_bytes
+
+    step = max(1, chunk_bytes // row_bytes(t, cols))
+    for r0 in range(0, rows, step):
+        yield _random_rows(rng, min(step, rows - r0), cols, t, std)
+
+
+def _float_as(a: np.ndarray, t: T) -> np.ndarray:
+    from .convert.recipes import encode
+
+    return encode(a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1), t)
+
+
+def write_random_gguf_typed(path: str | os.PathLike, config: dict, tokenizer_dir: str | os.PathLike | None,
+                            recipe: str = "mxfp4", seed: int = 0, name: str = "pyv4-random",
+                            progress=None) -> Path:
+    """Streams a random-weight model in a converter recipe's tensor types, tensor by
+    tensor (peak memory: one chunk), atomically. Quantized tensors are random GGML
+    blocks, not quantized floats."""
+    from .convert.recipes import RECIPES, nbytes
+    from .convert.writer import OutTensor, verify_gguf
+
+    hp = parse_config(config, "synthetic config")
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    rng = np.random.default_rng(seed)
+    kvs = model_metadata(hp, 0, name, RECIPES[recipe])
+    if tokenizer_dir is not None:
+        kvs += tokenizer_metadata(tokenizer_dir, hp.n_vocab, hp.bos_token_id, hp.eos_token_id).entries
+    types = tensor_types(hp, recipe)
+    layout = tensor_layout(hp)
+    w = GGUFWriter(None, arch=ARCH)
+    try:
+        for kv in kvs:
+            _add_kv(w, kv)
+        for tname, shape, _ in layout:
+            w.add_tensor_info(tname, shape, np.dtype(np.float32), nbytes(types[tname], shape),
+                              raw_dtype=types[tname])
+        w.write_header_to_file(path=tmp)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        f = w.fout[0]
+        w.write_padding(f, f.tell())
+        for i, (tname, shape, role) in enumerate(layout):
+            want, done = nbytes(types[tname], shape), 0
+            for chunk in random_blocks(rng, shape, role, hp, types[tname]):
+                chunk = np.ascontiguousarray(chunk)
+                done += chunk.nbytes
+                f.write(memoryview(chunk).cast("B"))
+            if done != want:
+                raise RuntimeError(f"{tname}: wrote {done} bytes, expected {want}")
+            w.write_padding(f, want)
+            if progress is not None:
+                progress(i + 1, len(layout), tname, want)
+        w.close()
+        verify_gguf(tmp, [OutTensor(n, s, types[n], r, lambda: ()) for n, s, r in layout])
+        os.replace(tmp, path)
+    except BaseException:
+        w.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_random_gguf(path: str | os.PathLike, config: dict, tokenizer_dir: str | os.PathLike | None,
                       seed: int = 0, matrix_type: T = T.F16, name: str = "pyv4-random") -> Path:
     """Writes a random-weight model for an official-style `config` dict, atomically."""

@@ -113,7 +113,7 @@ def index_qat(x: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def qat_patched(counts: dict | None = None):
+def qat_patched(counts: dict | None = None, sites=("window_kv", "compressed", "index_key", "index_query")):
     """transformers' DeepseekV4 with the official QAT rounding on the KV path."""
     from transformers.models.deepseek_v4 import modeling_deepseek_v4 as mod
 
@@ -135,7 +135,7 @@ def qat_patched(counts: dict | None = None):
             site, fn = "index_key", index_qat
         elif owner == "DeepseekV4Indexer" and line.startswith("q = apply_rotary_pos_emb(q"):
             site, fn = "index_query", index_qat
-        if site is None:
+        if site is None or site not in sites:
             return out
         hits[site] = hits.get(site, 0) + 1
         arr = fn(out.detach().float().numpy())

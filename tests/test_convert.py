@@ -388,7 +388,14 @@ def test_mtp_block_mapped(spec11, tmp_path):
     eh = t["blk.6.nextn.eh_proj.weight"][2]
     np.testing.assert_array_equal(eh, torch.cat((mtp["mtp.0.e_proj.weight"], mtp["mtp.0.h_proj.weight"]), 1).numpy())
     np.testing.assert_array_equal(t["blk.6.nextn.shared_head_norm.weight"][2], mtp["mtp.0.norm.weight"].numpy())
-    np.testing.assert_array_equal(t["blk.6.nextn.hc_head_fn.weight"][2], mtp["mtp.0.hc_head_fn"].numpy())
+    # the MTP hc head has no llama.cpp tensor name: it is stored as metadata
+    assert not [n for n in t if "hc_head" in n]
+    np.testing.assert_array_equal(np.array(f["deepseek4.nextn.0.hc_head_fn"], dtype=np.float32).reshape(4, 4 * D),
+                                  mtp["mtp.0.hc_head_fn"].numpy())
+    assert f["deepseek4.nextn.0.hc_head_fn_shape"] == [4, 4 * D]
+    np.testing.assert_array_equal(np.array(f["deepseek4.nextn.0.hc_head_base"], dtype=np.float32),
+                                  mtp["mtp.0.hc_head_base"].numpy())
+    assert f["deepseek4.nextn.0.hc_head_scale"] == [1.0]
     np.testing.assert_array_equal(t["blk.6.ffn_gate_exps.weight"][2], t["blk.5.ffn_gate_exps.weight"][2])
     assert "blk.6.exp_probs_b.bias" in t and "blk.6.ffn_gate_tid2eid.weight" not in t
     assert "blk.6.attn_compressor_kv.weight" not in t
@@ -494,7 +501,7 @@ def test_bad_inputs(spec11, tmp_path, capsys, breaker, words):
 def test_keyboard_interrupt_leaves_no_file(spec11, tmp_path):
     out = tmp_path / "m.gguf"
 
-    def boom(i, n, name):
+    def boom(i, n, name, nbytes=0):
         if i == 7:
             raise KeyboardInterrupt
 

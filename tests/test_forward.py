@@ -1,4 +1,4 @@
-"""pyv4's fp32 forward pass against transformers' DeepseekV4ForCausalLM
+"""pyv4's fp32 forward pass (kv="f32": exact KV storage) against transformers' DeepseekV4ForCausalLM
 (spec §11): one-shot prefill, prefill + token-by-token decode, and chunked
 prefill with chunk sizes aligned to neither 4 nor 128."""
 
@@ -42,13 +42,13 @@ def case(request, tmp_root):
 
 def test_one_shot_prefill(case):
     model, tokens, ref = case
-    out = model.new_session().eval(tokens, logits="all")
+    out = model.new_session(kv="f32").eval(tokens, logits="all")
     _check(out, ref, "prefill")
 
 
 def test_prefill_then_decode(case):
     model, tokens, ref = case
-    sess = model.new_session()
+    sess = model.new_session(kv="f32")
     outs = [sess.eval(tokens[:17], logits="all")]
     for i in range(17, len(tokens)):
         outs.append(sess.eval(tokens[i : i + 1], logits="last")[None, :])
@@ -58,7 +58,7 @@ def test_prefill_then_decode(case):
 
 def test_chunked_prefill(case):
     model, tokens, ref = case
-    sess = model.new_session()
+    sess = model.new_session(kv="f32")
     outs, i = [], 0
     for size in (13, 37, 130, 5, 211, 1, 66):
         outs.append(sess.eval(tokens[i : i + size], logits="all"))
@@ -70,6 +70,6 @@ def test_chunked_prefill(case):
 def test_threads_do_not_change_results(tmp_root):
     path, model = converted_model(tmp_root, "spec11", 0)
     tokens = random_tokens(model.config.vocab_size, 200, 0)
-    one = pyv4.Model(path, threads=1).new_session().eval(tokens, logits="all")
-    two = pyv4.Model(path, threads=2).new_session().eval(tokens, logits="all")
+    one = pyv4.Model(path, threads=1).new_session(kv="f32").eval(tokens, logits="all")
+    two = pyv4.Model(path, threads=2).new_session(kv="f32").eval(tokens, logits="all")
     np.testing.assert_array_equal(one, two)

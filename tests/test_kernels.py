@@ -146,7 +146,7 @@ def _cases():
     out = []
     for t in TYPES:
         for isa in ISAS:
-            for n in (1, 3, 32, 130):
+            for n in (1, 3, 4, 13, 32, 130):
                 out.append((t, isa, n, 37 if n != 32 else 130))
     return out
 
@@ -201,6 +201,35 @@ def test_expert_slice(type_name):
         assert np.array_equal(part, full[:, e * out:(e + 1) * out])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", sorted(INT_TYPES))
+def test_gemv_and_lane_edges(type_name, isa):
+    """Shapes that hit every partial path of the AVX-512 kernels: GEMV (1..3 tokens)
+    sums 16 blocks per float step, then single 4-block groups, then a zero-padded
+    tail group (Q4_K: super-block pairs, then an odd one); the lane GEMM (>= 12
+    tokens, Q4_K >= 5) packs 16-block groups (last one partial) in panels of 16
+    rows, tiles of 4 rows x 4 tokens with row and token tails."""
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(21)
+    cols = 1280 if type_name == "Q4_K" else 32 * 39  # 5 super-blocks / 39 blocks
+    rows = 37
+    raw = random_weight(type_name, rows, cols, rng)
+    W = gguf_dequant(type_name, raw, rows, cols)
+    for n in (1, 2, 3, 5, 12, 17):
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        x[:, 32 * 17:32 * 18] *= 20.0
+        y = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
+        _check_fast(type_name, W, x, y)
+        # a token's result does not depend on the other tokens in the call
+        # (GEMV kernels: per-token; lane kernels: per tile)
+        if n == 17:
+            y1 = _core.quant_matmul(type_name, raw, rows, cols, x[16:], 1)
+            np.testing.assert_allclose(y1[0], y[16], rtol=1e-5, atol=1e-5)
+
+
 def test_large_tokens_and_rows_fast():
     """Row tiles + token tiles with tails on the best ISA (4-row and 4-token tiles)."""
     _core.set_isa("auto")
@@ -235,11 +264,15 @@ def test_isa_switches():
         _core.set_compute_mode("exact")
 
 
-def test_env_switches():
+def test_env_switches(tmp_path):
+    import pyv4
     code = "from pyv4 import _core; print(_core.active_isa(), _core.compute_mode())"
-    env = dict(os.environ, PYV4_ISA="scalar", PYV4_COMPUTE="reference")
+    # import the same pyv4 this test imported (not a source tree in the cwd)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyv4.__file__)))
+    path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = dict(os.environ, PYV4_ISA="scalar", PYV4_COMPUTE="reference", PYTHONPATH=path)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+                         check=True, cwd=tmp_path).stdout.split()
     assert out == ["scalar", "reference"]
 
 

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -157,7 +158,38 @@ GGUFValue read_value(Cursor& c, uint32_t type, const std::string& key) {
 
 }  // namespace
 
-GGUFFile::GGUFFile(const std::string& path) : path_(path) {
+namespace {
+
+// The whole file copied into anonymous memory (transparent huge pages asked for):
+// pages that cannot be reclaimed and re-read behind the caller's back, unlike a
+// file mapping. Returns MAP_FAILED with errno set on failure.
+void* read_resident(int fd, size_t size) {
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return p;
+#ifdef MADV_HUGEPAGE
+  ::madvise(p, size, MADV_HUGEPAGE);
+#endif
+  uint8_t* dst = static_cast<uint8_t*>(p);
+  size_t done = 0;
+  while (done < size) {
+    const size_t want = std::min<size_t>(size - done, size_t(64) << 20);
+    const ssize_t got = ::pread(fd, dst + done, want, static_cast<off_t>(done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      const int err = got == 0 ? EIO : errno;
+      ::munmap(p, size);
+      errno = err;
+      return MAP_FAILED;
+    }
+    done += static_cast<size_t>(got);
+  }
+  ::mprotect(p, size, PROT_READ);
+  return p;
+}
+
+}  // namespace
+
+GGUFFile::GGUFFile(const std::string& path, bool resident) : path_(path), resident_(resident) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) {
     throw FormatError(path + ": cannot open: " + std::strerror(errno));
@@ -173,10 +205,11 @@ GGUFFile::GGUFFile(const std::string& path) : path_(path) {
     throw FormatError(path + ": truncated file: " + std::to_string(size_) +
                       " bytes, too small for a GGUF header");
   }
-  void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+  void* p = resident ? read_resident(fd_, size_) : ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
   if (p == MAP_FAILED) {
     ::close(fd_);
-    throw FormatError(path + ": mmap failed: " + std::strerror(errno));
+    throw FormatError(path + (resident ? ": reading into memory failed: " : ": mmap failed: ") +
+                      std::strerror(errno));
   }
   base_ = static_cast<const uint8_t*>(p);
   try {

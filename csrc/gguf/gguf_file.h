@@ -1,5 +1,7 @@
 // Read-only view of a GGUF v2/v3 file: metadata, tensor table, and tensor data
-// in a private read-only mmap of the whole file.
+// in a private read-only mmap of the whole file, or (resident = true) in a
+// read-only copy of the whole file in anonymous memory (huge pages when the
+// kernel grants them): no page of it is reclaimed and re-read from disk later.
 //
 // Everything is validated while the header is parsed (bounds of every read,
 // known tensor types, alignment, duplicate names, data within the file), so
@@ -54,7 +56,7 @@ struct GGUFTensor {
 
 class GGUFFile {
  public:
-  explicit GGUFFile(const std::string& path);
+  explicit GGUFFile(const std::string& path, bool resident = false);
   ~GGUFFile();
   GGUFFile(const GGUFFile&) = delete;
   GGUFFile& operator=(const GGUFFile&) = delete;
@@ -62,6 +64,7 @@ class GGUFFile {
   const std::string& path() const { return path_; }
   uint32_t version() const { return version_; }
   size_t file_size() const { return size_; }
+  bool resident() const { return resident_; }
   size_t data_offset() const { return data_offset_; }
   uint32_t alignment() const { return alignment_; }
 
@@ -81,6 +84,7 @@ class GGUFFile {
   int fd_ = -1;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
+  bool resident_ = false;
   uint32_t version_ = 0;
   uint32_t alignment_ = 32;
   size_t data_offset_ = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 
 #include "common/error.h"
 
@@ -310,6 +311,53 @@ int64_t KVState::restore_before(int64_t n) {
   tokens_.resize(s);
   n_tokens_ = s;
   return s;
+}
+
+void KVState::fill_synthetic(int64_t n, uint64_t seed) {
+  if (n_tokens_ != 0) throw InputError("fill_synthetic needs an empty session");
+  if (n <= 0 || n % snap_every_ != 0) throw InputError("fill_synthetic: n must be a multiple of the snapshot interval");
+  for (const LayerState& L : layers_) {
+    if (L.comp_tail.ratio && n % L.comp_tail.ratio != 0) throw InputError("fill_synthetic: n must be a multiple of every ratio");
+  }
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> row(std::max(head_dim_, index_.width));
+  auto random_row = [&](int64_t w) {
+    for (int64_t i = 0; i < w; ++i) row[i] = nd(rng);
+  };
+  for (int64_t il = 0; il < n_layer(); ++il) {
+    LayerState& L = layers_[il];
+    for (int64_t j = 0; j < window_; ++j) {
+      random_row(head_dim_);
+      main_.round(row.data());
+      write_window(il, n - window_ + j, row.data());
+    }
+    if (L.kind != AttnKind::Sliding) {
+      for (int64_t b = 0; b < n / L.comp_tail.ratio; ++b) {
+        random_row(head_dim_);
+        main_.round(row.data());
+        append_comp(il, row.data());
+      }
+    }
+    if (L.kind == AttnKind::CSA) {
+      for (int64_t b = 0; b < n / L.index_tail.ratio; ++b) {
+        random_row(index_.width);
+        index_.round(row.data());
+        append_index(il, row.data());
+      }
+    }
+    for (CompressorState* c : {&L.comp_tail, &L.index_tail}) {
+      if (c->proj_width == 0) continue;
+      const int64_t len = L.kind == AttnKind::CSA ? c->ratio : 0;  // CSA keeps the last block's series A
+      c->tail_start = n - len;
+      c->tail_kv.assign(static_cast<size_t>(len * c->proj_width), 0.0f);
+      c->tail_gate.assign(c->tail_kv.size(), 0.0f);
+      for (float& v : c->tail_kv) v = nd(rng);
+    }
+    for (int64_t k = 0; k < n / snap_every_; ++k) std::memset(L.snaps.write(*arena_, k), 0, L.snaps.rec);
+  }
+  tokens_.assign(static_cast<size_t>(n), 0);
+  n_tokens_ = n;
 }
 
 size_t KVState::kv_bytes() const {

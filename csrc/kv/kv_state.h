@@ -136,6 +136,12 @@ class KVState {
   // returns s; tokens [s, n) must then be evaluated again (Engine::truncate).
   int64_t restore_before(int64_t n);
 
+  // Benchmarks only: makes an empty session hold n tokens (n a multiple of
+  // snap_every and of every ratio) of synthetic rows — random values through the
+  // KV type's rounding, zero token ids and snapshots, consistent rolling state —
+  // to reach long contexts without an O(n²) prefill. Logits are meaningless.
+  void fill_synthetic(int64_t n, uint64_t seed);
+
   // ---- accounting ----
   size_t kv_bytes() const;        // window + compressed + indexer records in use
   size_t snapshot_bytes() const;  // snapshot records

@@ -5,6 +5,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/profiler.h"
 #include "kv/kv_kernels.h"
 #include "model/compressor.h"
 
@@ -47,11 +48,19 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
 
   // Q path: q_lat = q_norm(wq_a x); q = wq_b q_lat; per-head RMS; RoPE at P.
   std::vector<float> qlat(n * QL), q(n * H * d), kvr(n * d);
-  matmul(w.wq_a, x, D, n, qlat.data(), QL, pool);
-  for (int64_t t = 0; t < n; ++t) rms_norm(&qlat[t * QL], w.q_norm.data(), &qlat[t * QL], QL, eps);
-  matmul(w.wq_b, qlat.data(), QL, n, q.data(), H * d, pool);
-  // KV path: one shared K = V head.
-  matmul(w.wkv, x, D, n, kvr.data(), d, pool);
+  {
+    PROF_SCOPE("matmul.attn_q");
+    matmul(w.wq_a, x, D, n, qlat.data(), QL, pool);
+    for (int64_t t = 0; t < n; ++t) rms_norm(&qlat[t * QL], w.q_norm.data(), &qlat[t * QL], QL, eps);
+    matmul(w.wq_b, qlat.data(), QL, n, q.data(), H * d, pool);
+  }
+  {
+    // KV path: one shared K = V head.
+    PROF_SCOPE("matmul.attn_kv");
+    matmul(w.wkv, x, D, n, kvr.data(), d, pool);
+  }
+  {
+  PROF_SCOPE("attn.qk_norm_rope");
   pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
       for (int64_t h = 0; h < H; ++h) {
@@ -67,6 +76,7 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
       mc.round(k);
     }
   });
+  }
 
   // Compressors run before attention: a block closed by a token of this chunk
   // is visible to that token (spec §3.5 visibility).
@@ -82,8 +92,12 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     const int64_t nih = c.index_n_head, ihd = c.index_head_dim;
     const RowCodec& ic = kv.index_codec();
     std::vector<float> qI(n * nih * ihd), wI(n * nih);
-    matmul(w.index_q_b, qlat.data(), QL, n, qI.data(), nih * ihd, pool);
-    matmul(w.index_proj, x, D, n, wI.data(), nih, pool);
+    {
+      PROF_SCOPE("matmul.indexer");
+      matmul(w.index_q_b, qlat.data(), QL, n, qI.data(), nih * ihd, pool);
+      matmul(w.index_proj, x, D, n, wI.data(), nih, pool);
+    }
+    PROF_SCOPE("indexer.score");
     const float wscale = 1.0f / std::sqrt(static_cast<float>(nih));
     const float qscale = 1.0f / std::sqrt(static_cast<float>(ihd));
     for (int64_t t = 0; t < n; ++t) {
@@ -119,6 +133,7 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   // before pos0, and the compressed rows (HCA: all visible; CSA: the union of
   // the selected ones). F32 rows are read in place.
   const int64_t w_first = std::max<int64_t>(0, pos0 - c.window + 1);
+  ProfScope prof_gather("attn.gather");
   std::vector<float> wbuf(mc.type == KVType::F32 ? 0 : (pos0 - w_first) * d);
   std::vector<const float*> wptr(pos0 - w_first);
   for (int64_t p = w_first; p < pos0; ++p) {
@@ -146,7 +161,9 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     st.touch.compressed += static_cast<int64_t>(need.size());
   }
 
+  prof_gather.stop();
   // Softmax over window ∪ visible compressed rows, with the per-head sink.
+  ProfScope prof_core("attn.core");
   std::vector<float> o(n * H * d);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   pool.parallel_for(n * H, 1, [&](int64_t i0, int64_t i1, int) {
@@ -180,6 +197,8 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     }
   });
 
+  prof_core.stop();
+  ProfScope prof_kv("kv.write");
   // Snapshots (window ring image + rolling state) at every snap_every-th
   // position of this chunk, taken before the chunk overwrites ring slots.
   kv.commit_snapshots(il, pos0, n, kvr.data());
@@ -189,6 +208,8 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     kv.write_window(il, pos0 + t, &kvr[t * d]);
   }
 
+  prof_kv.stop();
+  PROF_SCOPE("matmul.attn_out");
   // Grouped low-rank output: z_g = W_oa[g] · concat(heads of group g); out = wo_b z.
   const int64_t G = c.o_groups, OL = c.o_lora_rank, gw = H * d / G;
   std::vector<float> z(n * G * OL);

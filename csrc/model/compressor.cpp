@@ -3,6 +3,8 @@
 #include <cmath>
 #include <vector>
 
+#include "common/profiler.h"
+
 namespace pyv4 {
 
 namespace {
@@ -61,8 +63,12 @@ void compressor_update(const ModelConfig& c, const CompressorWeights& w, const R
   const int64_t every = kv.snap_every();
   const int64_t pw = st.proj_width, m = w.ratio;
   std::vector<float> pkv(static_cast<size_t>(n * pw)), gate(static_cast<size_t>(n * pw));
-  matmul(w.kv, x, c.n_embd, n, pkv.data(), pw, pool);
-  matmul(w.gate, x, c.n_embd, n, gate.data(), pw, pool);
+  {
+    PROF_SCOPE(indexer ? "matmul.indexer_comp" : "matmul.compressor");
+    matmul(w.kv, x, c.n_embd, n, pkv.data(), pw, pool);
+    matmul(w.gate, x, c.n_embd, n, gate.data(), pw, pool);
+  }
+  PROF_SCOPE(indexer ? "indexer_comp" : "compressor");
   for (int64_t t = 0; t < n; ++t) {
     const int64_t p = pos0 + t;
     float* g = gate.data() + t * pw;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/profiler.h"
 #include "common/thread_pool.h"
 #include "gguf/gguf_file.h"
 #include "kv/kv_state.h"
@@ -23,7 +24,10 @@ namespace pyv4 {
 
 class Engine {
  public:
-  Engine(const std::string& path, int n_threads);
+  // resident: copy the whole file into anonymous memory instead of mapping it
+  // (gguf/gguf_file.h). PYV4_PROFILE=1 in the environment turns on the per-op
+  // profile (profiler()).
+  Engine(const std::string& path, int n_threads, bool resident = false);
 
   const ModelConfig& config() const { return cfg_; }
   const GGUFFile& file() const { return *file_; }
@@ -45,12 +49,17 @@ class Engine {
   // at or before n and re-evaluates the (< snap_every) tokens after it.
   void truncate(KVState& state, int64_t n);
 
+  // Wall time per op kind summed over every eval since the last reset; nullptr
+  // when profiling is off.
+  Profiler* profiler() { return prof_.get(); }
+
  private:
   std::unique_ptr<GGUFFile> file_;
   ModelConfig cfg_;
   ModelWeights w_;
   ThreadPool pool_;
   std::vector<RopeTable> rope_;  // per layer: plain (sliding) or YaRN (compressed)
+  std::unique_ptr<Profiler> prof_;
 };
 
 }  // namespace pyv4

@@ -5,6 +5,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/profiler.h"
 #include "model/ops.h"
 
 namespace pyv4 {
@@ -41,6 +42,7 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
                  const int64_t* tokens, int64_t n, float* out, ThreadPool& pool) {
   const int64_t D = c.n_embd, E = c.n_expert, K = c.n_expert_used, F = c.n_ff_exp;
   std::vector<float> logits(n * E);
+  ProfScope prof_route("moe.router");
   matmul(w.router, x, D, n, logits.data(), E, pool);
 
   // Routing: expert ids and weights per token.
@@ -76,6 +78,8 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
   for (int64_t t = 0; t < n; ++t)
     for (int64_t k = 0; k < K; ++k) by_expert[sel[t * K + k]].push_back({t, wt[t * K + k]});
 
+  prof_route.stop();
+  ProfScope prof_exp("matmul.experts");
   std::fill(out, out + n * D, 0.0f);
   const float limit = static_cast<float>(c.swiglu_limit[il]);
   std::vector<float> xe, ye;
@@ -95,7 +99,9 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
     }
   }
 
+  prof_exp.stop();
   if (w.has_shared) {
+    PROF_SCOPE("matmul.shared");
     std::vector<float> sh(n * D);
     expert_ffn(w.gate_sh, w.up_sh, w.down_sh, x, n, D,
                static_cast<float>(c.swiglu_limit_shared[il]), sh.data(), pool);

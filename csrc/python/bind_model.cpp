@@ -52,8 +52,27 @@ static py::dict config_dict(const ModelConfig& c) {
 
 void bind_model(py::module_& m) {
   py::class_<Engine>(m, "Engine", "A loaded DeepSeek-V4 GGUF")
-      .def(py::init<const std::string&, int>(), py::arg("path"), py::arg("threads") = 0,
-           py::call_guard<py::gil_scoped_release>())
+      .def(py::init<const std::string&, int, bool>(), py::arg("path"), py::arg("threads") = 0,
+           py::arg("resident") = false, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("resident", [](const Engine& e) { return e.file().resident(); })
+      .def(
+          "profile",
+          [](Engine& e) -> py::object {
+            const Profiler* p = e.profiler();
+            if (!p) return py::none();
+            py::dict ops;
+            for (const auto& en : p->entries()) ops[py::str(en.kind)] = py::make_tuple(en.seconds, en.calls);
+            py::dict d;
+            d["ops"] = ops;
+            d["total"] = p->total_seconds();
+            d["evals"] = p->evals();
+            return d;
+          },
+          "Per-op wall time since the last reset (PYV4_PROFILE=1), else None: {'ops': {kind: "
+          "(seconds, calls)}, 'total': seconds in eval, 'evals': eval calls}.")
+      .def("profile_reset", [](Engine& e) {
+        if (e.profiler()) e.profiler()->reset();
+      })
       .def("config", [](const Engine& e) { return config_dict(e.config()); })
       .def_property_readonly("n_vocab", [](const Engine& e) { return e.config().n_vocab; })
       .def_property_readonly("n_ctx", [](const Engine& e) { return e.config().n_ctx; })

@@ -88,7 +88,9 @@ void bind_session(py::module_& m) {
       })
       .def("reset", &KVState::reset)
       .def("fork", &KVState::fork)
-      .def("stats", &stats_dict);
+      .def("stats", &stats_dict)
+      .def("_fill_synthetic", &KVState::fill_synthetic, py::arg("n_tokens"), py::arg("seed") = 0,
+           "benchmarks only: synthetic rows for n_tokens (see csrc/kv/kv_state.h)");
 
   auto engine = py::reinterpret_borrow<py::object>(m.attr("Engine"));
   py::class_<Engine>& E = static_cast<py::class_<Engine>&>(engine);

@@ -16,6 +16,12 @@
 //    bytes 0..63 hold elements 0..15 of blocks 4g..4g+3 (16 each), bytes 64..127
 //    hold their elements 16..31. Two chained vpdpbusd then sum exactly the 32
 //    products of each block into 4 int32 lanes, so the float work per block halves.
+//  * lane (AVX-512 prefill GEMM, gemm_lane_avx512.cpp): blocks are grouped by 16;
+//    group g occupies [512g, 512g+512): bytes 64k + 4j .. 64k + 4j + 3 hold elements
+//    4k..4k+3 of block 16g+j (k = 0..7, j = 0..15). Eight chained vpdpbusd leave
+//    each block's exact 32-element dot in its own int32 lane (one float step per
+//    16 blocks). nb_pad is a multiple of 16 and cs = k * dx * sum(q) (one lane
+//    per block).
 #pragma once
 
 #include <cstddef>
@@ -26,28 +32,45 @@
 namespace pyv4 {
 namespace qk {
 
+enum class ActLayout { Plain = 0, Quad = 1, Lane = 2 };
+
 struct ActQ {
   int64_t n_tokens = 0;
   int64_t nb = 0;      // blocks of 32 per token
-  int64_t nb_pad = 0;  // nb rounded up to a multiple of 4; padding blocks are all zero
+  int64_t nb_pad = 0;  // nb rounded up to a multiple of 4 (lane: 16); padding blocks are all zero
+  ActLayout layout = ActLayout::Plain;
   const int8_t* qs = nullptr;  // [n_tokens][nb_pad * 32]
   const float* dx = nullptr;   // [n_tokens][nb_pad]
   const float* cs = nullptr;   // [n_tokens][nb_pad]  cscale * dx * sum(q)
+  // Quad layout only: dx and cs of each 16 blocks reordered for the GEMV
+  // kernels, which sum the 4 lanes of each block of 4 quad groups into one
+  // zmm whose dword 4L + d is block 4d + L: xr[16s + 4L + d] = x[16s + 4d + L],
+  // [n_tokens][nbr], nbr = nb rounded up to 16 (zeros past nb). csr holds 4 * cs
+  // (the offset of all 4 lanes of a block).
+  const float* dxr = nullptr;
+  const float* csr = nullptr;
+  int64_t nbr = 0;
 
   const int8_t* q(int64_t t) const { return qs + t * nb_pad * 32; }
   const float* d(int64_t t) const { return dx + t * nb_pad; }
   const float* c(int64_t t) const { return cs + t * nb_pad; }
+  const float* dr(int64_t t) const { return dxr + t * nbr; }
+  const float* cr(int64_t t) const { return csr + t * nbr; }
 };
 
-inline int64_t act_nb_pad(int64_t nb) { return (nb + 3) & ~int64_t(3); }
+inline int64_t act_nb_pad(int64_t nb, ActLayout layout) {
+  return layout == ActLayout::Lane ? (nb + 15) & ~int64_t(15) : (nb + 3) & ~int64_t(3);
+}
 
 // ---- AVX2 + FMA + F16C (kernels_avx2.cpp) ----
 // For an integer weight type: the cscale its kernel needs (k/8 for a code offset
 // k, 1 for Q4_K). Returns false for float weight types (no activation quantization).
 bool act_cscale_avx2(GGMLType t, float* cscale);
-// Quantizes X into buffers sized as ActQ describes (plain or quad layout).
+// Quantizes X into buffers sized as ActQ describes (any layout; dxr/csr are
+// written for the quad layout only and may be null otherwise).
 void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t cols, float cscale,
-                       bool quad, int8_t* qs, float* dx, float* cs);
+                       ActLayout layout, int8_t* qs, float* dx, float* cs, float* dxr,
+                       float* csr);
 // Y[t, r] for r in [r0, r1), all tokens. act is null for float weight types.
 void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t ldx,
                int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1);
@@ -58,6 +81,15 @@ uint64_t read_sum_avx2(const uint8_t* p, size_t bytes);
 bool act_cscale_avx512(GGMLType t, float* cscale);
 void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t ldx,
                  int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1);
+
+// ---- AVX-512 + VNNI lane-layout GEMM (gemm_lane_avx512.cpp) ----
+// Used for integer weight types when n_tokens >= lane_min_tokens(type): the
+// weight repacking costs about 4 tokens' worth of multiply-adds per row, so the
+// quad tiles stay faster below ~12 tokens (Q4_K, whose quad tile is slower: 5).
+inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 5 : 12; }
+bool lane_cscale_avx512(GGMLType t, float* cscale);
+void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                      int64_t ldy, int64_t r0, int64_t r1);
 
 }  // namespace qk
 }  // namespace pyv4

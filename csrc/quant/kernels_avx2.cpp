@@ -300,8 +300,10 @@ bool act_cscale_avx2(GGMLType t, float* cscale) {
 }
 
 void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t cols, float cscale,
-                       bool quad, int8_t* qs, float* dx, float* cs) {
-  const int64_t nb = cols / 32, nb_pad = act_nb_pad(nb);
+                       ActLayout layout, int8_t* qs, float* dx, float* cs, float* dxr,
+                       float* csr) {
+  const int64_t nb = cols / 32, nb_pad = act_nb_pad(nb, layout);
+  const bool quad = layout == ActLayout::Quad, lane = layout == ActLayout::Lane;
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t t = 0; t < n_tokens; ++t) {
     const float* x = X + t * ldx;
@@ -338,17 +340,37 @@ void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t co
         int8_t* g = q + 128 * (b / 4) + 16 * (b % 4);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(g), _mm256_castsi256_si128(p));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(g + 64), _mm256_extracti128_si256(p, 1));
+      } else if (lane) {
+        int8_t* g = q + 512 * (b / 16) + 4 * (b % 16);
+        alignas(32) int32_t w[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(w), p);
+        for (int k = 0; k < 8; ++k) std::memcpy(g + 64 * k, &w[k], 4);
       } else {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * b), p);
       }
       d[b] = db;
       c[b] = cscale * (db * static_cast<float>(sum));
     }
+    if (quad) {
+      const int64_t nbr = (nb + 15) & ~int64_t(15);
+      float* dr = dxr + t * nbr;
+      float* cr = csr + t * nbr;
+      for (int64_t s = 0; s < nbr; s += 16)
+        for (int l = 0; l < 4; ++l)
+          for (int g = 0; g < 4; ++g) {
+            const int64_t b = s + 4 * g + l;
+            dr[s + 4 * l + g] = b < nb ? d[b] : 0.0f;
+            cr[s + 4 * l + g] = b < nb ? 4.0f * c[b] : 0.0f;  // one lane per block
+          }
+    }
     for (int64_t b = nb; b < nb_pad; ++b) {
       if (quad) {
         int8_t* g = q + 128 * (b / 4) + 16 * (b % 4);
         std::memset(g, 0, 16);
         std::memset(g + 64, 0, 16);
+      } else if (lane) {
+        int8_t* g = q + 512 * (b / 16) + 4 * (b % 16);
+        for (int k = 0; k < 8; ++k) std::memset(g + 64 * k, 0, 4);
       } else {
         std::memset(q + 32 * b, 0, 32);
       }

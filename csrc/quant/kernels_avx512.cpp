@@ -26,6 +26,9 @@ namespace {
 
 using namespace qblocks;
 
+// Software prefetch distance of the GEMV row stream, bytes.
+constexpr int64_t kGemvPrefetch = 1024;
+
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 // [a x4, b x4, c x4, d x4] from the four floats of v.
@@ -54,40 +57,91 @@ inline __m512 f16x4(const uint8_t* p, int64_t stride) {
 }
 
 // ---- group decoders: blocks 4g..4g+3 starting at p -> A, B codes and dw ----
+// Word permutes (vpermw / vpermt2w, AVX512BW) gather the 16-byte code halves and
+// the f16 scales of 4 blocks from two or four 64-byte loads, all inside the 4
+// blocks (the tail group is decoded from a zero-padded copy).
 struct DecQ8_0 {
   static constexpr int kBB = 34;
-  static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+  static inline __m512 scale(__m512 raw) { return raw; }  // already fp32
+  static inline void group_raw(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+    // out word 8b+m = word 1+17b+m of p (A) / word 9+17b+m (B, from p + 8)
+    static const int16_t ia_w[32] = {1, 2, 3, 4, 5, 6, 7, 8, 18, 19, 20, 21, 22, 23, 24, 25,
+                                         35, 36, 37, 38, 39, 40, 41, 42, 52, 53, 54, 55, 56, 57,
+                                         58, 59};
+    const __m512i ia = _mm512_loadu_si512(ia_w);
+    static const int16_t ib_w[32] = {5, 6, 7, 8, 9, 10, 11, 12, 22, 23, 24, 25, 26, 27, 28, 29,
+                                         39, 40, 41, 42, 43, 44, 45, 46, 56, 57, 58, 59, 60, 61,
+                                         62, 63};
+    const __m512i ib = _mm512_loadu_si512(ib_w);
+    static const int16_t is_w[32] = {0, 0, 0, 0, 17, 17, 17, 17, 34, 34, 34, 34, 51, 51, 51,
+                                         51, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m512i is = _mm512_loadu_si512(is_w);
     const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
-    *DW = f16x4(p, 34);
-    *A = _mm512_xor_si512(load4x16(p + 2, 34), off);
-    *B = _mm512_xor_si512(load4x16(p + 18, 34), off);
+    const __m512i z0 = _mm512_loadu_si512(p), z1 = _mm512_loadu_si512(p + 64);
+    const __m512i y0 = _mm512_loadu_si512(p + 8), y1 = _mm512_loadu_si512(p + 72);
+    *DW = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(z0, is, z1)));
+    *A = _mm512_xor_si512(_mm512_permutex2var_epi16(z0, ia, z1), off);
+    *B = _mm512_xor_si512(_mm512_permutex2var_epi16(y0, ib, y1), off);
+  }
+  static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+    group_raw(p, A, B, DW);
   }
 };
 struct DecQ4_0 {
   static constexpr int kBB = 18;
-  static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+  static inline __m512 scale(__m512 raw) { return raw; }  // already fp32
+  static inline void group_raw(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+    // out word 8b+m = word 1+9b+m of p: words < 32 from p, the rest from p + 8
+    static const int16_t ic_w[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17,
+                                         19, 20, 21, 22, 23, 24, 25, 26, 28, 29, 30, 31, 60, 61,
+                                         62, 63};
+    const __m512i ic = _mm512_loadu_si512(ic_w);
+    static const int16_t is_w[32] = {0, 0, 0, 0, 9, 9, 9, 9, 18, 18, 18, 18, 27, 27, 27, 27,
+                                         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m512i is = _mm512_loadu_si512(is_w);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    *DW = f16x4(p, 18);
-    const __m512i z = load4x16(p + 2, 18);
+    const __m512i z0 = _mm512_loadu_si512(p), z1 = _mm512_loadu_si512(p + 8);
+    *DW = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(is, z0)));
+    const __m512i z = _mm512_permutex2var_epi16(z0, ic, z1);
     *A = _mm512_and_si512(z, m4);
     *B = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+  }
+  static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+    group_raw(p, A, B, DW);
   }
 };
 struct DecMXFP4 {
   static constexpr int kBB = 17;
+  // e8m0_to_f32_half on the (integer) exponents: e < 2 -> 0x00200000 << e, else (e - 1) << 23
+  static inline __m512 scale(__m512 raw) {
+    const __m512i e = _mm512_castps_si512(raw);
+    const __m512i normal = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+    const __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
+    const __mmask16 small = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(small, normal, sub));
+  }
   static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
+    group_raw(p, A, B, DW);
+    *DW = scale(*DW);
+  }
+  static inline void group_raw(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i lut = _mm512_broadcast_i32x4(
         _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));  // 2*E2M1 + 12
-    // e8m0_to_f32_half on 4 lanes: e < 2 -> 0x00200000 << e, else (e - 1) << 23
-    const uint32_t e4 = p[0] | (static_cast<uint32_t>(p[17]) << 8) |
-                        (static_cast<uint32_t>(p[34]) << 16) | (static_cast<uint32_t>(p[51]) << 24);
-    const __m128i e = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(e4)));
-    const __m128i normal = _mm_slli_epi32(_mm_sub_epi32(e, _mm_set1_epi32(1)), 23);
-    const __m128i sub = _mm_sllv_epi32(_mm_set1_epi32(0x00200000), e);
-    const __m128i bits = _mm_blendv_epi8(normal, sub, _mm_cmplt_epi32(e, _mm_set1_epi32(2)));
-    *DW = spread4(_mm_castsi128_ps(bits));
-    const __m512i z = load4x16(p + 1, 17);
+    // Codes of blocks 0 and 2 are word-aligned from p + 1 (words 0.., 17..), those
+    // of blocks 1 and 3 from p + 4 (words 7.., 24..).
+    static const int16_t ic_w[32] = {0, 1, 2, 3, 4, 5, 6, 7, 39, 40, 41, 42, 43, 44, 45, 46,
+                                         17, 18, 19, 20, 21, 22, 23, 24, 56, 57, 58, 59, 60, 61,
+                                         62, 63};
+    const __m512i ic = _mm512_loadu_si512(ic_w);
+    // Exponent of block L sits at byte L of 128-bit lane L (offsets 0, 17, 34, 51):
+    // vpshufb moves it to the low byte of each dword of lane L (zero above).
+    const __m512i ie = _mm512_set1_epi32(static_cast<int>(0x80808000u)) ;
+    const __m512i lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i e = _mm512_shuffle_epi8(_mm512_loadu_si512(p), _mm512_add_epi32(ie, lane));
+    *DW = _mm512_castsi512_ps(e);  // raw exponents; scale() converts
+    const __m512i z =
+        _mm512_permutex2var_epi16(_mm512_loadu_si512(p + 1), ic, _mm512_loadu_si512(p + 4));
     *A = _mm512_shuffle_epi8(lut, _mm512_and_si512(z, m4));
     *B = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4));
   }
@@ -154,6 +208,83 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
 }
 
+// Sum of the 4 lanes of each block of 4 quad-group results: dword 4L + d of the
+// result is block L of group d (the order of ActQ::dxr).
+inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
+  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+}
+// The same order for 4 spread scales (lane L of DW[d] = scale of block L of group d).
+inline __m512 order4(const __m512 (&DW)[4]) {
+  const __m512 a = _mm512_unpacklo_ps(DW[0], DW[1]), b = _mm512_unpacklo_ps(DW[2], DW[3]);
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
+// Decode (1..3 tokens), one row: 16 blocks (4 quad groups) per float step. The
+// int32 lanes of the 4 groups are summed per block first (reduce4), so the
+// convert + 2 FMAs run once per 16 blocks instead of once per 4.
+template <class Dec, int T>
+void gemv_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+              int64_t ldy) {
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  const uint8_t* row = W.row(r);
+  const int64_t ng = a.nb / 4, nsg = ng / 4;
+  constexpr int kGroupBytes = 4 * Dec::kBB;
+  for (int64_t s = 0; s < nsg; ++s) {
+    __m512i P[4][T];
+    __m512 DW[4];
+#pragma GCC unroll 4
+    for (int d = 0; d < 4; ++d) {
+      const int64_t g = 4 * s + d;
+      const uint8_t* p = row + g * kGroupBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch), _MM_HINT_T0);
+      if (kGroupBytes > 64)
+        _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch + 64), _MM_HINT_T0);
+      __m512i A, B;
+      Dec::group_raw(p, &A, &B, &DW[d]);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xq = a.q(t0 + t) + 128 * g;
+        P[d][t] = _mm512_dpbusd_epi32(
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq)), B,
+            _mm512_loadu_si512(xq + 64));
+      }
+    }
+    const __m512 DWo = Dec::scale(order4(DW));
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m512 f = _mm512_cvtepi32_ps(reduce4(P[0][t], P[1][t], P[2][t], P[3][t]));
+      const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
+      const __m512 KC = _mm512_loadu_ps(a.cr(t0 + t) + 16 * s);
+      acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DWo, acc[t]);
+    }
+  }
+  for (int64_t g = 4 * nsg; g < ng; ++g) {
+    __m512i A[1], B[1];
+    __m512 DW[1];
+    Dec::group(row + g * kGroupBytes, &A[0], &B[0], &DW[0]);
+    __m512 acc1[1][T];
+    for (int t = 0; t < T; ++t) acc1[0][t] = acc[t];
+    group_fma<1, T, true>(acc1, A, B, DW, a, t0, g);
+    for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
+  }
+  if (const int rem = static_cast<int>(a.nb - 4 * ng)) {
+    alignas(64) uint8_t tmp[kGroupBytes];
+    std::memset(tmp, 0, sizeof(tmp));
+    std::memcpy(tmp, row + ng * kGroupBytes, static_cast<size_t>(rem) * Dec::kBB);
+    __m512i A[1], B[1];
+    __m512 DW[1];
+    Dec::group(tmp, &A[0], &B[0], &DW[0]);
+    __m512 acc1[1][T];
+    for (int t = 0; t < T; ++t) acc1[0][t] = acc[t];
+    group_fma<1, T, true>(acc1, A, B, DW, a, t0, ng);
+    for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
+  }
+  for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
+}
+
 template <int R, int T>
 void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
               int64_t ldy) {
@@ -212,6 +343,98 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   }
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
+}
+
+// Q4_K decode (1..3 tokens), one row: two super-blocks (4 quad groups) per
+// float step, as gemv_int; an odd last super-block goes through tile_q4k's math.
+template <int T>
+void gemv_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+              int64_t ldy) {
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  const uint8_t* row = W.row(r);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const __m512i idxA = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+  const __m512i idxB = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i idx1 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+  const int64_t nsb = a.nb / 8, npair = nsb / 2;
+  auto scales = [&](const uint8_t* p, __m256* dsc, __m256* mn) {
+    const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(
+        load_u16(p) | (static_cast<uint32_t>(load_u16(p + 2)) << 16))));
+    uint64_t sc64, mn64;
+    q4k_scales_mins(p + 4, &sc64, &mn64);
+    *dsc = _mm256_mul_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                                        _mm_cvtsi64_si128(static_cast<long long>(sc64)))));
+    *mn = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                            _mm_cvtsi64_si128(static_cast<long long>(mn64)))));
+  };
+  for (int64_t s = 0; s < npair; ++s) {
+    __m512i P[4][T];
+    __m512 DW[4];
+    __m256 dsc[2], mn[2];
+#pragma GCC unroll 2
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const uint8_t* p = row + (2 * s + h2) * 144;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch + 64), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch + 128), _MM_HINT_T0);
+      scales(p, &dsc[h2], &mn[h2]);
+      const __m512 DSC = _mm512_castps256_ps512(dsc[h2]);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const int d = 2 * h2 + h;
+        const __m512i z = _mm512_loadu_si512(p + 16 + 64 * h);
+        const __m512i lo = _mm512_and_si512(z, m4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+        const __m512i A = _mm512_permutex2var_epi64(lo, idxA, hi);
+        const __m512i B = _mm512_permutex2var_epi64(lo, idxB, hi);
+        DW[d] = _mm512_permutexvar_ps(h ? idx1 : idx0, DSC);
+        const int64_t g = 4 * s + d;
+#pragma GCC unroll 4
+        for (int t = 0; t < T; ++t) {
+          const int8_t* xq = a.q(t0 + t) + 128 * g;
+          P[d][t] = _mm512_dpbusd_epi32(
+              _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq)), B,
+              _mm512_loadu_si512(xq + 64));
+        }
+      }
+    }
+    const __m512 DWo = order4(DW);
+    const __m512 MN = _mm512_insertf32x8(_mm512_castps256_ps512(mn[0]), mn[1], 1);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m512 f = _mm512_cvtepi32_ps(reduce4(P[0][t], P[1][t], P[2][t], P[3][t]));
+      const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
+      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(f, DX), DWo, acc[t]);
+      acc[t] = _mm512_fnmadd_ps(MN, _mm512_loadu_ps(a.c(t0 + t) + 16 * s), acc[t]);
+    }
+  }
+  if (nsb > 2 * npair) {  // odd last super-block
+    const int64_t sb = nsb - 1;
+    const uint8_t* p = row + sb * 144;
+    __m256 dsc, mn;
+    scales(p, &dsc, &mn);
+    const __m512 DSC = _mm512_castps256_ps512(dsc);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i z = _mm512_loadu_si512(p + 16 + 64 * h);
+      const __m512i lo = _mm512_and_si512(z, m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+      __m512i A[1] = {_mm512_permutex2var_epi64(lo, idxA, hi)};
+      __m512i B[1] = {_mm512_permutex2var_epi64(lo, idxB, hi)};
+      __m512 DW1[1] = {_mm512_permutexvar_ps(h ? idx1 : idx0, DSC)};
+      __m512 acc1[1][T];
+      for (int t = 0; t < T; ++t) acc1[0][t] = acc[t];
+      group_fma<1, T, false>(acc1, A, B, DW1, a, t0, 2 * sb + h);
+      for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
+    }
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(mn),
+                                _mm512_zextps256_ps512(_mm256_loadu_ps(a.c(t0 + t) + sb * 8)),
+                                acc[t]);
+  }
+  for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
 }
 
 // ---- float weights: fp32 FMA dot, no activation quantization ----
@@ -279,6 +502,46 @@ void tile_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, i
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
 }
 
+// Decode (1..3 tokens) for float weights: one row at a time (one contiguous
+// stream per thread; 4 interleaved short rows halve the DRAM throughput), 64
+// elements per step in 4 independent FMA chains, software prefetch ahead.
+template <class Conv, int T>
+void gemv_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, float* Y,
+                int64_t ldy) {
+  __m512 acc[T][4];
+  for (int t = 0; t < T; ++t)
+    for (int u = 0; u < 4; ++u) acc[t][u] = _mm512_setzero_ps();
+  const uint8_t* row = W.row(r);
+  const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
+  for (int64_t k = 0; k < n64; k += 64) {
+    const uint8_t* p = row + k * Conv::kBytes;
+    for (int l = 0; l < 64 * Conv::kBytes; l += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch + l), _MM_HINT_T0);
+    __m512 w[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) w[u] = Conv::load16(p + 16 * u * Conv::kBytes);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        acc[t][u] = _mm512_fmadd_ps(w[u], _mm512_loadu_ps(X + t * ldx + k + 16 * u), acc[t][u]);
+  }
+  for (int64_t k = n64; k < n16; k += 16) {
+    const __m512 w = Conv::load16(row + k * Conv::kBytes);
+    for (int t = 0; t < T; ++t)
+      acc[t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + t * ldx + k), acc[t][0]);
+  }
+  if (n16 < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - n16)) - 1u);
+    const __m512 w = Conv::load_masked(row + n16 * Conv::kBytes, m);
+    for (int t = 0; t < T; ++t)
+      acc[t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, X + t * ldx + n16), acc[t][1]);
+  }
+  for (int t = 0; t < T; ++t)
+    Y[t * ldy + r] = hsum(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
+                                        _mm512_add_ps(acc[t][2], acc[t][3])));
+}
+
 template <int N>
 using IC = std::integral_constant<int, N>;
 
@@ -321,13 +584,30 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
     };
     // Decode (1..3 tokens): one row at a time, so each thread reads one
     // contiguous stream (4 interleaved short rows halve the DRAM throughput).
-    if (n_tokens < 4)
-      drive<1>(r0, r1, n_tokens, f);
-    else
+    if (n_tokens < 4) {
+      for (int64_t r = r0; r < r1; ++r) {
+        switch (n_tokens) {
+          case 3: gemv_int<Dec, 3>(W, r, *act, 0, Y, ldy); break;
+          case 2: gemv_int<Dec, 2>(W, r, *act, 0, Y, ldy); break;
+          default: gemv_int<Dec, 1>(W, r, *act, 0, Y, ldy); break;
+        }
+      }
+    } else {
       drive<4>(r0, r1, n_tokens, f);
+    }
   };
   auto floats = [&](auto conv) {
     using Conv = decltype(conv);
+    if (n_tokens < 4) {
+      for (int64_t r = r0; r < r1; ++r) {
+        switch (n_tokens) {
+          case 3: gemv_float<Conv, 3>(W, r, X, ldx, Y, ldy); break;
+          case 2: gemv_float<Conv, 2>(W, r, X, ldx, Y, ldy); break;
+          default: gemv_float<Conv, 1>(W, r, X, ldx, Y, ldy); break;
+        }
+      }
+      return;
+    }
     drive<4>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
       tile_float<Conv, decltype(R)::value, decltype(T)::value>(W, r, X, ldx, t, Y, ldy);
     });
@@ -343,9 +623,15 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
       auto f = [&](auto R, auto T, int64_t r, int64_t t) {
         tile_q4k<decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
       };
-      if (n_tokens < 4)
-        drive<1>(r0, r1, n_tokens, f);
-      else
+      if (n_tokens < 4) {
+        for (int64_t r = r0; r < r1; ++r) {
+          switch (n_tokens) {
+            case 3: gemv_q4k<3>(W, r, *act, 0, Y, ldy); break;
+            case 2: gemv_q4k<2>(W, r, *act, 0, Y, ldy); break;
+            default: gemv_q4k<1>(W, r, *act, 0, Y, ldy); break;
+          }
+        }
+      } else
         drive<4>(r0, r1, n_tokens, f);
       return;
     }

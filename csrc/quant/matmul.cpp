@@ -56,7 +56,7 @@ void reference_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t 
 // Per-thread scratch for the quantized activations; grows once, never shrinks.
 struct ActScratch {
   std::vector<int8_t> qs;
-  std::vector<float> dx, cs;
+  std::vector<float> dx, cs, dxr, csr;
 };
 
 struct Job {
@@ -72,6 +72,8 @@ struct Job {
 void run_rows(const Job& j, int64_t r0, int64_t r1) {
   if (j.reference) {
     reference_rows(*j.W, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
+  } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
+    qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (j.isa == Isa::AVX512) {
     qk::gemm_avx512(*j.W, j.act, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else {
@@ -96,17 +98,34 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   job->reference = compute_mode() == ComputeMode::Reference || isa == Isa::Scalar;
   if (job->reference) return;
   float cscale = 0.0f;
-  const bool quantize = isa == Isa::AVX512 ? qk::act_cscale_avx512(W.type, &cscale)
-                                           : qk::act_cscale_avx2(W.type, &cscale);
+  qk::ActLayout layout = qk::ActLayout::Plain;
+  bool quantize;
+  if (isa == Isa::AVX512 && n_tokens >= qk::lane_min_tokens(W.type)) {
+    quantize = qk::lane_cscale_avx512(W.type, &cscale);
+    layout = qk::ActLayout::Lane;
+  } else if (isa == Isa::AVX512) {
+    quantize = qk::act_cscale_avx512(W.type, &cscale);
+    layout = qk::ActLayout::Quad;
+  } else {
+    quantize = qk::act_cscale_avx2(W.type, &cscale);
+  }
   if (!quantize) return;
   thread_local ActScratch s;
-  const int64_t nb = W.cols / 32, nb_pad = qk::act_nb_pad(nb);
+  const int64_t nb = W.cols / 32, nb_pad = qk::act_nb_pad(nb, layout);
   const size_t nq = static_cast<size_t>(n_tokens * nb_pad * 32);
   const size_t nf = static_cast<size_t>(n_tokens * nb_pad);
   if (s.qs.size() < nq) s.qs.resize(nq);
   if (s.dx.size() < nf) s.dx.resize(nf), s.cs.resize(nf);
-  qk::quantize_act_avx2(X, ldx, n_tokens, W.cols, cscale, /*quad=*/isa == Isa::AVX512,
-                        s.qs.data(), s.dx.data(), s.cs.data());
+  const bool quad = layout == qk::ActLayout::Quad;
+  const int64_t nbr = (nb + 15) & ~int64_t(15);
+  const size_t nr = static_cast<size_t>(n_tokens * nbr);
+  if (quad && s.dxr.size() < nr) s.dxr.resize(nr), s.csr.resize(nr);
+  qk::quantize_act_avx2(X, ldx, n_tokens, W.cols, cscale, layout, s.qs.data(), s.dx.data(),
+                        s.cs.data(), quad ? s.dxr.data() : nullptr, quad ? s.csr.data() : nullptr);
+  act->dxr = quad ? s.dxr.data() : nullptr;
+  act->csr = quad ? s.csr.data() : nullptr;
+  act->nbr = nbr;
+  act->layout = layout;
   act->n_tokens = n_tokens;
   act->nb = nb;
   act->nb_pad = nb_pad;

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "common/thread_pool.h"
+#include "quant/cpu_features.h"  // set_isa / set_compute_mode (PYV4_ISA, PYV4_COMPUTE)
 #include "quant/ggml_types.h"
 
 namespace pyv4 {
@@ -19,6 +20,10 @@ struct WeightMatrix {
   size_t row_stride = 0;
 
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_stride; }
+  // Rows [r0, r0 + n). MoE: a 3-D expert tensor (torch [E, out, in], GGUF
+  // ffn_*_exps) is E consecutive blocks of `out` rows, so expert e is
+  // row_slice(e * out, out); matmul / matmul_serial on it cost the same as on a
+  // standalone [out, in] matrix (1 token: one row stream; >= 4 tokens: tiled GEMM).
   WeightMatrix row_slice(int64_t r0, int64_t n) const {
     WeightMatrix w = *this;
     w.rows = n;
@@ -33,7 +38,15 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n);
 
 // Y[t, r] = sum_c W[r, c] * X[t, c] for t < n_tokens, r < W.rows.
 // X is [n_tokens, W.cols] with row stride ldx floats; Y has row stride ldy floats.
-// Rows of W are split across the pool's threads.
+// Rows of W are split across the pool's threads (contiguous ranges).
+//
+// Which kernel runs (quant/cpu_features.h): compute_mode() == Reference, or ISA
+// scalar: the scalar oracle (dequantize_row + sequential fp32 dot). Fast mode on
+// AVX2 / AVX-512: F32/F16/BF16 use an fp32 FMA dot (no activation quantization,
+// ~1e-7 relative); Q8_0/Q4_0/Q4_K/MXFP4 quantize X per token in blocks of 32
+// to int8 (scale max|x|/127, round to nearest) and use integer dots, so each
+// output moves by at most sum_i |w_i| * max|x|_block(i) / 254 (plus fp32
+// rounding). No heap allocation per call after the first (thread_local scratch).
 void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
             int64_t ldy, ThreadPool& pool);
 
