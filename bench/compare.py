@@ -445,6 +445,7 @@ def main(argv=None) -> int:
     p.add_argument("--write-results", action="store_true", help="add the table to bench/RESULTS.md")
     p.add_argument("--plot", action="store_true", help="write bench/results.png")
     p.add_argument("--json", type=Path, default=None, help="raw results (default bench/.cache/compare-<date>.json)")
+    p.add_argument("--from-json", type=Path, default=None, help="re-render a saved run (no measurement)")
     # worker mode (internal)
     p.add_argument("--worker", choices=["pyv4", "llama"])
     p.add_argument("--model")
@@ -455,9 +456,13 @@ def main(argv=None) -> int:
     if a.worker:
         print(json.dumps(worker(a)), flush=True)
         return 0
-    res = drive(a)
-    out = a.json or HERE / ".cache" / f"compare-{res['date'].replace(':', '')}.json"
-    out.write_text(json.dumps(res, indent=1))
+    if a.from_json:
+        res = json.loads(a.from_json.read_text())
+        out = a.from_json
+    else:
+        res = drive(a)
+        out = a.json or HERE / ".cache" / f"compare-{res['date'].replace(':', '')}.json"
+        out.write_text(json.dumps(res, indent=1))
     md = markdown(res)
     print(md)
     print(f"raw results: {out}")

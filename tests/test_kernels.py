@@ -278,3 +278,27 @@ def test_env_switches(tmp_path):
 
 def test_read_bandwidth_positive():
     assert _core.read_bandwidth(1 << 22, 1, 2) > 0.1
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("tname", ["F32", "F16", "BF16"])
+def test_float_results_do_not_depend_on_batch(isa, tname):
+    """A token's product with a float weight is bitwise the same alone or in any
+    batch: sessions rely on it (chunked prefill = decode = re-eval after truncate)."""
+    if not _core.isa_supported(isa):
+        pytest.skip(f"{isa} not supported by this CPU")
+    rng = np.random.default_rng(5)
+    rows, cols = 37, 200  # 200 = 3 x 64 + 8: every tail path
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    raw = {"F32": w, "F16": w.astype(np.float16), "BF16": (w.view(np.uint32) >> 16).astype(np.uint16)}[tname]
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
+    x = rng.standard_normal((13, cols)).astype(np.float32)
+    _core.set_isa(isa)
+    try:
+        together = _core.quant_matmul(tname, raw, rows, cols, x, 2)
+        for t in range(13):
+            alone = _core.quant_matmul(tname, raw, rows, cols, x[t : t + 1], 1)
+            np.testing.assert_array_equal(alone[0], together[t])
+        np.testing.assert_array_equal(_core.quant_matmul(tname, raw, rows, cols, x[3:8], 2), together[3:8])
+    finally:
+        _core.set_isa("auto")

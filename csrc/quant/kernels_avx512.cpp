@@ -10,8 +10,10 @@
 // Codes: Q8_0 w+128 (k = 128), Q4_0 nibble (k = 8), MXFP4 2*E2M1+12 (k = 12),
 // Q4_K nibble with dw = d*sc and the mins subtracted once per super-block
 // (acc -= sum_i dmin*m_i * dx_i*sum(q)_i). VNNI sums in int32: no saturation.
-// Weight rows are processed in tiles of 4 rows x up to 4 tokens: each weight
-// group is decoded once per tile and reused for every token in it.
+// 4..11 tokens (Q4_K: 4): tiles of 4 rows x up to 4 tokens, each weight group
+// decoded once per tile. 1..3 tokens (gemv_*): one row stream per thread, the
+// int32 lanes of 4 groups summed per block (reduce4) so the float step runs once
+// per 16 blocks. 12+ tokens: gemm_lane_avx512.cpp.
 #include <immintrin.h>
 
 #include <cstring>
@@ -27,7 +29,7 @@ namespace {
 using namespace qblocks;
 
 // Software prefetch distance of the GEMV row stream, bytes.
-constexpr int64_t kGemvPrefetch = 1024;
+constexpr int64_t kGemvPrefetch = 4096;
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
@@ -63,25 +65,12 @@ inline __m512 f16x4(const uint8_t* p, int64_t stride) {
 struct DecQ8_0 {
   static constexpr int kBB = 34;
   static inline __m512 scale(__m512 raw) { return raw; }  // already fp32
+  // (Plain 16-byte loads: the word-permute variant streamed slower from DRAM.)
   static inline void group_raw(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
-    // out word 8b+m = word 1+17b+m of p (A) / word 9+17b+m (B, from p + 8)
-    static const int16_t ia_w[32] = {1, 2, 3, 4, 5, 6, 7, 8, 18, 19, 20, 21, 22, 23, 24, 25,
-                                         35, 36, 37, 38, 39, 40, 41, 42, 52, 53, 54, 55, 56, 57,
-                                         58, 59};
-    const __m512i ia = _mm512_loadu_si512(ia_w);
-    static const int16_t ib_w[32] = {5, 6, 7, 8, 9, 10, 11, 12, 22, 23, 24, 25, 26, 27, 28, 29,
-                                         39, 40, 41, 42, 43, 44, 45, 46, 56, 57, 58, 59, 60, 61,
-                                         62, 63};
-    const __m512i ib = _mm512_loadu_si512(ib_w);
-    static const int16_t is_w[32] = {0, 0, 0, 0, 17, 17, 17, 17, 34, 34, 34, 34, 51, 51, 51,
-                                         51, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-    const __m512i is = _mm512_loadu_si512(is_w);
     const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
-    const __m512i z0 = _mm512_loadu_si512(p), z1 = _mm512_loadu_si512(p + 64);
-    const __m512i y0 = _mm512_loadu_si512(p + 8), y1 = _mm512_loadu_si512(p + 72);
-    *DW = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(z0, is, z1)));
-    *A = _mm512_xor_si512(_mm512_permutex2var_epi16(z0, ia, z1), off);
-    *B = _mm512_xor_si512(_mm512_permutex2var_epi16(y0, ib, y1), off);
+    *DW = f16x4(p, 34);
+    *A = _mm512_xor_si512(load4x16(p + 2, 34), off);
+    *B = _mm512_xor_si512(load4x16(p + 18, 34), off);
   }
   static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
     group_raw(p, A, B, DW);
@@ -469,77 +458,65 @@ struct ConvBF16 {
   }
 };
 
+// Float weights, R rows × T tokens. Every (row, token) dot is summed in the
+// same order whatever R and T are (4 FMA chains over 64-element steps, a
+// 16-element tail on chain 0, a masked tail on chain 1, then (c0+c1)+(c2+c3)),
+// so a token's result does not depend on which other tokens share the call:
+// chunked prefill, decode and re-evaluation after truncate agree bitwise.
+// Decode (T <= 3) uses R = 1: one contiguous row stream per thread (4
+// interleaved short rows halve the DRAM throughput), with software prefetch.
 template <class Conv, int R, int T>
 void tile_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
                 float* Y, int64_t ldy) {
-  __m512 acc[R][T];
+  __m512 acc[R][T][4];
   for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t)
+      for (int u = 0; u < 4; ++u) acc[i][t][u] = _mm512_setzero_ps();
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
-  const int64_t n = W.cols, n16 = n & ~int64_t(15);
-  for (int64_t k = 0; k < n16; k += 16) {
-    __m512 w[R];
+  const float* xs[T];
+  for (int t = 0; t < T; ++t) xs[t] = X + (t0 + t) * ldx;
+  const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
+  for (int64_t k = 0; k < n64; k += 64) {
+    __m512 w[R][4];
 #pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) w[i] = Conv::load16(rows[i] + k * Conv::kBytes);
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* p = rows[i] + k * Conv::kBytes;
+      if (R == 1) {
+        for (int l = 0; l < 64 * Conv::kBytes; l += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch + l), _MM_HINT_T0);
+      }
 #pragma GCC unroll 4
-    for (int t = 0; t < T; ++t) {
-      const __m512 x = _mm512_loadu_ps(X + (t0 + t) * ldx + k);
+      for (int u = 0; u < 4; ++u) w[i][u] = Conv::load16(p + 16 * u * Conv::kBytes);
+    }
 #pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(w[i], x, acc[i][t]);
+    for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const __m512 x = _mm512_loadu_ps(xs[t] + k + 16 * u);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) acc[i][t][u] = _mm512_fmadd_ps(w[i][u], x, acc[i][t][u]);
+      }
+  }
+  for (int64_t k = n64; k < n16; k += 16) {
+    for (int i = 0; i < R; ++i) {
+      const __m512 w = Conv::load16(rows[i] + k * Conv::kBytes);
+      for (int t = 0; t < T; ++t)
+        acc[i][t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs[t] + k), acc[i][t][0]);
     }
   }
   if (n16 < n) {
     const __mmask16 m = static_cast<__mmask16>((1u << (n - n16)) - 1u);
-    __m512 w[R];
-    for (int i = 0; i < R; ++i) w[i] = Conv::load_masked(rows[i] + n16 * Conv::kBytes, m);
-    for (int t = 0; t < T; ++t) {
-      const __m512 x = _mm512_maskz_loadu_ps(m, X + (t0 + t) * ldx + n16);
-      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(w[i], x, acc[i][t]);
+    for (int i = 0; i < R; ++i) {
+      const __m512 w = Conv::load_masked(rows[i] + n16 * Conv::kBytes, m);
+      for (int t = 0; t < T; ++t)
+        acc[i][t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, xs[t] + n16), acc[i][t][1]);
     }
   }
   for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
-}
-
-// Decode (1..3 tokens) for float weights: one row at a time (one contiguous
-// stream per thread; 4 interleaved short rows halve the DRAM throughput), 64
-// elements per step in 4 independent FMA chains, software prefetch ahead.
-template <class Conv, int T>
-void gemv_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, float* Y,
-                int64_t ldy) {
-  __m512 acc[T][4];
-  for (int t = 0; t < T; ++t)
-    for (int u = 0; u < 4; ++u) acc[t][u] = _mm512_setzero_ps();
-  const uint8_t* row = W.row(r);
-  const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
-  for (int64_t k = 0; k < n64; k += 64) {
-    const uint8_t* p = row + k * Conv::kBytes;
-    for (int l = 0; l < 64 * Conv::kBytes; l += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch + l), _MM_HINT_T0);
-    __m512 w[4];
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) w[u] = Conv::load16(p + 16 * u * Conv::kBytes);
-#pragma GCC unroll 4
     for (int t = 0; t < T; ++t)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        acc[t][u] = _mm512_fmadd_ps(w[u], _mm512_loadu_ps(X + t * ldx + k + 16 * u), acc[t][u]);
-  }
-  for (int64_t k = n64; k < n16; k += 16) {
-    const __m512 w = Conv::load16(row + k * Conv::kBytes);
-    for (int t = 0; t < T; ++t)
-      acc[t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + t * ldx + k), acc[t][0]);
-  }
-  if (n16 < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - n16)) - 1u);
-    const __m512 w = Conv::load_masked(row + n16 * Conv::kBytes, m);
-    for (int t = 0; t < T; ++t)
-      acc[t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, X + t * ldx + n16), acc[t][1]);
-  }
-  for (int t = 0; t < T; ++t)
-    Y[t * ldy + r] = hsum(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
-                                        _mm512_add_ps(acc[t][2], acc[t][3])));
+      Y[(t0 + t) * ldy + r + i] = hsum(_mm512_add_ps(_mm512_add_ps(acc[i][t][0], acc[i][t][1]),
+                                                     _mm512_add_ps(acc[i][t][2], acc[i][t][3])));
 }
 
 template <int N>
@@ -601,16 +578,23 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
     if (n_tokens < 4) {
       for (int64_t r = r0; r < r1; ++r) {
         switch (n_tokens) {
-          case 3: gemv_float<Conv, 3>(W, r, X, ldx, Y, ldy); break;
-          case 2: gemv_float<Conv, 2>(W, r, X, ldx, Y, ldy); break;
-          default: gemv_float<Conv, 1>(W, r, X, ldx, Y, ldy); break;
+          case 3: tile_float<Conv, 1, 3>(W, r, X, ldx, 0, Y, ldy); break;
+          case 2: tile_float<Conv, 1, 2>(W, r, X, ldx, 0, Y, ldy); break;
+          default: tile_float<Conv, 1, 1>(W, r, X, ldx, 0, Y, ldy); break;
         }
       }
       return;
     }
-    drive<4>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
-      tile_float<Conv, decltype(R)::value, decltype(T)::value>(W, r, X, ldx, t, Y, ldy);
-    });
+    // Prefill: 2 rows × 2 tokens (16 accumulators + 8 weight registers).
+    int64_t r = r0;
+    auto tokens = [&](auto RR) {
+      constexpr int Rn = decltype(RR)::value;
+      int64_t t = 0;
+      for (; t + 2 <= n_tokens; t += 2) tile_float<Conv, Rn, 2>(W, r, X, ldx, t, Y, ldy);
+      if (t < n_tokens) tile_float<Conv, Rn, 1>(W, r, X, ldx, t, Y, ldy);
+    };
+    for (; r + 2 <= r1; r += 2) tokens(IC<2>{});
+    for (; r < r1; ++r) tokens(IC<1>{});
   };
   switch (W.type) {
     case GGMLType::F32: floats(ConvF32{}); return;
