@@ -1,7 +1,7 @@
 """pyv4 against llama.cpp (llama-cpp-python 0.3.36, bench/setup_llamacpp.sh) and against
 the machine's memory bandwidth, on the identical synthetic V4-Flash-width GGUF.
 
-    PYTHONPATH=<pyv4 site> python bench/compare.py [--threads 2] [--rounds 5] [--long-rounds 2]
+    PYTHONPATH=<pyv4 site> python bench/compare.py [--threads 2] [--rounds 5] [--long-rounds 1]
         [--recipe mxfp4] [--write-results] [--plot]
 
 Files (bench/make_wide.py, cached in bench/.cache/): the main file has 4 layers (sliding,
@@ -432,7 +432,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--long-rounds", type=int, default=2, help="rounds that also measure decode at 1k-4k context")
+    p.add_argument("--long-rounds", type=int, default=1, help="rounds that also measure decode at 1k-4k context")
     p.add_argument("--recipe", default="mxfp4", choices=["mxfp4", "q4", "q8"])
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--experts", type=int, default=32)
