@@ -31,6 +31,9 @@ from pyv4.convert import quants as Q  # noqa: E402
 
 T = gguf.GGMLQuantizationType
 RECIPES = ("mxfp4", "q4", "q8", "bf16", "f16", "f32")
+# every source layout x recipe; the BF16 source only with the quantized recipes
+LOGIT_CASES = [(layout, recipe) for layout in ("official-fp8", "hf-f32", "official-f32", "hf-bf16")
+               for recipe in RECIPES if layout != "hf-bf16" or recipe in ("mxfp4", "q4")]
 N_TOKENS = 160  # 40 CSA blocks (top-8 prunes), 1 HCA entry, window 16
 
 
@@ -163,13 +166,10 @@ def _expected_type(recipe: str, name: str, shape) -> T:
 def converted(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("quant-out")
     files = {}
-    for layout in ("official-fp8", "hf-f32", "official-f32", "hf-bf16"):
-        for recipe in RECIPES:
-            if layout == "hf-bf16" and recipe not in ("mxfp4", "q4"):
-                continue
-            dst = out / f"{layout}-{recipe}.gguf"
-            res = convert(sources["root"] / layout, dst, recipe)
-            files[layout, recipe] = (dst, res)
+    for layout, recipe in LOGIT_CASES:
+        dst = out / f"{layout}-{recipe}.gguf"
+        res = convert(sources["root"] / layout, dst, recipe)
+        files[layout, recipe] = (dst, res)
     return files
 
 
@@ -242,13 +242,10 @@ def compute_mode():
     _core.set_compute_mode(old)
 
 
-@pytest.mark.parametrize("layout", ["official-fp8", "hf-f32", "official-f32", "hf-bf16"])
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("layout,recipe", LOGIT_CASES)
 def test_logits_after_conversion(sources, converted, compute_mode, layout, recipe):
     import pyv4
 
-    if (layout, recipe) not in converted:
-        pytest.skip("bf16 source: quantized recipes only")
     path = converted[layout, recipe][0]
     model, ckpt_ref = sources[layout]
     toks = np.random.default_rng(7).integers(0, 512, N_TOKENS)
