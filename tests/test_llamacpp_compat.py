@@ -32,7 +32,7 @@ from pyv4.convert import convert  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PEER = HERE / "llamacpp_peer.py"
-N_TOKENS = 160
+N_TOKENS = 600
 REPORT: dict = {}
 
 

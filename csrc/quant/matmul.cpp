@@ -153,8 +153,7 @@ void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens
   Job job;
   qk::ActQ act;
   prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act);
-  const Job* jp = &job;  // one captured pointer: std::function stays allocation-free
-  pool.parallel_for(W.rows, 16, [jp](int64_t r0, int64_t r1, int) { run_rows(*jp, r0, r1); });
+  pool.parallel_for(W.rows, 16, [&job](int64_t r0, int64_t r1, int) { run_rows(job, r0, r1); });
 }
 
 }  // namespace pyv4
