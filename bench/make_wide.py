@@ -32,14 +32,14 @@ FORMAT_VERSION = 1  # bump when the generator changes, so cached files are rebui
 
 def wide_config(layers: int = 4, experts: int = 32) -> dict:
     """Official-style config: V4-Flash widths, `layers` layers, `experts` routed experts."""
+    from pyv4.synthetic import V4_COMMON
+
     ratios = [0] + [4 if i % 2 == 0 else 128 for i in range(layers - 1)]
     return {
-        "model_type": "deepseek_v4",
-        "vocab_size": 129280,
+        **V4_COMMON,
         "hidden_size": 4096,
         "num_hidden_layers": layers,
         "num_attention_heads": 64,
-        "num_key_value_heads": 1,
         "head_dim": 512,
         "qk_rope_head_dim": 64,
         "q_lora_rank": 1024,
@@ -47,8 +47,6 @@ def wide_config(layers: int = 4, experts: int = 32) -> dict:
         "o_lora_rank": 1024,
         "sliding_window": 128,
         "compress_ratios": ratios,
-        "compress_rope_theta": 160000.0,
-        "rope_theta": 10000.0,
         "rope_scaling": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536,
                          "beta_fast": 32, "beta_slow": 1},
         "max_position_embeddings": 1048576,
@@ -57,21 +55,8 @@ def wide_config(layers: int = 4, experts: int = 32) -> dict:
         "index_topk": 512,
         "n_routed_experts": experts,
         "num_experts_per_tok": 6,
-        "n_shared_experts": 1,
         "moe_intermediate_size": 2048,
-        "routed_scaling_factor": 1.5,
-        "scoring_func": "sqrtsoftplus",
-        "norm_topk_prob": True,
         "num_hash_layers": 1,
-        "swiglu_limit": 10.0,
-        "hc_mult": 4,
-        "hc_sinkhorn_iters": 20,
-        "hc_eps": 1e-6,
-        "rms_norm_eps": 1e-6,
-        "bos_token_id": 0,
-        "eos_token_id": 1,
-        "num_nextn_predict_layers": 0,
-        "tie_word_embeddings": False,
     }
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .synthetic import V4_COMMON
+
 DEMO_VERSION = 1
 
 # Official-style config (spec §1, shrunk per spec §8.2): all three attention
 # kinds, hash and score routing, mHC, the real vocabulary.
 DEMO_CONFIG = {
-    "model_type": "deepseek_v4",
-    "vocab_size": 129280,
+    **V4_COMMON,
     "hidden_size": 64,
     "num_hidden_layers": 6,
     "num_attention_heads": 4,
-    "num_key_value_heads": 1,
     "head_dim": 64,
     "qk_rope_head_dim": 16,
     "q_lora_rank": 32,
@@ -27,8 +27,6 @@ DEMO_CONFIG = {
     "o_lora_rank": 16,
     "sliding_window": 128,
     "compress_ratios": [0, 4, 128, 4, 128, 0],
-    "compress_rope_theta": 160000.0,
-    "rope_theta": 10000.0,
     "rope_scaling": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 4096,
                      "beta_fast": 32, "beta_slow": 1},
     "max_position_embeddings": 16384,
@@ -37,21 +35,8 @@ DEMO_CONFIG = {
     "index_topk": 16,
     "n_routed_experts": 8,
     "num_experts_per_tok": 2,
-    "n_shared_experts": 1,
     "moe_intermediate_size": 64,
-    "routed_scaling_factor": 1.5,
-    "scoring_func": "sqrtsoftplus",
-    "norm_topk_prob": True,
     "num_hash_layers": 2,
-    "swiglu_limit": 10.0,
-    "hc_mult": 4,
-    "hc_sinkhorn_iters": 20,
-    "hc_eps": 1e-6,
-    "rms_norm_eps": 1e-6,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-    "num_nextn_predict_layers": 0,
-    "tie_word_embeddings": False,
 }
 
 

@@ -21,6 +21,30 @@ from .convert.tokenizer import tokenizer_metadata
 from .convert.writer import ARCH, _add_kv
 
 
+# Hyper-parameters every DeepSeek-V4 model shares (spec §1.1); the demo model
+# and bench's wide files add their sizes to these.
+V4_COMMON = {
+    "model_type": "deepseek_v4",
+    "vocab_size": 129280,
+    "num_key_value_heads": 1,
+    "rope_theta": 10000.0,
+    "compress_rope_theta": 160000.0,
+    "n_shared_experts": 1,
+    "routed_scaling_factor": 1.5,
+    "scoring_func": "sqrtsoftplus",
+    "norm_topk_prob": True,
+    "swiglu_limit": 10.0,
+    "hc_mult": 4,
+    "hc_sinkhorn_iters": 20,
+    "hc_eps": 1e-6,
+    "rms_norm_eps": 1e-6,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "num_nextn_predict_layers": 0,
+    "tie_word_embeddings": False,
+}
+
+
 def tensor_layout(hp: HParams) -> list[tuple[str, tuple[int, ...], str]]:
     """(GGUF name, torch-order shape, role) of every main-model tensor."""
     D, V, hc = hp.n_embd, hp.n_vocab, hp.hc_mult
