@@ -130,3 +130,28 @@ def test_chat_ctrl_d_quits(env):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_bench_reports_speeds(env):
+    r = pyv4(env, "bench", "demo", "--prompt-tokens", "24", "--gen-tokens", "3", "--repeat", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["prompt_tokens"] == 24 and out["prefill_tokens_per_s"] > 0
+    assert out["decode_ms_per_token"] > 0 and out["threads"] >= 1
+
+
+def test_bench_rejects_bad_arguments(env):
+    r = pyv4(env, "bench", "demo", "--prompt-tokens", "0")
+    assert r.returncode == 2 and "must be >= 1" in r.stderr
+    r = pyv4(env, "bench", "demo", "--prompt-tokens", "20000")
+    assert r.returncode == 2 and "exceed the context" in r.stderr
+
+
+def test_info_on_the_demo_model(env, monkeypatch):
+    from pyv4.demo import demo_model_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    r = pyv4(env, "info", demo_model_path())
+    assert r.returncode == 0, r.stderr
+    assert "architecture: deepseek4" in r.stdout and "pyv4 can load it: yes" in r.stdout
+    assert "embedded (gpt2, 129280 tokens)" in r.stdout
