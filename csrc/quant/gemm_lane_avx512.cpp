@@ -21,7 +21,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <vector>
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
@@ -271,9 +270,7 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
   const int64_t nblk = W.cols / (Pk::kBlocks == 2 ? 256 : 32);  // packer blocks per row
   const int64_t ng = a.nb_pad / 16;
   const size_t ps = static_cast<size_t>(ng) * kGB;
-  thread_local std::vector<uint8_t> buf;
-  if (buf.size() < ps * kPanel + 64) buf.resize(ps * kPanel + 64);
-  uint8_t* panel = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64);
+  uint8_t* panel = scratch_bytes(ps * kPanel);
   for (int64_t r = r0; r < r1; r += kPanel) {
     const int64_t n = r1 - r < kPanel ? r1 - r : kPanel;
     for (int64_t i = 0; i < n; ++i) pack_row<Pk>(W.row(r + i), nblk, ng, panel + i * ps);

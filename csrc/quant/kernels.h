@@ -58,9 +58,14 @@ struct ActQ {
   const float* cr(int64_t t) const { return csr + t * nbr; }
 };
 
-inline int64_t act_nb_pad(int64_t nb, ActLayout layout) {
+static inline int64_t act_nb_pad(int64_t nb, ActLayout layout) {
   return layout == ActLayout::Lane ? (nb + 15) & ~int64_t(15) : (nb + 3) & ~int64_t(3);
 }
+
+// Thread-local, 64-byte aligned scratch of at least `bytes`, grown once and kept
+// (matmul.cpp, compiled for the baseline ISA: the ISA-specific files must not
+// instantiate library templates, see CMakeLists.txt).
+uint8_t* scratch_bytes(size_t bytes);
 
 // ---- AVX2 + FMA + F16C (kernels_avx2.cpp) ----
 // For an integer weight type: the cscale its kernel needs (k/8 for a code offset
@@ -86,7 +91,7 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
 // Used for integer weight types when n_tokens >= lane_min_tokens(type): the
 // weight repacking costs about 4 tokens' worth of multiply-adds per row, so the
 // quad tiles stay faster below ~12 tokens (Q4_K, whose quad tile is slower: 5).
-inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 5 : 12; }
+static inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 5 : 12; }
 bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);

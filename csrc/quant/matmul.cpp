@@ -53,6 +53,18 @@ void reference_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t 
   }
 }
 
+}  // namespace
+
+namespace qk {
+uint8_t* scratch_bytes(size_t bytes) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < bytes + 64) buf.resize(bytes + 64);
+  return buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
+}
+}  // namespace qk
+
+namespace {
+
 // Per-thread scratch for the quantized activations; grows once, never shrinks.
 struct ActScratch {
   std::vector<int8_t> qs;
