@@ -206,8 +206,6 @@ def load_state(model, hf_state: dict[str, torch.Tensor]):
 def build_official(directory, seed: int = 0, shards: int = 2, mtp: bool = True) -> dict:
     """Write the official-layout fixture; returns {"model": float model, "reference": model
     running the dequantized weights, "official": checkpoint tensors, "dequantized": values}."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = build_model(seed)
@@ -215,18 +213,7 @@ def build_official(directory, seed: int = 0, shards: int = 2, mtp: bool = True) 
     if mtp:
         official.update(_mtp_block(official, model.config, seed))
     ckpt, deq = quantize_official(official)
-    names = list(ckpt)
-    per = math.ceil(len(names) / shards)
-    weight_map, total = {}, 0
-    for i in range(shards):
-        part = names[i * per:(i + 1) * per]
-        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({n: ckpt[n] for n in part}, str(directory / fname), metadata={"format": "pt"})
-        for n in part:
-            weight_map[n] = fname
-            total += ckpt[n].numel() * ckpt[n].element_size()
-    (directory / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    tm.write_shards(ckpt, directory, shards)
     cfg = tm.official_config(model.config)
     cfg["torch_dtype"] = "bfloat16"
     cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",

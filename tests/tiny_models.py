@@ -336,13 +336,10 @@ def official_config(cfg) -> dict:
     }
 
 
-def save_official(model, directory, shards: int = 2) -> Path:
-    """Write the official layout: legacy config.json + ``shards`` safetensors files + index."""
+def write_shards(tensors: dict, directory: Path, shards: int) -> None:
+    """`tensors` as `shards` safetensors files plus model.safetensors.index.json."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = official_state_dict(model)
     names = list(tensors)
     shards = max(1, int(shards))
     per = math.ceil(len(names) / shards)
@@ -357,6 +354,13 @@ def save_official(model, directory, shards: int = 2) -> Path:
             total += tensors[n].numel() * tensors[n].element_size()
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def save_official(model, directory, shards: int = 2) -> Path:
+    """Write the official layout: legacy config.json + ``shards`` safetensors files + index."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_shards(official_state_dict(model), directory, shards)
     (directory / "config.json").write_text(json.dumps(official_config(model.config), indent=2))
     return directory
 

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "quant/blocks.h"
 
 namespace pyv4 {
 
@@ -26,21 +27,13 @@ KVType parse_kv_type(const std::string& s) {
 
 namespace {
 
-uint32_t bits_of(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  return b;
-}
-
-float float_of(uint32_t b) {
-  float v;
-  std::memcpy(&v, &b, 4);
-  return v;
-}
+using qblocks::bf16_to_f32;
+using qblocks::bits_to_f32;
+using qblocks::f32_to_bits;
 
 // OFF kernel.py fast_log2_ceil on the fp32 bits of x (x > 0, normal).
 int log2_ceil_bits(float x) {
-  const uint32_t b = bits_of(x);
+  const uint32_t b = f32_to_bits(x);
   return static_cast<int>((b >> 23) & 0xFF) - 127 + ((b & 0x7FFFFF) != 0 ? 1 : 0);
 }
 
@@ -110,12 +103,11 @@ float fp8_e4m3_value(uint8_t code) { return kFp8.v[code]; }
 float fp4_e2m1_value(uint8_t nib) { return (nib & 8) ? -kE2M1[nib & 7] : kE2M1[nib & 7]; }
 
 float round_bf16(float v) {
-  const uint32_t b = bits_of(v);
+  const uint32_t b = f32_to_bits(v);
   if ((b & 0x7F800000) == 0x7F800000) return v;  // inf / nan unchanged
-  return float_of((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000u);
+  return bits_to_f32((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000u);
 }
-uint16_t to_bf16_bits(float v) { return static_cast<uint16_t>(bits_of(v) >> 16); }
-float from_bf16_bits(uint16_t b) { return float_of(static_cast<uint32_t>(b) << 16); }
+uint16_t to_bf16_bits(float v) { return static_cast<uint16_t>(f32_to_bits(v) >> 16); }
 
 void act_quant_fp8(float* x, int64_t n, int64_t block) {
   for (int64_t i0 = 0; i0 < n; i0 += block) {
@@ -263,7 +255,7 @@ void RowCodec::decode(const uint8_t* src, float* row) const {
       for (int64_t i = 0; i < width; ++i) {
         uint16_t b;
         std::memcpy(&b, src + 2 * i, 2);
-        row[i] = from_bf16_bits(b);
+        row[i] = bf16_to_f32(b);
       }
       return;
     case KVType::FP8:
@@ -277,7 +269,7 @@ void RowCodec::decode(const uint8_t* src, float* row) const {
         for (int64_t i = nope; i < width; ++i) {
           uint16_t b;
           std::memcpy(&b, src + nope + 2 * (i - nope), 2);
-          row[i] = from_bf16_bits(b);
+          row[i] = bf16_to_f32(b);
         }
       } else {
         const uint8_t* scales = src + width / 2;

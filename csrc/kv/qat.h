@@ -40,7 +40,6 @@ void act_quant_fp4(float* x, int64_t n, int64_t block);
 void hadamard(float* x, int64_t n);
 float round_bf16(float v);
 uint16_t to_bf16_bits(float v);  // v must already be bf16-representable (exact)
-float from_bf16_bits(uint16_t b);
 
 // FP8 e4m3fn / FP4 e2m1 value tables (exact).
 float fp8_e4m3_value(uint8_t code);

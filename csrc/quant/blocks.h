@@ -61,6 +61,12 @@ static inline float bits_to_f32(uint32_t bits) {
   return f;
 }
 
+static inline uint32_t f32_to_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return bits;
+}
+
 // Exact IEEE half -> float (handles subnormals, inf, NaN).
 static inline float f16_to_f32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
