@@ -37,7 +37,6 @@ class Chat:
         self.messages: list[dict] = []
         if system is not None:
             self.messages.append({"role": "system", "content": system})
-        self._fed: list[int] = []  # exactly the tokens the session holds
         self.last_reply: dict | None = None
 
     @property
@@ -48,7 +47,6 @@ class Chat:
         """Forget the conversation (keeps the system prompt, tools and mode)."""
         self.messages = [m for m in self.messages if m.get("role") == "system"]
         self.session.reset()
-        self._fed = []
 
     def add_tool_result(self, content: str, name: str | None = None, tool_call_id: str | None = None) -> None:
         msg = {"role": "tool", "content": content}
@@ -65,20 +63,15 @@ class Chat:
 
     def _sync(self, ids: list[int]) -> list[int]:
         """Rolls the session back to the common prefix with `ids`; returns the suffix to feed."""
-        if len(self._fed) != self.session.n_tokens:  # interrupted bookkeeping: start over
-            self.session.reset()
-            self._fed = []
-        keep = _common_prefix(self._fed, ids)
+        held = self.session.tokens.tolist()
+        keep = _common_prefix(held, ids)
         if keep == len(ids):  # need at least one token to get logits
             keep -= 1
-        if keep < len(self._fed):
-            truncate = getattr(self.session, "truncate", None)
-            if truncate is not None and keep > 0:
-                truncate(keep)
+        if keep < len(held):
+            if keep > 0:
+                self.session.truncate(keep)
             else:
                 self.session.reset()
-                keep = 0
-            del self._fed[keep:]
         return ids[keep:]
 
     def stream(self, text: str | None, params: SamplingParams | None = None) -> Iterator[ReplyEvent]:
@@ -103,7 +96,7 @@ class Chat:
         t0 = time.perf_counter()
         n_tokens = 0
         try:
-            for chunk in generate(self.session, suffix, params, fed=self._fed, result=info):
+            for chunk in generate(self.session, suffix, params, result=info):
                 n_tokens += chunk.token >= 0
                 yield from parser.feed(chunk.text)
             yield from parser.finish()

@@ -160,18 +160,14 @@ def _save_history(hist):
 
 
 def _chat_save(chat, path: str) -> str:
+    chat.session.save(path + ".kv")
     data = {"format": "pyv4-chat", "version": 1, "thinking": chat.thinking, "messages": chat.messages,
-            "model": chat.model.path}
-    save = getattr(chat.session, "save", None)
-    if save is not None and chat.session.n_tokens == len(chat._fed):
-        save(path + ".kv")
-        data["kv_file"] = os.path.basename(path + ".kv")
-        data["tokens"] = chat._fed
+            "model": chat.model.path, "kv_file": os.path.basename(path + ".kv")}
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, ensure_ascii=False)
     os.replace(tmp, path)
-    return "conversation and KV state" if "kv_file" in data else "conversation"
+    return "conversation and KV state"
 
 
 def _chat_load(chat, path: str) -> str:
@@ -184,13 +180,10 @@ def _chat_load(chat, path: str) -> str:
     chat.messages = data["messages"]
     chat.thinking = bool(data.get("thinking"))
     kv = data.get("kv_file")
-    load = getattr(Session, "load", None)
-    if kv and load is not None:
-        chat.session = load(chat.model, os.path.join(os.path.dirname(path) or ".", kv))
-        chat._fed = list(data["tokens"])
+    if kv:
+        chat.session = Session.load(chat.model, os.path.join(os.path.dirname(path) or ".", kv))
         return f"restored {len(chat.messages)} messages and {chat.session.n_tokens} tokens of KV state"
     chat.session.reset()
-    chat._fed = []
     return f"restored {len(chat.messages)} messages (the prompt is re-read on the next turn)"
 
 
@@ -237,8 +230,7 @@ def _cmd_chat(argv: list[str]) -> int:
                     chat.reset()
                     print("conversation cleared")
                 elif cmd == "/stats":
-                    stats = getattr(chat.session, "stats", None)
-                    d = stats() if stats else {"n_tokens": chat.session.n_tokens}
+                    d = chat.session.stats()
                     d.update(messages=len(chat.messages), context=model.n_ctx)
                     for k, v in d.items():
                         print(f"  {k}: {v}")

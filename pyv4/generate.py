@@ -56,14 +56,14 @@ class _StopFilter:
         return out
 
 
-def generate(session, tokens, params: SamplingParams | None = None, fed: list[int] | None = None,
+def generate(session, tokens, params: SamplingParams | None = None,
              result: dict | None = None) -> Iterator[Chunk]:
     """Feeds `tokens` (non-empty) to `session`, then samples.
 
     Every yielded token except a final EOS is fed to the session, so the
-    session always holds prompt + yielded tokens. `fed`, if given, receives each
-    token once the session holds it (KeyboardInterrupt-safe bookkeeping for
-    callers such as Chat). `result`, if given, receives `finish_reason`."""
+    session holds prompt + yielded tokens (`session.tokens` says exactly which,
+    also after a KeyboardInterrupt). `result`, if given, receives
+    `finish_reason`."""
     params = params or SamplingParams()
     model = session.model
     tok = model.tokenizer
@@ -75,12 +75,7 @@ def generate(session, tokens, params: SamplingParams | None = None, fed: list[in
     history = list(int(t) for t in ids)
 
     def feed(batch) -> np.ndarray:
-        before = session.n_tokens
-        try:
-            return session.eval(batch, logits="last")
-        finally:
-            if fed is not None and session.n_tokens > before:
-                fed.extend(int(t) for t in batch)
+        return session.eval(batch, logits="last")
 
     logits = feed(ids)
     decoder = tok.stream_decoder()

@@ -52,8 +52,7 @@ def test_generated_reply_is_reused(demo):
     # Turn one's prompt stays in the session whatever the reply re-tokenizes to;
     # where the rendering of the reply differs, the session is rolled back to it.
     assert r2["n_prefilled"] <= full - r1["n_prefilled"]
-    assert chat.session.n_tokens == len(chat._fed) == full + 3
-    assert chat.session.n_tokens == len(chat._fed)
+    assert chat.session.n_tokens == full + 3
 
 
 def test_same_seed_same_reply(demo):
@@ -87,10 +86,9 @@ def test_interrupt_leaves_a_consistent_session(demo):
         chat.send("Count to ten", pyv4.SamplingParams(seed=5, max_tokens=50), on_event=stop_after_three)
     assert chat.last_reply["finish_reason"] == "interrupted"
     assert chat.messages[-1]["role"] == "assistant"
-    assert chat.session.n_tokens == len(chat._fed)
     # The interrupted session computes exactly what a fresh one fed the same tokens does.
     fresh = demo.new_session()
-    fresh.eval(chat._fed)
+    fresh.eval(chat.session.tokens)
     nxt = [42]
     np.testing.assert_array_equal(chat.session.eval(nxt), fresh.eval(nxt))
     # and the conversation goes on (the chat notices the extra token and resyncs)
