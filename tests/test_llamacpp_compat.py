@@ -33,6 +33,7 @@ from pyv4.convert import convert  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PEER = HERE / "llamacpp_peer.py"
 N_TOKENS = 600
+KL_SEEDS = (11, 12, 13, 14)  # token seeds of the prompts quantized recipes are compared on
 REPORT: dict = {}
 
 
@@ -70,7 +71,7 @@ def fx(tmp_path_factory):
     root = tmp_path_factory.mktemp("lcpp")
     d = of.build_official(root / "official", seed=0)
     d["root"] = root
-    d["toks"] = np.random.default_rng(11).integers(3, 512, N_TOKENS)
+    d["toks"] = np.random.default_rng(KL_SEEDS[0]).integers(3, 512, N_TOKENS)
     yield d
     if os.environ.get("PYV4_COMPAT_REPORT"):
         Path(os.environ["PYV4_COMPAT_REPORT"]).write_text(json.dumps(REPORT, indent=2))
@@ -97,15 +98,28 @@ def test_pyv4_files_load_in_llamacpp(fx, tmp_path, recipe):
     convert(fx["root"] / "official", out, recipe)  # includes the MTP block
     toks = fx["toks"]
     a, b = _pyv4_logits(out, toks), _llama_logits(out, toks, tmp_path)
-    ref = tm.reference_logits(of.reference_from_gguf(fx["model"], out), toks)
+    ref_model = of.reference_from_gguf(fx["model"], out)
+
+    ref = tm.reference_logits(ref_model, toks)
     sa, sb = of.logit_stats(ref, a), of.logit_stats(ref, b)
     REPORT[f"pyv4 {recipe} official"] = {"pyv4": sa, "llamacpp": sb,
                                          "pyv4_vs_llamacpp_max_abs": float(np.abs(a - b).max())}
     if recipe == "f32":
         assert np.abs(a - b).max() <= 1e-4, REPORT[f"pyv4 {recipe} official"]
-    else:
-        assert sa["top1"] >= sb["top1"] - 0.05, REPORT[f"pyv4 {recipe} official"]
-        assert sa["kl"] <= sb["kl"] * 1.5 + 1e-3, REPORT[f"pyv4 {recipe} official"]
+        return
+    # A tiny random MoE is chaotic: an ulp-level change flips a routing or
+    # indexer choice, so one prompt's KL moves by ±50 % (per-seed ratios seen
+    # here: 0.6-1.6). The comparison is over several prompts.
+    stats = {"pyv4": [sa], "llamacpp": [sb]}
+    for seed in KL_SEEDS[1:]:
+        toks = np.random.default_rng(seed).integers(3, 512, N_TOKENS)
+        ref = tm.reference_logits(ref_model, toks)
+        stats["pyv4"].append(of.logit_stats(ref, _pyv4_logits(out, toks)))
+        stats["llamacpp"].append(of.logit_stats(ref, _llama_logits(out, toks, tmp_path)))
+    mean = {k: {m: float(np.mean([s[m] for s in v])) for m in ("kl", "top1")} for k, v in stats.items()}
+    REPORT[f"pyv4 {recipe} official, {len(KL_SEEDS)} prompts"] = mean
+    assert mean["pyv4"]["top1"] >= mean["llamacpp"]["top1"] - 0.03, mean
+    assert mean["pyv4"]["kl"] <= mean["llamacpp"]["kl"] * 1.25 + 1e-3, mean
 
 
 def test_llamacpp_converter_file_in_pyv4(fx, tmp_path):

@@ -1,5 +1,9 @@
 #include "kv/kv_kernels.h"
 
+#include <algorithm>
+#include <cmath>
+
+#include "kv/qat.h"
 #include "quant/cpu_features.h"
 
 namespace pyv4 {
@@ -13,8 +17,39 @@ float dot_ref(const float* a, const float* b, int64_t n) {
 void axpy_ref(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
-const KvKernels kRef{dot_ref, axpy_ref};
-const KvKernels kAvx2{avx2::dot, avx2::axpy};
+void index_scores_ref(const float* qT, const float* w, int64_t nih, int64_t dim,
+                      const float* const* keys, int64_t n, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    float s = 0.0f;
+    for (int64_t h = 0; h < nih; ++h) {
+      float d = 0.0f;
+      for (int64_t i = 0; i < dim; ++i) d += qT[i * nih + h] * keys[r][i];
+      s += std::max(d, 0.0f) * w[h];
+    }
+    out[r] = s;
+  }
+}
+// Per head: the logits, their max with the sink, the exponentials summed in
+// row order after the sink's, then out = Σ_j (e_j / denom) · row_j in row order.
+void attend_ref(const float* q, int64_t nh, int64_t d, const float* const* rows, int64_t nk,
+                const float* sinks, float scale, float* p, float* out) {
+  for (int64_t h = 0; h < nh; ++h) {
+    const float* qh = q + h * d;
+    float* s = p + h * nk;
+    float mx = sinks[h];
+    for (int64_t j = 0; j < nk; ++j) {
+      s[j] = dot_ref(qh, rows[j], d) * scale;
+      mx = std::max(mx, s[j]);
+    }
+    float denom = std::exp(sinks[h] - mx);
+    for (int64_t j = 0; j < nk; ++j) denom += (s[j] = std::exp(s[j] - mx));
+    float* oh = out + h * d;
+    std::fill(oh, oh + d, 0.0f);
+    for (int64_t j = 0; j < nk; ++j) axpy_ref(s[j] / denom, rows[j], oh, d);
+  }
+}
+const KvKernels kRef{index_scores_ref, attend_ref, decode_fp4_row};
+const KvKernels kAvx2{avx2::index_scores, avx2::attend, avx2::decode_fp4};
 }  // namespace
 
 const KvKernels& kv_kernels_reference() { return kRef; }

@@ -1,4 +1,6 @@
-// Inner loops of attention over cached rows: dot products and axpy in fp32.
+// Inner loops of attention over cached rows, in fp32: the attention of a
+// token's heads over its rows, indexer scoring of many keys against one query,
+// and decoding of FP4 indexer keys.
 //
 // The plain loops in kv_kernels.cpp are the reference; kv_kernels_avx2.cpp has
 // AVX2+FMA versions, picked when the CPU has them and the compute mode is
@@ -12,16 +14,34 @@
 namespace pyv4 {
 
 struct KvKernels {
-  float (*dot)(const float* a, const float* b, int64_t n);
-  void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a·x
+  // Indexer scores of one query against n keys (spec §3.6):
+  //   out[r] = Σ_h w[h] · ReLU(Σ_i qT[i·nih + h] · keys[r][i])
+  // qT is the query transposed ([dim][nih]) so that the fast kernel scores
+  // many heads per instruction; each key has `dim` floats. The reference sums
+  // i in order per head, then h in order.
+  void (*index_scores)(const float* qT, const float* w, int64_t nih, int64_t dim,
+                       const float* const* keys, int64_t n, float* out);
+  // Attention of nh query heads over one shared set of nk rows (K = V, spec
+  // §3.4), with the per-head sink in the denominator only:
+  //   out[h] = Σ_j exp(l_hj - m_h) / (exp(sink_h - m_h) + Σ_j' exp(l_hj' - m_h)) · row_j,
+  //   l_hj = scale · q_h · row_j, m_h = max(sink_h, max_j l_hj).
+  // q and out are [nh][d]; p is scratch of nh·nk floats.
+  void (*attend)(const float* q, int64_t nh, int64_t d, const float* const* rows, int64_t nk,
+                 const float* sinks, float scale, float* p, float* out);
+  // FP4 indexer key record (csrc/kv/qat.h, KVType::FP8) -> width floats; exact,
+  // so every kernel gives the same bits.
+  void (*decode_fp4)(const uint8_t* src, int64_t width, float* row);
 };
 
 const KvKernels& kv_kernels();          // for the current ISA / compute mode
 const KvKernels& kv_kernels_reference();
 
 namespace avx2 {
-float dot(const float* a, const float* b, int64_t n);
-void axpy(float a, const float* x, float* y, int64_t n);
+void index_scores(const float* qT, const float* w, int64_t nih, int64_t dim,
+                  const float* const* keys, int64_t n, float* out);
+void attend(const float* q, int64_t nh, int64_t d, const float* const* rows, int64_t nk,
+            const float* sinks, float scale, float* p, float* out);
+void decode_fp4(const uint8_t* src, int64_t width, float* row);
 }  // namespace avx2
 
 }  // namespace pyv4

@@ -1,38 +1,178 @@
 // AVX2+FMA versions of csrc/kv/kv_kernels.cpp (compiled with -mavx2 -mfma; only
-// called after CPUID says so). Fixed summation order: 4 × 8 lanes, then a fixed
-// horizontal reduction, then the scalar tail.
+// called after CPUID says so). Each sums in a fixed order (8 lanes, a fixed
+// horizontal reduction, then the scalar tail), independent of the thread split.
 #include <immintrin.h>
+#include <math.h>
 
 #include "kv/kv_kernels.h"
 
 namespace pyv4::avx2 {
 
-float dot(const float* a, const float* b, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+namespace {
+
+// Head groups h0 .. h0 + 8G of two keys at once: 2G independent FMA chains per
+// step hide the FMA latency (G = 4: 8 chains), and each qT load feeds both keys.
+template <int G>
+inline void score_pair(const float* qT, int64_t nih, int64_t dim, int64_t h0, const float* k0,
+                       const float* k1, const float* w, __m256* s0, __m256* s1) {
+  __m256 a0[G], a1[G];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) a0[g] = a1[g] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < dim; ++i) {
+    const float* q = qT + i * nih + h0;
+    const __m256 b0 = _mm256_broadcast_ss(k0 + i), b1 = _mm256_broadcast_ss(k1 + i);
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const __m256 qv = _mm256_loadu_ps(q + 8 * g);
+      a0[g] = _mm256_fmadd_ps(qv, b0, a0[g]);
+      a1[g] = _mm256_fmadd_ps(qv, b1, a1[g]);
+    }
   }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  const __m256 z = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {
+    const __m256 wv = _mm256_loadu_ps(w + h0 + 8 * g);
+    *s0 = _mm256_fmadd_ps(_mm256_max_ps(a0[g], z), wv, *s0);
+    *s1 = _mm256_fmadd_ps(_mm256_max_ps(a1[g], z), wv, *s1);
+  }
+}
+
+inline float hsum8(__m256 s) {
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-  float r = _mm_cvtss_f32(h);
-  for (; i < n; ++i) r += a[i] * b[i];
-  return r;
+  return _mm_cvtss_f32(h);
 }
 
-void axpy(float a, const float* x, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(a);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+// Attention of HB heads (spec §3.4) over nk rows; see KvKernels::attend.
+// Logits come from a register tile of HB heads x 2 rows (for HB = 4: 6 loads
+// feed 8 FMAs), outputs from HB heads x 8·CW columns accumulated over all rows
+// in registers, so no output row is stored until it is final.
+template <int HB, int CW>
+inline void out_tile(const float* p, int64_t nk, const float* const* rows, int64_t c, float* out,
+                     int64_t d) {
+  __m256 acc[HB][CW];
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; ++h)
+    for (int w = 0; w < CW; ++w) acc[h][w] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < nk; ++j) {
+    __m256 k[CW];
+    for (int w = 0; w < CW; ++w) k[w] = _mm256_loadu_ps(rows[j] + c + 8 * w);
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; ++h) {
+      const __m256 pv = _mm256_broadcast_ss(p + h * nk + j);
+      for (int w = 0; w < CW; ++w) acc[h][w] = _mm256_fmadd_ps(pv, k[w], acc[h][w]);
+    }
   }
-  for (; i < n; ++i) y[i] += a * x[i];
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; ++h)
+    for (int w = 0; w < CW; ++w) _mm256_storeu_ps(out + h * d + c + 8 * w, acc[h][w]);
+}
+
+template <int HB>
+void attend_block(const float* q, int64_t d, const float* const* rows, int64_t nk,
+                  const float* sinks, float scale, float* p, float* out) {
+  const int64_t d8 = d & ~int64_t(7);
+  for (int64_t j = 0; j < nk; j += 2) {
+    const float* r0 = rows[j];
+    const float* r1 = j + 1 < nk ? rows[j + 1] : r0;  // odd tail: row j twice
+    __m256 a[HB][2];
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; ++h) a[h][0] = a[h][1] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d8; i += 8) {
+      const __m256 k0 = _mm256_loadu_ps(r0 + i), k1 = _mm256_loadu_ps(r1 + i);
+#pragma GCC unroll 4
+      for (int h = 0; h < HB; ++h) {
+        const __m256 qv = _mm256_loadu_ps(q + h * d + i);
+        a[h][0] = _mm256_fmadd_ps(qv, k0, a[h][0]);
+        a[h][1] = _mm256_fmadd_ps(qv, k1, a[h][1]);
+      }
+    }
+    for (int h = 0; h < HB; ++h) {
+      float l0 = hsum8(a[h][0]), l1 = hsum8(a[h][1]);
+      for (int64_t i = d8; i < d; ++i) {
+        l0 += q[h * d + i] * r0[i];
+        l1 += q[h * d + i] * r1[i];
+      }
+      p[h * nk + j] = l0 * scale;
+      if (j + 1 < nk) p[h * nk + j + 1] = l1 * scale;
+    }
+  }
+  for (int h = 0; h < HB; ++h) {
+    float* s = p + h * nk;
+    float mx = sinks[h];
+    for (int64_t j = 0; j < nk; ++j) mx = s[j] > mx ? s[j] : mx;
+    float denom = expf(sinks[h] - mx);
+    for (int64_t j = 0; j < nk; ++j) denom += (s[j] = expf(s[j] - mx));
+    for (int64_t j = 0; j < nk; ++j) s[j] /= denom;
+  }
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) out_tile<HB, 2>(p, nk, rows, c, out, d);
+  for (; c + 8 <= d; c += 8) out_tile<HB, 1>(p, nk, rows, c, out, d);
+  for (; c < d; ++c) {
+    for (int h = 0; h < HB; ++h) {
+      float o = 0.0f;
+      for (int64_t j = 0; j < nk; ++j) o += p[h * nk + j] * rows[j][c];
+      out[h * d + c] = o;
+    }
+  }
+}
+
+}  // namespace
+
+void attend(const float* q, int64_t nh, int64_t d, const float* const* rows, int64_t nk,
+            const float* sinks, float scale, float* p, float* out) {
+  int64_t h = 0;
+  for (; h + 4 <= nh; h += 4) attend_block<4>(q + h * d, d, rows, nk, sinks + h, scale, p + h * nk, out + h * d);
+  for (; h < nh; ++h) attend_block<1>(q + h * d, d, rows, nk, sinks + h, scale, p + h * nk, out + h * d);
+}
+
+void index_scores(const float* qT, const float* w, int64_t nih, int64_t dim,
+                  const float* const* keys, int64_t n, float* out) {
+  for (int64_t r = 0; r < n; r += 2) {
+    const float* k0 = keys[r];
+    const float* k1 = r + 1 < n ? keys[r + 1] : k0;  // odd tail: score k0 twice
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int64_t h = 0;
+    for (; h + 32 <= nih; h += 32) score_pair<4>(qT, nih, dim, h, k0, k1, w, &s0, &s1);
+    for (; h + 8 <= nih; h += 8) score_pair<1>(qT, nih, dim, h, k0, k1, w, &s0, &s1);
+    float t0 = hsum8(s0), t1 = hsum8(s1);
+    for (; h < nih; ++h) {  // heads past the last group of 8
+      float d0 = 0.0f, d1 = 0.0f;
+      for (int64_t i = 0; i < dim; ++i) {
+        d0 += qT[i * nih + h] * k0[i];
+        d1 += qT[i * nih + h] * k1[i];
+      }
+      t0 += (d0 > 0.0f ? d0 : 0.0f) * w[h];
+      t1 += (d1 > 0.0f ? d1 : 0.0f) * w[h];
+    }
+    out[r] = t0;
+    if (r + 1 < n) out[r + 1] = t1;
+  }
+}
+
+void decode_fp4(const uint8_t* src, int64_t width, float* row) {
+  // |E2M1| by the low 3 bits of a nibble; bit 3 is the sign, moved to bit 31
+  // (so -0 stays -0, as in the reference).
+  const __m256 lut = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const uint8_t* scales = src + width / 2;
+  for (int64_t blk = 0; blk < width / 32; ++blk) {
+    // UE8M0 scale 2^(e - 127): a normal float for e >= 1, the subnormal 2^-127 for e = 0.
+    const uint32_t e = scales[blk];
+    const __m256 s = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(e ? e << 23 : 0x00400000u)));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * blk));
+    const __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+    const __m128i nib[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};  // element order
+    for (int k = 0; k < 4; ++k) {
+      const __m128i src8 = (k & 1) ? _mm_srli_si128(nib[k >> 1], 8) : nib[k >> 1];
+      const __m256i idx = _mm256_cvtepu8_epi32(src8);
+      const __m256 mag = _mm256_permutevar8x32_ps(lut, idx);
+      const __m256 v = _mm256_xor_ps(mag, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(idx, 28), sign)));
+      _mm256_storeu_ps(row + 32 * blk + 8 * k, _mm256_mul_ps(v, s));
+    }
+  }
 }
 
 }  // namespace pyv4::avx2

@@ -248,6 +248,17 @@ void RowCodec::encode(const float* row, uint8_t* dst) const {
   }
 }
 
+void decode_fp4_row(const uint8_t* src, int64_t width, float* row) {
+  const uint8_t* scales = src + width / 2;
+  for (int64_t blk = 0; blk < width / 32; ++blk) {
+    const float s = std::ldexp(1.0f, static_cast<int>(scales[blk]) - 127);
+    for (int64_t i = blk * 32; i < blk * 32 + 32; ++i) {
+      const uint8_t b = src[i / 2];
+      row[i] = fp4_e2m1_value((i & 1) ? (b >> 4) : (b & 15)) * s;
+    }
+  }
+}
+
 void RowCodec::decode(const uint8_t* src, float* row) const {
   switch (type) {
     case KVType::F32: std::memcpy(row, src, width * 4); return;
@@ -272,14 +283,7 @@ void RowCodec::decode(const uint8_t* src, float* row) const {
           row[i] = bf16_to_f32(b);
         }
       } else {
-        const uint8_t* scales = src + width / 2;
-        for (int64_t blk = 0; blk < width / 32; ++blk) {
-          const float s = std::ldexp(1.0f, static_cast<int>(scales[blk]) - 127);
-          for (int64_t i = blk * 32; i < blk * 32 + 32; ++i) {
-            const uint8_t b = src[i / 2];
-            row[i] = fp4_e2m1_value((i & 1) ? (b >> 4) : (b & 15)) * s;
-          }
-        }
+        decode_fp4_row(src, width, row);
       }
       return;
   }

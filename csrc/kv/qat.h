@@ -74,6 +74,11 @@ struct RowCodec {
   }
 };
 
+// Decodes an FP4 indexer key record of KVType::FP8: width/2 bytes of e2m1
+// nibbles (element 2k low, 2k+1 high), then one UE8M0 scale per 32 elements.
+// The reference for kv_kernels' decode_fp4.
+void decode_fp4_row(const uint8_t* src, int64_t width, float* row);
+
 // The indexer query (spec §3.6 step 1) gets the same rotation and FP4 QAT as
 // the keys in KVType::FP8; nothing in the other types.
 void round_index_query(KVType t, float* q, int64_t width);

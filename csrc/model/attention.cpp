@@ -16,26 +16,17 @@ void select_topk(const float* scores, int64_t n_visible, int64_t topk, int64_t* 
   const int64_t k = std::min(topk, n_visible);
   std::vector<int64_t> idx(n_visible);
   std::iota(idx.begin(), idx.end(), 0);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {
-    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
-  });
+  // A strict total order (ties to the lower index), so the k best form one
+  // well-defined set: nth_element finds it in O(n), then it is put in row order.
+  if (k < n_visible) {
+    std::nth_element(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {
+      return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+    });
+  }
   std::sort(idx.begin(), idx.begin() + k);
   std::copy(idx.begin(), idx.begin() + k, out_idx);
   *out_n = k;
 }
-
-namespace {
-
-// Indexer score of one query against key k: Σ_h w_h · ReLU(q_h · k) (spec §3.6);
-// the positive global scales are folded into w_h.
-float indexer_score(const KvKernels& kk, const float* qI, const float* wI, const float* k,
-                    int64_t nih, int64_t ihd) {
-  float s = 0.0f;
-  for (int64_t h = 0; h < nih; ++h) s += std::max(kk.dot(qI + h * ihd, k, ihd), 0.0f) * wI[h];
-  return s;
-}
-
-}  // namespace
 
 void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
                        const RopeTable& rope, const float* x, int64_t n, int64_t pos0,
@@ -109,17 +100,34 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
       for (int64_t h = 0; h < nih; ++h) wI[t * nih + h] *= wscale * qscale;
     }
     // Every visible key is scored (keys are small: 68 B in fp8); only the
-    // selected compressed rows are read below (offload contract).
+    // selected compressed rows are read below (offload contract). This is the
+    // one part of decode that grows with the context (spec §3.6: O(T/4) keys
+    // per CSA layer), so keys are decoded in tiles of kTile per thread and
+    // scored against all heads at once, the query transposed for that.
     picked.resize(n);
-    std::vector<float> scores;
+    constexpr int64_t kTile = 32;
+    const bool fp4_keys = ic.type == KVType::FP8;
+    std::vector<float> scores, qT(ihd * nih), kbuf(pool.size() * kTile * ihd);
     for (int64_t t = 0; t < n; ++t) {
       const int64_t nb = (pos0 + t + 1) / ratio;
+      for (int64_t h = 0; h < nih; ++h)
+        for (int64_t i = 0; i < ihd; ++i) qT[i * nih + h] = qI[(t * nih + h) * ihd + i];
       scores.resize(nb);
-      pool.parallel_for(nb, 64, [&](int64_t b0, int64_t b1, int) {
-        std::vector<float> scratch(ihd);
-        for (int64_t b = b0; b < b1; ++b) {
-          const float* k = ic.view(kv.index_rec(il, b), scratch.data());
-          scores[b] = indexer_score(kk, &qI[t * nih * ihd], &wI[t * nih], k, nih, ihd);
+      pool.parallel_for(nb, 64, [&](int64_t b0, int64_t b1, int tid) {
+        float* buf = &kbuf[tid * kTile * ihd];
+        const float* keys[kTile];
+        for (int64_t b = b0; b < b1; b += kTile) {
+          const int64_t m = std::min(kTile, b1 - b);
+          for (int64_t j = 0; j < m; ++j) {
+            const uint8_t* rec = kv.index_rec(il, b + j);
+            if (fp4_keys) {
+              kk.decode_fp4(rec, ihd, buf + j * ihd);
+              keys[j] = buf + j * ihd;
+            } else {
+              keys[j] = ic.view(rec, buf + j * ihd);
+            }
+          }
+          kk.index_scores(qT.data(), &wI[t * nih], nih, ihd, keys, m, &scores[b]);
         }
       });
       picked[t].resize(std::min(nb, c.index_topk));
@@ -166,34 +174,36 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   ProfScope prof_core("attn.core");
   std::vector<float> o(n * H * d);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  pool.parallel_for(n * H, 1, [&](int64_t i0, int64_t i1, int) {
+  // Tasks of (token, 4 heads): the heads of one token share its rows (K = V),
+  // which the kernel reads once per 4 heads.
+  constexpr int64_t kHeads = 4;
+  const int64_t nhb = (H + kHeads - 1) / kHeads;
+  pool.parallel_for(n * nhb, 1, [&](int64_t i0, int64_t i1, int) {
     std::vector<const float*> keys;
-    std::vector<float> s;
+    std::vector<float> p;
+    int64_t t_keys = -1;
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / H, h = i % H, P = pos0 + t;
-      keys.clear();
-      for (int64_t j = std::max<int64_t>(0, P - c.window + 1); j <= P; ++j) {
-        keys.push_back(j >= pos0 ? &kvr[(j - pos0) * d] : wptr[j - w_first]);
+      const int64_t t = i / nhb, h0 = (i % nhb) * kHeads, nh = std::min(kHeads, H - h0);
+      const int64_t P = pos0 + t;
+      if (t != t_keys) {
+        keys.clear();
+        for (int64_t j = std::max<int64_t>(0, P - c.window + 1); j <= P; ++j) {
+          keys.push_back(j >= pos0 ? &kvr[(j - pos0) * d] : wptr[j - w_first]);
+        }
+        if (w.kind == AttnKind::HCA) {
+          const int64_t nb = (P + 1) / ratio;
+          for (int64_t b = 0; b < nb; ++b) keys.push_back(cptr[b]);
+        } else if (w.kind == AttnKind::CSA) {
+          for (int64_t b : picked[t]) keys.push_back(cptr[b]);
+        }
+        p.resize(kHeads * keys.size());
+        t_keys = t;
       }
-      if (w.kind == AttnKind::HCA) {
-        const int64_t nb = (P + 1) / ratio;
-        for (int64_t b = 0; b < nb; ++b) keys.push_back(cptr[b]);
-      } else if (w.kind == AttnKind::CSA) {
-        for (int64_t b : picked[t]) keys.push_back(cptr[b]);
-      }
-      const float* qh = &q[(t * H + h) * d];
-      s.resize(keys.size());
-      float mx = w.sinks[h];
-      for (size_t j = 0; j < keys.size(); ++j) {
-        s[j] = kk.dot(qh, keys[j], d) * scale;
-        mx = std::max(mx, s[j]);
-      }
-      float denom = std::exp(w.sinks[h] - mx);  // sink: denominator only
-      for (size_t j = 0; j < keys.size(); ++j) denom += (s[j] = std::exp(s[j] - mx));
-      float* oh = &o[(t * H + h) * d];
-      std::fill(oh, oh + d, 0.0f);
-      for (size_t j = 0; j < keys.size(); ++j) kk.axpy(s[j] / denom, keys[j], oh, d);
-      rope.apply(oh, d, P, /*inverse=*/true);  // V carried RoPE (K = V); undo it
+      float* oh = &o[(t * H + h0) * d];
+      kk.attend(&q[(t * H + h0) * d], nh, d, keys.data(), static_cast<int64_t>(keys.size()),
+                &w.sinks[h0], scale, p.data(), oh);
+      // V carried RoPE (K = V); undo it.
+      for (int64_t h = 0; h < nh; ++h) rope.apply(oh + h * d, d, P, /*inverse=*/true);
     }
   });
 

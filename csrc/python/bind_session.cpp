@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "common/error.h"
+#include "kv/kv_kernels.h"
 #include "kv/qat.h"
 #include "kv/session_file.h"
 #include "model/engine.h"
@@ -152,6 +153,48 @@ void bind_session(py::module_& m) {
     hadamard(v.data(), n);
     return to_array(v);
   });
+  // The KV kernels of the current ISA / compute mode, for tests against the
+  // reference table and for timing.
+  m.def(
+      "kv_index_scores",
+      [](F32Array q, F32Array w, F32Array keys) {
+        if (q.ndim() != 2 || w.ndim() != 1 || keys.ndim() != 2 || w.shape(0) != q.shape(0) ||
+            keys.shape(1) != q.shape(1))
+          throw InputError("kv_index_scores: q [heads, dim], w [heads], keys [n, dim]");
+        const int64_t nih = q.shape(0), dim = q.shape(1), n = keys.shape(0);
+        std::vector<float> qT(nih * dim), out(n);
+        for (int64_t h = 0; h < nih; ++h)
+          for (int64_t i = 0; i < dim; ++i) qT[i * nih + h] = q.data()[h * dim + i];
+        std::vector<const float*> kp(n);
+        for (int64_t r = 0; r < n; ++r) kp[r] = keys.data() + r * dim;
+        kv_kernels().index_scores(qT.data(), w.data(), nih, dim, kp.data(), n, out.data());
+        return to_array(out);
+      },
+      py::arg("q"), py::arg("w"), py::arg("keys"));
+  m.def(
+      "kv_attend",
+      [](F32Array q, F32Array rows, F32Array sinks, float scale) {
+        if (q.ndim() != 2 || rows.ndim() != 2 || sinks.ndim() != 1 || sinks.shape(0) != q.shape(0) ||
+            rows.shape(1) != q.shape(1))
+          throw InputError("kv_attend: q [heads, dim], rows [n, dim], sinks [heads]");
+        const int64_t nh = q.shape(0), d = q.shape(1), nk = rows.shape(0);
+        std::vector<float> p(nh * nk), out(nh * d);
+        std::vector<const float*> rp(nk);
+        for (int64_t r = 0; r < nk; ++r) rp[r] = rows.data() + r * d;
+        kv_kernels().attend(q.data(), nh, d, rp.data(), nk, sinks.data(), scale, p.data(), out.data());
+        return to_array(out);
+      },
+      py::arg("q"), py::arg("rows"), py::arg("sinks"), py::arg("scale"));
+  m.def(
+      "kv_decode_fp4",
+      [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> rec, int64_t width) {
+        if (width <= 0 || width % 32 != 0 || rec.size() != width / 2 + width / 32)
+          throw InputError("kv_decode_fp4: a record of width/2 + width/32 bytes, width a multiple of 32");
+        std::vector<float> out(width);
+        kv_kernels().decode_fp4(rec.data(), width, out.data());
+        return to_array(out);
+      },
+      py::arg("record"), py::arg("width"));
   // (rounded, decoded, record bytes) of one row through a KV type's codec.
   m.def(
       "kv_codec_roundtrip",
