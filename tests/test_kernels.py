@@ -302,3 +302,37 @@ def test_float_results_do_not_depend_on_batch(isa, tname):
         np.testing.assert_array_equal(_core.quant_matmul(tname, raw, rows, cols, x[3:8], 2), together[3:8])
     finally:
         _core.set_isa("auto")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_matmul_many_equals_matmul_each(isa, mode):
+    """One parallel region for many products (csrc/quant/matmul.h matmul_many):
+    every task's result is bitwise what matmul gives it alone, with tasks of
+    different types, widths and token counts, tasks sharing an X, and empty ones."""
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode(mode)
+    rng = np.random.default_rng(17)
+    x256 = rng.standard_normal((3, 256)).astype(np.float32)
+    specs = [("MXFP4", 37, 256, x256), ("MXFP4", 64, 256, x256), ("Q8_0", 21, 256, x256),
+             ("Q4_K", 5, 256, rng.standard_normal((3, 256)).astype(np.float32)),
+             ("BF16", 19, 96, rng.standard_normal((3, 96)).astype(np.float32)),
+             ("Q4_0", 40, 64, rng.standard_normal((13, 64)).astype(np.float32)),
+             ("Q8_0", 0, 64, rng.standard_normal((2, 64)).astype(np.float32)),
+             ("F32", 3, 32, np.zeros((0, 32), np.float32))]
+    def raw(t, rows, cols):
+        if rows == 0:
+            bs, bb = BLOCK[t]
+            return np.zeros((0, cols // bs * bb), np.uint8)
+        return random_weight(t, rows, cols, rng)
+
+    weights = [(t, raw(t, rows, cols), rows, cols) for t, rows, cols, _ in specs]
+    xs = [x for *_, x in specs]
+    for threads in (1, 2, 3):
+        ys = _core.quant_matmul_many(weights, xs, threads)
+        for (t, raw, rows, cols), x, y in zip(weights, xs, ys):
+            assert y.shape == (x.shape[0], rows)
+            if rows and len(x):
+                np.testing.assert_array_equal(y, _core.quant_matmul(t, raw, rows, cols, x, 1), err_msg=t)

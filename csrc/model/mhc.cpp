@@ -1,5 +1,6 @@
 #include "model/mhc.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/ops.h"
@@ -8,27 +9,91 @@ namespace pyv4 {
 
 namespace {
 
-// μ = (fn · x̄) · rsqrt(mean(x̄²) + eps) for every token: one matmul over the
-// flattened streams, then a per-token scale.
+// hc_mult: config.cpp rejects any other hyper_connection.count (spec §8.2), so
+// the per-element loops below can keep the 4 streams in registers.
+constexpr int64_t kHc = 4;
+
+// Elements per step of the elementwise loops. A constant trip count lets the
+// compiler vectorize them at -O2 for the x86-64 baseline (no epilogue needed);
+// each output keeps the operation order of the plain per-element formula, so
+// vector and scalar (tail, kB = 1) steps give bitwise the same results.
+constexpr int64_t kB = 16;
+
+// Σ x² over one token's flattened streams, in double: kB partial sums (lane k
+// takes the elements ≡ k mod kB), then a fixed pairwise combine. The order
+// depends only on W, never on the thread that runs it.
+double sum_squares(const float* x, int64_t W) {
+  double acc[kB] = {};
+  int64_t i = 0;
+  for (; i + kB <= W; i += kB)
+    for (int64_t k = 0; k < kB; ++k) acc[k] += static_cast<double>(x[i + k]) * x[i + k];
+  for (int64_t k = 0; i + k < W; ++k) acc[k] += static_cast<double>(x[i + k]) * x[i + k];
+  for (int64_t w = kB / 2; w > 0; w /= 2)
+    for (int64_t k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0];
+}
+
+// μ = (fn · x̄) · rsqrt(mean(x̄²) + eps) for every token, as one parallel region:
+// part p of the pool takes a contiguous block of fn's rows (matmul_serial over
+// all tokens) and a contiguous block of tokens' Σ x². fn is only 4..24 rows, so
+// matmul's own split (grain 16 rows) would leave one thread idle or with a
+// third of the rows; here every thread streams the same share of fn. Each
+// output is computed by exactly one thread in a fixed order, so μ does not
+// depend on the thread count.
 void mixes(const ModelConfig& c, const WeightMatrix& fn, const float* X, int64_t n, float* mu,
            ThreadPool& pool) {
-  const int64_t W = c.hc_mult * c.n_embd, M = fn.rows;
-  matmul(fn, X, W, n, mu, M, pool);
-  for (int64_t t = 0; t < n; ++t) {
-    const float* x = X + t * W;
-    double ss = 0.0;
-    for (int64_t i = 0; i < W; ++i) ss += static_cast<double>(x[i]) * x[i];
-    const float r = 1.0f / std::sqrt(static_cast<float>(ss / W) + static_cast<float>(c.rms_eps));
-    for (int64_t m = 0; m < M; ++m) mu[t * M + m] *= r;
-  }
+  const int64_t W = kHc * c.n_embd, M = fn.rows;
+  const int64_t P = std::min<int64_t>(pool.size(), std::max(M, n));
+  thread_local std::vector<float> inv_rms;  // [n]; grows once
+  if (static_cast<int64_t>(inv_rms.size()) < n) inv_rms.resize(static_cast<size_t>(n));
+  float* r = inv_rms.data();
+  const float eps = static_cast<float>(c.rms_eps);
+  pool.parallel_for(P, 1, [&](int64_t p0, int64_t p1, int) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r0 = M * p / P, r1 = M * (p + 1) / P;
+      if (r1 > r0) matmul_serial(fn.row_slice(r0, r1 - r0), X, W, n, mu + r0, M);
+      for (int64_t t = n * p / P; t < n * (p + 1) / P; ++t) {
+        const double ss = sum_squares(X + t * W, W);
+        r[t] = 1.0f / std::sqrt(static_cast<float>(ss / W) + eps);
+      }
+    }
+  });
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t m = 0; m < M; ++m) mu[t * M + m] *= r[t];
+}
+
+// y[d] = Σ_i pre_i X_i[d] for d in [d0, d0 + B).
+template <int64_t B>
+void collapse_step(const float* X, int64_t D, const float* pre, int64_t d0, float* y) {
+  float s[B] = {};
+  for (int64_t i = 0; i < kHc; ++i)
+    for (int64_t k = 0; k < B; ++k) s[k] += pre[i] * X[i * D + d0 + k];
+  for (int64_t k = 0; k < B; ++k) y[d0 + k] = s[k];
 }
 
 void collapse(const ModelConfig& c, const float* X, const float* pre, float* y) {
   const int64_t D = c.n_embd;
-  for (int64_t d = 0; d < D; ++d) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < c.hc_mult; ++i) s += pre[i] * X[i * D + d];
-    y[d] = s;
+  int64_t d = 0;
+  for (; d + kB <= D; d += kB) collapse_step<kB>(X, D, pre, d, y);
+  for (; d < D; ++d) collapse_step<1>(X, D, pre, d, y);
+}
+
+// X'_j[d] = post_j f[d] + Σ_i comb_ij X_i[d] for d in [d0, d0 + B), all j. The
+// step reads its columns of all streams before writing any, so it works in place.
+template <int64_t B>
+void post_step(const float* post, const float* C, const float* f, float* x, int64_t D, int64_t d0) {
+  float in[kHc][B];
+#pragma GCC unroll 4
+  for (int64_t i = 0; i < kHc; ++i)
+    for (int64_t k = 0; k < B; ++k) in[i][k] = x[i * D + d0 + k];
+#pragma GCC unroll 4
+  for (int64_t j = 0; j < kHc; ++j) {
+    float out[B];
+    for (int64_t k = 0; k < B; ++k) out[k] = post[j] * f[d0 + k];
+#pragma GCC unroll 4
+    for (int64_t i = 0; i < kHc; ++i)
+      for (int64_t k = 0; k < B; ++k) out[k] += C[i * kHc + j] * in[i][k];
+    for (int64_t k = 0; k < B; ++k) x[j * D + d0 + k] = out[k];
   }
 }
 
@@ -36,87 +101,91 @@ void collapse(const ModelConfig& c, const float* X, const float* pre, float* y) 
 
 void hc_pre(const ModelConfig& c, const HyperConnWeights& w, const float* X, int64_t n, float* y,
             HyperMix& mix, ThreadPool& pool) {
-  const int64_t hc = c.hc_mult, M = c.hc_mix(), W = hc * c.n_embd;
+  const int64_t hc = kHc, M = c.hc_mix(), W = hc * c.n_embd;
   const float eps = static_cast<float>(c.hc_eps);
-  std::vector<float> mu(static_cast<size_t>(n * M));
-  mixes(c, w.fn, X, n, mu.data(), pool);
+  thread_local std::vector<float> mu;  // [n, M]; grows once
+  if (static_cast<int64_t>(mu.size()) < n * M) mu.resize(static_cast<size_t>(n * M));
+  float* mus = mu.data();  // the lambda runs on other threads: not their thread_local
+  mixes(c, w.fn, X, n, mus, pool);
   mix.post.resize(static_cast<size_t>(n * hc));
   mix.comb.resize(static_cast<size_t>(n * hc * hc));
-  std::vector<float> pre(hc);
-  for (int64_t t = 0; t < n; ++t) {
-    const float* m = mu.data() + t * M;
-    float* post = mix.post.data() + t * hc;
-    float* C = mix.comb.data() + t * hc * hc;
-    for (int64_t i = 0; i < hc; ++i) {
-      pre[i] = sigmoidf(m[i] * w.scale[0] + w.base[i]) + eps;
-      post[i] = 2.0f * sigmoidf(m[hc + i] * w.scale[1] + w.base[hc + i]);
-    }
-    // comb: row-wise softmax + eps, then Sinkhorn (column first), spec §3.3.
-    for (int64_t i = 0; i < hc; ++i) {
-      float* row = C + i * hc;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < hc; ++j) {
-        row[j] = m[2 * hc + i * hc + j] * w.scale[2] + w.base[2 * hc + i * hc + j];
-        mx = std::max(mx, row[j]);
-      }
-      float s = 0.0f;
-      for (int64_t j = 0; j < hc; ++j) s += (row[j] = std::exp(row[j] - mx));
-      for (int64_t j = 0; j < hc; ++j) row[j] = row[j] / s + eps;
-    }
-    auto norm_cols = [&] {
-      for (int64_t j = 0; j < hc; ++j) {
-        float s = 0.0f;
-        for (int64_t i = 0; i < hc; ++i) s += C[i * hc + j];
-        for (int64_t i = 0; i < hc; ++i) C[i * hc + j] /= (s + eps);
-      }
-    };
-    auto norm_rows = [&] {
+  // Per token: the 4x4 Sinkhorn and the collapse; tokens are independent.
+  pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* m = mus + t * M;
+      float pre[kHc];
+      float* post = mix.post.data() + t * hc;
+      float* C = mix.comb.data() + t * hc * hc;
       for (int64_t i = 0; i < hc; ++i) {
-        float s = 0.0f;
-        for (int64_t j = 0; j < hc; ++j) s += C[i * hc + j];
-        for (int64_t j = 0; j < hc; ++j) C[i * hc + j] /= (s + eps);
+        pre[i] = sigmoidf(m[i] * w.scale[0] + w.base[i]) + eps;
+        post[i] = 2.0f * sigmoidf(m[hc + i] * w.scale[1] + w.base[hc + i]);
       }
-    };
-    norm_cols();
-    for (int64_t it = 1; it < c.hc_sinkhorn_iters; ++it) {
-      norm_rows();
+      // comb: row-wise softmax + eps, then Sinkhorn (column first), spec §3.3.
+      for (int64_t i = 0; i < hc; ++i) {
+        float* row = C + i * hc;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < hc; ++j) {
+          row[j] = m[2 * hc + i * hc + j] * w.scale[2] + w.base[2 * hc + i * hc + j];
+          mx = std::max(mx, row[j]);
+        }
+        float s = 0.0f;
+        for (int64_t j = 0; j < hc; ++j) s += (row[j] = std::exp(row[j] - mx));
+        for (int64_t j = 0; j < hc; ++j) row[j] = row[j] / s + eps;
+      }
+      auto norm_cols = [&] {
+        for (int64_t j = 0; j < hc; ++j) {
+          float s = 0.0f;
+          for (int64_t i = 0; i < hc; ++i) s += C[i * hc + j];
+          for (int64_t i = 0; i < hc; ++i) C[i * hc + j] /= (s + eps);
+        }
+      };
+      auto norm_rows = [&] {
+        for (int64_t i = 0; i < hc; ++i) {
+          float s = 0.0f;
+          for (int64_t j = 0; j < hc; ++j) s += C[i * hc + j];
+          for (int64_t j = 0; j < hc; ++j) C[i * hc + j] /= (s + eps);
+        }
+      };
       norm_cols();
+      for (int64_t it = 1; it < c.hc_sinkhorn_iters; ++it) {
+        norm_rows();
+        norm_cols();
+      }
+      collapse(c, X + t * W, pre, y + t * c.n_embd);
     }
-    collapse(c, X + t * W, pre.data(), y + t * c.n_embd);
-  }
+  });
 }
 
 void hc_post(const ModelConfig& c, const HyperMix& mix, const float* f, float* X, int64_t n) {
-  const int64_t hc = c.hc_mult, D = c.n_embd, W = hc * D;
-  std::vector<float> out(static_cast<size_t>(W));
+  const int64_t hc = kHc, D = c.n_embd, W = hc * D;
   for (int64_t t = 0; t < n; ++t) {
-    float* x = X + t * W;
     const float* post = mix.post.data() + t * hc;
     const float* C = mix.comb.data() + t * hc * hc;
     const float* ft = f + t * D;
-    for (int64_t j = 0; j < hc; ++j) {
-      for (int64_t d = 0; d < D; ++d) {
-        float s = post[j] * ft[d];
-        for (int64_t i = 0; i < hc; ++i) s += C[i * hc + j] * x[i * D + d];
-        out[j * D + d] = s;
-      }
-    }
-    std::copy(out.begin(), out.end(), x);
+    float* x = X + t * W;
+    int64_t d = 0;
+    for (; d + kB <= D; d += kB) post_step<kB>(post, C, ft, x, D, d);
+    for (; d < D; ++d) post_step<1>(post, C, ft, x, D, d);
   }
 }
 
 void hc_head(const ModelConfig& c, const ModelWeights& w, const float* X, int64_t n, float* y,
              ThreadPool& pool) {
-  const int64_t hc = c.hc_mult, W = hc * c.n_embd;
-  std::vector<float> mu(static_cast<size_t>(n * hc)), pre(hc);
-  mixes(c, w.hc_head_fn, X, n, mu.data(), pool);
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t i = 0; i < hc; ++i) {
-      pre[i] = sigmoidf(mu[t * hc + i] * w.hc_head_scale[0] + w.hc_head_base[i]) +
-               static_cast<float>(c.hc_eps);
+  const int64_t hc = kHc, W = hc * c.n_embd;
+  thread_local std::vector<float> mu;  // [n, hc]; grows once
+  if (static_cast<int64_t>(mu.size()) < n * hc) mu.resize(static_cast<size_t>(n * hc));
+  float* mus = mu.data();  // the lambda runs on other threads: not their thread_local
+  mixes(c, w.hc_head_fn, X, n, mus, pool);
+  pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float pre[kHc];
+      for (int64_t i = 0; i < hc; ++i) {
+        pre[i] = sigmoidf(mus[t * hc + i] * w.hc_head_scale[0] + w.hc_head_base[i]) +
+                 static_cast<float>(c.hc_eps);
+      }
+      collapse(c, X + t * W, pre, y + t * c.n_embd);
     }
-    collapse(c, X + t * W, pre.data(), y + t * c.n_embd);
-  }
+  });
 }
 
 }  // namespace pyv4

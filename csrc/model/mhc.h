@@ -19,7 +19,9 @@ struct HyperMix {
 };
 
 // hc_pre: computes pre/post/comb for each token of X [n, hc*D] and writes the
-// collapsed block input y [n, D] = Σ_i pre_i X_i.
+// collapsed block input y [n, D] = Σ_i pre_i X_i. The mix matmul is split by
+// fn rows and the rest by tokens over the pool; no result depends on the
+// thread count or on which tokens share the call.
 void hc_pre(const ModelConfig& c, const HyperConnWeights& w, const float* X, int64_t n, float* y,
             HyperMix& mix, ThreadPool& pool);
 

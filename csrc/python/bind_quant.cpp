@@ -107,6 +107,38 @@ void bind_quant(py::module_& m) {
       "compute mode; threads == 1 uses matmul_serial).");
 
   m.def(
+      "quant_matmul_many",
+      [](const py::list& weights, const py::list& xs, int threads) {
+        if (weights.size() != xs.size()) throw InputError("one x per weight");
+        const size_t n = weights.size();
+        std::vector<WeightMatrix> W(n);
+        std::vector<U8Array> raw;  // keep the (possibly converted) buffers alive
+        std::vector<F32Array> X;
+        std::vector<py::array_t<float>> Y;
+        std::vector<MatmulTask> tasks(n);
+        for (size_t i = 0; i < n; ++i) {
+          const auto w = weights[i].cast<py::tuple>();
+          if (w.size() != 4) throw InputError("weights: (type_name, raw, rows, cols) tuples");
+          const int64_t rows = w[2].cast<int64_t>(), cols = w[3].cast<int64_t>();
+          raw.push_back(w[1].cast<U8Array>());
+          W[i] = make_weight(w[0].cast<std::string>(), raw.back(), rows, cols);
+          X.push_back(xs[i].cast<F32Array>());
+          int64_t nt;
+          check_x(X.back(), cols, &nt);
+          Y.emplace_back(std::vector<py::ssize_t>{nt, rows});
+          tasks[i] = MatmulTask{&W[i], X.back().data(), cols, nt, Y.back().mutable_data(), rows};
+        }
+        {
+          py::gil_scoped_release nogil;
+          matmul_many(tasks.data(), static_cast<int64_t>(n), pool_for(threads));
+        }
+        return Y;
+      },
+      py::arg("weights"), py::arg("xs"), py::arg("threads") = 2,
+      "matmul_many over [(type_name, raw, rows, cols)] with one x each; returns the y arrays. "
+      "x arrays that are the same float32 object share one activation quantization.");
+
+  m.def(
       "quant_matmul_time",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols,
          const F32Array& x, int threads, int reps, int copies) {

@@ -93,9 +93,9 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
   }
 }
 
-// Fills job (and the calling thread's activation scratch) for one call.
+// Fills job (and the activation scratch s) for one call.
 void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
-             int64_t ldy, Job* job, qk::ActQ* act) {
+             int64_t ldy, Job* job, qk::ActQ* act, ActScratch& s) {
   if (!is_matmul_type(W.type))
     throw FormatError(std::string("matmul: ") + type_name(W.type) + " is not a weight type");
   const Isa isa = active_isa();
@@ -122,7 +122,6 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
     quantize = qk::act_cscale_avx2(W.type, &cscale);
   }
   if (!quantize) return;
-  thread_local ActScratch s;
   const int64_t nb = W.cols / 32, nb_pad = qk::act_nb_pad(nb, layout);
   const size_t nq = static_cast<size_t>(n_tokens * nb_pad * 32);
   const size_t nf = static_cast<size_t>(n_tokens * nb_pad);
@@ -155,7 +154,8 @@ void matmul_serial(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n
   if (W.rows <= 0 || n_tokens <= 0) return;
   Job job;
   qk::ActQ act;
-  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act);
+  thread_local ActScratch s;
+  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act, s);
   run_rows(job, 0, W.rows);
 }
 
@@ -164,8 +164,62 @@ void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens
   if (W.rows <= 0 || n_tokens <= 0) return;
   Job job;
   qk::ActQ act;
-  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act);
+  thread_local ActScratch s;
+  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act, s);
   pool.parallel_for(W.rows, 16, [&job](int64_t r0, int64_t r1, int) { run_rows(job, r0, r1); });
+}
+
+void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool) {
+  // Grown once and kept, like the scratch of matmul (called from one thread).
+  thread_local std::vector<Job> jobs;
+  thread_local std::vector<qk::ActQ> acts;
+  thread_local std::vector<ActScratch> scratch;
+  if (static_cast<int64_t>(jobs.size()) < n_tasks) {
+    jobs.resize(n_tasks);
+    acts.resize(n_tasks);
+    scratch.resize(n_tasks);  // moves keep each buffer, so earlier ActQ pointers stay valid
+  }
+  int64_t units = 0, max_tokens = 1;
+  for (int64_t i = 0; i < n_tasks; ++i) {
+    const MatmulTask& t = tasks[i];
+    if (t.W->rows <= 0 || t.n_tokens <= 0) {  // nothing to do: an empty span
+      jobs[i] = Job{t.W, nullptr, t.X, t.ldx, 0, t.ldy, t.Y, Isa::Scalar, true};
+      continue;
+    }
+    int64_t same = -1;
+    for (int64_t j = 0; j < i && same < 0; ++j) {
+      const MatmulTask& u = tasks[j];
+      if (u.X == t.X && u.ldx == t.ldx && u.n_tokens == t.n_tokens && u.W->cols == t.W->cols &&
+          u.W->type == t.W->type)
+        same = j;
+    }
+    if (same >= 0) {
+      jobs[i] = jobs[same];  // shares acts[same]
+      jobs[i].W = t.W;
+      jobs[i].Y = t.Y;
+      jobs[i].ldy = t.ldy;
+    } else {
+      prepare(*t.W, t.X, t.ldx, t.n_tokens, t.Y, t.ldy, &jobs[i], &acts[i], scratch[i]);
+    }
+    units += t.W->rows * t.n_tokens;
+    max_tokens = std::max(max_tokens, t.n_tokens);
+  }
+  // Unit u of task i is (row, token) u / n, u % n: a row goes to the thread
+  // whose range holds its first unit (ceil on both ends of the intersection).
+  // (The workers see their own thread_local `jobs`: hand them this thread's.)
+  const Job* job = jobs.data();
+  pool.parallel_for(units, 16 * max_tokens, [&, job](int64_t u0, int64_t u1, int) {
+    int64_t base = 0;
+    for (int64_t i = 0; i < n_tasks && base < u1; ++i) {
+      const int64_t n = job[i].n_tokens, span = job[i].W->rows * n;
+      const int64_t a = std::max(u0, base), b = std::min(u1, base + span);
+      if (a < b) {
+        const int64_t r0 = (a - base + n - 1) / n, r1 = (b - base + n - 1) / n;
+        if (r0 < r1) run_rows(job[i], r0, r1);
+      }
+      base += span;
+    }
+  });
 }
 
 }  // namespace pyv4

@@ -50,6 +50,25 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n);
 void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
             int64_t ldy, ThreadPool& pool);
 
+// One product of a matmul_many batch: Y = X · Wᵀ over n_tokens rows of X.
+struct MatmulTask {
+  const WeightMatrix* W;
+  const float* X;
+  int64_t ldx;
+  int64_t n_tokens;
+  float* Y;
+  int64_t ldy;
+};
+
+// Several independent products in one parallel region, each with the result
+// matmul gives. A decode step issues many small GEMVs (a routed MoE layer: 6
+// experts x gate/up/down + the shared expert); one region per matrix pays a
+// fork/join and a cold prefetcher ramp each time. Here all their weight rows
+// form one range, weighted by token count, that the threads split into
+// contiguous stretches; tasks reading the same X with the same weight type
+// and width share one activation quantization.
+void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool);
+
 // Same on the calling thread only (for callers that already run inside a
 // parallel region, e.g. one routed expert per thread).
 void matmul_serial(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
