@@ -38,17 +38,14 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   const KvKernels& kk = kv_kernels();
 
   // Q path: q_lat = q_norm(wq_a x); q = wq_b q_lat; per-head RMS; RoPE at P.
+  // KV path: one shared K = V head, kvr = wkv x (one region with wq_a: both read x).
   std::vector<float> qlat(n * QL), q(n * H * d), kvr(n * d);
   {
     PROF_SCOPE("matmul.attn_q");
-    matmul(w.wq_a, x, D, n, qlat.data(), QL, pool);
+    const MatmulTask t[2] = {{&w.wq_a, x, D, n, qlat.data(), QL}, {&w.wkv, x, D, n, kvr.data(), d}};
+    matmul_many(t, 2, pool);
     for (int64_t t = 0; t < n; ++t) rms_norm(&qlat[t * QL], w.q_norm.data(), &qlat[t * QL], QL, eps);
     matmul(w.wq_b, qlat.data(), QL, n, q.data(), H * d, pool);
-  }
-  {
-    // KV path: one shared K = V head.
-    PROF_SCOPE("matmul.attn_kv");
-    matmul(w.wkv, x, D, n, kvr.data(), d, pool);
   }
   {
   PROF_SCOPE("attn.qk_norm_rope");
@@ -85,8 +82,9 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     std::vector<float> qI(n * nih * ihd), wI(n * nih);
     {
       PROF_SCOPE("matmul.indexer");
-      matmul(w.index_q_b, qlat.data(), QL, n, qI.data(), nih * ihd, pool);
-      matmul(w.index_proj, x, D, n, wI.data(), nih, pool);
+      const MatmulTask t[2] = {{&w.index_q_b, qlat.data(), QL, n, qI.data(), nih * ihd},
+                               {&w.index_proj, x, D, n, wI.data(), nih}};
+      matmul_many(t, 2, pool);
     }
     PROF_SCOPE("indexer.score");
     const float wscale = 1.0f / std::sqrt(static_cast<float>(nih));
@@ -223,9 +221,13 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   // Grouped low-rank output: z_g = W_oa[g] · concat(heads of group g); out = wo_b z.
   const int64_t G = c.o_groups, OL = c.o_lora_rank, gw = H * d / G;
   std::vector<float> z(n * G * OL);
+  std::vector<WeightMatrix> wo_a(G);
+  std::vector<MatmulTask> groups(G);
   for (int64_t g = 0; g < G; ++g) {
-    matmul(w.wo_a.row_slice(g * OL, OL), o.data() + g * gw, H * d, n, z.data() + g * OL, G * OL, pool);
+    wo_a[g] = w.wo_a.row_slice(g * OL, OL);
+    groups[g] = {&wo_a[g], o.data() + g * gw, H * d, n, z.data() + g * OL, G * OL};
   }
+  matmul_many(groups.data(), G, pool);
   matmul(w.wo_b, z.data(), G * OL, n, out, D, pool);
 }
 

@@ -65,8 +65,9 @@ void compressor_update(const ModelConfig& c, const CompressorWeights& w, const R
   std::vector<float> pkv(static_cast<size_t>(n * pw)), gate(static_cast<size_t>(n * pw));
   {
     PROF_SCOPE(indexer ? "matmul.indexer_comp" : "matmul.compressor");
-    matmul(w.kv, x, c.n_embd, n, pkv.data(), pw, pool);
-    matmul(w.gate, x, c.n_embd, n, gate.data(), pw, pool);
+    const MatmulTask t[2] = {{&w.kv, x, c.n_embd, n, pkv.data(), pw},
+                             {&w.gate, x, c.n_embd, n, gate.data(), pw}};
+    matmul_many(t, 2, pool);
   }
   PROF_SCOPE(indexer ? "indexer_comp" : "compressor");
   for (int64_t t = 0; t < n; ++t) {

@@ -25,17 +25,6 @@ void swiglu(const float* g, const float* u, float* h, int64_t n, float limit) {
   }
 }
 
-// out [n, D] = down · swiglu(gate · X, up · X) for one expert's weights.
-void expert_ffn(const WeightMatrix& gate, const WeightMatrix& up, const WeightMatrix& down,
-                const float* X, int64_t n, int64_t D, float limit, float* out, ThreadPool& pool) {
-  const int64_t F = gate.rows;
-  std::vector<float> g(n * F), u(n * F);
-  matmul(gate, X, D, n, g.data(), F, pool);
-  matmul(up, X, D, n, u.data(), F, pool);
-  swiglu(g.data(), u.data(), g.data(), n * F, limit);
-  matmul(down, g.data(), F, n, out, D, pool);
-}
-
 }  // namespace
 
 void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const float* x,
@@ -80,33 +69,83 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
 
   prof_route.stop();
   ProfScope prof_exp("matmul.experts");
-  std::fill(out, out + n * D, 0.0f);
-  const float limit = static_cast<float>(c.swiglu_limit[il]);
-  std::vector<float> xe, ye;
+  // Every FFN of the layer (the active routed experts and the shared one) runs
+  // as two matmul_many batches: all gate and up products, then all downs. A
+  // decode step would otherwise pay 21 fork/joins for 21 small GEMVs; and the
+  // experts reading the same X (decode: every one) share its quantization.
+  std::vector<int64_t> active, first(E + 1, 0);  // first[e]: expert e's rows in xe/ge/ue/ye
   for (int64_t e = 0; e < E; ++e) {
+    first[e + 1] = first[e] + static_cast<int64_t>(by_expert[e].size());
+    if (!by_expert[e].empty()) active.push_back(e);
+  }
+  const int64_t rows = first[E];  // n * K
+  // Decode (and any chunk where every active expert got every token, in order):
+  // the experts read x in place.
+  bool all_tokens = true;
+  for (int64_t e : active) {
     const auto& list = by_expert[e];
-    if (list.empty()) continue;
-    const int64_t ne = static_cast<int64_t>(list.size());
-    xe.resize(ne * D);
-    ye.resize(ne * D);
-    for (int64_t r = 0; r < ne; ++r) std::copy(x + list[r].first * D, x + (list[r].first + 1) * D, &xe[r * D]);
-    expert_ffn(w.gate_exps.row_slice(e * F, F), w.up_exps.row_slice(e * F, F),
-               w.down_exps.row_slice(e * D, D), xe.data(), ne, D, limit, ye.data(), pool);
-    for (int64_t r = 0; r < ne; ++r) {
-      float* o = out + list[r].first * D;
-      const float g = list[r].second;
-      for (int64_t i = 0; i < D; ++i) o[i] += g * ye[r * D + i];
+    all_tokens = all_tokens && static_cast<int64_t>(list.size()) == n;
+    for (int64_t r = 0; all_tokens && r < n; ++r) all_tokens = list[r].first == r;
+  }
+  std::vector<float> xe(all_tokens ? 0 : rows * D), ge(rows * F), ue(rows * F), ye(rows * D);
+  const int64_t Fs = w.has_shared ? w.gate_sh.rows : 0;
+  std::vector<float> gs(n * Fs), us(n * Fs), ys(w.has_shared ? n * D : 0);
+  std::vector<WeightMatrix> mats;
+  mats.reserve(3 * active.size());
+  for (int64_t e : active) {
+    mats.push_back(w.gate_exps.row_slice(e * F, F));
+    mats.push_back(w.up_exps.row_slice(e * F, F));
+    mats.push_back(w.down_exps.row_slice(e * D, D));
+  }
+  std::vector<MatmulTask> tasks;
+  tasks.reserve(2 * active.size() + 2);
+  for (size_t a = 0; a < active.size(); ++a) {
+    const int64_t e = active[a], r0 = first[e], ne = first[e + 1] - r0;
+    const float* X = x;
+    if (!all_tokens) {
+      for (int64_t r = 0; r < ne; ++r) {
+        const int64_t t = by_expert[e][r].first;
+        std::copy(x + t * D, x + (t + 1) * D, &xe[(r0 + r) * D]);
+      }
+      X = &xe[r0 * D];
+    }
+    tasks.push_back({&mats[3 * a], X, D, ne, &ge[r0 * F], F});
+    tasks.push_back({&mats[3 * a + 1], X, D, ne, &ue[r0 * F], F});
+  }
+  if (w.has_shared) {
+    tasks.push_back({&w.gate_sh, x, D, n, gs.data(), Fs});
+    tasks.push_back({&w.up_sh, x, D, n, us.data(), Fs});
+  }
+  matmul_many(tasks.data(), static_cast<int64_t>(tasks.size()), pool);
+  const float limit = static_cast<float>(c.swiglu_limit[il]);
+  const float limit_sh = w.has_shared ? static_cast<float>(c.swiglu_limit_shared[il]) : 0.0f;
+  pool.parallel_for(rows * F + n * Fs, 1024, [&](int64_t i0, int64_t i1, int) {
+    const int64_t split = rows * F;  // routed elements, then the shared expert's
+    if (i0 < split) swiglu(&ge[i0], &ue[i0], &ge[i0], std::min(i1, split) - i0, limit);
+    if (i1 > split) {
+      const int64_t j0 = std::max(i0, split) - split;
+      swiglu(&gs[j0], &us[j0], &gs[j0], i1 - split - j0, limit_sh);
+    }
+  });
+  tasks.clear();
+  for (size_t a = 0; a < active.size(); ++a) {
+    const int64_t e = active[a], r0 = first[e], ne = first[e + 1] - r0;
+    tasks.push_back({&mats[3 * a + 2], &ge[r0 * F], F, ne, &ye[r0 * D], D});
+  }
+  if (w.has_shared) tasks.push_back({&w.down_sh, gs.data(), Fs, n, ys.data(), D});
+  matmul_many(tasks.data(), static_cast<int64_t>(tasks.size()), pool);
+
+  // out = Σ_k g_k · expert_k(x) in expert order, then + shared(x).
+  std::fill(out, out + n * D, 0.0f);
+  for (int64_t e : active) {
+    for (int64_t r = 0; r < first[e + 1] - first[e]; ++r) {
+      float* o = out + by_expert[e][r].first * D;
+      const float g = by_expert[e][r].second;
+      const float* y = &ye[(first[e] + r) * D];
+      for (int64_t i = 0; i < D; ++i) o[i] += g * y[i];
     }
   }
-
-  prof_exp.stop();
-  if (w.has_shared) {
-    PROF_SCOPE("matmul.shared");
-    std::vector<float> sh(n * D);
-    expert_ffn(w.gate_sh, w.up_sh, w.down_sh, x, n, D,
-               static_cast<float>(c.swiglu_limit_shared[il]), sh.data(), pool);
-    for (int64_t i = 0; i < n * D; ++i) out[i] += sh[i];
-  }
+  for (size_t i = 0; i < ys.size(); ++i) out[i] += ys[i];
 }
 
 }  // namespace pyv4
