@@ -13,8 +13,8 @@
 // 4..11 tokens (Q4_K: 4): tiles of 4 rows x up to 4 tokens, each weight group
 // decoded once per tile. 1..3 tokens (gemv_*): one row stream per thread, the
 // int32 lanes of 4 groups summed per block (reduce4) so the float step runs once
-// per 16 blocks; for MXFP4 and Q4_0 software pipelined (gemv_mxfp4, gemv_split:
-// on Zen 4 this decode is bound by latency and op count, not by one port).
+// per 16 blocks; for MXFP4 and Q4_0 software pipelined (gemv_pipelined: on
+// Zen 4 this decode is bound by latency and op count, not by one port).
 // 12+ tokens: gemm_lane_avx512.cpp.
 #include <immintrin.h>
 
@@ -62,6 +62,12 @@ inline __m512 f16x4(const uint8_t* p, int64_t stride) {
   return spread4(_mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(bits))));
 }
 
+// The same order for 4 spread scales (lane L of DW[d] = scale of block L of group d).
+inline __m512 order4(const __m512 (&DW)[4]) {
+  const __m512 a = _mm512_unpacklo_ps(DW[0], DW[1]), b = _mm512_unpacklo_ps(DW[2], DW[3]);
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
 // ---- group decoders: blocks 4g..4g+3 starting at p -> A, B codes and dw ----
 // Word permutes (vpermw / vpermt2w, AVX512BW) gather the 16-byte code halves and
 // the f16 scales of 4 blocks from two or four 64-byte loads, all inside the 4
@@ -83,8 +89,8 @@ struct DecQ8_0 {
 struct DecQ4_0 {
   static constexpr int kBB = 18;
   static inline __m512 scale(__m512 raw) { return raw; }  // already fp32
-  // Two stages (gemv_split pipelines them): fetch = loads, code permute, scales;
-  // split = nibbles.
+  // Two stages (gemv_pipelined overlaps them): fetch = loads, code permute,
+  // scales; split = nibbles.
   static inline void fetch(const uint8_t* p, __m512i* Z, __m512* DW) {
     // out word 8b+m = word 1+9b+m of p: words < 32 from p, the rest from p + 8
     static const int16_t ic_w[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17,
@@ -102,6 +108,14 @@ struct DecQ4_0 {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     *A = _mm512_and_si512(z, m4);
     *B = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+  }
+  // A super-group (4 groups from q) for gemv_pipelined: codes, and the raw
+  // scales in the order of ActQ::dxr.
+  static inline __m512 fetch4(const uint8_t* q, __m512i (&z)[4]) {
+    __m512 DW[4];
+#pragma GCC unroll 4
+    for (int d = 0; d < 4; ++d) fetch(q + d * 4 * kBB, &z[d], &DW[d]);
+    return order4(DW);
   }
   static inline void group_raw(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
     __m512i z;
@@ -122,7 +136,7 @@ struct DecMXFP4 {
     const __mmask16 small = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
     return _mm512_castsi512_ps(_mm512_mask_blend_epi32(small, normal, sub));
   }
-  // GEMV (gemv_mxfp4): two loads per group, Za = bytes p-1 .. p+62 (byte p-1
+  // GEMV (gemv_pipelined): two loads per group, Za = bytes p-1 .. p+62 (byte p-1
   // masked off: a masked-off byte is never read, nor can it fault, even before the
   // start of a mapping) and Zb = p+4 .. p+67.
   // Codes of blocks 0 and 2 are word-aligned in Za (words 1.., 18..), those of
@@ -144,12 +158,27 @@ struct DecMXFP4 {
     return _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(0x80808001u)),
                             _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
   }
-  static inline void nibbles(__m512i z, __m512i* A, __m512i* B) {
+  static inline void split(__m512i z, __m512i* A, __m512i* B) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i lut = _mm512_broadcast_i32x4(
         _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));  // 2*E2M1 + 12
     *A = _mm512_shuffle_epi8(lut, _mm512_and_si512(z, m4));
     *B = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4));
+  }
+  // A super-group for gemv_pipelined: codes, and the exponents put straight
+  // into the order of ActQ::dxr by masked vpshufb (dword d of lane L <- block L
+  // of group d), so no order4.
+  static inline __m512 fetch4(const uint8_t* q, __m512i (&z)[4]) {
+    const __m512i ectl = exp_ctl();
+    __m512i E = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int d = 0; d < 4; ++d) {
+      const uint8_t* p = q + d * 4 * kBB;
+      const __m512i za = load_a(p);
+      E = _mm512_mask_shuffle_epi8(E, 0x000F000F000F000Full << (4 * d), za, ectl);
+      z[d] = codes(za, p);
+    }
+    return _mm512_castsi512_ps(E);
   }
   static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
     group_raw(p, A, B, DW);
@@ -170,8 +199,8 @@ struct DecMXFP4 {
     const __m512i lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const __m512i e = _mm512_shuffle_epi8(_mm512_loadu_si512(p), _mm512_add_epi32(ie, lane));
     *DW = _mm512_castsi512_ps(e);  // raw exponents; scale() converts
-    nibbles(_mm512_permutex2var_epi16(_mm512_loadu_si512(p + 1), ic, _mm512_loadu_si512(p + 4)),
-            A, B);
+    split(_mm512_permutex2var_epi16(_mm512_loadu_si512(p + 1), ic, _mm512_loadu_si512(p + 4)),
+          A, B);
   }
 };
 
@@ -242,11 +271,6 @@ inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
   const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
   const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
   return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-}
-// The same order for 4 spread scales (lane L of DW[d] = scale of block L of group d).
-inline __m512 order4(const __m512 (&DW)[4]) {
-  const __m512 a = _mm512_unpacklo_ps(DW[0], DW[1]), b = _mm512_unpacklo_ps(DW[2], DW[3]);
-  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
 }
 
 // Decode (1..3 tokens), one row: 16 blocks (4 quad groups) per float step. The
@@ -336,23 +360,24 @@ inline void gemv_tail(const uint8_t* row, const ActQ& a, int64_t t0, int64_t ng,
   for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
 }
 
-// Decode (1..3 tokens), rows [r0, r1), for a decoder with fetch / split stages
-// (Q4_0): gemv_int's math, software pipelined as gemv_mxfp4 below (the next
-// super-group is fetched before the current one is split and multiplied).
-// Q4_0 [2048x4096], 1 thread, L2-resident: 2.58 -> 2.50 ns per 128 weights. (Q8_0,
-// whose decode is all loads, got slower this way: 3.05 -> 3.18; it keeps gemv_int.)
+// Decode (1..3 tokens), rows [r0, r1), for the decoders with fetch4 / split
+// stages (MXFP4, Q4_0): gemv_int's math (16 blocks per float step), software
+// pipelined: the loads, code permutes and scales of the next super-group (the
+// next row's first one at the end of a row) are issued before the nibble
+// decode and dot products of the current one. On Zen 4 this loop is bound by
+// latency and op count rather than by one port ([2048x4096], 1 thread,
+// L2-resident, ns per 128 weights: MXFP4 2.54 -> 2.29 with the two-load fetch,
+// Q4_0 2.58 -> 2.50; Q8_0, whose decode is all loads, got slower: it keeps
+// gemv_int). Every row goes through the same float operations in the same
+// order whatever [r0, r1) is, so thread splits and expert slices agree bitwise.
 template <class Dec, int T>
-void gemv_split(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a, int64_t t0,
-                float* Y, int64_t ldy) {
+void gemv_pipelined(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a, int64_t t0,
+                    float* Y, int64_t ldy) {
   const int64_t ng = a.nb / 4, nsg = ng / 4;
-  constexpr int kGroupBytes = 4 * Dec::kBB, kSgBytes = 4 * kGroupBytes;
+  constexpr int kSgBytes = 16 * Dec::kBB;
   __m512i zn[4];
-  __m512 DWn[4];
-  auto fetch = [&](const uint8_t* q) {
-#pragma GCC unroll 4
-    for (int d = 0; d < 4; ++d) Dec::fetch(q + d * kGroupBytes, &zn[d], &DWn[d]);
-  };
-  if (nsg > 0 && r0 < r1) fetch(W.row(r0));
+  __m512 dn = _mm512_setzero_ps();
+  if (nsg > 0 && r0 < r1) dn = Dec::fetch4(W.row(r0), zn);
   for (int64_t r = r0; r < r1; ++r) {
     __m512 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -361,86 +386,18 @@ void gemv_split(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a, in
       __m512i zc[4];
 #pragma GCC unroll 4
       for (int d = 0; d < 4; ++d) zc[d] = zn[d];
-      const __m512 DWo = Dec::scale(order4(DWn));
-      fetch(s + 1 < nsg ? row + (s + 1) * kSgBytes
-                        : (r + 1 < r1 ? W.row(r + 1) : row + s * kSgBytes));
+      const __m512 DWo = Dec::scale(dn);
+      // next super-group: this row's, the next row's first, or (at the very
+      // end) this one again, unused
+      dn = Dec::fetch4(s + 1 < nsg ? row + (s + 1) * kSgBytes
+                                   : (r + 1 < r1 ? W.row(r + 1) : row + s * kSgBytes),
+                       zn);
       __m512i P[4][T];
 #pragma GCC unroll 4
       for (int d = 0; d < 4; ++d) {
         const int64_t g = 4 * s + d;
         __m512i A, B;
         Dec::split(zc[d], &A, &B);
-#pragma GCC unroll 4
-        for (int t = 0; t < T; ++t) {
-          const int8_t* xq = a.q(t0 + t) + 128 * g;
-          P[d][t] = _mm512_dpbusd_epi32(
-              _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq)), B,
-              _mm512_loadu_si512(xq + 64));
-        }
-      }
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) {
-        const __m512 f = _mm512_cvtepi32_ps(reduce4(P[0][t], P[1][t], P[2][t], P[3][t]));
-        const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
-        const __m512 KC = _mm512_loadu_ps(a.cr(t0 + t) + 16 * s);
-        acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DWo, acc[t]);
-      }
-    }
-    gemv_tail<Dec, T>(row, a, t0, ng, 4 * nsg, acc);
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
-  }
-}
-
-// MXFP4 decode (1..3 tokens), rows [r0, r1): as gemv_int (16 blocks per float
-// step), with three changes that matter on Zen 4, where this loop is bound by
-// latency and op count rather than by one port:
-//  * each group is read with two loads (DecMXFP4::load_a / codes), and the
-//    exponents of the 4 groups go straight into the order of ActQ::dxr by
-//    masked vpshufb (dword d of lane L <- block L of group d), no order4;
-//  * software pipelining: the loads, code permutes and exponents of the next
-//    super-group (the next row's first one at the end of a row) are issued
-//    before the nibble decode and dot products of the current one
-//    (MXFP4 [2048x4096], 1 thread, L2-resident: 2.54 -> 2.29 ns per 128 weights);
-//  * every row still goes through the same float operations in the same order,
-//    whatever [r0, r1) is (thread splits and expert slices agree bitwise).
-template <int T>
-void gemv_mxfp4(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a, int64_t t0,
-                float* Y, int64_t ldy) {
-  using Dec = DecMXFP4;
-  const int64_t ng = a.nb / 4, nsg = ng / 4;
-  constexpr int kGroupBytes = 4 * Dec::kBB, kSgBytes = 4 * kGroupBytes;
-  const __m512i ectl = Dec::exp_ctl();
-  __m512i zn[4], En;
-  auto fetch = [&](const uint8_t* q) {
-    En = _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (int d = 0; d < 4; ++d) {
-      const uint8_t* p = q + d * kGroupBytes;
-      const __m512i za = Dec::load_a(p);
-      En = _mm512_mask_shuffle_epi8(En, 0x000F000F000F000Full << (4 * d), za, ectl);
-      zn[d] = Dec::codes(za, p);
-    }
-  };
-  if (nsg > 0 && r0 < r1) fetch(W.row(r0));
-  for (int64_t r = r0; r < r1; ++r) {
-    __m512 acc[T];
-    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-    const uint8_t* row = W.row(r);
-    for (int64_t s = 0; s < nsg; ++s) {
-      __m512i zc[4];
-#pragma GCC unroll 4
-      for (int d = 0; d < 4; ++d) zc[d] = zn[d];
-      const __m512 DWo = Dec::scale(_mm512_castsi512_ps(En));
-      // next super-group: this row's, the next row's first, or (at the very
-      // end) this one again, unused
-      fetch(s + 1 < nsg ? row + (s + 1) * kSgBytes
-                        : (r + 1 < r1 ? W.row(r + 1) : row + s * kSgBytes));
-      __m512i P[4][T];
-#pragma GCC unroll 4
-      for (int d = 0; d < 4; ++d) {
-        const int64_t g = 4 * s + d;
-        __m512i A, B;
-        Dec::nibbles(zc[d], &A, &B);
 #pragma GCC unroll 4
         for (int t = 0; t < T; ++t) {
           const int8_t* xq = a.q(t0 + t) + 128 * g;
@@ -742,15 +699,11 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
     auto f = [&](auto R, auto T, int64_t r, int64_t t) {
       tile_int<Dec, decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
     };
-    // Decode (1..3 tokens): one row at a time, so each thread reads one
+    // Decode (1..3 tokens): one row after the other, so each thread reads one
     // contiguous stream (4 interleaved short rows halve the DRAM throughput).
-    if (n_tokens < 4 && std::is_same<Dec, DecQ4_0>::value) {
-      switch (n_tokens) {
-        case 3: gemv_split<DecQ4_0, 3>(W, r0, r1, *act, 0, Y, ldy); break;
-        case 2: gemv_split<DecQ4_0, 2>(W, r0, r1, *act, 0, Y, ldy); break;
-        default: gemv_split<DecQ4_0, 1>(W, r0, r1, *act, 0, Y, ldy); break;
-      }
-    } else if (n_tokens < 4) {
+    if (n_tokens >= 4) {
+      drive<4>(r0, r1, n_tokens, f);
+    } else if constexpr (std::is_same<Dec, DecQ8_0>::value) {
       for (int64_t r = r0; r < r1; ++r) {
         switch (n_tokens) {
           case 3: gemv_int<Dec, 3>(W, r, *act, 0, Y, ldy); break;
@@ -759,7 +712,11 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
         }
       }
     } else {
-      drive<4>(r0, r1, n_tokens, f);
+      switch (n_tokens) {
+        case 3: gemv_pipelined<Dec, 3>(W, r0, r1, *act, 0, Y, ldy); break;
+        case 2: gemv_pipelined<Dec, 2>(W, r0, r1, *act, 0, Y, ldy); break;
+        default: gemv_pipelined<Dec, 1>(W, r0, r1, *act, 0, Y, ldy); break;
+      }
     }
   };
   auto floats = [&](auto conv) {
@@ -791,17 +748,7 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
     case GGMLType::BF16: floats(ConvBF16{}); return;
     case GGMLType::Q8_0: ints(DecQ8_0{}); return;
     case GGMLType::Q4_0: ints(DecQ4_0{}); return;
-    case GGMLType::MXFP4:
-      if (n_tokens < 4) {
-        switch (n_tokens) {
-          case 3: gemv_mxfp4<3>(W, r0, r1, *act, 0, Y, ldy); break;
-          case 2: gemv_mxfp4<2>(W, r0, r1, *act, 0, Y, ldy); break;
-          default: gemv_mxfp4<1>(W, r0, r1, *act, 0, Y, ldy); break;
-        }
-        return;
-      }
-      ints(DecMXFP4{});
-      return;
+    case GGMLType::MXFP4: ints(DecMXFP4{}); return;
     case GGMLType::Q4_K: {
       auto f = [&](auto R, auto T, int64_t r, int64_t t) {
         tile_q4k<decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
