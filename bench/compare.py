@@ -6,7 +6,9 @@ the machine's memory bandwidth, on the identical synthetic V4-Flash-width GGUF.
 
 Files (bench/make_wide.py, cached in bench/.cache/): the main file has 4 layers (sliding,
 CSA, HCA, CSA) and 32 routed experts; the per-layer cost comes from files with 2 and 6
-layers (16 experts each, to keep them < 4.5 GB): (T6 - T2) / 4.
+layers (16 experts each, to keep them < 4.5 GB): (T6 - T2) / 4, both files loaded in one
+process per runtime with decode tokens alternating between them in blocks of 4 (medians),
+so that the host's bandwidth swings cancel in the difference.
 
 Each measurement runs in its own subprocess (llama.cpp in bench/.venv-llamacpp's
 python), so peak RSS is separable; both load the weights into anonymous memory
@@ -165,6 +167,22 @@ def worker(a) -> dict:
             finite &= bool(np.isfinite(lg).all())
             out["curve"] = curve
             out["decode_long_ms"] = curve[-1][1]
+    if "layers" in tasks:
+        # Per-layer cost: the 2- and 6-layer files loaded side by side in this
+        # process, decode tokens alternating between them in blocks of 4, so a
+        # swing of the host's bandwidth hits T2 and T6 alike.
+        pair = {2: rt, 6: (_PyV4 if a.worker == "pyv4" else _Llama)(a.model6, a.threads, n_ctx)}
+        logits, times = {}, {2: [], 6: []}
+        for k, r in pair.items():
+            r.reset()
+            logits[k] = r.eval(prompt[:N_SHORT_PROMPT])
+        for _ in range(a.n_decode // 4):
+            for k, r in pair.items():
+                logits[k], ts = _decode(r, logits[k], 4)
+                times[k] += ts
+        finite &= all(bool(np.isfinite(v).all()) for v in logits.values())
+        out["t2_ms"] = 1000 * statistics.median(times[2])
+        out["t6_ms"] = 1000 * statistics.median(times[6])
     if "profile" in tasks:
         out["profile"] = rt.profile(16, prompt[:N_SHORT_PROMPT])
     out["finite"] = finite
@@ -182,11 +200,12 @@ def bandwidth_probe(threads: int) -> float:
     return float(_core.read_bandwidth(512 << 20, threads, 3))
 
 
-def run_worker(runtime: str, model: Path, threads: int, tasks: list[str], n_decode: int, env_extra=None) -> dict:
+def run_worker(runtime: str, model: Path, threads: int, tasks: list[str], n_decode: int, env_extra=None,
+               model6: Path | None = None) -> dict:
     py = str(VENV_PY) if runtime == "llama" else sys.executable
     cmd = [py, str(Path(__file__).resolve()), "--worker", runtime, "--model", str(model),
            "--threads", str(threads), "--tasks", ",".join(tasks), "--n-decode", str(n_decode),
-           "--max-context", str(MAX_CONTEXT)]
+           "--max-context", str(MAX_CONTEXT)] + (["--model6", str(model6)] if model6 else [])
     env = dict(os.environ)
     env.update(env_extra or {})
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -254,12 +273,10 @@ def drive(a) -> dict:
         if a.per_layer:
             for rt in order:
                 bw = bandwidth_probe(a.threads)
-                o2 = run_worker(rt, f2, a.threads, ["short"], a.n_decode_layer)
-                o6 = run_worker(rt, f6, a.threads, ["short"], a.n_decode_layer)
-                rd[rt + "_layer"] = {"t2": o2["decode_short_ms"], "t6": o6["decode_short_ms"], "bw_gbs": bw,
-                                     "per_layer_ms": (o6["decode_short_ms"] - o2["decode_short_ms"]) / 4,
-                                     "rss6_mb": o6["rss_peak_mb"], "finite": o2["finite"] and o6["finite"]}
-                log(f"round {r} {rt:5s} per layer: T2 {o2['decode_short_ms']:.1f} T6 {o6['decode_short_ms']:.1f} "
+                o = run_worker(rt, f2, a.threads, ["layers"], a.n_decode_layer, model6=f6)
+                rd[rt + "_layer"] = {"t2": o["t2_ms"], "t6": o["t6_ms"], "bw_gbs": bw,
+                                     "per_layer_ms": (o["t6_ms"] - o["t2_ms"]) / 4, "finite": o["finite"]}
+                log(f"round {r} {rt:5s} per layer: T2 {o['t2_ms']:.1f} T6 {o['t6_ms']:.1f} "
                     f"-> {rd[rt + '_layer']['per_layer_ms']:.2f} ms/layer (bw {bw:.1f})")
         res["rounds"].append(rd)
     if a.profile:
@@ -441,7 +458,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--n-decode", type=int, default=N_DECODE)
     p.add_argument("--max-context", type=int, default=max(LONG_STEPS), help="last context step of the long runs")
-    p.add_argument("--n-decode-layer", type=int, default=32)
+    p.add_argument("--n-decode-layer", type=int, default=64, help="decode tokens per file for the per-layer cost")
     p.add_argument("--write-results", action="store_true", help="add the table to bench/RESULTS.md")
     p.add_argument("--plot", action="store_true", help="write bench/results.png")
     p.add_argument("--json", type=Path, default=None, help="raw results (default bench/.cache/compare-<date>.json)")
@@ -449,6 +466,7 @@ def main(argv=None) -> int:
     # worker mode (internal)
     p.add_argument("--worker", choices=["pyv4", "llama"])
     p.add_argument("--model")
+    p.add_argument("--model6", help="worker 'layers' task: the 6-layer file (--model: the 2-layer one)")
     p.add_argument("--tasks", default="short")
     a = p.parse_args(argv)
     global MAX_CONTEXT
