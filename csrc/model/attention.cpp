@@ -49,13 +49,16 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   }
   {
   PROF_SCOPE("attn.qk_norm_rope");
-  pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
-    for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t h = 0; h < H; ++h) {
-        float* qh = &q[(t * H + h) * d];
+  // Items: n·H query heads, then the n KV rows.
+  pool.parallel_for(n * (H + 1), 8, [&](int64_t i0, int64_t i1, int) {
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < n * H) {
+        float* qh = &q[i * d];
         rms_norm(qh, nullptr, qh, d, eps);
-        rope.apply(qh, d, pos0 + t);
+        rope.apply(qh, d, pos0 + i / H);
+        continue;
       }
+      const int64_t t = i - n * H;
       float* k = &kvr[t * d];
       rms_norm(k, w.kv_norm.data(), k, d, eps);
       rope.apply(k, d, pos0 + t);
@@ -89,14 +92,14 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     PROF_SCOPE("indexer.score");
     const float wscale = 1.0f / std::sqrt(static_cast<float>(nih));
     const float qscale = 1.0f / std::sqrt(static_cast<float>(ihd));
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t h = 0; h < nih; ++h) {
-        float* qh = &qI[(t * nih + h) * ihd];
-        rope.apply(qh, ihd, pos0 + t);
+    pool.parallel_for(n * nih, 8, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float* qh = &qI[i * ihd];
+        rope.apply(qh, ihd, pos0 + i / nih);
         round_index_query(kv.type(), qh, ihd);  // fp8: Hadamard + FP4 QAT (spec §3.6)
+        wI[i] *= wscale * qscale;
       }
-      for (int64_t h = 0; h < nih; ++h) wI[t * nih + h] *= wscale * qscale;
-    }
+    });
     // Every visible key is scored (keys are small: 68 B in fp8); only the
     // selected compressed rows are read below (offload contract). This is the
     // one part of decode that grows with the context (spec §3.6: O(T/4) keys

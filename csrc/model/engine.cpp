@@ -62,14 +62,14 @@ std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n
     attention_forward(c, L, il, rope_[il], y.data(), n, pos0, state, f.data(), pool_);
     {
       PROF_SCOPE("mhc");
-      hc_post(c, mix, f.data(), X.data(), n);
+      hc_post(c, mix, f.data(), X.data(), n, pool_);
       hc_pre(c, L.hc_ffn, X.data(), n, y.data(), mix, pool_);
       for (int64_t t = 0; t < n; ++t) rms_norm(&y[t * D], L.ffn_norm.data(), &y[t * D], D, eps);
     }
     moe_forward(c, L, il, y.data(), tokens, n, f.data(), pool_);
     {
       PROF_SCOPE("mhc");
-      hc_post(c, mix, f.data(), X.data(), n);
+      hc_post(c, mix, f.data(), X.data(), n, pool_);
     }
   }
   state.end_eval(tokens, n);

@@ -156,17 +156,22 @@ void hc_pre(const ModelConfig& c, const HyperConnWeights& w, const float* X, int
   });
 }
 
-void hc_post(const ModelConfig& c, const HyperMix& mix, const float* f, float* X, int64_t n) {
+void hc_post(const ModelConfig& c, const HyperMix& mix, const float* f, float* X, int64_t n,
+             ThreadPool& pool) {
   const int64_t hc = kHc, D = c.n_embd, W = hc * D;
-  for (int64_t t = 0; t < n; ++t) {
-    const float* post = mix.post.data() + t * hc;
-    const float* C = mix.comb.data() + t * hc * hc;
-    const float* ft = f + t * D;
-    float* x = X + t * W;
-    int64_t d = 0;
-    for (; d + kB <= D; d += kB) post_step<kB>(post, C, ft, x, D, d);
-    for (; d < D; ++d) post_step<1>(post, C, ft, x, D, d);
-  }
+  // Columns are independent and each keeps its operation order, so threads
+  // take column ranges (whole kB steps but the last) of every token.
+  pool.parallel_for(D, 16 * kB, [&](int64_t d0, int64_t d1, int) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float* post = mix.post.data() + t * hc;
+      const float* C = mix.comb.data() + t * hc * hc;
+      const float* ft = f + t * D;
+      float* x = X + t * W;
+      int64_t d = d0;
+      for (; d + kB <= d1; d += kB) post_step<kB>(post, C, ft, x, D, d);
+      for (; d < d1; ++d) post_step<1>(post, C, ft, x, D, d);
+    }
+  });
 }
 
 void hc_head(const ModelConfig& c, const ModelWeights& w, const float* X, int64_t n, float* y,

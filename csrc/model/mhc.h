@@ -26,7 +26,8 @@ void hc_pre(const ModelConfig& c, const HyperConnWeights& w, const float* X, int
             HyperMix& mix, ThreadPool& pool);
 
 // hc_post: X'_j = post_j · f + Σ_i comb_ij · X_i (sum over the FIRST index), in place on X.
-void hc_post(const ModelConfig& c, const HyperMix& mix, const float* f, float* X, int64_t n);
+void hc_post(const ModelConfig& c, const HyperMix& mix, const float* f, float* X, int64_t n,
+             ThreadPool& pool);
 
 // Final head collapse: y [n, D] = Σ_i (sigmoid(μ_i·scale + base_i) + eps) X_i.
 void hc_head(const ModelConfig& c, const ModelWeights& w, const float* X, int64_t n, float* y,
