@@ -273,6 +273,32 @@ inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
   return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
 }
 
+// GEMV tail of one row: single 4-block groups g0..ng-1, then the 1..3 remaining
+// blocks from a zero-padded copy.
+template <class Dec, int T>
+inline void gemv_tail(const uint8_t* row, const ActQ& a, int64_t t0, int64_t ng, int64_t g0,
+                      __m512 (&acc)[T]) {
+  constexpr int kGroupBytes = 4 * Dec::kBB;
+  __m512 acc1[1][T];
+  for (int t = 0; t < T; ++t) acc1[0][t] = acc[t];
+  for (int64_t g = g0; g < ng; ++g) {
+    __m512i A[1], B[1];
+    __m512 DW[1];
+    Dec::group(row + g * kGroupBytes, &A[0], &B[0], &DW[0]);
+    group_fma<1, T, true>(acc1, A, B, DW, a, t0, g);
+  }
+  if (const int rem = static_cast<int>(a.nb - 4 * ng)) {
+    alignas(64) uint8_t tmp[kGroupBytes];
+    std::memset(tmp, 0, sizeof(tmp));
+    std::memcpy(tmp, row + ng * kGroupBytes, static_cast<size_t>(rem) * Dec::kBB);
+    __m512i A[1], B[1];
+    __m512 DW[1];
+    Dec::group(tmp, &A[0], &B[0], &DW[0]);
+    group_fma<1, T, true>(acc1, A, B, DW, a, t0, ng);
+  }
+  for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
+}
+
 // Decode (1..3 tokens), one row: 16 blocks (4 quad groups) per float step. The
 // int32 lanes of the 4 groups are summed per block first (reduce4), so the
 // convert + 2 FMAs run once per 16 blocks instead of once per 4.
@@ -310,55 +336,10 @@ void gemv_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
       acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DWo, acc[t]);
     }
   }
-  for (int64_t g = 4 * nsg; g < ng; ++g) {
-    __m512i A[1], B[1];
-    __m512 DW[1];
-    Dec::group(row + g * kGroupBytes, &A[0], &B[0], &DW[0]);
-    __m512 acc1[1][T];
-    for (int t = 0; t < T; ++t) acc1[0][t] = acc[t];
-    group_fma<1, T, true>(acc1, A, B, DW, a, t0, g);
-    for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
-  }
-  if (const int rem = static_cast<int>(a.nb - 4 * ng)) {
-    alignas(64) uint8_t tmp[kGroupBytes];
-    std::memset(tmp, 0, sizeof(tmp));
-    std::memcpy(tmp, row + ng * kGroupBytes, static_cast<size_t>(rem) * Dec::kBB);
-    __m512i A[1], B[1];
-    __m512 DW[1];
-    Dec::group(tmp, &A[0], &B[0], &DW[0]);
-    __m512 acc1[1][T];
-    for (int t = 0; t < T; ++t) acc1[0][t] = acc[t];
-    group_fma<1, T, true>(acc1, A, B, DW, a, t0, ng);
-    for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
-  }
+  gemv_tail<Dec, T>(row, a, t0, ng, 4 * nsg, acc);
   for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
 }
 
-// GEMV tail of one row: single 4-block groups g0..ng-1, then the 1..3 remaining
-// blocks from a zero-padded copy (as gemv_int).
-template <class Dec, int T>
-inline void gemv_tail(const uint8_t* row, const ActQ& a, int64_t t0, int64_t ng, int64_t g0,
-                      __m512 (&acc)[T]) {
-  constexpr int kGroupBytes = 4 * Dec::kBB;
-  __m512 acc1[1][T];
-  for (int t = 0; t < T; ++t) acc1[0][t] = acc[t];
-  for (int64_t g = g0; g < ng; ++g) {
-    __m512i A[1], B[1];
-    __m512 DW[1];
-    Dec::group(row + g * kGroupBytes, &A[0], &B[0], &DW[0]);
-    group_fma<1, T, true>(acc1, A, B, DW, a, t0, g);
-  }
-  if (const int rem = static_cast<int>(a.nb - 4 * ng)) {
-    alignas(64) uint8_t tmp[kGroupBytes];
-    std::memset(tmp, 0, sizeof(tmp));
-    std::memcpy(tmp, row + ng * kGroupBytes, static_cast<size_t>(rem) * Dec::kBB);
-    __m512i A[1], B[1];
-    __m512 DW[1];
-    Dec::group(tmp, &A[0], &B[0], &DW[0]);
-    group_fma<1, T, true>(acc1, A, B, DW, a, t0, ng);
-  }
-  for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
-}
 
 // Decode (1..3 tokens), rows [r0, r1), for the decoders with fetch4 / split
 // stages (MXFP4, Q4_0): gemv_int's math (16 blocks per float step), software
