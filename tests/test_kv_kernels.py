@@ -107,3 +107,43 @@ def test_decode_fp4_exact(kernels, width):
             assert np.array_equal(got[path], want), path
             assert np.array_equal(np.signbit(got[path]), (nib & 8) != 0), path
         assert np.array_equal(got["fast"].view(np.uint32), got["reference"].view(np.uint32))
+
+
+def _fp4_records(rng, n, dim):
+    """Random FP4 index records (nibbles, then UE8M0 scales near 2^0) and their values."""
+    nib = rng.integers(0, 16, (n, dim))
+    scales = rng.integers(120, 134, (n, dim // 32))
+    rec = np.concatenate([(nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8), scales.astype(np.uint8)], axis=1)
+    vals = np.where(nib & 8, -1.0, 1.0) * E2M1[nib & 7] * np.repeat(np.exp2(scales - 127.0), 32, axis=1)
+    return rec, vals
+
+
+@pytest.mark.parametrize("nih,dim,n,pad", [(64, 128, 70, 0), (16, 64, 9, 2), (16, 32, 1, 0), (48, 256, 9, 4),
+                                           (32, 512, 3, 0)])
+def test_index_scores_fp4(nih, dim, n, pad):
+    """AVX-512 VNNI scoring straight from FP4 records equals the reference
+    (index_scores on the decoded rows) to float rounding: the block dots are exact."""
+    if not _core.isa_supported("avx512"):
+        pytest.skip("CPU without AVX-512 VNNI")
+    isa, mode = _core.active_isa(), _core.compute_mode()
+    rng = np.random.default_rng(nih + dim + n)
+    q, qv = _fp4_records(rng, nih, dim)
+    keys, kv = _fp4_records(rng, n, dim)
+    w = rng.uniform(-0.5, 1.0, nih).astype(np.float32)
+    if pad:  # records padded as RowCodec pads them (e.g. 34 -> 36 bytes)
+        q, keys = (np.pad(a, ((0, 0), (0, pad)), constant_values=0xAA) for a in (q, keys))
+    want = (np.maximum(qv @ kv.T, 0.0) * w[:, None]).sum(axis=0)
+    try:
+        _core.set_isa("avx512")
+        _core.set_compute_mode("fast")
+        got = _core.kv_index_scores_fp4(q, w, keys, dim)
+        _core.set_compute_mode("reference")
+        ref = _core.kv_index_scores(qv.astype(np.float32), w, kv.astype(np.float32))
+        with pytest.raises(ValueError, match="no FP4 scoring kernel"):
+            _core.kv_index_scores_fp4(q, w, keys, dim)
+    finally:
+        _core.set_isa(isa)
+        _core.set_compute_mode(mode)
+    scale = np.abs(qv).sum(1).max() * np.abs(kv).max() * np.abs(w).sum()
+    assert np.abs(got - want).max() <= 1e-6 * scale
+    assert np.abs(got - ref).max() <= 1e-6 * scale

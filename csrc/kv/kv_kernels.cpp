@@ -22,9 +22,13 @@ void index_scores_ref(const float* qT, const float* w, int64_t nih, int64_t dim,
   for (int64_t r = 0; r < n; ++r) {
     float s = 0.0f;
     for (int64_t h = 0; h < nih; ++h) {
-      float d = 0.0f;
-      for (int64_t i = 0; i < dim; ++i) d += qT[i * nih + h] * keys[r][i];
-      s += std::max(d, 0.0f) * w[h];
+      // In double: exact for FP4 queries and keys (their products are exact
+      // and the sums stay far below 2^53 ulps), which is what the integer
+      // kernel of kv_kernels_avx512.cpp computes; keys that tie exactly (FP4
+      // values make that common) then tie in both.
+      double d = 0.0;
+      for (int64_t i = 0; i < dim; ++i) d += static_cast<double>(qT[i * nih + h]) * keys[r][i];
+      s += std::max(static_cast<float>(d), 0.0f) * w[h];
     }
     out[r] = s;
   }
@@ -48,13 +52,16 @@ void attend_ref(const float* q, int64_t nh, int64_t d, const float* const* rows,
     for (int64_t j = 0; j < nk; ++j) axpy_ref(s[j] / denom, rows[j], oh, d);
   }
 }
-const KvKernels kRef{index_scores_ref, attend_ref, decode_fp4_row};
-const KvKernels kAvx2{avx2::index_scores, avx2::attend, avx2::decode_fp4};
+const KvKernels kRef{index_scores_ref, attend_ref, decode_fp4_row, nullptr, nullptr};
+const KvKernels kAvx2{avx2::index_scores, avx2::attend, avx2::decode_fp4, nullptr, nullptr};
+const KvKernels kAvx512{avx2::index_scores, avx2::attend, avx2::decode_fp4, avx512::fp4_query,
+                        avx512::index_scores_fp4};
 }  // namespace
 
 const KvKernels& kv_kernels_reference() { return kRef; }
 
 const KvKernels& kv_kernels() {
+  if (compute_mode() == ComputeMode::Fast && active_isa() == Isa::AVX512) return kAvx512;
   if (compute_mode() == ComputeMode::Fast && active_isa() != Isa::Scalar && isa_supported(Isa::AVX2)) {
     return kAvx2;
   }

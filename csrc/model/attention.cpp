@@ -92,11 +92,17 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     PROF_SCOPE("indexer.score");
     const float wscale = 1.0f / std::sqrt(static_cast<float>(nih));
     const float qscale = 1.0f / std::sqrt(static_cast<float>(ihd));
+    // fp8 on AVX-512: keys are scored straight from their FP4 records against
+    // the query encoded the same way (integer block dots, kv_kernels_avx512.cpp).
+    const bool fp4_keys = ic.type == KVType::FP8;
+    const bool fp4_scoring = fp4_keys && kk.index_scores_fp4 && fp4_scoring_fits(nih, ihd);
+    std::vector<uint8_t> qrec(fp4_scoring ? n * nih * ic.bytes : 0);
     pool.parallel_for(n * nih, 8, [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; ++i) {
         float* qh = &qI[i * ihd];
         rope.apply(qh, ihd, pos0 + i / nih);
         round_index_query(kv.type(), qh, ihd);  // fp8: Hadamard + FP4 QAT (spec §3.6)
+        if (fp4_scoring) ic.encode(qh, &qrec[i * ic.bytes]);
         wI[i] *= wscale * qscale;
       }
     });
@@ -107,14 +113,27 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     // scored against all heads at once, the query transposed for that.
     picked.resize(n);
     constexpr int64_t kTile = 32;
-    const bool fp4_keys = ic.type == KVType::FP8;
-    std::vector<float> scores, qT(ihd * nih), kbuf(pool.size() * kTile * ihd);
+    std::vector<float> scores, qT(fp4_scoring ? 0 : ihd * nih), kbuf(fp4_scoring ? 0 : pool.size() * kTile * ihd);
+    std::vector<uint8_t> prep(fp4_scoring ? fp4_prep_bytes(nih, ihd) : 0);
     for (int64_t t = 0; t < n; ++t) {
       const int64_t nb = (pos0 + t + 1) / ratio;
-      for (int64_t h = 0; h < nih; ++h)
-        for (int64_t i = 0; i < ihd; ++i) qT[i * nih + h] = qI[(t * nih + h) * ihd + i];
+      if (fp4_scoring) {
+        kk.fp4_query(&qrec[t * nih * ic.bytes], ic.bytes, nih, ihd, prep.data());
+      } else {
+        for (int64_t h = 0; h < nih; ++h)
+          for (int64_t i = 0; i < ihd; ++i) qT[i * nih + h] = qI[(t * nih + h) * ihd + i];
+      }
       scores.resize(nb);
       pool.parallel_for(nb, 64, [&](int64_t b0, int64_t b1, int tid) {
+        if (fp4_scoring) {
+          const uint8_t* recs[kTile];
+          for (int64_t b = b0; b < b1; b += kTile) {
+            const int64_t m = std::min(kTile, b1 - b);
+            for (int64_t j = 0; j < m; ++j) recs[j] = kv.index_rec(il, b + j);
+            kk.index_scores_fp4(prep.data(), &wI[t * nih], nih, ihd, recs, m, &scores[b]);
+          }
+          return;
+        }
         float* buf = &kbuf[tid * kTile * ihd];
         const float* keys[kTile];
         for (int64_t b = b0; b < b1; b += kTile) {

@@ -172,6 +172,26 @@ void bind_session(py::module_& m) {
       },
       py::arg("q"), py::arg("w"), py::arg("keys"));
   m.def(
+      "kv_index_scores_fp4",
+      [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> q,
+         F32Array w, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> keys, int64_t dim) {
+        const KvKernels& kk = kv_kernels();
+        if (!kk.index_scores_fp4) throw InputError("kv_index_scores_fp4: no FP4 scoring kernel for this ISA / mode");
+        const int64_t rec = dim / 2 + dim / 32;
+        if (q.ndim() != 2 || keys.ndim() != 2 || q.shape(1) < rec || keys.shape(1) < rec ||
+            w.ndim() != 1 || w.shape(0) != q.shape(0) || !fp4_scoring_fits(q.shape(0), dim))
+          throw InputError("kv_index_scores_fp4: q [heads, >= record], keys [n, >= record], w [heads]; heads % 16, dim % 32");
+        const int64_t nih = q.shape(0), n = keys.shape(0);
+        std::vector<uint8_t> prep(fp4_prep_bytes(nih, dim));
+        std::vector<float> out(n);
+        std::vector<const uint8_t*> kp(n);
+        for (int64_t r = 0; r < n; ++r) kp[r] = keys.data() + r * keys.shape(1);
+        kk.fp4_query(q.data(), q.shape(1), nih, dim, prep.data());  // rows may be padded, as RowCodec pads
+        kk.index_scores_fp4(prep.data(), w.data(), nih, dim, kp.data(), n, out.data());
+        return to_array(out);
+      },
+      py::arg("q"), py::arg("w"), py::arg("keys"), py::arg("dim"));
+  m.def(
       "kv_attend",
       [](F32Array q, F32Array rows, F32Array sinks, float scale) {
         if (q.ndim() != 2 || rows.ndim() != 2 || sinks.ndim() != 1 || sinks.shape(0) != q.shape(0) ||
