@@ -28,6 +28,96 @@ void select_topk(const float* scores, int64_t n_visible, int64_t topk, int64_t* 
   *out_n = k;
 }
 
+namespace {
+
+// The Lightning indexer of a CSA layer (spec §3.6): for each query of the
+// chunk, the top-k of its visible compressed blocks, in row order.
+std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const LayerWeights& w,
+                                                 int64_t il, const RopeTable& rope, const float* x,
+                                                 const float* qlat, int64_t n, int64_t pos0,
+                                                 KVState& kv, ThreadPool& pool) {
+  const int64_t D = c.n_embd, QL = c.q_lora_rank, ratio = w.comp.ratio;
+  const KvKernels& kk = kv_kernels();
+  const int64_t nih = c.index_n_head, ihd = c.index_head_dim;
+  const RowCodec& ic = kv.index_codec();
+  std::vector<float> qI(n * nih * ihd), wI(n * nih);
+  {
+    PROF_SCOPE("matmul.indexer");
+    const MatmulTask t[2] = {{&w.index_q_b, qlat, QL, n, qI.data(), nih * ihd},
+                             {&w.index_proj, x, D, n, wI.data(), nih}};
+    matmul_many(t, 2, pool);
+  }
+  PROF_SCOPE("indexer.score");
+  const float wscale = 1.0f / std::sqrt(static_cast<float>(nih));
+  const float qscale = 1.0f / std::sqrt(static_cast<float>(ihd));
+  // fp8 on AVX-512: keys are scored straight from their FP4 records against
+  // the query encoded the same way (integer block dots, kv_kernels_avx512.cpp).
+  const bool fp4_keys = ic.type == KVType::FP8;
+  const bool fp4_scoring = fp4_keys && kk.index_scores_fp4 && fp4_scoring_fits(nih, ihd);
+  std::vector<uint8_t> qrec(fp4_scoring ? n * nih * ic.bytes : 0);
+  pool.parallel_for(n * nih, 8, [&](int64_t i0, int64_t i1, int) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* qh = &qI[i * ihd];
+      rope.apply(qh, ihd, pos0 + i / nih);
+      round_index_query(kv.type(), qh, ihd);  // fp8: Hadamard + FP4 QAT (spec §3.6)
+      if (fp4_scoring) ic.encode(qh, &qrec[i * ic.bytes]);
+      wI[i] *= wscale * qscale;
+    }
+  });
+  // Every visible key is scored (keys are small: 68 B in fp8); only the
+  // selected compressed rows are read below (offload contract). This is the
+  // one part of decode that grows with the context (spec §3.6: O(T/4) keys
+  // per CSA layer), so keys go in tiles of kTile per thread and are scored
+  // against all heads at once (the float kernel takes the query transposed,
+  // the FP4 one its prepared layout).
+  std::vector<std::vector<int64_t>> picked(n);
+  constexpr int64_t kTile = 32;
+  std::vector<float> scores, qT(fp4_scoring ? 0 : ihd * nih), kbuf(fp4_scoring ? 0 : pool.size() * kTile * ihd);
+  std::vector<uint8_t> prep(fp4_scoring ? fp4_prep_bytes(nih, ihd) : 0);
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t nb = (pos0 + t + 1) / ratio;
+    if (fp4_scoring) {
+      kk.fp4_query(&qrec[t * nih * ic.bytes], ic.bytes, nih, ihd, prep.data());
+    } else {
+      for (int64_t h = 0; h < nih; ++h)
+        for (int64_t i = 0; i < ihd; ++i) qT[i * nih + h] = qI[(t * nih + h) * ihd + i];
+    }
+    scores.resize(nb);
+    pool.parallel_for(nb, 64, [&](int64_t b0, int64_t b1, int tid) {
+      if (fp4_scoring) {
+        const uint8_t* recs[kTile];
+        for (int64_t b = b0; b < b1; b += kTile) {
+          const int64_t m = std::min(kTile, b1 - b);
+          for (int64_t j = 0; j < m; ++j) recs[j] = kv.index_rec(il, b + j);
+          kk.index_scores_fp4(prep.data(), &wI[t * nih], nih, ihd, recs, m, &scores[b]);
+        }
+        return;
+      }
+      float* buf = &kbuf[tid * kTile * ihd];
+      const float* keys[kTile];
+      for (int64_t b = b0; b < b1; b += kTile) {
+        const int64_t m = std::min(kTile, b1 - b);
+        for (int64_t j = 0; j < m; ++j) {
+          const uint8_t* rec = kv.index_rec(il, b + j);
+          if (fp4_keys) {
+            kk.decode_fp4(rec, ihd, buf + j * ihd);
+            keys[j] = buf + j * ihd;
+          } else {
+            keys[j] = ic.view(rec, buf + j * ihd);
+          }
+        }
+        kk.index_scores(qT.data(), &wI[t * nih], nih, ihd, keys, m, &scores[b]);
+      }
+    });
+    picked[t].resize(std::min(nb, c.index_topk));
+    int64_t k = 0;
+    select_topk(scores.data(), nb, c.index_topk, picked[t].data(), &k);
+  }
+  return picked;
+}
+
+}  // namespace
+
 void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
                        const RopeTable& rope, const float* x, int64_t n, int64_t pos0,
                        KVState& kv, float* out, ThreadPool& pool) {
@@ -80,80 +170,7 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   const int64_t nb_last = ratio ? (pos0 + n) / ratio : 0;  // rows visible to the last query
   if (w.kind == AttnKind::CSA) {
     compressor_update(c, w.index_comp, rope, x, n, pos0, kv, il, /*indexer=*/true, pool);
-    const int64_t nih = c.index_n_head, ihd = c.index_head_dim;
-    const RowCodec& ic = kv.index_codec();
-    std::vector<float> qI(n * nih * ihd), wI(n * nih);
-    {
-      PROF_SCOPE("matmul.indexer");
-      const MatmulTask t[2] = {{&w.index_q_b, qlat.data(), QL, n, qI.data(), nih * ihd},
-                               {&w.index_proj, x, D, n, wI.data(), nih}};
-      matmul_many(t, 2, pool);
-    }
-    PROF_SCOPE("indexer.score");
-    const float wscale = 1.0f / std::sqrt(static_cast<float>(nih));
-    const float qscale = 1.0f / std::sqrt(static_cast<float>(ihd));
-    // fp8 on AVX-512: keys are scored straight from their FP4 records against
-    // the query encoded the same way (integer block dots, kv_kernels_avx512.cpp).
-    const bool fp4_keys = ic.type == KVType::FP8;
-    const bool fp4_scoring = fp4_keys && kk.index_scores_fp4 && fp4_scoring_fits(nih, ihd);
-    std::vector<uint8_t> qrec(fp4_scoring ? n * nih * ic.bytes : 0);
-    pool.parallel_for(n * nih, 8, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t i = i0; i < i1; ++i) {
-        float* qh = &qI[i * ihd];
-        rope.apply(qh, ihd, pos0 + i / nih);
-        round_index_query(kv.type(), qh, ihd);  // fp8: Hadamard + FP4 QAT (spec §3.6)
-        if (fp4_scoring) ic.encode(qh, &qrec[i * ic.bytes]);
-        wI[i] *= wscale * qscale;
-      }
-    });
-    // Every visible key is scored (keys are small: 68 B in fp8); only the
-    // selected compressed rows are read below (offload contract). This is the
-    // one part of decode that grows with the context (spec §3.6: O(T/4) keys
-    // per CSA layer), so keys are decoded in tiles of kTile per thread and
-    // scored against all heads at once, the query transposed for that.
-    picked.resize(n);
-    constexpr int64_t kTile = 32;
-    std::vector<float> scores, qT(fp4_scoring ? 0 : ihd * nih), kbuf(fp4_scoring ? 0 : pool.size() * kTile * ihd);
-    std::vector<uint8_t> prep(fp4_scoring ? fp4_prep_bytes(nih, ihd) : 0);
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t nb = (pos0 + t + 1) / ratio;
-      if (fp4_scoring) {
-        kk.fp4_query(&qrec[t * nih * ic.bytes], ic.bytes, nih, ihd, prep.data());
-      } else {
-        for (int64_t h = 0; h < nih; ++h)
-          for (int64_t i = 0; i < ihd; ++i) qT[i * nih + h] = qI[(t * nih + h) * ihd + i];
-      }
-      scores.resize(nb);
-      pool.parallel_for(nb, 64, [&](int64_t b0, int64_t b1, int tid) {
-        if (fp4_scoring) {
-          const uint8_t* recs[kTile];
-          for (int64_t b = b0; b < b1; b += kTile) {
-            const int64_t m = std::min(kTile, b1 - b);
-            for (int64_t j = 0; j < m; ++j) recs[j] = kv.index_rec(il, b + j);
-            kk.index_scores_fp4(prep.data(), &wI[t * nih], nih, ihd, recs, m, &scores[b]);
-          }
-          return;
-        }
-        float* buf = &kbuf[tid * kTile * ihd];
-        const float* keys[kTile];
-        for (int64_t b = b0; b < b1; b += kTile) {
-          const int64_t m = std::min(kTile, b1 - b);
-          for (int64_t j = 0; j < m; ++j) {
-            const uint8_t* rec = kv.index_rec(il, b + j);
-            if (fp4_keys) {
-              kk.decode_fp4(rec, ihd, buf + j * ihd);
-              keys[j] = buf + j * ihd;
-            } else {
-              keys[j] = ic.view(rec, buf + j * ihd);
-            }
-          }
-          kk.index_scores(qT.data(), &wI[t * nih], nih, ihd, keys, m, &scores[b]);
-        }
-      });
-      picked[t].resize(std::min(nb, c.index_topk));
-      int64_t k = 0;
-      select_topk(scores.data(), nb, c.index_topk, picked[t].data(), &k);
-    }
+    picked = indexer_select(c, w, il, rope, x, qlat.data(), n, pos0, kv, pool);
     st.touch.index_keys += nb_last;
   }
 
