@@ -11,9 +11,10 @@ tensor directory against the plan), and only then renamed onto ``OUT``. On any e
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
@@ -39,8 +40,18 @@ class OutTensor:
         return nbytes(self.type, self.shape)
 
 
-def temp_path(out: Path) -> Path:
-    return out.with_name(out.name + f".tmp-{os.getpid()}")
+@contextmanager
+def atomic_output(out: Path) -> Iterator[Path]:
+    """Yields a temporary path beside ``out``. It is renamed onto ``out`` when the block
+    completes and removed when the block raises (Ctrl-C included), so ``out`` is either
+    the complete new file or left as it was. Close any writer inside the block."""
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
 
 
 def _add_kv(w: GGUFWriter, kv: KV) -> None:
@@ -95,51 +106,42 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
         raise ConvertError(f"{out}: output path is a directory")
     if not out.parent.is_dir():
         raise ConvertError(f"{out}: output folder {out.parent} does not exist")
-    tmp = temp_path(out)
-    w = GGUFWriter(None, arch=ARCH)
-    try:
-        for kv in kvs:
-            _add_kv(w, kv)
-        for t in tensors:
-            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.type)
-        w.write_header_to_file(path=tmp)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        assert w.fout is not None
-        f = w.fout[0]
-        w.write_padding(f, f.tell())
-        total = len(tensors)
-        for i, t in enumerate(tensors):
-            want = t.nbytes
-            done = 0
-            try:
-                for chunk in t.chunks():
-                    if t.check is not None:
-                        t.check(chunk)
-                    arr = np.ascontiguousarray(encode(chunk, t.type))
-                    done += arr.nbytes
-                    if done > want:
-                        break
-                    f.write(memoryview(arr).cast("B"))
-                    del arr, chunk
-            except ConvertError as e:
-                raise ConvertError(f"tensor {t.name}: {e}") from None
-            if done != want:
-                raise ConvertError(f"tensor {t.name}: produced {done} bytes, expected {want} "
-                                   f"(shape {list(t.shape)}, {t.type.name})")
-            w.write_padding(f, want)
-            if progress is not None:
-                progress(i + 1, total, t.name, want)
-        w.close()
+    with atomic_output(out) as tmp:
+        w = GGUFWriter(None, arch=ARCH)
+        try:
+            for kv in kvs:
+                _add_kv(w, kv)
+            for t in tensors:
+                w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.type)
+            w.write_header_to_file(path=tmp)
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            assert w.fout is not None
+            f = w.fout[0]
+            w.write_padding(f, f.tell())
+            total = len(tensors)
+            for i, t in enumerate(tensors):
+                want = t.nbytes
+                done = 0
+                try:
+                    for chunk in t.chunks():
+                        if t.check is not None:
+                            t.check(chunk)
+                        arr = np.ascontiguousarray(encode(chunk, t.type))
+                        done += arr.nbytes
+                        if done > want:
+                            break
+                        f.write(memoryview(arr).cast("B"))
+                        del arr, chunk
+                except ConvertError as e:
+                    raise ConvertError(f"tensor {t.name}: {e}") from None
+                if done != want:
+                    raise ConvertError(f"tensor {t.name}: produced {done} bytes, expected {want} "
+                                       f"(shape {list(t.shape)}, {t.type.name})")
+                w.write_padding(f, want)
+                if progress is not None:
+                    progress(i + 1, total, t.name, want)
+        finally:
+            w.close()
         if verify:
             verify_gguf(tmp, tensors)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            w.close()
-        finally:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        raise

@@ -18,7 +18,7 @@ from gguf import GGUFWriter
 from .convert.config import HParams, parse_config
 from .convert.pipeline import model_metadata
 from .convert.tokenizer import tokenizer_metadata
-from .convert.writer import ARCH, _add_kv
+from .convert.writer import ARCH, _add_kv, atomic_output
 
 
 # Hyper-parameters every DeepSeek-V4 model shares (spec §1.1); the demo model
@@ -233,43 +233,39 @@ def write_random_gguf_typed(path: str | os.PathLike, config: dict, tokenizer_dir
 
     hp = parse_config(config, "synthetic config")
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     rng = np.random.default_rng(seed)
     kvs = model_metadata(hp, 0, name, RECIPES[recipe])
     if tokenizer_dir is not None:
         kvs += tokenizer_metadata(tokenizer_dir, hp.n_vocab, hp.bos_token_id, hp.eos_token_id).entries
     types = tensor_types(hp, recipe)
     layout = tensor_layout(hp)
-    w = GGUFWriter(None, arch=ARCH)
-    try:
-        for kv in kvs:
-            _add_kv(w, kv)
-        for tname, shape, _ in layout:
-            w.add_tensor_info(tname, shape, np.dtype(np.float32), nbytes(types[tname], shape),
-                              raw_dtype=types[tname])
-        w.write_header_to_file(path=tmp)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        f = w.fout[0]
-        w.write_padding(f, f.tell())
-        for i, (tname, shape, role) in enumerate(layout):
-            want, done = nbytes(types[tname], shape), 0
-            for chunk in random_blocks(rng, shape, role, hp, types[tname]):
-                chunk = np.ascontiguousarray(chunk)
-                done += chunk.nbytes
-                f.write(memoryview(chunk).cast("B"))
-            if done != want:
-                raise RuntimeError(f"{tname}: wrote {done} bytes, expected {want}")
-            w.write_padding(f, want)
-            if progress is not None:
-                progress(i + 1, len(layout), tname, want)
-        w.close()
+    with atomic_output(path) as tmp:
+        w = GGUFWriter(None, arch=ARCH)
+        try:
+            for kv in kvs:
+                _add_kv(w, kv)
+            for tname, shape, _ in layout:
+                w.add_tensor_info(tname, shape, np.dtype(np.float32), nbytes(types[tname], shape),
+                                  raw_dtype=types[tname])
+            w.write_header_to_file(path=tmp)
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            f = w.fout[0]
+            w.write_padding(f, f.tell())
+            for i, (tname, shape, role) in enumerate(layout):
+                want, done = nbytes(types[tname], shape), 0
+                for chunk in random_blocks(rng, shape, role, hp, types[tname]):
+                    chunk = np.ascontiguousarray(chunk)
+                    done += chunk.nbytes
+                    f.write(memoryview(chunk).cast("B"))
+                if done != want:
+                    raise RuntimeError(f"{tname}: wrote {done} bytes, expected {want}")
+                w.write_padding(f, want)
+                if progress is not None:
+                    progress(i + 1, len(layout), tname, want)
+        finally:
+            w.close()
         verify_gguf(tmp, [OutTensor(n, s, types[n], r, lambda: ()) for n, s, r in layout])
-        os.replace(tmp, path)
-    except BaseException:
-        w.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -278,27 +274,23 @@ def write_random_gguf(path: str | os.PathLike, config: dict, tokenizer_dir: str 
     """Writes a random-weight model for an official-style `config` dict, atomically."""
     hp = parse_config(config, "synthetic config")
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     rng = np.random.default_rng(seed)
     kvs = model_metadata(hp, 0, name, 1 if matrix_type == T.F16 else 0)
     if tokenizer_dir is not None:
         kvs += tokenizer_metadata(tokenizer_dir, hp.n_vocab, hp.bos_token_id, hp.eos_token_id).entries
-    w = GGUFWriter(str(tmp), arch=ARCH)
-    try:
-        for kv in kvs:
-            _add_kv(w, kv)
-        for tname, shape, role in tensor_layout(hp):
-            a = random_tensor(rng, shape, role, hp)
-            if a.dtype == np.float32 and len(shape) >= 2 and role not in ("hc_fn",):
-                a = a.astype(np.float16) if matrix_type == T.F16 else a
-            w.add_tensor(tname, a)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        w.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        w = GGUFWriter(str(tmp), arch=ARCH)
+        try:
+            for kv in kvs:
+                _add_kv(w, kv)
+            for tname, shape, role in tensor_layout(hp):
+                a = random_tensor(rng, shape, role, hp)
+                if a.dtype == np.float32 and len(shape) >= 2 and role not in ("hc_fn",):
+                    a = a.astype(np.float16) if matrix_type == T.F16 else a
+                w.add_tensor(tname, a)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
     return path

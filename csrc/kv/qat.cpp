@@ -109,28 +109,31 @@ float round_bf16(float v) {
 }
 uint16_t to_bf16_bits(float v) { return static_cast<uint16_t>(f32_to_bits(v) >> 16); }
 
-void act_quant_fp8(float* x, int64_t n, int64_t block) {
+namespace {
+
+// Official act_quant: per block a UE8M0 scale from the block's amax, then each
+// value clamped to ±max and rounded to the format by round_abs.
+template <class RoundAbs>
+void act_quant(float* x, int64_t n, int64_t block, float floor, float inv, float max, RoundAbs round_abs) {
   for (int64_t i0 = 0; i0 < n; i0 += block) {
     const int64_t len = std::min(block, n - i0);
-    const int e = block_scale_exp(x + i0, len, kFp8Floor, kFp8Inv);
+    const int e = block_scale_exp(x + i0, len, floor, inv);
     const float s = std::ldexp(1.0f, e);
     for (int64_t i = i0; i < i0 + len; ++i) {
-      const float y = std::clamp(x[i] / s, -kFp8Max, kFp8Max);
-      x[i] = std::copysign(round_e4m3_abs(std::fabs(y)), y) * s;
+      const float y = std::clamp(x[i] / s, -max, max);
+      x[i] = std::copysign(round_abs(std::fabs(y)), y) * s;
     }
   }
 }
 
+}  // namespace
+
+void act_quant_fp8(float* x, int64_t n, int64_t block) {
+  act_quant(x, n, block, kFp8Floor, kFp8Inv, kFp8Max, round_e4m3_abs);
+}
+
 void act_quant_fp4(float* x, int64_t n, int64_t block) {
-  for (int64_t i0 = 0; i0 < n; i0 += block) {
-    const int64_t len = std::min(block, n - i0);
-    const int e = block_scale_exp(x + i0, len, kFp4Floor, kFp4Inv);
-    const float s = std::ldexp(1.0f, e);
-    for (int64_t i = i0; i < i0 + len; ++i) {
-      const float y = std::clamp(x[i] / s, -kFp4Max, kFp4Max);
-      x[i] = std::copysign(kE2M1[e2m1_code_abs(std::fabs(y))], y) * s;
-    }
-  }
+  act_quant(x, n, block, kFp4Floor, kFp4Inv, kFp4Max, [](float a) { return kE2M1[e2m1_code_abs(a)]; });
 }
 
 void hadamard(float* x, int64_t n) {

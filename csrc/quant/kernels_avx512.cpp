@@ -273,6 +273,34 @@ inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
   return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
 }
 
+// Exact int32 dots of quad group g (codes A: elements 0..15 of its 4 blocks,
+// B: 16..31) with each token's activations, 4 lanes per block.
+template <int T>
+inline void group_dots(__m512i A, __m512i B, const ActQ& a, int64_t t0, int64_t g,
+                       __m512i (&P)[T]) {
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) {
+    const int8_t* xq = a.q(t0 + t) + 128 * g;
+    P[t] = _mm512_dpbusd_epi32(
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq)), B,
+        _mm512_loadu_si512(xq + 64));
+  }
+}
+
+// The float step of super-group s (16 blocks): acc += (dx·dot - cs)·dw, the 4
+// groups' lanes summed per block first (reduce4), DWo in the order of dxr.
+template <int T>
+inline void superblock_fma(const __m512i (&P)[4][T], __m512 DWo, const ActQ& a, int64_t t0,
+                           int64_t s, __m512 (&acc)[T]) {
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) {
+    const __m512 f = _mm512_cvtepi32_ps(reduce4(P[0][t], P[1][t], P[2][t], P[3][t]));
+    const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
+    const __m512 KC = _mm512_loadu_ps(a.cr(t0 + t) + 16 * s);
+    acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DWo, acc[t]);
+  }
+}
+
 // GEMV tail of one row: single 4-block groups g0..ng-1, then the 1..3 remaining
 // blocks from a zero-padded copy.
 template <class Dec, int T>
@@ -319,27 +347,14 @@ void gemv_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
       const uint8_t* p = row + g * kGroupBytes;
       __m512i A, B;
       Dec::group_raw(p, &A, &B, &DW[d]);
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) {
-        const int8_t* xq = a.q(t0 + t) + 128 * g;
-        P[d][t] = _mm512_dpbusd_epi32(
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq)), B,
-            _mm512_loadu_si512(xq + 64));
-      }
+      group_dots<T>(A, B, a, t0, g, P[d]);
     }
     const __m512 DWo = Dec::scale(order4(DW));
-#pragma GCC unroll 4
-    for (int t = 0; t < T; ++t) {
-      const __m512 f = _mm512_cvtepi32_ps(reduce4(P[0][t], P[1][t], P[2][t], P[3][t]));
-      const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
-      const __m512 KC = _mm512_loadu_ps(a.cr(t0 + t) + 16 * s);
-      acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DWo, acc[t]);
-    }
+    superblock_fma<T>(P, DWo, a, t0, s, acc);
   }
   gemv_tail<Dec, T>(row, a, t0, ng, 4 * nsg, acc);
   for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
 }
-
 
 // Decode (1..3 tokens), rows [r0, r1), for the decoders with fetch4 / split
 // stages (MXFP4, Q4_0): gemv_int's math (16 blocks per float step), software
@@ -379,21 +394,9 @@ void gemv_pipelined(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a
         const int64_t g = 4 * s + d;
         __m512i A, B;
         Dec::split(zc[d], &A, &B);
-#pragma GCC unroll 4
-        for (int t = 0; t < T; ++t) {
-          const int8_t* xq = a.q(t0 + t) + 128 * g;
-          P[d][t] = _mm512_dpbusd_epi32(
-              _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq)), B,
-              _mm512_loadu_si512(xq + 64));
-        }
+        group_dots<T>(A, B, a, t0, g, P[d]);
       }
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) {
-        const __m512 f = _mm512_cvtepi32_ps(reduce4(P[0][t], P[1][t], P[2][t], P[3][t]));
-        const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
-        const __m512 KC = _mm512_loadu_ps(a.cr(t0 + t) + 16 * s);
-        acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DWo, acc[t]);
-      }
+      superblock_fma<T>(P, DWo, a, t0, s, acc);
     }
     gemv_tail<Dec, T>(row, a, t0, ng, 4 * nsg, acc);
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
@@ -504,13 +507,7 @@ void gemv_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
         const __m512i B = _mm512_permutex2var_epi64(lo, idxB, hi);
         DW[d] = _mm512_permutexvar_ps(h ? idx1 : idx0, DSC);
         const int64_t g = 4 * s + d;
-#pragma GCC unroll 4
-        for (int t = 0; t < T; ++t) {
-          const int8_t* xq = a.q(t0 + t) + 128 * g;
-          P[d][t] = _mm512_dpbusd_epi32(
-              _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq)), B,
-              _mm512_loadu_si512(xq + 64));
-        }
+        group_dots<T>(A, B, a, t0, g, P[d]);
       }
     }
     const __m512 DWo = order4(DW);
