@@ -13,6 +13,9 @@ GEMM (32/128/512 tokens): int8 multiply-adds x2 per second (Gops/s), and the
 ratio of tokens/s at 128 tokens to tokens/s of the DRAM-bound GEMV. That ratio
 equals Gops/s * (weight bytes per element) / (2 * GEMV GB/s): for 4-bit types
 (~0.53-0.56 B/element) a 10x ratio needs ~36 Gops/s per GB/s of read bandwidth.
+Next to it: the int8 dot-product peak of this CPU measured in the same run
+(_core.int8_peak: independent vpdpbusd zmm chains on all threads), the GEMM's
+fraction of it, and the Gops/s a 10x ratio would need given the GEMV measured.
 """
 
 import argparse
@@ -106,8 +109,12 @@ def main():
                   f"{ratios[i]:6.2f}", flush=True)
             del raw
 
+    peak = statistics.median(_core.int8_peak(threads, 0.2) for _ in range(3))
     print("\n## GEMM (prefill), Gops/s = 2*rows*cols*tokens/s; ratio = tokens/s at 128 over GEMV tokens/s")
-    print(f"{'shape':28s} {'type':6s} {'n=32':>8s} {'n=128':>8s} {'n=512':>8s} {'ratio128':>8s}")
+    print(f"# int8 dot-product peak (vpdpbusd zmm, {threads} threads): {peak:.0f} Gops/s; "
+          "peak% = n=128 / peak; need10x = Gops/s at which ratio128 would be 10")
+    print(f"{'shape':28s} {'type':6s} {'n=32':>8s} {'n=128':>8s} {'n=512':>8s} {'ratio128':>8s} "
+          f"{'peak%':>6s} {'need10x':>8s}")
     for name, rows, cols in SHAPES[:2] + SHAPES[3:4]:
         for t in INT_TYPES + ["BF16"]:
             raw = make_weight(t, rows, cols, 1, rng)
@@ -120,8 +127,10 @@ def main():
                 out.append((2 * rows * cols * n / sec / 1e9, sec))
             g = gemv_time.get((name, t))
             ratio = (128 / out[1][1]) * g if g else float("nan")
+            need = 10 * out[1][0] / ratio if g else float("nan")
+            pct = 100 * out[1][0] / peak if peak else float("nan")
             print(f"{name:28s} {t:6s} {out[0][0]:8.0f} {out[1][0]:8.0f} {out[2][0]:8.0f} "
-                  f"{ratio:8.1f}", flush=True)
+                  f"{ratio:8.1f} {pct:6.0f} {need:8.0f}", flush=True)
     print("\n# load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
 

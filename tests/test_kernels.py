@@ -280,6 +280,15 @@ def test_read_bandwidth_positive():
     assert _core.read_bandwidth(1 << 22, 1, 2) > 0.1
 
 
+def test_int8_peak_probe():
+    # The probe of bench/kernels.py: a rate where AVX-512 VNNI exists, 0 where it does not.
+    peak = _core.int8_peak(1, 0.02)
+    if _core.isa_supported("avx512"):
+        assert peak > 1.0
+    else:
+        assert peak == 0.0
+
+
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 @pytest.mark.parametrize("tname", ["F32", "F16", "BF16"])
 def test_float_results_do_not_depend_on_batch(isa, tname):

@@ -182,6 +182,15 @@ void bind_quant(py::module_& m) {
       },
       py::arg("bytes"), py::arg("threads"), py::arg("reps") = 3,
       "Memory read bandwidth in GB/s: all threads stream one buffer of `bytes`.");
+  m.def(
+      "int8_peak",
+      [](int threads, double seconds) {
+        py::gil_scoped_release nogil;
+        return int8_peak_gops(seconds, pool_for(threads));
+      },
+      py::arg("threads"), py::arg("seconds") = 0.2,
+      "Peak int8 dot-product rate in Gops/s (multiply-adds x2) of `threads` threads running "
+      "vpdpbusd zmm; 0 without AVX-512 VNNI.");
 
   m.def("set_isa", [](const std::string& name) { set_isa(name); }, py::arg("name"),
         "Force the kernel ISA: scalar | avx2 | avx512 | auto (ValueError if unsupported).");

@@ -56,4 +56,24 @@ double read_bandwidth_gbs(size_t bytes, int reps, ThreadPool& pool) {
   return static_cast<double>(bytes) * reps / sec / 1e9;
 }
 
+double int8_peak_gops(double seconds, ThreadPool& pool) {
+  if (!isa_supported(Isa::AVX512)) return 0.0;
+  constexpr int64_t kIters = 1 << 20;  // per call: 12 * 64 * 2 ops per iteration
+  volatile uint64_t sink = 0;
+  const int n = pool.size();
+  auto spin = [&](int64_t a, int64_t b, int) {  // one unit per thread
+    for (int64_t u = a; u < b; ++u) sink = sink + qk::vnni_spin_avx512(kIters);
+  };
+  pool.parallel_for(n, 1, spin);  // warm-up (clocks ramp)
+  int64_t calls = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double sec = 0.0;
+  do {
+    pool.parallel_for(n, 1, spin);
+    ++calls;
+    sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (sec < seconds);
+  return static_cast<double>(calls) * n * kIters * 12 * 64 * 2 / sec / 1e9;
+}
+
 }  // namespace pyv4

@@ -86,6 +86,8 @@ uint64_t read_sum_avx2(const uint8_t* p, size_t bytes);
 bool act_cscale_avx512(GGMLType t, float* cscale);
 void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t ldx,
                  int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1);
+// `iters` x 12 independent vpdpbusd zmm (the int8 peak probe, bandwidth.cpp).
+uint64_t vnni_spin_avx512(int64_t iters);
 
 // ---- AVX-512 + VNNI lane-layout GEMM (gemm_lane_avx512.cpp) ----
 // Used for integer weight types when n_tokens >= lane_min_tokens(type): the

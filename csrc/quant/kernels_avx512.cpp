@@ -747,5 +747,21 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
   }
 }
 
+uint64_t vnni_spin_avx512(int64_t iters) {
+  // 12 independent accumulators: enough to cover vpdpbusd's latency on every
+  // port that issues it (Zen 4, Zen 5, Ice Lake / Sapphire Rapids).
+  __m512i acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+  __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(5);
+  for (int64_t n = 0; n < iters; ++n) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], u, v);
+    __asm__ volatile("" : "+v"(u));  // keeps the loop from being folded
+  }
+  __m512i s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_epi32(s, acc[i]);
+  return static_cast<uint32_t>(_mm512_reduce_add_epi32(s));
+}
+
 }  // namespace qk
 }  // namespace pyv4
