@@ -417,9 +417,8 @@ Each runtime runs in its own process; rounds alternate the order; a read-bandwid
 per-round pairs. Commands:
 
 ```
-bash bench/setup_llamacpp.sh                      # once, ~4 min
+bash bench/setup_llamacpp.sh                      # once, ~4 min (also installs matplotlib for the plot)
 pip install --no-build-isolation --no-deps --target /tmp/site-bench .
-bench/.venv-llamacpp/bin/pip install matplotlib   # for the plot only
 PYTHONPATH=/tmp/site-bench python bench/compare.py --write-results --plot
 ```
 
