@@ -10,4 +10,7 @@ export CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DGGML_OPEN
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 "$venv/bin/pip" install --no-binary llama-cpp-python --no-cache-dir "llama-cpp-python==0.3.36"
 "$venv/bin/pip" install matplotlib  # bench/compare.py --plot draws with it
+# The same release's sources (for llama.cpp's own converter, tests/llamacpp_peer.py convert).
+"$venv/bin/pip" download --no-binary llama-cpp-python --no-deps --no-cache-dir "llama-cpp-python==0.3.36" -d "$venv/src"
+tar -xzf "$venv/src/llama_cpp_python-0.3.36.tar.gz" -C "$venv/src"
 "$venv/bin/python" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"

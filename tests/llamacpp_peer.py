@@ -9,8 +9,8 @@
         run llama.cpp's own convert_hf_to_gguf.py (conversion/deepseek.py) on SRC_DIR,
         with the gguf-py vendored next to it.
 
-The llama.cpp sources default to the sdist unpacked at
-/tmp/lcpp/llama_cpp_python-0.3.36/vendor/llama.cpp (override with LLAMACPP_SRC).
+The llama.cpp sources default to the sdist that bench/setup_llamacpp.sh unpacks into
+bench/.venv-llamacpp/src (override with LLAMACPP_SRC).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_SRC = "/tmp/lcpp/llama_cpp_python-0.3.36/vendor/llama.cpp"
+DEFAULT_SRC = str(Path(__file__).resolve().parents[1] / "bench" / ".venv-llamacpp" / "src"
+                  / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp")
 
 
 def llamacpp_src() -> Path:

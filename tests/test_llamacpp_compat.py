@@ -28,6 +28,7 @@ pytest.importorskip("transformers")
 
 import official_fixtures as of  # noqa: E402
 import tiny_models as tm  # noqa: E402
+from llamacpp_peer import llamacpp_src  # noqa: E402
 from pyv4.convert import convert  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +123,8 @@ def test_pyv4_files_load_in_llamacpp(fx, tmp_path, recipe):
     assert mean["pyv4"]["kl"] <= mean["llamacpp"]["kl"] * 1.25 + 1e-3, mean
 
 
+@pytest.mark.skipif(not (llamacpp_src() / "convert_hf_to_gguf.py").is_file(),
+                    reason="llama.cpp sources missing (bench/setup_llamacpp.sh unpacks them)")
 def test_llamacpp_converter_file_in_pyv4(fx, tmp_path):
     lc = tmp_path / "lcpp.gguf"
     r = subprocess.run([PY, str(PEER), "convert", str(fx["root"] / "official"), str(lc),

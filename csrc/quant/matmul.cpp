@@ -65,10 +65,33 @@ uint8_t* scratch_bytes(size_t bytes) {
 
 namespace {
 
+// A growable buffer whose data starts on a cache line: the kernels read the
+// activations in 64-byte vectors, and a vector split across two lines costs
+// two L1 accesses (std::vector's malloc alignment is 16: aligning the buffers
+// made the 128-token lane GEMM 15-25 % faster on Zen 5, 2 threads).
+template <class T>
+class LineBuffer {
+ public:
+  size_t size() const { return n_; }
+  void resize(size_t n) {
+    if (n <= n_) return;
+    raw_.resize(n * sizeof(T) + 64);
+    n_ = n;
+  }
+  T* data() {
+    uint8_t* p = raw_.data();
+    return reinterpret_cast<T*>(p + (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64);
+  }
+
+ private:
+  std::vector<uint8_t> raw_;
+  size_t n_ = 0;
+};
+
 // Per-thread scratch for the quantized activations; grows once, never shrinks.
 struct ActScratch {
-  std::vector<int8_t> qs;
-  std::vector<float> dx, cs, dxr, csr;
+  LineBuffer<int8_t> qs;
+  LineBuffer<float> dx, cs, dxr, csr;
 };
 
 struct Job {
@@ -95,7 +118,7 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
 
 // Fills job (and the activation scratch s) for one call.
 void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
-             int64_t ldy, Job* job, qk::ActQ* act, ActScratch& s) {
+             int64_t ldy, Job* job, qk::ActQ* act, ActScratch& s, ThreadPool* pool) {
   if (!is_matmul_type(W.type))
     throw FormatError(std::string("matmul: ") + type_name(W.type) + " is not a weight type");
   const Isa isa = active_isa();
@@ -131,8 +154,20 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   const int64_t nbr = (nb + 15) & ~int64_t(15);
   const size_t nr = static_cast<size_t>(n_tokens * nbr);
   if (quad && s.dxr.size() < nr) s.dxr.resize(nr), s.csr.resize(nr);
-  qk::quantize_act_avx2(X, ldx, n_tokens, W.cols, cscale, layout, s.qs.data(), s.dx.data(),
-                        s.cs.data(), quad ? s.dxr.data() : nullptr, quad ? s.csr.data() : nullptr);
+  // Tokens are quantized independently: a prefill chunk splits them across the
+  // pool (serially, this took ~7 % of a 128-token GEMM on 2 threads).
+  int8_t* qs = s.qs.data();
+  float *dx = s.dx.data(), *cs = s.cs.data();
+  float *dxr = quad ? s.dxr.data() : nullptr, *csr = quad ? s.csr.data() : nullptr;
+  auto quantize_tokens = [&](int64_t t0, int64_t t1, int) {
+    qk::quantize_act_avx2(X + t0 * ldx, ldx, t1 - t0, W.cols, cscale, layout, qs + t0 * nb_pad * 32,
+                          dx + t0 * nb_pad, cs + t0 * nb_pad, dxr ? dxr + t0 * nbr : nullptr,
+                          csr ? csr + t0 * nbr : nullptr);
+  };
+  if (pool && pool->size() > 1 && n_tokens >= 8)
+    pool->parallel_for(n_tokens, 1, quantize_tokens);
+  else
+    quantize_tokens(0, n_tokens, 0);
   act->dxr = quad ? s.dxr.data() : nullptr;
   act->csr = quad ? s.csr.data() : nullptr;
   act->nbr = nbr;
@@ -155,7 +190,7 @@ void matmul_serial(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n
   Job job;
   qk::ActQ act;
   thread_local ActScratch s;
-  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act, s);
+  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act, s, nullptr);
   run_rows(job, 0, W.rows);
 }
 
@@ -165,7 +200,7 @@ void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens
   Job job;
   qk::ActQ act;
   thread_local ActScratch s;
-  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act, s);
+  prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act, s, &pool);
   pool.parallel_for(W.rows, 16, [&job](int64_t r0, int64_t r1, int) { run_rows(job, r0, r1); });
 }
 
@@ -199,7 +234,7 @@ void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool) {
       jobs[i].Y = t.Y;
       jobs[i].ldy = t.ldy;
     } else {
-      prepare(*t.W, t.X, t.ldx, t.n_tokens, t.Y, t.ldy, &jobs[i], &acts[i], scratch[i]);
+      prepare(*t.W, t.X, t.ldx, t.n_tokens, t.Y, t.ldy, &jobs[i], &acts[i], scratch[i], &pool);
     }
     units += t.W->rows * t.n_tokens;
     max_tokens = std::max(max_tokens, t.n_tokens);
