@@ -1,9 +1,10 @@
-"""KV kernels (csrc/kv/kv_kernels.*): the fast AVX2 kernels against the plain
-reference loops and against float64 numpy.
+"""KV kernels (csrc/kv/kv_kernels.*): the fast AVX2 (and, where the CPU has it,
+AVX-512) kernels against the plain reference loops and against float64 numpy.
 
 * attend: softmax attention of a token's heads over shared rows with the
   per-head sink in the denominator (spec §3.4); fast vs reference to 1e-5 of
-  the output scale, both vs float64 numpy.
+  the output scale, both vs float64 numpy, also with logits spread over
+  hundreds (underflowing exponentials, sink-dominated heads).
 * index_scores: Σ_h w_h·ReLU(q_h·k) over keys (spec §3.6); same tolerances.
 * decode_fp4: exact, so fast and reference agree bit for bit (signed zeros
   included) and equal the value table times the UE8M0 scale.
@@ -27,9 +28,10 @@ def kernels():
             _core.set_isa("auto")
             _core.set_compute_mode("reference")
         else:
-            if not _core.isa_supported("avx2"):
-                pytest.skip("CPU without AVX2")
-            _core.set_isa("avx2")
+            isa = "avx2" if path == "fast" else path
+            if not _core.isa_supported(isa):
+                pytest.skip(f"CPU without {isa}")
+            _core.set_isa(isa)
             _core.set_compute_mode("fast")
 
     yield use
@@ -55,14 +57,33 @@ def test_attend(kernels, nh, d, nk):
     scale = 1.0 / np.sqrt(d)
     want = _attend_numpy(q, rows, sinks, scale)
     out = {}
-    for path in ("reference", "fast"):
+    paths = ["reference", "fast"] + (["avx512"] if _core.isa_supported("avx512") else [])
+    for path in paths:
         kernels(path)
         out[path] = _core.kv_attend(q, rows, sinks, scale).reshape(nh, d)
         tol = 1e-5 * max(1.0, np.abs(rows).max(initial=0.0))
         assert np.abs(out[path] - want).max() <= tol, path
-    assert np.abs(out["fast"] - out["reference"]).max() <= 1e-5 * max(1.0, np.abs(rows).max(initial=0.0))
-    if nk == 0:
-        assert not out["fast"].any()  # only the sink: no row contributes
+    for path in paths[1:]:
+        assert np.abs(out[path] - out["reference"]).max() <= 1e-5 * max(1.0, np.abs(rows).max(initial=0.0))
+        if nk == 0:
+            assert not out[path].any()  # only the sink: no row contributes
+
+
+@pytest.mark.parametrize("spread", [30.0, 300.0])
+def test_attend_wide_logits(kernels, spread):
+    # Logits spread over hundreds: most exponentials underflow to (near) zero, and
+    # for some heads the sink dominates; the SIMD exp must agree with libm there.
+    rng = np.random.default_rng(int(spread))
+    nh, d, nk = 8, 512, 200
+    q = (rng.standard_normal((nh, d)) * spread / np.sqrt(d)).astype(np.float32)
+    rows = rng.standard_normal((nk, d)).astype(np.float32)
+    sinks = (rng.standard_normal(nh) * spread).astype(np.float32)
+    want = _attend_numpy(q, rows, sinks, 1.0)
+    paths = ["reference", "fast"] + (["avx512"] if _core.isa_supported("avx512") else [])
+    for path in paths:
+        kernels(path)
+        got = _core.kv_attend(q, rows, sinks, 1.0).reshape(nh, d)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(rows).max(), path
 
 
 @pytest.mark.parametrize("nih,dim,n", [(64, 128, 513), (12, 64, 7), (8, 32, 1), (3, 40, 2)])

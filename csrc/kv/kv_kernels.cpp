@@ -54,7 +54,7 @@ void attend_ref(const float* q, int64_t nh, int64_t d, const float* const* rows,
 }
 const KvKernels kRef{index_scores_ref, attend_ref, decode_fp4_row, nullptr, nullptr};
 const KvKernels kAvx2{avx2::index_scores, avx2::attend, avx2::decode_fp4, nullptr, nullptr};
-const KvKernels kAvx512{avx2::index_scores, avx2::attend, avx2::decode_fp4, avx512::fp4_query,
+const KvKernels kAvx512{avx2::index_scores, avx512::attend, avx2::decode_fp4, avx512::fp4_query,
                         avx512::index_scores_fp4};
 }  // namespace
 

@@ -62,6 +62,8 @@ void decode_fp4(const uint8_t* src, int64_t width, float* row);
 }  // namespace avx2
 
 namespace avx512 {
+void attend(const float* q, int64_t nh, int64_t d, const float* const* rows, int64_t nk,
+            const float* sinks, float scale, float* p, float* out);
 void fp4_query(const uint8_t* q_recs, int64_t stride, int64_t nih, int64_t dim, uint8_t* prep);
 void index_scores_fp4(const uint8_t* prep, const float* w, int64_t nih, int64_t dim,
                       const uint8_t* const* keys, int64_t n, float* out);
