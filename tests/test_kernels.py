@@ -297,7 +297,7 @@ def test_float_results_do_not_depend_on_batch(isa, tname):
     if not _core.isa_supported(isa):
         pytest.skip(f"{isa} not supported by this CPU")
     rng = np.random.default_rng(5)
-    rows, cols = 37, 200  # 200 = 3 x 64 + 8: every tail path
+    rows, cols = 37, 232  # 232 = 3 x 64 + 2 x 16 + 8: every tail path; 37 rows: tiles of 4 + 1
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     raw = {"F32": w, "F16": w.astype(np.float16), "BF16": (w.view(np.uint32) >> 16).astype(np.uint16)}[tname]
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
