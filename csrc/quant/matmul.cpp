@@ -53,18 +53,6 @@ void reference_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t 
   }
 }
 
-}  // namespace
-
-namespace qk {
-uint8_t* scratch_bytes(size_t bytes) {
-  thread_local std::vector<uint8_t> buf;
-  if (buf.size() < bytes + 64) buf.resize(bytes + 64);
-  return buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
-}
-}  // namespace qk
-
-namespace {
-
 // A growable buffer whose data starts on a cache line: the kernels read the
 // activations in 64-byte vectors, and a vector split across two lines costs
 // two L1 accesses (std::vector's malloc alignment is 16: aligning the buffers
@@ -87,6 +75,19 @@ class LineBuffer {
   std::vector<uint8_t> raw_;
   size_t n_ = 0;
 };
+
+}  // namespace
+
+namespace qk {
+uint8_t* scratch_bytes(size_t bytes) {
+  thread_local LineBuffer<uint8_t> buf;
+  buf.resize(bytes);
+  return buf.data();
+}
+}  // namespace qk
+
+namespace {
+
 
 // Per-thread scratch for the quantized activations; grows once, never shrinks.
 struct ActScratch {
