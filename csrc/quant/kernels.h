@@ -89,6 +89,12 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
 // `iters` x 12 independent vpdpbusd zmm (the int8 peak probe, bandwidth.cpp).
 uint64_t vnni_spin_avx512(int64_t iters);
 
+// ---- AVX-512 float-weight GEMV / GEMM (gemm_float_avx512.cpp) ----
+// Y[t, r] for r in [r0, r1) with F32 / F16 / BF16 weights; every (row, token)
+// dot is summed in one fixed order whatever the batch (decode = prefill).
+void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens,
+                       float* Y, int64_t ldy, int64_t r0, int64_t r1);
+
 // ---- AVX-512 + VNNI lane-layout GEMM (gemm_lane_avx512.cpp) ----
 // Used for integer weight types when n_tokens >= lane_min_tokens(type): the
 // weight repacking costs about 4 tokens' worth of multiply-adds per row, so the

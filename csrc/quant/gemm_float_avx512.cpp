@@ -1,0 +1,221 @@
+// AVX-512 GEMV / GEMM for float weights (F32, F16, BF16): fp32 FMA dots, no
+// activation quantization. Called from gemm_avx512 (kernels_avx512.cpp) only
+// when CPUID and XCR0 allow AVX-512; anonymous namespace, no library templates
+// (CMakeLists.txt checks the object for merged symbols).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "quant/kernels.h"
+
+namespace pyv4 {
+namespace qk {
+namespace {
+
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+template <int N>
+using IC = std::integral_constant<int, N>;
+
+struct ConvF32 {
+  static constexpr int kBytes = 4;
+  static inline __m512 load16(const uint8_t* p) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+  static inline __m512 load_masked(const uint8_t* p, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(p));
+  }
+};
+struct ConvF16 {
+  static constexpr int kBytes = 2;
+  static inline __m512 load16(const uint8_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static inline __m512 load_masked(const uint8_t* p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+  }
+};
+struct ConvBF16 {
+  static constexpr int kBytes = 2;
+  static inline __m512 widen(__m256i v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  }
+  static inline __m512 load16(const uint8_t* p) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static inline __m512 load_masked(const uint8_t* p, __mmask16 m) {
+    return widen(_mm256_maskz_loadu_epi16(m, p));
+  }
+};
+
+// Decode (1..3 tokens), one row: the reference order of every float dot here,
+// 4 FMA chains over 64-element steps, a 16-element tail on chain 0, a masked
+// tail on chain 1, then (c0+c1)+(c2+c3). tile_float_chains (prefill) computes
+// the same sums, so a token's result does not depend on which other tokens
+// share the call: chunked prefill, decode and re-evaluation after truncate
+// agree bitwise. One contiguous row stream per thread (4 interleaved short
+// rows halve the DRAM throughput). No software prefetch: on a single
+// contiguous float stream the hardware prefetcher does better (BF16 head, 2
+// threads: Zen 4 46 GB/s without, 36 with a 4 KB distance).
+template <class Conv, int T>
+void gemv_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
+                float* Y, int64_t ldy) {
+  constexpr int R = 1;
+  __m512 acc[R][T][4];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t)
+      for (int u = 0; u < 4; ++u) acc[i][t][u] = _mm512_setzero_ps();
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const float* xs[T];
+  for (int t = 0; t < T; ++t) xs[t] = X + (t0 + t) * ldx;
+  const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
+  for (int64_t k = 0; k < n64; k += 64) {
+    __m512 w[R][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* p = rows[i] + k * Conv::kBytes;
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) w[i][u] = Conv::load16(p + 16 * u * Conv::kBytes);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const __m512 x = _mm512_loadu_ps(xs[t] + k + 16 * u);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) acc[i][t][u] = _mm512_fmadd_ps(w[i][u], x, acc[i][t][u]);
+      }
+  }
+  for (int64_t k = n64; k < n16; k += 16) {
+    for (int i = 0; i < R; ++i) {
+      const __m512 w = Conv::load16(rows[i] + k * Conv::kBytes);
+      for (int t = 0; t < T; ++t)
+        acc[i][t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs[t] + k), acc[i][t][0]);
+    }
+  }
+  if (n16 < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - n16)) - 1u);
+    for (int i = 0; i < R; ++i) {
+      const __m512 w = Conv::load_masked(rows[i] + n16 * Conv::kBytes, m);
+      for (int t = 0; t < T; ++t)
+        acc[i][t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, xs[t] + n16), acc[i][t][1]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t)
+      Y[(t0 + t) * ldy + r + i] = hsum(_mm512_add_ps(_mm512_add_ps(acc[i][t][0], acc[i][t][1]),
+                                                     _mm512_add_ps(acc[i][t][2], acc[i][t][3])));
+}
+
+// Prefill with float weights, R rows x T tokens: exactly gemv_float's
+// arithmetic per (row, token) (chains u = 0..3 over 64-element steps, the
+// 16-element tail on chain 0, the masked tail on chain 1, (c0+c1)+(c2+c3)),
+// but one chain at a time, so the registers hold R*T accumulators instead of
+// 4*R*T: 4 rows x 6 tokens reuse each loaded vector 4 or 6 times (gemv_float's
+// 2 x 2 tile: twice, ~55-100 Gops/s, bound by loads from L2).
+template <class Conv, int R, int T>
+void tile_float_chains(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
+                       float* Y, int64_t ldy) {
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const float* xs[T];
+  for (int t = 0; t < T; ++t) xs[t] = X + (t0 + t) * ldx;
+  const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
+  alignas(64) float part[4][R][T][16];
+  for (int u = 0; u < 4; ++u) {
+    __m512 acc[R][T];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+    for (int64_t k = 16 * u; k < n64; k += 64) {
+      __m512 w[R];
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) w[i] = Conv::load16(rows[i] + k * Conv::kBytes);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const __m512 x = _mm512_loadu_ps(xs[t] + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(w[i], x, acc[i][t]);
+      }
+    }
+    if (u == 0) {
+      for (int64_t k = n64; k < n16; k += 16)
+        for (int i = 0; i < R; ++i) {
+          const __m512 w = Conv::load16(rows[i] + k * Conv::kBytes);
+          for (int t = 0; t < T; ++t) acc[i][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs[t] + k), acc[i][t]);
+        }
+    }
+    if (u == 1 && n16 < n) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - n16)) - 1u);
+      for (int i = 0; i < R; ++i) {
+        const __m512 w = Conv::load_masked(rows[i] + n16 * Conv::kBytes, m);
+        for (int t = 0; t < T; ++t)
+          acc[i][t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, xs[t] + n16), acc[i][t]);
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) _mm512_store_ps(part[u][i][t], acc[i][t]);
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      const __m512 c01 = _mm512_add_ps(_mm512_load_ps(part[0][i][t]), _mm512_load_ps(part[1][i][t]));
+      const __m512 c23 = _mm512_add_ps(_mm512_load_ps(part[2][i][t]), _mm512_load_ps(part[3][i][t]));
+      Y[(t0 + t) * ldy + r + i] = hsum(_mm512_add_ps(c01, c23));
+    }
+}
+
+template <class Conv>
+void gemm_float(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
+                int64_t ldy, int64_t r0, int64_t r1) {
+  if (n_tokens < 4) {
+    for (int64_t r = r0; r < r1; ++r) {
+      switch (n_tokens) {
+        case 3: gemv_float<Conv, 3>(W, r, X, ldx, 0, Y, ldy); break;
+        case 2: gemv_float<Conv, 2>(W, r, X, ldx, 0, Y, ldy); break;
+        default: gemv_float<Conv, 1>(W, r, X, ldx, 0, Y, ldy); break;
+      }
+    }
+    return;
+  }
+  // Prefill: panels of rows (~512 KB of weights, kept in L2) times tiles of 6
+  // tokens, each panel's rows in tiles of 4 (tile_float_chains).
+  const int64_t P = std::max<int64_t>(
+      4, std::min<int64_t>(64, (int64_t(512) << 10) / (W.cols * Conv::kBytes)) & ~int64_t(3));
+  for (int64_t p0 = r0; p0 < r1; p0 += P) {
+    const int64_t p1 = std::min(r1, p0 + P);
+    for (int64_t t = 0; t < n_tokens; t += 6) {
+      auto rows = [&](auto TT) {
+        constexpr int Tn = decltype(TT)::value;
+        int64_t r = p0;
+        for (; r + 4 <= p1; r += 4) tile_float_chains<Conv, 4, Tn>(W, r, X, ldx, t, Y, ldy);
+        for (; r < p1; ++r) tile_float_chains<Conv, 1, Tn>(W, r, X, ldx, t, Y, ldy);
+      };
+      switch (std::min<int64_t>(6, n_tokens - t)) {
+        case 6: rows(IC<6>{}); break;
+        case 5: rows(IC<5>{}); break;
+        case 4: rows(IC<4>{}); break;
+        case 3: rows(IC<3>{}); break;
+        case 2: rows(IC<2>{}); break;
+        default: rows(IC<1>{}); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens,
+                       float* Y, int64_t ldy, int64_t r0, int64_t r1) {
+  switch (W.type) {
+    case GGMLType::F32: gemm_float<ConvF32>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::F16: gemm_float<ConvF16>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::BF16: gemm_float<ConvBF16>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
+    default: return;
+  }
+}
+
+}  // namespace qk
+}  // namespace pyv4
