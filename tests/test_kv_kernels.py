@@ -39,6 +39,10 @@ def kernels():
     _core.set_compute_mode(mode)
 
 
+# attend has an AVX-512 kernel of its own beside the AVX2 one ("fast").
+ATTEND_PATHS = ["reference", "fast"] + (["avx512"] if _core.isa_supported("avx512") else [])
+
+
 def _attend_numpy(q, rows, sinks, scale):
     q, rows = q.astype(np.float64), rows.astype(np.float64)
     logits = q @ rows.T * scale
@@ -57,13 +61,12 @@ def test_attend(kernels, nh, d, nk):
     scale = 1.0 / np.sqrt(d)
     want = _attend_numpy(q, rows, sinks, scale)
     out = {}
-    paths = ["reference", "fast"] + (["avx512"] if _core.isa_supported("avx512") else [])
-    for path in paths:
+    for path in ATTEND_PATHS:
         kernels(path)
         out[path] = _core.kv_attend(q, rows, sinks, scale).reshape(nh, d)
         tol = 1e-5 * max(1.0, np.abs(rows).max(initial=0.0))
         assert np.abs(out[path] - want).max() <= tol, path
-    for path in paths[1:]:
+    for path in ATTEND_PATHS[1:]:
         assert np.abs(out[path] - out["reference"]).max() <= 1e-5 * max(1.0, np.abs(rows).max(initial=0.0))
         if nk == 0:
             assert not out[path].any()  # only the sink: no row contributes
@@ -79,8 +82,7 @@ def test_attend_wide_logits(kernels, spread):
     rows = rng.standard_normal((nk, d)).astype(np.float32)
     sinks = (rng.standard_normal(nh) * spread).astype(np.float32)
     want = _attend_numpy(q, rows, sinks, 1.0)
-    paths = ["reference", "fast"] + (["avx512"] if _core.isa_supported("avx512") else [])
-    for path in paths:
+    for path in ATTEND_PATHS:
         kernels(path)
         got = _core.kv_attend(q, rows, sinks, 1.0).reshape(nh, d)
         assert np.abs(got - want).max() <= 1e-5 * np.abs(rows).max(), path

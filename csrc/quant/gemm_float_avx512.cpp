@@ -61,52 +61,35 @@ struct ConvBF16 {
 template <class Conv, int T>
 void gemv_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
                 float* Y, int64_t ldy) {
-  constexpr int R = 1;
-  __m512 acc[R][T][4];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t)
-      for (int u = 0; u < 4; ++u) acc[i][t][u] = _mm512_setzero_ps();
-  const uint8_t* rows[R];
-  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  __m512 acc[T][4];
+  for (int t = 0; t < T; ++t)
+    for (int u = 0; u < 4; ++u) acc[t][u] = _mm512_setzero_ps();
+  const uint8_t* row = W.row(r);
   const float* xs[T];
   for (int t = 0; t < T; ++t) xs[t] = X + (t0 + t) * ldx;
   const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
   for (int64_t k = 0; k < n64; k += 64) {
-    __m512 w[R][4];
+    __m512 w[4];
 #pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) {
-      const uint8_t* p = rows[i] + k * Conv::kBytes;
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) w[i][u] = Conv::load16(p + 16 * u * Conv::kBytes);
-    }
+    for (int u = 0; u < 4; ++u) w[u] = Conv::load16(row + (k + 16 * u) * Conv::kBytes);
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t)
 #pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) {
-        const __m512 x = _mm512_loadu_ps(xs[t] + k + 16 * u);
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) acc[i][t][u] = _mm512_fmadd_ps(w[i][u], x, acc[i][t][u]);
-      }
+      for (int u = 0; u < 4; ++u) acc[t][u] = _mm512_fmadd_ps(w[u], _mm512_loadu_ps(xs[t] + k + 16 * u), acc[t][u]);
   }
   for (int64_t k = n64; k < n16; k += 16) {
-    for (int i = 0; i < R; ++i) {
-      const __m512 w = Conv::load16(rows[i] + k * Conv::kBytes);
-      for (int t = 0; t < T; ++t)
-        acc[i][t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs[t] + k), acc[i][t][0]);
-    }
+    const __m512 w = Conv::load16(row + k * Conv::kBytes);
+    for (int t = 0; t < T; ++t) acc[t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs[t] + k), acc[t][0]);
   }
   if (n16 < n) {
     const __mmask16 m = static_cast<__mmask16>((1u << (n - n16)) - 1u);
-    for (int i = 0; i < R; ++i) {
-      const __m512 w = Conv::load_masked(rows[i] + n16 * Conv::kBytes, m);
-      for (int t = 0; t < T; ++t)
-        acc[i][t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, xs[t] + n16), acc[i][t][1]);
-    }
-  }
-  for (int i = 0; i < R; ++i)
+    const __m512 w = Conv::load_masked(row + n16 * Conv::kBytes, m);
     for (int t = 0; t < T; ++t)
-      Y[(t0 + t) * ldy + r + i] = hsum(_mm512_add_ps(_mm512_add_ps(acc[i][t][0], acc[i][t][1]),
-                                                     _mm512_add_ps(acc[i][t][2], acc[i][t][3])));
+      acc[t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, xs[t] + n16), acc[t][1]);
+  }
+  for (int t = 0; t < T; ++t)
+    Y[(t0 + t) * ldy + r] = hsum(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
+                                               _mm512_add_ps(acc[t][2], acc[t][3])));
 }
 
 // Prefill with float weights, R rows x T tokens: exactly gemv_float's

@@ -60,7 +60,6 @@ void reference_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t 
 template <class T>
 class LineBuffer {
  public:
-  size_t size() const { return n_; }
   void resize(size_t n) {
     if (n <= n_) return;
     raw_.resize(n * sizeof(T) + 64);
@@ -87,7 +86,6 @@ uint8_t* scratch_bytes(size_t bytes) {
 }  // namespace qk
 
 namespace {
-
 
 // Per-thread scratch for the quantized activations; grows once, never shrinks.
 struct ActScratch {
@@ -149,12 +147,13 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   const int64_t nb = W.cols / 32, nb_pad = qk::act_nb_pad(nb, layout);
   const size_t nq = static_cast<size_t>(n_tokens * nb_pad * 32);
   const size_t nf = static_cast<size_t>(n_tokens * nb_pad);
-  if (s.qs.size() < nq) s.qs.resize(nq);
-  if (s.dx.size() < nf) s.dx.resize(nf), s.cs.resize(nf);
+  s.qs.resize(nq);  // LineBuffer grows only
+  s.dx.resize(nf);
+  s.cs.resize(nf);
   const bool quad = layout == qk::ActLayout::Quad;
   const int64_t nbr = (nb + 15) & ~int64_t(15);
   const size_t nr = static_cast<size_t>(n_tokens * nbr);
-  if (quad && s.dxr.size() < nr) s.dxr.resize(nr), s.csr.resize(nr);
+  if (quad) s.dxr.resize(nr), s.csr.resize(nr);
   // Tokens are quantized independently: a prefill chunk splits them across the
   // pool (serially, this took ~7 % of a 128-token GEMM on 2 threads).
   int8_t* qs = s.qs.data();
@@ -169,16 +168,16 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
     pool->parallel_for(n_tokens, 1, quantize_tokens);
   else
     quantize_tokens(0, n_tokens, 0);
-  act->dxr = quad ? s.dxr.data() : nullptr;
-  act->csr = quad ? s.csr.data() : nullptr;
+  act->dxr = dxr;
+  act->csr = csr;
   act->nbr = nbr;
   act->layout = layout;
   act->n_tokens = n_tokens;
   act->nb = nb;
   act->nb_pad = nb_pad;
-  act->qs = s.qs.data();
-  act->dx = s.dx.data();
-  act->cs = s.cs.data();
+  act->qs = qs;
+  act->dx = dx;
+  act->cs = cs;
   job->act = act;
 }
 
