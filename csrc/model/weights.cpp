@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 #include "gguf/gguf_file.h"
+#include "quant/split_layout.h"
 
 namespace pyv4 {
 
@@ -87,6 +88,26 @@ CompressorWeights compressor(const Binder& b, int64_t il, const char* prefix, in
   return w;
 }
 
+// Every matrix the matmul kernels read (not token_embd), after binding and
+// validation succeeded: a bad file fails before any copy is made.
+void split_matrices(ModelWeights& m) {
+  std::vector<WeightMatrix*> all = {&m.output, &m.hc_head_fn};
+  for (LayerWeights& L : m.layers) {
+    for (WeightMatrix* w : {&L.hc_attn.fn, &L.hc_ffn.fn, &L.wq_a, &L.wq_b, &L.wkv, &L.wo_a,
+                            &L.wo_b, &L.comp.kv, &L.comp.gate, &L.index_comp.kv,
+                            &L.index_comp.gate, &L.index_q_b, &L.index_proj, &L.router,
+                            &L.gate_exps, &L.up_exps, &L.down_exps, &L.gate_sh, &L.up_sh,
+                            &L.down_sh})
+      all.push_back(w);
+  }
+  for (WeightMatrix* w : all) {
+    if (!w->data || !split::fits(w->type, w->cols)) continue;
+    WeightMatrix s;
+    m.split_copies.push_back(split::split_copy(*w, &s, /*release_source=*/true));
+    *w = s;
+  }
+}
+
 }  // namespace
 
 ModelWeights ModelWeights::load(const GGUFFile& f, ModelConfig& c) {
@@ -156,6 +177,7 @@ ModelWeights ModelWeights::load(const GGUFFile& f, ModelConfig& c) {
       L.down_sh = b.matrix(blk(il, "ffn_down_shexp.weight"), D, F);
     }
   }
+  if (split::enabled() && active_isa() == Isa::AVX512 && !f.resident()) split_matrices(m);
   return m;
 }
 

@@ -1,10 +1,12 @@
 // The model's tensors, bound by name from the GGUF (llama.cpp `deepseek4`
 // names, spec §10) and checked against the config once at load: every later
-// access is a plain pointer. Large matrices stay in the mmap; small vectors
-// (norms, biases, mHC base/scale, sinks, ape) are decoded to fp32 here.
+// access is a plain pointer. Large matrices stay in the mmap, or are copied
+// once into the split layout (quant/split_layout.h); small vectors (norms,
+// biases, mHC base/scale, sinks, ape) are decoded to fp32 here.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "model/config.h"
@@ -55,9 +57,14 @@ struct ModelWeights {
   WeightMatrix hc_head_fn;        // [hc, hc*D]
   Vec hc_head_base, hc_head_scale;
   std::vector<LayerWeights> layers;
+  std::vector<std::shared_ptr<uint8_t>> split_copies;  // owners of the split matrices
 
   // Binds and validates every tensor of the main model (MTP tensors are
-  // left for the MTP path). Sets cfg.n_vocab from token_embd if unset.
+  // left for the MTP path). Sets cfg.n_vocab from token_embd if unset. Then,
+  // when the AVX-512 kernels are active and split::enabled(), copies every
+  // matrix that fits into the split layout (not token_embd: it is only read a
+  // row at a time) and drops the file's pages under it; a resident file
+  // (GGUFFile resident) keeps the GGML layout, as its copy cannot be dropped.
   static ModelWeights load(const GGUFFile& f, ModelConfig& cfg);
 };
 

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -12,6 +13,7 @@
 #include "quant/bandwidth.h"
 #include "quant/cpu_features.h"
 #include "quant/matmul.h"
+#include "quant/split_layout.h"
 
 namespace py = pybind11;
 
@@ -57,6 +59,29 @@ WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64
   return W;
 }
 
+// W in the row layout asked for: "ggml" (raw as given), "split" (a split copy,
+// owned by *keep), or "auto" (split exactly when the model loader would).
+WeightMatrix with_layout(const WeightMatrix& W, const std::string& layout,
+                         std::shared_ptr<uint8_t>* keep) {
+  bool want;
+  if (layout == "ggml") {
+    want = false;
+  } else if (layout == "split") {
+    if (!split::fits(W.type, W.cols))
+      throw InputError(std::string("no split layout for ") + type_name(W.type) + " with " +
+                       std::to_string(W.cols) + " columns (Q4_0 or MXFP4, cols % 512 == 0)");
+    want = true;
+  } else if (layout == "auto") {
+    want = split::enabled() && active_isa() == Isa::AVX512 && split::fits(W.type, W.cols);
+  } else {
+    throw InputError("layout must be 'ggml', 'split' or 'auto', not '" + layout + "'");
+  }
+  if (!want) return W;
+  WeightMatrix out;
+  *keep = split::split_copy(W, &out, /*release_source=*/false);
+  return out;
+}
+
 void check_x(const F32Array& x, int64_t cols, int64_t* n_tokens) {
   if (x.ndim() != 2 || x.shape(1) != cols)
     throw InputError("x must be float32 [n_tokens, cols=" + std::to_string(cols) + "]");
@@ -84,8 +109,9 @@ void bind_quant(py::module_& m) {
   m.def(
       "quant_matmul",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols,
-         const F32Array& x, int threads) {
-        WeightMatrix W = make_weight(type_name, raw, rows, cols);
+         const F32Array& x, int threads, const std::string& layout) {
+        std::shared_ptr<uint8_t> keep;
+        const WeightMatrix W = with_layout(make_weight(type_name, raw, rows, cols), layout, &keep);
         int64_t n;
         check_x(x, cols, &n);
         py::array_t<float> y({n, rows});
@@ -102,9 +128,44 @@ void bind_quant(py::module_& m) {
         return y;
       },
       py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"),
-      py::arg("threads") = 1,
+      py::arg("threads") = 1, py::arg("layout") = "ggml",
       "y[n, rows] = x[n, cols] @ W.T for a raw GGML weight [rows, row_bytes] (active ISA and "
-      "compute mode; threads == 1 uses matmul_serial).");
+      "compute mode; threads == 1 uses matmul_serial). layout: 'ggml', 'split' (computed on a "
+      "split copy) or 'auto' (split when the model loader would).");
+
+  m.def(
+      "quant_split",
+      [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols) {
+        std::shared_ptr<uint8_t> keep;
+        const WeightMatrix W = with_layout(make_weight(type_name, raw, rows, cols), "split", &keep);
+        py::array_t<uint8_t> out({rows, static_cast<int64_t>(W.row_stride)});
+        std::memcpy(out.mutable_data(), W.data, W.row_stride * static_cast<size_t>(rows));
+        return out;
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"),
+      "The split layout (quant/split_layout.h) of a raw GGML weight: [rows, split row bytes].");
+
+  m.def(
+      "quant_unsplit",
+      [](const std::string& type_name, const U8Array& split_rows, int64_t rows, int64_t cols) {
+        const GGMLType t = type_from_name(type_name);
+        if (!split::fits(t, cols)) throw InputError("no split layout for this type and width");
+        const size_t in = split::row_stride(t, cols), out_b = row_bytes(t, cols);
+        if (static_cast<size_t>(split_rows.size()) < in * static_cast<size_t>(rows))
+          throw InputError("split buffer too small");
+        py::array_t<uint8_t> out({rows, static_cast<int64_t>(out_b)});
+        for (int64_t r = 0; r < rows; ++r)
+          split::unsplit_row(t, cols, split_rows.data() + r * in, out.mutable_data() + r * out_b);
+        return out;
+      },
+      py::arg("type_name"), py::arg("split_rows"), py::arg("rows"), py::arg("cols"),
+      "Split rows back to GGML blocks (the inverse of quant_split).");
+
+  m.def("set_split_weights", &split::set_enabled, py::arg("on"),
+        "Whether models loaded from now on copy their Q4_0 and MXFP4 matrices into the "
+        "split layout when the AVX-512 kernels are active (default on; off: GGML views of "
+        "the mapped file, no copy).");
+  m.def("split_weights", &split::enabled);
 
   m.def(
       "quant_matmul_many",
@@ -141,11 +202,13 @@ void bind_quant(py::module_& m) {
   m.def(
       "quant_matmul_time",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols,
-         const F32Array& x, int threads, int reps, int copies) {
+         const F32Array& x, int threads, int reps, int copies, const std::string& layout) {
         if (copies < 1) throw InputError("copies must be >= 1");
         // raw holds `copies` weight matrices back to back; call r uses copy r % copies
         // (so a benchmark can cycle through more bytes than the last-level cache).
-        WeightMatrix W = make_weight(type_name, raw, rows * copies, cols);
+        std::shared_ptr<uint8_t> keep;
+        WeightMatrix W =
+            with_layout(make_weight(type_name, raw, rows * copies, cols), layout, &keep);
         W.rows = rows;
         const size_t bytes = W.row_stride * static_cast<size_t>(rows);
         int64_t n;
@@ -171,8 +234,9 @@ void bind_quant(py::module_& m) {
         return sec / reps;
       },
       py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"),
-      py::arg("threads"), py::arg("reps"), py::arg("copies") = 1,
-      "Seconds per matmul call, cycling through `copies` weights stored back to back in raw.");
+      py::arg("threads"), py::arg("reps"), py::arg("copies") = 1, py::arg("layout") = "auto",
+      "Seconds per matmul call, cycling through `copies` weights stored back to back in raw "
+      "(layout as in quant_matmul; default: what a loaded model would use).");
 
   m.def(
       "read_bandwidth",

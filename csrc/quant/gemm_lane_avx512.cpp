@@ -24,6 +24,7 @@
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
+#include "quant/split_layout.h"
 
 namespace pyv4 {
 namespace qk {
@@ -270,10 +271,15 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
   const int64_t nblk = W.cols / (Pk::kBlocks == 2 ? 256 : 32);  // packer blocks per row
   const int64_t ng = a.nb_pad / 16;
   const size_t ps = static_cast<size_t>(ng) * kGB;
-  uint8_t* panel = scratch_bytes(ps * kPanel);
+  // A split row is restored to GGML blocks first (in the scratch past the
+  // panel): at 12+ tokens that copy is small next to the row's products.
+  uint8_t* panel =
+      scratch_bytes(ps * kPanel + (W.split ? W.cols / 32 * traits(W.type).block_bytes : 0));
+  uint8_t* ggml = panel + ps * kPanel;
   for (int64_t r = r0; r < r1; r += kPanel) {
     const int64_t n = r1 - r < kPanel ? r1 - r : kPanel;
-    for (int64_t i = 0; i < n; ++i) pack_row<Pk>(W.row(r + i), nblk, ng, panel + i * ps);
+    for (int64_t i = 0; i < n; ++i)
+      pack_row<Pk>(split::ggml_row(W, r + i, ggml), nblk, ng, panel + i * ps);
     for (int64_t t = 0; t < n_tokens; t += kT) {
       const int tt = static_cast<int>(n_tokens - t < kT ? n_tokens - t : kT);
       for (int64_t i = 0; i < n; i += kR) {

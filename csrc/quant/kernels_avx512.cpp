@@ -125,6 +125,17 @@ struct DecQ4_0 {
   static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
     group_raw(p, A, B, DW);
   }
+  // Split rows: f16 scales.
+  static constexpr int kSplitSB = 2;
+  static inline void split_codes(const uint8_t* c, __m512i* A, __m512i* B) {
+    split(_mm512_load_si512(c), A, B);
+  }
+  static inline __m512 split_scales16(const uint8_t* s) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+  }
+  static inline __m128 split_scales4(const uint8_t* s) {
+    return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s)));
+  }
 };
 struct DecMXFP4 {
   static constexpr int kBB = 17;
@@ -184,6 +195,20 @@ struct DecMXFP4 {
     group_raw(p, A, B, DW);
     *DW = scale(*DW);
   }
+  // Split rows: the raw exponents, as integers in float lanes (scale converts).
+  static constexpr int kSplitSB = 1;
+  static inline void split_codes(const uint8_t* c, __m512i* A, __m512i* B) {
+    split(_mm512_load_si512(c), A, B);
+  }
+  static inline __m512 split_scales16(const uint8_t* s) {
+    return _mm512_castsi512_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s))));
+  }
+  static inline __m128 split_scales4(const uint8_t* s) {
+    uint32_t v;
+    std::memcpy(&v, s, 4);
+    return _mm_castsi128_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(v))));
+  }
   // Tiles (4..11 tokens) and GEMV tails: three plain loads (the two-load form
   // above is slower in the tiles, 6.4 -> 7.0 ns per 128 weights at 4 tokens).
   static inline void group_raw(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
@@ -201,6 +226,43 @@ struct DecMXFP4 {
     *DW = _mm512_castsi512_ps(e);  // raw exponents; scale() converts
     split(_mm512_permutex2var_epi16(_mm512_loadu_si512(p + 1), ic, _mm512_loadu_si512(p + 4)),
           A, B);
+  }
+};
+
+// ---- where a row's quad groups come from ----
+// GGML blocks (group g at byte 4 g kBB, a zero-padded tail group when the row's
+// block count is not a multiple of 4), or split rows (quant/split_layout.h:
+// aligned code and scale areas per 64-block chunk; whole 16-block super-groups).
+template <class Dec>
+struct GgmlSrc {
+  static constexpr bool kSplit = false;
+  static inline void group(const uint8_t* row, int64_t g, __m512i* A, __m512i* B, __m512* DW) {
+    Dec::group(row + g * 4 * Dec::kBB, A, B, DW);
+  }
+};
+template <class Dec>
+struct SplitSrc {
+  static constexpr bool kSplit = true;
+  static constexpr int64_t kBlocks = 64 / Dec::kSplitSB;  // per chunk: 64 bytes of scales
+  static constexpr int64_t kChunk = 64 + 16 * kBlocks;
+  static inline const uint8_t* chunk(const uint8_t* row, int64_t b) {
+    return row + (b / kBlocks) * kChunk;
+  }
+  static inline const uint8_t* codes(const uint8_t* row, int64_t b) {
+    return chunk(row, b) + 64 + (b % kBlocks) * 16;
+  }
+  static inline const uint8_t* scales(const uint8_t* row, int64_t b) {
+    return chunk(row, b) + (b % kBlocks) * Dec::kSplitSB;
+  }
+  static inline void group(const uint8_t* row, int64_t g, __m512i* A, __m512i* B, __m512* DW) {
+    Dec::split_codes(codes(row, 4 * g), A, B);
+    *DW = Dec::scale(spread4(Dec::split_scales4(scales(row, 4 * g))));
+  }
+  // The 16 raw scales of super-group s in the order of ActQ::dxr (dword 4L + d
+  // = block 4d + L).
+  static inline __m512 scales16(const uint8_t* row, int64_t s) {
+    const __m512i dxr = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(dxr, Dec::split_scales16(scales(row, 16 * s)));
   }
 };
 
@@ -226,7 +288,7 @@ inline void group_fma(__m512 (&acc)[R][T], const __m512i (&A)[R], const __m512i 
   }
 }
 
-template <class Dec, int R, int T>
+template <class Dec, class Src, int R, int T>
 void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
@@ -242,13 +304,14 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
     __m512 DW[R];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
+      // (about the same place of the row in either layout)
       const uint8_t* p = rows[i] + g * 4 * Dec::kBB;
       for (int l = 0; l < 4 * Dec::kBB; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + ahead + l), _MM_HINT_T0);
-      Dec::group(p, &A[i], &B[i], &DW[i]);
+      Src::group(rows[i], g, &A[i], &B[i], &DW[i]);
     }
     group_fma<R, T, true>(acc, A, B, DW, a, t0, g);
   }
-  if (const int rem = static_cast<int>(a.nb - 4 * ng)) {
+  if (const int rem = static_cast<int>(a.nb - 4 * ng); rem && !Src::kSplit) {
     // Tail group: copy the 1..3 remaining blocks into a zeroed 4-block buffer
     // (zero scale; the activations there are zero too).
     alignas(64) uint8_t tmp[4 * Dec::kBB];
@@ -401,6 +464,32 @@ void gemv_pipelined(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a
     gemv_tail<Dec, T>(row, a, t0, ng, 4 * nsg, acc);
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
   }
+}
+
+// Decode (1..3 tokens), one split row: gemv_int's math (16 blocks per float
+// step, the same operations in the same order, so both layouts give the same
+// bits) on aligned loads. No software pipelining: with no permutes left in the
+// decode, out-of-order execution already overlaps the loads with the dots.
+template <class Dec, int T>
+void gemv_split(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+                int64_t ldy) {
+  using S = SplitSrc<Dec>;
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  const uint8_t* row = W.row(r);
+  const int64_t nsg = a.nb / 16;
+  for (int64_t s = 0; s < nsg; ++s) {
+    const __m512 DWo = Dec::scale(S::scales16(row, s));
+    __m512i P[4][T];
+#pragma GCC unroll 4
+    for (int d = 0; d < 4; ++d) {
+      __m512i A, B;
+      Dec::split_codes(S::codes(row, 16 * s + 4 * d), &A, &B);
+      group_dots<T>(A, B, a, t0, 4 * s + d, P[d]);
+    }
+    superblock_fma<T>(P, DWo, a, t0, s, acc);
+  }
+  for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
 }
 
 template <int R, int T>
@@ -583,14 +672,33 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
                  int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
   auto ints = [&](auto dec) {
     using Dec = decltype(dec);
+    constexpr bool kSplittable = !std::is_same<Dec, DecQ8_0>::value;  // quant/split_layout.h
     auto f = [&](auto R, auto T, int64_t r, int64_t t) {
-      tile_int<Dec, decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
+      constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
+      if constexpr (kSplittable) {
+        if (W.split) return tile_int<Dec, SplitSrc<Dec>, kR, kT>(W, r, *act, t, Y, ldy);
+      }
+      tile_int<Dec, GgmlSrc<Dec>, kR, kT>(W, r, *act, t, Y, ldy);
     };
     // Decode (1..3 tokens): one row after the other, so each thread reads one
     // contiguous stream (4 interleaved short rows halve the DRAM throughput).
     if (n_tokens >= 4) {
       drive<4>(r0, r1, n_tokens, f);
-    } else if constexpr (std::is_same<Dec, DecQ8_0>::value) {
+      return;
+    }
+    if constexpr (kSplittable) {
+      if (W.split) {
+        for (int64_t r = r0; r < r1; ++r) {
+          switch (n_tokens) {
+            case 3: gemv_split<Dec, 3>(W, r, *act, 0, Y, ldy); break;
+            case 2: gemv_split<Dec, 2>(W, r, *act, 0, Y, ldy); break;
+            default: gemv_split<Dec, 1>(W, r, *act, 0, Y, ldy); break;
+          }
+        }
+        return;
+      }
+    }
+    if constexpr (std::is_same<Dec, DecQ8_0>::value) {
       for (int64_t r = r0; r < r1; ++r) {
         switch (n_tokens) {
           case 3: gemv_int<Dec, 3>(W, r, *act, 0, Y, ldy); break;

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "quant/cpu_features.h"
 #include "quant/kernels.h"
+#include "quant/split_layout.h"
 
 namespace pyv4 {
 
@@ -35,13 +36,15 @@ bool is_matmul_type(GGMLType t) {
 void reference_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens,
                     float* Y, int64_t ldy, int64_t r0, int64_t r1) {
   thread_local std::vector<float> row;
+  thread_local std::vector<uint8_t> ggml;
   if (static_cast<int64_t>(row.size()) < W.cols) row.resize(W.cols);
+  if (W.split) ggml.resize(std::max(ggml.size(), row_bytes(W.type, W.cols)));
   for (int64_t r = r0; r < r1; ++r) {
     const float* w;
     if (W.type == GGMLType::F32) {
       w = reinterpret_cast<const float*>(W.row(r));
     } else {
-      dequantize_row(W.type, W.row(r), row.data(), W.cols);
+      dequantize_row(W.type, split::ggml_row(W, r, ggml.data()), row.data(), W.cols);
       w = row.data();
     }
     for (int64_t t = 0; t < n_tokens; ++t) {
@@ -110,6 +113,21 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
     qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (j.isa == Isa::AVX512) {
     qk::gemm_avx512(*j.W, j.act, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
+  } else if (j.W->split) {
+    // The AVX2 kernels read GGML rows (a split matrix meets them only when the
+    // ISA was changed after loading): restore 16 rows at a time.
+    thread_local LineBuffer<uint8_t> buf;
+    WeightMatrix v = *j.W;
+    v.split = false;
+    v.row_stride = row_bytes(v.type, v.cols);
+    buf.resize(16 * v.row_stride);
+    for (int64_t r = r0; r < r1; r += 16) {
+      v.rows = std::min<int64_t>(16, r1 - r);
+      for (int64_t i = 0; i < v.rows; ++i)
+        split::unsplit_row(v.type, v.cols, j.W->row(r + i), buf.data() + i * v.row_stride);
+      v.data = buf.data();
+      qk::gemm_avx2(v, j.act, j.X, j.ldx, j.n_tokens, j.Y + r, j.ldy, 0, v.rows);
+    }
   } else {
     qk::gemm_avx2(*j.W, j.act, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
   }

@@ -12,12 +12,15 @@
 namespace pyv4 {
 
 // A weight matrix in torch layout [rows = out, cols = in], each row stored as
-// `cols` elements of `type` (row_stride bytes apart). Views into the mmapped file.
+// `cols` elements of `type` (row_stride bytes apart): a view into the mapped
+// file in GGML block layout, or (split) into the loader's copy in the split
+// layout of quant/split_layout.h.
 struct WeightMatrix {
   GGMLType type = GGMLType::F32;
   int64_t rows = 0, cols = 0;
   const uint8_t* data = nullptr;
   size_t row_stride = 0;
+  bool split = false;
 
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_stride; }
   // Rows [r0, r0 + n). MoE: a 3-D expert tensor (torch [E, out, in], GGUF

@@ -1,0 +1,112 @@
+// The split row layout (quant/split_layout.h): geometry, the scalar conversions
+// to and from GGML rows, and the loader's copy.
+#include "quant/split_layout.h"
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "common/error.h"
+#include "quant/matmul.h"
+
+namespace pyv4 {
+namespace split {
+
+namespace {
+
+std::atomic<bool> g_enabled{true};
+
+}  // namespace
+
+int scale_bytes(GGMLType t) {
+  switch (t) {
+    case GGMLType::Q4_0: return 2;
+    case GGMLType::MXFP4: return 1;
+    default: return 0;
+  }
+}
+
+bool fits(GGMLType t, int64_t cols) { return scale_bytes(t) > 0 && cols > 0 && cols % 512 == 0; }
+
+size_t row_stride(GGMLType t, int64_t cols) {
+  const int64_t nb = cols / 32, cb = chunk_blocks(t), full = nb / cb, rem = nb % cb;
+  size_t n = static_cast<size_t>(full) * chunk_bytes(t);
+  if (rem) n += 64 + static_cast<size_t>(rem) * kCodeBytes;
+  return n;
+}
+
+void split_row(GGMLType t, int64_t cols, const uint8_t* ggml, uint8_t* out) {
+  const int sb = scale_bytes(t);
+  const size_t bb = static_cast<size_t>(sb + kCodeBytes);  // GGML block: scale, then codes
+  const int64_t nb = cols / 32;
+  const int64_t cb = chunk_blocks(t);
+  std::memset(out, 0, row_stride(t, cols));
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t o = b % cb;
+    uint8_t* chunk = out + static_cast<size_t>(b / cb) * chunk_bytes(t);
+    uint8_t* codes = chunk + 64;
+    const uint8_t* src = ggml + b * bb;
+    std::memcpy(chunk + o * sb, src, sb);
+    std::memcpy(codes + o * kCodeBytes, src + sb, kCodeBytes);
+  }
+}
+
+void unsplit_row(GGMLType t, int64_t cols, const uint8_t* in, uint8_t* ggml) {
+  const int sb = scale_bytes(t);
+  const size_t bb = static_cast<size_t>(sb + kCodeBytes);
+  const int64_t nb = cols / 32;
+  const int64_t cb = chunk_blocks(t);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t o = b % cb;
+    const uint8_t* chunk = in + static_cast<size_t>(b / cb) * chunk_bytes(t);
+    const uint8_t* codes = chunk + 64;
+    uint8_t* dst = ggml + b * bb;
+    std::memcpy(dst, chunk + o * sb, sb);
+    std::memcpy(dst + sb, codes + o * kCodeBytes, kCodeBytes);
+  }
+}
+
+const uint8_t* ggml_row(const WeightMatrix& W, int64_t r, uint8_t* buf) {
+  if (!W.split) return W.row(r);
+  unsplit_row(W.type, W.cols, W.row(r), buf);
+  return buf;
+}
+
+void set_enabled(bool on) { g_enabled.store(on); }
+bool enabled() { return g_enabled.load(); }
+
+std::shared_ptr<uint8_t> split_copy(const WeightMatrix& W, WeightMatrix* out,
+                                    bool release_source) {
+  if (W.split || !fits(W.type, W.cols))
+    throw FormatError(std::string("split_copy: a ") + type_name(W.type) + " matrix of " +
+                      std::to_string(W.cols) + " columns has no split form");
+  const size_t stride = row_stride(W.type, W.cols);
+  const size_t huge = size_t(2) << 20;
+  const size_t bytes = (stride * static_cast<size_t>(W.rows) + huge - 1) / huge * huge;
+  void* p = std::aligned_alloc(huge, bytes);
+  if (!p) throw std::bad_alloc();
+  std::shared_ptr<uint8_t> mem(static_cast<uint8_t*>(p), [](uint8_t* q) { std::free(q); });
+#ifdef MADV_HUGEPAGE
+  ::madvise(p, bytes, MADV_HUGEPAGE);  // weights are streamed: fewer TLB misses
+#endif
+  for (int64_t r = 0; r < W.rows; ++r)
+    split_row(W.type, W.cols, W.row(r), mem.get() + static_cast<size_t>(r) * stride);
+  if (release_source) {
+    const uintptr_t page = 4096, lo = reinterpret_cast<uintptr_t>(W.data);
+    const uintptr_t hi = lo + W.row_stride * static_cast<size_t>(W.rows);
+    const uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page;
+    if (a < b) ::madvise(reinterpret_cast<void*>(a), b - a, MADV_DONTNEED);
+  }
+  *out = W;
+  out->data = mem.get();
+  out->row_stride = stride;
+  out->split = true;
+  return mem;
+}
+
+}  // namespace split
+}  // namespace pyv4

@@ -1,0 +1,86 @@
+// The "split" row layout: the 4-bit block types Q4_0 and MXFP4 of a matrix
+// rearranged at load time so the AVX-512 kernels read every weight with
+// cache-line-aligned loads and no permutes.
+//
+// Why: GGML's Q4_0 and MXFP4 blocks are 18 and 17 bytes, so nearly every 64-byte
+// load of the codes straddles two cache lines, and the decode needs word
+// permutes to pull the codes out from between the scales. Streamed from DRAM
+// that held these GEMVs at ~43-66 GB/s on a host that reads ~85 GB/s (Zen 5, 2
+// threads); the same kernel math on split rows streams at 72-84 GB/s
+// (bench/RESULTS.md). Q8_0 keeps the GGML layout: it already streams at ~80 GB/s
+// there, and split Q8_0 rows measured slower (52-57 GB/s).
+//
+// A split row is a sequence of chunks, each one cache line of scales and then
+// the codes of the chunk's blocks (64 for MXFP4, 32 for Q4_0; fewer in a last
+// partial chunk):
+//   [scales: 64 bytes]       block o's raw scale at o * sb (the E8M0 byte of
+//                            MXFP4, sb = 1; f16 bits for Q4_0, sb = 2); zero
+//                            past the chunk's blocks
+//   [codes: 16 bytes/block]  block o's 16 GGML code bytes at 16 * o (low nibbles
+//                            elements 0..15, high nibbles 16..31)
+// Rows need cols % 512 == 0 (whole 16-block super-groups: the GEMV has no tail),
+// so chunk sizes are multiples of 64 bytes and with a 64-byte aligned base every
+// load is aligned. The split row is the GGML row's size when its chunks are all
+// full (MXFP4: cols % 2048 == 0, Q4_0: cols % 1024 == 0), otherwise at most 64
+// bytes longer. (A scale area of two lines with one left unread, as Q4_0 rows
+// of 1024 columns had in chunks of 64 blocks, halved the streaming rate.)
+
+// Only the AVX-512 kernels read split rows natively (GEMV and 4..11-token tiles);
+// every other path (the 12+ token lane GEMM's packer, AVX2, the scalar
+// reference, embedding lookups) first restores the GGML row with unsplit_row.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "quant/ggml_types.h"
+
+namespace pyv4 {
+
+struct WeightMatrix;
+
+namespace split {
+
+constexpr int kCodeBytes = 16;  // per block
+
+// Scale bytes per block (sb above); 0 for types without a split form.
+int scale_bytes(GGMLType t);
+inline int64_t chunk_blocks(GGMLType t) { return 64 / scale_bytes(t); }
+
+// Whether a [rows, cols] matrix of type t can be split.
+bool fits(GGMLType t, int64_t cols);
+
+// Bytes of one split row (a multiple of 64).
+size_t row_stride(GGMLType t, int64_t cols);
+
+// Chunk bytes (scales + codes) of a full chunk: the distance between chunks.
+inline size_t chunk_bytes(GGMLType t) {
+  return 64 + static_cast<size_t>(chunk_blocks(t)) * kCodeBytes;
+}
+
+// GGML row -> split row, and back.
+void split_row(GGMLType t, int64_t cols, const uint8_t* ggml, uint8_t* out);
+void unsplit_row(GGMLType t, int64_t cols, const uint8_t* in, uint8_t* ggml);
+
+// Row r of W in GGML layout: W.row(r) itself, or W's split row restored into
+// buf (at least ggml row_bytes(W.type, W.cols) bytes).
+const uint8_t* ggml_row(const WeightMatrix& W, int64_t r, uint8_t* buf);
+
+// Whether the loader splits matrices that fit (default on; set_enabled(false)
+// keeps every matrix a view of the mapped file: no copy, GGML layout). The
+// split form only pays off where the AVX-512 kernels run, so the loader also
+// requires that ISA to be active when the model is loaded.
+void set_enabled(bool on);
+bool enabled();
+
+// A split copy of W in its own 64-byte aligned memory (huge pages advised); out
+// views it, the returned pointer owns it. release_source: W views a read-only
+// file mapping, whose whole pages under W are then dropped from this process
+// (MADV_DONTNEED; they stay in the page cache, clean and reclaimable, and would
+// fault back in from the file if read), so resident memory holds one copy.
+std::shared_ptr<uint8_t> split_copy(const WeightMatrix& W, WeightMatrix* out,
+                                    bool release_source);
+
+}  // namespace split
+}  // namespace pyv4
