@@ -14,13 +14,21 @@ class Model:
 
     By default the file is memory-mapped (pages load on first use and the kernel
     may drop them again under memory pressure). resident=True copies the whole
-    file into anonymous memory at load instead: steady timings, RSS = file size."""
+    file into anonymous memory at load instead: steady timings, RSS = file size.
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, resident: bool = False):
+    On CPUs with AVX-512, Q4_0 and MXFP4 matrices (the routed experts of the
+    mxfp4 recipe) are copied at load into a cache-line-aligned "split" layout
+    that streams faster than GGML's 17/18-byte blocks; the file's pages under
+    them are released, so memory still holds one copy. split_weights=False
+    keeps every matrix a view of the file (nothing read at load: for a file
+    larger than RAM). The results are the same bits either way."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, resident: bool = False,
+                 split_weights: bool = True):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"model file not found: {self.path}")
-        self._engine = _core.Engine(self.path, threads or 0, bool(resident))
+        self._engine = _core.Engine(self.path, threads or 0, bool(resident), bool(split_weights))
         self._tokenizer = None
 
     @property

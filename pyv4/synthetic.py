@@ -135,13 +135,14 @@ _CONVERT_ROLE = {
 }
 
 
-def tensor_types(hp: HParams, recipe: str) -> dict[str, T]:
+def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | None = None) -> dict[str, T]:
     """GGML type of every tensor of `tensor_layout(hp)` under a converter recipe
-    (mxfp4 / q4 / q8 / bf16 / f16 / f32), as `pyv4 convert` would choose it for the
-    official checkpoint (FP8 projections, FP4 experts, BF16 embed/head/router/compressors)."""
+    (mxfp4 / q4 / q8 / bf16 / f16 / f32) and --type overrides, as `pyv4 convert` would
+    choose it for the official checkpoint (FP8 projections, FP4 experts, BF16
+    embed/head/router/compressors)."""
     from .convert.recipes import get_recipe
 
-    rec = get_recipe(recipe)
+    rec = get_recipe(recipe, overrides)
     out = {}
     for tname, shape, role in tensor_layout(hp):
         crole, src = _CONVERT_ROLE[role]
@@ -224,10 +225,11 @@ def _float_as(a: np.ndarray, t: T) -> np.ndarray:
 
 def write_random_gguf_typed(path: str | os.PathLike, config: dict, tokenizer_dir: str | os.PathLike | None,
                             recipe: str = "mxfp4", seed: int = 0, name: str = "pyv4-random",
-                            progress=None) -> Path:
-    """Streams a random-weight model in a converter recipe's tensor types, tensor by
-    tensor (peak memory: one chunk), atomically. Quantized tensors are random GGML
-    blocks, not quantized floats."""
+                            progress=None, overrides: list[tuple[str, str]] | None = None) -> Path:
+    """Streams a random-weight model in a converter recipe's tensor types (with
+    `pyv4 convert --type PATTERN=TYPE` overrides), tensor by tensor (peak memory:
+    one chunk), atomically. Quantized tensors are random GGML blocks, not
+    quantized floats."""
     from .convert.recipes import RECIPES, nbytes
     from .convert.writer import OutTensor, verify_gguf
 
@@ -237,7 +239,7 @@ def write_random_gguf_typed(path: str | os.PathLike, config: dict, tokenizer_dir
     kvs = model_metadata(hp, 0, name, RECIPES[recipe])
     if tokenizer_dir is not None:
         kvs += tokenizer_metadata(tokenizer_dir, hp.n_vocab, hp.bos_token_id, hp.eos_token_id).entries
-    types = tensor_types(hp, recipe)
+    types = tensor_types(hp, recipe, overrides)
     layout = tensor_layout(hp)
     with atomic_output(path) as tmp:
         w = GGUFWriter(None, arch=ARCH)

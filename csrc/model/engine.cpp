@@ -9,11 +9,11 @@
 
 namespace pyv4 {
 
-Engine::Engine(const std::string& path, int n_threads, bool resident)
+Engine::Engine(const std::string& path, int n_threads, bool resident, bool split)
     : file_(std::make_unique<GGUFFile>(path, resident)),
       cfg_(ModelConfig::from_gguf(*file_)),
-      w_(ModelWeights::load(*file_, cfg_)),
-      pool_(n_threads) {
+      pool_(n_threads),
+      w_(ModelWeights::load(*file_, cfg_, split, pool_)) {
   for (int64_t il = 0; il < cfg_.n_layer; ++il) {
     rope_.push_back(RopeTable::make(cfg_, cfg_.kind(il) != AttnKind::Sliding));
   }

@@ -25,13 +25,16 @@ namespace pyv4 {
 class Engine {
  public:
   // resident: copy the whole file into anonymous memory instead of mapping it
-  // (gguf/gguf_file.h). PYV4_PROFILE=1 in the environment turns on the per-op
-  // profile (profiler()).
-  Engine(const std::string& path, int n_threads, bool resident = false);
+  // (gguf/gguf_file.h). split: copy the Q4_0 / MXFP4 matrices into the split
+  // layout when the AVX-512 kernels are active (ModelWeights::load). PYV4_PROFILE=1
+  // in the environment turns on the per-op profile (profiler()).
+  Engine(const std::string& path, int n_threads, bool resident = false, bool split = true);
 
   const ModelConfig& config() const { return cfg_; }
   const GGUFFile& file() const { return *file_; }
   ThreadPool& pool() { return pool_; }
+  // Matrices held in the split layout.
+  size_t split_matrices() const { return w_.split_copies.size(); }
 
   // A new session state (csrc/kv): rows stored as `type` in a memory-mapped
   // file (`path`, or an unlinked temporary file when empty).
@@ -56,8 +59,8 @@ class Engine {
  private:
   std::unique_ptr<GGUFFile> file_;
   ModelConfig cfg_;
+  ThreadPool pool_;  // before w_: the load's split copies run on it
   ModelWeights w_;
-  ThreadPool pool_;
   std::vector<RopeTable> rope_;  // per layer: plain (sliding) or YaRN (compressed)
   std::unique_ptr<Profiler> prof_;
 };

@@ -90,7 +90,7 @@ CompressorWeights compressor(const Binder& b, int64_t il, const char* prefix, in
 
 // Every matrix the matmul kernels read (not token_embd), after binding and
 // validation succeeded: a bad file fails before any copy is made.
-void split_matrices(ModelWeights& m) {
+void split_matrices(ModelWeights& m, ThreadPool& pool) {
   std::vector<WeightMatrix*> all = {&m.output, &m.hc_head_fn};
   for (LayerWeights& L : m.layers) {
     for (WeightMatrix* w : {&L.hc_attn.fn, &L.hc_ffn.fn, &L.wq_a, &L.wq_b, &L.wkv, &L.wo_a,
@@ -103,14 +103,16 @@ void split_matrices(ModelWeights& m) {
   for (WeightMatrix* w : all) {
     if (!w->data || !split::fits(w->type, w->cols)) continue;
     WeightMatrix s;
-    m.split_copies.push_back(split::split_copy(*w, &s, /*release_source=*/true));
+    // The file's pages under the tensor go: a mapped file's back to the page
+    // cache (clean), a resident copy's (anonymous) back to the system.
+    m.split_copies.push_back(split::split_copy(*w, &s, /*release_source=*/true, &pool));
     *w = s;
   }
 }
 
 }  // namespace
 
-ModelWeights ModelWeights::load(const GGUFFile& f, ModelConfig& c) {
+ModelWeights ModelWeights::load(const GGUFFile& f, ModelConfig& c, bool split, ThreadPool& pool) {
   Binder b(f);
   ModelWeights m;
   const GGUFTensor* emb = f.find_tensor("token_embd.weight");
@@ -177,7 +179,7 @@ ModelWeights ModelWeights::load(const GGUFFile& f, ModelConfig& c) {
       L.down_sh = b.matrix(blk(il, "ffn_down_shexp.weight"), D, F);
     }
   }
-  if (split::enabled() && active_isa() == Isa::AVX512 && !f.resident()) split_matrices(m);
+  if (split && active_isa() == Isa::AVX512) split_matrices(m, pool);
   return m;
 }
 

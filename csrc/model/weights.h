@@ -61,11 +61,12 @@ struct ModelWeights {
 
   // Binds and validates every tensor of the main model (MTP tensors are
   // left for the MTP path). Sets cfg.n_vocab from token_embd if unset. Then,
-  // when the AVX-512 kernels are active and split::enabled(), copies every
-  // matrix that fits into the split layout (not token_embd: it is only read a
-  // row at a time) and drops the file's pages under it; a resident file
-  // (GGUFFile resident) keeps the GGML layout, as its copy cannot be dropped.
-  static ModelWeights load(const GGUFFile& f, ModelConfig& cfg);
+  // if split and the AVX-512 kernels are active, copies every matrix that has
+  // a split form (quant/split_layout.h) into it, except token_embd (only read
+  // a row at a time), and drops the file's pages under the copied tensors:
+  // after load nothing reads those bytes of the file again.
+  // The copies run on pool's threads.
+  static ModelWeights load(const GGUFFile& f, ModelConfig& cfg, bool split, ThreadPool& pool);
 };
 
 }  // namespace pyv4

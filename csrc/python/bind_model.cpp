@@ -52,9 +52,12 @@ static py::dict config_dict(const ModelConfig& c) {
 
 void bind_model(py::module_& m) {
   py::class_<Engine>(m, "Engine", "A loaded DeepSeek-V4 GGUF")
-      .def(py::init<const std::string&, int, bool>(), py::arg("path"), py::arg("threads") = 0,
-           py::arg("resident") = false, py::call_guard<py::gil_scoped_release>())
+      .def(py::init<const std::string&, int, bool, bool>(), py::arg("path"), py::arg("threads") = 0,
+           py::arg("resident") = false, py::arg("split") = true,
+           py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("resident", [](const Engine& e) { return e.file().resident(); })
+      .def_property_readonly("split_matrices", &Engine::split_matrices,
+                             "Matrices copied into the split layout at load.")
       .def(
           "profile",
           [](Engine& e) -> py::object {

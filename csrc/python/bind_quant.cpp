@@ -72,7 +72,7 @@ WeightMatrix with_layout(const WeightMatrix& W, const std::string& layout,
                        std::to_string(W.cols) + " columns (Q4_0 or MXFP4, cols % 512 == 0)");
     want = true;
   } else if (layout == "auto") {
-    want = split::enabled() && active_isa() == Isa::AVX512 && split::fits(W.type, W.cols);
+    want = active_isa() == Isa::AVX512 && split::fits(W.type, W.cols);
   } else {
     throw InputError("layout must be 'ggml', 'split' or 'auto', not '" + layout + "'");
   }
@@ -160,12 +160,6 @@ void bind_quant(py::module_& m) {
       },
       py::arg("type_name"), py::arg("split_rows"), py::arg("rows"), py::arg("cols"),
       "Split rows back to GGML blocks (the inverse of quant_split).");
-
-  m.def("set_split_weights", &split::set_enabled, py::arg("on"),
-        "Whether models loaded from now on copy their Q4_0 and MXFP4 matrices into the "
-        "split layout when the AVX-512 kernels are active (default on; off: GGML views of "
-        "the mapped file, no copy).");
-  m.def("split_weights", &split::enabled);
 
   m.def(
       "quant_matmul_many",

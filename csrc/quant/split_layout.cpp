@@ -4,7 +4,6 @@
 
 #include <sys/mman.h>
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -15,12 +14,6 @@
 
 namespace pyv4 {
 namespace split {
-
-namespace {
-
-std::atomic<bool> g_enabled{true};
-
-}  // namespace
 
 int scale_bytes(GGMLType t) {
   switch (t) {
@@ -76,11 +69,8 @@ const uint8_t* ggml_row(const WeightMatrix& W, int64_t r, uint8_t* buf) {
   return buf;
 }
 
-void set_enabled(bool on) { g_enabled.store(on); }
-bool enabled() { return g_enabled.load(); }
-
 std::shared_ptr<uint8_t> split_copy(const WeightMatrix& W, WeightMatrix* out,
-                                    bool release_source) {
+                                    bool release_source, ThreadPool* pool) {
   if (W.split || !fits(W.type, W.cols))
     throw FormatError(std::string("split_copy: a ") + type_name(W.type) + " matrix of " +
                       std::to_string(W.cols) + " columns has no split form");
@@ -93,8 +83,15 @@ std::shared_ptr<uint8_t> split_copy(const WeightMatrix& W, WeightMatrix* out,
 #ifdef MADV_HUGEPAGE
   ::madvise(p, bytes, MADV_HUGEPAGE);  // weights are streamed: fewer TLB misses
 #endif
-  for (int64_t r = 0; r < W.rows; ++r)
-    split_row(W.type, W.cols, W.row(r), mem.get() + static_cast<size_t>(r) * stride);
+  uint8_t* dst = mem.get();
+  auto rows = [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      split_row(W.type, W.cols, W.row(r), dst + static_cast<size_t>(r) * stride);
+  };
+  if (pool)
+    pool->parallel_for(W.rows, 64, rows);
+  else
+    rows(0, W.rows, 0);
   if (release_source) {
     const uintptr_t page = 4096, lo = reinterpret_cast<uintptr_t>(W.data);
     const uintptr_t hi = lo + W.row_stride * static_cast<size_t>(W.rows);

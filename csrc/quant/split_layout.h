@@ -39,6 +39,7 @@
 namespace pyv4 {
 
 struct WeightMatrix;
+class ThreadPool;
 
 namespace split {
 
@@ -67,20 +68,15 @@ void unsplit_row(GGMLType t, int64_t cols, const uint8_t* in, uint8_t* ggml);
 // buf (at least ggml row_bytes(W.type, W.cols) bytes).
 const uint8_t* ggml_row(const WeightMatrix& W, int64_t r, uint8_t* buf);
 
-// Whether the loader splits matrices that fit (default on; set_enabled(false)
-// keeps every matrix a view of the mapped file: no copy, GGML layout). The
-// split form only pays off where the AVX-512 kernels run, so the loader also
-// requires that ISA to be active when the model is loaded.
-void set_enabled(bool on);
-bool enabled();
-
 // A split copy of W in its own 64-byte aligned memory (huge pages advised); out
-// views it, the returned pointer owns it. release_source: W views a read-only
-// file mapping, whose whole pages under W are then dropped from this process
-// (MADV_DONTNEED; they stay in the page cache, clean and reclaimable, and would
-// fault back in from the file if read), so resident memory holds one copy.
+// views it, the returned pointer owns it. release_source: the whole pages
+// under W are then dropped from this process (MADV_DONTNEED), so memory holds
+// one copy. For a read-only file mapping they stay in the page cache (clean,
+// reclaimable) and would fault back in if read; anonymous memory (a resident
+// file) reads back as zeros: the caller must never read W's bytes again.
+// pool: the rows are copied on its threads (nullptr: on the caller's).
 std::shared_ptr<uint8_t> split_copy(const WeightMatrix& W, WeightMatrix* out,
-                                    bool release_source);
+                                    bool release_source, ThreadPool* pool = nullptr);
 
 }  // namespace split
 }  // namespace pyv4
