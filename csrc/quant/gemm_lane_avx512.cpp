@@ -21,6 +21,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
@@ -99,40 +100,65 @@ struct PackQ8_0 {
     _mm512_storeu_ps(out + 512, f16_head16(p, 34));
   }
 };
+// The 4-bit packers also read split rows (quant/split_layout.h): a group of 16
+// blocks lies in one chunk, its codes 256 contiguous bytes, its scales 16 or 32.
 struct PackQ4_0 {
   static constexpr int kBB = 18, kBlocks = 16;
   static constexpr bool kMin = false;
-  static inline void group(const uint8_t* p, uint8_t* out) {
+  static constexpr GGMLType kType = GGMLType::Q4_0;
+  static inline void codes(const __m512i (&D)[4], uint8_t* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i D[4];
-    load_t16(p, 18, 2, D);
     for (int k = 0; k < 4; ++k) {
       store_codes(out, k, _mm512_and_si512(D[k], m4));
       store_codes(out, 4 + k, _mm512_and_si512(_mm512_srli_epi16(D[k], 4), m4));
     }
+  }
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    __m512i D[4];
+    load_t16(p, 18, 2, D);
+    codes(D, out);
     _mm512_storeu_ps(out + 512, f16_head16(p, 18));
+  }
+  static inline void group_split(const uint8_t* c, const uint8_t* s, uint8_t* out) {
+    __m512i D[4];
+    load_t16(c, 16, 0, D);
+    codes(D, out);
+    _mm512_storeu_ps(out + 512,
+                     _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s))));
   }
 };
 struct PackMXFP4 {
   static constexpr int kBB = 17, kBlocks = 16;
   static constexpr bool kMin = false;
-  static inline void group(const uint8_t* p, uint8_t* out) {
+  static constexpr GGMLType kType = GGMLType::MXFP4;
+  static inline void codes(const __m512i (&D)[4], uint8_t* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i lut = _mm512_broadcast_i32x4(
         _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));  // 2*E2M1 + 12
-    __m512i D[4];
-    load_t16(p, 17, 1, D);
     for (int k = 0; k < 4; ++k) {
       store_codes(out, k, _mm512_shuffle_epi8(lut, _mm512_and_si512(D[k], m4)));
       store_codes(out, 4 + k,
                   _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(D[k], 4), m4)));
     }
-    // e8m0_to_f32_half: e < 2 -> 0x00200000 << e, else (e - 1) << 23
-    const __m512i e = _mm512_and_si512(head16(p, 17), _mm512_set1_epi32(0xFF));
+  }
+  // e8m0_to_f32_half of 16 exponents: e < 2 -> 0x00200000 << e, else (e - 1) << 23
+  static inline void scales(__m512i e, uint8_t* out) {
     const __m512i normal = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
     const __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
     const __mmask16 small = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
     _mm512_storeu_si512(out + 512, _mm512_mask_blend_epi32(small, normal, sub));
+  }
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    __m512i D[4];
+    load_t16(p, 17, 1, D);
+    codes(D, out);
+    scales(_mm512_and_si512(head16(p, 17), _mm512_set1_epi32(0xFF)), out);
+  }
+  static inline void group_split(const uint8_t* c, const uint8_t* s, uint8_t* out) {
+    __m512i D[4];
+    load_t16(c, 16, 0, D);
+    codes(D, out);
+    scales(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s))), out);
   }
 };
 // Q4_K: a group is two super-blocks (16 sub-blocks of 32). Sub-block j of a
@@ -180,6 +206,14 @@ struct PackQ4_K {
 // Packs groups [0, ng) of one weight row. The last group may be partial: its
 // blocks are copied into a zeroed buffer first (zero scales, zero codes there;
 // the padded activations are zero too).
+// A split row (4-bit packers; whole groups: split rows have cols % 512 == 0).
+template <class Pk>
+void pack_split_row(const uint8_t* row, int64_t ng, uint8_t* out) {
+  for (int64_t g = 0; g < ng; ++g)
+    Pk::group_split(split::block_codes(Pk::kType, row, 16 * g),
+                    split::block_scale(Pk::kType, row, 16 * g), out + g * kGB);
+}
+
 template <class Pk>
 void pack_row(const uint8_t* row, int64_t nblk, int64_t ng, uint8_t* out) {
   const int64_t full = nblk / Pk::kBlocks;
@@ -271,15 +305,18 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
   const int64_t nblk = W.cols / (Pk::kBlocks == 2 ? 256 : 32);  // packer blocks per row
   const int64_t ng = a.nb_pad / 16;
   const size_t ps = static_cast<size_t>(ng) * kGB;
-  // A split row is restored to GGML blocks first (in the scratch past the
-  // panel): at 12+ tokens that copy is small next to the row's products.
-  uint8_t* panel =
-      scratch_bytes(ps * kPanel + (W.split ? W.cols / 32 * traits(W.type).block_bytes : 0));
-  uint8_t* ggml = panel + ps * kPanel;
+  uint8_t* panel = scratch_bytes(ps * kPanel);
   for (int64_t r = r0; r < r1; r += kPanel) {
     const int64_t n = r1 - r < kPanel ? r1 - r : kPanel;
-    for (int64_t i = 0; i < n; ++i)
-      pack_row<Pk>(split::ggml_row(W, r + i, ggml), nblk, ng, panel + i * ps);
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (!std::is_same<Pk, PackQ8_0>::value && !std::is_same<Pk, PackQ4_K>::value) {
+        if (W.split) {
+          pack_split_row<Pk>(W.row(r + i), ng, panel + i * ps);
+          continue;
+        }
+      }
+      pack_row<Pk>(W.row(r + i), nblk, ng, panel + i * ps);
+    }
     for (int64_t t = 0; t < n_tokens; t += kT) {
       const int tt = static_cast<int>(n_tokens - t < kT ? n_tokens - t : kT);
       for (int64_t i = 0; i < n; i += kR) {

@@ -23,6 +23,7 @@
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
+#include "quant/split_layout.h"
 
 namespace pyv4 {
 namespace qk {
@@ -126,7 +127,7 @@ struct DecQ4_0 {
     group_raw(p, A, B, DW);
   }
   // Split rows: f16 scales.
-  static constexpr int kSplitSB = 2;
+  static constexpr GGMLType kType = GGMLType::Q4_0;
   static inline void split_codes(const uint8_t* c, __m512i* A, __m512i* B) {
     split(_mm512_load_si512(c), A, B);
   }
@@ -196,7 +197,7 @@ struct DecMXFP4 {
     *DW = scale(*DW);
   }
   // Split rows: the raw exponents, as integers in float lanes (scale converts).
-  static constexpr int kSplitSB = 1;
+  static constexpr GGMLType kType = GGMLType::MXFP4;
   static inline void split_codes(const uint8_t* c, __m512i* A, __m512i* B) {
     split(_mm512_load_si512(c), A, B);
   }
@@ -243,16 +244,11 @@ struct GgmlSrc {
 template <class Dec>
 struct SplitSrc {
   static constexpr bool kSplit = true;
-  static constexpr int64_t kBlocks = 64 / Dec::kSplitSB;  // per chunk: 64 bytes of scales
-  static constexpr int64_t kChunk = 64 + 16 * kBlocks;
-  static inline const uint8_t* chunk(const uint8_t* row, int64_t b) {
-    return row + (b / kBlocks) * kChunk;
-  }
   static inline const uint8_t* codes(const uint8_t* row, int64_t b) {
-    return chunk(row, b) + 64 + (b % kBlocks) * 16;
+    return split::block_codes(Dec::kType, row, b);
   }
   static inline const uint8_t* scales(const uint8_t* row, int64_t b) {
-    return chunk(row, b) + (b % kBlocks) * Dec::kSplitSB;
+    return split::block_scale(Dec::kType, row, b);
   }
   static inline void group(const uint8_t* row, int64_t g, __m512i* A, __m512i* B, __m512* DW) {
     Dec::split_codes(codes(row, 4 * g), A, B);

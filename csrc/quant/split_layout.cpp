@@ -15,19 +15,11 @@
 namespace pyv4 {
 namespace split {
 
-int scale_bytes(GGMLType t) {
-  switch (t) {
-    case GGMLType::Q4_0: return 2;
-    case GGMLType::MXFP4: return 1;
-    default: return 0;
-  }
-}
-
 bool fits(GGMLType t, int64_t cols) { return scale_bytes(t) > 0 && cols > 0 && cols % 512 == 0; }
 
 size_t row_stride(GGMLType t, int64_t cols) {
   const int64_t nb = cols / 32, cb = chunk_blocks(t), full = nb / cb, rem = nb % cb;
-  size_t n = static_cast<size_t>(full) * chunk_bytes(t);
+  size_t n = static_cast<size_t>(full * chunk_bytes(t));
   if (rem) n += 64 + static_cast<size_t>(rem) * kCodeBytes;
   return n;
 }
@@ -35,31 +27,19 @@ size_t row_stride(GGMLType t, int64_t cols) {
 void split_row(GGMLType t, int64_t cols, const uint8_t* ggml, uint8_t* out) {
   const int sb = scale_bytes(t);
   const size_t bb = static_cast<size_t>(sb + kCodeBytes);  // GGML block: scale, then codes
-  const int64_t nb = cols / 32;
-  const int64_t cb = chunk_blocks(t);
   std::memset(out, 0, row_stride(t, cols));
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t o = b % cb;
-    uint8_t* chunk = out + static_cast<size_t>(b / cb) * chunk_bytes(t);
-    uint8_t* codes = chunk + 64;
-    const uint8_t* src = ggml + b * bb;
-    std::memcpy(chunk + o * sb, src, sb);
-    std::memcpy(codes + o * kCodeBytes, src + sb, kCodeBytes);
+  for (int64_t b = 0; b < cols / 32; ++b) {
+    std::memcpy(const_cast<uint8_t*>(block_scale(t, out, b)), ggml + b * bb, sb);
+    std::memcpy(const_cast<uint8_t*>(block_codes(t, out, b)), ggml + b * bb + sb, kCodeBytes);
   }
 }
 
 void unsplit_row(GGMLType t, int64_t cols, const uint8_t* in, uint8_t* ggml) {
   const int sb = scale_bytes(t);
   const size_t bb = static_cast<size_t>(sb + kCodeBytes);
-  const int64_t nb = cols / 32;
-  const int64_t cb = chunk_blocks(t);
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t o = b % cb;
-    const uint8_t* chunk = in + static_cast<size_t>(b / cb) * chunk_bytes(t);
-    const uint8_t* codes = chunk + 64;
-    uint8_t* dst = ggml + b * bb;
-    std::memcpy(dst, chunk + o * sb, sb);
-    std::memcpy(dst + sb, codes + o * kCodeBytes, kCodeBytes);
+  for (int64_t b = 0; b < cols / 32; ++b) {
+    std::memcpy(ggml + b * bb, block_scale(t, in, b), sb);
+    std::memcpy(ggml + b * bb + sb, block_codes(t, in, b), kCodeBytes);
   }
 }
 

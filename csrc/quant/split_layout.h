@@ -43,22 +43,31 @@ class ThreadPool;
 
 namespace split {
 
+// The geometry, shared by the kernels: internal linkage (static), as the
+// AVX-512 files include this header too (see quant/blocks.h).
 constexpr int kCodeBytes = 16;  // per block
 
 // Scale bytes per block (sb above); 0 for types without a split form.
-int scale_bytes(GGMLType t);
-inline int64_t chunk_blocks(GGMLType t) { return 64 / scale_bytes(t); }
+static constexpr int scale_bytes(GGMLType t) {
+  return t == GGMLType::Q4_0 ? 2 : t == GGMLType::MXFP4 ? 1 : 0;
+}
+static constexpr int64_t chunk_blocks(GGMLType t) { return 64 / scale_bytes(t); }
+// Bytes of a full chunk: the distance between chunks.
+static constexpr int64_t chunk_bytes(GGMLType t) { return 64 + chunk_blocks(t) * kCodeBytes; }
+
+// Block b of a split row: its raw scale, and its 16 code bytes.
+static inline const uint8_t* block_scale(GGMLType t, const uint8_t* row, int64_t b) {
+  return row + (b / chunk_blocks(t)) * chunk_bytes(t) + (b % chunk_blocks(t)) * scale_bytes(t);
+}
+static inline const uint8_t* block_codes(GGMLType t, const uint8_t* row, int64_t b) {
+  return row + (b / chunk_blocks(t)) * chunk_bytes(t) + 64 + (b % chunk_blocks(t)) * kCodeBytes;
+}
 
 // Whether a [rows, cols] matrix of type t can be split.
 bool fits(GGMLType t, int64_t cols);
 
 // Bytes of one split row (a multiple of 64).
 size_t row_stride(GGMLType t, int64_t cols);
-
-// Chunk bytes (scales + codes) of a full chunk: the distance between chunks.
-inline size_t chunk_bytes(GGMLType t) {
-  return 64 + static_cast<size_t>(chunk_blocks(t)) * kCodeBytes;
-}
 
 // GGML row -> split row, and back.
 void split_row(GGMLType t, int64_t cols, const uint8_t* ggml, uint8_t* out);
