@@ -11,7 +11,7 @@ Oracles:
 
 import numpy as np
 import pytest
-from test_kernels import _check_fast, gguf_dequant, random_weight
+from test_kernels import _check_fast, _restore_switches, gguf_dequant, random_weight  # noqa: F401 (autouse)
 
 import pyv4
 from pyv4 import _core
@@ -22,14 +22,6 @@ SPLIT_TYPES = ["MXFP4", "Q4_0"]
 SCALE_BYTES = {"MXFP4": 1, "Q4_0": 2}
 BLOCK_BYTES = {"MXFP4": 17, "Q4_0": 18}
 ISAS = ["scalar", "avx2", "avx512"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_switches():
-    isa, mode = _core.active_isa(), _core.compute_mode()
-    yield
-    _core.set_isa(isa)
-    _core.set_compute_mode(mode)
 
 
 def numpy_split(type_name, raw, rows, cols):

@@ -15,6 +15,9 @@
 // int32 lanes of 4 groups summed per block (reduce4) so the float step runs once
 // per 16 blocks; for MXFP4 and Q4_0 software pipelined (gemv_pipelined: on
 // Zen 4 this decode is bound by latency and op count, not by one port).
+// MXFP4 and Q4_0 matrices in the split row layout (quant/split_layout.h; what
+// a model loads on AVX-512) go through the same math on aligned loads
+// (SplitSrc: gemv_split, and tile_int's groups), with the same results.
 // 12+ tokens: gemm_lane_avx512.cpp. Float weights: gemm_float_avx512.cpp.
 #include <immintrin.h>
 
