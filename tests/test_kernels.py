@@ -243,6 +243,26 @@ def test_large_tokens_and_rows_fast():
         _check_fast(type_name, W, x, _core.quant_matmul(type_name, raw, rows, cols, x, 2))
 
 
+@pytest.mark.parametrize("type_name,layout", [("Q8_0", "ggml"), ("Q4_K", "ggml"), ("MXFP4", "split"),
+                                               ("Q4_0", "split")])
+def test_lane_token_blocks(type_name, layout):
+    """Wide rows and many tokens: the lane GEMM packs 256-row spans and runs the
+    tokens in blocks (here 96 + 5 tokens of 4096 columns; spans 256 + 44 rows)."""
+    if not _core.isa_supported("avx512"):
+        pytest.skip("CPU lacks avx512")
+    _core.set_isa("avx512")
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(12)
+    rows, cols, n = 300, 4096, 101
+    raw = random_weight(type_name, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    y = _core.quant_matmul(type_name, raw, rows, cols, x, 1, layout)
+    _check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, y)
+    assert np.array_equal(y, _core.quant_matmul(type_name, raw, rows, cols, x, 2, layout))
+    # the same token through the one-block path (fewer tokens) gives the same bits
+    assert np.array_equal(y[:40], _core.quant_matmul(type_name, raw, rows, cols, x[:40], 1, layout))
+
+
 # ---------------------------------------------------------------- switches
 
 def test_isa_switches():

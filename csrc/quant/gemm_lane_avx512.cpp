@@ -11,13 +11,13 @@
 // dw/mw are 16 floats per group and dx/cs 16 floats per token and group: all
 // dense, no broadcasts or permutes in the inner loop.
 //
-// The weights are repacked ("panel"): per thread, kPanel rows at a time are
-// decoded once into a thread-local buffer (codes + dw + mw, 640 bytes per row and
-// group) and then multiplied with every token, in register tiles of kR rows x kT
-// tokens (kR*kT int32 accumulators in registers, the float ones in L1, updated
-// once per 16 blocks). A token tile's activations stay in L1 while the panel's
-// row tiles run over it. Measured (Zen 4 guest, 1 thread): ~245 Gops/s at 128
-// tokens, the vpdpbusd issue limit of the core.
+// The weights are repacked ("panel"): per thread, rows are decoded once into a
+// thread-local buffer (codes + dw + mw, 640 bytes per row and group) and then
+// multiplied with every token, in register tiles of kR rows x kT tokens (kR*kT
+// int32 accumulators in registers, the float ones in L1, updated once per 16
+// blocks); the cache policy is in gemm_lane. Measured at 128 tokens, 1 thread:
+// Zen 4 guest ~245 Gops/s (its vpdpbusd issue limit), Zen 5 guest ~590 (57 %
+// of its 1,040).
 #include <immintrin.h>
 
 #include <cstring>
@@ -34,7 +34,12 @@ namespace {
 using namespace qblocks;
 
 constexpr int kGB = 640;      // packed bytes per row and group: codes 512, dw 64, mw 64
-constexpr int kPanel = 16;    // rows packed at a time
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+constexpr int64_t kPanel = 16;       // rows a token tile runs over (packed rows in L2)
+constexpr int64_t kSpanRows = 256;   // rows packed at a time when tokens go in blocks
+constexpr size_t kXBlockBytes = 384 << 10;  // activations of a token block (in L2)
 constexpr int kR = 4;         // register tile: rows
 constexpr int kT = 4;         // register tile: tokens
 
@@ -235,10 +240,12 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t ng, 
   alignas(64) float F[R][T][16];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) _mm512_store_ps(F[i][t], _mm512_setzero_ps());
-  const int8_t* xq[T];
-  const float* xd[T];
-  const float* xc[T];
-  for (int t = 0; t < T; ++t) xq[t] = a.q(t0 + t), xd[t] = a.d(t0 + t), xc[t] = a.c(t0 + t);
+  // One base pointer per activation array and the tokens at a fixed stride:
+  // fewer live pointers than one per token (the 4x4 tile spilled them; 3-5 %).
+  const int8_t* xq = a.q(t0);
+  const float* xd = a.d(t0);
+  const float* xc = a.c(t0);
+  const int64_t sq = a.nb_pad * 32, sf = a.nb_pad;
   for (int64_t g = 0; g < ng; ++g) {
     const uint8_t* wg = pw + g * kGB;
     __m512i P[R][T];
@@ -253,15 +260,15 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t ng, 
       for (int i = 0; i < R; ++i) Wv[i] = _mm512_load_si512(wg + i * ps + 64 * k);
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) {
-        const __m512i X = _mm512_loadu_si512(xq[t] + g * 512 + 64 * k);
+        const __m512i X = _mm512_loadu_si512(xq + t * sq + g * 512 + 64 * k);
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) P[i][t] = _mm512_dpbusd_epi32(P[i][t], Wv[i], X);
       }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
-      const __m512 DX = _mm512_loadu_ps(xd[t] + 16 * g);
-      const __m512 KC = _mm512_loadu_ps(xc[t] + 16 * g);
+      const __m512 DX = _mm512_loadu_ps(xd + t * sf + 16 * g);
+      const __m512 KC = _mm512_loadu_ps(xc + t * sf + 16 * g);
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const __m512 f = _mm512_cvtepi32_ps(P[i][t]);
@@ -305,27 +312,44 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
   const int64_t nblk = W.cols / (Pk::kBlocks == 2 ? 256 : 32);  // packer blocks per row
   const int64_t ng = a.nb_pad / 16;
   const size_t ps = static_cast<size_t>(ng) * kGB;
-  uint8_t* panel = scratch_bytes(ps * kPanel);
-  for (int64_t r = r0; r < r1; r += kPanel) {
-    const int64_t n = r1 - r < kPanel ? r1 - r : kPanel;
+  // Cache policy. The packed rows of a panel (kPanel rows) stay in L2 while
+  // every token tile of a block runs over them; a token tile's activations stay
+  // in L1 across the panel's row tiles. When all the tokens' activations fit in
+  // kXBlockBytes (about a third of a 1 MB L2: 96 tokens of 4096 columns), they
+  // stay in L2 across panels too, and each panel is packed right before use.
+  // Beyond that they would stream from L3 once per panel (512 tokens ran
+  // 5-10 % slower than 128), so kSpanRows rows are packed first (the span,
+  // L3-resident) and the tokens go in blocks that fit, each over every panel.
+  const size_t x_bytes = static_cast<size_t>(a.nb_pad) * 32;  // one token's activations
+  const int64_t tok_block = imax(kT, (kXBlockBytes / x_bytes) / kT * kT);
+  const int64_t span_rows = n_tokens <= tok_block ? kPanel : kSpanRows;
+  uint8_t* packed = scratch_bytes(ps * span_rows);
+  for (int64_t r = r0; r < r1; r += span_rows) {
+    const int64_t n = imin(r1 - r, span_rows);
     for (int64_t i = 0; i < n; ++i) {
       if constexpr (!std::is_same<Pk, PackQ8_0>::value && !std::is_same<Pk, PackQ4_K>::value) {
         if (W.split) {
-          pack_split_row<Pk>(W.row(r + i), ng, panel + i * ps);
+          pack_split_row<Pk>(W.row(r + i), ng, packed + i * ps);
           continue;
         }
       }
-      pack_row<Pk>(W.row(r + i), nblk, ng, panel + i * ps);
+      pack_row<Pk>(W.row(r + i), nblk, ng, packed + i * ps);
     }
-    for (int64_t t = 0; t < n_tokens; t += kT) {
-      const int tt = static_cast<int>(n_tokens - t < kT ? n_tokens - t : kT);
-      for (int64_t i = 0; i < n; i += kR) {
-        const uint8_t* pw = panel + i * ps;
-        switch (n - i < kR ? n - i : kR) {
-          case 4: micro_t<Pk::kMin, 4>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
-          case 3: micro_t<Pk::kMin, 3>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
-          case 2: micro_t<Pk::kMin, 2>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
-          default: micro_t<Pk::kMin, 1>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
+    for (int64_t tb = 0; tb < n_tokens; tb += tok_block) {
+      const int64_t te = imin(n_tokens, tb + tok_block);
+      for (int64_t p = 0; p < n; p += kPanel) {
+        const int64_t pn = imin(n - p, kPanel);
+        for (int64_t t = tb; t < te; t += kT) {
+          const int tt = static_cast<int>(imin(te - t, kT));
+          for (int64_t i = p; i < p + pn; i += kR) {
+            const uint8_t* pw = packed + i * ps;
+            switch (imin(p + pn - i, kR)) {
+              case 4: micro_t<Pk::kMin, 4>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
+              case 3: micro_t<Pk::kMin, 3>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
+              case 2: micro_t<Pk::kMin, 2>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
+              default: micro_t<Pk::kMin, 1>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
+            }
+          }
         }
       }
     }
