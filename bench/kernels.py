@@ -3,6 +3,7 @@ kernels at DeepSeek-V4-Flash shapes, against the memory read bandwidth measured
 in the same run.
 
     PYTHONPATH=<site> python bench/kernels.py [--threads N] [--quick] [--isa auto]
+                                              [--layout auto|ggml|split]
 
 GEMV (1 token): GB/s of weight bytes read per second. Each matrix is stored in
 enough copies (>= 256 MiB in all) that every call streams it from DRAM, as in a
@@ -16,6 +17,9 @@ equals Gops/s * (weight bytes per element) / (2 * GEMV GB/s): for 4-bit types
 Next to it: the int8 dot-product peak of this CPU measured in the same run
 (_core.int8_peak: independent vpdpbusd zmm chains on all threads), the GEMM's
 fraction of it, and the Gops/s a 10x ratio would need given the GEMV measured.
+--layout: the row layout of Q4_0 / MXFP4 weights; auto (default) is what a loaded
+model uses (the split layout of csrc/quant/split_layout.h on AVX-512), ggml the
+file's blocks as they are.
 """
 
 import argparse
@@ -63,12 +67,18 @@ def row_bytes(type_name, cols):
     return cols // bs * bb
 
 
+def _layout(type_name, layout):
+    """The layout argument for one type: "split" only exists for Q4_0 / MXFP4."""
+    return layout if type_name in ("Q4_0", "MXFP4") or layout == "auto" else "ggml"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
     ap.add_argument("--isa", default="auto")
     ap.add_argument("--quick", action="store_true", help="fewer shapes and reps")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--layout", default="auto", choices=["auto", "ggml", "split"])
     args = ap.parse_args()
     import os
     threads = args.threads or os.cpu_count()
@@ -81,6 +91,7 @@ def main():
     feats = _core.cpu_features()
     print("# features:", " ".join(k for k, v in feats.items() if v))
     print("# load average at start: %.2f %.2f %.2f" % os.getloadavg())
+    print(f"# Q4_0/MXFP4 row layout: {args.layout}")
 
     shapes = SHAPES[:2] + SHAPES[4:] if args.quick else SHAPES
     print("\n## GEMV (1 token), weight GB/s vs read bandwidth measured around it")
@@ -97,7 +108,8 @@ def main():
             ratios, ks, bws = [], [], []
             for _ in range(args.rounds):
                 b0 = _core.read_bandwidth(bw_bytes, threads, 2)
-                sec = _core.quant_matmul_time(t, raw, rows, cols, x, threads, reps, copies)
+                sec = _core.quant_matmul_time(t, raw, rows, cols, x, threads, reps, copies,
+                                              _layout(t, args.layout))
                 b1 = _core.read_bandwidth(bw_bytes, threads, 2)
                 k = size / sec / 1e9
                 ks.append(k)
@@ -122,8 +134,8 @@ def main():
             for n in (32, 128, 512):
                 x = rng.standard_normal((n, cols)).astype(np.float32)
                 reps = max(2, int(4e9 / (2 * rows * cols * n)))
-                sec = min(_core.quant_matmul_time(t, raw, rows, cols, x, threads, reps, 1)
-                          for _ in range(2))
+                sec = min(_core.quant_matmul_time(t, raw, rows, cols, x, threads, reps, 1,
+                                                  _layout(t, args.layout)) for _ in range(2))
                 out.append((2 * rows * cols * n / sec / 1e9, sec))
             g = gemv_time.get((name, t))
             ratio = (128 / out[1][1]) * g if g else float("nan")
