@@ -19,9 +19,10 @@ class Model:
     On CPUs with AVX-512, Q4_0 and MXFP4 matrices (the routed experts of the
     mxfp4 recipe) are copied at load into a cache-line-aligned "split" layout
     that streams faster than GGML's 17/18-byte blocks; the file's pages under
-    them are released, so memory still holds one copy. split_weights=False
-    keeps every matrix a view of the file (nothing read at load: for a file
-    larger than RAM). The results are the same bits either way."""
+    them are released, so memory still holds one copy. The copies are made only
+    if they fit in 90 % of the available memory; split_weights=False never makes
+    them (every matrix stays a view of the file, nothing is read at load). The
+    results are the same bits either way."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, resident: bool = False,
                  split_weights: bool = True):

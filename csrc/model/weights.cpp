@@ -1,5 +1,8 @@
 #include "model/weights.h"
 
+#include <cinttypes>
+#include <cstdio>
+
 #include "common/error.h"
 #include "gguf/gguf_file.h"
 #include "quant/split_layout.h"
@@ -88,8 +91,29 @@ CompressorWeights compressor(const Binder& b, int64_t il, const char* prefix, in
   return w;
 }
 
+// MemAvailable of /proc/meminfo in bytes (free memory plus reclaimable page
+// cache), or 0 if it cannot be read.
+uint64_t available_memory() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  uint64_t kb = 0;
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::sscanf(line, "MemAvailable: %" SCNu64 " kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
 // Every matrix the matmul kernels read (not token_embd), after binding and
 // validation succeeded: a bad file fails before any copy is made.
+//
+// Memory policy: the copies are anonymous memory the kernel cannot page out
+// and re-read, unlike the mapped file. So they are made only if they all fit
+// in 90 % of MemAvailable; otherwise every matrix stays a view of the file
+// (slower 4-bit decode, but a model larger than RAM still runs from the page
+// cache). The file's pages under each copy are released right after it, so
+// at most one matrix is held twice at a time.
 void split_matrices(ModelWeights& m, ThreadPool& pool) {
   std::vector<WeightMatrix*> all = {&m.output, &m.hc_head_fn};
   for (LayerWeights& L : m.layers) {
@@ -100,8 +124,16 @@ void split_matrices(ModelWeights& m, ThreadPool& pool) {
                             &L.down_sh})
       all.push_back(w);
   }
+  std::vector<WeightMatrix*> todo;
+  uint64_t bytes = 0;
   for (WeightMatrix* w : all) {
     if (!w->data || !split::fits(w->type, w->cols)) continue;
+    todo.push_back(w);
+    bytes += split::row_stride(w->type, w->cols) * static_cast<uint64_t>(w->rows);
+  }
+  const uint64_t avail = available_memory();
+  if (todo.empty() || (avail > 0 && bytes > avail / 10 * 9)) return;
+  for (WeightMatrix* w : todo) {
     WeightMatrix s;
     // The file's pages under the tensor go: a mapped file's back to the page
     // cache (clean), a resident copy's (anonymous) back to the system.

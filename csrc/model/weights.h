@@ -63,8 +63,9 @@ struct ModelWeights {
   // left for the MTP path). Sets cfg.n_vocab from token_embd if unset. Then,
   // if split and the AVX-512 kernels are active, copies every matrix that has
   // a split form (quant/split_layout.h) into it, except token_embd (only read
-  // a row at a time), and drops the file's pages under the copied tensors:
-  // after load nothing reads those bytes of the file again.
+  // a row at a time), if all the copies fit in memory (policy in weights.cpp),
+  // and drops the file's pages under the copied tensors: after load nothing
+  // reads those bytes of the file again.
   // The copies run on pool's threads.
   static ModelWeights load(const GGUFFile& f, ModelConfig& cfg, bool split, ThreadPool& pool);
 };
