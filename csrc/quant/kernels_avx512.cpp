@@ -235,8 +235,9 @@ struct DecMXFP4 {
 
 // ---- where a row's quad groups come from ----
 // GGML blocks (group g at byte 4 g kBB, a zero-padded tail group when the row's
-// block count is not a multiple of 4), or split rows (quant/split_layout.h:
-// aligned code and scale areas per 64-block chunk; whole 16-block super-groups).
+// block count is not a multiple of 4), or split rows (quant/split_layout.h: a
+// line of scales, then the codes, per chunk of 64 MXFP4 / 32 Q4_0 blocks; 64-byte
+// aligned; whole 16-block super-groups, so no tail).
 template <class Dec>
 struct GgmlSrc {
   static constexpr bool kSplit = false;
