@@ -227,12 +227,14 @@ void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool) {
   thread_local std::vector<Job> jobs;
   thread_local std::vector<qk::ActQ> acts;
   thread_local std::vector<ActScratch> scratch;
+  thread_local std::vector<int64_t> weight;  // units per row
   if (static_cast<int64_t>(jobs.size()) < n_tasks) {
     jobs.resize(n_tasks);
     acts.resize(n_tasks);
     scratch.resize(n_tasks);  // moves keep each buffer, so earlier ActQ pointers stay valid
+    weight.resize(n_tasks);
   }
-  int64_t units = 0, max_tokens = 1;
+  int64_t max_tokens = 1;
   for (int64_t i = 0; i < n_tasks; ++i) {
     const MatmulTask& t = tasks[i];
     if (t.W->rows <= 0 || t.n_tokens <= 0) {  // nothing to do: an empty span
@@ -254,20 +256,34 @@ void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool) {
     } else {
       prepare(*t.W, t.X, t.ldx, t.n_tokens, t.Y, t.ldy, &jobs[i], &acts[i], scratch[i], &pool);
     }
-    units += t.W->rows * t.n_tokens;
     max_tokens = std::max(max_tokens, t.n_tokens);
   }
-  // Unit u of task i is (row, token) u / n, u % n: a row goes to the thread
-  // whose range holds its first unit (ceil on both ends of the intersection).
+  // What a row costs, in units the threads split evenly. Decode (every task
+  // 1..3 tokens) streams weight bytes, so a row weighs its cache lines times its
+  // tokens: an MXFP4 row in the split layout costs about half a Q8_0 row of the
+  // same width (the shared expert), and a split by rows gave one thread ~13 %
+  // more bytes. Otherwise a row weighs its tokens (the kernels are bound by
+  // arithmetic, the same per row of one width).
+  const bool streaming = max_tokens <= 3;
+  int64_t units = 0, max_weight = 1;
+  for (int64_t i = 0; i < n_tasks; ++i) {
+    const int64_t n = jobs[i].n_tokens;
+    weight[i] = streaming ? n * static_cast<int64_t>((tasks[i].W->row_stride + 63) / 64) : n;
+    units += tasks[i].W->rows * weight[i];
+    max_weight = std::max(max_weight, weight[i]);
+  }
+  // Unit u of task i belongs to row u / w: a row goes to the thread whose range
+  // holds its first unit (ceil on both ends of the intersection).
   // (The workers see their own thread_local `jobs`: hand them this thread's.)
   const Job* job = jobs.data();
-  pool.parallel_for(units, 16 * max_tokens, [&, job](int64_t u0, int64_t u1, int) {
+  const int64_t* w = weight.data();
+  pool.parallel_for(units, 16 * max_weight, [&, job, w](int64_t u0, int64_t u1, int) {
     int64_t base = 0;
     for (int64_t i = 0; i < n_tasks && base < u1; ++i) {
-      const int64_t n = job[i].n_tokens, span = job[i].W->rows * n;
+      const int64_t span = job[i].W->rows * w[i];
       const int64_t a = std::max(u0, base), b = std::min(u1, base + span);
       if (a < b) {
-        const int64_t r0 = (a - base + n - 1) / n, r1 = (b - base + n - 1) / n;
+        const int64_t r0 = (a - base + w[i] - 1) / w[i], r1 = (b - base + w[i] - 1) / w[i];
         if (r0 < r1) run_rows(job[i], r0, r1);
       }
       base += span;
