@@ -4,6 +4,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -29,8 +30,8 @@ void split_row(GGMLType t, int64_t cols, const uint8_t* ggml, uint8_t* out) {
   const size_t bb = static_cast<size_t>(sb + kCodeBytes);  // GGML block: scale, then codes
   std::memset(out, 0, row_stride(t, cols));
   for (int64_t b = 0; b < cols / 32; ++b) {
-    std::memcpy(const_cast<uint8_t*>(block_scale(t, out, b)), ggml + b * bb, sb);
-    std::memcpy(const_cast<uint8_t*>(block_codes(t, out, b)), ggml + b * bb + sb, kCodeBytes);
+    std::memcpy(out + scale_offset(t, b), ggml + b * bb, sb);
+    std::memcpy(out + codes_offset(t, b), ggml + b * bb + sb, kCodeBytes);
   }
 }
 
@@ -56,7 +57,7 @@ std::shared_ptr<uint8_t> split_copy(const WeightMatrix& W, WeightMatrix* out,
                       std::to_string(W.cols) + " columns has no split form");
   const size_t stride = row_stride(W.type, W.cols);
   const size_t huge = size_t(2) << 20;
-  const size_t bytes = (stride * static_cast<size_t>(W.rows) + huge - 1) / huge * huge;
+  const size_t bytes = std::max<size_t>(1, (stride * static_cast<size_t>(W.rows) + huge - 1) / huge) * huge;
   void* p = std::aligned_alloc(huge, bytes);
   if (!p) throw std::bad_alloc();
   std::shared_ptr<uint8_t> mem(static_cast<uint8_t*>(p), [](uint8_t* q) { std::free(q); });

@@ -55,12 +55,18 @@ static constexpr int64_t chunk_blocks(GGMLType t) { return 64 / scale_bytes(t); 
 // Bytes of a full chunk: the distance between chunks.
 static constexpr int64_t chunk_bytes(GGMLType t) { return 64 + chunk_blocks(t) * kCodeBytes; }
 
-// Block b of a split row: its raw scale, and its 16 code bytes.
+// Block b of a split row: the offsets of its raw scale and of its 16 code bytes.
+static constexpr int64_t scale_offset(GGMLType t, int64_t b) {
+  return (b / chunk_blocks(t)) * chunk_bytes(t) + (b % chunk_blocks(t)) * scale_bytes(t);
+}
+static constexpr int64_t codes_offset(GGMLType t, int64_t b) {
+  return (b / chunk_blocks(t)) * chunk_bytes(t) + 64 + (b % chunk_blocks(t)) * kCodeBytes;
+}
 static inline const uint8_t* block_scale(GGMLType t, const uint8_t* row, int64_t b) {
-  return row + (b / chunk_blocks(t)) * chunk_bytes(t) + (b % chunk_blocks(t)) * scale_bytes(t);
+  return row + scale_offset(t, b);
 }
 static inline const uint8_t* block_codes(GGMLType t, const uint8_t* row, int64_t b) {
-  return row + (b / chunk_blocks(t)) * chunk_bytes(t) + 64 + (b % chunk_blocks(t)) * kCodeBytes;
+  return row + codes_offset(t, b);
 }
 
 // Whether a [rows, cols] matrix of type t can be split.
