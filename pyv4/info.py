@@ -39,7 +39,8 @@ def describe(path: str) -> dict:
         "tokens": len(f.get("tokenizer.ggml.tokens") or []),
     }
     try:
-        engine = _core.Engine(path, 1)
+        # validation only: no split copies (they would read every expert of the file)
+        engine = _core.Engine(path, 1, resident=False, split=False)
         loadable, why = True, f"yes ({engine.n_vocab} tokens, context {engine.n_ctx})"
     except ValueError as e:
         loadable, why = False, f"no: {e}"
