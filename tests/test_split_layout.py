@@ -65,7 +65,9 @@ def test_split_rejects_what_has_no_split_form():
         with pytest.raises(ValueError, match="no split layout"):
             _core.quant_matmul(type_name, raw, 3, cols, np.ones((1, cols), np.float32), 1, "split")
         # "auto" falls back to the GGML layout
-        _core.quant_matmul(type_name, raw, 3, cols, np.ones((1, cols), np.float32), 1, "auto")
+        x = np.ones((1, cols), np.float32)
+        assert np.array_equal(_core.quant_matmul(type_name, raw, 3, cols, x, 1, "auto"),
+                              _core.quant_matmul(type_name, raw, 3, cols, x, 1, "ggml"))
     with pytest.raises(ValueError, match="layout must be"):
         _core.quant_matmul("MXFP4", random_weight("MXFP4", 1, 512, rng), 1, 512,
                            np.ones((1, 512), np.float32), 1, "packed")

@@ -59,6 +59,12 @@ WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64
   return W;
 }
 
+void require_split_form(GGMLType t, int64_t cols) {
+  if (!split::fits(t, cols))
+    throw InputError(std::string("no split layout for ") + type_name(t) + " with " +
+                     std::to_string(cols) + " columns (Q4_0 or MXFP4, cols % 512 == 0)");
+}
+
 // W in the row layout asked for: "ggml" (raw as given), "split" (a split copy,
 // owned by *keep), or "auto" (split exactly when the model loader would).
 WeightMatrix with_layout(const WeightMatrix& W, const std::string& layout,
@@ -67,9 +73,7 @@ WeightMatrix with_layout(const WeightMatrix& W, const std::string& layout,
   if (layout == "ggml") {
     want = false;
   } else if (layout == "split") {
-    if (!split::fits(W.type, W.cols))
-      throw InputError(std::string("no split layout for ") + type_name(W.type) + " with " +
-                       std::to_string(W.cols) + " columns (Q4_0 or MXFP4, cols % 512 == 0)");
+    require_split_form(W.type, W.cols);
     want = true;
   } else if (layout == "auto") {
     want = active_isa() == Isa::AVX512 && split::fits(W.type, W.cols);
@@ -149,7 +153,7 @@ void bind_quant(py::module_& m) {
       "quant_unsplit",
       [](const std::string& type_name, const U8Array& split_rows, int64_t rows, int64_t cols) {
         const GGMLType t = type_from_name(type_name);
-        if (!split::fits(t, cols)) throw InputError("no split layout for this type and width");
+        require_split_form(t, cols);
         const size_t in = split::row_stride(t, cols), out_b = row_bytes(t, cols);
         if (static_cast<size_t>(split_rows.size()) < in * static_cast<size_t>(rows))
           throw InputError("split buffer too small");

@@ -16,10 +16,11 @@
 // multiplied with every token, in register tiles of kR rows x kT tokens (kR*kT
 // int32 accumulators in registers, the float ones in L1, updated once per 16
 // blocks); the cache policy is in gemm_lane. Measured at 128 tokens, 1 thread:
-// Zen 4 guest ~245 Gops/s (its vpdpbusd issue limit), Zen 5 guest ~590 (57 %
-// of its 1,040).
+// Zen 4 guest ~245 Gops/s (its vpdpbusd issue limit); Zen 5 guest ~590 for the
+// micro-kernels alone (packing skipped), 57 % of its 1,040.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -34,9 +35,6 @@ namespace {
 using namespace qblocks;
 
 constexpr int kGB = 640;      // packed bytes per row and group: codes 512, dw 64, mw 64
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-
 constexpr int64_t kPanel = 16;       // rows a token tile runs over (packed rows in L2)
 constexpr int64_t kSpanRows = 256;   // rows packed at a time when tokens go in blocks
 constexpr size_t kXBlockBytes = 384 << 10;  // activations of a token block (in L2)
@@ -321,11 +319,11 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
   // 5-10 % slower than 128), so kSpanRows rows are packed first (the span,
   // L3-resident) and the tokens go in blocks that fit, each over every panel.
   const size_t x_bytes = static_cast<size_t>(a.nb_pad) * 32;  // one token's activations
-  const int64_t tok_block = imax(kT, (kXBlockBytes / x_bytes) / kT * kT);
+  const int64_t tok_block = std::max<int64_t>(kT, (kXBlockBytes / x_bytes) / kT * kT);
   const int64_t span_rows = n_tokens <= tok_block ? kPanel : kSpanRows;
   uint8_t* packed = scratch_bytes(ps * span_rows);
   for (int64_t r = r0; r < r1; r += span_rows) {
-    const int64_t n = imin(r1 - r, span_rows);
+    const int64_t n = std::min<int64_t>(r1 - r, span_rows);
     for (int64_t i = 0; i < n; ++i) {
       if constexpr (!std::is_same<Pk, PackQ8_0>::value && !std::is_same<Pk, PackQ4_K>::value) {
         if (W.split) {
@@ -336,14 +334,14 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
       pack_row<Pk>(W.row(r + i), nblk, ng, packed + i * ps);
     }
     for (int64_t tb = 0; tb < n_tokens; tb += tok_block) {
-      const int64_t te = imin(n_tokens, tb + tok_block);
+      const int64_t te = std::min<int64_t>(n_tokens, tb + tok_block);
       for (int64_t p = 0; p < n; p += kPanel) {
-        const int64_t pn = imin(n - p, kPanel);
+        const int64_t pn = std::min<int64_t>(n - p, kPanel);
         for (int64_t t = tb; t < te; t += kT) {
-          const int tt = static_cast<int>(imin(te - t, kT));
+          const int tt = static_cast<int>(std::min<int64_t>(te - t, kT));
           for (int64_t i = p; i < p + pn; i += kR) {
             const uint8_t* pw = packed + i * ps;
-            switch (imin(p + pn - i, kR)) {
+            switch (std::min<int64_t>(p + pn - i, kR)) {
               case 4: micro_t<Pk::kMin, 4>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
               case 3: micro_t<Pk::kMin, 3>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;
               case 2: micro_t<Pk::kMin, 2>(tt, pw, ps, a, t, ng, Y, ldy, r + i); break;

@@ -131,9 +131,6 @@ struct DecQ4_0 {
   }
   // Split rows: f16 scales.
   static constexpr GGMLType kType = GGMLType::Q4_0;
-  static inline void split_codes(const uint8_t* c, __m512i* A, __m512i* B) {
-    split(_mm512_load_si512(c), A, B);
-  }
   static inline __m512 split_scales16(const uint8_t* s) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
   }
@@ -201,9 +198,6 @@ struct DecMXFP4 {
   }
   // Split rows: the raw exponents, as integers in float lanes (scale converts).
   static constexpr GGMLType kType = GGMLType::MXFP4;
-  static inline void split_codes(const uint8_t* c, __m512i* A, __m512i* B) {
-    split(_mm512_load_si512(c), A, B);
-  }
   static inline __m512 split_scales16(const uint8_t* s) {
     return _mm512_castsi512_ps(
         _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s))));
@@ -248,14 +242,15 @@ struct GgmlSrc {
 template <class Dec>
 struct SplitSrc {
   static constexpr bool kSplit = true;
-  static inline const uint8_t* codes(const uint8_t* row, int64_t b) {
-    return split::block_codes(Dec::kType, row, b);
+  // Codes A, B of the 4 blocks from b (one aligned 64-byte load).
+  static inline void codes(const uint8_t* row, int64_t b, __m512i* A, __m512i* B) {
+    Dec::split(_mm512_load_si512(split::block_codes(Dec::kType, row, b)), A, B);
   }
   static inline const uint8_t* scales(const uint8_t* row, int64_t b) {
     return split::block_scale(Dec::kType, row, b);
   }
   static inline void group(const uint8_t* row, int64_t g, __m512i* A, __m512i* B, __m512* DW) {
-    Dec::split_codes(codes(row, 4 * g), A, B);
+    codes(row, 4 * g, A, B);
     *DW = Dec::scale(spread4(Dec::split_scales4(scales(row, 4 * g))));
   }
   // The 16 raw scales of super-group s in the order of ActQ::dxr (dword 4L + d
@@ -484,7 +479,7 @@ void gemv_split(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, flo
 #pragma GCC unroll 4
     for (int d = 0; d < 4; ++d) {
       __m512i A, B;
-      Dec::split_codes(S::codes(row, 16 * s + 4 * d), &A, &B);
+      S::codes(row, 16 * s + 4 * d, &A, &B);
       group_dots<T>(A, B, a, t0, 4 * s + d, P[d]);
     }
     superblock_fma<T>(P, DWo, a, t0, s, acc);

@@ -36,15 +36,13 @@ bool is_matmul_type(GGMLType t) {
 void reference_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens,
                     float* Y, int64_t ldy, int64_t r0, int64_t r1) {
   thread_local std::vector<float> row;
-  thread_local std::vector<uint8_t> ggml;
   if (static_cast<int64_t>(row.size()) < W.cols) row.resize(W.cols);
-  if (W.split) ggml.resize(std::max(ggml.size(), row_bytes(W.type, W.cols)));
   for (int64_t r = r0; r < r1; ++r) {
     const float* w;
     if (W.type == GGMLType::F32) {
       w = reinterpret_cast<const float*>(W.row(r));
     } else {
-      dequantize_row(W.type, split::ggml_row(W, r, ggml.data()), row.data(), W.cols);
+      dequantize_row(W.type, W.row(r), row.data(), W.cols);
       w = row.data();
     }
     for (int64_t t = 0; t < n_tokens; ++t) {
@@ -107,27 +105,33 @@ struct Job {
 };
 
 void run_rows(const Job& j, int64_t r0, int64_t r1) {
+  if (j.W->split && (j.reference || j.isa != Isa::AVX512)) {
+    // Only the AVX-512 kernels read split rows (a split matrix meets the others
+    // when the ISA or compute mode changed after loading): restore GGML rows,
+    // 16 at a time, and run the same job on them.
+    thread_local LineBuffer<uint8_t> buf;
+    WeightMatrix v = *j.W;
+    v.split = false;
+    v.row_stride = row_bytes(v.type, v.cols);
+    buf.resize(16 * v.row_stride);
+    v.data = buf.data();
+    Job jv = j;
+    jv.W = &v;
+    for (int64_t r = r0; r < r1; r += 16) {
+      v.rows = std::min<int64_t>(16, r1 - r);
+      for (int64_t i = 0; i < v.rows; ++i)
+        split::unsplit_row(v.type, v.cols, j.W->row(r + i), buf.data() + i * v.row_stride);
+      jv.Y = j.Y + r;
+      run_rows(jv, 0, v.rows);
+    }
+    return;
+  }
   if (j.reference) {
     reference_rows(*j.W, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
     qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (j.isa == Isa::AVX512) {
     qk::gemm_avx512(*j.W, j.act, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
-  } else if (j.W->split) {
-    // The AVX2 kernels read GGML rows (a split matrix meets them only when the
-    // ISA was changed after loading): restore 16 rows at a time.
-    thread_local LineBuffer<uint8_t> buf;
-    WeightMatrix v = *j.W;
-    v.split = false;
-    v.row_stride = row_bytes(v.type, v.cols);
-    buf.resize(16 * v.row_stride);
-    for (int64_t r = r0; r < r1; r += 16) {
-      v.rows = std::min<int64_t>(16, r1 - r);
-      for (int64_t i = 0; i < v.rows; ++i)
-        split::unsplit_row(v.type, v.cols, j.W->row(r + i), buf.data() + i * v.row_stride);
-      v.data = buf.data();
-      qk::gemm_avx2(v, j.act, j.X, j.ldx, j.n_tokens, j.Y + r, j.ldy, 0, v.rows);
-    }
   } else {
     qk::gemm_avx2(*j.W, j.act, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
   }

@@ -44,12 +44,6 @@ void unsplit_row(GGMLType t, int64_t cols, const uint8_t* in, uint8_t* ggml) {
   }
 }
 
-const uint8_t* ggml_row(const WeightMatrix& W, int64_t r, uint8_t* buf) {
-  if (!W.split) return W.row(r);
-  unsplit_row(W.type, W.cols, W.row(r), buf);
-  return buf;
-}
-
 std::shared_ptr<uint8_t> split_copy(const WeightMatrix& W, WeightMatrix* out,
                                     bool release_source, ThreadPool* pool) {
   if (W.split || !fits(W.type, W.cols))

@@ -5,10 +5,10 @@
 // Why: GGML's Q4_0 and MXFP4 blocks are 18 and 17 bytes, so nearly every 64-byte
 // load of the codes straddles two cache lines, and the decode needs word
 // permutes to pull the codes out from between the scales. Streamed from DRAM
-// that held these GEMVs at ~43-66 GB/s on a host that reads ~85 GB/s (Zen 5, 2
-// threads); the same kernel math on split rows streams at 72-84 GB/s
-// (bench/RESULTS.md). Q8_0 keeps the GGML layout: it already streams at ~80 GB/s
-// there, and split Q8_0 rows measured slower (52-57 GB/s).
+// that held these GEMVs at ~43-67 GB/s on a host that reads ~85 GB/s (Zen 5, 2
+// threads); the same kernel math on split rows streams at 69-86 GB/s
+// (bench/RESULTS.md, Kernels 05:21). Q8_0 keeps the GGML layout: it already
+// streams at ~80 GB/s there, and split Q8_0 rows measured slower (52-57 GB/s).
 //
 // A split row is a sequence of chunks, each one cache line of scales and then
 // the codes of the chunk's blocks (64 for MXFP4, 32 for Q4_0; fewer in a last
@@ -24,10 +24,10 @@
 // full (MXFP4: cols % 2048 == 0, Q4_0: cols % 1024 == 0), otherwise at most 64
 // bytes longer. (A scale area of two lines with one left unread, as Q4_0 rows
 // of 1024 columns had in chunks of 64 blocks, halved the streaming rate.)
-
-// Only the AVX-512 kernels read split rows natively (GEMV and 4..11-token tiles);
-// every other path (the 12+ token lane GEMM's packer, AVX2, the scalar
-// reference, embedding lookups) first restores the GGML row with unsplit_row.
+//
+// The AVX-512 kernels read split rows natively (GEMV, 4..11-token tiles, the
+// lane GEMM's packer); the AVX2 and reference paths get GGML rows restored by
+// unsplit_row (matmul.cpp, run_rows).
 #pragma once
 
 #include <cstddef>
@@ -78,10 +78,6 @@ size_t row_stride(GGMLType t, int64_t cols);
 // GGML row -> split row, and back.
 void split_row(GGMLType t, int64_t cols, const uint8_t* ggml, uint8_t* out);
 void unsplit_row(GGMLType t, int64_t cols, const uint8_t* in, uint8_t* ggml);
-
-// Row r of W in GGML layout: W.row(r) itself, or W's split row restored into
-// buf (at least ggml row_bytes(W.type, W.cols) bytes).
-const uint8_t* ggml_row(const WeightMatrix& W, int64_t r, uint8_t* buf);
 
 // A split copy of W in its own 64-byte aligned memory (huge pages advised); out
 // views it, the returned pointer owns it. release_source: the whole pages
