@@ -16,8 +16,11 @@
 // multiplied with every token, in register tiles of kR rows x kT tokens (kR*kT
 // int32 accumulators in registers, the float ones in L1, updated once per 16
 // blocks); the cache policy is in gemm_lane. Measured at 128 tokens, 1 thread:
-// Zen 4 guest ~245 Gops/s (its vpdpbusd issue limit); Zen 5 guest ~590 for the
-// micro-kernels alone (packing skipped), 57 % of its 1,040.
+// Zen 4 guest ~245 Gops/s (its vpdpbusd issue limit). Zen 5 guest, the 4x4
+// tile alone over 8 groups: ~640, 62 % of its 1,040. The float step (cvt + 2
+// FMA per 8 vpdpbusd) costs ~13 % of that: it shares the FMA pipes with VNNI;
+// the same loop without it ran ~750, and a bare asm vpdpbusd loop with the
+// same loads ~960.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -230,6 +233,42 @@ void pack_row(const uint8_t* row, int64_t nblk, int64_t ng, uint8_t* out) {
   }
 }
 
+// Y[t * ldy + i] = sum of the 16 lanes of F[i][t]. One transpose-and-add tree
+// (15 adds) leaves the 16 sums in one vector, lane 4t + i, instead of 16
+// separate reductions: with 8 groups per row (4096 columns) the tile's
+// epilogue was ~10 % of its time.
+template <int R, int T>
+inline void store_sums(const float (&F)[R][T][16], float* Y, int64_t ldy) {
+  __m512 v[16];
+#pragma GCC unroll 16
+  for (int p = 0; p < 16; ++p)
+    v[p] = (p % 4 < R && p / 4 < T) ? _mm512_load_ps(F[p % 4][p / 4]) : _mm512_setzero_ps();
+  __m512 w[8];  // 128-bit lane: partial sums of v[2q], v[2q+1] interleaved
+#pragma GCC unroll 8
+  for (int q = 0; q < 8; ++q)
+    w[q] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * q], v[2 * q + 1]),
+                         _mm512_unpackhi_ps(v[2 * q], v[2 * q + 1]));
+  __m512 x[4];  // 128-bit lane: partial sums of v[4q..4q+3]
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    const __m512d a = _mm512_castps_pd(w[2 * q]), b = _mm512_castps_pd(w[2 * q + 1]);
+    x[q] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  __m512 y[2];  // 128-bit lanes 0-1: halves of the sums of v[8q..8q+3], lanes 2-3: v[8q+4..8q+7]
+#pragma GCC unroll 2
+  for (int q = 0; q < 2; ++q)
+    y[q] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * q], x[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x[2 * q], x[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  alignas(64) float sums[16];
+  _mm512_store_ps(sums, _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_f32x4(y[0], y[1], _MM_SHUFFLE(3, 1, 3, 1))));
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) Y[t * ldy + i] = sums[4 * t + i];
+}
+
 template <int R, int T, bool kMin>
 void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t ng, float* Y,
            int64_t ldy, int64_t r) {
@@ -255,7 +294,13 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t ng, 
     for (int k = 0; k < 8; ++k) {
       __m512i Wv[R];
 #pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) Wv[i] = _mm512_load_si512(wg + i * ps + 64 * k);
+      for (int i = 0; i < R; ++i) {
+        Wv[i] = _mm512_load_si512(wg + i * ps + 64 * k);
+        // Opaque to GCC from here: under the tile's register pressure it would
+        // otherwise re-load each weight vector for every token (4x the loads;
+        // pinned, the micro-kernel ran ~10 % faster).
+        __asm__("" : "+v"(Wv[i]));
+      }
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) {
         const __m512i X = _mm512_loadu_si512(xq + t * sq + g * 512 + 64 * k);
@@ -283,9 +328,7 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t ng, 
       }
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t)
-      Y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(_mm512_load_ps(F[i][t]));
+  store_sums<R, T>(F, Y + t0 * ldy + r, ldy);
 }
 
 template <int N>
