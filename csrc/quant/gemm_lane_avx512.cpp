@@ -74,6 +74,13 @@ inline void load_t16(const uint8_t* p, int bb, int off, __m512i (&D)[4]) {
   transpose16(Z, D);
 }
 
+// The same for 16 contiguous 16-byte blocks (split rows): four plain loads.
+inline void load_t16(const uint8_t* p, __m512i (&D)[4]) {
+  __m512i Z[4];
+  for (int a = 0; a < 4; ++a) Z[a] = _mm512_loadu_si512(p + 64 * a);
+  transpose16(Z, D);
+}
+
 // The dword at p + j*bb for j = 0..15 (all inside the 16 blocks). Scalar loads:
 // cheaper than vpgatherdd on Zen 4.
 inline __m512i head16(const uint8_t* p, int bb) {
@@ -127,7 +134,7 @@ struct PackQ4_0 {
   }
   static inline void group_split(const uint8_t* c, const uint8_t* s, uint8_t* out) {
     __m512i D[4];
-    load_t16(c, 16, 0, D);
+    load_t16(c, D);
     codes(D, out);
     _mm512_storeu_ps(out + 512,
                      _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s))));
@@ -162,7 +169,7 @@ struct PackMXFP4 {
   }
   static inline void group_split(const uint8_t* c, const uint8_t* s, uint8_t* out) {
     __m512i D[4];
-    load_t16(c, 16, 0, D);
+    load_t16(c, D);
     codes(D, out);
     scales(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s))), out);
   }
