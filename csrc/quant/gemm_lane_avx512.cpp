@@ -374,6 +374,19 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
   uint8_t* packed = scratch_bytes(ps * span_rows);
   for (int64_t r = r0; r < r1; r += span_rows) {
     const int64_t n = std::min<int64_t>(r1 - r, span_rows);
+    // A model's weights come from DRAM, and packing a panel stalled on them:
+    // when a span is one panel, the next panel's rows are prefetched into L2,
+    // a share per token tile, while this one computes. Measured with weights
+    // far larger than L3, 2 threads: 9-32 tokens +9-33 % (Q8_0 rows of 4096+
+    // columns: no change); with L3-resident weights it costs 6-10 % at 12.
+    const uint8_t* next = nullptr;
+    int64_t next_lines = 0, lines_per_tile = 0;
+    if (span_rows == kPanel && r + n < r1) {
+      const int64_t tiles = (n_tokens + kT - 1) / kT;
+      next = W.row(r + n);
+      next_lines = (std::min<int64_t>(r1 - r - n, kPanel) * static_cast<int64_t>(W.row_stride) + 63) / 64;
+      lines_per_tile = (next_lines + tiles - 1) / tiles;
+    }
     for (int64_t i = 0; i < n; ++i) {
       if constexpr (!std::is_same<Pk, PackQ8_0>::value && !std::is_same<Pk, PackQ4_K>::value) {
         if (W.split) {
@@ -389,6 +402,9 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
         const int64_t pn = std::min<int64_t>(n - p, kPanel);
         for (int64_t t = tb; t < te; t += kT) {
           const int tt = static_cast<int>(std::min<int64_t>(te - t, kT));
+          for (int64_t l = (t / kT) * lines_per_tile, le = std::min(next_lines, l + lines_per_tile);
+               l < le; ++l)
+            _mm_prefetch(reinterpret_cast<const char*>(next + 64 * l), _MM_HINT_T1);
           for (int64_t i = p; i < p + pn; i += kR) {
             const uint8_t* pw = packed + i * ps;
             switch (std::min<int64_t>(p + pn - i, kR)) {
