@@ -18,9 +18,10 @@
 // blocks); the cache policy is in gemm_lane. Measured at 128 tokens, 1 thread:
 // Zen 4 guest ~245 Gops/s (its vpdpbusd issue limit). Zen 5 guest, the 4x4
 // tile alone over 8 groups: ~640, 62 % of its 1,040. The float step (cvt + 2
-// FMA per 8 vpdpbusd) costs ~13 % of that: it shares the FMA pipes with VNNI;
-// the same loop without it ran ~750, and a bare asm vpdpbusd loop with the
-// same loads ~960.
+// FMA per 8 vpdpbusd, probably on the pipes that issue vpdpbusd) is the main
+// cost: an asm version of the loop without it ran ~750, a bare vpdpbusd loop
+// with the same loads ~960. Packing adds ~10 % at 128 tokens (a Q8_0 group
+// ~23 ns, a split MXFP4 group ~11 ns) and dominates at ~12 tokens.
 #include <immintrin.h>
 
 #include <algorithm>
