@@ -97,18 +97,14 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 
 // ---- AVX-512 + VNNI lane-layout GEMM (gemm_lane_avx512.cpp) ----
 // Used for integer weight types when n_tokens >= lane_min_tokens(type): the
-// weight repacking costs a few tokens' worth of multiply-adds per row, so the
-// quad tiles stay faster for the fewest tokens. Crossovers measured on Zen 5,
-// 2 threads, [2048x4096] and [4096x2048], in-process A/B: Q8_0 8 tokens (lane
-// +7-10 % there, +35 % at 11), Q4_0 and MXFP4 9 (Q4_K, whose quad tile is
-// slower: 5).
-static inline int64_t lane_min_tokens(GGMLType t) {
-  switch (t) {
-    case GGMLType::Q4_K: return 5;
-    case GGMLType::Q8_0: return 8;
-    default: return 9;
-  }
-}
+// lane GEMM packs each panel of rows before using it, the quad tiles stream the
+// rows as they are (with their own prefetch), so for few tokens the quad tiles
+// win. Crossovers measured with weights far larger than L3, as a model's are
+// (Zen 5, 2 threads, [32768x4096] and [65536x2048], in-process A/B): Q8_0,
+// Q4_0, MXFP4 ~16 tokens (at 12 the quad tiles were 0-31 % faster), Q4_K ~7
+// (its quad tile is slower). With L3-resident weights the lane GEMM would
+// already win from 8-9 tokens (Q4_K 5).
+static inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 7 : 16; }
 bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
