@@ -207,7 +207,7 @@ def test_gemv_and_lane_edges(type_name, isa):
     """Shapes that hit every partial path of the AVX-512 kernels: GEMV (1..3 tokens)
     sums 16 blocks per float step, then single 4-block groups, then a zero-padded
     tail group (Q4_K: super-block pairs, then an odd one); the lane GEMM (>= 16
-    tokens, Q4_K >= 7) packs 16-block groups (last one partial) in panels of 16
+    tokens, Q4_K >= 6) packs 16-block groups (last one partial) in panels of 16
     rows, tiles of 4 rows x 4 tokens with row and token tails."""
     if not _core.isa_supported(isa):
         pytest.skip(f"CPU lacks {isa}")

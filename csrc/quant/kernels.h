@@ -101,10 +101,13 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // rows as they are (with their own prefetch), so for few tokens the quad tiles
 // win. Crossovers measured with weights far larger than L3, as a model's are
 // (Zen 5, 2 threads, [32768x4096] and [65536x2048], in-process A/B): Q8_0,
-// Q4_0, MXFP4 ~16 tokens (at 12 the quad tiles were 0-31 % faster), Q4_K ~7
-// (its quad tile is slower). With L3-resident weights the lane GEMM would
-// already win from 8-9 tokens (Q4_K 5).
-static inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 7 : 16; }
+// Q4_0, MXFP4 ~16 tokens (at 12 the quad tiles were 0-31 % faster), Q4_K ~6
+// (its quad tile is slower). With L3-resident weights runs put the crossover
+// between 8 and 16. The quad tiles need no transposition: loading 16 blocks
+// in lane order costs about as much as the multiply-adds of 4 tokens, which
+// is also why multiplying lane-order rows straight from memory, without the
+// packed panel, lost to both (tried: 4-24 tokens, 2 rows x 4 tokens).
+static inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 6 : 16; }
 bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
