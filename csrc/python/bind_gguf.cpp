@@ -19,7 +19,7 @@ static py::object value_to_py(const GGUFValue& v) {
     if (v.elem == GGUFType::BOOL) {
       py::list l;
       for (int64_t x : v.ai) l.append(py::bool_(x != 0));
-      return std::move(l);
+      return l;
     }
     return py::cast(v.ai);
   }
