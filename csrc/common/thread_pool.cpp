@@ -45,23 +45,32 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-static inline void run_range(void (*call)(void*, int64_t, int64_t, int), void* ctx, int64_t n,
-                             int64_t chunk, int index) {
-  const int64_t begin = std::min<int64_t>(n, chunk * index);
-  const int64_t end = std::min<int64_t>(n, begin + chunk);
-  if (begin < end) call(ctx, begin, end, index);
+// A thread's part of the current job: its own chunk, or (balanced) pieces of
+// job_chunk_ indices claimed until none is left.
+void ThreadPool::run_share(int index) {
+  if (job_balanced_) {
+    for (;;) {
+      const int64_t begin = next_.fetch_add(job_chunk_, std::memory_order_relaxed);
+      if (begin >= job_n_) return;
+      job_(job_ctx_, begin, std::min(job_n_, begin + job_chunk_), index);
+    }
+  }
+  const int64_t begin = std::min<int64_t>(job_n_, job_chunk_ * index);
+  const int64_t end = std::min<int64_t>(job_n_, begin + job_chunk_);
+  if (begin < end) job_(job_ctx_, begin, end, index);
 }
 
-void ThreadPool::run(int64_t n, int64_t grain, Call call, void* ctx) {
+void ThreadPool::run(int64_t n, int64_t grain, bool balanced, Call call, void* ctx) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int64_t n_grains = (n + grain - 1) / grain;
   const int used = static_cast<int>(std::min<int64_t>(n_threads_, n_grains));
-  const int64_t chunk = ((n_grains + used - 1) / used) * grain;
   if (used == 1) {
     call(ctx, 0, n, 0);
     return;
   }
+  const int64_t pieces = balanced ? int64_t(used) * kPiecesPerThread : used;
+  const int64_t chunk = ((n_grains + pieces - 1) / pieces) * grain;
   {
     // The job fields are published by the release increment of generation_;
     // the lock orders it with workers that are about to sleep.
@@ -70,11 +79,13 @@ void ThreadPool::run(int64_t n, int64_t grain, Call call, void* ctx) {
     job_ctx_ = ctx;
     job_n_ = n;
     job_chunk_ = chunk;
+    job_balanced_ = balanced;
+    next_.store(0, std::memory_order_relaxed);
     pending_.store(n_threads_ - 1, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
   }
   cv_start_.notify_all();
-  run_range(call, ctx, n, chunk, 0);
+  run_share(0);
   if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
@@ -95,7 +106,7 @@ void ThreadPool::worker(int index) {
     }
     if (stop_.load(std::memory_order_acquire)) return;
     seen = generation_.load(std::memory_order_acquire);
-    run_range(job_, job_ctx_, job_n_, job_chunk_, index);
+    run_share(index);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);  // pairs with the waiter's predicate check
       cv_done_.notify_one();

@@ -2,8 +2,10 @@
 //
 // Threads are created once (per Model), spin briefly and then park on a
 // condition variable between jobs, so a parallel_for costs no thread creation,
-// no heap allocation and, inside a decode step, usually no futex wake-up. Work is split into contiguous index ranges: for a GEMV each thread
-// streams its own block of weight rows.
+// no heap allocation and, inside a decode step, usually no futex wake-up.
+// parallel_for gives each thread one contiguous index range (for a GEMV, its
+// own block of weight rows); parallel_for_balanced cuts the range into a few
+// pieces per thread that the threads claim as they go.
 #pragma once
 
 #include <atomic>
@@ -33,13 +35,29 @@ class ThreadPool {
   template <class F>
   void parallel_for(int64_t n, int64_t grain, F&& fn) {
     using Fn = std::remove_reference_t<F>;
-    run(n, grain, [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<Fn*>(ctx))(b, e, t); },
+    run(n, grain, false, [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<Fn*>(ctx))(b, e, t); },
         const_cast<void*>(static_cast<const void*>(&fn)));
   }
 
+  // The same contract, except that a thread may get several ranges: [0, n) is
+  // cut into kPiecesPerThread pieces per thread (aligned to `grain`), claimed
+  // in order by whichever thread is free. When one core is slowed (another
+  // process, a vCPU the hypervisor preempts), the others take over its pieces
+  // instead of waiting for it. For the weight products: each piece is still
+  // one contiguous stretch of rows.
+  template <class F>
+  void parallel_for_balanced(int64_t n, int64_t grain, F&& fn) {
+    using Fn = std::remove_reference_t<F>;
+    run(n, grain, true, [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<Fn*>(ctx))(b, e, t); },
+        const_cast<void*>(static_cast<const void*>(&fn)));
+  }
+
+  static constexpr int kPiecesPerThread = 8;
+
  private:
   using Call = void (*)(void* ctx, int64_t begin, int64_t end, int thread);
-  void run(int64_t n, int64_t grain, Call call, void* ctx);
+  void run(int64_t n, int64_t grain, bool balanced, Call call, void* ctx);
+  void run_share(int index);
   void worker(int index);
 
   int n_threads_;
@@ -49,6 +67,8 @@ class ThreadPool {
   Call job_ = nullptr;
   void* job_ctx_ = nullptr;
   int64_t job_n_ = 0, job_chunk_ = 0;
+  bool job_balanced_ = false;
+  std::atomic<int64_t> next_{0};  // balanced: start of the next unclaimed piece
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};

@@ -223,7 +223,7 @@ void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens
   qk::ActQ act;
   thread_local ActScratch s;
   prepare(W, X, ldx, n_tokens, Y, ldy, &job, &act, s, &pool);
-  pool.parallel_for(W.rows, 16, [&job](int64_t r0, int64_t r1, int) { run_rows(job, r0, r1); });
+  pool.parallel_for_balanced(W.rows, 16, [&job](int64_t r0, int64_t r1, int) { run_rows(job, r0, r1); });
 }
 
 void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool) {
@@ -281,7 +281,7 @@ void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool) {
   // (The workers see their own thread_local `jobs`: hand them this thread's.)
   const Job* job = jobs.data();
   const int64_t* w = weight.data();
-  pool.parallel_for(units, 16 * max_weight, [&, job, w](int64_t u0, int64_t u1, int) {
+  pool.parallel_for_balanced(units, 16 * max_weight, [&, job, w](int64_t u0, int64_t u1, int) {
     int64_t base = 0;
     for (int64_t i = 0; i < n_tasks && base < u1; ++i) {
       const int64_t span = job[i].W->rows * w[i];
