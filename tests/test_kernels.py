@@ -263,6 +263,30 @@ def test_lane_token_blocks(type_name, layout):
     assert np.array_equal(y[:40], _core.quant_matmul(type_name, raw, rows, cols, x[:40], 1, layout))
 
 
+@pytest.mark.parametrize("type_name", sorted(INT_TYPES))
+def test_lane_column_chunks(type_name):
+    """Rows longer than 4096 columns: the lane GEMM runs them in column chunks of
+    16-block groups (here 9216 columns = 18 groups: chunks of 8, 8 and 2; Q4_K
+    9472 = 37 super-blocks, a partial last group) and adds the chunks' sums."""
+    if not _core.isa_supported("avx512"):
+        pytest.skip("CPU lacks avx512")
+    _core.set_isa("avx512")
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(13)
+    rows, n = 37, 21
+    cols = 9472 if type_name == "Q4_K" else 9216
+    raw = random_weight(type_name, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    y = _core.quant_matmul(type_name, raw, rows, cols, x, 2, "auto")  # split rows where they exist
+    W = gguf_dequant(type_name, raw, rows, cols)
+    _check_fast(type_name, W, x, y)
+    # the GEMV path (one token at a time) agrees up to float rounding
+    for t in (0, 20):
+        y1 = _core.quant_matmul(type_name, raw, rows, cols, x[t:t + 1], 1, "auto")
+        scale = np.abs(x[t].astype(np.float64)) @ np.abs(W.astype(np.float64)).T
+        assert np.all(np.abs(y1[0] - y[t]) <= 1e-6 * scale)
+
+
 # ---------------------------------------------------------------- switches
 
 def test_isa_switches():
