@@ -17,6 +17,10 @@ equals Gops/s * (weight bytes per element) / (2 * GEMV GB/s): for 4-bit types
 Next to it: the int8 dot-product peak of this CPU measured in the same run
 (_core.int8_peak: independent vpdpbusd zmm chains on all threads), the GEMM's
 fraction of it, and the Gops/s a 10x ratio would need given the GEMV measured.
+Small batches (4-32 tokens) on an expert's shape, with the weights cycled from
+DRAM as in a model's prefill (each routed expert of a 512-token chunk of the real
+model sees ~4-15 tokens): Gops/s and weight GB/s. Below lane_min_tokens
+(csrc/quant/kernels.h) the quad tiles run, from there on the packed lane GEMM.
 --layout: the row layout of Q4_0 / MXFP4 weights; auto (default) is what a loaded
 model uses (the split layout of csrc/quant/split_layout.h on AVX-512), ggml the
 file's blocks as they are.
@@ -143,6 +147,23 @@ def main():
             pct = 100 * out[1][0] / peak if peak else float("nan")
             print(f"{name:28s} {t:6s} {out[0][0]:8.0f} {out[1][0]:8.0f} {out[2][0]:8.0f} "
                   f"{ratio:8.1f} {pct:6.0f} {need:8.0f}", flush=True)
+
+    name, rows, cols = SHAPES[0]
+    small = (4, 8, 12, 16, 24, 32)
+    print(f"\n## Small batches, {name}, weights from DRAM: Gops/s (weight GB/s)")
+    print(f"{'type':6s} " + " ".join(f"{'n=' + str(n):>13s}" for n in small))
+    for t in INT_TYPES:
+        size = rows * row_bytes(t, cols)
+        copies = max(1, -(-(256 << 20) // size))
+        raw = make_weight(t, rows, cols, copies, rng)
+        cells = []
+        for n in small:
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            sec = min(_core.quant_matmul_time(t, raw, rows, cols, x, threads, copies, copies,
+                                              _layout(t, args.layout)) for _ in range(args.rounds))
+            cells.append(f"{2 * rows * cols * n / sec / 1e9:6.0f} ({size / sec / 1e9:4.1f})")
+        print(f"{t:6s} " + " ".join(f"{c:>13s}" for c in cells), flush=True)
+        del raw
     print("\n# load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
 

@@ -206,7 +206,7 @@ def test_expert_slice(type_name):
 def test_gemv_and_lane_edges(type_name, isa):
     """Shapes that hit every partial path of the AVX-512 kernels: GEMV (1..3 tokens)
     sums 16 blocks per float step, then single 4-block groups, then a zero-padded
-    tail group (Q4_K: super-block pairs, then an odd one); the lane GEMM (>= 16
+    tail group (Q4_K: super-block pairs, then an odd one); the lane GEMM (>= 20
     tokens, Q4_K >= 6) packs 16-block groups (last one partial) in panels of 16
     rows, tiles of 4 rows x 4 tokens with row and token tails."""
     if not _core.isa_supported(isa):
@@ -218,16 +218,16 @@ def test_gemv_and_lane_edges(type_name, isa):
     rows = 37
     raw = random_weight(type_name, rows, cols, rng)
     W = gguf_dequant(type_name, raw, rows, cols)
-    for n in (1, 2, 3, 5, 8, 12, 17):
+    for n in (1, 2, 3, 5, 8, 12, 21):
         x = rng.standard_normal((n, cols)).astype(np.float32)
         x[:, 32 * 17:32 * 18] *= 20.0
         y = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
         _check_fast(type_name, W, x, y)
         # a token's result does not depend on the other tokens in the call
         # (GEMV kernels: per-token; lane kernels: per tile)
-        if n == 17:
-            y1 = _core.quant_matmul(type_name, raw, rows, cols, x[16:], 1)
-            np.testing.assert_allclose(y1[0], y[16], rtol=1e-5, atol=1e-5)
+        if n == 21:
+            y1 = _core.quant_matmul(type_name, raw, rows, cols, x[20:], 1)
+            np.testing.assert_allclose(y1[0], y[20], rtol=1e-5, atol=1e-5)
 
 
 def test_large_tokens_and_rows_fast():

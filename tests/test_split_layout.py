@@ -74,11 +74,11 @@ def test_split_rejects_what_has_no_split_form():
 
 
 def _matmul_cases():
-    # tokens: GEMV (1..3), tiles (4..15), lane GEMM (16+); 1536 columns ends in a
+    # tokens: GEMV (1..3), tiles (4..19), lane GEMM (20+); 1536 columns ends in a
     # partial chunk for both types
     return [(t, isa, n, cols) for t in SPLIT_TYPES for isa in ISAS
             for n, cols in [(1, 1536), (2, 2048), (3, 512), (4, 1536), (5, 3072), (11, 512),
-                            (16, 1536), (33, 2048)]]
+                            (20, 1536), (33, 2048)]]
 
 
 @pytest.mark.parametrize("type_name,isa,n_tokens,cols", _matmul_cases())

@@ -99,15 +99,17 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // Used for integer weight types when n_tokens >= lane_min_tokens(type): the
 // lane GEMM packs each panel of rows before using it, the quad tiles stream the
 // rows as they are (with their own prefetch), so for few tokens the quad tiles
-// win. Crossovers measured with weights far larger than L3, as a model's are
-// (Zen 5, 2 threads, [32768x4096] and [65536x2048], in-process A/B): Q8_0,
-// Q4_0, MXFP4 ~16 tokens (at 12 the quad tiles were 0-31 % faster), Q4_K ~6
-// (its quad tile is slower). With L3-resident weights runs put the crossover
-// between 8 and 16. The quad tiles need no transposition: loading 16 blocks
-// in lane order costs about as much as the multiply-adds of 4 tokens, which
-// is also why multiplying lane-order rows straight from memory, without the
-// packed panel, lost to both (tried: 4-24 tokens, 2 rows x 4 tokens).
-static inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 6 : 16; }
+// win. Crossovers measured as a model's prefill meets them: expert matrices
+// ([2048x4096], [4096x2048]) cycled from DRAM, Zen 5, 2 threads, in-process
+// A/B, quad / lane Gops/s: Q8_0 16 tokens 511 / 443, 20: 519 / 517, 24: 516 /
+// 563; Q4_0 and MXFP4 alike (ties at 20); Q4_K 4: 331 / 224, 6: 303 / 324. So
+// 20 tokens (Q4_K 6). One large matrix ([32768x4096]) put the crossover at ~16,
+// L3-resident weights between 8 and 16. The quad tiles need no transposition:
+// loading 16 blocks in lane order costs about as much as the multiply-adds of
+// 4 tokens, which is also why multiplying lane-order rows straight from
+// memory, without the packed panel, lost to both (tried: 4-24 tokens, 2 rows x
+// 4 tokens).
+static inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 6 : 20; }
 bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
