@@ -33,6 +33,7 @@ static bool spin_until(Done done) {
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
   n_threads_ = n_threads;
+  cursors_.reset(new Cursor[n_threads_]);
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
 }
 
@@ -45,15 +46,20 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-// A thread's part of the current job: its own chunk, or (balanced) pieces of
-// job_chunk_ indices claimed until none is left.
+// A thread's part of the current job: its own range (chunk `index`), or with
+// balancing its own range piece by piece and then what is left of the others'.
 void ThreadPool::run_share(int index) {
-  if (job_balanced_) {
-    for (;;) {
-      const int64_t begin = next_.fetch_add(job_chunk_, std::memory_order_relaxed);
-      if (begin >= job_n_) return;
-      job_(job_ctx_, begin, std::min(job_n_, begin + job_chunk_), index);
+  if (job_piece_ > 0) {
+    for (int k = 0; k < job_used_; ++k) {
+      const int r = (index + k) % job_used_;
+      const int64_t lo = job_chunk_ * r, hi = std::min(job_n_, lo + job_chunk_);
+      for (;;) {
+        const int64_t begin = lo + cursors_[r].next.fetch_add(job_piece_, std::memory_order_relaxed);
+        if (begin >= hi) break;
+        job_(job_ctx_, begin, std::min(hi, begin + job_piece_), index);
+      }
     }
+    return;
   }
   const int64_t begin = std::min<int64_t>(job_n_, job_chunk_ * index);
   const int64_t end = std::min<int64_t>(job_n_, begin + job_chunk_);
@@ -69,8 +75,10 @@ void ThreadPool::run(int64_t n, int64_t grain, bool balanced, Call call, void* c
     call(ctx, 0, n, 0);
     return;
   }
-  const int64_t pieces = balanced ? int64_t(used) * kPiecesPerThread : used;
-  const int64_t chunk = ((n_grains + pieces - 1) / pieces) * grain;
+  const int64_t chunk_grains = (n_grains + used - 1) / used;
+  const int64_t chunk = chunk_grains * grain;
+  const int64_t piece =
+      balanced ? ((chunk_grains + kPiecesPerThread - 1) / kPiecesPerThread) * grain : 0;
   {
     // The job fields are published by the release increment of generation_;
     // the lock orders it with workers that are about to sleep.
@@ -79,8 +87,9 @@ void ThreadPool::run(int64_t n, int64_t grain, bool balanced, Call call, void* c
     job_ctx_ = ctx;
     job_n_ = n;
     job_chunk_ = chunk;
-    job_balanced_ = balanced;
-    next_.store(0, std::memory_order_relaxed);
+    job_used_ = used;
+    job_piece_ = piece;
+    for (int i = 0; i < used; ++i) cursors_[i].next.store(0, std::memory_order_relaxed);
     pending_.store(n_threads_ - 1, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
   }
