@@ -35,9 +35,7 @@ class ThreadPool {
   // whatever the lambda captures. fn must not throw (it runs on worker threads).
   template <class F>
   void parallel_for(int64_t n, int64_t grain, F&& fn) {
-    using Fn = std::remove_reference_t<F>;
-    run(n, grain, false, [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<Fn*>(ctx))(b, e, t); },
-        const_cast<void*>(static_cast<const void*>(&fn)));
+    dispatch(n, grain, false, fn);
   }
 
   // The same contract, except that a thread may get several ranges. Each
@@ -51,15 +49,18 @@ class ThreadPool {
   // of its bandwidth: each thread's stream restarted at every piece).
   template <class F>
   void parallel_for_balanced(int64_t n, int64_t grain, F&& fn) {
-    using Fn = std::remove_reference_t<F>;
-    run(n, grain, true, [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<Fn*>(ctx))(b, e, t); },
-        const_cast<void*>(static_cast<const void*>(&fn)));
+    dispatch(n, grain, true, fn);
   }
 
-  static constexpr int kPiecesPerThread = 8;
-
  private:
+  static constexpr int kPiecesPerThread = 8;
   using Call = void (*)(void* ctx, int64_t begin, int64_t end, int thread);
+  template <class Fn>
+  void dispatch(int64_t n, int64_t grain, bool balanced, Fn& fn) {
+    run(n, grain, balanced,
+        [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<Fn*>(ctx))(b, e, t); },
+        const_cast<void*>(static_cast<const void*>(&fn)));
+  }
   void run(int64_t n, int64_t grain, bool balanced, Call call, void* ctx);
   void run_share(int index);
   void worker(int index);

@@ -117,12 +117,7 @@ uint64_t available_memory() {
 void split_matrices(ModelWeights& m, ThreadPool& pool) {
   std::vector<WeightMatrix*> all = {&m.output, &m.hc_head_fn};
   for (LayerWeights& L : m.layers) {
-    for (WeightMatrix* w : {&L.hc_attn.fn, &L.hc_ffn.fn, &L.wq_a, &L.wq_b, &L.wkv, &L.wo_a,
-                            &L.wo_b, &L.comp.kv, &L.comp.gate, &L.index_comp.kv,
-                            &L.index_comp.gate, &L.index_q_b, &L.index_proj, &L.router,
-                            &L.gate_exps, &L.up_exps, &L.down_exps, &L.gate_sh, &L.up_sh,
-                            &L.down_sh})
-      all.push_back(w);
+    for (WeightMatrix* w : L.matrices()) all.push_back(w);
   }
   std::vector<WeightMatrix*> todo;
   uint64_t bytes = 0;

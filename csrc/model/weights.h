@@ -5,6 +5,7 @@
 // biases, mHC base/scale, sinks, ape) are decoded to fp32 here.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -49,6 +50,14 @@ struct LayerWeights {
   WeightMatrix gate_exps, up_exps, down_exps;  // [E*F, D], [E*F, D], [E*D, F]
   WeightMatrix gate_sh, up_sh, down_sh;        // [F, D], [F, D], [D, F]
   bool has_shared = false;
+
+  // Every weight matrix above, for passes over all of them (the split copies
+  // at load): a matrix member added to this struct belongs here too.
+  std::array<WeightMatrix*, 20> matrices() {
+    return {&hc_attn.fn, &hc_ffn.fn, &wq_a, &wq_b, &wkv, &wo_a, &wo_b, &comp.kv, &comp.gate,
+            &index_comp.kv, &index_comp.gate, &index_q_b, &index_proj, &router, &gate_exps,
+            &up_exps, &down_exps, &gate_sh, &up_sh, &down_sh};
+  }
 };
 
 struct ModelWeights {

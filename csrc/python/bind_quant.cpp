@@ -4,7 +4,6 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
-#include <cstring>
 #include <memory>
 #include <string>
 
@@ -140,10 +139,12 @@ void bind_quant(py::module_& m) {
   m.def(
       "quant_split",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols) {
-        std::shared_ptr<uint8_t> keep;
-        const WeightMatrix W = with_layout(make_weight(type_name, raw, rows, cols), "split", &keep);
-        py::array_t<uint8_t> out({rows, static_cast<int64_t>(W.row_stride)});
-        std::memcpy(out.mutable_data(), W.data, W.row_stride * static_cast<size_t>(rows));
+        const WeightMatrix W = make_weight(type_name, raw, rows, cols);
+        require_split_form(W.type, cols);
+        const size_t out_b = split::row_stride(W.type, cols);
+        py::array_t<uint8_t> out({rows, static_cast<int64_t>(out_b)});
+        for (int64_t r = 0; r < rows; ++r)
+          split::split_row(W.type, cols, W.row(r), out.mutable_data() + r * out_b);
         return out;
       },
       py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"),

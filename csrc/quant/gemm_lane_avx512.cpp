@@ -105,6 +105,7 @@ inline void store_codes(uint8_t* out, int k, __m512i v) {
 struct PackQ8_0 {
   static constexpr int kBB = 34, kBlocks = 16;
   static constexpr bool kMin = false;
+  static constexpr GGMLType kType = GGMLType::Q8_0;
   static inline void group(const uint8_t* p, uint8_t* out) {
     const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
     __m512i D[4];
@@ -182,6 +183,7 @@ struct PackMXFP4 {
 struct PackQ4_K {
   static constexpr int kBB = 144, kBlocks = 2;
   static constexpr bool kMin = true;
+  static constexpr GGMLType kType = GGMLType::Q4_K;
   static inline void group(const uint8_t* p, uint8_t* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i base = _mm512_setr_epi32(0, 0, 8, 8, 16, 16, 24, 24, 0, 0, 8, 8, 16, 16, 24, 24);
@@ -397,7 +399,7 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
       lines_per_tile = (next_lines + tiles - 1) / tiles;
     }
     for (int64_t i = 0; i < n; ++i) {
-      if constexpr (!std::is_same<Pk, PackQ8_0>::value && !std::is_same<Pk, PackQ4_K>::value) {
+      if constexpr (split::scale_bytes(Pk::kType) > 0) {  // a type with a split form
         if (W.split) {
           pack_split_row<Pk>(W.row(r + i), ng, packed + i * ps);
           continue;

@@ -10,15 +10,15 @@
 // Codes: Q8_0 w+128 (k = 128), Q4_0 nibble (k = 8), MXFP4 2*E2M1+12 (k = 12),
 // Q4_K nibble with dw = d*sc and the mins subtracted once per super-block
 // (acc -= sum_i dmin*m_i * dx_i*sum(q)_i). VNNI sums in int32: no saturation.
-// 4..11 tokens (Q4_K: 4): tiles of 4 rows x up to 4 tokens, each weight group
-// decoded once per tile. 1..3 tokens (gemv_*): one row stream per thread, the
+// 4 tokens up to lane_min_tokens (quant/kernels.h): tiles of 4 rows x up to 4
+// tokens, each weight group decoded once per tile. 1..3 tokens (gemv_*): one row stream per thread, the
 // int32 lanes of 4 groups summed per block (reduce4) so the float step runs once
 // per 16 blocks; for MXFP4 and Q4_0 software pipelined (gemv_pipelined: on
 // Zen 4 this decode is bound by latency and op count, not by one port).
 // MXFP4 and Q4_0 matrices in the split row layout (quant/split_layout.h; what
 // a model loads on AVX-512) go through the same math on aligned loads
 // (SplitSrc: gemv_split, and tile_int's groups), with the same results.
-// 12+ tokens: gemm_lane_avx512.cpp. Float weights: gemm_float_avx512.cpp.
+// From lane_min_tokens on: gemm_lane_avx512.cpp. Float weights: gemm_float_avx512.cpp.
 #include <immintrin.h>
 
 #include <cstring>
@@ -77,6 +77,7 @@ inline __m512 order4(const __m512 (&DW)[4]) {
 // the f16 scales of 4 blocks from two or four 64-byte loads, all inside the 4
 // blocks (the tail group is decoded from a zero-padded copy).
 struct DecQ8_0 {
+  static constexpr GGMLType kType = GGMLType::Q8_0;
   static constexpr int kBB = 34;
   static inline __m512 scale(__m512 raw) { return raw; }  // already fp32
   // (Plain 16-byte loads: the word-permute variant streamed slower from DRAM.)
@@ -207,7 +208,7 @@ struct DecMXFP4 {
     std::memcpy(&v, s, 4);
     return _mm_castsi128_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(v))));
   }
-  // Tiles (4..11 tokens) and GEMV tails: three plain loads (the two-load form
+  // Tiles (4+ tokens) and GEMV tails: three plain loads (the two-load form
   // above is slower in the tiles, 6.4 -> 7.0 ns per 128 weights at 4 tokens).
   static inline void group_raw(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
     // Codes of blocks 0 and 2 are word-aligned from p + 1 (words 0.., 17..), those
@@ -667,7 +668,7 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
                  int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
   auto ints = [&](auto dec) {
     using Dec = decltype(dec);
-    constexpr bool kSplittable = !std::is_same<Dec, DecQ8_0>::value;  // quant/split_layout.h
+    constexpr bool kSplittable = split::scale_bytes(Dec::kType) > 0;  // quant/split_layout.h
     auto f = [&](auto R, auto T, int64_t r, int64_t t) {
       constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
       if constexpr (kSplittable) {

@@ -25,7 +25,7 @@
 // bytes longer. (A scale area of two lines with one left unread, as Q4_0 rows
 // of 1024 columns had in chunks of 64 blocks, halved the streaming rate.)
 //
-// The AVX-512 kernels read split rows natively (GEMV, 4..11-token tiles, the
+// The AVX-512 kernels read split rows natively (GEMV, the quad tiles, the
 // lane GEMM's packer); the AVX2 and reference paths get GGML rows restored by
 // unsplit_row (matmul.cpp, run_rows).
 #pragma once
