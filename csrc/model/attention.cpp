@@ -30,23 +30,18 @@ void select_topk(const float* scores, int64_t n_visible, int64_t topk, int64_t* 
 
 namespace {
 
-// The Lightning indexer of a CSA layer (spec §3.6): for each query of the
-// chunk, the top-k of its visible compressed blocks, in row order.
+// The Lightning indexer of a CSA layer (spec §3.6): for each query of one
+// session's span, the top-k of its visible compressed blocks, in row order.
+// qI / wI: the indexer's query and head-weight projections of the span's rows
+// (projected for the whole batch by the caller).
 std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const LayerWeights& w,
-                                                 int64_t il, const RopeTable& rope, const float* x,
-                                                 const float* qlat, int64_t n, int64_t pos0,
-                                                 KVState& kv, ThreadPool& pool) {
-  const int64_t D = c.n_embd, QL = c.q_lora_rank, ratio = w.comp.ratio;
+                                                 int64_t il, const RopeTable& rope, float* qI,
+                                                 float* wI, const SeqSpan& sp, ThreadPool& pool) {
+  const int64_t ratio = w.comp.ratio, n = sp.n, pos0 = sp.pos0;
+  KVState& kv = *sp.kv;
   const KvKernels& kk = kv_kernels();
   const int64_t nih = c.index_n_head, ihd = c.index_head_dim;
   const RowCodec& ic = kv.index_codec();
-  std::vector<float> qI(n * nih * ihd), wI(n * nih);
-  {
-    PROF_SCOPE("matmul.indexer");
-    const MatmulTask t[2] = {{&w.index_q_b, qlat, QL, n, qI.data(), nih * ihd},
-                             {&w.index_proj, x, D, n, wI.data(), nih}};
-    matmul_many(t, 2, pool);
-  }
   PROF_SCOPE("indexer.score");
   const float wscale = 1.0f / std::sqrt(static_cast<float>(nih));
   const float qscale = 1.0f / std::sqrt(static_cast<float>(ihd));
@@ -119,13 +114,20 @@ std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const Lay
 }  // namespace
 
 void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
-                       const RopeTable& rope, const float* x, int64_t n, int64_t pos0,
-                       KVState& kv, float* out, ThreadPool& pool) {
+                       const RopeTable& rope, const float* x, const SeqSpan* seqs, int64_t n_seqs,
+                       int64_t n, float* out, ThreadPool& pool) {
   const int64_t D = c.n_embd, H = c.n_head, d = c.head_dim, QL = c.q_lora_rank;
   const float eps = static_cast<float>(c.rms_eps);
-  LayerState& st = kv.layer(il);
-  const RowCodec& mc = kv.main_codec();
   const KvKernels& kk = kv_kernels();
+  // Row -> its session's span, and the row's position in that session.
+  std::vector<int32_t> seq_of(n);
+  std::vector<int64_t> pos(n);
+  for (int64_t s = 0; s < n_seqs; ++s) {
+    for (int64_t t = 0; t < seqs[s].n; ++t) {
+      seq_of[seqs[s].row0 + t] = static_cast<int32_t>(s);
+      pos[seqs[s].row0 + t] = seqs[s].pos0 + t;
+    }
+  }
 
   // Q path: q_lat = q_norm(wq_a x); q = wq_b q_lat; per-head RMS; RoPE at P.
   // KV path: one shared K = V head, kvr = wkv x (one region with wq_a: both read x).
@@ -145,62 +147,98 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
       if (i < n * H) {
         float* qh = &q[i * d];
         rms_norm(qh, nullptr, qh, d, eps);
-        rope.apply(qh, d, pos0 + i / H);
+        rope.apply(qh, d, pos[i / H]);
         continue;
       }
       const int64_t t = i - n * H;
       float* k = &kvr[t * d];
       rms_norm(k, w.kv_norm.data(), k, d, eps);
-      rope.apply(k, d, pos0 + t);
+      rope.apply(k, d, pos[t]);
       // Storage rounding (spec §3.4 step 3 in fp8: act_quant of the nope dims),
       // also for this token's own attention, as in the official code.
-      mc.round(k);
+      seqs[seq_of[t]].kv->main_codec().round(k);
     }
   });
   }
 
   // Compressors run before attention: a block closed by a token of this chunk
-  // is visible to that token (spec §3.5 visibility).
-  int64_t ratio = 0;
-  std::vector<std::vector<int64_t>> picked;  // CSA: selected blocks per query
-  if (w.kind != AttnKind::Sliding) {
-    ratio = w.comp.ratio;
-    compressor_update(c, w.comp, rope, x, n, pos0, kv, il, /*indexer=*/false, pool);
+  // is visible to that token (spec §3.5 visibility). Projections for the whole
+  // batch, then each session's own rolling state.
+  const int64_t ratio = w.kind != AttnKind::Sliding ? w.comp.ratio : 0;
+  if (ratio) {
+    const int64_t pw = w.comp.kv.rows;
+    std::vector<float> pkv(n * pw), gate(n * pw);
+    compressor_project(c, w.comp, x, n, pkv.data(), gate.data(), /*indexer=*/false, pool);
+    for (int64_t s = 0; s < n_seqs; ++s) {
+      const SeqSpan& sp = seqs[s];
+      compressor_update(c, w.comp, rope, &pkv[sp.row0 * pw], &gate[sp.row0 * pw], sp.n, sp.pos0, *sp.kv,
+                        il, /*indexer=*/false);
+    }
   }
-  const int64_t nb_last = ratio ? (pos0 + n) / ratio : 0;  // rows visible to the last query
+  // CSA: the indexer's selected blocks for each row.
+  std::vector<std::vector<int64_t>> picked(w.kind == AttnKind::CSA ? n : 0);
   if (w.kind == AttnKind::CSA) {
-    compressor_update(c, w.index_comp, rope, x, n, pos0, kv, il, /*indexer=*/true, pool);
-    picked = indexer_select(c, w, il, rope, x, qlat.data(), n, pos0, kv, pool);
-    st.touch.index_keys += nb_last;
+    const int64_t pw = w.index_comp.kv.rows, nih = c.index_n_head, ihd = c.index_head_dim;
+    std::vector<float> pkv(n * pw), gate(n * pw);
+    compressor_project(c, w.index_comp, x, n, pkv.data(), gate.data(), /*indexer=*/true, pool);
+    std::vector<float> qI(n * nih * ihd), wI(n * nih);
+    {
+      PROF_SCOPE("matmul.indexer");
+      const MatmulTask t[2] = {{&w.index_q_b, qlat.data(), QL, n, qI.data(), nih * ihd},
+                               {&w.index_proj, x, D, n, wI.data(), nih}};
+      matmul_many(t, 2, pool);
+    }
+    for (int64_t s = 0; s < n_seqs; ++s) {
+      const SeqSpan& sp = seqs[s];
+      compressor_update(c, w.index_comp, rope, &pkv[sp.row0 * pw], &gate[sp.row0 * pw], sp.n, sp.pos0,
+                        *sp.kv, il, /*indexer=*/true);
+      auto sel = indexer_select(c, w, il, rope, &qI[sp.row0 * nih * ihd], &wI[sp.row0 * nih], sp, pool);
+      std::move(sel.begin(), sel.end(), picked.begin() + sp.row0);
+      sp.kv->layer(il).touch.index_keys += (sp.pos0 + sp.n) / ratio;
+    }
   }
 
-  // Rows this chunk's queries read, each decoded once: the stored window rows
+  // Rows each session's queries read, each decoded once: the stored window rows
   // before pos0, and the compressed rows (HCA: all visible; CSA: the union of
   // the selected ones). F32 rows are read in place.
-  const int64_t w_first = std::max<int64_t>(0, pos0 - c.window + 1);
+  struct Gathered {
+    int64_t w_first = 0;
+    std::vector<const float*> wptr, cptr;
+    std::vector<float> wbuf, cbuf;  // decoded rows the pointers point into (non-f32 types)
+  };
+  std::vector<Gathered> gath(n_seqs);
   ProfScope prof_gather("attn.gather");
-  std::vector<float> wbuf(mc.type == KVType::F32 ? 0 : (pos0 - w_first) * d);
-  std::vector<const float*> wptr(pos0 - w_first);
-  for (int64_t p = w_first; p < pos0; ++p) {
-    wptr[p - w_first] = mc.view(kv.window_rec(il, p), wbuf.data() + (wbuf.empty() ? 0 : (p - w_first) * d));
-  }
-  st.touch.window += pos0 - w_first;
-  std::vector<const float*> cptr(nb_last, nullptr);
-  std::vector<float> cbuf;  // decoded rows cptr points into (non-f32 types)
-  if (ratio) {
+  for (int64_t s = 0; s < n_seqs; ++s) {
+    const SeqSpan& sp = seqs[s];
+    KVState& kv = *sp.kv;
+    const RowCodec& mc = kv.main_codec();
+    Gathered& g = gath[s];
+    const int64_t pos0 = sp.pos0;
+    g.w_first = std::max<int64_t>(0, pos0 - c.window + 1);
+    g.wbuf.resize(mc.type == KVType::F32 ? 0 : (pos0 - g.w_first) * d);
+    g.wptr.resize(pos0 - g.w_first);
+    for (int64_t p = g.w_first; p < pos0; ++p) {
+      g.wptr[p - g.w_first] =
+          mc.view(kv.window_rec(il, p), g.wbuf.data() + (g.wbuf.empty() ? 0 : (p - g.w_first) * d));
+    }
+    LayerState& st = kv.layer(il);
+    st.touch.window += pos0 - g.w_first;
+    if (!ratio) continue;
+    const int64_t nb_last = (pos0 + sp.n) / ratio;  // rows visible to the span's last query
+    g.cptr.assign(nb_last, nullptr);
     std::vector<int64_t> need;
     if (w.kind == AttnKind::HCA) {
       need.resize(nb_last);
       std::iota(need.begin(), need.end(), 0);
     } else {
       std::vector<char> mark(nb_last, 0);
-      for (const auto& pk : picked) for (int64_t b : pk) mark[b] = 1;
+      for (int64_t t = 0; t < sp.n; ++t) for (int64_t b : picked[sp.row0 + t]) mark[b] = 1;
       for (int64_t b = 0; b < nb_last; ++b) if (mark[b]) need.push_back(b);
     }
-    cbuf.resize(mc.type == KVType::F32 ? 0 : need.size() * d);
+    g.cbuf.resize(mc.type == KVType::F32 ? 0 : need.size() * d);
     pool.parallel_for(static_cast<int64_t>(need.size()), 16, [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; ++i) {
-        cptr[need[i]] = mc.view(kv.comp_rec(il, need[i]), cbuf.empty() ? nullptr : cbuf.data() + i * d);
+        g.cptr[need[i]] = mc.view(kv.comp_rec(il, need[i]), g.cbuf.empty() ? nullptr : g.cbuf.data() + i * d);
       }
     });
     st.touch.compressed += static_cast<int64_t>(need.size());
@@ -211,8 +249,8 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   ProfScope prof_core("attn.core");
   std::vector<float> o(n * H * d);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  // Tasks of (token, 4 heads): the heads of one token share its rows (K = V),
-  // which the kernel reads once per 4 heads.
+  // Tasks of (row, 4 heads) over the whole batch: the heads of one token share
+  // its rows (K = V), which the kernel reads once per 4 heads.
   constexpr int64_t kHeads = 4;
   const int64_t nhb = (H + kHeads - 1) / kHeads;
   pool.parallel_for(n * nhb, 1, [&](int64_t i0, int64_t i1, int) {
@@ -221,17 +259,19 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     int64_t t_keys = -1;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t t = i / nhb, h0 = (i % nhb) * kHeads, nh = std::min(kHeads, H - h0);
-      const int64_t P = pos0 + t;
+      const SeqSpan& sp = seqs[seq_of[t]];
+      const Gathered& g = gath[seq_of[t]];
+      const int64_t P = pos[t];
       if (t != t_keys) {
         keys.clear();
         for (int64_t j = std::max<int64_t>(0, P - c.window + 1); j <= P; ++j) {
-          keys.push_back(j >= pos0 ? &kvr[(j - pos0) * d] : wptr[j - w_first]);
+          keys.push_back(j >= sp.pos0 ? &kvr[(sp.row0 + j - sp.pos0) * d] : g.wptr[j - g.w_first]);
         }
         if (w.kind == AttnKind::HCA) {
           const int64_t nb = (P + 1) / ratio;
-          for (int64_t b = 0; b < nb; ++b) keys.push_back(cptr[b]);
+          for (int64_t b = 0; b < nb; ++b) keys.push_back(g.cptr[b]);
         } else if (w.kind == AttnKind::CSA) {
-          for (int64_t b : picked[t]) keys.push_back(cptr[b]);
+          for (int64_t b : picked[t]) keys.push_back(g.cptr[b]);
         }
         p.resize(kHeads * keys.size());
         t_keys = t;
@@ -246,13 +286,17 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
 
   prof_core.stop();
   ProfScope prof_kv("kv.write");
-  // Snapshots (window ring image + rolling state) at every snap_every-th
-  // position of this chunk, taken before the chunk overwrites ring slots.
-  kv.commit_snapshots(il, pos0, n, kvr.data());
-  // The chunk's rows enter the window ring only now: earlier queries of this
-  // chunk read older ring slots that these would overwrite.
-  for (int64_t t = std::max<int64_t>(0, n - c.window); t < n; ++t) {
-    kv.write_window(il, pos0 + t, &kvr[t * d]);
+  for (int64_t s = 0; s < n_seqs; ++s) {
+    const SeqSpan& sp = seqs[s];
+    const float* rows = &kvr[sp.row0 * d];
+    // Snapshots (window ring image + rolling state) at every snap_every-th
+    // position of this span, taken before the span overwrites ring slots.
+    sp.kv->commit_snapshots(il, sp.pos0, sp.n, rows);
+    // The span's rows enter the window ring only now: earlier queries of this
+    // span read older ring slots that these would overwrite.
+    for (int64_t t = std::max<int64_t>(0, sp.n - c.window); t < sp.n; ++t) {
+      sp.kv->write_window(il, sp.pos0 + t, rows + t * d);
+    }
   }
 
   prof_kv.stop();

@@ -12,12 +12,23 @@
 
 namespace pyv4 {
 
-// x: attention inputs [n, D] of the tokens at positions [pos0, pos0 + n);
-// out: [n, D]. Reads and updates the layer's state in kv, and records the rows
-// it touched in kv.layer(il).touch.
+// One session's rows in a batched step: rows [row0, row0 + n) of the batch are
+// its tokens at positions [pos0, pos0 + n).
+struct SeqSpan {
+  KVState* kv;
+  int64_t row0, n, pos0;
+};
+
+// x: attention inputs [n_rows, D] of every session of the batch, out: [n_rows, D].
+// The projections (Q, KV, compressors, indexer, output) read each weight matrix
+// once for all rows; the rest (compressor state, indexer scoring, attention over
+// cached rows, window/snapshot writes) runs per session on its own state. Each
+// session gets the result it would get alone (bitwise in reference mode). Reads
+// and updates the layer's state in each kv, and records the rows it touched in
+// kv->layer(il).touch.
 void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
-                       const RopeTable& rope, const float* x, int64_t n, int64_t pos0,
-                       KVState& kv, float* out, ThreadPool& pool);
+                       const RopeTable& rope, const float* x, const SeqSpan* seqs, int64_t n_seqs,
+                       int64_t n_rows, float* out, ThreadPool& pool);
 
 // Indexer selection for one query (spec §3.6): the top-k of the visible blocks
 // [0, n_visible) by score, ties to the lower block index; k = min(topk, n_visible).

@@ -56,26 +56,27 @@ void emit_block(const ModelConfig& c, const CompressorWeights& w, const RopeTabl
 
 }  // namespace
 
+void compressor_project(const ModelConfig& c, const CompressorWeights& w, const float* x, int64_t n,
+                        float* pkv, float* gate, bool indexer, ThreadPool& pool) {
+  PROF_SCOPE(indexer ? "matmul.indexer_comp" : "matmul.compressor");
+  const int64_t pw = w.kv.rows;
+  const MatmulTask t[2] = {{&w.kv, x, c.n_embd, n, pkv, pw}, {&w.gate, x, c.n_embd, n, gate, pw}};
+  matmul_many(t, 2, pool);
+}
+
 void compressor_update(const ModelConfig& c, const CompressorWeights& w, const RopeTable& rope,
-                       const float* x, int64_t n, int64_t pos0, KVState& kv, int64_t il,
-                       bool indexer, ThreadPool& pool) {
+                       const float* pkv, float* gate, int64_t n, int64_t pos0, KVState& kv,
+                       int64_t il, bool indexer) {
   CompressorState& st = indexer ? kv.layer(il).index_tail : kv.layer(il).comp_tail;
   const int64_t every = kv.snap_every();
   const int64_t pw = st.proj_width, m = w.ratio;
-  std::vector<float> pkv(static_cast<size_t>(n * pw)), gate(static_cast<size_t>(n * pw));
-  {
-    PROF_SCOPE(indexer ? "matmul.indexer_comp" : "matmul.compressor");
-    const MatmulTask t[2] = {{&w.kv, x, c.n_embd, n, pkv.data(), pw},
-                             {&w.gate, x, c.n_embd, n, gate.data(), pw}};
-    matmul_many(t, 2, pool);
-  }
   PROF_SCOPE(indexer ? "indexer_comp" : "compressor");
   for (int64_t t = 0; t < n; ++t) {
     const int64_t p = pos0 + t;
-    float* g = gate.data() + t * pw;
+    float* g = gate + t * pw;
     const float* ape = w.ape.data() + (p % m) * pw;  // learned bias per slot in the block
     for (int64_t k = 0; k < pw; ++k) g[k] += ape[k];
-    st.push_token(pkv.data() + t * pw, g);
+    st.push_token(pkv + t * pw, g);
     if ((p + 1) % m == 0) {
       const int64_t b = p / m;
       emit_block(c, w, rope, b, st, kv, il, indexer);

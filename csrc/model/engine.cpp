@@ -1,6 +1,8 @@
 #include "model/engine.h"
 
+#include <algorithm>
 #include <chrono>
+#include <span>
 
 #include "common/error.h"
 #include "model/attention.h"
@@ -21,24 +23,47 @@ Engine::Engine(const std::string& path, int n_threads, bool resident, bool split
 }
 
 std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits) {
+  const BatchItem item{&state, tokens, n, all_logits};
+  return std::move(eval_batch(&item, 1)[0]);
+}
+
+std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64_t n_items) {
   const ModelConfig& c = cfg_;
-  if (n <= 0) throw InputError("eval: no tokens given");
-  for (int64_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) {
-      throw InputError("token id " + std::to_string(tokens[t]) + " at index " + std::to_string(t) +
-                       " is outside the vocabulary [0, " + std::to_string(c.n_vocab) + ")");
+  if (n_items <= 0) throw InputError("eval_batch: no sessions given");
+  // Everything is checked before any state changes.
+  std::vector<SeqSpan> seqs(n_items);
+  int64_t n = 0;  // rows of the batch
+  for (int64_t s = 0; s < n_items; ++s) {
+    const BatchItem& it = items[s];
+    const std::string where = n_items > 1 ? "batch item " + std::to_string(s) + ": " : "";
+    if (it.n <= 0) throw InputError(where + "eval: no tokens given");
+    for (int64_t t = 0; t < it.n; ++t) {
+      if (it.tokens[t] < 0 || it.tokens[t] >= c.n_vocab) {
+        throw InputError(where + "token id " + std::to_string(it.tokens[t]) + " at index " +
+                         std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(c.n_vocab) + ")");
+      }
     }
-  }
-  const int64_t pos0 = state.n_tokens();
-  if (pos0 + n > c.n_ctx) {
-    throw ContextOverflowError("context overflow: the session holds " + std::to_string(pos0) +
-                               " tokens, adding " + std::to_string(n) + " would exceed the context length " +
-                               std::to_string(c.n_ctx));
+    const int64_t pos0 = it.state->n_tokens();
+    if (pos0 + it.n > c.n_ctx) {
+      throw ContextOverflowError(where + "context overflow: the session holds " + std::to_string(pos0) +
+                                 " tokens, adding " + std::to_string(it.n) +
+                                 " would exceed the context length " + std::to_string(c.n_ctx));
+    }
+    for (int64_t r = 0; r < s; ++r) {
+      if (items[r].state == it.state) {
+        throw InputError("eval_batch: batch items " + std::to_string(r) + " and " + std::to_string(s) +
+                         " are the same session");
+      }
+    }
+    seqs[s] = SeqSpan{it.state, n, it.n, pos0};
+    n += it.n;
   }
 
   ProfActivate prof_on(prof_.get());
   const auto t_start = std::chrono::steady_clock::now();
-  state.begin_eval();
+  for (const BatchItem& it : std::span(items, n_items)) it.state->begin_eval();
+  std::vector<int64_t> tokens(n);
+  for (int64_t s = 0; s < n_items; ++s) std::copy(items[s].tokens, items[s].tokens + items[s].n, &tokens[seqs[s].row0]);
   const int64_t D = c.n_embd, hc = c.hc_mult, W = hc * D;
   // Residual streams: every stream starts as the token's embedding (spec §3.1).
   std::vector<float> X(n * W), y(n * D), f(n * D);
@@ -50,6 +75,8 @@ std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n
   }
   }
 
+  // Every op but attention's state part works row by row, so the batch's rows
+  // go through them together whatever session they belong to.
   HyperMix mix;
   const float eps = static_cast<float>(c.rms_eps);
   for (int64_t il = 0; il < c.n_layer; ++il) {
@@ -59,35 +86,49 @@ std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n
       hc_pre(c, L.hc_attn, X.data(), n, y.data(), mix, pool_);
       for (int64_t t = 0; t < n; ++t) rms_norm(&y[t * D], L.attn_norm.data(), &y[t * D], D, eps);
     }
-    attention_forward(c, L, il, rope_[il], y.data(), n, pos0, state, f.data(), pool_);
+    attention_forward(c, L, il, rope_[il], y.data(), seqs.data(), n_items, n, f.data(), pool_);
     {
       PROF_SCOPE("mhc");
       hc_post(c, mix, f.data(), X.data(), n, pool_);
       hc_pre(c, L.hc_ffn, X.data(), n, y.data(), mix, pool_);
       for (int64_t t = 0; t < n; ++t) rms_norm(&y[t * D], L.ffn_norm.data(), &y[t * D], D, eps);
     }
-    moe_forward(c, L, il, y.data(), tokens, n, f.data(), pool_);
+    moe_forward(c, L, il, y.data(), tokens.data(), n, f.data(), pool_);
     {
       PROF_SCOPE("mhc");
       hc_post(c, mix, f.data(), X.data(), n, pool_);
     }
   }
-  state.end_eval(tokens, n);
+  for (int64_t s = 0; s < n_items; ++s) items[s].state->end_eval(items[s].tokens, items[s].n);
 
-  // Head: only the rows the caller asked for.
-  const int64_t first = all_logits ? 0 : n - 1, n_out = n - first;
+  // Head: only the rows the callers asked for, gathered into one block.
+  std::vector<int64_t> out_rows;
+  for (int64_t s = 0; s < n_items; ++s) {
+    for (int64_t t = items[s].all_logits ? 0 : items[s].n - 1; t < items[s].n; ++t) {
+      out_rows.push_back(seqs[s].row0 + t);
+    }
+  }
+  const int64_t n_out = static_cast<int64_t>(out_rows.size());
+  std::vector<float> logits(n_out * c.n_vocab);
   {
     PROF_SCOPE("mhc");
-    hc_head(c, w_, X.data() + first * W, n_out, y.data(), pool_);
+    std::vector<float> Xo(n_out * W);
+    for (int64_t r = 0; r < n_out; ++r) std::copy_n(&X[out_rows[r] * W], W, &Xo[r * W]);
+    hc_head(c, w_, Xo.data(), n_out, y.data(), pool_);
     for (int64_t t = 0; t < n_out; ++t) rms_norm(&y[t * D], w_.output_norm.data(), &y[t * D], D, eps);
   }
-  std::vector<float> logits(n_out * c.n_vocab);
   {
     PROF_SCOPE("matmul.head");
     matmul(w_.output, y.data(), D, n_out, logits.data(), c.n_vocab, pool_);
   }
+  std::vector<std::vector<float>> result(n_items);
+  for (int64_t s = 0, r = 0; s < n_items; ++s) {
+    const int64_t rows = items[s].all_logits ? items[s].n : 1;
+    result[s].assign(logits.begin() + r * c.n_vocab, logits.begin() + (r + rows) * c.n_vocab);
+    r += rows;
+  }
   if (prof_) prof_->add_eval(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
-  return logits;
+  return result;
 }
 
 void Engine::truncate(KVState& state, int64_t n) {

@@ -48,6 +48,21 @@ class Engine {
   // Validates everything first: on error the session is unchanged.
   std::vector<float> eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits);
 
+  // One session's part of a batched step.
+  struct BatchItem {
+    KVState* state;
+    const int64_t* tokens;
+    int64_t n;
+    bool all_logits;
+  };
+  // Evaluates several sessions in one forward pass: their tokens form the rows
+  // of one batch, so every weight matrix is read once per step for all of them
+  // (each routed expert once for all rows routed to it), while each session
+  // keeps its own KV state and positions. Returns each item's logits as eval
+  // would. Validates every item first (ids, context, distinct sessions): on
+  // error no session is changed.
+  std::vector<std::vector<float>> eval_batch(const BatchItem* items, int64_t n_items);
+
   // Cuts the session back to its first n tokens: restores the latest snapshot
   // at or before n and re-evaluates the (< snap_every) tokens after it.
   void truncate(KVState& state, int64_t n);

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "common/error.h"
 #include "model/engine.h"
 #include "python/bindings.h"
 
@@ -97,7 +98,32 @@ void bind_model(py::module_& m) {
             std::copy(logits.begin(), logits.end(), out.mutable_data());
             return out;
           },
-          py::arg("state"), py::arg("tokens"), py::arg("all_logits"));
+          py::arg("state"), py::arg("tokens"), py::arg("all_logits"))
+      .def(
+          "eval_batch",
+          [](Engine& e, const std::vector<std::tuple<KVState*, std::vector<int64_t>, bool>>& batch) {
+            std::vector<Engine::BatchItem> items;
+            for (const auto& [state, ids, all] : batch) {
+              if (!state) throw InputError("eval_batch: a batch item has no session");
+              items.push_back({state, ids.data(), static_cast<int64_t>(ids.size()), all});
+            }
+            std::vector<std::vector<float>> logits;
+            {
+              py::gil_scoped_release release;
+              logits = e.eval_batch(items.data(), static_cast<int64_t>(items.size()));
+            }
+            const int64_t V = e.config().n_vocab;
+            py::list out;
+            for (size_t i = 0; i < items.size(); ++i) {
+              const int64_t rows = static_cast<int64_t>(logits[i].size()) / V;
+              py::array_t<float> a = items[i].all_logits ? py::array_t<float>({rows, V}) : py::array_t<float>(V);
+              std::copy(logits[i].begin(), logits[i].end(), a.mutable_data());
+              out.append(a);
+            }
+            return out;
+          },
+          py::arg("batch"),
+          "[(state, tokens, all_logits), ...] -> [logits, ...]: one forward pass for several sessions.");
 }
 
 }  // namespace pyv4
