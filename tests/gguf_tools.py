@@ -110,3 +110,11 @@ def read(path) -> RawGGUF:
         data = np.asarray(t.data).tobytes()
         g.tensors.append(RawTensor(t.name, int(t.tensor_type), [int(n) for n in t.shape], data))
     return g
+
+
+def with_context_length(src, dst, n_ctx: int):
+    """Copies the GGUF at src to dst with deepseek4.context_length = n_ctx; returns dst."""
+    g = read(src)
+    g.set("deepseek4.context_length", U32, n_ctx)
+    write(g, dst)
+    return dst

@@ -146,11 +146,7 @@ def test_session_of_another_model_is_refused(qmodel, spec11):
 
 
 def test_overflow_in_one_item_changes_no_session(spec11, tmp_path):
-    g = gguf_tools.read(spec11[0])
-    g.set("deepseek4.context_length", gguf_tools.U32, 64)
-    path = tmp_path / "ctx64.gguf"
-    gguf_tools.write(g, path)
-    m = pyv4.Model(path)
+    m = pyv4.Model(gguf_tools.with_context_length(spec11[0], tmp_path / "ctx64.gguf", 64))
     a, b = m.new_session(), m.new_session()
     b.eval(random_tokens(m.n_vocab, 60, 1))
     with pytest.raises(pyv4.ContextOverflowError, match=r"batch item 1: context overflow.*60 tokens.*adding 5"):

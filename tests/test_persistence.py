@@ -142,11 +142,7 @@ def _write(tmp_path, data: bytes, name="bad.pyv4s"):
 
 
 def test_load_into_another_model_raises(saved, spec11, tmp_path):
-    g = gguf_tools.read(spec11[0])
-    g.set("deepseek4.context_length", gguf_tools.U32, 2048)
-    other_path = tmp_path / "other.gguf"
-    gguf_tools.write(g, other_path)
-    other = pyv4.Model(other_path)
+    other = pyv4.Model(gguf_tools.with_context_length(spec11[0], tmp_path / "other.gguf", 2048))
     with pytest.raises(pyv4.FormatError, match="different model"):
         pyv4.Session.load(other, saved[0])
 

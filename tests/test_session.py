@@ -82,11 +82,7 @@ def test_bad_logits_mode(model):
 
 
 def test_context_overflow(spec11, tmp_path):
-    g = gguf_tools.read(spec11[0])
-    g.set("deepseek4.context_length", gguf_tools.U32, 64)
-    path = tmp_path / "ctx64.gguf"
-    gguf_tools.write(g, path)
-    m = pyv4.Model(path)
+    m = pyv4.Model(gguf_tools.with_context_length(spec11[0], tmp_path / "ctx64.gguf", 64))
     s = m.new_session()
     toks = random_tokens(m.n_vocab, 64, 10)
     s.eval(toks[:60])
