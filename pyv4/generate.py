@@ -144,7 +144,9 @@ class Generation:
     def _record_logprobs(self, logits: np.ndarray, t: int) -> None:
         z = logits.astype(np.float64)
         lse = float(np.log(np.exp(z - z.max()).sum()) + z.max())
-        top = np.argsort(-z, kind="stable")[: max(0, self.n_logprobs - 1)]
+        k = max(0, self.n_logprobs - 1)
+        top = np.argpartition(-z, k)[:k] if 0 < k < len(z) else np.arange(0)
+        top = top[np.lexsort((top, -z[top]))]  # most likely first, ties to the lower id
         self.logprobs.append({"token": t, "logprob": float(z[t] - lse),
                               "top": [(int(i), float(z[i] - lse)) for i in top]})
 
