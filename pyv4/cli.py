@@ -1,4 +1,4 @@
-"""The `pyv4` command: chat, run, convert, info, bench.
+"""The `pyv4` command: chat, run, convert, info, bench, plan.
 
 Every user error ends in a one-line `pyv4 <cmd>: error: ...` on stderr and exit
 code 2; no traceback for things the user can fix."""
@@ -39,6 +39,7 @@ _COMMANDS = {
     "convert": (_cmd_convert, "convert a Hugging Face / official checkpoint to GGUF"),
     "info": (_lazy(".info", "main"), "describe a GGUF file and whether pyv4 can load it"),
     "bench": (_lazy(".bench_cli", "main"), "prefill and decode speed of a model on this machine"),
+    "plan": (_lazy(".plan_cli", "main"), "where a model's bytes would live with a GPU (--vram 24GiB)"),
 }
 
 
