@@ -188,22 +188,28 @@ BUILTIN = ("v4-flash", "v4-pro")
 
 def builtin(name: str, recipe: str = "mxfp4") -> ModelShape:
     """The main model of V4-Flash or V4-Pro (no MTP block) as `pyv4 convert --recipe
-    RECIPE` would write it from the official checkpoint: the tensor types come from
-    the converter's recipe table (convert/recipes.py), the sizes from GGML's blocks."""
+    RECIPE` would write it from the official checkpoint."""
+    key = name.lower()
+    if key not in BUILTIN:
+        raise ValueError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTIN)}")
+    return from_config(_official_config(key), recipe, f"{key} ({recipe})")
+
+
+def from_config(config: dict, recipe: str = "mxfp4", name: str = "config") -> ModelShape:
+    """The shape of the file `pyv4 convert --recipe RECIPE` writes for an official
+    `config` (main model): tensor types from the converter's recipe table
+    (convert/recipes.py, as pyv4.synthetic applies it), sizes from GGML's blocks."""
     from .convert.config import parse_config
     from .convert.recipes import RECIPES, nbytes
     from .synthetic import tensor_layout, tensor_types
 
-    key = name.lower()
-    if key not in BUILTIN:
-        raise ValueError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTIN)}")
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
-    hp = parse_config(_official_config(key), key)
+    hp = parse_config(config, name)
     types = tensor_types(hp, recipe)
     rows = [(n, types[n].name, s, nbytes(types[n], s)) for n, s, _ in tensor_layout(hp)]
     return ModelShape(
-        name=f"{key} ({recipe})", n_layer=hp.n_layer, n_embd=hp.n_embd, n_vocab=hp.n_vocab, n_head=hp.n_head,
+        name=name, n_layer=hp.n_layer, n_embd=hp.n_embd, n_vocab=hp.n_vocab, n_head=hp.n_head,
         head_dim=hp.head_dim, rope_dim=hp.rope_dim, window=hp.sliding_window,
         compress_ratio=tuple(hp.compress_ratios), index_n_head=hp.index_n_heads,
         index_head_dim=hp.index_head_dim, index_topk=hp.index_topk, n_expert=hp.n_expert,
