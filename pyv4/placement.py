@@ -399,71 +399,76 @@ def cpu_placement(shape: ModelShape, ctx: int | None = None, kv: str = "fp8",
 # Cost of one decode token (the model is in the module docstring)
 # ---------------------------------------------------------------------------
 
-def _cost(p: Placement, shape: ModelShape, kvs: list[LayerKV], share, on_gpu, gpu_gbs, cpu_gbs, pcie_gbs) -> None:
-    main_rec, idx_rec = kv_record_bytes(shape, p.kv)
-    act = 4 * shape.n_embd  # one fp32 activation vector
+@dataclass
+class _LayerToken:
+    """What one decode token reads and moves in one layer."""
+    pre: int          # weights before the MoE split (attention ... router)
+    kv_read: int      # cached rows read
+    shared: int       # the shared expert
+    expert: int       # bytes of one routed expert
+    k_gpu: float      # expected routed experts per token on the GPU
+    k_host: float     # ... on the host
+    csa_host: float   # expected bytes of top-k CSA rows fetched from the host
+
+
+def _layer_tokens(p: Placement, shape: ModelShape, kvs: list[LayerKV], share, on_gpu) -> list[_LayerToken]:
+    main_rec = kv_record_bytes(shape, p.kv)[0]
     pre = [0] * shape.n_layer
     shared = [0] * shape.n_layer
-    glob = 0
     for t in shape.tensors:
-        if t.category in ("experts", "mtp", "embed"):
-            continue
-        if t.layer is None:
-            glob += _read_bytes(t)
-        elif t.category == "shared":
+        if t.layer is not None and t.category == "shared":
             shared[t.layer] += t.nbytes
-        else:
+        elif t.layer is not None and t.category != "experts":
             pre[t.layer] += _read_bytes(t)
+    host_frac = 1 - p.csa_rows_gpu / p.csa_rows if p.csa_rows and p.device != "cpu" else 0.0
+    out = []
+    for il, x in enumerate(kvs):
+        topk = min(shape.index_topk, x.comp_rows) if shape.layer_kind(il) == "csa" else x.comp_rows
+        k_gpu = sum(share[il][j] for j in on_gpu[il])
+        # the host's share; a layer whose host experts are never routed to needs no round trip
+        k_host = max(0.0, shape.n_expert_used - k_gpu) if len(on_gpu[il]) < shape.n_expert else 0.0
+        out.append(_LayerToken(pre=pre[il], kv_read=x.window + x.index + topk * main_rec, shared=shared[il],
+                               expert=shape.expert_bytes(il), k_gpu=k_gpu, k_host=k_host if k_host > 1e-9 else 0.0,
+                               csa_host=topk * host_frac * main_rec))
+    return out
+
+
+def _cost(p: Placement, shape: ModelShape, kvs: list[LayerKV], share, on_gpu, gpu_gbs, cpu_gbs, pcie_gbs) -> None:
+    """Fills the per-token bytes, PCIe traffic and (given bandwidths) ms of `p`."""
+    layers = _layer_tokens(p, shape, kvs, share, on_gpu)
+    head = sum(t.nbytes for t in shape.tensors if t.layer is None and t.category in ("head", "other"))
     embed_row = sum(_read_bytes(t) for t in shape.tensors if t.category == "embed")
-    gpu_side = p.device != "cpu"
-    host_frac = 1 - p.csa_rows_gpu / p.csa_rows if p.csa_rows else 0.0
-    to_gpu = gpu_side and gpu_gbs
-    t_gpu = t_cpu = t_pcie = t_total = 0.0
-    gpu_read = glob
-    cpu_read = embed_row
-    pcie = {"embedding row": embed_row if gpu_side else 0, "logits": 4 * shape.n_vocab if gpu_side else 0,
-            "expert activations": 0, "csa rows": 0}
+    act = 4 * shape.n_embd  # one fp32 activation vector
+    experts_host = sum(x.k_host * x.expert for x in layers)
+    dense = head + sum(x.pre + x.kv_read + x.shared + x.k_gpu * x.expert for x in layers)
+    p.bandwidth = {"gpu_gbs": gpu_gbs, "cpu_gbs": cpu_gbs, "pcie_gbs": pcie_gbs}
+    if p.device == "cpu":
+        p.gpu_read_per_token, p.cpu_read_per_token, p.pcie = 0, int(embed_row + dense + experts_host), {}
+        p.bandwidth.update(gpu_gbs=None, pcie_gbs=None)
+        if cpu_gbs:
+            ms = p.cpu_read_per_token / (cpu_gbs * 1e9) * 1e3
+            p.ms = {"gpu": 0.0, "cpu": ms, "pcie": 0.0, "total": ms}
+        return
+    p.gpu_read_per_token, p.cpu_read_per_token = int(dense), int(embed_row + experts_host)
+    p.pcie = {"embedding row": embed_row, "logits": 4 * shape.n_vocab,
+              "expert activations": sum(2 * act for x in layers if x.k_host),
+              "csa rows": round(sum(x.csa_host for x in layers))}
+    if not (gpu_gbs and cpu_gbs and pcie_gbs):
+        return
 
     def xfer(nbytes: float) -> float:
-        return nbytes / (pcie_gbs * 1e9) + PCIE_LATENCY_S if nbytes and gpu_side and pcie_gbs else 0.0
+        return nbytes / (pcie_gbs * 1e9) + PCIE_LATENCY_S if nbytes else 0.0
 
-    for il in range(shape.n_layer):
-        x = kvs[il]
-        topk = min(shape.index_topk, x.comp_rows) if shape.layer_kind(il) == "csa" else x.comp_rows
-        kv_read = x.window + x.index + topk * main_rec
-        e = shape.expert_bytes(il)
-        gpu_set = set(on_gpu[il])
-        k_gpu = sum(share[il][j] for j in gpu_set)
-        k_host = shape.n_expert_used - k_gpu if len(gpu_set) < shape.n_expert else 0.0
-        side_read = pre[il] + shared[il] + kv_read + k_gpu * e
-        csa_host = topk * host_frac * main_rec if gpu_side else 0
-        act_x = 2 * act if gpu_side and k_host else 0
-        pcie["csa rows"] += round(csa_host)
-        pcie["expert activations"] += act_x
-        host_experts = k_host * e
-        cpu_read += host_experts
-        if gpu_side:
-            gpu_read += side_read
-        else:
-            cpu_read += side_read
-        if to_gpu and cpu_gbs:
-            tg_pre = (pre[il] + kv_read) / (gpu_gbs * 1e9)
-            tg_moe = (shared[il] + k_gpu * e) / (gpu_gbs * 1e9)
-            tc = host_experts / (cpu_gbs * 1e9)
-            tx = xfer(csa_host) + (2 * xfer(act) if act_x else 0.0)
-            t_gpu += tg_pre + tg_moe
-            t_cpu += tc
-            t_pcie += tx
-            t_total += tg_pre + xfer(csa_host) + max(tg_moe, tc + (2 * xfer(act) if act_x else 0.0))
-    p.gpu_read_per_token = int(gpu_read) if gpu_side else 0
-    p.cpu_read_per_token = int(cpu_read + (0 if gpu_side else glob))
-    p.pcie = pcie if gpu_side else {}
-    p.bandwidth = {"gpu_gbs": gpu_gbs, "cpu_gbs": cpu_gbs, "pcie_gbs": pcie_gbs if gpu_side else None}
-    if not gpu_side and cpu_gbs:
-        ms = p.cpu_read_per_token / (cpu_gbs * 1e9) * 1e3
-        p.ms = {"gpu": 0.0, "cpu": ms, "pcie": 0.0, "total": ms}
-    elif to_gpu and cpu_gbs:
-        head = glob / (gpu_gbs * 1e9)
-        io = xfer(embed_row) + xfer(4 * shape.n_vocab)
-        p.ms = {"gpu": (t_gpu + head) * 1e3, "cpu": t_cpu * 1e3, "pcie": (t_pcie + io) * 1e3,
-                "total": (t_total + head + io) * 1e3}
+    t_gpu = t_cpu = t_pcie = 0.0
+    t_total = head / (gpu_gbs * 1e9) + xfer(embed_row) + xfer(4 * shape.n_vocab)
+    for x in layers:
+        tg_pre = (x.pre + x.kv_read) / (gpu_gbs * 1e9)
+        tg_moe = (x.shared + x.k_gpu * x.expert) / (gpu_gbs * 1e9)
+        tc = x.k_host * x.expert / (cpu_gbs * 1e9)
+        tx_act = 2 * xfer(act) if x.k_host else 0.0
+        t_gpu += tg_pre + tg_moe
+        t_cpu += tc
+        t_pcie += xfer(x.csa_host) + tx_act
+        t_total += tg_pre + xfer(x.csa_host) + max(tg_moe, tc + tx_act)
+    p.ms = {"gpu": (t_gpu + head / (gpu_gbs * 1e9)) * 1e3, "cpu": t_cpu * 1e3,
+            "pcie": (t_pcie + xfer(embed_row) + xfer(4 * shape.n_vocab)) * 1e3, "total": t_total * 1e3}
