@@ -320,7 +320,7 @@ def plan(shape: ModelShape, vram: int, ram: int | None = None, ctx: int | None =
             f"({gib(need - kv_part)} GiB), the KV cache that must live there at ctx {ctx} ({gib(kv_part)} GiB: "
             f"windows, HCA rows, indexer keys) and the reserve ({gib(margin)} GiB), but vram is {gib(vram)} GiB: "
             f"short by {gib(need - avail)} GiB. Use more --vram, a shorter --ctx, or a recipe with smaller "
-            f"non-expert weights (e.g. q8 instead of bf16)")
+            f"non-expert weights (q8 and q4 store them as Q8_0)")
     rem = avail - need
 
     main_rec = kv_record_bytes(shape, kv)[0]
@@ -352,7 +352,7 @@ def plan(shape: ModelShape, vram: int, ram: int | None = None, ctx: int | None =
             f"{gib(RAM_RESERVE)} GiB for the system) but ram is {gib(ram)} GiB: short by {gib(short)} GiB. "
             f"Use more --ram, more --vram (each GiB there takes a GiB of experts off the host)"
             + (", a shorter --ctx (its CSA rows take GPU memory the experts could use)" if csa_gpu else "")
-            + ", or a recipe with smaller routed experts")
+            + ", or smaller routed experts (of the converter's recipes mxfp4 has the smallest)")
     p = Placement(
         model=shape.name, device=device, ctx=ctx, kv=kv, vram=vram, ram=ram, margin=margin,
         gpu={c: b for c, b in gpu.items() if b}, host={c: b for c, b in host.items() if b},

@@ -58,7 +58,8 @@ def _expert_summary(p: pl.Placement) -> str:
     return f"{total} of {p.n_expert * len(p.experts_gpu_per_layer)}: " + "; ".join(out)
 
 
-def render(p: pl.Placement) -> str:
+def render(p: pl.Placement, gpu_assumed: bool = False) -> str:
+    """The plan as a table and a few lines (gpu_assumed: the GPU bandwidth is the default)."""
     cats = [c for c in p.gpu] + [c for c in p.host if c not in p.gpu] + [c for c in p.file]
     lines = [f"{p.model}: device {p.device}, context {p.ctx} tokens, KV {p.kv}",
              f"budgets: vram {pl.gib(p.vram)} GiB (reserve {pl.gib(p.margin)} GiB for the CUDA context and "
@@ -81,7 +82,7 @@ def render(p: pl.Placement) -> str:
     b = p.bandwidth
     if p.ms is not None:
         lines.append(f"predicted: {p.ms['total']:.1f} ms/token ({1000 / p.ms['total']:.1f} tokens/s) with GPU "
-                     f"{b['gpu_gbs']:.0f} GB/s, CPU {b['cpu_gbs']:.1f} GB/s, PCIe {b['pcie_gbs']:.0f} GB/s; "
+                     f"{b['gpu_gbs']:.0f} GB/s{' (assumed: --gpu-bandwidth)' if gpu_assumed else ''}, CPU {b['cpu_gbs']:.1f} GB/s, PCIe {b['pcie_gbs']:.0f} GB/s; "
                      f"GPU {p.ms['gpu']:.1f} ms, CPU experts {p.ms['cpu']:.1f} ms (overlapping the GPU's), "
                      f"PCIe {p.ms['pcie']:.2f} ms")
     return "\n".join(lines)
@@ -130,5 +131,5 @@ def main(argv: list[str]) -> int:
     except ValueError as e:  # PlacementError and FormatError are ValueErrors
         print(f"pyv4 plan: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(p.to_dict(), indent=2) if a.json else render(p))
+    print(json.dumps(p.to_dict(), indent=2) if a.json else render(p, gpu_assumed=not a.gpu_bandwidth))
     return 0
