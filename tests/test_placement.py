@@ -270,6 +270,28 @@ def test_routing_counts_put_the_hottest_experts_first(tiny):
             pl.plan(shape, vram, None, 4096, expert_freq=bad)
 
 
+def test_plan_command_reads_routing_counts(tiny, tmp_path, capsys):
+    shape = from_gguf(str(tiny))
+    L, E = shape.n_layer, shape.n_expert
+    freq = np.ones((L, E))
+    freq[L - 1, [2, 6]] = 50.0
+    np.save(tmp_path / "freq.npy", freq)
+    room = pl.plan(shape, 1 << 40, None, 4096)
+    vram = room.gpu_bytes - room.gpu["experts"] + room.margin + 2 * shape.expert_bytes(0)
+    args = ["plan", str(tiny), "--vram", str(vram), "--ram", "8GiB", "--ctx", "4096", "--cpu-bandwidth", "10",
+            "--json"]
+    assert pyv4_main(args + ["--expert-freq", str(tmp_path / "freq.npy")]) == 0
+    assert json.loads(capsys.readouterr().out)["experts_on_gpu"] == [[L - 1, 2, 3], [L - 1, 6, 7]]
+    assert pyv4_main(args) == 0
+    assert json.loads(capsys.readouterr().out)["experts_on_gpu"] == [[0, 0, 2]]
+    np.save(tmp_path / "wrong.npy", np.ones((L + 1, E)))
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    for f, msg in (("wrong.npy", "shape"), ("junk.npy", "cannot read --expert-freq"), ("none.npy", "cannot read")):
+        assert pyv4_main(args + ["--expert-freq", str(tmp_path / f)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err
+
+
 # ---------------------------------------------------------------- real files
 
 
