@@ -142,7 +142,7 @@ def from_gguf(path: str) -> ModelShape:
         raise _core.FormatError(f"{path}: attention.compress_ratios has {len(ratios)} entries, need {n_layer}")
     rows = f.tensors()
     n_vocab = int(key("vocab_size", 0)) or next((s[0] for n, _, s, _ in rows if n == "token_embd.weight"), 0)
-    return ModelShape(
+    shape = ModelShape(
         name=path, n_layer=n_layer, n_embd=int(key("embedding_length")), n_vocab=int(n_vocab),
         n_head=int(key("attention.head_count")), head_dim=int(key("attention.key_length")),
         rope_dim=int(key("rope.dimension_count")), window=int(key("attention.sliding_window")),
@@ -153,6 +153,26 @@ def from_gguf(path: str) -> ModelShape:
         n_expert=int(key("expert_count")), n_expert_used=int(key("expert_used_count")),
         n_ff_exp=int(key("expert_feed_forward_length")), n_ctx=int(key("context_length")),
         tensors=_table(rows, n_layer))
+    why = _implausible(shape)
+    if why:
+        raise _core.FormatError(f"{path}: {why}")
+    return shape
+
+
+def _implausible(s: ModelShape) -> str | None:
+    """What would make the planner's arithmetic meaningless (the engine checks far more at load)."""
+    if min(s.n_layer, s.n_embd, s.n_vocab, s.head_dim, s.window, s.n_ctx, s.n_ff_exp) < 1:
+        return "layer count, widths, window and context must be positive"
+    if not 1 <= s.n_expert_used <= s.n_expert:
+        return f"expert_used_count {s.n_expert_used} must be between 1 and expert_count {s.n_expert}"
+    if not 0 < s.rope_dim <= s.head_dim or any(r < 0 or r == 1 for r in s.compress_ratio):
+        return "rope dims must be in (0, key_length] and compress ratios 0 or >= 2"
+    if 4 in s.compress_ratio and min(s.index_head_dim, s.index_topk) < 1:
+        return "CSA layers need a positive indexer key length and top-k"
+    missing = [il for il in range(s.n_layer) if s.bytes_of("experts", il) == 0]
+    if missing:
+        return f"layer {missing[0]} has no routed-expert tensors (ffn_*_exps)"
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ without it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -22,7 +23,7 @@ from pyv4 import _core
 from pyv4 import placement as pl
 from pyv4.cli import main as pyv4_main
 from pyv4.demo import DEMO_CONFIG
-from pyv4.model_shape import builtin, from_config, from_gguf
+from pyv4.model_shape import _implausible, builtin, from_config, from_gguf
 from pyv4.synthetic import write_random_gguf_typed
 
 GiB = pl.GiB
@@ -310,6 +311,33 @@ def test_shape_from_a_file_agrees_with_its_bytes(tiny):
     weights_gpu = p.gpu_bytes - sum(b for k, b in p.gpu.items() if k.startswith("kv "))
     emb = next(t for t in r.tensors if t.name == "token_embd.weight")
     assert weights_gpu + int(emb.n_bytes) == sum(int(t.n_bytes) for t in r.tensors)
+
+
+def test_files_the_planner_cannot_use(tiny, tmp_path):
+    def write(name, arch, keys):
+        w = gguf.GGUFWriter(str(tmp_path / name), arch=arch)
+        for k, v in keys.items():
+            w.add_uint32(k, v)
+        w.add_tensor("x", np.zeros(4, np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return str(tmp_path / name)
+
+    with pytest.raises(pyv4.FormatError, match="not 'deepseek4'"):
+        from_gguf(write("llama.gguf", "llama", {}))
+    with pytest.raises(pyv4.FormatError, match=r"metadata key 'deepseek4\.[a-z_.]+' is missing"):
+        from_gguf(write("partial.gguf", "deepseek4", {"deepseek4.block_count": 2}))
+    good = from_gguf(str(tiny))
+    assert _implausible(good) is None
+    for change, msg in (({"n_expert_used": 0}, "expert_used_count"), ({"n_expert_used": 9}, "expert_used_count"),
+                        ({"window": 0}, "positive"), ({"compress_ratio": (0, 1, 128, 4, 128, 0)}, "ratios"),
+                        ({"index_topk": 0}, "indexer"),
+                        ({"tensors": tuple(t for t in good.tensors if t.name != "blk.3.ffn_up_exps.weight"
+                                           and t.name != "blk.3.ffn_gate_exps.weight"
+                                           and t.name != "blk.3.ffn_down_exps.weight")}, "layer 3")):
+        assert msg in _implausible(dataclasses.replace(good, **change))
 
 
 @pytest.mark.parametrize("kv", pl.KV_TYPES)
