@@ -25,9 +25,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-CATEGORIES = ("embed", "head", "attention", "compressor", "indexer", "mhc", "norms", "router", "shared",
-              "experts", "mtp", "other")
-
 _RE_BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 

@@ -63,7 +63,6 @@ DEFAULT_PCIE_GBS = 25.0        # PCIe 4.0 x16 as measured by copies, not the 32 
 KV_TYPES = ("fp8", "bf16", "f32")
 
 _WEIGHTS_ON_GPU = ("head", "attention", "compressor", "indexer", "mhc", "norms", "router", "shared", "other")
-_PRE_MOE = ("attention", "compressor", "indexer", "mhc", "norms", "router")
 
 
 class PlacementError(ValueError):
