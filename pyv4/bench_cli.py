@@ -12,11 +12,13 @@ import time
 
 import numpy as np
 
+from .cli_commands import UserError, _add_device_args, _load
+
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="pyv4 bench", description=__doc__)
     ap.add_argument("model", help="a deepseek4 GGUF file, or 'demo'")
-    ap.add_argument("-t", "--threads", type=int, default=None)
+    _add_device_args(ap)
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best one is reported")
@@ -25,10 +27,8 @@ def main(argv: list[str]) -> int:
     if a.prompt_tokens < 1 or a.gen_tokens < 0 or a.repeat < 1:
         print("pyv4 bench: error: --prompt-tokens and --repeat must be >= 1, --gen-tokens >= 0", file=sys.stderr)
         return 2
-    from .cli_commands import UserError, _load
-
     try:
-        model = _load(argparse.Namespace(model=a.model, threads=a.threads))
+        model = _load(a)
     except UserError as e:
         print(f"pyv4 bench: error: {e}", file=sys.stderr)
         return 2

@@ -18,12 +18,20 @@ class UserError(Exception):
     """Ends the command with a one-line message and exit code 2."""
 
 
+def _add_device_args(ap: argparse.ArgumentParser) -> None:
+    """-t/--threads, --device and --vram: how a model is loaded (chat, run, bench)."""
+    ap.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all)")
+    ap.add_argument("--device", default="cpu", help='"cpu" (default), "cuda" or "cuda:N"')
+    ap.add_argument("--vram", default=None, help="GPU memory to use with a CUDA device, e.g. 24GiB "
+                    "(default: the free memory)")
+
+
 def _add_model_args(ap: argparse.ArgumentParser, model_optional: bool) -> None:
     if model_optional:
         ap.add_argument("model", nargs="?", help="a deepseek4 GGUF file (default: the built-in demo model)")
     else:
         ap.add_argument("model", help="a deepseek4 GGUF file, or 'demo' for the built-in demo model")
-    ap.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all)")
+    _add_device_args(ap)
     ap.add_argument("--system", default=None, help="system prompt")
     ap.add_argument("--think", action="store_true", help="thinking mode (reasoning before the answer)")
     ap.add_argument("--max-effort", action="store_true", help='thinking mode with reasoning_effort="max"')
@@ -45,7 +53,7 @@ def _params(a) -> SamplingParams:
 
 
 def _load(a):
-    from . import FormatError, Model
+    from . import DeviceError, FormatError, Model
 
     path = a.model
     demo = path in (None, "demo")
@@ -61,9 +69,11 @@ def _load(a):
     if not os.access(path, os.R_OK):
         raise UserError(f"model file is not readable: {path}")
     try:
-        model = Model(path, threads=a.threads)
+        model = Model(path, threads=a.threads, device=a.device, vram=a.vram)
     except FormatError as e:
         raise UserError(f"cannot load model: {e}") from None
+    except (DeviceError, ValueError) as e:  # the device or vram
+        raise UserError(str(e)) from None
     try:
         model.tokenizer
     except (ValueError, OSError) as e:

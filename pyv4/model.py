@@ -34,15 +34,37 @@ class Model:
     them are released, so memory still holds one copy. The copies are made only
     if they fit in 90 % of the available memory; split_weights=False never makes
     them (every matrix stays a view of the file, nothing is read at load). The
-    results are the same bits either way."""
+    results are the same bits either way.
+
+    device: "cpu" (default), "cuda" or "cuda:N"; vram: the GPU memory a CUDA
+    plan may use, bytes or a string such as "24GiB" (default: the free memory).
+    This build runs on the CPU only: a CUDA device raises pyv4.DeviceError
+    saying why (no CUDA backend, no GPU or driver). `placement()` tells where
+    the model's bytes live (pyv4/placement.py)."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, resident: bool = False,
-                 split_weights: bool = True):
+                 split_weights: bool = True, device: str = "cpu", vram: int | str | None = None):
+        from .device import DeviceError, parse_device, require_cuda
+
+        kind, index = parse_device(device)
+        if vram is not None:
+            if kind == "cpu":
+                raise ValueError('vram applies to a CUDA device only (device="cuda" or "cuda:N")')
+            from .placement import parse_bytes
+
+            if parse_bytes(vram, "vram") <= 0:
+                raise ValueError(f"vram must be positive, not {vram!r}")
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"model file not found: {self.path}")
+        if kind == "cuda":
+            require_cuda(index)
+            raise DeviceError(f"cuda:{index} is available, but this version of pyv4 cannot run a model on it "
+                              "yet; use device=\"cpu\" (`pyv4 plan` shows the placement a GPU would get)")
+        self.device = "cpu"
         self._engine = _core.Engine(self.path, threads or 0, bool(resident), bool(split_weights))
         self._tokenizer = None
+        self._placement = None
 
     @property
     def config(self) -> dict:
@@ -69,6 +91,16 @@ class Model:
     def fingerprint(self) -> int:
         """Hash of the GGUF metadata and tensor table; session files carry it."""
         return self._engine.fingerprint
+
+    def placement(self):
+        """The placement in use (pyv4.placement.Placement): on the CPU every
+        weight and the KV cache of the full context live in host memory."""
+        if self._placement is None:
+            from .model_shape import from_gguf
+            from .placement import cpu_placement
+
+            self._placement = cpu_placement(from_gguf(self.path), ctx=self.n_ctx)
+        return self._placement
 
     def profile(self) -> dict | None:
         """Wall time per op kind summed over every eval since `profile_reset()`,

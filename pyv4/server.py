@@ -2,7 +2,7 @@
 
     pyv4 serve MODEL|demo [--host 127.0.0.1] [--port 8080] [--parallel 4]
                [--api-key KEY | --api-key-file F] [--ctx N] [--kv fp8]
-               [--prompt-cache DIR --prompt-cache-bytes N] [--threads N]
+               [--prompt-cache DIR --prompt-cache-bytes N] [--threads N] [--device cpu|cuda[:N]]
 
 FastAPI on uvicorn (what vLLM and SGLang serve with): a well-kept ASGI stack
 whose streaming responses are cancelled when the client goes away, which is
@@ -428,7 +428,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--kv", default="fp8", choices=["fp8", "bf16", "f32"])
     ap.add_argument("--prompt-cache", default=None, metavar="DIR", help="keep finished sessions on disk here")
     ap.add_argument("--prompt-cache-bytes", type=_size, default=_size("4GiB"))
-    ap.add_argument("--threads", type=int, default=None)
+    from .cli_commands import _add_device_args
+
+    _add_device_args(ap)
     ap.add_argument("--model-name", default=None, help="the id /v1/models reports")
     a = ap.parse_args(argv)
 
@@ -442,6 +444,16 @@ def main(argv: list[str]) -> int:
         return fail("--ctx must be >= 2")
     if not 0 <= a.port < 65536:
         return fail("--port must be in [0, 65535]")
+    if a.threads is not None and a.threads < 1:
+        return fail("--threads must be >= 1")
+    from .device import DeviceError, parse_device, require_cuda
+
+    try:  # before the port opens: a device that cannot work is a usage error
+        kind, index = parse_device(a.device)
+        if kind == "cuda":
+            require_cuda(index)
+    except (DeviceError, ValueError) as e:
+        return fail(str(e))
     api_key = a.api_key
     if a.api_key_file:
         try:
@@ -469,7 +481,7 @@ def main(argv: list[str]) -> int:
         from . import Model
         from .batching import Scheduler
 
-        model = Model(path, threads=a.threads)
+        model = Model(path, threads=a.threads, device=a.device, vram=a.vram)
         n_ctx = min(a.ctx, model.n_ctx) if a.ctx else model.n_ctx
         cache = model.prompt_cache(a.prompt_cache, a.prompt_cache_bytes) if a.prompt_cache else None
         sch = Scheduler(model, parallel=a.parallel, kv=a.kv, prompt_cache=cache)

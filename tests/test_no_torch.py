@@ -34,6 +34,9 @@ def test_runtime_and_converter_do_not_need_torch(tmp_path):
         s = model.new_session()
         lg = s.eval([1, 2, 3])
         assert lg.shape == (512,)
+        assert model.placement().device == "cpu"
+        assert main(["plan", out, "--vram", "1GiB", "--ram", "8GiB", "--cpu-bandwidth", "10"]) == 0
+        assert main(["plan", "v4-flash", "--vram", "96GiB", "--ram", "1TiB", "--cpu-bandwidth", "80"]) == 0
         chat = pyv4.Chat(model) if hasattr(pyv4, "Chat") else None
         try:
             main(["chat", "--help"])

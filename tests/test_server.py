@@ -384,3 +384,15 @@ def test_metrics_count_what_happened(server, client):
     assert after["pyv4_generated_tokens_total"] >= before["pyv4_generated_tokens_total"] + 5
     assert after['pyv4_generations_total{outcome="done"}'] == before['pyv4_generations_total{outcome="done"}'] + 1
     assert after["pyv4_queue_length"] == 0 and after["pyv4_active_generations"] == 0
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--device", "cuda"], "cuda:0 requested"),
+    (["--device", "tpu"], "device must be"),
+    (["--parallel", "0"], "--parallel must be >= 1"),
+    (["--api-key-file", "/nonexistent/key"], "cannot read --api-key-file"),
+])
+def test_serve_usage_errors_exit_2_before_listening(args, msg):
+    r = subprocess.run([sys.executable, "-m", "pyv4.cli", "serve", "demo", "--port", str(_free_port()), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and msg in r.stderr and r.stderr.startswith("pyv4 serve: error:")
