@@ -1,4 +1,4 @@
-"""The `pyv4` command: chat, run, convert, info, bench, serve, plan.
+"""The `pyv4` command: chat, run, convert, info, bench, serve, imatrix, plan.
 
 Every user error ends in a one-line `pyv4 <cmd>: error: ...` on stderr and exit
 code 2; no traceback for things the user can fix."""
@@ -40,6 +40,7 @@ _COMMANDS = {
     "info": (_lazy(".info", "main"), "describe a GGUF file and whether pyv4 can load it"),
     "bench": (_lazy(".bench_cli", "main"), "prefill and decode speed of a model on this machine"),
     "serve": (_lazy(".server", "main"), "OpenAI-compatible HTTP server (pip install 'pyv4[serve]')"),
+    "imatrix": (_lazy(".imatrix", "main"), "importance matrix from calibration text (for 2-bit recipes)"),
     "plan": (_lazy(".plan_cli", "main"), "where a model's bytes would live with a GPU (--vram 24GiB)"),
 }
 

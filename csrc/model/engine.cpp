@@ -131,6 +131,18 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
   return result;
 }
 
+void Engine::begin_imatrix() {
+  if (imatrix_) throw InputError("begin_imatrix: a collection is already running");
+  imatrix_ = std::make_unique<ImatrixCollector>(w_);
+  set_matmul_observer(imatrix_.get());
+}
+
+std::unique_ptr<ImatrixCollector> Engine::end_imatrix() {
+  if (!imatrix_) throw InputError("end_imatrix: no collection is running");
+  set_matmul_observer(nullptr);
+  return std::move(imatrix_);
+}
+
 void Engine::truncate(KVState& state, int64_t n) {
   if (n < 0 || n > state.n_tokens()) {
     throw InputError("truncate: n_tokens must be in [0, " + std::to_string(state.n_tokens()) + "], got " +

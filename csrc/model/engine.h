@@ -17,6 +17,7 @@
 #include "gguf/gguf_file.h"
 #include "kv/kv_state.h"
 #include "model/config.h"
+#include "model/imatrix.h"
 #include "model/ops.h"
 #include "model/weights.h"
 
@@ -67,6 +68,12 @@ class Engine {
   // at or before n and re-evaluates the (< snap_every) tokens after it.
   void truncate(KVState& state, int64_t n);
 
+  // Importance-matrix collection (model/imatrix.h): from begin_imatrix() on,
+  // every eval adds its products' input statistics; end_imatrix() stops and
+  // hands them over. One collection at a time in the process.
+  void begin_imatrix();
+  std::unique_ptr<ImatrixCollector> end_imatrix();
+
   // Wall time per op kind summed over every eval since the last reset; nullptr
   // when profiling is off.
   Profiler* profiler() { return prof_.get(); }
@@ -78,6 +85,7 @@ class Engine {
   ModelWeights w_;
   std::vector<RopeTable> rope_;  // per layer: plain (sliding) or YaRN (compressed)
   std::unique_ptr<Profiler> prof_;
+  std::unique_ptr<ImatrixCollector> imatrix_;
 };
 
 }  // namespace pyv4

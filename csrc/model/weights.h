@@ -58,6 +58,14 @@ struct LayerWeights {
             &index_comp.kv, &index_comp.gate, &index_q_b, &index_proj, &router, &gate_exps,
             &up_exps, &down_exps, &gate_sh, &up_sh, &down_sh};
   }
+  // Their GGUF names after "blk.N." (spec §10), in the same order.
+  static constexpr std::array<const char*, 20> kMatrixNames = {
+      "hc_attn_fn.weight", "hc_ffn_fn.weight", "attn_q_a.weight", "attn_q_b.weight",
+      "attn_kv.weight", "attn_output_a.weight", "attn_output_b.weight",
+      "attn_compressor_kv.weight", "attn_compressor_gate.weight", "indexer_compressor_kv.weight",
+      "indexer_compressor_gate.weight", "indexer.attn_q_b.weight", "indexer.proj.weight",
+      "ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight",
+      "ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight"};
 };
 
 struct ModelWeights {

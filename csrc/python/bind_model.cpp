@@ -99,6 +99,23 @@ void bind_model(py::module_& m) {
             return out;
           },
           py::arg("state"), py::arg("tokens"), py::arg("all_logits"))
+      .def("imatrix_begin", &Engine::begin_imatrix,
+           "Start collecting per-matrix input statistics (sum of x^2 per column, token counts).")
+      .def(
+          "imatrix_end",
+          [](Engine& e) {
+            auto col = e.end_imatrix();
+            py::list out;
+            for (const auto& en : col->entries()) {
+              py::array_t<double> s({en.n_mat, en.cols});
+              std::copy(en.sum2.begin(), en.sum2.end(), s.mutable_data());
+              py::array_t<int64_t> c(en.n_mat);
+              std::copy(en.count.begin(), en.count.end(), c.mutable_data());
+              out.append(py::make_tuple(en.name, s, c));
+            }
+            return out;
+          },
+          "Stop collecting; [(tensor name, sum2 [n_mat, cols] float64, counts [n_mat] int64)].")
       .def(
           "eval_batch",
           [](Engine& e, const std::vector<std::tuple<KVState*, std::vector<int64_t>, bool>>& batch) {

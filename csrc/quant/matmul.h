@@ -72,6 +72,16 @@ struct MatmulTask {
 // and width share one activation quantization.
 void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool);
 
+// Sees every product of matmul / matmul_many before it runs, on the calling
+// thread (not matmul_serial's, which run inside parallel regions): the
+// importance-matrix collection (model/imatrix.h). At most one; none by default.
+class MatmulObserver {
+ public:
+  virtual ~MatmulObserver() = default;
+  virtual void observe(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens) = 0;
+};
+void set_matmul_observer(MatmulObserver* observer);  // nullptr: none
+
 // Same on the calling thread only (for callers that already run inside a
 // parallel region, e.g. one routed expert per thread).
 void matmul_serial(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
