@@ -1,0 +1,102 @@
+"""2- and 3-bit weight types (issue #16): Q2_K, Q3_K, IQ2_XXS.
+
+Oracles as in test_kernels.py: `gguf.quants.dequantize` bit for bit for the
+scalar decode; for the fast kernels the float64 product of the dequantized
+weights, within the bound of the int8 activation quantization (each activation
+moves by at most amax_block/254, so an output by at most
+sum_i |w_i| * amax_block(i) / 254; amax/250 leaves room for fp32 rounding).
+The sub-block scales of Q2_K / Q3_K are small integers folded into the int32
+dots exactly, so the same bound holds for them.
+"""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf import quants as gq
+
+from pyv4 import _core
+
+LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66}
+F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0]}  # byte offsets of the f16 scales
+ISAS = ["scalar", "avx2", "avx512"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_switches():
+    isa, mode = _core.active_isa(), _core.compute_mode()
+    yield
+    _core.set_isa(isa)
+    _core.set_compute_mode(mode)
+
+
+def _set_f16(raw, offsets, values):
+    for k, off in enumerate(offsets):
+        raw[:, off:off + 2] = values[:, k:k + 1].astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+
+def random_blocks(type_name, nb, rng, full_range=False):
+    """Raw super-blocks [nb, bytes]. full_range: any finite f16 scale bit pattern,
+    subnormals included; otherwise scales giving values O(0.01..1)."""
+    raw = rng.integers(0, 256, size=(nb, LOWBIT[type_name]), dtype=np.uint8)
+    offs = F16_AT[type_name]
+    if full_range:
+        h = rng.integers(0, 1 << 16, size=(nb, len(offs)), dtype=np.uint16)
+        h = np.where((h & 0x7C00) == 0x7C00, h & 0x83FF, h).astype(np.uint16)
+        for k, off in enumerate(offs):
+            raw[:, off:off + 2] = h[:, k:k + 1].view(np.uint8).reshape(-1, 2)
+    else:
+        lo, hi = {"Q2_K": (0.002, 0.01), "Q3_K": (0.0005, 0.002), "IQ2_XXS": (0.0005, 0.002)}[type_name]
+        _set_f16(raw, offs, rng.uniform(lo, hi, size=(nb, len(offs))))
+    return raw
+
+
+def gguf_dequant(type_name, raw, rows, cols):
+    raw = np.ascontiguousarray(raw).reshape(rows, -1)
+    return gq.dequantize(raw, QT[type_name]).reshape(rows, cols)
+
+
+# ---------------------------------------------------------------- decode
+
+@pytest.mark.parametrize("type_name", sorted(LOWBIT))
+def test_dequantize_matches_gguf(type_name):
+    rng = np.random.default_rng(11)
+    nb = 64
+    raw = random_blocks(type_name, nb, rng, full_range=True)
+    # extreme blocks: all bits set (max codes, scales, every sign index 127), all
+    # clear, the largest finite scale, alternating bit patterns
+    raw[0, :] = 0xFF
+    raw[1, :] = 0
+    raw[2, :] = 0xAA
+    raw[3, :] = 0x55
+    for k in range(4):
+        for off in F16_AT[type_name]:
+            raw[k, off:off + 2] = np.array([0x7BFF], np.uint16).view(np.uint8)  # 65504
+    raw[4, :] = 0xFF
+    for off in F16_AT[type_name]:
+        raw[4, off:off + 2] = np.array([0x8001], np.uint16).view(np.uint8)  # -subnormal
+    n = nb * 256
+    ours = _core.quant_dequantize(type_name, raw.reshape(-1), n)
+    ref = gguf_dequant(type_name, raw, 1, n).reshape(-1).astype(np.float32)
+    assert ours.dtype == np.float32
+    assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
+
+
+def test_iq2xxs_signs_and_grid():
+    # group 0: grid indices (0, 1, 2, 255), sign index 1 for the first 8 (element 0
+    # negative and, by parity, element 7 too), scale nibble 3: db = d * 3.5 / 4
+    raw = np.zeros(66, np.uint8)
+    raw[0:2] = np.array([1.0], np.float16).view(np.uint8)
+    raw[2:6] = [0, 1, 2, 255]
+    raw[6:10] = np.array([1 | (3 << 28)], np.uint32).view(np.uint8)
+    v = _core.quant_dequantize("IQ2_XXS", raw, 256)
+    db = 3.5 / 4
+    assert v[0] == -8 * db and v[7] == -8 * db and np.all(v[1:7] == 8 * db)
+    ref = gguf_dequant("IQ2_XXS", raw, 1, 256).reshape(-1)
+    assert np.array_equal(v, ref)
+    assert set(np.abs(v[:32] / db).tolist()) <= {8.0, 25.0, 43.0}
+
+
+def test_dequantize_rejects_bad_length():
+    for t in LOWBIT:
+        with pytest.raises(ValueError):
+            _core.quant_dequantize(t, np.zeros(LOWBIT[t], np.uint8), 128)
