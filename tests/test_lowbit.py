@@ -100,3 +100,80 @@ def test_dequantize_rejects_bad_length():
     for t in LOWBIT:
         with pytest.raises(ValueError):
             _core.quant_dequantize(t, np.zeros(LOWBIT[t], np.uint8), 128)
+
+
+# ---------------------------------------------------------------- matmul
+
+def _check_fast(W, x, y):
+    ref = x.astype(np.float64) @ W.astype(np.float64).T
+    absw = np.abs(W.astype(np.float64))
+    n, cols = x.shape
+    amax = np.abs(x).reshape(n, cols // 32, 32).max(axis=2)
+    bound = np.repeat(amax, 32, axis=1) @ absw.T / 250.0
+    bound += 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
+    worst = np.max(np.abs(y.astype(np.float64) - ref) / bound)
+    assert worst <= 1.0, f"error {worst:.3f} x bound"
+    return worst
+
+
+def _cases():
+    return [(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 3, 13, 32, 130)]
+
+
+@pytest.mark.parametrize("type_name,isa,n_tokens", _cases())
+def test_matmul_fast(type_name, isa, n_tokens):
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(hash((type_name, isa, n_tokens)) & 0xFFFF)
+    rows = 130 if n_tokens == 32 else 37  # odd: the single-row tail of the 2-row tiles
+    cols = 768 if n_tokens in (1, 32) else 512
+    raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
+    W = gguf_dequant(type_name, raw, rows, cols)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    x[:, :32] *= 10.0  # one block with larger activations
+    x[:, 256 + 16:256 + 32] *= -5.0  # one 16-element sub-block with larger ones
+    if n_tokens > 1:
+        x[1, :32] = 0.0  # an all-zero block (dx = 0)
+    y = _core.quant_matmul(type_name, raw, rows, cols, x, 1)
+    assert y.shape == (n_tokens, rows)
+    worst = _check_fast(W, x, y)
+    if isa != "scalar":
+        assert worst > 0.0  # the int8 path really ran (the scalar one is exact fp32)
+    # threads split rows only: every output is computed identically
+    y2 = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
+    assert np.array_equal(y, y2)
+
+
+@pytest.mark.parametrize("type_name", sorted(LOWBIT))
+def test_matmul_reference_exact(type_name):
+    _core.set_isa("auto")  # reference mode ignores the ISA
+    _core.set_compute_mode("reference")
+    rng = np.random.default_rng(7)
+    rows, cols, n = 37, 512, 5
+    raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
+    W = gguf_dequant(type_name, raw, rows, cols).astype(np.float32)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    y = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
+    ref = np.cumsum(W[None, :, :] * x[:, None, :], axis=2, dtype=np.float32)[:, :, -1]
+    assert np.array_equal(y, ref)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_matmul_many_shares_activations(isa):
+    """Tasks of one type on the same X share one quantization (and its half sums)."""
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(5)
+    cols = 512
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    specs = []
+    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "Q2_K"):
+        rows = int(rng.integers(5, 40))
+        specs.append((t, random_blocks(t, rows * cols // 256, rng).reshape(-1), rows, cols))
+    ys = _core.quant_matmul_many(specs, [x] * len(specs), 2)
+    for (t, raw, rows, c), y in zip(specs, ys):
+        assert np.array_equal(y, _core.quant_matmul(t, raw, rows, c, x, 1))

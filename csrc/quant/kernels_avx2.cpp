@@ -17,6 +17,7 @@
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
+#include "quant/tile_drive.h"
 
 namespace pyv4 {
 namespace qk {
@@ -239,32 +240,6 @@ void tile_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, i
       for (int64_t k = n8; k < n; ++k) s += Conv::one(rows[i] + k * Conv::kBytes) * x[k];
       Y[(t0 + t) * ldy + r + i] = s;
     }
-}
-
-// Rows in tiles of R (then single rows), tokens in tiles of up to 4.
-template <int R, class F>
-void drive(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) {
-    for (int64_t t = 0; t < n_tokens; t += 4) {
-      switch (n_tokens - t >= 4 ? 4 : n_tokens - t) {
-        case 4: f(std::integral_constant<int, R>{}, std::integral_constant<int, 4>{}, r, t); break;
-        case 3: f(std::integral_constant<int, R>{}, std::integral_constant<int, 3>{}, r, t); break;
-        case 2: f(std::integral_constant<int, R>{}, std::integral_constant<int, 2>{}, r, t); break;
-        default: f(std::integral_constant<int, R>{}, std::integral_constant<int, 1>{}, r, t); break;
-      }
-    }
-  }
-  for (; r < r1; ++r) {
-    for (int64_t t = 0; t < n_tokens; t += 4) {
-      switch (n_tokens - t >= 4 ? 4 : n_tokens - t) {
-        case 4: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 4>{}, r, t); break;
-        case 3: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 3>{}, r, t); break;
-        case 2: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 2>{}, r, t); break;
-        default: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{}, r, t); break;
-      }
-    }
-  }
 }
 
 template <class Dec>

@@ -27,6 +27,7 @@
 #include "quant/blocks.h"
 #include "quant/kernels.h"
 #include "quant/split_layout.h"
+#include "quant/tile_drive.h"
 
 namespace pyv4 {
 namespace qk {
@@ -629,27 +630,6 @@ void gemv_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
                                 acc[t]);
   }
   for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
-}
-
-template <int N>
-using IC = std::integral_constant<int, N>;
-
-// Rows in tiles of R (then single rows), tokens in tiles of up to 4.
-template <int R, class F>
-void drive(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
-  auto tokens = [&](auto RR, int64_t r) {
-    for (int64_t t = 0; t < n_tokens; t += 4) {
-      switch (n_tokens - t >= 4 ? 4 : n_tokens - t) {
-        case 4: f(RR, IC<4>{}, r, t); break;
-        case 3: f(RR, IC<3>{}, r, t); break;
-        case 2: f(RR, IC<2>{}, r, t); break;
-        default: f(RR, IC<1>{}, r, t); break;
-      }
-    }
-  };
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) tokens(IC<R>{}, r);
-  for (; r < r1; ++r) tokens(IC<1>{}, r);
 }
 
 }  // namespace

@@ -1,0 +1,252 @@
+// AVX2 + FMA + F16C kernels of the 2- and 3-bit weight types Q2_K, Q3_K and
+// IQ2_XXS (math in quant/kernels.h), on activations in the plain layout.
+// Per 32-element block b and (row, token):
+//   Q2_K / Q3_K:  P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
+//                 sub-blocks' scales a_s in the low / high 128-bit halves
+//                 acc += d * dx_b * P;  per super-block acc += -d2*m_s * hs_s
+//   IQ2_XXS:      P = vpmaddwd(vpmaddubsw(u, q), 1),  u = signed grid + 43
+//                 acc += dw * (dx_b * P - cs_b)       (cs = 43/8 * dx * sum q)
+// vpmaddubsw cannot saturate: codes <= 7 (K types) or <= 86, |q| <= 127, so a
+// pair is at most 2 * 86 * 127 = 21844.
+// 1..3 tokens: one row at a time (each thread streams its rows); more: tiles of
+// 2 rows x up to 4 tokens, each block decoded once per tile.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant/blocks.h"
+#include "quant/iq2xxs_grid.h"
+#include "quant/kernels.h"
+#include "quant/tile_drive.h"
+
+namespace pyv4 {
+namespace qk {
+namespace {
+
+using namespace qblocks;
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256i load256(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+// Per super-block and row of Q2_K / Q3_K: the 16 sub-block scales a_s as int16,
+// -d2 * m_s as floats, and d.
+struct KScales {
+  alignas(32) int16_t a[16];
+  alignas(32) float mneg[16];
+  float d;
+};
+
+// Codes of block b (0..7) of a super-block at p (32 bytes, 0..3 or 0..7).
+struct DecQ2_K {
+  static constexpr size_t kBytes = sizeof(BlockQ2_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
+    const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales));
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(k->a), _mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
+    const __m128i mn = _mm_and_si128(_mm_srli_epi16(s, 4), m4);
+    const __m256 nd = _mm256_set1_ps(-_cvtsh_ss(blk->dmin));
+    _mm256_store_ps(k->mneg, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn))));
+    _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(
+        nd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(mn, 8)))));
+    k->d = _cvtsh_ss(blk->d);
+  }
+  static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
+    const __m256i v = load256(blk->qs + 32 * (b / 4));
+    return _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * (b % 4))),
+                            _mm256_set1_epi8(3));
+  }
+};
+
+struct DecQ3_K {
+  static constexpr size_t kBytes = sizeof(BlockQ3_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
+    uint64_t lo, hi;
+    q3k_scales(blk->scales, &lo, &hi);
+    const __m128i s = _mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo));
+    const __m256i a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(s), _mm256_set1_epi16(32));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(k->a), a);
+    k->d = _cvtsh_ss(blk->d);
+    const __m256 nd = _mm256_set1_ps(-4.0f * k->d);  // d2 = 4d, m_s = a_s
+    _mm256_store_ps(k->mneg, _mm256_mul_ps(
+        nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)))));
+    _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(
+        nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)))));
+  }
+  static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
+    const __m256i one = _mm256_set1_epi8(1);
+    const __m256i lo = _mm256_and_si256(
+        _mm256_srl_epi16(load256(blk->qs + 32 * (b / 4)), _mm_cvtsi32_si128(2 * (b % 4))),
+        _mm256_set1_epi8(3));
+    const __m256i hi =
+        _mm256_and_si256(_mm256_srl_epi16(load256(blk->hmask), _mm_cvtsi32_si128(b)), one);
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
+  }
+};
+
+template <class Dec, int R, int T>
+void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  KScales ks[R];
+  const int64_t nsb = a.nb / 8;
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    __m256 D[R];
+    for (int i = 0; i < R; ++i) {
+      Dec::scales(rows[i] + sb * Dec::kBytes, &ks[i]);
+      D[i] = _mm256_set1_ps(ks[i].d);
+    }
+    for (int b = 0; b < 8; ++b) {
+      __m256i U[R], A[R];
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        U[i] = Dec::codes(rows[i] + sb * Dec::kBytes, b);
+        A[i] = _mm256_set_m128i(_mm_set1_epi16(ks[i].a[2 * b + 1]), _mm_set1_epi16(ks[i].a[2 * b]));
+      }
+      const int64_t blk = 8 * sb + b;
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const __m256i X = load256(reinterpret_cast<const uint8_t*>(a.q(t0 + t) + 32 * blk));
+        const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + blk);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          const __m256 f =
+              _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U[i], X), A[i]));
+          acc[i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f, DX), D[i], acc[i][t]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const float* hs = a.h(t0 + t) + 16 * sb;
+      const __m256 H0 = _mm256_loadu_ps(hs), H1 = _mm256_loadu_ps(hs + 8);
+      for (int i = 0; i < R; ++i) {
+        acc[i][t] = _mm256_fmadd_ps(_mm256_load_ps(ks[i].mneg), H0, acc[i][t]);
+        acc[i][t] = _mm256_fmadd_ps(_mm256_load_ps(ks[i].mneg + 8), H1, acc[i][t]);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum8(acc[i][t]);
+}
+
+// IQ2_XXS block b (0..7) of the super-block at p: codes u = signed grid + 43, and dw.
+inline __m256i iq2xxs_codes(const uint8_t* p, int b, float* dw) {
+  const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
+  uint32_t idx, sg;
+  std::memcpy(&idx, blk->qs + 8 * b, 4);
+  std::memcpy(&sg, blk->qs + 8 * b + 4, 4);
+  *dw = _cvtsh_ss(blk->d) * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
+  const __m256i g = _mm256_setr_epi64x(
+      static_cast<long long>(kIq2xxsGrid[idx & 255]), static_cast<long long>(kIq2xxsGrid[(idx >> 8) & 255]),
+      static_cast<long long>(kIq2xxsGrid[(idx >> 16) & 255]), static_cast<long long>(kIq2xxsGrid[idx >> 24]));
+  // sign bit e -> byte e: byte e of each 128-bit half picks byte e / 8 of the
+  // broadcast word, then tests bit e % 8
+  const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                       2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
+  const __m256i s = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(iq2xxs_signs32(sg))), sel);
+  const __m256i neg = _mm256_cmpeq_epi8(_mm256_and_si256(s, bit), bit);
+  const __m256i k = _mm256_set1_epi8(43);
+  return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+}
+
+template <int R, int T>
+void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+                 int64_t ldy) {
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t blk = 0; blk < a.nb; ++blk) {
+    __m256i U[R];
+    __m256 DW[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      float dw;
+      U[i] = iq2xxs_codes(rows[i] + (blk / 8) * sizeof(BlockIQ2_XXS), static_cast<int>(blk % 8), &dw);
+      DW[i] = _mm256_set1_ps(dw);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m256i X = load256(reinterpret_cast<const uint8_t*>(a.q(t0 + t) + 32 * blk));
+      const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + blk);
+      const __m256 KC = _mm256_broadcast_ss(a.c(t0 + t) + blk);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U[i], X), ones));
+        acc[i][t] = _mm256_fmadd_ps(_mm256_fmsub_ps(f, DX, KC), DW[i], acc[i][t]);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum8(acc[i][t]);
+}
+
+}  // namespace
+
+void half_sums_avx2(const int8_t* qs, const float* dx, int64_t n_tokens, int64_t nb,
+                    int64_t nb_pad, ActLayout layout, float* hs) {
+  const bool quad = layout == ActLayout::Quad;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const int8_t* q = qs + t * nb_pad * 32;
+    const float* d = dx + t * nb_pad;
+    float* h = hs + t * 2 * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+      // elements 0..15 and 16..31 of block b
+      const int8_t* lo = quad ? q + 128 * (b / 4) + 16 * (b % 4) : q + 32 * b;
+      const int8_t* hi = quad ? lo + 64 : lo + 16;
+      int s0 = 0, s1 = 0;
+      for (int i = 0; i < 16; ++i) s0 += lo[i], s1 += hi[i];
+      h[2 * b] = d[b] * static_cast<float>(s0);
+      h[2 * b + 1] = d[b] * static_cast<float>(s1);
+    }
+  }
+}
+
+void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                      int64_t ldy, int64_t r0, int64_t r1) {
+  auto run = [&](auto f) {
+    if (n_tokens < 4)
+      drive<1>(r0, r1, n_tokens, f);  // decode: one contiguous stream per thread
+    else
+      drive<2>(r0, r1, n_tokens, f);
+  };
+  switch (W.type) {
+    case GGMLType::Q2_K:
+      run([&](auto R, auto T, int64_t r, int64_t t) {
+        tile_k<DecQ2_K, decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
+      });
+      return;
+    case GGMLType::Q3_K:
+      run([&](auto R, auto T, int64_t r, int64_t t) {
+        tile_k<DecQ3_K, decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
+      });
+      return;
+    case GGMLType::IQ2_XXS:
+      run([&](auto R, auto T, int64_t r, int64_t t) {
+        tile_iq2xxs<decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
+      });
+      return;
+    default: return;
+  }
+}
+
+}  // namespace qk
+}  // namespace pyv4

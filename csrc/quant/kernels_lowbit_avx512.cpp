@@ -1,0 +1,246 @@
+// AVX-512 (F/BW/VL/DQ) + VNNI kernels of the 2- and 3-bit weight types Q2_K,
+// Q3_K and IQ2_XXS (math in quant/kernels.h), on activations in the quad
+// layout: a quad group is half a super-block (blocks 4g..4g+3), and the codes
+// are built in the same order, A = elements 0..15 of each block (one 128-bit
+// lane per block), B = elements 16..31. In both types' bit packing the 16
+// codes of a lane come from 16 consecutive bytes, so a group is two broadcast
+// loads and a per-lane shift.
+//   Q2_K / Q3_K: P = vpdpwssd(vpdpwssd(0, vpmaddubsw(A, xa), a_A), vpmaddubsw(B, xb), a_B)
+//                (A's words all belong to sub-block 2b, B's to 2b + 1, so the
+//                scale vectors are word permutes of the 16 scales); 4 int32
+//                lanes per block; acc += d * dx * P, per super-block += -d2*m * hs
+//   IQ2_XXS:     P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb), u = signed grid + 43
+//                (the signs applied with a byte mask from the sign bits);
+//                acc += dw * (dx * P - cs)   (cs = 43/4 * dx * sum q per lane)
+// 1..3 tokens: one row at a time; more: tiles of 2 rows x up to 4 tokens.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant/blocks.h"
+#include "quant/iq2xxs_grid.h"
+#include "quant/kernels.h"
+#include "quant/tile_drive.h"
+
+namespace pyv4 {
+namespace qk {
+namespace {
+
+using namespace qblocks;
+
+// [a x4, b x4, c x4, d x4] from the four floats of v.
+inline __m512 spread4(__m128 v) {
+  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
+}
+
+// 16 bytes at p in all four 128-bit lanes.
+inline __m512i bcast16(const uint8_t* p) {
+  return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// base + step * j in every 16-bit word of 128-bit lane j.
+inline __m512i lane_counts(int base, int step) {
+  const __m512i lane = _mm512_setr_epi32(0, 0, 0, 0, 0x10001, 0x10001, 0x10001, 0x10001, 0x20002,
+                                         0x20002, 0x20002, 0x20002, 0x30003, 0x30003, 0x30003,
+                                         0x30003);
+  return _mm512_add_epi16(_mm512_set1_epi16(static_cast<int16_t>(base)),
+                          _mm512_mullo_epi16(_mm512_set1_epi16(static_cast<int16_t>(step)), lane));
+}
+
+// One row's scales of a Q2_K / Q3_K super-block: the 16 sub-block scales a_s
+// (int16 words 0..15), -d2 * m_s and d.
+struct KScales {
+  __m512i a;
+  __m512 mneg;
+  __m512 d;
+};
+
+struct DecQ2_K {
+  static constexpr size_t kBytes = sizeof(BlockQ2_K);
+  static inline KScales scales(const uint8_t* p) {
+    const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
+    const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales));
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    KScales k;
+    k.a = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
+    const __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(s, 4), m4)));
+    k.mneg = _mm512_mul_ps(_mm512_set1_ps(-_cvtsh_ss(blk->dmin)), mn);
+    k.d = _mm512_set1_ps(_cvtsh_ss(blk->d));
+    return k;
+  }
+  // Codes of quad group n (0, 1): A (elements 0..15 of blocks 4n..4n+3), B (16..31).
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
+    const __m512i sh = lane_counts(0, 2), m3 = _mm512_set1_epi8(3);
+    *A = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->qs + 32 * n), sh), m3);
+    *B = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->qs + 32 * n + 16), sh), m3);
+  }
+};
+
+struct DecQ3_K {
+  static constexpr size_t kBytes = sizeof(BlockQ3_K);
+  static inline KScales scales(const uint8_t* p) {
+    const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
+    uint64_t lo, hi;
+    q3k_scales(blk->scales, &lo, &hi);
+    const __m128i s = _mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo));
+    const __m256i a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(s), _mm256_set1_epi16(32));
+    KScales k;
+    k.a = _mm512_castsi256_si512(a);
+    const float d = _cvtsh_ss(blk->d);
+    k.mneg = _mm512_mul_ps(_mm512_set1_ps(-4.0f * d), _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(a)));
+    k.d = _mm512_set1_ps(d);
+    return k;
+  }
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
+    const __m512i sh = lane_counts(0, 2), shh = lane_counts(4 * n, 1);
+    const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i lo = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->qs + 32 * n + 16 * h), sh), m3);
+      const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->hmask + 16 * h), shh), one);
+      (h ? *B : *A) = _mm512_or_si512(lo, _mm512_slli_epi16(hb, 2));
+    }
+  }
+};
+
+template <class Dec, int R, int T>
+void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  // word w of the scale vector of A (B) in group n: scale 8n + 2(w / 8) (+ 1)
+  const __m512i pa = lane_counts(0, 2), one = _mm512_set1_epi16(1), eight = _mm512_set1_epi16(8);
+  const int64_t nsb = a.nb / 8;
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    KScales ks[R];
+    for (int i = 0; i < R; ++i) ks[i] = Dec::scales(rows[i] + sb * Dec::kBytes);
+    for (int n = 0; n < 2; ++n) {
+      __m512i A[R], B[R], SA[R], SB[R];
+      const __m512i ia = n ? _mm512_add_epi16(pa, eight) : pa, ib = _mm512_add_epi16(ia, one);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        Dec::codes(rows[i] + sb * Dec::kBytes, n, &A[i], &B[i]);
+        SA[i] = _mm512_permutexvar_epi16(ia, ks[i].a);
+        SB[i] = _mm512_permutexvar_epi16(ib, ks[i].a);
+      }
+      const int64_t g = 2 * sb + n;
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xq = a.q(t0 + t) + 128 * g;
+        const __m512i xa = _mm512_loadu_si512(xq), xb = _mm512_loadu_si512(xq + 64);
+        const __m512 DX = spread4(_mm_loadu_ps(a.d(t0 + t) + 4 * g));
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          __m512i P = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(A[i], xa), SA[i]);
+          P = _mm512_dpwssd_epi32(P, _mm512_maddubs_epi16(B[i], xb), SB[i]);
+          acc[i][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P), DX), ks[i].d, acc[i][t]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m512 H = _mm512_loadu_ps(a.h(t0 + t) + 16 * sb);
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(ks[i].mneg, H, acc[i][t]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+// IQ2_XXS quad group n (0, 1) of the super-block at p: codes u = signed grid + 43
+// in A / B, and the 4 blocks' dw spread to their lanes.
+inline void iq2xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
+  const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
+  const float d = _cvtsh_ss(blk->d);
+  uint32_t idx[4], sg[4];
+  float dw[4];
+  uint64_t ka = 0, kb = 0;
+  for (int j = 0; j < 4; ++j) {
+    std::memcpy(&idx[j], blk->qs + 8 * (4 * n + j), 4);
+    std::memcpy(&sg[j], blk->qs + 8 * (4 * n + j) + 4, 4);
+    dw[j] = d * (0.5f + static_cast<float>(sg[j] >> 28)) * 0.25f;
+    const uint64_t s = iq2xxs_signs32(sg[j]);
+    ka |= (s & 0xFFFF) << (16 * j);
+    kb |= (s >> 16) << (16 * j);
+  }
+  auto gr = [&](int j, int l) {
+    return static_cast<long long>(kIq2xxsGrid[(idx[j] >> (8 * l)) & 255]);
+  };
+  const __m512i ga = _mm512_setr_epi64(gr(0, 0), gr(0, 1), gr(1, 0), gr(1, 1), gr(2, 0), gr(2, 1),
+                                       gr(3, 0), gr(3, 1));
+  const __m512i gb = _mm512_setr_epi64(gr(0, 2), gr(0, 3), gr(1, 2), gr(1, 3), gr(2, 2), gr(2, 3),
+                                       gr(3, 2), gr(3, 3));
+  const __m512i k = _mm512_set1_epi8(43);
+  *A = _mm512_mask_sub_epi8(_mm512_add_epi8(k, ga), ka, k, ga);
+  *B = _mm512_mask_sub_epi8(_mm512_add_epi8(k, gb), kb, k, gb);
+  *DW = spread4(_mm_loadu_ps(dw));
+}
+
+template <int R, int T>
+void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+                 int64_t ldy) {
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const int64_t ng = a.nb / 4;
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512i A[R], B[R];
+    __m512 DW[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+      iq2xxs_group(rows[i] + (g / 2) * sizeof(BlockIQ2_XXS), static_cast<int>(g % 2), &A[i], &B[i], &DW[i]);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const int8_t* xq = a.q(t0 + t) + 128 * g;
+      const __m512i xa = _mm512_loadu_si512(xq), xb = _mm512_loadu_si512(xq + 64);
+      const __m512 DX = spread4(_mm_loadu_ps(a.d(t0 + t) + 4 * g));
+      const __m512 CS = spread4(_mm_loadu_ps(a.c(t0 + t) + 4 * g));
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const __m512i P = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), A[i], xa), B[i], xb);
+        acc[i][t] = _mm512_fmadd_ps(DW[i], _mm512_fmsub_ps(_mm512_cvtepi32_ps(P), DX, CS), acc[i][t]);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+}  // namespace
+
+void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+  auto run = [&](auto f) {
+    if (n_tokens < 4)
+      drive<1>(r0, r1, n_tokens, f);  // decode: one contiguous stream per thread
+    else
+      drive<2>(r0, r1, n_tokens, f);
+  };
+  switch (W.type) {
+    case GGMLType::Q2_K:
+      run([&](auto R, auto T, int64_t r, int64_t t) {
+        tile_k<DecQ2_K, decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
+      });
+      return;
+    case GGMLType::Q3_K:
+      run([&](auto R, auto T, int64_t r, int64_t t) {
+        tile_k<DecQ3_K, decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
+      });
+      return;
+    case GGMLType::IQ2_XXS:
+      run([&](auto R, auto T, int64_t r, int64_t t) {
+        tile_iq2xxs<decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
+      });
+      return;
+    default: return;
+  }
+}
+
+}  // namespace qk
+}  // namespace pyv4
