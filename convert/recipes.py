@@ -54,12 +54,13 @@ DEFAULT_RECIPE = "mxfp4"
 
 TYPE_NAMES: dict[str, T] = {
     "f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0,
-    "q4_k": T.Q4_K, "mxfp4": T.MXFP4,
+    "q4_k": T.Q4_K, "mxfp4": T.MXFP4, "q2_k": T.Q2_K, "q3_k": T.Q3_K, "iq2_xxs": T.IQ2_XXS,
 }
 
 _FIXED_F32_ROLES = {"norm", "hc", "ape", "sink", "bias"}
 _FLOAT_OF_SRC = {"BF16": T.BF16, "F16": T.F16, "F32": T.F32, "F64": T.F32}
-_FALLBACK = {T.Q4_K: T.Q4_0, T.Q4_0: T.F16, T.Q8_0: T.F16, T.MXFP4: T.F16}
+_FALLBACK = {T.Q4_K: T.Q4_0, T.Q4_0: T.F16, T.Q8_0: T.F16, T.MXFP4: T.F16,
+             T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.IQ2_XXS: T.Q4_0}
 
 
 @dataclass
