@@ -152,32 +152,41 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
 }
 
 // IQ2_XXS quad group n (0, 1) of the super-block at p: codes u = signed grid + 43
-// in A / B, and the 4 blocks' dw spread to their lanes.
+// in A / B, and the 4 blocks' dw spread to their lanes. The 32 bytes of the
+// group are dwords (grid indices, sign word) of blocks 0..3; the sign bytes
+// (7-bit field | parity << 7, quant/blocks.h) of all 16 grid entries are built
+// in one vector, in the order of the A / B bytes, and become the two byte masks.
 inline void iq2xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
   const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
-  const float d = _cvtsh_ss(blk->d);
-  uint32_t idx[4], sg[4];
-  float dw[4];
-  uint64_t ka = 0, kb = 0;
-  for (int j = 0; j < 4; ++j) {
-    std::memcpy(&idx[j], blk->qs + 8 * (4 * n + j), 4);
-    std::memcpy(&sg[j], blk->qs + 8 * (4 * n + j) + 4, 4);
-    dw[j] = d * (0.5f + static_cast<float>(sg[j] >> 28)) * 0.25f;
-    const uint64_t s = iq2xxs_signs32(sg[j]);
-    ka |= (s & 0xFFFF) << (16 * j);
-    kb |= (s >> 16) << (16 * j);
-  }
-  auto gr = [&](int j, int l) {
-    return static_cast<long long>(kIq2xxsGrid[(idx[j] >> (8 * l)) & 255]);
-  };
-  const __m512i ga = _mm512_setr_epi64(gr(0, 0), gr(0, 1), gr(1, 0), gr(1, 1), gr(2, 0), gr(2, 1),
-                                       gr(3, 0), gr(3, 1));
-  const __m512i gb = _mm512_setr_epi64(gr(0, 2), gr(0, 3), gr(1, 2), gr(1, 3), gr(2, 2), gr(2, 3),
-                                       gr(3, 2), gr(3, 3));
+  const uint8_t* q = blk->qs + 32 * n;
+  const __m512i Q = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+  // lane k: sign word of block j = (k % 8) / 2, field l = 2 * (k / 8) + k % 2
+  const __m512i pick = _mm512_setr_epi32(1, 1, 3, 3, 5, 5, 7, 7, 1, 1, 3, 3, 5, 5, 7, 7);
+  const __m512i shift = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
+  const __m512i v = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(pick, Q), shift),
+                                     _mm512_set1_epi32(127));
+  __m512i par = _mm512_xor_si512(v, _mm512_srli_epi32(v, 4));
+  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
+  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
+  const __m512i sgn = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi32(1)), 7));
+  const __m128i bytes = _mm512_cvtepi32_epi8(sgn);
+  const __mmask64 ka = _cvtu64_mask64(static_cast<uint64_t>(_mm_cvtsi128_si64(bytes)));
+  const __mmask64 kb = _cvtu64_mask64(static_cast<uint64_t>(_mm_extract_epi64(bytes, 1)));
+  const __m128i sw = _mm512_castsi512_si128(
+      _mm512_permutexvar_epi32(_mm512_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7), Q));
+  const __m128 s = _mm_cvtepi32_ps(_mm_srli_epi32(sw, 28));
+  *DW = spread4(_mm_mul_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->d)), _mm_add_ps(_mm_set1_ps(0.5f), s)),
+                           _mm_set1_ps(0.25f)));
+  // qword 2j + l of A: grid entry of byte l of block j's indices; of B: byte 2 + l
+  const __m128i I = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+      _mm512_castsi512_si256(Q), _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+  const __m128i ab = _mm_shuffle_epi8(I, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+  const long long* grid = reinterpret_cast<const long long*>(kIq2xxsGrid);
+  const __m512i ga = _mm512_i64gather_epi64(_mm512_cvtepu8_epi64(ab), grid, 8);
+  const __m512i gb = _mm512_i64gather_epi64(_mm512_cvtepu8_epi64(_mm_srli_si128(ab, 8)), grid, 8);
   const __m512i k = _mm512_set1_epi8(43);
   *A = _mm512_mask_sub_epi8(_mm512_add_epi8(k, ga), ka, k, ga);
   *B = _mm512_mask_sub_epi8(_mm512_add_epi8(k, gb), kb, k, gb);
-  *DW = spread4(_mm_loadu_ps(dw));
 }
 
 template <int R, int T>
