@@ -284,10 +284,13 @@ _ENCODERS = {
     T.MXFP4: encode_mxfp4,
     T.Q4_K: encode_q4_k,
 }
+# the importance-weighted ones (convert/quants_lowbit.py): f(x, imatrix rows or None)
+_WEIGHTED = {T.Q2_K: "q2_k_quantize", T.Q3_K: "q3_k_quantize", T.IQ2_XXS: "iq2_xxs_quantize"}
 
 
-def quantize(x: np.ndarray, t: T) -> np.ndarray:
-    """float32 array (last dim = row) -> raw bytes of GGML type ``t`` (same leading dims)."""
+def quantize(x: np.ndarray, t: T, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """float32 array (last dim = row) -> raw bytes of GGML type ``t`` (same leading dims).
+    ``imatrix``: per-element importance [rows, n] for the low-bit types (IQ2_XXS needs it)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     lead = x.shape[:-1]
     n = x.shape[-1] if x.ndim else 1
@@ -302,10 +305,16 @@ def quantize(x: np.ndarray, t: T) -> np.ndarray:
         return h
     if t == T.BF16:
         return encode_bf16(x2)
-    enc = _ENCODERS.get(t)
-    if enc is None:
+    if t not in _ENCODERS and t not in _WEIGHTED:
         raise ValueError(f"no encoder for {t.name}")
     if n % QUANT_BLOCK[t]:
         raise ValueError(f"row of {n} values is not a multiple of the {t.name} block {QUANT_BLOCK[t]}")
     del lead
-    return enc(x2)
+    if t in _WEIGHTED:
+        from . import quants_lowbit
+
+        if t == T.IQ2_XXS and imatrix is None:
+            raise ValueError("IQ2_XXS needs an importance matrix")
+        qw = None if imatrix is None else np.asarray(imatrix, np.float32).reshape(x2.shape)
+        return getattr(quants_lowbit, _WEIGHTED[t])(x2, qw)
+    return _ENCODERS[t](x2)

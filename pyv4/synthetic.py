@@ -142,7 +142,7 @@ def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | No
     embed/head/router/compressors)."""
     from .convert.recipes import get_recipe
 
-    rec = get_recipe(recipe, overrides)
+    rec = get_recipe(recipe, overrides, n_layer=hp.n_layer)
     out = {}
     for tname, shape, role in tensor_layout(hp):
         crole, src = _CONVERT_ROLE[role]
