@@ -14,19 +14,13 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
+from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
+
 from pyv4 import _core
 
 LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66}
 F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0]}  # byte offsets of the f16 scales
 ISAS = ["scalar", "avx2", "avx512"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_switches():
-    isa, mode = _core.active_isa(), _core.compute_mode()
-    yield
-    _core.set_isa(isa)
-    _core.set_compute_mode(mode)
 
 
 def _set_f16(raw, offsets, values):

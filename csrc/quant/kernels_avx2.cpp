@@ -17,6 +17,7 @@
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx2.h"
 #include "quant/tile_drive.h"
 
 namespace pyv4 {
@@ -24,13 +25,6 @@ namespace qk {
 namespace {
 
 using namespace qblocks;
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 inline float f16(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
 
@@ -248,10 +242,7 @@ void run_int(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y, i
   auto f = [&](auto R, auto T, int64_t r, int64_t t) {
     tile_int<Dec, decltype(R)::value, decltype(T)::value>(W, r, a, t, Y, ldy);
   };
-  if (n_tokens < 4)
-    drive<1>(r0, r1, n_tokens, f);  // decode: one contiguous stream per thread
-  else
-    drive<2>(r0, r1, n_tokens, f);
+  drive_rows<2>(r0, r1, n_tokens, f);
 }
 
 template <class Conv>
@@ -367,10 +358,7 @@ void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t l
       auto f = [&](auto R, auto T, int64_t r, int64_t t) {
         tile_q4k<decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
       };
-      if (n_tokens < 4)
-        drive<1>(r0, r1, n_tokens, f);
-      else
-        drive<2>(r0, r1, n_tokens, f);
+      drive_rows<2>(r0, r1, n_tokens, f);
       return;
     }
     default: return;

@@ -26,6 +26,7 @@
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx512.h"
 #include "quant/split_layout.h"
 #include "quant/tile_drive.h"
 
@@ -41,12 +42,6 @@ using namespace qblocks;
 // measured, BF16 31 -> 55 GB/s when dropping a 4 KB prefetch distance).
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
-
-// [a x4, b x4, c x4, d x4] from the four floats of v.
-inline __m512 spread4(__m128 v) {
-  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
-}
 
 inline __m512i load4x16(const uint8_t* p, int64_t stride) {
   const __m512i z = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));

@@ -17,6 +17,7 @@
 #include "quant/blocks.h"
 #include "quant/iq2xxs_grid.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx2.h"
 #include "quant/tile_drive.h"
 
 namespace pyv4 {
@@ -24,13 +25,6 @@ namespace qk {
 namespace {
 
 using namespace qblocks;
-
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 inline __m256i load256(const uint8_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -141,7 +135,7 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
     }
   }
   for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum8(acc[i][t]);
+    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
 }
 
 // IQ2_XXS block b (0..7) of the super-block at p: codes u = signed grid + 43, and dw.
@@ -196,7 +190,7 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
     }
   }
   for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum8(acc[i][t]);
+    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
 }
 
 }  // namespace
@@ -222,30 +216,15 @@ void half_sums_avx2(const int8_t* qs, const float* dx, int64_t n_tokens, int64_t
 
 void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1) {
-  auto run = [&](auto f) {
-    if (n_tokens < 4)
-      drive<1>(r0, r1, n_tokens, f);  // decode: one contiguous stream per thread
+  drive_rows<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+    constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
+    if (W.type == GGMLType::Q2_K)
+      tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
+    else if (W.type == GGMLType::Q3_K)
+      tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
     else
-      drive<2>(r0, r1, n_tokens, f);
-  };
-  switch (W.type) {
-    case GGMLType::Q2_K:
-      run([&](auto R, auto T, int64_t r, int64_t t) {
-        tile_k<DecQ2_K, decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
-      });
-      return;
-    case GGMLType::Q3_K:
-      run([&](auto R, auto T, int64_t r, int64_t t) {
-        tile_k<DecQ3_K, decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
-      });
-      return;
-    case GGMLType::IQ2_XXS:
-      run([&](auto R, auto T, int64_t r, int64_t t) {
-        tile_iq2xxs<decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
-      });
-      return;
-    default: return;
-  }
+      tile_iq2xxs<kR, kT>(W, r, act, t, Y, ldy);
+  });
 }
 
 }  // namespace qk

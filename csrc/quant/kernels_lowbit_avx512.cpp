@@ -20,6 +20,7 @@
 #include "quant/blocks.h"
 #include "quant/iq2xxs_grid.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx512.h"
 #include "quant/tile_drive.h"
 
 namespace pyv4 {
@@ -27,12 +28,6 @@ namespace qk {
 namespace {
 
 using namespace qblocks;
-
-// [a x4, b x4, c x4, d x4] from the four floats of v.
-inline __m512 spread4(__m128 v) {
-  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
-}
 
 // 16 bytes at p in all four 128-bit lanes.
 inline __m512i bcast16(const uint8_t* p) {
@@ -225,30 +220,15 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
 
 void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1) {
-  auto run = [&](auto f) {
-    if (n_tokens < 4)
-      drive<1>(r0, r1, n_tokens, f);  // decode: one contiguous stream per thread
+  drive_rows<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+    constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
+    if (W.type == GGMLType::Q2_K)
+      tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
+    else if (W.type == GGMLType::Q3_K)
+      tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
     else
-      drive<2>(r0, r1, n_tokens, f);
-  };
-  switch (W.type) {
-    case GGMLType::Q2_K:
-      run([&](auto R, auto T, int64_t r, int64_t t) {
-        tile_k<DecQ2_K, decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
-      });
-      return;
-    case GGMLType::Q3_K:
-      run([&](auto R, auto T, int64_t r, int64_t t) {
-        tile_k<DecQ3_K, decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
-      });
-      return;
-    case GGMLType::IQ2_XXS:
-      run([&](auto R, auto T, int64_t r, int64_t t) {
-        tile_iq2xxs<decltype(R)::value, decltype(T)::value>(W, r, act, t, Y, ldy);
-      });
-      return;
-    default: return;
-  }
+      tile_iq2xxs<kR, kT>(W, r, act, t, Y, ldy);
+  });
 }
 
 }  // namespace qk

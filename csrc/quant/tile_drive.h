@@ -1,4 +1,4 @@
-// The row x token tiling loop shared by the per-ISA kernel files: rows in
+// The row x token tiling loops shared by the per-ISA kernel files: rows in
 // tiles of R (then single rows), tokens in tiles of up to 4; f(R, T, r, t0)
 // gets R and T as std::integral_constant so each tile shape is its own
 // instantiation. Anonymous namespace: every including file (each compiled
@@ -30,6 +30,16 @@ void drive(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
   int64_t r = r0;
   for (; r + R <= r1; r += R) tokens(IC<R>{}, r);
   for (; r < r1; ++r) tokens(IC<1>{}, r);
+}
+
+// Decode (1..3 tokens): one row after the other, so each thread streams one
+// contiguous range; more tokens: tiles of R rows.
+template <int R, class F>
+void drive_rows(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
+  if (n_tokens < 4)
+    drive<1>(r0, r1, n_tokens, f);
+  else
+    drive<R>(r0, r1, n_tokens, f);
 }
 
 }  // namespace
