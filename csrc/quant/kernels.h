@@ -1,7 +1,7 @@
 // Internal interface between the dispatcher (matmul.cpp) and the per-ISA kernel
 // files (kernels_avx2.cpp, kernels_avx512.cpp). Not part of the public API.
 //
-// Integer kernels (Q8_0, Q4_0, Q4_K, MXFP4 in Fast mode) work on activations
+// Integer kernels (Q8_0, Q4_0, Q4_K, MXFP4; Q2_K, Q3_K, IQ2_XXS below) work on activations
 // quantized per token in blocks of 32 (Q8_0-like): x ~= dx[b] * q[32b + i] with
 // dx[b] = max|x| / 127 and q = round-to-nearest-even(x / dx[b]) in [-127, 127].
 // Each weight block is read as unsigned codes u with value = dw * (u - k) (or,
