@@ -9,7 +9,9 @@
 // vpmaddubsw cannot saturate: codes <= 7 (K types) or <= 86, |q| <= 127, so a
 // pair is at most 2 * 86 * 127 = 21844.
 // 1..3 tokens: one row at a time (each thread streams its rows); more: tiles of
-// 2 rows x up to 4 tokens, each block decoded once per tile.
+// 2 rows x up to 4 tokens, each block decoded once per tile. Small tiles spread
+// their sums over kSets accumulator sets: one dependent FMA chain per output
+// would bound a GEMV by the FMA latency (4 cycles per block).
 #include <immintrin.h>
 
 #include <cstring>
@@ -89,11 +91,32 @@ struct DecQ3_K {
   }
 };
 
+// Independent accumulators per output of an R x T tile (see the file comment).
+template <int R, int T>
+constexpr int kSets = R * T == 1 ? 4 : R * T == 2 ? 2 : 1;
+
+template <int S, int R, int T>
+inline void init_sums(__m256 (&acc)[S][R][T]) {
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[s][i][t] = _mm256_setzero_ps();
+}
+
+template <int S, int R, int T>
+inline void store_sums(__m256 (&acc)[S][R][T], float* Y, int64_t ldy, int64_t r, int64_t t0) {
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      __m256 v = acc[0][i][t];
+      for (int s = 1; s < S; ++s) v = _mm256_add_ps(v, acc[s][i][t]);
+      Y[(t0 + t) * ldy + r + i] = hsum(v);
+    }
+}
+
 template <class Dec, int R, int T>
 void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
-  __m256 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  constexpr int S = kSets<R, T>;
+  __m256 acc[S][R][T];
+  init_sums(acc);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   KScales ks[R];
@@ -104,6 +127,7 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
       Dec::scales(rows[i] + sb * Dec::kBytes, &ks[i]);
       D[i] = _mm256_set1_ps(ks[i].d);
     }
+#pragma GCC unroll 8
     for (int b = 0; b < 8; ++b) {
       __m256i U[R], A[R];
 #pragma GCC unroll 4
@@ -120,7 +144,7 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
         for (int i = 0; i < R; ++i) {
           const __m256 f =
               _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U[i], X), A[i]));
-          acc[i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f, DX), D[i], acc[i][t]);
+          acc[b % S][i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f, DX), D[i], acc[b % S][i][t]);
         }
       }
     }
@@ -129,13 +153,12 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
       const float* hs = a.h(t0 + t) + 16 * sb;
       const __m256 H0 = _mm256_loadu_ps(hs), H1 = _mm256_loadu_ps(hs + 8);
       for (int i = 0; i < R; ++i) {
-        acc[i][t] = _mm256_fmadd_ps(_mm256_load_ps(ks[i].mneg), H0, acc[i][t]);
-        acc[i][t] = _mm256_fmadd_ps(_mm256_load_ps(ks[i].mneg + 8), H1, acc[i][t]);
+        acc[0][i][t] = _mm256_fmadd_ps(_mm256_load_ps(ks[i].mneg), H0, acc[0][i][t]);
+        acc[S - 1][i][t] = _mm256_fmadd_ps(_mm256_load_ps(ks[i].mneg + 8), H1, acc[S - 1][i][t]);
       }
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
+  store_sums(acc, Y, ldy, r, t0);
 }
 
 // IQ2_XXS block b (0..7) of the super-block at p: codes u = signed grid + 43, and dw.
@@ -145,16 +168,10 @@ inline __m256i iq2xxs_codes(const uint8_t* p, int b, float* dw) {
   std::memcpy(&idx, blk->qs + 8 * b, 4);
   std::memcpy(&sg, blk->qs + 8 * b + 4, 4);
   *dw = _cvtsh_ss(blk->d) * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
-  const __m256i g = _mm256_setr_epi64x(
-      static_cast<long long>(kIq2xxsGrid[idx & 255]), static_cast<long long>(kIq2xxsGrid[(idx >> 8) & 255]),
-      static_cast<long long>(kIq2xxsGrid[(idx >> 16) & 255]), static_cast<long long>(kIq2xxsGrid[idx >> 24]));
-  // sign bit e -> byte e: byte e of each 128-bit half picks byte e / 8 of the
-  // broadcast word, then tests bit e % 8
-  const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                       2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
-  const __m256i s = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(iq2xxs_signs32(sg))), sel);
-  const __m256i neg = _mm256_cmpeq_epi8(_mm256_and_si256(s, bit), bit);
+  auto grid = [&](int l) { return static_cast<long long>(kIq2xxsGrid[(idx >> (8 * l)) & 255]); };
+  auto mask = [&](int l) { return static_cast<long long>(kIq2SignMasks.m[(sg >> (7 * l)) & 127]); };
+  const __m256i g = _mm256_setr_epi64x(grid(0), grid(1), grid(2), grid(3));
+  const __m256i neg = _mm256_setr_epi64x(mask(0), mask(1), mask(2), mask(3));
   const __m256i k = _mm256_set1_epi8(43);
   return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
 }
@@ -162,19 +179,22 @@ inline __m256i iq2xxs_codes(const uint8_t* p, int b, float* dw) {
 template <int R, int T>
 void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
                  int64_t ldy) {
-  __m256 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  constexpr int S = kSets<R, T>;
+  __m256 acc[S][R][T];
+  init_sums(acc);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t blk = 0; blk < a.nb; ++blk) {
+  for (int64_t sb = 0; sb < a.nb / 8; ++sb)
+#pragma GCC unroll 8
+  for (int b = 0; b < 8; ++b) {
+    const int64_t blk = 8 * sb + b;
     __m256i U[R];
     __m256 DW[R];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
       float dw;
-      U[i] = iq2xxs_codes(rows[i] + (blk / 8) * sizeof(BlockIQ2_XXS), static_cast<int>(blk % 8), &dw);
+      U[i] = iq2xxs_codes(rows[i] + sb * sizeof(BlockIQ2_XXS), b, &dw);
       DW[i] = _mm256_set1_ps(dw);
     }
 #pragma GCC unroll 4
@@ -185,12 +205,11 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U[i], X), ones));
-        acc[i][t] = _mm256_fmadd_ps(_mm256_fmsub_ps(f, DX, KC), DW[i], acc[i][t]);
+        acc[b % S][i][t] = _mm256_fmadd_ps(_mm256_fmsub_ps(f, DX, KC), DW[i], acc[b % S][i][t]);
       }
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
+  store_sums(acc, Y, ldy, r, t0);
 }
 
 }  // namespace

@@ -12,7 +12,9 @@
 //   IQ2_XXS:     P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb), u = signed grid + 43
 //                (the signs applied with a byte mask from the sign bits);
 //                acc += dw * (dx * P - cs)   (cs = 43/4 * dx * sum q per lane)
-// 1..3 tokens: one row at a time; more: tiles of 2 rows x up to 4 tokens.
+// 1..3 tokens: one row at a time; more: tiles of 2 rows x up to 4 tokens. A
+// one-output tile alternates two accumulators (one FMA chain would bound the
+// GEMV by its latency).
 #include <immintrin.h>
 
 #include <cstring>
@@ -100,11 +102,31 @@ struct DecQ3_K {
   }
 };
 
+template <int R, int T>
+constexpr int kSets = R * T == 1 ? 2 : 1;
+
+template <int S, int R, int T>
+inline void init_sums(__m512 (&acc)[S][R][T]) {
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[s][i][t] = _mm512_setzero_ps();
+}
+
+template <int S, int R, int T>
+inline void store_sums(__m512 (&acc)[S][R][T], float* Y, int64_t ldy, int64_t r, int64_t t0) {
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      __m512 v = acc[0][i][t];
+      for (int s = 1; s < S; ++s) v = _mm512_add_ps(v, acc[s][i][t]);
+      Y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(v);
+    }
+}
+
 template <class Dec, int R, int T>
 void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
-  __m512 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  constexpr int S = kSets<R, T>;
+  __m512 acc[S][R][T];
+  init_sums(acc);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   // word w of the scale vector of A (B) in group n: scale 8n + 2(w / 8) (+ 1)
@@ -113,6 +135,7 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
   for (int64_t sb = 0; sb < nsb; ++sb) {
     KScales ks[R];
     for (int i = 0; i < R; ++i) ks[i] = Dec::scales(rows[i] + sb * Dec::kBytes);
+#pragma GCC unroll 2
     for (int n = 0; n < 2; ++n) {
       __m512i A[R], B[R], SA[R], SB[R];
       const __m512i ia = n ? _mm512_add_epi16(pa, eight) : pa, ib = _mm512_add_epi16(ia, one);
@@ -132,18 +155,18 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
         for (int i = 0; i < R; ++i) {
           __m512i P = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(A[i], xa), SA[i]);
           P = _mm512_dpwssd_epi32(P, _mm512_maddubs_epi16(B[i], xb), SB[i]);
-          acc[i][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P), DX), ks[i].d, acc[i][t]);
+          acc[n % S][i][t] =
+              _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P), DX), ks[i].d, acc[n % S][i][t]);
         }
       }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512 H = _mm512_loadu_ps(a.h(t0 + t) + 16 * sb);
-      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(ks[i].mneg, H, acc[i][t]);
+      for (int i = 0; i < R; ++i) acc[0][i][t] = _mm512_fmadd_ps(ks[i].mneg, H, acc[0][i][t]);
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+  store_sums(acc, Y, ldy, r, t0);
 }
 
 // IQ2_XXS quad group n (0, 1) of the super-block at p: codes u = signed grid + 43
@@ -187,18 +210,20 @@ inline void iq2xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512
 template <int R, int T>
 void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
                  int64_t ldy) {
-  __m512 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  constexpr int S = kSets<R, T>;
+  __m512 acc[S][R][T];
+  init_sums(acc);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
-  const int64_t ng = a.nb / 4;
-  for (int64_t g = 0; g < ng; ++g) {
+  for (int64_t sb = 0; sb < a.nb / 8; ++sb)
+#pragma GCC unroll 2
+  for (int n = 0; n < 2; ++n) {
+    const int64_t g = 2 * sb + n;
     __m512i A[R], B[R];
     __m512 DW[R];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i)
-      iq2xxs_group(rows[i] + (g / 2) * sizeof(BlockIQ2_XXS), static_cast<int>(g % 2), &A[i], &B[i], &DW[i]);
+      iq2xxs_group(rows[i] + sb * sizeof(BlockIQ2_XXS), n, &A[i], &B[i], &DW[i]);
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const int8_t* xq = a.q(t0 + t) + 128 * g;
@@ -208,12 +233,12 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const __m512i P = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), A[i], xa), B[i], xb);
-        acc[i][t] = _mm512_fmadd_ps(DW[i], _mm512_fmsub_ps(_mm512_cvtepi32_ps(P), DX, CS), acc[i][t]);
+        acc[n % S][i][t] =
+            _mm512_fmadd_ps(DW[i], _mm512_fmsub_ps(_mm512_cvtepi32_ps(P), DX, CS), acc[n % S][i][t]);
       }
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+  store_sums(acc, Y, ldy, r, t0);
 }
 
 }  // namespace
