@@ -46,25 +46,24 @@ inline __m512i lane_counts(int base, int step) {
 }
 
 // One row's scales of a Q2_K / Q3_K super-block: the 16 sub-block scales a_s
-// (int16 words 0..15), -d2 * m_s and d.
+// (int16 words 0..15), -d2 * m_s and d. Only `a` is wanted in a register; the
+// others are read once per use (a 2 x 4 tile has no zmm to spare for them).
 struct KScales {
   __m512i a;
-  __m512 mneg;
-  __m512 d;
+  alignas(64) float mneg[16];
+  float d;
 };
 
 struct DecQ2_K {
   static constexpr size_t kBytes = sizeof(BlockQ2_K);
-  static inline KScales scales(const uint8_t* p) {
+  static inline void scales(const uint8_t* p, KScales* k) {
     const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
     const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales));
     const __m128i m4 = _mm_set1_epi8(0x0F);
-    KScales k;
-    k.a = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
+    k->a = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
     const __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(s, 4), m4)));
-    k.mneg = _mm512_mul_ps(_mm512_set1_ps(-_cvtsh_ss(blk->dmin)), mn);
-    k.d = _mm512_set1_ps(_cvtsh_ss(blk->d));
-    return k;
+    _mm512_store_ps(k->mneg, _mm512_mul_ps(_mm512_set1_ps(-_cvtsh_ss(blk->dmin)), mn));
+    k->d = _cvtsh_ss(blk->d);
   }
   // Codes of quad group n (0, 1): A (elements 0..15 of blocks 4n..4n+3), B (16..31).
   static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
@@ -77,18 +76,16 @@ struct DecQ2_K {
 
 struct DecQ3_K {
   static constexpr size_t kBytes = sizeof(BlockQ3_K);
-  static inline KScales scales(const uint8_t* p) {
+  static inline void scales(const uint8_t* p, KScales* k) {
     const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
     uint64_t lo, hi;
     q3k_scales(blk->scales, &lo, &hi);
     const __m128i s = _mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo));
     const __m256i a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(s), _mm256_set1_epi16(32));
-    KScales k;
-    k.a = _mm512_castsi256_si512(a);
-    const float d = _cvtsh_ss(blk->d);
-    k.mneg = _mm512_mul_ps(_mm512_set1_ps(-4.0f * d), _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(a)));
-    k.d = _mm512_set1_ps(d);
-    return k;
+    k->a = _mm512_castsi256_si512(a);
+    k->d = _cvtsh_ss(blk->d);
+    _mm512_store_ps(k->mneg, _mm512_mul_ps(_mm512_set1_ps(-4.0f * k->d),
+                                           _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(a))));
   }
   static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
     const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
@@ -134,7 +131,7 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
   const int64_t nsb = a.nb / 8;
   for (int64_t sb = 0; sb < nsb; ++sb) {
     KScales ks[R];
-    for (int i = 0; i < R; ++i) ks[i] = Dec::scales(rows[i] + sb * Dec::kBytes);
+    for (int i = 0; i < R; ++i) Dec::scales(rows[i] + sb * Dec::kBytes, &ks[i]);
 #pragma GCC unroll 2
     for (int n = 0; n < 2; ++n) {
       __m512i A[R], B[R], SA[R], SB[R];
@@ -156,14 +153,14 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
           __m512i P = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(A[i], xa), SA[i]);
           P = _mm512_dpwssd_epi32(P, _mm512_maddubs_epi16(B[i], xb), SB[i]);
           acc[n % S][i][t] =
-              _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P), DX), ks[i].d, acc[n % S][i][t]);
+              _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P), DX), _mm512_set1_ps(ks[i].d), acc[n % S][i][t]);
         }
       }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512 H = _mm512_loadu_ps(a.h(t0 + t) + 16 * sb);
-      for (int i = 0; i < R; ++i) acc[0][i][t] = _mm512_fmadd_ps(ks[i].mneg, H, acc[0][i][t]);
+      for (int i = 0; i < R; ++i) acc[0][i][t] = _mm512_fmadd_ps(_mm512_load_ps(ks[i].mneg), H, acc[0][i][t]);
     }
   }
   store_sums(acc, Y, ldy, r, t0);
