@@ -22,6 +22,9 @@ row of the input (callers expand the per-expert vectors).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 F32 = np.float32
@@ -112,8 +115,35 @@ def _super_scale(v, sw, lo: int, hi: int):
     return best_d, L
 
 
+def _in_slices(fn, x: np.ndarray, imatrix: np.ndarray | None, block_bytes: int,
+               slice_values: int) -> np.ndarray:
+    """fn(x rows, imatrix rows) over slices of about slice_values values (bounding the
+    search's temporaries), on a thread pool: numpy releases the GIL in its array loops,
+    so slices run on several cores. Rows are independent: the result does not depend on
+    the slicing."""
+    rows, n = x.shape
+    step = max(1, slice_values // n)
+    out = np.empty((rows, n // 256 * block_bytes), np.uint8)
+
+    def run(r0: int) -> None:
+        sl = slice(r0, r0 + step)
+        out[sl] = fn(x[sl], None if imatrix is None else imatrix[sl])
+
+    starts = range(0, rows, step)
+    if len(starts) == 1:
+        run(0)
+    else:
+        with ThreadPoolExecutor(min(len(starts), os.cpu_count() or 1, 32)) as pool:
+            list(pool.map(run, starts))
+    return out
+
+
 def q2_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Float rows [rows, n] -> Q2_K bytes [rows, n/256*84]."""
+    return _in_slices(_q2_k_rows, x, imatrix, 84, 1 << 18)
+
+
+def _q2_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     rows, n = x.shape
     nsb = n // 256
     w = element_weights(x, imatrix).reshape(rows, nsb, 16, 16)
@@ -152,6 +182,10 @@ def pack_q3_k_scales(sc: np.ndarray) -> np.ndarray:
 
 def q3_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Float rows [rows, n] -> Q3_K bytes [rows, n/256*110]."""
+    return _in_slices(_q3_k_rows, x, imatrix, 110, 1 << 18)
+
+
+def _q3_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     rows, n = x.shape
     nsb = n // 256
     w = element_weights(x, imatrix).reshape(rows, nsb, 16, 16)
@@ -192,14 +226,8 @@ def iq2xxs_grid() -> np.ndarray:
 def iq2_xxs_quantize(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     """Float rows [rows, n] -> IQ2_XXS bytes [rows, n/256*66]. Needs an importance matrix:
     with 2 bits per weight the error only stays tolerable where it is steered away from
-    the columns that matter. Rows go in slices (the grid search holds 256 floats per 8)."""
-    rows, n = x.shape
-    step = max(1, (1 << 16) * 8 // n)
-    imatrix = np.asarray(imatrix, F32).reshape(rows, n)
-    out = np.empty((rows, n // 256 * 66), np.uint8)
-    for r0 in range(0, rows, step):
-        out[r0:r0 + step] = _iq2_xxs_rows(x[r0:r0 + step], imatrix[r0:r0 + step])
-    return out
+    the columns that matter. Small slices: the grid search holds 256 floats per 8 values."""
+    return _in_slices(_iq2_xxs_rows, x, np.asarray(imatrix, F32).reshape(x.shape), 66, 1 << 16)
 
 
 def _iq2_xxs_rows(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
@@ -222,8 +250,12 @@ def _iq2_xxs_rows(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     A = A.reshape(rows, nsb, 8, 4, 256)
     B = B.reshape(rows, nsb, 8, 4, 256)
 
-    def pick(t):  # best grid point of each 8 for group scales t [rows, nsb, 8]
-        return (t[..., None, None] * B - 2 * A).argmin(-1)
+    buf = np.empty_like(A)
+
+    def pick(t):  # best grid point of each 8 for group scales t [rows, nsb, 8]: max of A - t/2 B
+        np.multiply(B, (t * F32(0.5))[..., None, None], out=buf)
+        np.subtract(A, buf, out=buf)
+        return buf.argmax(-1)
 
     amax = np.abs(a).max(axis=(-1, -2))
     best = np.full(amax.shape, -1.0, F32)

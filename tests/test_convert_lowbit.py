@@ -110,6 +110,17 @@ def test_k_codes_are_nearest_levels(t):
     assert (np.abs(y - x)[out] <= np.minimum(np.abs(lo - x), np.abs(top - x))[out] + tol[out]).all()
 
 
+@pytest.mark.parametrize("t", LOW, ids=lambda t: t.name)
+def test_quantizers_rows_are_independent(t):
+    """Rows go through the search in slices on a thread pool: quantizing rows one at a
+    time gives the same bytes as quantizing them all at once (several slices)."""
+    x, rng = _rows(3, rows=300 if t != T.IQ2_XXS else 150, n=1024)
+    im = rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
+    whole = Q.quantize(x, t, im)
+    for r in (0, 63, 64, 149, len(x) - 1):
+        assert np.array_equal(Q.quantize(x[r:r + 1], t, im[r:r + 1]), whole[r:r + 1])
+
+
 def test_iq2_xxs_refused_without_imatrix():
     with pytest.raises(ValueError, match="importance matrix"):
         Q.quantize(np.ones((1, 256), np.float32), T.IQ2_XXS)
