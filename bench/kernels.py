@@ -37,7 +37,7 @@ from pyv4 import _core
 
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
          "Q4_K": (256, 144), "MXFP4": (32, 17), "Q2_K": (256, 84), "Q3_K": (256, 110),
-         "IQ2_XXS": (256, 66)}
+         "IQ2_XXS": (256, 66), "IQ4_XS": (256, 136)}
 
 SHAPES = [  # name, rows (out), cols (in)
     ("expert w1/w3 [2048x4096]", 2048, 4096),
@@ -46,7 +46,7 @@ SHAPES = [  # name, rows (out), cols (in)
     ("wo_b [4096x8192]", 4096, 8192),
     ("head [129280x4096]", 129280, 4096),
 ]
-INT_TYPES = ["Q8_0", "Q4_0", "Q4_K", "MXFP4", "Q2_K", "Q3_K", "IQ2_XXS"]
+INT_TYPES = ["Q8_0", "Q4_0", "Q4_K", "MXFP4", "Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS"]
 
 
 def make_weight(type_name, rows, cols, copies, rng):
@@ -62,9 +62,9 @@ def make_weight(type_name, rows, cols, copies, rng):
         raw[:, 0] = 122
     elif type_name == "Q2_K":
         raw[:, 80:84] = np.array([0.001, 0.001], np.float16).view(np.uint8)
-    elif type_name in ("Q3_K", "IQ2_XXS"):
+    elif type_name in ("Q3_K", "IQ2_XXS", "IQ4_XS"):
         at = 108 if type_name == "Q3_K" else 0
-        raw[:, at:at + 2] = np.array([0.001], np.float16).view(np.uint8)
+        raw[:, at:at + 2] = np.array([0.001 if type_name != "IQ4_XS" else 0.00005], np.float16).view(np.uint8)
     elif type_name == "F16":
         raw[:] = np.array([0.01], np.float16).view(np.uint8)
     elif type_name == "BF16":

@@ -1,4 +1,4 @@
-"""2- and 3-bit weight types (issue #16): Q2_K, Q3_K, IQ2_XXS.
+"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS).
 
 Oracles as in test_kernels.py: `gguf.quants.dequantize` bit for bit for the
 scalar decode; for the fast kernels the float64 product of the dequantized
@@ -18,8 +18,8 @@ from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compu
 
 from pyv4 import _core
 
-LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66}
-F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0]}  # byte offsets of the f16 scales
+LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136}
+F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0]}  # byte offsets of the f16 scales
 ISAS = ["scalar", "avx2", "avx512"]
 
 
@@ -39,7 +39,8 @@ def random_blocks(type_name, nb, rng, full_range=False):
         for k, off in enumerate(offs):
             raw[:, off:off + 2] = h[:, k:k + 1].view(np.uint8).reshape(-1, 2)
     else:
-        lo, hi = {"Q2_K": (0.002, 0.01), "Q3_K": (0.0005, 0.002), "IQ2_XXS": (0.0005, 0.002)}[type_name]
+        lo, hi = {"Q2_K": (0.002, 0.01), "Q3_K": (0.0005, 0.002), "IQ2_XXS": (0.0005, 0.002),
+                  "IQ4_XS": (0.00002, 0.0001)}[type_name]
         _set_f16(raw, offs, rng.uniform(lo, hi, size=(nb, len(offs))))
     return raw
 
@@ -88,6 +89,19 @@ def test_iq2xxs_signs_and_grid():
     ref = gguf_dequant("IQ2_XXS", raw, 1, 256).reshape(-1)
     assert np.array_equal(v, ref)
     assert set(np.abs(v[:32] / db).tolist()) <= {8.0, 25.0, 43.0}
+
+
+def test_iq4xs_levels_and_scales():
+    # block 3: scale 6 bits = 0b10_0101 (low nibble in scales_l[1] high half, high bits
+    # at bit 6 of scales_h) -> ls - 32 = 5; codes 0 and 15 -> levels -127 and 113
+    raw = np.zeros(136, np.uint8)
+    raw[0:2] = np.array([0.5], np.float16).view(np.uint8)
+    raw[2:4] = np.array([2 << 6], np.uint16).view(np.uint8)
+    raw[4 + 1] = 0x5 << 4
+    raw[8 + 16 * 3] = 0xF0  # element 0 of block 3: code 0; element 16: code 15
+    v = _core.quant_dequantize("IQ4_XS", raw, 256)
+    assert v[96] == 0.5 * 5 * -127 and v[96 + 16] == 0.5 * 5 * 113
+    assert np.array_equal(v, gguf_dequant("IQ4_XS", raw, 1, 256).reshape(-1))
 
 
 def test_dequantize_rejects_bad_length():
@@ -165,7 +179,7 @@ def test_matmul_many_shares_activations(isa):
     cols = 512
     x = rng.standard_normal((3, cols)).astype(np.float32)
     specs = []
-    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "Q2_K"):
+    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K"):
         rows = int(rng.integers(5, 40))
         specs.append((t, random_blocks(t, rows * cols // 256, rng).reshape(-1), rows, cols))
     ys = _core.quant_matmul_many(specs, [x] * len(specs), 2)

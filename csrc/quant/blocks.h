@@ -70,6 +70,16 @@ struct BlockIQ2_XXS {
   uint16_t d;  // f16
   uint8_t qs[64];
 };
+// IQ4_XS super-block of 256: 8 blocks of 32, block b with the 6-bit scale
+// ls = ((scales_l[b / 2] >> 4 (b % 2)) & 15) | ((scales_h >> 2b) & 3) << 4 and the
+// bytes qs[16b + j] (element j in the low nibble, j + 16 in the high one);
+// value = d*(ls - 32) * kIq4nlValues[nibble].
+struct BlockIQ4_XS {
+  uint16_t d;  // f16
+  uint16_t scales_h;
+  uint8_t scales_l[4];
+  uint8_t qs[128];
+};
 #pragma pack(pop)
 
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block");
@@ -79,6 +89,17 @@ static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block");
 static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block");
 static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block");
 static_assert(sizeof(BlockIQ2_XXS) == 66, "IQ2_XXS block");
+static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS block");
+
+// The 16 non-linear levels of IQ4_NL / IQ4_XS: format data, GGML's kvalues_iq4nl
+// (ggml-common.h; gguf-py: gguf.quants.IQ4_NL.kvalues).
+constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                     1,    13,   25,  38,  53,  69,  89,  113};
+
+// The 6-bit scale (before the -32) of block b (0..7) of an IQ4_XS super-block.
+static inline int iq4xs_scale(const BlockIQ4_XS& blk, int b) {
+  return ((blk.scales_l[b / 2] >> (4 * (b % 2))) & 15) | (((blk.scales_h >> (2 * b)) & 3) << 4);
+}
 
 // E2M1 values times two (so they are small integers): the OCP MXFP4 table
 // [0, .5, 1, 1.5, 2, 3, 4, 6, -0, ...] * 2.

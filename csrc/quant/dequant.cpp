@@ -136,6 +136,21 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case GGMLType::IQ4_XS: {
+      const BlockIQ4_XS* b = static_cast<const BlockIQ4_XS*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int ib = 0; ib < 8; ++ib, dst += 32) {
+          const float dl = d * static_cast<float>(iq4xs_scale(b[k], ib) - 32);
+          const uint8_t* q = b[k].qs + 16 * ib;
+          for (int j = 0; j < 16; ++j) {
+            dst[j] = dl * static_cast<float>(kIq4nlValues[q[j] & 15]);
+            dst[j + 16] = dl * static_cast<float>(kIq4nlValues[q[j] >> 4]);
+          }
+        }
+      }
+      return;
+    }
     default:
       throw FormatError(std::string("dequantize_row: ") + type_name(type) +
                         " is not a weight type");

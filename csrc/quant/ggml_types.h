@@ -17,6 +17,7 @@ enum class GGMLType : uint32_t {
   Q3_K = 11,
   Q4_K = 12,
   IQ2_XXS = 16,
+  IQ4_XS = 23,
   I8 = 24,
   I16 = 25,
   I32 = 26,

@@ -118,8 +118,8 @@ bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
 
-// ---- 2- and 3-bit weight types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
-// Q2_K, Q3_K and IQ2_XXS on the same int8 activations: plain layout on AVX2,
+// ---- 2- to 4-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
+// Q2_K, Q3_K, IQ2_XXS and IQ4_XS on the same int8 activations: plain layout on AVX2,
 // quad on AVX-512 (never the lane layout: it is chosen by type below).
 // Q2_K / Q3_K weights of 16-element sub-block s of a super-block are
 //     w = d * a_s * c - d2 * m_s
@@ -132,16 +132,26 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
 // types (quant/matmul.h): sum_i |w_i| * max|x|_block(i) / 254 plus fp32 rounding.
 // IQ2_XXS: codes are the signed grid values + 43 (0..86) with dw = the group's
 // scale d * (0.5 + s) * 0.25, and the offset k = 43 goes through cs.
+// IQ4_XS: per 32-block dw = d * (ls - 32) times the signed level kIq4nlValues[code];
+// AVX2 multiplies |level| by q with q's sign flipped where the level is negative
+// (no offset), AVX-512 uses level + 128 (1..241) with the offset k = 128 through cs.
 static inline bool is_lowbit(GGMLType t) {
-  return t == GGMLType::Q2_K || t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS;
+  return t == GGMLType::Q2_K || t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS ||
+         t == GGMLType::IQ4_XS;
+}
+// Whether the kernels of a low-bit type read ActQ::hs.
+static inline bool lowbit_half_sums(GGMLType t) {
+  return t == GGMLType::Q2_K || t == GGMLType::Q3_K;
 }
 static inline ActLayout lowbit_layout(bool avx512) {
   return avx512 ? ActLayout::Quad : ActLayout::Plain;
 }
 // The cscale quantize_act_avx2 gets for a low-bit type (k / lanes per block).
 static inline float lowbit_cscale(GGMLType t, ActLayout layout) {
-  if (t != GGMLType::IQ2_XXS) return 0.0f;  // Q2_K / Q3_K use hs, not cs
-  return layout == ActLayout::Quad ? 43.0f / 4.0f : 43.0f / 8.0f;
+  const bool quad = layout == ActLayout::Quad;
+  if (t == GGMLType::IQ2_XXS) return quad ? 43.0f / 4.0f : 43.0f / 8.0f;
+  if (t == GGMLType::IQ4_XS && quad) return 128.0f / 4.0f;
+  return 0.0f;  // Q2_K / Q3_K use hs; IQ4_XS on AVX2 needs no offset
 }
 // Fills hs [n_tokens][2 * nb] from quantized activations in `layout` (AVX2 file).
 void half_sums_avx2(const int8_t* qs, const float* dx, int64_t n_tokens, int64_t nb,

@@ -1,11 +1,13 @@
-// AVX2 + FMA + F16C kernels of the 2- and 3-bit weight types Q2_K, Q3_K and
-// IQ2_XXS (math in quant/kernels.h), on activations in the plain layout.
+// AVX2 + FMA + F16C kernels of the super-block weight types Q2_K, Q3_K, IQ2_XXS
+// and IQ4_XS (math in quant/kernels.h), on activations in the plain layout.
 // Per 32-element block b and (row, token):
 //   Q2_K / Q3_K:  P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
 //                 sub-blocks' scales a_s in the low / high 128-bit halves
 //                 acc += d * dx_b * P;  per super-block acc += -d2*m_s * hs_s
 //   IQ2_XXS:      P = vpmaddwd(vpmaddubsw(u, q), 1),  u = signed grid + 43
 //                 acc += dw * (dx_b * P - cs_b)       (cs = 43/8 * dx * sum q)
+//   IQ4_XS:       P = vpmaddwd(vpmaddubsw(|v|, sign(q, v)), 1), v the signed level
+//                 acc += dw * dx_b * P                (|v| <= 127: no saturation)
 // vpmaddubsw cannot saturate: codes <= 7 (K types) or <= 86, |q| <= 127, so a
 // pair is at most 2 * 86 * 127 = 21844.
 // 1..3 tokens: one row at a time (each thread streams its rows); more: tiles of
@@ -212,6 +214,54 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
   store_sums(acc, Y, ldy, r, t0);
 }
 
+// IQ4_XS block b of the super-block at p: the signed levels of its 32 codes, and dw.
+inline __m256i iq4xs_levels(const uint8_t* p, int b, float* dw) {
+  const BlockIQ4_XS& blk = *reinterpret_cast<const BlockIQ4_XS*>(p);
+  *dw = _cvtsh_ss(blk.d) * static_cast<float>(iq4xs_scale(blk, b) - 32);
+  const __m128i lut = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues));
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs + 16 * b));
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), m4)),
+                          _mm_shuffle_epi8(lut, _mm_and_si128(v, m4)));
+}
+
+template <int R, int T>
+void tile_iq4xs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+                int64_t ldy) {
+  constexpr int S = kSets<R, T>;
+  __m256 acc[S][R][T];
+  init_sums(acc);
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t sb = 0; sb < a.nb / 8; ++sb)
+#pragma GCC unroll 8
+  for (int b = 0; b < 8; ++b) {
+    const int64_t blk = 8 * sb + b;
+    __m256i V[R], M[R];
+    __m256 DW[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      float dw;
+      V[i] = iq4xs_levels(rows[i] + sb * sizeof(BlockIQ4_XS), b, &dw);
+      M[i] = _mm256_sign_epi8(V[i], V[i]);  // |level|
+      DW[i] = _mm256_set1_ps(dw);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m256i X = load256(reinterpret_cast<const uint8_t*>(a.q(t0 + t) + 32 * blk));
+      const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + blk);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const __m256i p16 = _mm256_maddubs_epi16(M[i], _mm256_sign_epi8(X, V[i]));
+        const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        acc[b % S][i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f, DX), DW[i], acc[b % S][i][t]);
+      }
+    }
+  }
+  store_sums(acc, Y, ldy, r, t0);
+}
+
 }  // namespace
 
 void half_sums_avx2(const int8_t* qs, const float* dx, int64_t n_tokens, int64_t nb,
@@ -241,8 +291,10 @@ void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
       tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
     else if (W.type == GGMLType::Q3_K)
       tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
-    else
+    else if (W.type == GGMLType::IQ2_XXS)
       tile_iq2xxs<kR, kT>(W, r, act, t, Y, ldy);
+    else
+      tile_iq4xs<kR, kT>(W, r, act, t, Y, ldy);
   });
 }
 

@@ -1,5 +1,5 @@
-// AVX-512 (F/BW/VL/DQ) + VNNI kernels of the 2- and 3-bit weight types Q2_K,
-// Q3_K and IQ2_XXS (math in quant/kernels.h), on activations in the quad
+// AVX-512 (F/BW/VL/DQ) + VNNI kernels of the super-block weight types Q2_K,
+// Q3_K, IQ2_XXS and IQ4_XS (math in quant/kernels.h), on activations in the quad
 // layout: a quad group is half a super-block (blocks 4g..4g+3), and the codes
 // are built in the same order, A = elements 0..15 of each block (one 128-bit
 // lane per block), B = elements 16..31. In both types' bit packing the 16
@@ -12,6 +12,9 @@
 //   IQ2_XXS:     P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb), u = signed grid + 43
 //                (the signs applied with a byte mask from the sign bits);
 //                acc += dw * (dx * P - cs)   (cs = 43/4 * dx * sum q per lane)
+//   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
+//                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
+//                cs = 128/4 * dx * sum q
 // 1..3 tokens: one row at a time; more: tiles of 2 rows x up to 4 tokens. A
 // one-output tile alternates two accumulators (one FMA chain would bound the
 // GEMV by its latency).
@@ -204,8 +207,10 @@ inline void iq2xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512
   *B = _mm512_mask_sub_epi8(_mm512_add_epi8(k, gb), kb, k, gb);
 }
 
-template <int R, int T>
-void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+// IQ2_XXS / IQ4_XS: Group(super-block, n, &A, &B, &DW) decodes quad group n
+// into codes with an offset that cs removes.
+template <int R, int T, size_t kBytes, void (*Group)(const uint8_t*, int, __m512i*, __m512i*, __m512*)>
+void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
                  int64_t ldy) {
   constexpr int S = kSets<R, T>;
   __m512 acc[S][R][T];
@@ -220,7 +225,7 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
     __m512 DW[R];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i)
-      iq2xxs_group(rows[i] + sb * sizeof(BlockIQ2_XXS), n, &A[i], &B[i], &DW[i]);
+      Group(rows[i] + sb * kBytes, n, &A[i], &B[i], &DW[i]);
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const int8_t* xq = a.q(t0 + t) + 128 * g;
@@ -238,6 +243,31 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
   store_sums(acc, Y, ldy, r, t0);
 }
 
+// IQ4_XS quad group n (0, 1) of the super-block at p: codes u = level + 128 in A / B,
+// and the 4 blocks' dw spread to their lanes.
+inline void iq4xs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
+  const BlockIQ4_XS& blk = *reinterpret_cast<const BlockIQ4_XS*>(p);
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_add_epi8(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)), _mm_set1_epi8(-128)));
+  const __m512i v = _mm512_loadu_si512(blk.qs + 64 * n), m4 = _mm512_set1_epi8(0x0F);
+  *A = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+  *B = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+  // the 8 scales at once (quant/blocks.h iq4xs_scale): low nibble b at bit 4b of
+  // scales_l, high 2 bits at bit 2b of scales_h
+  uint32_t l;
+  std::memcpy(&l, blk.scales_l, 4);
+  const __m256i lo = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(l)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+      _mm256_set1_epi32(15));
+  const __m256i hi = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(blk.scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+      _mm256_set1_epi32(3));
+  const __m256 ls = _mm256_cvtepi32_ps(
+      _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32)));
+  const __m128 half = n ? _mm256_extractf128_ps(ls, 1) : _mm256_castps256_ps128(ls);
+  *DW = spread4(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk.d)), half));
+}
+
 }  // namespace
 
 void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
@@ -248,8 +278,10 @@ void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
       tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
     else if (W.type == GGMLType::Q3_K)
       tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
+    else if (W.type == GGMLType::IQ2_XXS)
+      tile_offset<kR, kT, sizeof(BlockIQ2_XXS), iq2xxs_group>(W, r, act, t, Y, ldy);
     else
-      tile_iq2xxs<kR, kT>(W, r, act, t, Y, ldy);
+      tile_offset<kR, kT, sizeof(BlockIQ4_XS), iq4xs_group>(W, r, act, t, Y, ldy);
   });
 }
 

@@ -28,6 +28,7 @@ bool is_matmul_type(GGMLType t) {
     case GGMLType::Q2_K:
     case GGMLType::Q3_K:
     case GGMLType::IQ2_XXS:
+    case GGMLType::IQ4_XS:
       return true;
     default:
       return false;
@@ -189,7 +190,7 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   const int64_t nbr = (nb + 15) & ~int64_t(15);
   const size_t nr = static_cast<size_t>(n_tokens * nbr);
   if (quad) s.dxr.resize(nr), s.csr.resize(nr);
-  const bool half_sums = lowbit && W.type != GGMLType::IQ2_XXS;
+  const bool half_sums = qk::lowbit_half_sums(W.type);
   if (half_sums) s.hs.resize(static_cast<size_t>(n_tokens * 2 * nb));
   // Tokens are quantized independently: a prefill chunk splits them across the
   // pool (serially, this took ~7 % of a 128-token GEMM on 2 threads).
