@@ -260,6 +260,7 @@ def _iq2_xxs_rows(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     amax = np.abs(a).max(axis=(-1, -2))
     best = np.full(amax.shape, -1.0, F32)
     best_t = np.zeros(amax.shape, F32)
+    best_b = np.zeros(amax.shape, F32)
     for f in np.linspace(0.7, 1.4, 15, dtype=F32):
         t = _div(amax, F32(43.0) * f)  # the top magnitude 43 lands on 1/f of the largest value
         idx = pick(t)
@@ -269,8 +270,9 @@ def _iq2_xxs_rows(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
         better = (sa > 0) & (score > best)
         best = np.where(better, score, best)
         best_t = np.where(better, _div(sa, sb), best_t)
-    # 4-bit group scales: t ~ d*(2s+1)/8, weighted by each group's sum w G^2 scale
-    gw = w.sum(axis=(-1, -2))
+        best_b = np.where(better, sb, best_b)
+    # 4-bit group scales t ~ d*(2s+1)/8; a group's error grows by (t - t')^2 sum w G^2
+    gw = best_b
     tmax = best_t.max(-1)
     best_err = np.full(tmax.shape, np.inf, F32)
     best_d = np.zeros(tmax.shape, np.float16)
