@@ -3,7 +3,7 @@ kernels at DeepSeek-V4-Flash shapes, against the memory read bandwidth measured
 in the same run.
 
     PYTHONPATH=<site> python bench/kernels.py [--threads N] [--quick] [--isa auto]
-                                              [--layout auto|ggml|split]
+                                              [--layout auto|ggml|split] [--types Q2_K,IQ2_XXS]
 
 GEMV (1 token): GB/s of weight bytes read per second. Each matrix is stored in
 enough copies (>= 256 MiB in all) that every call streams it from DRAM, as in a
@@ -36,7 +36,8 @@ import numpy as np
 from pyv4 import _core
 
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
-         "Q4_K": (256, 144), "MXFP4": (32, 17)}
+         "Q4_K": (256, 144), "MXFP4": (32, 17), "Q2_K": (256, 84), "Q3_K": (256, 110),
+         "IQ2_XXS": (256, 66), "IQ4_XS": (256, 136)}
 
 SHAPES = [  # name, rows (out), cols (in)
     ("expert w1/w3 [2048x4096]", 2048, 4096),
@@ -45,7 +46,7 @@ SHAPES = [  # name, rows (out), cols (in)
     ("wo_b [4096x8192]", 4096, 8192),
     ("head [129280x4096]", 129280, 4096),
 ]
-INT_TYPES = ["Q8_0", "Q4_0", "Q4_K", "MXFP4"]
+INT_TYPES = ["Q8_0", "Q4_0", "Q4_K", "MXFP4", "Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS"]
 
 
 def make_weight(type_name, rows, cols, copies, rng):
@@ -59,6 +60,11 @@ def make_weight(type_name, rows, cols, copies, rng):
         raw[:, :4] = np.array([0.001, 0.001], np.float16).view(np.uint8)
     elif type_name == "MXFP4":
         raw[:, 0] = 122
+    elif type_name == "Q2_K":
+        raw[:, 80:84] = np.array([0.001, 0.001], np.float16).view(np.uint8)
+    elif type_name in ("Q3_K", "IQ2_XXS", "IQ4_XS"):
+        at = 108 if type_name == "Q3_K" else 0
+        raw[:, at:at + 2] = np.array([0.001 if type_name != "IQ4_XS" else 0.00005], np.float16).view(np.uint8)
     elif type_name == "F16":
         raw[:] = np.array([0.01], np.float16).view(np.uint8)
     elif type_name == "BF16":
@@ -83,7 +89,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer shapes and reps")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--layout", default="auto", choices=["auto", "ggml", "split"])
+    ap.add_argument("--types", default=",".join(INT_TYPES),
+                    help="comma-separated integer weight types to measure")
     args = ap.parse_args()
+    types = args.types.split(",")
+    unknown = sorted(set(types) - set(INT_TYPES))
+    if unknown:
+        ap.error(f"unknown types {unknown}; choose from {INT_TYPES}")
     import os
     threads = args.threads or os.cpu_count()
     _core.set_isa(args.isa)
@@ -99,10 +111,10 @@ def main():
 
     shapes = SHAPES[:2] + SHAPES[4:] if args.quick else SHAPES
     print("\n## GEMV (1 token), weight GB/s vs read bandwidth measured around it")
-    print(f"{'shape':28s} {'type':6s} {'MiB':>7s} {'kernel GB/s':>11s} {'read GB/s':>9s} {'ratio':>6s}")
+    print(f"{'shape':28s} {'type':7s} {'MiB':>7s} {'kernel GB/s':>11s} {'read GB/s':>9s} {'ratio':>6s}")
     gemv_time = {}
     for name, rows, cols in shapes:
-        for t in INT_TYPES + (["BF16"] if "head" in name or "wq_b" in name else []):
+        for t in types + (["BF16"] if "head" in name or "wq_b" in name else []):
             size = rows * row_bytes(t, cols)
             copies = max(1, -(-(256 << 20) // size))
             raw = make_weight(t, rows, cols, copies, rng)
@@ -121,7 +133,7 @@ def main():
                 ratios.append(k / ((b0 + b1) / 2))
             i = int(np.argsort(ratios)[len(ratios) // 2])  # median round
             gemv_time[(name, t)] = size / ks[i] / 1e9
-            print(f"{name:28s} {t:6s} {size / 2**20:7.1f} {ks[i]:11.1f} {bws[i]:9.1f} "
+            print(f"{name:28s} {t:7s} {size / 2**20:7.1f} {ks[i]:11.1f} {bws[i]:9.1f} "
                   f"{ratios[i]:6.2f}", flush=True)
             del raw
 
@@ -132,7 +144,7 @@ def main():
     print(f"{'shape':28s} {'type':6s} {'n=32':>8s} {'n=128':>8s} {'n=512':>8s} {'ratio128':>8s} "
           f"{'peak%':>6s} {'need10x':>8s}")
     for name, rows, cols in SHAPES[:2] + SHAPES[3:4]:
-        for t in INT_TYPES + ["BF16"]:
+        for t in types + ["BF16"]:
             raw = make_weight(t, rows, cols, 1, rng)
             out = []
             for n in (32, 128, 512):
@@ -152,7 +164,7 @@ def main():
     small = (4, 8, 12, 16, 24, 32)
     print(f"\n## Small batches, {name}, weights from DRAM: Gops/s (weight GB/s)")
     print(f"{'type':6s} " + " ".join(f"{'n=' + str(n):>13s}" for n in small))
-    for t in INT_TYPES:
+    for t in types:
         size = rows * row_bytes(t, cols)
         copies = max(1, -(-(256 << 20) // size))
         raw = make_weight(t, rows, cols, copies, rng)

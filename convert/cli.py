@@ -20,12 +20,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE,
                    help="mxfp4 (default): routed experts MXFP4 (the official FP4 repacked bit-exactly), "
                         "FP8 projections Q8_0, BF16 kept -- what llama.cpp's converter writes; "
-                        "q4: experts Q4_K, rest Q8_0; q8: Q8_0; bf16/f16/f32: plain floats. "
+                        "q4: experts Q4_K, rest Q8_0; q8: Q8_0; bf16/f16/f32: plain floats; "
+                        "q2: routed gate/up IQ2_XXS, down Q2_K, rest as mxfp4 (needs --imatrix); "
+                        "q2q4: q2 with the last 6 blocks' experts Q4_K. "
                         "Norms, mHC, ape, sinks and biases are always F32, the hash table I32.")
     p.add_argument("--type", dest="types", action="append", default=[], metavar="PATTERN=TYPE",
                    help="override the type of tensors whose GGUF name matches the shell pattern "
                         f"(types: {', '.join(TYPE_NAMES)}); repeatable, first match wins. "
                         "Example: --type 'blk.*.ffn_*_exps.weight=q4_k'")
+    p.add_argument("--imatrix", metavar="FILE",
+                   help="importance matrix (llama.cpp's llama-imatrix output, .gguf or legacy .dat) "
+                        "that the low-bit types (q2, q2q4; --type q2_k/q3_k/iq2_xxs) minimise their "
+                        "error against; required for IQ2_XXS")
     p.add_argument("--mtp", choices=("auto", "skip"), default="auto",
                    help="auto: keep the MTP block(s) the checkpoint has; skip: leave them out")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = [parse_override(t) for t in args.types]
-        res = convert(args.src, args.out, args.recipe, mtp=args.mtp, overrides=overrides,
+        res = convert(args.src, args.out, args.recipe, mtp=args.mtp, overrides=overrides, imatrix=args.imatrix,
                       progress=None if args.quiet else ProgressBar(), log=log)
     except ConvertError as e:
         print(f"pyv4 convert: error: {e}", file=sys.stderr)

@@ -11,8 +11,9 @@ from gguf import GGMLQuantizationType
 
 from .config import HParams, load_config
 from .errors import ConvertError
+from .imatrix import HOWTO, load_imatrix, matrix_weights
 from .names import Plan, PlanTensor, build_plan
-from .recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from .recipes import DEFAULT_RECIPE, LOWBIT, Recipe, get_recipe
 from .source import Source
 from .tokenizer import KV, tokenizer_metadata
 from .writer import ARCH, OutTensor, write_gguf
@@ -130,8 +131,40 @@ def plan_types(hp: HParams, plan: Plan, rec: Recipe) -> tuple[dict[str, GGMLQuan
     return types, _fallback_notes(fallbacks)
 
 
+def _importance(plan: Plan, types: dict[str, GGMLQuantizationType],
+                path: Path | str | None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Importance vectors of the low-bit tensors from the imatrix file, and notes.
+    IQ2_XXS without one is refused (it is unusable unweighted at 2 bits)."""
+    low = [pt for pt in plan.tensors if pt.role != "kv" and types[pt.name] in LOWBIT]
+    need = [pt.name for pt in low if types[pt.name] == GGMLQuantizationType.IQ2_XXS]
+    if path is None:
+        if need:
+            raise ConvertError(f"IQ2_XXS ({len(need)} tensors, e.g. {need[0]}) needs an importance "
+                               f"matrix: --imatrix FILE; {HOWTO}")
+        return {}, ([f"{len(low)} low-bit tensors quantized without an importance matrix "
+                     "(--imatrix FILE weighs the error by how much each input column matters)"]
+                    if low else [])
+    entries = load_imatrix(path)
+    out, missing = {}, []
+    for pt in low:
+        v = matrix_weights(entries, pt.name, pt.shape)
+        if v is None:
+            missing.append(pt.name)
+        else:
+            out[pt.name] = v
+    lacking = [n for n in missing if types[n] == GGMLQuantizationType.IQ2_XXS]
+    if lacking:
+        raise ConvertError(f"{path}: no imatrix entry for {lacking[0]} (IQ2_XXS needs one; "
+                           f"{len(lacking)} such tensors lack it): was the file made for this model?")
+    notes = [f"imatrix {Path(path).name}: {len(out)} of {len(low)} low-bit tensors weighted"]
+    if missing:
+        notes.append(f"no imatrix entry for {len(missing)} low-bit tensors (e.g. {missing[0]}): "
+                     "quantized unweighted")
+    return out, notes
+
+
 def convert(src_dir: Path | str, out: Path | str, recipe: str = DEFAULT_RECIPE, *, mtp: str = "auto",
-            overrides: list[tuple[str, str]] | None = None,
+            overrides: list[tuple[str, str]] | None = None, imatrix: Path | str | None = None,
             progress: Callable[..., None] | None = None,
             log: Callable[[str], None] | None = None) -> ConvertResult:
     """Convert a DeepSeek-V4 safetensors folder (official or transformers layout) to GGUF.
@@ -140,19 +173,21 @@ def convert(src_dir: Path | str, out: Path | str, recipe: str = DEFAULT_RECIPE, 
     complete and re-checked. Raises ``ConvertError`` for bad input.
     ``progress(i, n, name, nbytes)`` is called once with ``i = 0`` and the total output
     bytes before writing, then after each tensor with that tensor's bytes.
+    ``imatrix``: an importance matrix file (convert/imatrix.py) for the low-bit types.
     """
     src = Path(src_dir)
     out = Path(out)
     if not src.is_dir():
         raise ConvertError(f"{src}: source folder does not exist")
     hp = load_config(src)
-    rec = get_recipe(recipe, overrides)
+    rec = get_recipe(recipe, overrides, n_layer=hp.n_layer)
     source = Source(src)
     try:
         plan: Plan = build_plan(hp, source, mtp=mtp)
         tok = tokenizer_metadata(src, hp.n_vocab, hp.bos_token_id, hp.eos_token_id)
         types, fb_notes = plan_types(hp, plan, rec)
-        notes = list(hp.warnings) + list(plan.notes) + fb_notes
+        importance, im_notes = _importance(plan, types, imatrix)
+        notes = list(hp.warnings) + list(plan.notes) + fb_notes + im_notes
         if tok.note:
             notes.append(tok.note)
         kvs = model_metadata(hp, plan.n_mtp, src.resolve().name, rec.file_type)
@@ -163,7 +198,7 @@ def convert(src_dir: Path | str, out: Path | str, recipe: str = DEFAULT_RECIPE, 
                 continue
             check = _tid2eid_check(hp.n_expert, pt.sources[0]) if pt.role == "tid2eid" else None
             tensors.append(OutTensor(pt.name, pt.shape, types[pt.name], pt.role,
-                                     (lambda r=pt.read: r(source)), check))
+                                     (lambda r=pt.read: r(source)), check, importance.get(pt.name)))
         kvs += tok.entries
         if log is not None:
             for n in notes:

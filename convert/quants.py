@@ -30,8 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-QUANT_BLOCK = {T.F32: 1, T.F16: 1, T.BF16: 1, T.I32: 1, T.Q8_0: 32, T.Q4_0: 32, T.MXFP4: 32, T.Q4_K: 256}
-BLOCK_BYTES = {T.F32: 4, T.F16: 2, T.BF16: 2, T.I32: 4, T.Q8_0: 34, T.Q4_0: 18, T.MXFP4: 17, T.Q4_K: 144}
+QUANT_BLOCK = {T.F32: 1, T.F16: 1, T.BF16: 1, T.I32: 1, T.Q8_0: 32, T.Q4_0: 32, T.MXFP4: 32, T.Q4_K: 256,
+               T.Q2_K: 256, T.Q3_K: 256, T.IQ2_XXS: 256}
+BLOCK_BYTES = {T.F32: 4, T.F16: 2, T.BF16: 2, T.I32: 4, T.Q8_0: 34, T.Q4_0: 18, T.MXFP4: 17, T.Q4_K: 144,
+               T.Q2_K: 84, T.Q3_K: 110, T.IQ2_XXS: 66}
 
 E2M1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
 
@@ -282,10 +284,13 @@ _ENCODERS = {
     T.MXFP4: encode_mxfp4,
     T.Q4_K: encode_q4_k,
 }
+# the importance-weighted ones (convert/quants_lowbit.py): f(x, imatrix rows or None)
+_WEIGHTED = {T.Q2_K: "q2_k_quantize", T.Q3_K: "q3_k_quantize", T.IQ2_XXS: "iq2_xxs_quantize"}
 
 
-def quantize(x: np.ndarray, t: T) -> np.ndarray:
-    """float32 array (last dim = row) -> raw bytes of GGML type ``t`` (same leading dims)."""
+def quantize(x: np.ndarray, t: T, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """float32 array (last dim = row) -> raw bytes of GGML type ``t`` (same leading dims).
+    ``imatrix``: per-element importance [rows, n] for the low-bit types (IQ2_XXS needs it)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     lead = x.shape[:-1]
     n = x.shape[-1] if x.ndim else 1
@@ -300,10 +305,16 @@ def quantize(x: np.ndarray, t: T) -> np.ndarray:
         return h
     if t == T.BF16:
         return encode_bf16(x2)
-    enc = _ENCODERS.get(t)
-    if enc is None:
+    if t not in _ENCODERS and t not in _WEIGHTED:
         raise ValueError(f"no encoder for {t.name}")
     if n % QUANT_BLOCK[t]:
         raise ValueError(f"row of {n} values is not a multiple of the {t.name} block {QUANT_BLOCK[t]}")
     del lead
-    return enc(x2)
+    if t in _WEIGHTED:
+        from . import quants_lowbit
+
+        if t == T.IQ2_XXS and imatrix is None:
+            raise ValueError("IQ2_XXS needs an importance matrix")
+        qw = None if imatrix is None else np.asarray(imatrix, np.float32).reshape(x2.shape)
+        return getattr(quants_lowbit, _WEIGHTED[t])(x2, qw)
+    return _ENCODERS[t](x2)

@@ -15,6 +15,11 @@ mxfp4      MXFP4 (FP4: bit-  Q8_0                source float type (BF16 stays  
            exact repack)                         BF16; F16 -> F16; F32 -> F32)
 q4         Q4_K              Q8_0                Q8_0                             F32
 q8         Q8_0              Q8_0                Q8_0                             F32
+q2         gate/up IQ2_XXS,  as mxfp4            as mxfp4                         as mxfp4
+           down Q2_K
+q2q4       as q2; the last   as mxfp4            as mxfp4                         as mxfp4
+           6 blocks (and
+           MTP) Q4_K
 bf16/f16/  that type         that type           that type                        that type
 f32
 =========  ================  ==================  ===============================  =================
@@ -26,8 +31,10 @@ official checkpoint the ``mxfp4`` recipe therefore gives exactly llama.cpp's per
 
 ``--type PATTERN=TYPE`` overrides (``fnmatch`` on the GGUF tensor name, first match wins)
 apply to every tensor except the fixed ones. A type whose block does not divide the row
-length falls back (Q4_K -> Q4_0 -> F16; Q8_0, Q4_0, MXFP4 -> F16, llama.cpp's fallback);
-``choose_type`` returns the fallback and the pipeline reports it.
+length falls back (Q4_K -> Q4_0 -> F16; Q8_0, Q4_0, MXFP4 -> F16, llama.cpp's fallback;
+Q2_K, Q3_K, IQ2_XXS -> Q4_0); ``choose_type`` returns the fallback and the pipeline reports it.
+The low-bit types (q2 / q2q4 and ``--type`` q2_k / q3_k / iq2_xxs) are quantized against an
+importance matrix (``--imatrix FILE``, convert/imatrix.py); IQ2_XXS refuses to go without one.
 """
 
 from __future__ import annotations
@@ -49,17 +56,22 @@ RECIPES: dict[str, int] = {
     "bf16": 32,   # MOSTLY_BF16
     "f16": 1,     # MOSTLY_F16
     "f32": 0,     # ALL_F32
+    "q2": 19,     # MOSTLY_IQ2_XXS (ds4's 2-bit experts mix)
+    "q2q4": 19,   # the same, last 6 layers' experts Q4_K
 }
 DEFAULT_RECIPE = "mxfp4"
 
 TYPE_NAMES: dict[str, T] = {
     "f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0,
-    "q4_k": T.Q4_K, "mxfp4": T.MXFP4,
+    "q4_k": T.Q4_K, "mxfp4": T.MXFP4, "q2_k": T.Q2_K, "q3_k": T.Q3_K, "iq2_xxs": T.IQ2_XXS,
 }
+LOWBIT = (T.Q2_K, T.Q3_K, T.IQ2_XXS)  # quantized with the importance matrix when there is one
+Q2Q4_TAIL = 6  # q2q4: experts of the last this many blocks stay Q4_K
 
 _FIXED_F32_ROLES = {"norm", "hc", "ape", "sink", "bias"}
 _FLOAT_OF_SRC = {"BF16": T.BF16, "F16": T.F16, "F32": T.F32, "F64": T.F32}
-_FALLBACK = {T.Q4_K: T.Q4_0, T.Q4_0: T.F16, T.Q8_0: T.F16, T.MXFP4: T.F16}
+_FALLBACK = {T.Q4_K: T.Q4_0, T.Q4_0: T.F16, T.Q8_0: T.F16, T.MXFP4: T.F16,
+             T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.IQ2_XXS: T.Q4_0}
 
 
 @dataclass
@@ -67,12 +79,13 @@ class Recipe:
     name: str
     file_type: int
     overrides: list[tuple[str, T]] = field(default_factory=list)
+    n_layer: int = 0  # main blocks of the model (q2q4 needs it)
 
     def choose_type(self, name: str, shape: tuple[int, ...], role: str, src: str = "F32") -> tuple[T, T | None]:
         return choose_type(self, name, shape, role, src)
 
 
-def get_recipe(name: str, overrides: list[tuple[str, str]] | None = None) -> Recipe:
+def get_recipe(name: str, overrides: list[tuple[str, str]] | None = None, n_layer: int = 0) -> Recipe:
     key = name.lower()
     if key not in RECIPES:
         raise ConvertError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
@@ -83,7 +96,7 @@ def get_recipe(name: str, overrides: list[tuple[str, str]] | None = None) -> Rec
             raise ConvertError(f"unknown tensor type {tname!r} in override {pattern}={tname}; "
                                f"choose from {', '.join(TYPE_NAMES)}")
         ov.append((pattern, t))
-    return Recipe(key, RECIPES[key], ov)
+    return Recipe(key, RECIPES[key], ov, n_layer)
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -94,7 +107,19 @@ def parse_override(text: str) -> tuple[str, str]:
     return pattern, tname
 
 
-def _recipe_type(recipe: str, role: str, src: str) -> T:
+def _block_index(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() else None
+
+
+def _recipe_type(recipe: Recipe | str, role: str, src: str, name: str = "") -> T:
+    if isinstance(recipe, Recipe):
+        if recipe.name in ("q2", "q2q4") and role == "experts":
+            blk = _block_index(name)
+            if recipe.name == "q2q4" and blk is not None and blk >= recipe.n_layer - Q2Q4_TAIL:
+                return T.Q4_K  # (the MTP block, numbered after the last layer, counts as tail)
+            return T.Q2_K if "ffn_down_exps" in name else T.IQ2_XXS
+        recipe = "mxfp4" if recipe.name in ("q2", "q2q4") else recipe.name
     if recipe in ("f32", "f16", "bf16"):
         return TYPE_NAMES[recipe]
     if recipe == "mxfp4":
@@ -124,7 +149,7 @@ def choose_type(recipe: Recipe, name: str, shape: tuple[int, ...], role: str,
             want = t
             break
     if want is None:
-        want = _recipe_type(recipe.name, role, src)
+        want = _recipe_type(recipe, role, src, name)
     t = want
     while not fits(t, shape[-1]):
         t = _FALLBACK[t]
@@ -139,8 +164,9 @@ def nbytes(t: T, shape: tuple[int, ...]) -> int:
     return rows * (n // QUANT_BLOCK[t]) * BLOCK_BYTES[t]
 
 
-def encode(chunk, t: T) -> np.ndarray:
-    """Encode one chunk of whole rows (float32/int array or ``PackedFP4``) as GGML type ``t``."""
+def encode(chunk, t: T, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Encode one chunk of whole rows (float32/int array or ``PackedFP4``) as GGML type ``t``
+    (``imatrix``: the importance of each element, [rows, n], for the low-bit types)."""
     if isinstance(chunk, PackedFP4):
         if t == T.MXFP4:
             return repack_mxfp4(chunk)
@@ -151,7 +177,7 @@ def encode(chunk, t: T) -> np.ndarray:
             raise ConvertError(f"expected integers for I32, got {a.dtype}")
         return a.astype(np.int32)
     try:
-        return quantize(np.asarray(chunk, dtype=np.float32), t)
+        return quantize(np.asarray(chunk, dtype=np.float32), t, imatrix)
     except OverflowError as e:
         raise ConvertError(f"{e}; use --recipe bf16 or f32, or --type PATTERN=bf16") from None
 

@@ -34,6 +34,18 @@ class OutTensor:
     role: str
     chunks: Callable[[], Iterable]  # yields chunks of whole rows, row-major
     check: Callable[[object], None] | None = None
+    imatrix: np.ndarray | None = None  # [n_mat, cols] importance (low-bit types), n_mat | rows
+
+    def chunk_imatrix(self, row0: int, rows: int) -> np.ndarray | None:
+        """The importance of each element of rows [row0, row0 + rows): row r belongs to
+        matrix r // (rows per matrix) (the experts of a stacked tensor)."""
+        if self.imatrix is None:
+            return None
+        total = 1
+        for s in self.shape[:-1]:
+            total *= int(s)
+        per = total // self.imatrix.shape[0]
+        return self.imatrix[np.arange(row0, row0 + rows) // per]
 
     @property
     def nbytes(self) -> int:
@@ -122,12 +134,14 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
             total = len(tensors)
             for i, t in enumerate(tensors):
                 want = t.nbytes
-                done = 0
+                done = row = 0
                 try:
                     for chunk in t.chunks():
                         if t.check is not None:
                             t.check(chunk)
-                        arr = np.ascontiguousarray(encode(chunk, t.type))
+                        rows = int(chunk.shape[0]) if len(getattr(chunk, "shape", ())) >= 2 else 1
+                        arr = np.ascontiguousarray(encode(chunk, t.type, t.chunk_imatrix(row, rows)))
+                        row += rows
                         done += arr.nbytes
                         if done > want:
                             break

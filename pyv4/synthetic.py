@@ -142,7 +142,7 @@ def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | No
     embed/head/router/compressors)."""
     from .convert.recipes import get_recipe
 
-    rec = get_recipe(recipe, overrides)
+    rec = get_recipe(recipe, overrides, n_layer=hp.n_layer)
     out = {}
     for tname, shape, role in tensor_layout(hp):
         crole, src = _CONVERT_ROLE[role]
@@ -152,7 +152,8 @@ def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | No
     return out
 
 
-_BLOCK = {T.Q8_0: (32, 34), T.MXFP4: (32, 17), T.Q4_K: (256, 144), T.Q4_0: (32, 18)}
+_BLOCK = {T.Q8_0: (32, 34), T.MXFP4: (32, 17), T.Q4_K: (256, 144), T.Q4_0: (32, 18),
+          T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.IQ2_XXS: (256, 66)}
 _E2M1_RMS = math.sqrt(sum(v * v for v in (0, .5, 1, 1.5, 2, 3, 4, 6)) / 8)  # uniform codes
 
 
@@ -196,6 +197,20 @@ def _random_rows(rng: np.random.Generator, rows: int, cols: int, t: T, std: floa
         raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
         raw[:, 2:4] = (d * 7.5).astype(np.float16).reshape(nb, 1).view(np.uint8)
         raw[:, 4:16] = _pack_k_scales(sc, sc)
+    elif t == T.Q2_K:
+        # value = d*sc*q - dmin*m, random 4-bit sc, m and 2-bit q; dmin = 1.5 d
+        # makes the mean zero, the rms is then about 13.9 d
+        d = jitter * np.float32(std / 13.9)
+        raw[:, 80:82] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+        raw[:, 82:84] = (d * 1.5).astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t == T.Q3_K:
+        # value = d*(sc - 32)*(q - 4): random 6-bit sc (rms 18.5) and 3-bit q (rms 2.35)
+        d = jitter * np.float32(std / (18.5 * 2.35))
+        raw[:, 108:110] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t == T.IQ2_XXS:
+        # value = d*(0.5 + s)/4 * grid * sign: random 4-bit s (rms 9.2), grid rms ~20
+        d = jitter * np.float32(std / 46.0)
+        raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
     return raw.reshape(rows, -1)
 
 

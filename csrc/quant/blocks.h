@@ -44,12 +44,62 @@ struct BlockQ4_K {
   uint8_t scales[12];
   uint8_t qs[128];
 };
+// Q2_K super-block of 256: 16 sub-blocks of 16. Element 128n + 32j + l
+// (n < 2, j < 4, l < 32) has the 2-bit code (qs[32n + l] >> 2j) & 3 and sits in
+// sub-block s = 8n + 2j + l/16; value = d*(scales[s] & 15)*code - dmin*(scales[s] >> 4).
+struct BlockQ2_K {
+  uint8_t scales[16];
+  uint8_t qs[64];
+  uint16_t d;     // f16
+  uint16_t dmin;  // f16
+};
+// Q3_K super-block of 256: 16 sub-blocks of 16. Element 128n + 32j + l has the
+// low bits (qs[32n + l] >> 2j) & 3 and the high bit (hmask[l] >> (4n + j)) & 1;
+// value = d*(sc[s] - 32)*(low + 4*high - 4), sc the 6-bit scales (q3k_scales).
+struct BlockQ3_K {
+  uint8_t hmask[32];
+  uint8_t qs[64];
+  uint8_t scales[12];
+  uint16_t d;  // f16
+};
+// IQ2_XXS super-block of 256: 8 groups of 32, each two little-endian uint32 at
+// qs + 8g: a = 4 grid indices (bytes, one per 8 elements), b = 4 x 7 sign bits
+// (bits 7l..7l+6 for the 8 elements of index l; the 8th sign is their parity)
+// and a 4-bit scale b >> 28. value = d*(0.5 + (b >> 28))*0.25 * grid * sign.
+struct BlockIQ2_XXS {
+  uint16_t d;  // f16
+  uint8_t qs[64];
+};
+// IQ4_XS super-block of 256: 8 blocks of 32, block b with the 6-bit scale
+// ls = ((scales_l[b / 2] >> 4 (b % 2)) & 15) | ((scales_h >> 2b) & 3) << 4 and the
+// bytes qs[16b + j] (element j in the low nibble, j + 16 in the high one);
+// value = d*(ls - 32) * kIq4nlValues[nibble].
+struct BlockIQ4_XS {
+  uint16_t d;  // f16
+  uint16_t scales_h;
+  uint8_t scales_l[4];
+  uint8_t qs[128];
+};
 #pragma pack(pop)
 
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block");
 static_assert(sizeof(BlockMXFP4) == 17, "MXFP4 block");
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block");
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block");
+static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block");
+static_assert(sizeof(BlockIQ2_XXS) == 66, "IQ2_XXS block");
+static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS block");
+
+// The 16 non-linear levels of IQ4_NL / IQ4_XS: format data, GGML's kvalues_iq4nl
+// (ggml-common.h; gguf-py: gguf.quants.IQ4_NL.kvalues).
+constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                     1,    13,   25,  38,  53,  69,  89,  113};
+
+// The 6-bit scale (before the -32) of block b (0..7) of an IQ4_XS super-block.
+static inline int iq4xs_scale(const BlockIQ4_XS& blk, int b) {
+  return ((blk.scales_l[b / 2] >> (4 * (b % 2))) & 15) | (((blk.scales_h >> (2 * b)) & 3) << 4);
+}
 
 // E2M1 values times two (so they are small integers): the OCP MXFP4 table
 // [0, .5, 1, 1.5, 2, 3, 4, 6, -0, ...] * 2.
@@ -129,6 +179,53 @@ static inline void q4k_scales_mins(const uint8_t* q, uint64_t* sc, uint64_t* m) 
   const uint32_t m_hi = ((c >> 4) & 0x0F0F0F0Fu) | ((b >> 2) & 0x30303030u);
   *sc = sc_lo | (static_cast<uint64_t>(sc_hi) << 32);
   *m = m_lo | (static_cast<uint64_t>(m_hi) << 32);
+}
+
+// The 16 six-bit scales of a Q3_K super-block (unsigned, before the -32), byte
+// s of *lo (s < 8) / *hi (s >= 8). Scale s has its low 4 bits in byte s % 8
+// of `q` (low nibble for s < 8, high nibble otherwise) and its high 2 bits at
+// bit 2*(s / 4) of byte 8 + s % 4.
+static inline void q3k_scales(const uint8_t* q, uint64_t* lo, uint64_t* hi) {
+  uint32_t a, b, c;
+  std::memcpy(&a, q, 4);
+  std::memcpy(&b, q + 4, 4);
+  std::memcpy(&c, q + 8, 4);
+  const uint32_t m4 = 0x0F0F0F0Fu, m2 = 0x03030303u;
+  const uint32_t s0 = (a & m4) | ((c & m2) << 4), s1 = (b & m4) | (((c >> 2) & m2) << 4);
+  const uint32_t s2 = ((a >> 4) & m4) | (((c >> 4) & m2) << 4);
+  const uint32_t s3 = ((b >> 4) & m4) | (((c >> 6) & m2) << 4);
+  *lo = s0 | (static_cast<uint64_t>(s1) << 32);
+  *hi = s2 | (static_cast<uint64_t>(s3) << 32);
+}
+
+// IQ2_XXS: the 8 sign bits (bit j set = element j negative) of a 7-bit sign
+// index: the index itself, plus its parity as bit 7 (an even count of minus signs).
+static inline uint32_t iq2_signs8(uint32_t idx7) {
+  return idx7 | (static_cast<uint32_t>(__builtin_parity(idx7)) << 7);
+}
+
+// Byte masks of the 128 IQ2_XXS sign indices: byte j of entry i is 0xFF where
+// element j is negative (iq2_signs8(i)); derived at compile time from the parity rule.
+struct Iq2SignMasks {
+  uint64_t m[128];
+};
+static constexpr Iq2SignMasks make_iq2_sign_masks() {
+  Iq2SignMasks t{};
+  for (uint32_t i = 0; i < 128; ++i) {
+    uint32_t s = i, par = 0;
+    for (uint32_t b = i; b; b >>= 1) par ^= b & 1;
+    s |= par << 7;
+    for (int j = 0; j < 8; ++j)
+      if ((s >> j) & 1) t.m[i] |= uint64_t{0xFF} << (8 * j);
+  }
+  return t;
+}
+static constexpr Iq2SignMasks kIq2SignMasks = make_iq2_sign_masks();
+
+// The 32 sign bits of IQ2_XXS group word b (bits 8l..8l+7 for grid index l).
+static inline uint32_t iq2xxs_signs32(uint32_t b) {
+  return iq2_signs8(b & 127) | (iq2_signs8((b >> 7) & 127) << 8) |
+         (iq2_signs8((b >> 14) & 127) << 16) | (iq2_signs8((b >> 21) & 127) << 24);
 }
 
 }  // namespace qblocks

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "quant/blocks.h"
+#include "quant/iq2xxs_grid.h"
 #include "quant/matmul.h"
 
 namespace pyv4 {
@@ -79,6 +80,73 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
           const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
           for (int l = 0; l < 32; ++l) *dst++ = d1 * static_cast<float>(q[l] & 0x0F) - m1;
           for (int l = 0; l < 32; ++l) *dst++ = d2 * static_cast<float>(q[l] >> 4) - m2;
+        }
+      }
+      return;
+    }
+    case GGMLType::Q2_K: {
+      const BlockQ2_K* b = static_cast<const BlockQ2_K*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d), dmin = f16_to_f32(b[k].dmin);
+        for (int e = 0; e < kQK_K; ++e) {
+          const int n128 = e / 128, j = (e % 128) / 32, l = e % 32, s = e / 16;
+          const int code = (b[k].qs[32 * n128 + l] >> (2 * j)) & 3;
+          const float dl = d * static_cast<float>(b[k].scales[s] & 15);
+          const float ml = dmin * static_cast<float>(b[k].scales[s] >> 4);
+          *dst++ = dl * static_cast<float>(code) - ml;
+        }
+      }
+      return;
+    }
+    case GGMLType::Q3_K: {
+      const BlockQ3_K* b = static_cast<const BlockQ3_K*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        uint8_t sc[16];
+        uint64_t lo, hi;
+        q3k_scales(b[k].scales, &lo, &hi);
+        std::memcpy(sc, &lo, 8);
+        std::memcpy(sc + 8, &hi, 8);
+        for (int e = 0; e < kQK_K; ++e) {
+          const int n128 = e / 128, j = (e % 128) / 32, l = e % 32, s = e / 16;
+          const int low = (b[k].qs[32 * n128 + l] >> (2 * j)) & 3;
+          const int high = (b[k].hmask[l] >> (4 * n128 + j)) & 1;
+          const float dl = d * static_cast<float>(sc[s] - 32);
+          *dst++ = dl * static_cast<float>(low + 4 * high - 4);
+        }
+      }
+      return;
+    }
+    case GGMLType::IQ2_XXS: {
+      const BlockIQ2_XXS* b = static_cast<const BlockIQ2_XXS*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int g = 0; g < 8; ++g) {
+          uint32_t idx, sg;
+          std::memcpy(&idx, b[k].qs + 8 * g, 4);
+          std::memcpy(&sg, b[k].qs + 8 * g + 4, 4);
+          const float db = d * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
+          const uint32_t signs = iq2xxs_signs32(sg);
+          for (int e = 0; e < 32; ++e) {
+            const uint64_t entry = kIq2xxsGrid[(idx >> (8 * (e / 8))) & 255];
+            const float mag = static_cast<float>((entry >> (8 * (e % 8))) & 255);
+            *dst++ = db * mag * ((signs >> e) & 1 ? -1.0f : 1.0f);
+          }
+        }
+      }
+      return;
+    }
+    case GGMLType::IQ4_XS: {
+      const BlockIQ4_XS* b = static_cast<const BlockIQ4_XS*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int ib = 0; ib < 8; ++ib, dst += 32) {
+          const float dl = d * static_cast<float>(iq4xs_scale(b[k], ib) - 32);
+          const uint8_t* q = b[k].qs + 16 * ib;
+          for (int j = 0; j < 16; ++j) {
+            dst[j] = dl * static_cast<float>(kIq4nlValues[q[j] & 15]);
+            dst[j + 16] = dl * static_cast<float>(kIq4nlValues[q[j] >> 4]);
+          }
         }
       }
       return;

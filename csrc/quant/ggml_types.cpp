@@ -9,12 +9,14 @@ struct Entry {
   uint32_t id;
   TypeTraits t;
 };
-// Block geometry from GGML (ggml.c type_traits); Q4_K is a 256-element
-// super-block: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 nibble bytes.
+// Block geometry from GGML (ggml.c type_traits); the K and IQ types are
+// 256-element super-blocks (layouts in quant/blocks.h).
 constexpr Entry kTypes[] = {
     {0, {"F32", 1, 4, true}},       {1, {"F16", 1, 2, true}},
     {2, {"Q4_0", 32, 18, true}},    {8, {"Q8_0", 32, 34, true}},
-    {12, {"Q4_K", 256, 144, true}}, {24, {"I8", 1, 1, false}},
+    {10, {"Q2_K", 256, 84, true}},  {11, {"Q3_K", 256, 110, true}},
+    {12, {"Q4_K", 256, 144, true}}, {16, {"IQ2_XXS", 256, 66, true}},
+    {23, {"IQ4_XS", 256, 136, true}}, {24, {"I8", 1, 1, false}},
     {25, {"I16", 1, 2, false}},     {26, {"I32", 1, 4, false}},
     {27, {"I64", 1, 8, false}},     {28, {"F64", 1, 8, false}},
     {30, {"BF16", 1, 2, true}},     {39, {"MXFP4", 32, 17, true}},

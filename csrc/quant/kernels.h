@@ -1,7 +1,7 @@
 // Internal interface between the dispatcher (matmul.cpp) and the per-ISA kernel
 // files (kernels_avx2.cpp, kernels_avx512.cpp). Not part of the public API.
 //
-// Integer kernels (Q8_0, Q4_0, Q4_K, MXFP4 in Fast mode) work on activations
+// Integer kernels (Q8_0, Q4_0, Q4_K, MXFP4; Q2_K, Q3_K, IQ2_XXS below) work on activations
 // quantized per token in blocks of 32 (Q8_0-like): x ~= dx[b] * q[32b + i] with
 // dx[b] = max|x| / 127 and q = round-to-nearest-even(x / dx[b]) in [-127, 127].
 // Each weight block is read as unsigned codes u with value = dw * (u - k) (or,
@@ -50,12 +50,16 @@ struct ActQ {
   const float* dxr = nullptr;
   const float* csr = nullptr;
   int64_t nbr = 0;
+  // Q2_K / Q3_K only: hs[t][s] = dx[s / 2] * (sum of q over elements 16s..16s+15),
+  // one float per 16-element sub-block, [n_tokens][2 * nb].
+  const float* hs = nullptr;
 
   const int8_t* q(int64_t t) const { return qs + t * nb_pad * 32; }
   const float* d(int64_t t) const { return dx + t * nb_pad; }
   const float* c(int64_t t) const { return cs + t * nb_pad; }
   const float* dr(int64_t t) const { return dxr + t * nbr; }
   const float* cr(int64_t t) const { return csr + t * nbr; }
+  const float* h(int64_t t) const { return hs + t * 2 * nb; }
 };
 
 static inline int64_t act_nb_pad(int64_t nb, ActLayout layout) {
@@ -113,6 +117,50 @@ static inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ?
 bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
+
+// ---- 2- to 4-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
+// Q2_K, Q3_K, IQ2_XXS and IQ4_XS on the same int8 activations: plain layout on AVX2,
+// quad on AVX-512 (never the lane layout: it is chosen by type below).
+// Q2_K / Q3_K weights of 16-element sub-block s of a super-block are
+//     w = d * a_s * c - d2 * m_s
+// (Q2_K: a = 4-bit scale, c = 2-bit code, d2 = dmin, m = 4-bit min;
+//  Q3_K: a = m = 6-bit scale - 32, c = 3-bit code 0..7 (value c - 4), d2 = 4d), so
+//     sum_i w_i x_i = d * sum_b dx_b * (sum_s a_s sum_i c_i q_i) - d2 * sum_s m_s hs_s.
+// The first sum is exact in int32 (u8 x s8 pair products, then one 16-bit
+// multiply-add with a_s per pair); the second uses ActQ::hs. Only the
+// activations are rounded, so the error bound is that of the other integer
+// types (quant/matmul.h): sum_i |w_i| * max|x|_block(i) / 254 plus fp32 rounding.
+// IQ2_XXS: codes are the signed grid values + 43 (0..86) with dw = the group's
+// scale d * (0.5 + s) * 0.25, and the offset k = 43 goes through cs.
+// IQ4_XS: per 32-block dw = d * (ls - 32) times the signed level kIq4nlValues[code];
+// AVX2 multiplies |level| by q with q's sign flipped where the level is negative
+// (no offset), AVX-512 uses level + 128 (1..241) with the offset k = 128 through cs.
+static inline bool is_lowbit(GGMLType t) {
+  return t == GGMLType::Q2_K || t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS ||
+         t == GGMLType::IQ4_XS;
+}
+// Whether the kernels of a low-bit type read ActQ::hs.
+static inline bool lowbit_half_sums(GGMLType t) {
+  return t == GGMLType::Q2_K || t == GGMLType::Q3_K;
+}
+static inline ActLayout lowbit_layout(bool avx512) {
+  return avx512 ? ActLayout::Quad : ActLayout::Plain;
+}
+// The cscale quantize_act_avx2 gets for a low-bit type (k / lanes per block).
+static inline float lowbit_cscale(GGMLType t, ActLayout layout) {
+  const bool quad = layout == ActLayout::Quad;
+  if (t == GGMLType::IQ2_XXS) return quad ? 43.0f / 4.0f : 43.0f / 8.0f;
+  if (t == GGMLType::IQ4_XS && quad) return 128.0f / 4.0f;
+  return 0.0f;  // Q2_K / Q3_K use hs; IQ4_XS on AVX2 needs no offset
+}
+// Fills hs [n_tokens][2 * nb] from quantized activations in `layout` (AVX2 file).
+void half_sums_avx2(const int8_t* qs, const float* dx, int64_t n_tokens, int64_t nb,
+                    int64_t nb_pad, ActLayout layout, float* hs);
+// Y[t, r] for r in [r0, r1), all tokens (act in the plain / quad layout).
+void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                      int64_t ldy, int64_t r0, int64_t r1);
+void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                        int64_t ldy, int64_t r0, int64_t r1);
 
 }  // namespace qk
 }  // namespace pyv4

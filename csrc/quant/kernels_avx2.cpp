@@ -17,19 +17,14 @@
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx2.h"
+#include "quant/tile_drive.h"
 
 namespace pyv4 {
 namespace qk {
 namespace {
 
 using namespace qblocks;
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 inline float f16(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
 
@@ -241,42 +236,13 @@ void tile_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, i
     }
 }
 
-// Rows in tiles of R (then single rows), tokens in tiles of up to 4.
-template <int R, class F>
-void drive(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) {
-    for (int64_t t = 0; t < n_tokens; t += 4) {
-      switch (n_tokens - t >= 4 ? 4 : n_tokens - t) {
-        case 4: f(std::integral_constant<int, R>{}, std::integral_constant<int, 4>{}, r, t); break;
-        case 3: f(std::integral_constant<int, R>{}, std::integral_constant<int, 3>{}, r, t); break;
-        case 2: f(std::integral_constant<int, R>{}, std::integral_constant<int, 2>{}, r, t); break;
-        default: f(std::integral_constant<int, R>{}, std::integral_constant<int, 1>{}, r, t); break;
-      }
-    }
-  }
-  for (; r < r1; ++r) {
-    for (int64_t t = 0; t < n_tokens; t += 4) {
-      switch (n_tokens - t >= 4 ? 4 : n_tokens - t) {
-        case 4: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 4>{}, r, t); break;
-        case 3: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 3>{}, r, t); break;
-        case 2: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 2>{}, r, t); break;
-        default: f(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{}, r, t); break;
-      }
-    }
-  }
-}
-
 template <class Dec>
 void run_int(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y, int64_t ldy,
              int64_t r0, int64_t r1) {
   auto f = [&](auto R, auto T, int64_t r, int64_t t) {
     tile_int<Dec, decltype(R)::value, decltype(T)::value>(W, r, a, t, Y, ldy);
   };
-  if (n_tokens < 4)
-    drive<1>(r0, r1, n_tokens, f);  // decode: one contiguous stream per thread
-  else
-    drive<2>(r0, r1, n_tokens, f);
+  drive_rows<2>(r0, r1, n_tokens, f);
 }
 
 template <class Conv>
@@ -392,10 +358,7 @@ void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t l
       auto f = [&](auto R, auto T, int64_t r, int64_t t) {
         tile_q4k<decltype(R)::value, decltype(T)::value>(W, r, *act, t, Y, ldy);
       };
-      if (n_tokens < 4)
-        drive<1>(r0, r1, n_tokens, f);
-      else
-        drive<2>(r0, r1, n_tokens, f);
+      drive_rows<2>(r0, r1, n_tokens, f);
       return;
     }
     default: return;

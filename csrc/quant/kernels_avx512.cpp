@@ -26,7 +26,9 @@
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx512.h"
 #include "quant/split_layout.h"
+#include "quant/tile_drive.h"
 
 namespace pyv4 {
 namespace qk {
@@ -40,12 +42,6 @@ using namespace qblocks;
 // measured, BF16 31 -> 55 GB/s when dropping a 4 KB prefetch distance).
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
-
-// [a x4, b x4, c x4, d x4] from the four floats of v.
-inline __m512 spread4(__m128 v) {
-  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
-}
 
 inline __m512i load4x16(const uint8_t* p, int64_t stride) {
   const __m512i z = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -629,27 +625,6 @@ void gemv_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
                                 acc[t]);
   }
   for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
-}
-
-template <int N>
-using IC = std::integral_constant<int, N>;
-
-// Rows in tiles of R (then single rows), tokens in tiles of up to 4.
-template <int R, class F>
-void drive(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
-  auto tokens = [&](auto RR, int64_t r) {
-    for (int64_t t = 0; t < n_tokens; t += 4) {
-      switch (n_tokens - t >= 4 ? 4 : n_tokens - t) {
-        case 4: f(RR, IC<4>{}, r, t); break;
-        case 3: f(RR, IC<3>{}, r, t); break;
-        case 2: f(RR, IC<2>{}, r, t); break;
-        default: f(RR, IC<1>{}, r, t); break;
-      }
-    }
-  };
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) tokens(IC<R>{}, r);
-  for (; r < r1; ++r) tokens(IC<1>{}, r);
 }
 
 }  // namespace

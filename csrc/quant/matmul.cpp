@@ -26,6 +26,10 @@ bool is_matmul_type(GGMLType t) {
     case GGMLType::Q4_0:
     case GGMLType::Q4_K:
     case GGMLType::MXFP4:
+    case GGMLType::Q2_K:
+    case GGMLType::Q3_K:
+    case GGMLType::IQ2_XXS:
+    case GGMLType::IQ4_XS:
       return true;
     default:
       return false;
@@ -92,7 +96,7 @@ namespace {
 // Per-thread scratch for the quantized activations; grows once, never shrinks.
 struct ActScratch {
   LineBuffer<int8_t> qs;
-  LineBuffer<float> dx, cs, dxr, csr;
+  LineBuffer<float> dx, cs, dxr, csr, hs;
 };
 
 struct Job {
@@ -129,6 +133,11 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
   }
   if (j.reference) {
     reference_rows(*j.W, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
+  } else if (qk::is_lowbit(j.W->type)) {
+    if (j.isa == Isa::AVX512)
+      qk::gemm_lowbit_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
+    else
+      qk::gemm_lowbit_avx2(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
     qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (j.isa == Isa::AVX512) {
@@ -157,7 +166,12 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   float cscale = 0.0f;
   qk::ActLayout layout = qk::ActLayout::Plain;
   bool quantize;
-  if (isa == Isa::AVX512 && n_tokens >= qk::lane_min_tokens(W.type)) {
+  const bool lowbit = qk::is_lowbit(W.type);
+  if (lowbit) {
+    layout = qk::lowbit_layout(isa == Isa::AVX512);
+    cscale = qk::lowbit_cscale(W.type, layout);
+    quantize = true;
+  } else if (isa == Isa::AVX512 && n_tokens >= qk::lane_min_tokens(W.type)) {
     quantize = qk::lane_cscale_avx512(W.type, &cscale);
     layout = qk::ActLayout::Lane;
   } else if (isa == Isa::AVX512) {
@@ -177,15 +191,21 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   const int64_t nbr = (nb + 15) & ~int64_t(15);
   const size_t nr = static_cast<size_t>(n_tokens * nbr);
   if (quad) s.dxr.resize(nr), s.csr.resize(nr);
+  const bool half_sums = qk::lowbit_half_sums(W.type);
+  if (half_sums) s.hs.resize(static_cast<size_t>(n_tokens * 2 * nb));
   // Tokens are quantized independently: a prefill chunk splits them across the
   // pool (serially, this took ~7 % of a 128-token GEMM on 2 threads).
   int8_t* qs = s.qs.data();
   float *dx = s.dx.data(), *cs = s.cs.data();
   float *dxr = quad ? s.dxr.data() : nullptr, *csr = quad ? s.csr.data() : nullptr;
+  float* hs = half_sums ? s.hs.data() : nullptr;
   auto quantize_tokens = [&](int64_t t0, int64_t t1, int) {
     qk::quantize_act_avx2(X + t0 * ldx, ldx, t1 - t0, W.cols, cscale, layout, qs + t0 * nb_pad * 32,
                           dx + t0 * nb_pad, cs + t0 * nb_pad, dxr ? dxr + t0 * nbr : nullptr,
                           csr ? csr + t0 * nbr : nullptr);
+    if (hs)
+      qk::half_sums_avx2(qs + t0 * nb_pad * 32, dx + t0 * nb_pad, t1 - t0, nb, nb_pad, layout,
+                         hs + t0 * 2 * nb);
   };
   if (pool && pool->size() > 1 && n_tokens >= 8)
     pool->parallel_for(n_tokens, 1, quantize_tokens);
@@ -193,6 +213,7 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
     quantize_tokens(0, n_tokens, 0);
   act->dxr = dxr;
   act->csr = csr;
+  act->hs = hs;
   act->nbr = nbr;
   act->layout = layout;
   act->n_tokens = n_tokens;

@@ -46,7 +46,8 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n);
 // Which kernel runs (quant/cpu_features.h): compute_mode() == Reference, or ISA
 // scalar: the scalar oracle (dequantize_row + sequential fp32 dot). Fast mode on
 // AVX2 / AVX-512: F32/F16/BF16 use an fp32 FMA dot (no activation quantization,
-// ~1e-7 relative); Q8_0/Q4_0/Q4_K/MXFP4 quantize X per token in blocks of 32
+// ~1e-7 relative); Q8_0/Q4_0/Q4_K/MXFP4 and Q2_K/Q3_K/IQ2_XXS (quant/kernels.h)
+// quantize X per token in blocks of 32
 // to int8 (scale max|x|/127, round to nearest) and use integer dots, so each
 // output moves by at most sum_i |w_i| * max|x|_block(i) / 254 (plus fp32
 // rounding). No heap allocation per call after the first (thread_local scratch).

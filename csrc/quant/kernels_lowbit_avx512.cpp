@@ -1,0 +1,289 @@
+// AVX-512 (F/BW/VL/DQ) + VNNI kernels of the super-block weight types Q2_K,
+// Q3_K, IQ2_XXS and IQ4_XS (math in quant/kernels.h), on activations in the quad
+// layout: a quad group is half a super-block (blocks 4g..4g+3), and the codes
+// are built in the same order, A = elements 0..15 of each block (one 128-bit
+// lane per block), B = elements 16..31. In both types' bit packing the 16
+// codes of a lane come from 16 consecutive bytes, so a group is two broadcast
+// loads and a per-lane shift.
+//   Q2_K / Q3_K: P = vpdpwssd(vpdpwssd(0, vpmaddubsw(A, xa), a_A), vpmaddubsw(B, xb), a_B)
+//                (A's words all belong to sub-block 2b, B's to 2b + 1, so the
+//                scale vectors are word permutes of the 16 scales); 4 int32
+//                lanes per block; acc += d * dx * P, per super-block += -d2*m * hs
+//   IQ2_XXS:     P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb), u = signed grid + 43
+//                (the signs applied with a byte mask from the sign bits);
+//                acc += dw * (dx * P - cs)   (cs = 43/4 * dx * sum q per lane)
+//   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
+//                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
+//                cs = 128/4 * dx * sum q
+// 1..3 tokens: one row at a time; more: tiles of 2 rows x up to 4 tokens. A
+// one-output tile alternates two accumulators (one FMA chain would bound the
+// GEMV by its latency).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant/blocks.h"
+#include "quant/iq2xxs_grid.h"
+#include "quant/kernels.h"
+#include "quant/simd_avx512.h"
+#include "quant/tile_drive.h"
+
+namespace pyv4 {
+namespace qk {
+namespace {
+
+using namespace qblocks;
+
+// 16 bytes at p in all four 128-bit lanes.
+inline __m512i bcast16(const uint8_t* p) {
+  return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// base + step * j in every 16-bit word of 128-bit lane j.
+inline __m512i lane_counts(int base, int step) {
+  const __m512i lane = _mm512_setr_epi32(0, 0, 0, 0, 0x10001, 0x10001, 0x10001, 0x10001, 0x20002,
+                                         0x20002, 0x20002, 0x20002, 0x30003, 0x30003, 0x30003,
+                                         0x30003);
+  return _mm512_add_epi16(_mm512_set1_epi16(static_cast<int16_t>(base)),
+                          _mm512_mullo_epi16(_mm512_set1_epi16(static_cast<int16_t>(step)), lane));
+}
+
+// One row's scales of a Q2_K / Q3_K super-block: the 16 sub-block scales a_s
+// (int16 words 0..15), -d2 * m_s and d. Only `a` is wanted in a register; the
+// others are read once per use (a 2 x 4 tile has no zmm to spare for them).
+struct KScales {
+  __m512i a;
+  alignas(64) float mneg[16];
+  float d;
+};
+
+struct DecQ2_K {
+  static constexpr size_t kBytes = sizeof(BlockQ2_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
+    const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales));
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    k->a = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
+    const __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(s, 4), m4)));
+    _mm512_store_ps(k->mneg, _mm512_mul_ps(_mm512_set1_ps(-_cvtsh_ss(blk->dmin)), mn));
+    k->d = _cvtsh_ss(blk->d);
+  }
+  // Codes of quad group n (0, 1): A (elements 0..15 of blocks 4n..4n+3), B (16..31).
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
+    const __m512i sh = lane_counts(0, 2), m3 = _mm512_set1_epi8(3);
+    *A = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->qs + 32 * n), sh), m3);
+    *B = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->qs + 32 * n + 16), sh), m3);
+  }
+};
+
+struct DecQ3_K {
+  static constexpr size_t kBytes = sizeof(BlockQ3_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
+    uint64_t lo, hi;
+    q3k_scales(blk->scales, &lo, &hi);
+    const __m128i s = _mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo));
+    const __m256i a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(s), _mm256_set1_epi16(32));
+    k->a = _mm512_castsi256_si512(a);
+    k->d = _cvtsh_ss(blk->d);
+    _mm512_store_ps(k->mneg, _mm512_mul_ps(_mm512_set1_ps(-4.0f * k->d),
+                                           _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(a))));
+  }
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
+    const __m512i sh = lane_counts(0, 2), shh = lane_counts(4 * n, 1);
+    const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i lo = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->qs + 32 * n + 16 * h), sh), m3);
+      const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->hmask + 16 * h), shh), one);
+      (h ? *B : *A) = _mm512_or_si512(lo, _mm512_slli_epi16(hb, 2));
+    }
+  }
+};
+
+template <int R, int T>
+constexpr int kSets = R * T == 1 ? 2 : 1;
+
+template <int S, int R, int T>
+inline void init_sums(__m512 (&acc)[S][R][T]) {
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[s][i][t] = _mm512_setzero_ps();
+}
+
+template <int S, int R, int T>
+inline void store_sums(__m512 (&acc)[S][R][T], float* Y, int64_t ldy, int64_t r, int64_t t0) {
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      __m512 v = acc[0][i][t];
+      for (int s = 1; s < S; ++s) v = _mm512_add_ps(v, acc[s][i][t]);
+      Y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(v);
+    }
+}
+
+template <class Dec, int R, int T>
+void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
+  constexpr int S = kSets<R, T>;
+  __m512 acc[S][R][T];
+  init_sums(acc);
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  // word w of the scale vector of A (B) in group n: scale 8n + 2(w / 8) (+ 1)
+  const __m512i pa = lane_counts(0, 2), one = _mm512_set1_epi16(1), eight = _mm512_set1_epi16(8);
+  const int64_t nsb = a.nb / 8;
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    KScales ks[R];
+    for (int i = 0; i < R; ++i) Dec::scales(rows[i] + sb * Dec::kBytes, &ks[i]);
+#pragma GCC unroll 2
+    for (int n = 0; n < 2; ++n) {
+      __m512i A[R], B[R], SA[R], SB[R];
+      const __m512i ia = n ? _mm512_add_epi16(pa, eight) : pa, ib = _mm512_add_epi16(ia, one);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        Dec::codes(rows[i] + sb * Dec::kBytes, n, &A[i], &B[i]);
+        SA[i] = _mm512_permutexvar_epi16(ia, ks[i].a);
+        SB[i] = _mm512_permutexvar_epi16(ib, ks[i].a);
+      }
+      const int64_t g = 2 * sb + n;
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xq = a.q(t0 + t) + 128 * g;
+        const __m512i xa = _mm512_loadu_si512(xq), xb = _mm512_loadu_si512(xq + 64);
+        const __m512 DX = spread4(_mm_loadu_ps(a.d(t0 + t) + 4 * g));
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          __m512i P = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(A[i], xa), SA[i]);
+          P = _mm512_dpwssd_epi32(P, _mm512_maddubs_epi16(B[i], xb), SB[i]);
+          acc[n % S][i][t] =
+              _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P), DX), _mm512_set1_ps(ks[i].d), acc[n % S][i][t]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m512 H = _mm512_loadu_ps(a.h(t0 + t) + 16 * sb);
+      for (int i = 0; i < R; ++i) acc[0][i][t] = _mm512_fmadd_ps(_mm512_load_ps(ks[i].mneg), H, acc[0][i][t]);
+    }
+  }
+  store_sums(acc, Y, ldy, r, t0);
+}
+
+// IQ2_XXS quad group n (0, 1) of the super-block at p: codes u = signed grid + 43
+// in A / B, and the 4 blocks' dw spread to their lanes. The 32 bytes of the
+// group are dwords (grid indices, sign word) of blocks 0..3; the sign bytes
+// (7-bit field | parity << 7, quant/blocks.h) of all 16 grid entries are built
+// in one vector, in the order of the A / B bytes, and become the two byte masks.
+inline void iq2xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
+  const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
+  const uint8_t* q = blk->qs + 32 * n;
+  const __m512i Q = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+  // lane k: sign word of block j = (k % 8) / 2, field l = 2 * (k / 8) + k % 2
+  const __m512i pick = _mm512_setr_epi32(1, 1, 3, 3, 5, 5, 7, 7, 1, 1, 3, 3, 5, 5, 7, 7);
+  const __m512i shift = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
+  const __m512i v = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(pick, Q), shift),
+                                     _mm512_set1_epi32(127));
+  __m512i par = _mm512_xor_si512(v, _mm512_srli_epi32(v, 4));
+  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
+  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
+  const __m512i sgn = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi32(1)), 7));
+  const __m128i bytes = _mm512_cvtepi32_epi8(sgn);
+  const __mmask64 ka = _cvtu64_mask64(static_cast<uint64_t>(_mm_cvtsi128_si64(bytes)));
+  const __mmask64 kb = _cvtu64_mask64(static_cast<uint64_t>(_mm_extract_epi64(bytes, 1)));
+  const __m128i sw = _mm512_castsi512_si128(
+      _mm512_permutexvar_epi32(_mm512_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7), Q));
+  const __m128 s = _mm_cvtepi32_ps(_mm_srli_epi32(sw, 28));
+  *DW = spread4(_mm_mul_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->d)), _mm_add_ps(_mm_set1_ps(0.5f), s)),
+                           _mm_set1_ps(0.25f)));
+  // qword 2j + l of A: grid entry of byte l of block j's indices; of B: byte 2 + l
+  const __m128i I = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+      _mm512_castsi512_si256(Q), _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+  const __m128i ab = _mm_shuffle_epi8(I, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+  const long long* grid = reinterpret_cast<const long long*>(kIq2xxsGrid);
+  const __m512i ga = _mm512_i64gather_epi64(_mm512_cvtepu8_epi64(ab), grid, 8);
+  const __m512i gb = _mm512_i64gather_epi64(_mm512_cvtepu8_epi64(_mm_srli_si128(ab, 8)), grid, 8);
+  const __m512i k = _mm512_set1_epi8(43);
+  *A = _mm512_mask_sub_epi8(_mm512_add_epi8(k, ga), ka, k, ga);
+  *B = _mm512_mask_sub_epi8(_mm512_add_epi8(k, gb), kb, k, gb);
+}
+
+// IQ2_XXS / IQ4_XS: Group(super-block, n, &A, &B, &DW) decodes quad group n
+// into codes with an offset that cs removes.
+template <int R, int T, size_t kBytes, void (*Group)(const uint8_t*, int, __m512i*, __m512i*, __m512*)>
+void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+                 int64_t ldy) {
+  constexpr int S = kSets<R, T>;
+  __m512 acc[S][R][T];
+  init_sums(acc);
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  for (int64_t sb = 0; sb < a.nb / 8; ++sb)
+#pragma GCC unroll 2
+  for (int n = 0; n < 2; ++n) {
+    const int64_t g = 2 * sb + n;
+    __m512i A[R], B[R];
+    __m512 DW[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+      Group(rows[i] + sb * kBytes, n, &A[i], &B[i], &DW[i]);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const int8_t* xq = a.q(t0 + t) + 128 * g;
+      const __m512i xa = _mm512_loadu_si512(xq), xb = _mm512_loadu_si512(xq + 64);
+      const __m512 DX = spread4(_mm_loadu_ps(a.d(t0 + t) + 4 * g));
+      const __m512 CS = spread4(_mm_loadu_ps(a.c(t0 + t) + 4 * g));
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const __m512i P = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), A[i], xa), B[i], xb);
+        acc[n % S][i][t] =
+            _mm512_fmadd_ps(DW[i], _mm512_fmsub_ps(_mm512_cvtepi32_ps(P), DX, CS), acc[n % S][i][t]);
+      }
+    }
+  }
+  store_sums(acc, Y, ldy, r, t0);
+}
+
+// IQ4_XS quad group n (0, 1) of the super-block at p: codes u = level + 128 in A / B,
+// and the 4 blocks' dw spread to their lanes.
+inline void iq4xs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
+  const BlockIQ4_XS& blk = *reinterpret_cast<const BlockIQ4_XS*>(p);
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_add_epi8(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)), _mm_set1_epi8(-128)));
+  const __m512i v = _mm512_loadu_si512(blk.qs + 64 * n), m4 = _mm512_set1_epi8(0x0F);
+  *A = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+  *B = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+  // the 8 scales at once (quant/blocks.h iq4xs_scale): low nibble b at bit 4b of
+  // scales_l, high 2 bits at bit 2b of scales_h
+  uint32_t l;
+  std::memcpy(&l, blk.scales_l, 4);
+  const __m256i lo = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(l)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+      _mm256_set1_epi32(15));
+  const __m256i hi = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(blk.scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+      _mm256_set1_epi32(3));
+  const __m256 ls = _mm256_cvtepi32_ps(
+      _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32)));
+  const __m128 half = n ? _mm256_extractf128_ps(ls, 1) : _mm256_castps256_ps128(ls);
+  *DW = spread4(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk.d)), half));
+}
+
+}  // namespace
+
+void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+  drive_rows<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+    constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
+    if (W.type == GGMLType::Q2_K)
+      tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
+    else if (W.type == GGMLType::Q3_K)
+      tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
+    else if (W.type == GGMLType::IQ2_XXS)
+      tile_offset<kR, kT, sizeof(BlockIQ2_XXS), iq2xxs_group>(W, r, act, t, Y, ldy);
+    else
+      tile_offset<kR, kT, sizeof(BlockIQ4_XS), iq4xs_group>(W, r, act, t, Y, ldy);
+  });
+}
+
+}  // namespace qk
+}  // namespace pyv4

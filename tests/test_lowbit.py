@@ -1,0 +1,241 @@
+"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS).
+
+Oracles as in test_kernels.py: `gguf.quants.dequantize` bit for bit for the
+scalar decode; for the fast kernels the float64 product of the dequantized
+weights, within the bound of the int8 activation quantization (each activation
+moves by at most amax_block/254, so an output by at most
+sum_i |w_i| * amax_block(i) / 254; amax/250 leaves room for fp32 rounding).
+The sub-block scales of Q2_K / Q3_K are small integers folded into the int32
+dots exactly, so the same bound holds for them.
+"""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf import quants as gq
+
+from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
+
+from pyv4 import _core
+
+LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136}
+F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0]}  # byte offsets of the f16 scales
+ISAS = ["scalar", "avx2", "avx512"]
+
+
+def _set_f16(raw, offsets, values):
+    for k, off in enumerate(offsets):
+        raw[:, off:off + 2] = values[:, k:k + 1].astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+
+def random_blocks(type_name, nb, rng, full_range=False):
+    """Raw super-blocks [nb, bytes]. full_range: any finite f16 scale bit pattern,
+    subnormals included; otherwise scales giving values O(0.01..1)."""
+    raw = rng.integers(0, 256, size=(nb, LOWBIT[type_name]), dtype=np.uint8)
+    offs = F16_AT[type_name]
+    if full_range:
+        h = rng.integers(0, 1 << 16, size=(nb, len(offs)), dtype=np.uint16)
+        h = np.where((h & 0x7C00) == 0x7C00, h & 0x83FF, h).astype(np.uint16)
+        for k, off in enumerate(offs):
+            raw[:, off:off + 2] = h[:, k:k + 1].view(np.uint8).reshape(-1, 2)
+    else:
+        lo, hi = {"Q2_K": (0.002, 0.01), "Q3_K": (0.0005, 0.002), "IQ2_XXS": (0.0005, 0.002),
+                  "IQ4_XS": (0.00002, 0.0001)}[type_name]
+        _set_f16(raw, offs, rng.uniform(lo, hi, size=(nb, len(offs))))
+    return raw
+
+
+def gguf_dequant(type_name, raw, rows, cols):
+    raw = np.ascontiguousarray(raw).reshape(rows, -1)
+    return gq.dequantize(raw, QT[type_name]).reshape(rows, cols)
+
+
+# ---------------------------------------------------------------- decode
+
+@pytest.mark.parametrize("type_name", sorted(LOWBIT))
+def test_dequantize_matches_gguf(type_name):
+    rng = np.random.default_rng(11)
+    nb = 64
+    raw = random_blocks(type_name, nb, rng, full_range=True)
+    # extreme blocks: all bits set (max codes, scales, every sign index 127), all
+    # clear, the largest finite scale, alternating bit patterns
+    raw[0, :] = 0xFF
+    raw[1, :] = 0
+    raw[2, :] = 0xAA
+    raw[3, :] = 0x55
+    for k in range(4):
+        for off in F16_AT[type_name]:
+            raw[k, off:off + 2] = np.array([0x7BFF], np.uint16).view(np.uint8)  # 65504
+    raw[4, :] = 0xFF
+    for off in F16_AT[type_name]:
+        raw[4, off:off + 2] = np.array([0x8001], np.uint16).view(np.uint8)  # -subnormal
+    n = nb * 256
+    ours = _core.quant_dequantize(type_name, raw.reshape(-1), n)
+    ref = gguf_dequant(type_name, raw, 1, n).reshape(-1).astype(np.float32)
+    assert ours.dtype == np.float32
+    assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
+
+
+def test_iq2xxs_signs_and_grid():
+    # group 0: grid indices (0, 1, 2, 255), sign index 1 for the first 8 (element 0
+    # negative and, by parity, element 7 too), scale nibble 3: db = d * 3.5 / 4
+    raw = np.zeros(66, np.uint8)
+    raw[0:2] = np.array([1.0], np.float16).view(np.uint8)
+    raw[2:6] = [0, 1, 2, 255]
+    raw[6:10] = np.array([1 | (3 << 28)], np.uint32).view(np.uint8)
+    v = _core.quant_dequantize("IQ2_XXS", raw, 256)
+    db = 3.5 / 4
+    assert v[0] == -8 * db and v[7] == -8 * db and np.all(v[1:7] == 8 * db)
+    ref = gguf_dequant("IQ2_XXS", raw, 1, 256).reshape(-1)
+    assert np.array_equal(v, ref)
+    assert set(np.abs(v[:32] / db).tolist()) <= {8.0, 25.0, 43.0}
+
+
+def test_iq4xs_levels_and_scales():
+    # block 3: scale 6 bits = 0b10_0101 (low nibble in scales_l[1] high half, high bits
+    # at bit 6 of scales_h) -> ls - 32 = 5; codes 0 and 15 -> levels -127 and 113
+    raw = np.zeros(136, np.uint8)
+    raw[0:2] = np.array([0.5], np.float16).view(np.uint8)
+    raw[2:4] = np.array([2 << 6], np.uint16).view(np.uint8)
+    raw[4 + 1] = 0x5 << 4
+    raw[8 + 16 * 3] = 0xF0  # element 0 of block 3: code 0; element 16: code 15
+    v = _core.quant_dequantize("IQ4_XS", raw, 256)
+    assert v[96] == 0.5 * 5 * -127 and v[96 + 16] == 0.5 * 5 * 113
+    assert np.array_equal(v, gguf_dequant("IQ4_XS", raw, 1, 256).reshape(-1))
+
+
+def test_dequantize_rejects_bad_length():
+    for t in LOWBIT:
+        with pytest.raises(ValueError):
+            _core.quant_dequantize(t, np.zeros(LOWBIT[t], np.uint8), 128)
+
+
+# ---------------------------------------------------------------- matmul
+
+def _check_fast(W, x, y):
+    ref = x.astype(np.float64) @ W.astype(np.float64).T
+    absw = np.abs(W.astype(np.float64))
+    n, cols = x.shape
+    amax = np.abs(x).reshape(n, cols // 32, 32).max(axis=2)
+    bound = np.repeat(amax, 32, axis=1) @ absw.T / 250.0
+    bound += 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
+    worst = np.max(np.abs(y.astype(np.float64) - ref) / bound)
+    assert worst <= 1.0, f"error {worst:.3f} x bound"
+    return worst
+
+
+def _cases():
+    return [(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 3, 13, 32, 130)]
+
+
+@pytest.mark.parametrize("type_name,isa,n_tokens", _cases())
+def test_matmul_fast(type_name, isa, n_tokens):
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(hash((type_name, isa, n_tokens)) & 0xFFFF)
+    rows = 130 if n_tokens == 32 else 37  # odd: the single-row tail of the 2-row tiles
+    cols = 768 if n_tokens in (1, 32) else 512
+    raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
+    W = gguf_dequant(type_name, raw, rows, cols)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    x[:, :32] *= 10.0  # one block with larger activations
+    x[:, 256 + 16:256 + 32] *= -5.0  # one 16-element sub-block with larger ones
+    if n_tokens > 1:
+        x[1, :32] = 0.0  # an all-zero block (dx = 0)
+    y = _core.quant_matmul(type_name, raw, rows, cols, x, 1)
+    assert y.shape == (n_tokens, rows)
+    worst = _check_fast(W, x, y)
+    if isa != "scalar":
+        assert worst > 0.0  # the int8 path really ran (the scalar one is exact fp32)
+    # threads split rows only: every output is computed identically
+    y2 = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
+    assert np.array_equal(y, y2)
+
+
+@pytest.mark.parametrize("type_name", sorted(LOWBIT))
+def test_matmul_reference_exact(type_name):
+    _core.set_isa("auto")  # reference mode ignores the ISA
+    _core.set_compute_mode("reference")
+    rng = np.random.default_rng(7)
+    rows, cols, n = 37, 512, 5
+    raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
+    W = gguf_dequant(type_name, raw, rows, cols).astype(np.float32)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    y = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
+    ref = np.cumsum(W[None, :, :] * x[:, None, :], axis=2, dtype=np.float32)[:, :, -1]
+    assert np.array_equal(y, ref)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_matmul_many_shares_activations(isa):
+    """Tasks of one type on the same X share one quantization (and its half sums)."""
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(5)
+    cols = 512
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    specs = []
+    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K"):
+        rows = int(rng.integers(5, 40))
+        specs.append((t, random_blocks(t, rows * cols // 256, rng).reshape(-1), rows, cols))
+    ys = _core.quant_matmul_many(specs, [x] * len(specs), 2)
+    for (t, raw, rows, c), y in zip(specs, ys):
+        assert np.array_equal(y, _core.quant_matmul(t, raw, rows, c, x, 1))
+
+
+# ---------------------------------------------------------------- model level
+
+# ds4's 2-bit mix: routed gate/up IQ2_XXS, down Q2_K; shared experts Q3_K
+LOWBIT_OVERRIDES = [("*ffn_gate_exps*", "iq2_xxs"), ("*ffn_up_exps*", "iq2_xxs"),
+                    ("*ffn_down_exps*", "q2_k"), ("*ffn_*_shexp*", "q3_k")]
+
+
+@pytest.fixture(scope="module")
+def lowbit_model(tmp_path_factory):
+    from pyv4.demo import DEMO_CONFIG
+    from pyv4.synthetic import write_random_gguf_typed
+
+    config = dict(DEMO_CONFIG, vocab_size=512, max_position_embeddings=1024, hidden_size=256,
+                  moe_intermediate_size=256, num_hidden_layers=3, compress_ratios=[0, 4, 128],
+                  num_hash_layers=1)
+    path = tmp_path_factory.mktemp("lowbit") / "lowbit.gguf"
+    write_random_gguf_typed(path, config, None, recipe="mxfp4", seed=9, overrides=LOWBIT_OVERRIDES)
+    return path
+
+
+def _run(model, toks):
+    s = model.new_session(kv="f32")
+    out = [s.eval(toks, logits="all")]
+    for t in (7, 300):  # decode steps: the 1-token kernels
+        out.append(s.eval([t]))
+    return np.concatenate([o.reshape(-1, o.shape[-1]) for o in out])
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_model_with_lowbit_experts(lowbit_model, isa):
+    """A model whose experts are IQ2_XXS / Q2_K / Q3_K loads and runs; fast-mode
+    logits on each ISA stay close to the reference mode's (scalar decode, fp32)."""
+    import pyv4
+    from gguf import GGUFReader
+
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(lowbit_model)).tensors}
+    assert types["blk.1.ffn_gate_exps.weight"] == "IQ2_XXS" and types["blk.1.ffn_up_exps.weight"] == "IQ2_XXS"
+    assert types["blk.1.ffn_down_exps.weight"] == "Q2_K" and types["blk.1.ffn_up_shexp.weight"] == "Q3_K"
+    m = pyv4.Model(lowbit_model, threads=2)
+    toks = np.arange(5, 17)
+    _core.set_compute_mode("reference")
+    ref = _run(m, toks)
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    fast = _run(m, toks)
+    assert np.isfinite(fast).all() and not np.array_equal(fast, ref)
+    # the int8 activations cost ~1.5-3.5 % of the largest logit in this model
+    rel = np.abs(fast - ref).max(axis=1) / np.abs(ref).max(axis=1)
+    assert rel.max() < 0.05, rel
+    assert (fast.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.8
