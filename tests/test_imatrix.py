@@ -137,3 +137,17 @@ def test_collection_is_exclusive_and_leaves_eval_unchanged(run):
     np.testing.assert_array_equal(plain, observed)
     with pytest.raises(ValueError, match="no collection is running"):
         model._engine.imatrix_end()
+
+
+def test_converter_reads_our_file(run, tmp_path):
+    from pyv4.convert.imatrix import load_imatrix, matrix_weights
+
+    _, _, _, got = run
+    out = tmp_path / "ours.imatrix"
+    write_gguf(out, [(n, s, c) for n, (s, c) in got.items()], "calib.txt", 1, N)
+    entries = load_imatrix(out)
+    s, c = got["blk.2.ffn_down_exps.weight"]
+    v = matrix_weights(entries, "blk.2.ffn_down_exps.weight", (s.shape[0], 8, s.shape[1]))
+    seen = c > 0
+    np.testing.assert_allclose(v[seen], (s[seen] / c[seen, None]), rtol=1e-6)
+    assert (v[~seen] == 1.0).all()  # an expert no token reached: neutral weights
