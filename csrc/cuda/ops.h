@@ -1,0 +1,33 @@
+// The small fp32 ops of the forward pass on the GPU (csrc/cuda/ops.cu,
+// attention.cu), each with the CPU function it mirrors as its reference.
+// Plain C++ interface; all pointers are device pointers; asynchronous on the
+// default stream; CUDA errors throw CudaError.
+#pragma once
+
+#include <cstdint>
+
+namespace pyv4 {
+namespace cuda {
+
+// rms_norm (csrc/model/ops.h) of each of n rows of dim floats: sum of squares
+// in double, w == nullptr for the unweighted form.
+void rms_norm(const float* X, const float* w, float* Y, int64_t n, int64_t dim, float eps);
+
+// RopeTable::apply (csrc/model/ops.h) on each of n rows of `width` floats,
+// row t rotated by pos[t]; inv_freq (half entries) is the host-built table
+// (plain or YaRN, RopeTable::make), copied to the device.
+void rope(float* V, int64_t n, int64_t width, const int64_t* pos, const float* inv_freq, int64_t half,
+          bool inverse);
+
+// The clamped SwiGLU of the experts (swiglu, csrc/model/ops.h): h = silu(min(g, limit)) *
+// clamp(u, -limit, limit), limit 0 = no clamp; in place (h == g) is fine.
+void swiglu(const float* g, const float* u, float* h, int64_t n, float limit);
+
+// KvKernels::attend (csrc/kv/kv_kernels.h, spec §3.4) over gathered rows: the
+// nk rows rows[idx[j]] (each d floats), nh heads of q, per-head sinks in the
+// denominator only. p is scratch of nh * nk floats; out is [nh][d].
+void attend(const float* q, int64_t nh, int64_t d, const float* rows, const int32_t* idx, int64_t nk,
+            const float* sinks, float scale, float* p, float* out);
+
+}  // namespace cuda
+}  // namespace pyv4

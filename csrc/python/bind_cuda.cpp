@@ -1,0 +1,304 @@
+// CUDA bindings. Always: cuda_available() and host calls of the block math the
+// kernels run (csrc/cuda/block_math.h), which tests/test_cuda_host.py checks
+// on any CPU. With CUDA (PYV4_HAS_CUDA): the GPU ops on numpy arrays (copy to
+// the device, run, copy back), which tests/test_cuda_ops.py compares with the
+// CPU's. CUDA errors reach Python as RuntimeError (cuda::CudaError).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/error.h"
+#include "cuda/block_math.h"
+#include "python/bindings.h"
+
+#ifdef PYV4_HAS_CUDA
+#include "cuda/buffer.h"
+#include "cuda/matmul.h"
+#include "cuda/ops.h"
+#include "cuda/runtime.h"
+#endif
+
+namespace py = pybind11;
+
+namespace pyv4 {
+
+namespace {
+
+using cudamath::ActGroup;
+using cudamath::Group;
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+void check_x(const F32Array& x, int64_t cols, const char* what) {
+  if (x.ndim() != 2 || x.shape(1) != cols)
+    throw InputError(std::string(what) + ": x must be float32 [n_tokens, cols=" + std::to_string(cols) + "]");
+  if (cols % cudamath::kGroup != 0)
+    throw InputError(std::string(what) + ": cols must be a multiple of 32");
+}
+
+std::vector<ActGroup> quantize_rows(const F32Array& x) {
+  const int64_t n = x.shape(0), groups = x.shape(1) / cudamath::kGroup;
+  std::vector<ActGroup> act(static_cast<size_t>(n * groups));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t g = 0; g < groups; ++g)
+      cudamath::quantize_group(x.data() + t * x.shape(1) + g * cudamath::kGroup, &act[t * groups + g]);
+  return act;
+}
+
+void bind_host(py::module_& m) {
+  m.def(
+      "cuda_host_dequantize",
+      [](const std::string& type_name, const U8Array& raw, int64_t n, const std::string& via) {
+        const WeightMatrix W = make_weight(type_name, raw, 1, n);
+        const bool group = via == "group";
+        if (!group && via != "elem") throw InputError("via must be 'elem' or 'group'");
+        if (group && !cudamath::is_group_type(W.type))
+          throw InputError(std::string("cuda_host_dequantize: ") + type_name + " has no groups of 32");
+        if (!cudamath::is_group_type(W.type) && !traits(W.type).is_float_weight)
+          throw InputError(std::string("cuda_host_dequantize: ") + type_name + " is not a weight type");
+        py::array_t<float> out(n);
+        float* y = out.mutable_data();
+        if (!group) {
+          for (int64_t i = 0; i < n; ++i) y[i] = cudamath::load_elem(W.type, W.data, i);
+          return out;
+        }
+        for (int64_t g = 0; g < n / cudamath::kGroup; ++g) {
+          Group w;
+          cudamath::load_group(W.type, W.data, g, &w);
+          for (int e = 0; e < cudamath::kGroup; ++e) {
+            const int code = static_cast<int8_t>(static_cast<uint32_t>(w.w[e / 4]) >> (8 * (e % 4)));
+            y[g * cudamath::kGroup + e] = cudamath::mul_sub(w.d, static_cast<float>(code), w.m);
+          }
+        }
+        return out;
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("n"), py::arg("via") = "elem",
+      "n elements decoded on the host by the GPU's decode: per element (load_elem) or from "
+      "the packed codes and scales of each group of 32 (load_group).");
+  m.def(
+      "cuda_host_quantize_act",
+      [](const F32Array& x) {
+        check_x(x, x.ndim() == 2 ? x.shape(1) : -1, "cuda_host_quantize_act");
+        const std::vector<ActGroup> act = quantize_rows(x);
+        const int64_t n = x.shape(0), groups = x.shape(1) / cudamath::kGroup;
+        py::array_t<int8_t> q({n, x.shape(1)});
+        py::array_t<float> dx({n, groups});
+        py::array_t<int32_t> qsum({n, groups});
+        for (size_t i = 0; i < act.size(); ++i) {
+          std::memcpy(q.mutable_data() + 32 * i, act[i].q, 32);
+          dx.mutable_data()[i] = act[i].dx;
+          qsum.mutable_data()[i] = act[i].qsum;
+        }
+        return py::make_tuple(q, dx, qsum);
+      },
+      py::arg("x"), "(q int8 [n, cols], dx [n, cols/32], qsum [n, cols/32]): the GPU's activation quantization.");
+  m.def(
+      "cuda_host_gemv",
+      [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols, const F32Array& x) {
+        const WeightMatrix W = make_weight(type_name, raw, rows, cols);
+        if (!cudamath::is_group_type(W.type))
+          throw InputError(std::string("cuda_host_gemv: ") + type_name + " is not an integer weight type");
+        check_x(x, cols, "cuda_host_gemv");
+        const std::vector<ActGroup> act = quantize_rows(x);
+        const int64_t n = x.shape(0), groups = cols / cudamath::kGroup;
+        py::array_t<float> y({n, rows});
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t t = 0; t < n; ++t) {
+            float s = 0.0f;
+            for (int64_t g = 0; g < groups; ++g) {
+              Group w;
+              cudamath::load_group(W.type, W.row(r), g, &w);
+              const ActGroup& a = act[t * groups + g];
+              s += cudamath::group_dot(w, a.q, a.dx, a.qsum);
+            }
+            y.mutable_data()[t * rows + r] = s;
+          }
+        }
+        return y;
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+      "The integer GEMV's arithmetic (quantized activations, dp4a group dots) run serially on the host.");
+}
+
+#ifdef PYV4_HAS_CUDA
+
+cuda::DeviceBuffer upload(const void* p, size_t bytes) { return cuda::DeviceBuffer::from_host(p, bytes); }
+
+py::array_t<float> download(const cuda::DeviceBuffer& b, std::vector<py::ssize_t> shape) {
+  py::array_t<float> out(shape);
+  b.to_host(out.mutable_data(), sizeof(float) * static_cast<size_t>(out.size()));
+  return out;
+}
+
+cuda::MatmulKernel parse_kernel(const std::string& k) {
+  if (k == "auto") return cuda::MatmulKernel::Auto;
+  if (k == "gemv") return cuda::MatmulKernel::Gemv;
+  if (k == "gemm") return cuda::MatmulKernel::Gemm;
+  throw InputError("kernel must be 'auto', 'gemv' or 'gemm', not '" + k + "'");
+}
+
+// A weight uploaded once, as cuda::matmul takes it.
+struct UploadedWeight {
+  cuda::DeviceBuffer buf;
+  cuda::DeviceMatrix W;
+};
+
+UploadedWeight upload_weight(const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols) {
+  const WeightMatrix h = make_weight(type_name, raw, rows, cols);
+  UploadedWeight u;
+  u.buf = upload(h.data, h.row_stride * static_cast<size_t>(rows));
+  u.W = cuda::DeviceMatrix{h.type, rows, cols, u.buf.as<uint8_t>(), h.row_stride};
+  return u;
+}
+
+void check_x_float(const F32Array& x, int64_t cols) {
+  if (x.ndim() != 2 || x.shape(1) != cols)
+    throw InputError("x must be float32 [n_tokens, cols=" + std::to_string(cols) + "]");
+}
+
+void bind_device(py::module_& m) {
+  m.def(
+      "cuda_dequantize",
+      [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols) {
+        const UploadedWeight w = upload_weight(type_name, raw, rows, cols);
+        cuda::DeviceBuffer y(sizeof(float) * static_cast<size_t>(rows * cols));
+        cuda::dequantize(w.W, y.as<float>());
+        return download(y, {rows, cols});
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"),
+      "Every row decoded to float32 on the GPU ([rows, cols]).");
+  m.def(
+      "cuda_matmul",
+      [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols, const F32Array& x,
+         const std::string& kernel) {
+        const cuda::MatmulKernel k = parse_kernel(kernel);
+        const UploadedWeight w = upload_weight(type_name, raw, rows, cols);
+        check_x_float(x, cols);
+        const int64_t n = x.shape(0);
+        const cuda::DeviceBuffer xd = upload(x.data(), sizeof(float) * static_cast<size_t>(x.size()));
+        cuda::DeviceBuffer y(sizeof(float) * static_cast<size_t>(n * rows));
+        cuda::MatmulScratch scratch;
+        cuda::matmul(w.W, xd.as<float>(), cols, n, y.as<float>(), rows, scratch, k);
+        return download(y, {n, rows});
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+      py::arg("kernel") = "auto",
+      "y[n, rows] = x[n, cols] @ W.T on the GPU for raw GGML rows; kernel: auto | gemv | gemm.");
+  m.def(
+      "cuda_matmul_time",
+      [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols, const F32Array& x,
+         int reps, const std::string& kernel) {
+        const cuda::MatmulKernel k = parse_kernel(kernel);
+        const UploadedWeight w = upload_weight(type_name, raw, rows, cols);
+        check_x_float(x, cols);
+        const int64_t n = x.shape(0);
+        const cuda::DeviceBuffer xd = upload(x.data(), sizeof(float) * static_cast<size_t>(x.size()));
+        cuda::DeviceBuffer y(sizeof(float) * static_cast<size_t>(n * rows));
+        cuda::MatmulScratch scratch;
+        return cuda::seconds_per_call(
+            [&] { cuda::matmul(w.W, xd.as<float>(), cols, n, y.as<float>(), rows, scratch, k); }, reps);
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("reps"),
+      py::arg("kernel") = "auto", "Device seconds per cuda matmul call (weights and x already on the GPU).");
+  m.def(
+      "cuda_rms_norm",
+      [](const F32Array& x, py::object w, float eps) {
+        if (x.ndim() != 2) throw InputError("cuda_rms_norm: x must be float32 [n, dim]");
+        const int64_t n = x.shape(0), dim = x.shape(1);
+        cuda::DeviceBuffer wd;
+        if (!w.is_none()) {
+          const F32Array wa = w.cast<F32Array>();
+          if (wa.ndim() != 1 || wa.shape(0) != dim) throw InputError("cuda_rms_norm: w must be float32 [dim]");
+          wd = upload(wa.data(), sizeof(float) * dim);
+        }
+        const cuda::DeviceBuffer xd = upload(x.data(), sizeof(float) * static_cast<size_t>(x.size()));
+        cuda::DeviceBuffer y(sizeof(float) * static_cast<size_t>(x.size()));
+        cuda::rms_norm(xd.as<float>(), w.is_none() ? nullptr : wd.as<float>(), y.as<float>(), n, dim, eps);
+        return download(y, {n, dim});
+      },
+      py::arg("x"), py::arg("w"), py::arg("eps"));
+  m.def(
+      "cuda_rope",
+      [](const F32Array& v, const I64Array& pos, const F32Array& inv_freq, bool inverse) {
+        if (v.ndim() != 2 || pos.ndim() != 1 || pos.shape(0) != v.shape(0) || inv_freq.ndim() != 1 ||
+            2 * inv_freq.shape(0) > v.shape(1))
+          throw InputError("cuda_rope: v [n, width], pos [n], inv_freq [half] with 2 * half <= width");
+        const int64_t n = v.shape(0), width = v.shape(1), half = inv_freq.shape(0);
+        cuda::DeviceBuffer vd = upload(v.data(), sizeof(float) * static_cast<size_t>(v.size()));
+        const cuda::DeviceBuffer pd = upload(pos.data(), sizeof(int64_t) * n);
+        const cuda::DeviceBuffer fd = upload(inv_freq.data(), sizeof(float) * half);
+        cuda::rope(vd.as<float>(), n, width, pd.as<int64_t>(), fd.as<float>(), half, inverse);
+        return download(vd, {n, width});
+      },
+      py::arg("v"), py::arg("pos"), py::arg("inv_freq"), py::arg("inverse") = false);
+  m.def(
+      "cuda_swiglu",
+      [](const F32Array& g, const F32Array& u, float limit) {
+        if (g.ndim() != 1 || u.ndim() != 1 || g.shape(0) != u.shape(0))
+          throw InputError("cuda_swiglu: g and u float32 [n]");
+        const int64_t n = g.shape(0);
+        const cuda::DeviceBuffer gd = upload(g.data(), sizeof(float) * n), ud = upload(u.data(), sizeof(float) * n);
+        cuda::DeviceBuffer h(sizeof(float) * n);
+        cuda::swiglu(gd.as<float>(), ud.as<float>(), h.as<float>(), n, limit);
+        return download(h, {n});
+      },
+      py::arg("g"), py::arg("u"), py::arg("limit"));
+  m.def(
+      "cuda_attend",
+      [](const F32Array& q, const F32Array& rows, const I32Array& idx, const F32Array& sinks, float scale) {
+        if (q.ndim() != 2 || rows.ndim() != 2 || idx.ndim() != 1 || sinks.ndim() != 1 ||
+            sinks.shape(0) != q.shape(0) || rows.shape(1) != q.shape(1))
+          throw InputError("cuda_attend: q [heads, dim], rows [N, dim], idx [n] int32, sinks [heads]");
+        const int64_t nh = q.shape(0), d = q.shape(1), nk = idx.shape(0);
+        for (int64_t j = 0; j < nk; ++j)
+          if (idx.data()[j] < 0 || idx.data()[j] >= rows.shape(0))
+            throw InputError("cuda_attend: idx[" + std::to_string(j) + "] = " + std::to_string(idx.data()[j]) +
+                             " is not a row of rows");
+        const cuda::DeviceBuffer qd = upload(q.data(), sizeof(float) * static_cast<size_t>(q.size()));
+        const cuda::DeviceBuffer rd = upload(rows.data(), sizeof(float) * static_cast<size_t>(rows.size()));
+        const cuda::DeviceBuffer id = upload(idx.data(), sizeof(int32_t) * nk);
+        const cuda::DeviceBuffer sd = upload(sinks.data(), sizeof(float) * nh);
+        cuda::DeviceBuffer p(sizeof(float) * static_cast<size_t>(nh * nk)), out(sizeof(float) * static_cast<size_t>(nh * d));
+        cuda::attend(qd.as<float>(), nh, d, rd.as<float>(), id.as<int32_t>(), nk, sd.as<float>(), scale,
+                     p.as<float>(), out.as<float>());
+        return download(out, {nh, d});
+      },
+      py::arg("q"), py::arg("rows"), py::arg("idx"), py::arg("sinks"), py::arg("scale"),
+      "Sink-softmax attention of q's heads over rows[idx] on the GPU ([heads, dim]).");
+}
+
+#endif  // PYV4_HAS_CUDA
+
+}  // namespace
+
+void bind_cuda(py::module_& m) {
+  m.def(
+      "cuda_available",
+      [] {
+#ifdef PYV4_HAS_CUDA
+        const cuda::Status& s = cuda::status();
+        return py::make_tuple(s.ok, s.reason);
+#else
+        return py::make_tuple(false, std::string("built without CUDA"));
+#endif
+      },
+      "(True, device) if a CUDA device can be used, else (False, why not).");
+  m.attr("cuda_built") = py::bool_(
+#ifdef PYV4_HAS_CUDA
+      true
+#else
+      false
+#endif
+  );
+  bind_host(m);
+#ifdef PYV4_HAS_CUDA
+  bind_device(m);
+#endif
+}
+
+}  // namespace pyv4
