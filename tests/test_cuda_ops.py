@@ -22,6 +22,7 @@ Without a usable device every test skips, saying why (cuda_available()).
 import numpy as np
 import pytest
 
+from attention_reference import attend_numpy
 from pyv4 import _core
 from quant_tools import BLOCK, INT_TYPES, TYPES, check_fast, random_weight, reference_dequant
 
@@ -187,15 +188,6 @@ def test_swiglu(limit):
 
 # ---------------------------------------------------------------- attention
 
-def _attend_numpy(q, rows, sinks, scale):
-    q, rows = q.astype(np.float64), rows.astype(np.float64)
-    logits = q @ rows.T * scale
-    m = np.maximum(logits.max(axis=1, initial=-np.inf), sinks)
-    e = np.exp(logits - m[:, None])
-    denom = e.sum(axis=1) + np.exp(sinks - m)
-    return (e / denom[:, None]) @ rows
-
-
 @pytest.mark.parametrize("nh,d,nk,spread", [(64, 512, 640, 1.0), (7, 64, 1, 1.0), (5, 72, 33, 1.0),
                                             (8, 16, 0, 1.0), (8, 512, 200, 30.0), (8, 512, 200, 300.0)])
 def test_attend_gathered(nh, d, nk, spread):
@@ -209,7 +201,7 @@ def test_attend_gathered(nh, d, nk, spread):
     got = _core.cuda_attend(q, pool, idx, sinks, scale)
     assert got.shape == (nh, d)
     cpu = _core.kv_attend(q, rows, sinks, scale).reshape(nh, d)
-    want = _attend_numpy(q, rows, sinks, scale)
+    want = attend_numpy(q, rows, sinks, scale)
     tol = 1e-5 * max(1.0, float(np.abs(rows).max(initial=0.0)))
     err = float(np.max(np.abs(got - cpu)))
     report(f"attend nh={nh} d={d} nk={nk} spread={spread}", err, tol / 1e-5)

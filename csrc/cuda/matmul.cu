@@ -16,6 +16,7 @@ namespace cuda {
 namespace {
 
 void check_matrix(const DeviceMatrix& W) {
+  if (W.split) throw InputError("cuda matmul: the GPU reads GGML rows, not the split layout");
   switch (W.type) {
     case GGMLType::F32:
     case GGMLType::F16:

@@ -14,18 +14,14 @@
 #include <cstdint>
 
 #include "cuda/buffer.h"
-#include "quant/ggml_types.h"
+#include "quant/matmul.h"
 
 namespace pyv4 {
 namespace cuda {
 
-// A weight matrix [rows, cols] in device memory, row_stride bytes per row.
-struct DeviceMatrix {
-  GGMLType type = GGMLType::F32;
-  int64_t rows = 0, cols = 0;
-  const uint8_t* data = nullptr;
-  size_t row_stride = 0;
-};
+// Weights are a WeightMatrix (csrc/quant/matmul.h) whose data points to device
+// memory, in GGML rows (split == false; the split layout is the CPU's).
+using DeviceMatrix = WeightMatrix;
 
 enum class MatmulKernel { Auto, Gemv, Gemm };
 

@@ -152,14 +152,31 @@ UploadedWeight upload_weight(const std::string& type_name, const U8Array& raw, i
   const WeightMatrix h = make_weight(type_name, raw, rows, cols);
   UploadedWeight u;
   u.buf = upload(h.data, h.row_stride * static_cast<size_t>(rows));
-  u.W = cuda::DeviceMatrix{h.type, rows, cols, u.buf.as<uint8_t>(), h.row_stride};
+  u.W = h;
+  u.W.data = u.buf.as<uint8_t>();
   return u;
 }
 
-void check_x_float(const F32Array& x, int64_t cols) {
-  if (x.ndim() != 2 || x.shape(1) != cols)
-    throw InputError("x must be float32 [n_tokens, cols=" + std::to_string(cols) + "]");
-}
+// One weight product set up on the device: W and x uploaded, y allocated.
+struct MatmulCall {
+  MatmulCall(const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols, const F32Array& x,
+             const std::string& kernel_name)
+      : kernel(parse_kernel(kernel_name)) {
+    if (x.ndim() != 2 || x.shape(1) != cols)
+      throw InputError("x must be float32 [n_tokens, cols=" + std::to_string(cols) + "]");
+    w = upload_weight(type_name, raw, rows, cols);
+    n = x.shape(0);
+    xd = upload(x.data(), sizeof(float) * static_cast<size_t>(x.size()));
+    y = cuda::DeviceBuffer(sizeof(float) * static_cast<size_t>(n * rows));
+  }
+  void run() { cuda::matmul(w.W, xd.as<float>(), w.W.cols, n, y.as<float>(), w.W.rows, scratch, kernel); }
+
+  cuda::MatmulKernel kernel;
+  UploadedWeight w;
+  int64_t n = 0;
+  cuda::DeviceBuffer xd, y;
+  cuda::MatmulScratch scratch;
+};
 
 void bind_device(py::module_& m) {
   m.def(
@@ -176,15 +193,9 @@ void bind_device(py::module_& m) {
       "cuda_matmul",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols, const F32Array& x,
          const std::string& kernel) {
-        const cuda::MatmulKernel k = parse_kernel(kernel);
-        const UploadedWeight w = upload_weight(type_name, raw, rows, cols);
-        check_x_float(x, cols);
-        const int64_t n = x.shape(0);
-        const cuda::DeviceBuffer xd = upload(x.data(), sizeof(float) * static_cast<size_t>(x.size()));
-        cuda::DeviceBuffer y(sizeof(float) * static_cast<size_t>(n * rows));
-        cuda::MatmulScratch scratch;
-        cuda::matmul(w.W, xd.as<float>(), cols, n, y.as<float>(), rows, scratch, k);
-        return download(y, {n, rows});
+        MatmulCall c(type_name, raw, rows, cols, x, kernel);
+        c.run();
+        return download(c.y, {c.n, rows});
       },
       py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"),
       py::arg("kernel") = "auto",
@@ -193,15 +204,8 @@ void bind_device(py::module_& m) {
       "cuda_matmul_time",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols, const F32Array& x,
          int reps, const std::string& kernel) {
-        const cuda::MatmulKernel k = parse_kernel(kernel);
-        const UploadedWeight w = upload_weight(type_name, raw, rows, cols);
-        check_x_float(x, cols);
-        const int64_t n = x.shape(0);
-        const cuda::DeviceBuffer xd = upload(x.data(), sizeof(float) * static_cast<size_t>(x.size()));
-        cuda::DeviceBuffer y(sizeof(float) * static_cast<size_t>(n * rows));
-        cuda::MatmulScratch scratch;
-        return cuda::seconds_per_call(
-            [&] { cuda::matmul(w.W, xd.as<float>(), cols, n, y.as<float>(), rows, scratch, k); }, reps);
+        MatmulCall c(type_name, raw, rows, cols, x, kernel);
+        return cuda::seconds_per_call([&] { c.run(); }, reps);
       },
       py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("reps"),
       py::arg("kernel") = "auto", "Device seconds per cuda matmul call (weights and x already on the GPU).");
