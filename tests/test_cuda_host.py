@@ -10,7 +10,9 @@ on every build, with or without CUDA or a GPU:
 * the activation quantization is the CPU fast path's rule (max|x|/127,
   round half to even), checked bit for bit against numpy float32;
 * the integer GEMV's arithmetic (dp4a group dots) stays within the same error
-  bound as the CPU's integer kernels (quant_tools.check_fast).
+  bound as the CPU's integer kernels (quant_tools.check_fast);
+* the element decode of kv="fp8" records (e4m3 + UE8M0 main rows, FP4 indexer
+  keys) equals RowCodec::decode bit for bit.
 """
 
 import numpy as np
@@ -101,6 +103,49 @@ def test_gemv_arithmetic_within_bound(type_name, n_tokens):
 def test_gemv_host_rejects_float_types():
     with pytest.raises(ValueError):
         _core.cuda_host_gemv("F32", np.zeros(128, np.uint8), 1, 32, np.zeros((1, 32), np.float32))
+
+
+@pytest.mark.parametrize("kind,width,rope", [("main", 512, 64), ("main", 200, 72), ("index", 128, 0)])
+def test_kv_record_decode(kind, width, rope):
+    # kv="fp8" records (spec §4.2) decoded by the GPU's element decode equal
+    # RowCodec::decode bit for bit, over magnitudes from subnormal-scale to large.
+    rng = np.random.default_rng(width + rope)
+    for mag in (1e-30, 1e-6, 1.0, 1e4):
+        x = (rng.standard_normal(width) * mag).astype(np.float32)
+        x[:5] = 0.0
+        _, decoded, _ = _core.kv_codec_roundtrip("fp8", kind, x, rope)
+        rec = _core.kv_codec_encode("fp8", kind, x, rope)
+        got = _core.cuda_host_decode_kv(kind, rec, width, rope)
+        assert np.array_equal(got.view(np.uint32), decoded.view(np.uint32)), mag
+    with pytest.raises(ValueError):
+        _core.cuda_host_decode_kv(kind, rec[:-1], width, rope)
+
+
+def test_fp8_and_ue8m0_values():
+    # every e4m3 code next to the CPU's table (through a main record of 64 nope
+    # dims with scale byte 127 = 2^0) and the UE8M0 extremes through the scale byte
+    rec = np.zeros(64 + 2 * 64 + 1, np.uint8)
+    rec = np.concatenate([rec, np.zeros((-rec.size) % 8, np.uint8)])
+    rec[128 + 64] = 127
+    for lo in (0, 64, 128, 192):
+        rec[:64] = np.arange(lo, lo + 64)
+        got = _core.cuda_host_decode_kv("main", rec, 128, 64)[:64]
+        want = np.array([_fp8(c) for c in range(lo, lo + 64)], np.float32)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(got[~np.isnan(want)], want[~np.isnan(want)])
+    rec[:64] = 0x38  # 1.0
+    for e, scale in ((0, 2.0 ** -127), (1, 2.0 ** -126), (254, 2.0 ** 127)):
+        rec[128 + 64] = e
+        assert _core.cuda_host_decode_kv("main", rec, 128, 64)[0] == np.float32(scale)
+
+
+def _fp8(c):
+    """e4m3fn by its definition: 1 sign, 4 exponent (bias 7), 3 mantissa bits."""
+    e, m = (c >> 3) & 15, c & 7
+    if c & 0x7F == 0x7F:
+        return np.nan
+    v = m * 2.0 ** -9 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7)
+    return -v if c & 0x80 else v
 
 
 def test_cuda_available_reports_a_reason():

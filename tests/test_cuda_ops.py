@@ -13,8 +13,10 @@ and compares it with the CPU path it mirrors, printing the op's worst error
 * cuda_matmul, GEMM (fp32 tiles): within the fp32-dot bound;
 * RMSNorm, RoPE (plain and YaRN-like tables, both directions), clamped SwiGLU:
   against ops_rms_norm / ops_rope / ops_swiglu within a few ulps;
-* attention with sink softmax over gathered rows: against kv_attend on the
-  gathered rows and float64 numpy (tolerances of tests/test_kv_kernels.py).
+* attention with sink softmax over gathered rows (fp32, or kv="fp8" records
+  decoded on the GPU): against kv_attend on the gathered rows and float64
+  numpy (tolerances of tests/test_kv_kernels.py);
+* indexer scores from FP4 key records: against kv_index_scores on the decoded keys.
 
 Without a usable device every test skips, saying why (cuda_available()).
 """
@@ -209,6 +211,47 @@ def test_attend_gathered(nh, d, nk, spread):
     assert np.max(np.abs(got - want)) <= tol
     if nk == 0:
         assert not got.any()
+
+
+@pytest.mark.parametrize("nh,nk", [(64, 300), (3, 1), (4, 0)])
+def test_attend_fp8_records(nh, nk):
+    # main KV records of kv="fp8" (584 B: 448 e4m3 dims, 64 bf16 rope dims), decoded
+    # on the GPU as they are read, against the CPU on the decoded rows
+    rng = np.random.default_rng(nh + nk)
+    d, rope = 512, 64
+    pool = rng.standard_normal((nk + 5, d)).astype(np.float32)
+    recs = np.stack([_core.kv_codec_encode("fp8", "main", r, rope) for r in pool])
+    rows = np.stack([_core.kv_codec_roundtrip("fp8", "main", r, rope)[1] for r in pool])
+    idx = rng.integers(0, nk + 5, size=nk).astype(np.int32)
+    q = (rng.standard_normal((nh, d)) / np.sqrt(d)).astype(np.float32)
+    sinks = rng.standard_normal(nh).astype(np.float32)
+    scale = np.float32(1.0 / np.sqrt(d))
+    got = _core.cuda_attend_fp8(q, recs, idx, sinks, scale, rope)
+    cpu = _core.kv_attend(q, rows[idx], sinks, scale).reshape(nh, d)
+    tol = 1e-5 * max(1.0, float(np.abs(rows).max()))
+    err = float(np.max(np.abs(got - cpu)))
+    report(f"attend fp8 records nh={nh} nk={nk}", err, tol / 1e-5)
+    assert err <= tol
+    # the same as fp32 attention over the decoded rows, bit for bit
+    assert np.array_equal(got, _core.cuda_attend(q, rows, idx, sinks, scale))
+
+
+@pytest.mark.parametrize("nih,dim,n", [(64, 128, 1000), (4, 32, 3), (16, 512, 77)])
+def test_index_scores_fp4(nih, dim, n):
+    # FP4 indexer key records of kv="fp8" (spec §3.6), scored on the GPU, against
+    # the CPU's scores of the decoded keys
+    rng = np.random.default_rng(nih + dim + n)
+    raw = rng.standard_normal((n, dim)).astype(np.float32)
+    recs = np.stack([_core.kv_codec_encode("fp8", "index", k) for k in raw])
+    keys = np.stack([_core.kv_codec_roundtrip("fp8", "index", k)[1] for k in raw])
+    q = rng.standard_normal((nih, dim)).astype(np.float32)
+    w = rng.uniform(0.0, 1.0, nih).astype(np.float32)
+    got = _core.cuda_index_scores_fp4(q, w, recs)
+    cpu = _core.kv_index_scores(q, w, keys)
+    scale = (np.abs(q.astype(np.float64)) @ np.abs(keys.astype(np.float64)).T * w[:, None]).sum(axis=0) + 1e-30
+    err = float(np.max(np.abs(got - cpu) / scale))
+    report(f"index_scores_fp4 nih={nih} dim={dim} n={n}", err, 1.0)
+    assert err <= 1e-5
 
 
 def test_attend_rejects_bad_rows():

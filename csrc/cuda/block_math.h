@@ -197,5 +197,42 @@ static inline PYV4_HD float group_dot(const Group& w, const int32_t* q, float dx
   return dx * (w.d * static_cast<float>(acc) - w.m * static_cast<float>(qsum));
 }
 
+// ---- KV records of KVType::FP8 (csrc/kv/qat.h, spec §4.2) ------------------
+// The GPU reads the session's rows in the same record layouts; these decode
+// one element as RowCodec::decode does, bit for bit.
+
+// A UE8M0 scale: 2^(e - 127) (e = 0: the subnormal 2^-127; 255: inf, as ldexp).
+static inline PYV4_HD float ue8m0(uint8_t e) {
+  return qblocks::bits_to_f32(e == 0 ? 0x00400000u : static_cast<uint32_t>(e) << 23);
+}
+
+// FP8 e4m3fn: subnormals m * 2^-9, 0x7F / 0xFF NaN (the sign kept, as qat.cpp's table).
+static inline PYV4_HD float e4m3_value(uint8_t c) {
+  const uint32_t E = (c >> 3) & 15u, m = c & 7u;
+  float a;
+  if ((c & 0x7F) == 0x7F)
+    a = qblocks::bits_to_f32(0x7FC00000u);
+  else if (E == 0)
+    a = static_cast<float>(m) * 0x1p-9f;
+  else
+    a = qblocks::bits_to_f32((E + 120u) << 23 | m << 20);  // (1 + m/8) * 2^(E-7)
+  return (c & 0x80) ? -a : a;
+}
+
+// Element i of a main KV record: dims [0, nope) e4m3 with a UE8M0 scale per
+// 64 (stored after the rope dims), dims [nope, width) bf16.
+static inline PYV4_HD float kv_main_elem(const uint8_t* rec, int64_t width, int64_t nope, int64_t i) {
+  if (i >= nope) return qblocks::bf16_to_f32(qblocks::load_u16(rec + nope + 2 * (i - nope)));
+  return e4m3_value(rec[i]) * ue8m0(rec[nope + 2 * (width - nope) + i / 64]);
+}
+
+// Element i of an FP4 indexer key record: e2m1 nibbles (element 2k low, 2k+1
+// high; code 8 is -0 here), then a UE8M0 scale per 32.
+static inline PYV4_HD float kv_index_elem(const uint8_t* rec, int64_t width, int64_t i) {
+  const unsigned nib = (i & 1) ? rec[i / 2] >> 4 : rec[i / 2] & 15u;
+  const float a = static_cast<float>(e2m1x2(nib & 7)) * 0.5f;
+  return ((nib & 8) ? -a : a) * ue8m0(rec[width / 2 + i / 32]);
+}
+
 }  // namespace cudamath
 }  // namespace pyv4

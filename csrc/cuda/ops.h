@@ -28,6 +28,16 @@ void swiglu(const float* g, const float* u, float* h, int64_t n, float limit);
 // denominator only. p is scratch of nh * nk floats; out is [nh][d].
 void attend(const float* q, int64_t nh, int64_t d, const float* rows, const int32_t* idx, int64_t nk,
             const float* sinks, float scale, float* p, float* out);
+// The same over main KV records of KVType::FP8 (RowCodec, csrc/kv/qat.h): d
+// dims of which the first nope are e4m3, records `stride` bytes apart.
+void attend_fp8(const float* q, int64_t nh, int64_t d, int64_t nope, const uint8_t* recs, size_t stride,
+                const int32_t* idx, int64_t nk, const float* sinks, float scale, float* p, float* out);
+
+// KvKernels::index_scores (spec §3.6) from FP4 key records of kv="fp8"
+// (RowCodec Index, `stride` bytes apart): out[r] = Σ_h w[h] · ReLU(q_h · key_r),
+// q [nih][dim] (not transposed). dim a multiple of 32, at most 512.
+void index_scores_fp4(const float* q, const float* w, int64_t nih, int64_t dim, const uint8_t* keys,
+                      size_t stride, int64_t n, float* out);
 
 }  // namespace cuda
 }  // namespace pyv4

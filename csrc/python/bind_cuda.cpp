@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "cuda/block_math.h"
+#include "kv/qat.h"
 #include "python/bindings.h"
 
 #ifdef PYV4_HAS_CUDA
@@ -123,6 +124,23 @@ void bind_host(py::module_& m) {
       },
       py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"),
       "The integer GEMV's arithmetic (quantized activations, dp4a group dots) run serially on the host.");
+  m.def(
+      "cuda_host_decode_kv",
+      [](const std::string& kind, const U8Array& rec, int64_t width, int64_t rope_dim) {
+        const bool main = kind == "main";
+        if (!main && kind != "index") throw InputError("kind must be 'main' or 'index'");
+        const RowCodec c = RowCodec::make(KVType::FP8, main ? RowCodec::Kind::Main : RowCodec::Kind::Index,
+                                          width, rope_dim);
+        if (static_cast<size_t>(rec.size()) != c.bytes)
+          throw InputError("cuda_host_decode_kv: a record of " + std::to_string(c.bytes) + " bytes");
+        py::array_t<float> out(width);
+        for (int64_t i = 0; i < width; ++i)
+          out.mutable_data()[i] = main ? cudamath::kv_main_elem(rec.data(), width, c.nope, i)
+                                       : cudamath::kv_index_elem(rec.data(), width, i);
+        return out;
+      },
+      py::arg("kind"), py::arg("record"), py::arg("width"), py::arg("rope_dim") = 0,
+      "A kv='fp8' record ('main' row or 'index' key) decoded on the host by the GPU's element decode.");
 }
 
 #ifdef PYV4_HAS_CUDA
@@ -177,6 +195,36 @@ struct MatmulCall {
   cuda::DeviceBuffer xd, y;
   cuda::MatmulScratch scratch;
 };
+
+// Device pointers of one attention call (AttendCall uploads them).
+struct AttendArgs {
+  const float* q;
+  int64_t nh, d;
+  const int32_t* idx;
+  int64_t nk;
+  const float* sinks;
+  float *p, *out;
+};
+
+// Checks q / idx / sinks against n_rows, uploads them, runs launch, returns out [heads, dim].
+template <class Launch>
+py::array_t<float> attend_call(const F32Array& q, int64_t n_rows, const I32Array& idx, const F32Array& sinks,
+                               Launch&& launch) {
+  if (q.ndim() != 2 || idx.ndim() != 1 || sinks.ndim() != 1 || sinks.shape(0) != q.shape(0))
+    throw InputError("cuda attention: q [heads, dim], idx [n] int32, sinks [heads]");
+  const int64_t nh = q.shape(0), d = q.shape(1), nk = idx.shape(0);
+  for (int64_t j = 0; j < nk; ++j)
+    if (idx.data()[j] < 0 || idx.data()[j] >= n_rows)
+      throw InputError("cuda attention: idx[" + std::to_string(j) + "] = " + std::to_string(idx.data()[j]) +
+                       " is not one of the " + std::to_string(n_rows) + " rows");
+  const cuda::DeviceBuffer qd = upload(q.data(), sizeof(float) * static_cast<size_t>(q.size()));
+  const cuda::DeviceBuffer id = upload(idx.data(), sizeof(int32_t) * nk);
+  const cuda::DeviceBuffer sd = upload(sinks.data(), sizeof(float) * nh);
+  cuda::DeviceBuffer p(sizeof(float) * static_cast<size_t>(nh * nk));
+  cuda::DeviceBuffer out(sizeof(float) * static_cast<size_t>(nh * d));
+  launch(AttendArgs{qd.as<float>(), nh, d, id.as<int32_t>(), nk, sd.as<float>(), p.as<float>(), out.as<float>()});
+  return download(out, {nh, d});
+}
 
 void bind_device(py::module_& m) {
   m.def(
@@ -255,25 +303,52 @@ void bind_device(py::module_& m) {
   m.def(
       "cuda_attend",
       [](const F32Array& q, const F32Array& rows, const I32Array& idx, const F32Array& sinks, float scale) {
-        if (q.ndim() != 2 || rows.ndim() != 2 || idx.ndim() != 1 || sinks.ndim() != 1 ||
-            sinks.shape(0) != q.shape(0) || rows.shape(1) != q.shape(1))
-          throw InputError("cuda_attend: q [heads, dim], rows [N, dim], idx [n] int32, sinks [heads]");
-        const int64_t nh = q.shape(0), d = q.shape(1), nk = idx.shape(0);
-        for (int64_t j = 0; j < nk; ++j)
-          if (idx.data()[j] < 0 || idx.data()[j] >= rows.shape(0))
-            throw InputError("cuda_attend: idx[" + std::to_string(j) + "] = " + std::to_string(idx.data()[j]) +
-                             " is not a row of rows");
-        const cuda::DeviceBuffer qd = upload(q.data(), sizeof(float) * static_cast<size_t>(q.size()));
+        if (rows.ndim() != 2 || q.ndim() != 2 || rows.shape(1) != q.shape(1))
+          throw InputError("cuda_attend: rows [N, dim] with q's dim");
         const cuda::DeviceBuffer rd = upload(rows.data(), sizeof(float) * static_cast<size_t>(rows.size()));
-        const cuda::DeviceBuffer id = upload(idx.data(), sizeof(int32_t) * nk);
-        const cuda::DeviceBuffer sd = upload(sinks.data(), sizeof(float) * nh);
-        cuda::DeviceBuffer p(sizeof(float) * static_cast<size_t>(nh * nk)), out(sizeof(float) * static_cast<size_t>(nh * d));
-        cuda::attend(qd.as<float>(), nh, d, rd.as<float>(), id.as<int32_t>(), nk, sd.as<float>(), scale,
-                     p.as<float>(), out.as<float>());
-        return download(out, {nh, d});
+        return attend_call(q, rows.shape(0), idx, sinks, [&](const AttendArgs& a) {
+          cuda::attend(a.q, a.nh, a.d, rd.as<float>(), a.idx, a.nk, a.sinks, scale, a.p, a.out);
+        });
       },
       py::arg("q"), py::arg("rows"), py::arg("idx"), py::arg("sinks"), py::arg("scale"),
       "Sink-softmax attention of q's heads over rows[idx] on the GPU ([heads, dim]).");
+  m.def(
+      "cuda_attend_fp8",
+      [](const F32Array& q, const U8Array& recs, const I32Array& idx, const F32Array& sinks, float scale,
+         int64_t rope_dim) {
+        if (q.ndim() != 2 || rope_dim < 0 || rope_dim > q.shape(1))
+          throw InputError("cuda_attend_fp8: q [heads, dim], 0 <= rope_dim <= dim");
+        const RowCodec c = RowCodec::make(KVType::FP8, RowCodec::Kind::Main, q.shape(1), rope_dim);
+        if (recs.ndim() != 2 || static_cast<size_t>(recs.shape(1)) != c.bytes)
+          throw InputError("cuda_attend_fp8: records [N, " + std::to_string(c.bytes) + "] uint8");
+        const cuda::DeviceBuffer rd = upload(recs.data(), static_cast<size_t>(recs.size()));
+        return attend_call(q, recs.shape(0), idx, sinks, [&](const AttendArgs& a) {
+          cuda::attend_fp8(a.q, a.nh, a.d, c.nope, rd.as<uint8_t>(), c.bytes, a.idx, a.nk, a.sinks, scale, a.p,
+                           a.out);
+        });
+      },
+      py::arg("q"), py::arg("records"), py::arg("idx"), py::arg("sinks"), py::arg("scale"), py::arg("rope_dim"),
+      "cuda_attend over main KV records of kv='fp8' (RowCodec bytes each), decoded on the GPU.");
+  m.def(
+      "cuda_index_scores_fp4",
+      [](const F32Array& q, const F32Array& w, const U8Array& keys) {
+        if (q.ndim() != 2 || w.ndim() != 1 || w.shape(0) != q.shape(0) || keys.ndim() != 2)
+          throw InputError("cuda_index_scores_fp4: q [heads, dim], w [heads], keys [n, record bytes]");
+        const int64_t nih = q.shape(0), dim = q.shape(1), n = keys.shape(0);
+        if (dim % 32 != 0 || dim > 512) throw InputError("cuda_index_scores_fp4: dim a multiple of 32, <= 512");
+        const RowCodec c = RowCodec::make(KVType::FP8, RowCodec::Kind::Index, dim, 0);
+        if (static_cast<size_t>(keys.shape(1)) != c.bytes)
+          throw InputError("cuda_index_scores_fp4: key records of " + std::to_string(c.bytes) + " bytes");
+        const cuda::DeviceBuffer qd = upload(q.data(), sizeof(float) * static_cast<size_t>(q.size()));
+        const cuda::DeviceBuffer wd = upload(w.data(), sizeof(float) * nih);
+        const cuda::DeviceBuffer kd = upload(keys.data(), static_cast<size_t>(keys.size()));
+        cuda::DeviceBuffer out(sizeof(float) * static_cast<size_t>(n));
+        cuda::index_scores_fp4(qd.as<float>(), wd.as<float>(), nih, dim, kd.as<uint8_t>(), c.bytes, n,
+                               out.as<float>());
+        return download(out, {n});
+      },
+      py::arg("q"), py::arg("w"), py::arg("keys"),
+      "Indexer scores of q's heads against FP4 key records of kv='fp8' on the GPU ([n]).");
 }
 
 #endif  // PYV4_HAS_CUDA
