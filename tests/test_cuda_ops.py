@@ -16,7 +16,8 @@ and compares it with the CPU path it mirrors, printing the op's worst error
 * attention with sink softmax over gathered rows (fp32, or kv="fp8" records
   decoded on the GPU): against kv_attend on the gathered rows and float64
   numpy (tolerances of tests/test_kv_kernels.py);
-* indexer scores from FP4 key records: against kv_index_scores on the decoded keys.
+* indexer scores from FP4 key records: against kv_index_scores on the decoded
+  keys; the top-k of scores: the same indices as select_topk (ops_select_topk).
 
 Without a usable device every test skips, saying why (cuda_available()).
 """
@@ -41,6 +42,14 @@ def report(op, err, scale=None):
 def test_device_named():
     print(f"\n[cuda] device: {_REASON}")
     assert _OK and _REASON
+
+
+def test_cuda_errors_are_runtime_errors():
+    # a CUDA error becomes a RuntimeError naming the error, the call and its line
+    _core.cuda_alloc(1 << 20)
+    with pytest.raises(RuntimeError, match=r"cudaErrorMemoryAllocation.*cudaMalloc of \d+ bytes at buffer\.cu:\d+"):
+        _core.cuda_alloc(1 << 60)
+    _core.cuda_alloc(1 << 20)  # the error is not sticky: the device still works
 
 
 # ---------------------------------------------------------------- weights
@@ -252,6 +261,22 @@ def test_index_scores_fp4(nih, dim, n):
     err = float(np.max(np.abs(got - cpu) / scale))
     report(f"index_scores_fp4 nih={nih} dim={dim} n={n}", err, 1.0)
     assert err <= 1e-5
+
+
+@pytest.mark.parametrize("m,n,k", [(3, 5000, 512), (2, 100, 100), (1, 7, 20), (4, 4096, 1), (1, 1, 1)])
+def test_topk(m, n, k):
+    # the indexer's top-k with many ties (ties go to the lower index), in row order
+    rng = np.random.default_rng(m * n + k)
+    scores = (np.round(rng.standard_normal((m, n)) * 4) / 4).astype(np.float32)
+    scores[0, : n // 2] = 0.0  # a long run of equal scores
+    if m > 1:
+        scores[1] = np.abs(scores[1])
+        scores[1, ::3] = -0.0  # equal to +0 on the CPU too
+    got = _core.cuda_topk(scores, k)
+    assert got.shape == (m, min(k, n))
+    for r in range(m):
+        assert np.array_equal(got[r], _core.ops_select_topk(scores[r], k)), r
+    report(f"topk m={m} n={n} k={k}", 0.0)
 
 
 def test_attend_rejects_bad_rows():

@@ -49,3 +49,16 @@ def test_swiglu(limit):
     assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
     if limit:
         assert np.max(np.abs(got)) <= limit * limit  # silu(min(g, l)) < l and |u| <= l
+
+
+def test_select_topk_order_and_ties():
+    # strict order: higher score first, ties to the lower index; result in row order
+    scores = np.array([1.0, 3.0, 2.0, 3.0, 2.0, -0.0, 0.0], np.float32)
+    assert list(_core.ops_select_topk(scores, 3)) == [1, 2, 3]
+    assert list(_core.ops_select_topk(scores, 4)) == [1, 2, 3, 4]
+    assert list(_core.ops_select_topk(scores, 6)) == [0, 1, 2, 3, 4, 5]  # -0 == +0: the lower index
+    assert list(_core.ops_select_topk(scores, 10)) == list(range(7))
+    rng = np.random.default_rng(4)
+    s = (np.round(rng.standard_normal(1000) * 3) / 3).astype(np.float32)
+    want = np.sort(np.lexsort((np.arange(1000), -s.astype(np.float64)))[:100])
+    assert np.array_equal(_core.ops_select_topk(s, 100), want)

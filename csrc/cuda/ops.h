@@ -39,5 +39,9 @@ void attend_fp8(const float* q, int64_t nh, int64_t d, int64_t nope, const uint8
 void index_scores_fp4(const float* q, const float* w, int64_t nih, int64_t dim, const uint8_t* keys,
                       size_t stride, int64_t n, float* out);
 
+// select_topk (csrc/model/attention.h) of each of m rows of n scores: the
+// min(k, n) best (ties to the lower index) in row order, out [m][min(k, n)].
+void topk(const float* scores, int64_t m, int64_t n, int64_t k, int64_t* out);
+
 }  // namespace cuda
 }  // namespace pyv4

@@ -56,6 +56,10 @@ void require_device() {
 
 void throw_error(int code, const char* what, const char* file, int line) {
   const auto e = static_cast<cudaError_t>(code);
+  // Reset the thread's last error: otherwise the next launch check
+  // (cudaGetLastError) would report this one again (a sticky error, a lost
+  // context, stays anyway).
+  cudaGetLastError();
   const char* base = std::strrchr(file, '/');
   throw CudaError(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
                   ") in " + what + " at " + (base ? base + 1 : file) + ":" + std::to_string(line));

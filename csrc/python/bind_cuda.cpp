@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -228,6 +229,10 @@ py::array_t<float> attend_call(const F32Array& q, int64_t n_rows, const I32Array
 
 void bind_device(py::module_& m) {
   m.def(
+      "cuda_alloc",
+      [](size_t bytes) { cuda::DeviceBuffer b(bytes); },
+      py::arg("bytes"), "Allocates and frees `bytes` of device memory (how CUDA errors reach Python).");
+  m.def(
       "cuda_dequantize",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols) {
         const UploadedWeight w = upload_weight(type_name, raw, rows, cols);
@@ -349,6 +354,20 @@ void bind_device(py::module_& m) {
       },
       py::arg("q"), py::arg("w"), py::arg("keys"),
       "Indexer scores of q's heads against FP4 key records of kv='fp8' on the GPU ([n]).");
+  m.def(
+      "cuda_topk",
+      [](const F32Array& scores, int64_t k) {
+        if (scores.ndim() != 2 || k < 0) throw InputError("cuda_topk: scores float32 [m, n], k >= 0");
+        const int64_t m = scores.shape(0), n = scores.shape(1), kk = std::min(k, n);
+        const cuda::DeviceBuffer sd = upload(scores.data(), sizeof(float) * static_cast<size_t>(scores.size()));
+        cuda::DeviceBuffer od(sizeof(int64_t) * static_cast<size_t>(m * kk));
+        cuda::topk(sd.as<float>(), m, n, k, od.as<int64_t>());
+        py::array_t<int64_t> out({m, kk});
+        od.to_host(out.mutable_data(), sizeof(int64_t) * static_cast<size_t>(m * kk));
+        return out;
+      },
+      py::arg("scores"), py::arg("k"),
+      "select_topk of each row of scores on the GPU: [m, min(k, n)] indices in row order.");
 }
 
 #endif  // PYV4_HAS_CUDA

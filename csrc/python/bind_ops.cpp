@@ -3,9 +3,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
+#include "model/attention.h"
 #include "model/ops.h"
 #include "python/bindings.h"
 
@@ -57,6 +60,17 @@ void bind_ops(py::module_& m) {
         return h;
       },
       py::arg("g"), py::arg("u"), py::arg("limit"), "The experts' clamped SwiGLU (limit 0: no clamp).");
+  m.def(
+      "ops_select_topk",
+      [](const F32Array& scores, int64_t k) {
+        if (scores.ndim() != 1 || k < 0) throw InputError("ops_select_topk: scores float32 [n], k >= 0");
+        std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(k, scores.shape(0))));
+        int64_t got = 0;
+        select_topk(scores.data(), scores.shape(0), k, idx.data(), &got);
+        return py::array_t<int64_t>(static_cast<py::ssize_t>(got), idx.data());
+      },
+      py::arg("scores"), py::arg("k"),
+      "The indexer's top-k: the min(k, n) best scores' indices (ties to the lower index), in row order.");
 }
 
 }  // namespace pyv4
