@@ -2,7 +2,7 @@
 // (spec §3.6, §4.2; the CPU reference is index_scores_ref in
 // csrc/kv/kv_kernels.cpp on the decoded keys): one warp per key, each lane
 // decoding dim/32 of the key's elements once and reusing them for every head.
-// The top-k selection stays on the host for now.
+// The selection of the best keys is topk.cu.
 #include <cuda_runtime.h>
 
 #include "cuda/block_math.h"
