@@ -16,8 +16,10 @@
 # issue part 3) does not exist yet, so no model is loaded or run on the GPU.
 #
 # pyv4's runtime dependencies come from bench/.gpu-wheels (filled by
-# bench/fetch_gpu_wheels.sh where there is network; carry it along); the CUDA
-# tests do not need them, so the check goes on without them.
+# bench/fetch_gpu_wheels.sh where there is network; it is git-ignored, so a
+# copy of the checkout must bring it along explicitly, e.g. the device tool's
+# carry=["bench/.gpu-wheels"]); the CUDA tests do not need them, so the check
+# goes on without them.
 # Every step has a time limit, all together under 7.5 minutes (the check must
 # finish in under 8 on an H100); a step that runs out is reported as such.
 set -uo pipefail
