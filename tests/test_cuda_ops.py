@@ -11,6 +11,8 @@ and compares it with the CPU path it mirrors, printing the op's worst error
   (quant_tools.check_fast), and equal to the host run of the same arithmetic
   (cuda_host_gemv) up to fp32 summation order;
 * cuda_matmul, GEMM (fp32 tiles): within the fp32-dot bound;
+* cuda_moe_matmul (routed experts grouped by expert): each row equal to its
+  token's product alone with the kernel of its group size;
 * RMSNorm, RoPE (plain and YaRN-like tables, both directions), clamped SwiGLU:
   against ops_rms_norm / ops_rope / ops_swiglu within a few ulps;
 * attention with sink softmax over gathered rows (fp32, or kv="fp8" records
@@ -132,6 +134,35 @@ def test_matmul_auto_picks_a_kernel(n_tokens):
     y = _core.cuda_matmul("Q8_0", raw, rows, cols, x)
     want = _core.cuda_matmul("Q8_0", raw, rows, cols, x, "gemv" if n_tokens <= 8 else "gemm")
     assert np.array_equal(y, want)
+
+
+@pytest.mark.parametrize("type_name", ["MXFP4", "Q4_K", "Q8_0", "BF16"])
+def test_moe_matmul_grouped(type_name):
+    # 6 experts, 40 tokens x 2 routes: one expert gets > 8 tokens (its group runs
+    # the GEMM), others few (GEMV), one none. Each row equals its token's product
+    # alone with the kernel of its group, bit for bit, and is within the bound.
+    rng = np.random.default_rng(9)
+    E, rows, cols, n = 6, 24, 256, 40
+    raw = random_weight(type_name, E * rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    tokens = np.repeat(np.arange(n), 2).astype(np.int32)
+    experts = rng.choice([0, 1, 2, 4, 5], size=2 * n, p=[0.6, 0.1, 0.1, 0.1, 0.1]).astype(np.int32)
+    got = _core.cuda_moe_matmul(type_name, raw, E, rows, cols, x, tokens, experts)
+    assert got.shape == (2 * n, rows)
+    counts = np.bincount(experts, minlength=E)
+    assert counts[0] > 8 and counts[3] == 0
+    worst = 0.0
+    for i, (t, e) in enumerate(zip(tokens, experts)):
+        slice_raw = raw[e * rows:(e + 1) * rows]
+        kernel = "gemv" if counts[e] <= 8 else "gemm"
+        alone = _core.cuda_matmul(type_name, slice_raw, rows, cols, x[t:t + 1], kernel)[0]
+        assert np.array_equal(got[i], alone), (i, e, kernel)
+        W = reference_dequant(slice_raw, type_name, rows, cols)
+        check_fast(type_name if kernel == "gemv" else "F32", W, x[t:t + 1], got[i:i + 1])
+        worst = max(worst, float(np.max(np.abs(got[i] - W.astype(np.float64) @ x[t].astype(np.float64)))))
+    report(f"moe_matmul {type_name}", worst)
+    with pytest.raises(ValueError):
+        _core.cuda_moe_matmul(type_name, raw, E, rows, cols, x, tokens, np.full_like(experts, E))
 
 
 def test_matmul_rejects_bad_input():

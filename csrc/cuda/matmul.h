@@ -40,6 +40,20 @@ struct MatmulScratch {
 void matmul(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
             int64_t ldy, MatmulScratch& scratch, MatmulKernel kernel = MatmulKernel::Auto);
 
+// Device scratch of moe_matmul: the gathered inputs and outputs, and matmul's.
+struct MoeScratch {
+  DeviceBuffer x, y;
+  MatmulScratch matmul;
+};
+
+// Routed experts grouped by expert (csrc/cuda/moe.cu): W stacks n_expert
+// matrices of W.rows / n_expert rows (GGUF ffn_*_exps); pair p multiplies
+// token tokens[p] of X [n_tokens, W.cols] by expert experts[p] into row p of
+// Y [n_pairs, W.rows / n_expert]. tokens / experts are host arrays (the
+// routing is known on the host); X, Y device memory. Returns when done.
+void moe_matmul(const DeviceMatrix& W, int64_t n_expert, const float* X, int64_t n_tokens, const int32_t* tokens,
+                const int32_t* experts, int64_t n_pairs, float* Y, MoeScratch& scratch);
+
 // Every row of W decoded to fp32 (Y is [rows, cols]), the kernels' element decode.
 void dequantize(const DeviceMatrix& W, float* Y);
 

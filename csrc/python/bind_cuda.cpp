@@ -254,6 +254,26 @@ void bind_device(py::module_& m) {
       py::arg("kernel") = "auto",
       "y[n, rows] = x[n, cols] @ W.T on the GPU for raw GGML rows; kernel: auto | gemv | gemm.");
   m.def(
+      "cuda_moe_matmul",
+      [](const std::string& type_name, const U8Array& raw, int64_t n_expert, int64_t rows, int64_t cols,
+         const F32Array& x, const I32Array& tokens, const I32Array& experts) {
+        if (x.ndim() != 2 || x.shape(1) != cols || tokens.ndim() != 1 || experts.ndim() != 1 ||
+            tokens.shape(0) != experts.shape(0))
+          throw InputError("cuda_moe_matmul: x [n, cols], tokens [p] and experts [p] int32");
+        const UploadedWeight w = upload_weight(type_name, raw, n_expert * rows, cols);
+        const int64_t p = tokens.shape(0);
+        const cuda::DeviceBuffer xd = upload(x.data(), sizeof(float) * static_cast<size_t>(x.size()));
+        cuda::DeviceBuffer y(sizeof(float) * static_cast<size_t>(p * rows));
+        cuda::MoeScratch scratch;
+        cuda::moe_matmul(w.W, n_expert, xd.as<float>(), x.shape(0), tokens.data(), experts.data(), p,
+                         y.as<float>(), scratch);
+        return download(y, {p, rows});
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("n_expert"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+      py::arg("tokens"), py::arg("experts"),
+      "Routed-expert products grouped by expert on the GPU: row i = x[tokens[i]] @ W[experts[i]].T for a "
+      "stacked weight of n_expert matrices [rows, cols]; [pairs, rows].");
+  m.def(
       "cuda_matmul_time",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols, const F32Array& x,
          int reps, const std::string& kernel) {
