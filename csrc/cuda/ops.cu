@@ -1,4 +1,4 @@
-// RMSNorm, RoPE and clamped SwiGLU on the GPU (spec §2; contracts in cuda/ops.h).
+// RMSNorm, RoPE (spec §2) and the clamped SwiGLU (spec §3.7) on the GPU (contracts in cuda/ops.h).
 // Products and sums the CPU rounds separately are written with __f*_rn so
 // that nvcc does not contract them into fma and the results stay within an
 // ulp or two of the CPU's.

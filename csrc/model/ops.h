@@ -23,7 +23,7 @@ struct RopeTable {
   void apply(float* v, int64_t width, int64_t pos, bool inverse = false) const;
 };
 
-// SwiGLU of the experts with the V4 clamp (spec §2): gate clamped above only,
+// SwiGLU of the experts with the V4 clamp (spec §3.7): gate clamped above only,
 // up clamped to ±limit (limit 0 = no clamp, as in the official code). h == g ok.
 void swiglu(const float* g, const float* u, float* h, int64_t n, float limit);
 
