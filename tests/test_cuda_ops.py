@@ -18,6 +18,7 @@ and compares it with the CPU path it mirrors, printing the op's worst error
 * attention with sink softmax over gathered rows (fp32, or kv="fp8" records
   decoded on the GPU): against kv_attend on the gathered rows and float64
   numpy (tolerances of tests/test_kv_kernels.py);
+* the kv="fp8" QAT rounding and records (RowCodec round + encode): bit for bit;
 * indexer scores from FP4 key records: against kv_index_scores on the decoded
   keys; the top-k of scores: the same indices as select_topk (ops_select_topk).
 
@@ -274,6 +275,22 @@ def test_attend_fp8_records(nh, nk):
     assert err <= tol
     # the same as fp32 attention over the decoded rows, bit for bit
     assert np.array_equal(got, _core.cuda_attend(q, rows, idx, sinks, scale))
+
+
+@pytest.mark.parametrize("kind,width,rope", [("main", 512, 64), ("main", 200, 72), ("index", 128, 0),
+                                             ("index", 64, 0)])
+def test_kv_encode_fp8(kind, width, rope):
+    # the QAT rounding and the record bytes of kv="fp8" rows, GPU vs CPU, bit for bit
+    rng = np.random.default_rng(width + rope)
+    rows = np.concatenate([(rng.standard_normal((8, width)) * mag).astype(np.float32)
+                           for mag in (1e-30, 1e-6, 1.0, 300.0, 1e6)])
+    rows[0, :] = 0.0
+    rounded, recs = _core.cuda_kv_encode(kind, rows, rope)
+    for i, r in enumerate(rows):
+        want_rounded = _core.kv_codec_roundtrip("fp8", kind, r, rope)[0]
+        assert np.array_equal(rounded[i].view(np.uint32), want_rounded.view(np.uint32)), i
+        assert np.array_equal(recs[i], _core.kv_codec_encode("fp8", kind, r, rope)), i
+    report(f"kv_encode fp8 {kind} width={width}", 0.0)
 
 
 @pytest.mark.parametrize("nih,dim,n", [(64, 128, 1000), (4, 32, 3), (16, 512, 77)])

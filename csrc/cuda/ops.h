@@ -39,6 +39,14 @@ void attend_fp8(const float* q, int64_t nh, int64_t d, int64_t nope, const uint8
 void index_scores_fp4(const float* q, const float* w, int64_t nih, int64_t dim, const uint8_t* keys,
                       size_t stride, int64_t n, float* out);
 
+// RowCodec::round then RowCodec::encode (csrc/kv/qat.h) of kv="fp8" on n rows
+// of `width` floats: main rows (nope e4m3 dims, the rest bf16) or, index,
+// indexer keys (Hadamard + FP4). rows are rounded in place (the values the
+// forward pass goes on with); recs gets one record per row, `stride` bytes
+// apart (RowCodec::bytes).
+void kv_encode_fp8(float* rows, int64_t n, int64_t width, int64_t nope, bool index, uint8_t* recs,
+                   size_t stride);
+
 // select_topk (csrc/model/attention.h) of each of m rows of n scores: the
 // min(k, n) best (ties to the lower index) in row order, out [m][min(k, n)].
 void topk(const float* scores, int64_t m, int64_t n, int64_t k, int64_t* out);

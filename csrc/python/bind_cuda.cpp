@@ -375,6 +375,25 @@ void bind_device(py::module_& m) {
       py::arg("q"), py::arg("w"), py::arg("keys"),
       "Indexer scores of q's heads against FP4 key records of kv='fp8' on the GPU ([n]).");
   m.def(
+      "cuda_kv_encode",
+      [](const std::string& kind, const F32Array& rows, int64_t rope_dim) {
+        const bool index = kind == "index";
+        if (!index && kind != "main") throw InputError("kind must be 'main' or 'index'");
+        if (rows.ndim() != 2) throw InputError("cuda_kv_encode: rows float32 [n, width]");
+        const int64_t n = rows.shape(0), width = rows.shape(1);
+        const RowCodec c = RowCodec::make(KVType::FP8, index ? RowCodec::Kind::Index : RowCodec::Kind::Main,
+                                          width, rope_dim);
+        if (c.nope < 0) throw InputError("cuda_kv_encode: rope_dim > width");
+        cuda::DeviceBuffer xd = upload(rows.data(), sizeof(float) * static_cast<size_t>(rows.size()));
+        cuda::DeviceBuffer rd(c.bytes * static_cast<size_t>(n));
+        cuda::kv_encode_fp8(xd.as<float>(), n, width, c.nope, index, rd.as<uint8_t>(), c.bytes);
+        py::array_t<uint8_t> recs({n, static_cast<int64_t>(c.bytes)});
+        rd.to_host(recs.mutable_data(), c.bytes * static_cast<size_t>(n));
+        return py::make_tuple(download(xd, {n, width}), recs);
+      },
+      py::arg("kind"), py::arg("rows"), py::arg("rope_dim") = 0,
+      "kv='fp8' QAT and records on the GPU: (rows rounded [n, width], records [n, bytes]).");
+  m.def(
       "cuda_topk",
       [](const F32Array& scores, int64_t k) {
         if (scores.ndim() != 2 || k < 0) throw InputError("cuda_topk: scores float32 [m, n], k >= 0");
