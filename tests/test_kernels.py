@@ -20,61 +20,11 @@ import sys
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as QT
-from gguf import quants as gq
 
 from pyv4 import _core
+from quant_tools import BLOCK, INT_TYPES, TYPES, check_fast, gguf_dequant, random_weight
 
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "MXFP4"]
-INT_TYPES = {"Q8_0", "Q4_0", "Q4_K", "MXFP4"}
-BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
-         "Q4_K": (256, 144), "MXFP4": (32, 17)}
 ISAS = ["scalar", "avx2", "avx512"]
-
-
-def _rand_f16(rng, shape, lo, hi):
-    """Finite float16 values with random sign and magnitude in [lo, hi)."""
-    mag = rng.uniform(lo, hi, size=shape)
-    sign = rng.choice([-1.0, 1.0], size=shape)
-    return (mag * sign).astype(np.float16)
-
-
-def random_weight(type_name, rows, cols, rng, full_range=False):
-    """Raw GGML bytes [rows, row_bytes]. full_range: any finite scale bit pattern
-    (for the decode test); otherwise scales chosen so values are O(0.01..1)."""
-    bs, bb = BLOCK[type_name]
-    nb = rows * cols // bs
-    if type_name == "F32":
-        return rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint8)
-    if type_name == "F16":
-        return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
-    if type_name == "BF16":
-        f = rng.standard_normal((rows, cols)).astype(np.float32)
-        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(rows, -1)
-    raw = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
-    if full_range:
-        if type_name in ("Q8_0", "Q4_0", "Q4_K"):
-            # any finite f16 (exponent field != 31), subnormals included
-            nh = 2 if type_name == "Q4_K" else 1
-            h = rng.integers(0, 1 << 16, size=(nb, nh), dtype=np.uint16)
-            h = np.where((h & 0x7C00) == 0x7C00, h & 0x83FF, h).astype(np.uint16)
-            raw[:, : 2 * nh] = h.view(np.uint8).reshape(nb, 2 * nh)
-        # MXFP4: every exponent byte 0..255 is already allowed
-    else:
-        if type_name == "Q8_0":
-            raw[:, :2] = _rand_f16(rng, (nb, 1), 0.002, 0.01).view(np.uint8)
-        elif type_name == "Q4_0":
-            raw[:, :2] = _rand_f16(rng, (nb, 1), 0.01, 0.1).view(np.uint8)
-        elif type_name == "Q4_K":
-            raw[:, 0:2] = np.abs(_rand_f16(rng, (nb, 1), 0.0005, 0.002)).view(np.uint8)
-            raw[:, 2:4] = np.abs(_rand_f16(rng, (nb, 1), 0.0005, 0.002)).view(np.uint8)
-        elif type_name == "MXFP4":
-            raw[:, 0] = rng.integers(120, 130, size=nb)
-    return raw.reshape(rows, -1)
-
-
-def gguf_dequant(type_name, raw, rows, cols):
-    return gq.dequantize(np.ascontiguousarray(raw).reshape(rows, -1), QT[type_name]).reshape(rows, cols)
 
 
 @pytest.fixture(autouse=True)
@@ -127,21 +77,6 @@ def _cols_for(type_name, n_tokens):
     return 100 if n_tokens in (1, 32) else 200  # not a multiple of the SIMD width
 
 
-def _check_fast(type_name, W, x, y):
-    ref = x.astype(np.float64) @ W.astype(np.float64).T
-    absw = np.abs(W.astype(np.float64))
-    if type_name in INT_TYPES:
-        n, cols = x.shape
-        amax = np.abs(x).reshape(n, cols // 32, 32).max(axis=2)
-        bound = np.repeat(amax, 32, axis=1) @ absw.T / 250.0
-        bound += 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
-    else:
-        bound = 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
-    err = np.abs(y.astype(np.float64) - ref)
-    worst = np.max(err / bound)
-    assert worst <= 1.0, f"{type_name}: error {worst:.3f} x bound"
-
-
 def _cases():
     out = []
     for t in TYPES:
@@ -167,7 +102,7 @@ def test_matmul_fast(type_name, isa, n_tokens, rows):
         x[1, :32] = 0.0  # an all-zero block (dx = 0)
     y = _core.quant_matmul(type_name, raw, rows, cols, x, 1)
     assert y.shape == (n_tokens, rows)
-    _check_fast(type_name, W, x, y)
+    check_fast(type_name, W, x, y)
     # threads split rows only: every output is computed identically
     y2 = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
     assert np.array_equal(y, y2)
@@ -222,7 +157,7 @@ def test_gemv_and_lane_edges(type_name, isa):
         x = rng.standard_normal((n, cols)).astype(np.float32)
         x[:, 32 * 17:32 * 18] *= 20.0
         y = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
-        _check_fast(type_name, W, x, y)
+        check_fast(type_name, W, x, y)
         # a token's result does not depend on the other tokens in the call
         # (GEMV kernels: per-token; lane kernels: per tile)
         if n == 21:
@@ -240,7 +175,7 @@ def test_large_tokens_and_rows_fast():
         raw = random_weight(type_name, rows, cols, rng)
         W = gguf_dequant(type_name, raw, rows, cols)
         x = rng.standard_normal((n, cols)).astype(np.float32)
-        _check_fast(type_name, W, x, _core.quant_matmul(type_name, raw, rows, cols, x, 2))
+        check_fast(type_name, W, x, _core.quant_matmul(type_name, raw, rows, cols, x, 2))
 
 
 @pytest.mark.parametrize("type_name,layout", [("Q8_0", "ggml"), ("Q4_K", "ggml"), ("MXFP4", "split"),
@@ -257,7 +192,7 @@ def test_lane_token_blocks(type_name, layout):
     raw = random_weight(type_name, rows, cols, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     y = _core.quant_matmul(type_name, raw, rows, cols, x, 1, layout)
-    _check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, y)
+    check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, y)
     assert np.array_equal(y, _core.quant_matmul(type_name, raw, rows, cols, x, 2, layout))
     # the same token through the one-block path (fewer tokens) gives the same bits
     assert np.array_equal(y[:40], _core.quant_matmul(type_name, raw, rows, cols, x[:40], 1, layout))
@@ -279,7 +214,7 @@ def test_lane_column_chunks(type_name):
     x = rng.standard_normal((n, cols)).astype(np.float32)
     y = _core.quant_matmul(type_name, raw, rows, cols, x, 2, "auto")  # split rows where they exist
     W = gguf_dequant(type_name, raw, rows, cols)
-    _check_fast(type_name, W, x, y)
+    check_fast(type_name, W, x, y)
     # the GEMV path (one token at a time) agrees up to float rounding
     for t in (0, 20):
         y1 = _core.quant_matmul(type_name, raw, rows, cols, x[t:t + 1], 1, "auto")

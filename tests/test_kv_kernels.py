@@ -13,6 +13,7 @@ AVX-512) kernels against the plain reference loops and against float64 numpy.
 import numpy as np
 import pytest
 
+from attention_reference import attend_numpy
 from pyv4 import _core
 
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float64)
@@ -43,15 +44,6 @@ def kernels():
 ATTEND_PATHS = ["reference", "fast"] + (["avx512"] if _core.isa_supported("avx512") else [])
 
 
-def _attend_numpy(q, rows, sinks, scale):
-    q, rows = q.astype(np.float64), rows.astype(np.float64)
-    logits = q @ rows.T * scale
-    m = np.maximum(logits.max(axis=1, initial=-np.inf), sinks)
-    e = np.exp(logits - m[:, None])
-    denom = e.sum(axis=1) + np.exp(sinks - m)
-    return (e / denom[:, None]) @ rows
-
-
 @pytest.mark.parametrize("nh,d,nk", [(4, 512, 640), (7, 64, 1), (5, 72, 33), (1, 13, 2), (8, 16, 0)])
 def test_attend(kernels, nh, d, nk):
     rng = np.random.default_rng(nh * 1000 + d + nk)
@@ -59,7 +51,7 @@ def test_attend(kernels, nh, d, nk):
     rows = rng.standard_normal((nk, d)).astype(np.float32)
     sinks = rng.standard_normal(nh).astype(np.float32)
     scale = 1.0 / np.sqrt(d)
-    want = _attend_numpy(q, rows, sinks, scale)
+    want = attend_numpy(q, rows, sinks, scale)
     out = {}
     for path in ATTEND_PATHS:
         kernels(path)
@@ -81,7 +73,7 @@ def test_attend_wide_logits(kernels, spread):
     q = (rng.standard_normal((nh, d)) * spread / np.sqrt(d)).astype(np.float32)
     rows = rng.standard_normal((nk, d)).astype(np.float32)
     sinks = (rng.standard_normal(nh) * spread).astype(np.float32)
-    want = _attend_numpy(q, rows, sinks, 1.0)
+    want = attend_numpy(q, rows, sinks, 1.0)
     for path in ATTEND_PATHS:
         kernels(path)
         got = _core.kv_attend(q, rows, sinks, 1.0).reshape(nh, d)

@@ -11,7 +11,8 @@ Oracles:
 
 import numpy as np
 import pytest
-from test_kernels import _check_fast, _restore_switches, gguf_dequant, random_weight  # noqa: F401 (autouse)
+from quant_tools import check_fast, gguf_dequant, random_weight
+from test_kernels import _restore_switches  # noqa: F401 (autouse)
 
 import pyv4
 from pyv4 import _core
@@ -98,7 +99,7 @@ def test_split_matmul_same_bits_as_ggml(type_name, isa, n_tokens, cols):
             ys = _core.quant_matmul(type_name, raw, rows, cols, x, threads, "split")
             assert np.array_equal(ys, yg), (mode, threads, np.abs(ys - yg).max())
         if mode == "fast":
-            _check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, ys)
+            check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, ys)
 
 
 # ---------------------------------------------------------------- model level

@@ -10,23 +10,6 @@
 
 namespace pyv4 {
 
-namespace {
-
-// SwiGLU with the V4 clamp: gate clamped above only, up clamped to ±limit
-// (limit 0 = no clamp, as in the official code).
-void swiglu(const float* g, const float* u, float* h, int64_t n, float limit) {
-  for (int64_t i = 0; i < n; ++i) {
-    float gi = g[i], ui = u[i];
-    if (limit > 0.0f) {
-      gi = std::min(gi, limit);
-      ui = std::clamp(ui, -limit, limit);
-    }
-    h[i] = siluf(gi) * ui;
-  }
-}
-
-}  // namespace
-
 void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const float* x,
                  const int64_t* tokens, int64_t n, float* out, ThreadPool& pool) {
   const int64_t D = c.n_embd, E = c.n_expert, K = c.n_expert_used, F = c.n_ff_exp;

@@ -15,6 +15,17 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
   }
 }
 
+void swiglu(const float* g, const float* u, float* h, int64_t n, float limit) {
+  for (int64_t i = 0; i < n; ++i) {
+    float gi = g[i], ui = u[i];
+    if (limit > 0.0f) {
+      gi = std::min(gi, limit);
+      ui = std::clamp(ui, -limit, limit);
+    }
+    h[i] = siluf(gi) * ui;
+  }
+}
+
 RopeTable RopeTable::make(const ModelConfig& c, bool compressed_layer) {
   const int64_t dim = c.rope_dim, half = dim / 2;
   const double base = compressed_layer ? c.compress_rope_theta : c.rope_theta;

@@ -23,6 +23,10 @@ struct RopeTable {
   void apply(float* v, int64_t width, int64_t pos, bool inverse = false) const;
 };
 
+// SwiGLU of the experts with the V4 clamp (spec §3.7): gate clamped above only,
+// up clamped to ±limit (limit 0 = no clamp, as in the official code). h == g ok.
+void swiglu(const float* g, const float* u, float* h, int64_t n, float limit);
+
 inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 inline float siluf(float x) { return x / (1.0f + std::exp(-x)); }
 // torch.nn.functional.softplus with its default threshold of 20.

@@ -18,8 +18,6 @@ namespace py = pybind11;
 
 namespace pyv4 {
 
-namespace {
-
 GGMLType type_from_name(const std::string& name) {
   for (uint32_t id = 0; id < 64; ++id) {
     TypeTraits t;
@@ -27,22 +25,6 @@ GGMLType type_from_name(const std::string& name) {
   }
   throw InputError("unknown GGML type name '" + name + "'");
 }
-
-// One pool per thread count, created on first use and kept (so bench loops do
-// not create threads per call).
-ThreadPool& pool_for(int threads) {
-  static std::unique_ptr<ThreadPool> pool;
-  static int n = -1;
-  if (!pool || n != threads) {
-    pool.reset();
-    pool = std::make_unique<ThreadPool>(threads);
-    n = threads;
-  }
-  return *pool;
-}
-
-using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
-using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64_t rows,
                          int64_t cols) {
@@ -56,6 +38,21 @@ WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64
                      std::to_string(W.row_stride * rows));
   W.data = raw.data();
   return W;
+}
+
+namespace {
+
+// One pool per thread count, created on first use and kept (so bench loops do
+// not create threads per call).
+ThreadPool& pool_for(int threads) {
+  static std::unique_ptr<ThreadPool> pool;
+  static int n = -1;
+  if (!pool || n != threads) {
+    pool.reset();
+    pool = std::make_unique<ThreadPool>(threads);
+    n = threads;
+  }
+  return *pool;
 }
 
 void require_split_form(GGMLType t, int64_t cols) {

@@ -70,6 +70,12 @@ py::dict stats_dict(const KVState& s) {
   return d;
 }
 
+// The codec of one row for the codec bindings below (kind "index" or main).
+RowCodec test_codec(const std::string& kv, const std::string& kind, py::ssize_t width, int64_t rope_dim) {
+  return RowCodec::make(parse_kv_type(kv), kind == "index" ? RowCodec::Kind::Index : RowCodec::Kind::Main,
+                        static_cast<int64_t>(width), rope_dim);
+}
+
 py::array_t<float> to_array(const std::vector<float>& v) {
   py::array_t<float> a(static_cast<py::ssize_t>(v.size()));
   std::copy(v.begin(), v.end(), a.mutable_data());
@@ -219,15 +225,25 @@ void bind_session(py::module_& m) {
   m.def(
       "kv_codec_roundtrip",
       [](const std::string& kv, const std::string& kind, F32Array x, int64_t rope_dim) {
-        const RowCodec c = RowCodec::make(parse_kv_type(kv),
-                                          kind == "index" ? RowCodec::Kind::Index : RowCodec::Kind::Main,
-                                          static_cast<int64_t>(x.size()), rope_dim);
+        const RowCodec c = test_codec(kv, kind, x.size(), rope_dim);
         std::vector<float> v(x.data(), x.data() + x.size()), out(v.size());
         c.round(v.data());
         std::vector<uint8_t> rec(c.bytes);
         c.encode(v.data(), rec.data());
         c.decode(rec.data(), out.data());
         return py::make_tuple(to_array(v), to_array(out), c.bytes);
+      },
+      py::arg("kv"), py::arg("kind"), py::arg("row"), py::arg("rope_dim") = 0);
+  // The record bytes of one row (rounded first), as a session stores it.
+  m.def(
+      "kv_codec_encode",
+      [](const std::string& kv, const std::string& kind, F32Array x, int64_t rope_dim) {
+        const RowCodec c = test_codec(kv, kind, x.size(), rope_dim);
+        std::vector<float> v(x.data(), x.data() + x.size());
+        c.round(v.data());
+        py::array_t<uint8_t> rec(static_cast<py::ssize_t>(c.bytes));
+        c.encode(v.data(), rec.mutable_data());
+        return rec;
       },
       py::arg("kv"), py::arg("kind"), py::arg("row"), py::arg("rope_dim") = 0);
 }

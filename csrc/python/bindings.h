@@ -1,7 +1,13 @@
 // Each concern registers its own Python bindings into pyv4._core.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "quant/matmul.h"
 
 namespace pyv4 {
 void bind_gguf(pybind11::module_& m);
@@ -9,4 +15,14 @@ void bind_model(pybind11::module_& m);
 void bind_quant(pybind11::module_& m);
 void bind_session(pybind11::module_& m);  // after bind_model (uses Engine)
 void bind_sample(pybind11::module_& m);
+void bind_ops(pybind11::module_& m);
+void bind_cuda(pybind11::module_& m);
+
+// Shared by the kernel bindings (bind_quant.cpp, bind_cuda.cpp).
+using U8Array = pybind11::array_t<uint8_t, pybind11::array::c_style | pybind11::array::forcecast>;
+using F32Array = pybind11::array_t<float, pybind11::array::c_style | pybind11::array::forcecast>;
+// The GGML type of a name ("Q4_K", ...); InputError if unknown.
+GGMLType type_from_name(const std::string& name);
+// A [rows, cols] view of raw GGML rows; InputError if raw is too small.
+WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols);
 }  // namespace pyv4

@@ -28,4 +28,6 @@ PYBIND11_MODULE(_core, m) {
   pyv4::bind_model(m);
   pyv4::bind_session(m);
   pyv4::bind_sample(m);
+  pyv4::bind_ops(m);
+  pyv4::bind_cuda(m);
 }

@@ -6,6 +6,14 @@
 #include <cstdint>
 #include <cstring>
 
+// The scalar helpers below are also called by the CUDA kernels (csrc/cuda/),
+// compiled by nvcc for host and device; elsewhere the macro is empty.
+#ifdef __CUDACC__
+#define PYV4_HD __host__ __device__
+#else
+#define PYV4_HD
+#endif
+
 namespace pyv4 {
 namespace qblocks {
 
@@ -105,20 +113,20 @@ static inline int iq4xs_scale(const BlockIQ4_XS& blk, int b) {
 // [0, .5, 1, 1.5, 2, 3, 4, 6, -0, ...] * 2.
 constexpr int8_t kMxfp4x2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
-static inline float bits_to_f32(uint32_t bits) {
+static inline PYV4_HD float bits_to_f32(uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
 }
 
-static inline uint32_t f32_to_bits(float f) {
+static inline PYV4_HD uint32_t f32_to_bits(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
   return bits;
 }
 
 // Exact IEEE half -> float (handles subnormals, inf, NaN).
-static inline float f16_to_f32(uint16_t h) {
+static inline PYV4_HD float f16_to_f32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
   if (exp == 0) {
@@ -141,23 +149,23 @@ static inline float f16_to_f32(uint16_t h) {
   return bits_to_f32(bits);
 }
 
-static inline float bf16_to_f32(uint16_t h) { return bits_to_f32(static_cast<uint32_t>(h) << 16); }
+static inline PYV4_HD float bf16_to_f32(uint16_t h) { return bits_to_f32(static_cast<uint32_t>(h) << 16); }
 
 // 2^(e - 128) = half of the E8M0 scale 2^(e - 127), as GGML's
 // ggml_e8m0_to_fp32_half: e < 2 gives the subnormals 2^-128 and 2^-127.
-static inline float e8m0_to_f32_half(uint8_t e) {
+static inline PYV4_HD float e8m0_to_f32_half(uint8_t e) {
   const uint32_t bits = e < 2 ? (0x00200000u << e) : (static_cast<uint32_t>(e) - 1u) << 23;
   return bits_to_f32(bits);
 }
 
-static inline uint16_t load_u16(const void* p) {
+static inline PYV4_HD uint16_t load_u16(const void* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
   return v;
 }
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K super-block.
-static inline void q4k_scale_min(const uint8_t* q, int j, uint8_t* sc, uint8_t* m) {
+static inline PYV4_HD void q4k_scale_min(const uint8_t* q, int j, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
     *sc = q[j] & 63;
     *m = q[j + 4] & 63;
@@ -169,7 +177,7 @@ static inline void q4k_scale_min(const uint8_t* q, int j, uint8_t* sc, uint8_t* 
 
 // All 8 scales (byte j of *sc) and mins (byte j of *m) of a Q4_K super-block at
 // once, with 32-bit mask arithmetic (same values as q4k_scale_min).
-static inline void q4k_scales_mins(const uint8_t* q, uint64_t* sc, uint64_t* m) {
+static inline PYV4_HD void q4k_scales_mins(const uint8_t* q, uint64_t* sc, uint64_t* m) {
   uint32_t a, b, c;
   std::memcpy(&a, q, 4);
   std::memcpy(&b, q + 4, 4);

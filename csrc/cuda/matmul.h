@@ -1,0 +1,61 @@
+// Weight products on the GPU: Y = X · Wᵀ for a weight in GGML rows in device
+// memory (the same bytes as the file). Plain C++ interface (csrc/cuda/matmul.cu).
+//
+// Decode (few tokens): a GEMV that streams each row once for all tokens
+// (gemv.cu). Integer weight types (Q8_0, Q4_0, Q4_K, MXFP4) work on the
+// activations quantized per group of 32 to int8 exactly as the CPU's fast
+// path does (csrc/quant/kernels.h) with dp4a dots (cuda/block_math.h); F32 /
+// F16 / BF16 are an fp32 dot. Prefill: a tiled GEMM (gemm.cu) that decodes
+// weight tiles to fp32 in shared memory (no activation quantization), so its
+// error is that of an fp32 dot.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/buffer.h"
+#include "quant/matmul.h"
+
+namespace pyv4 {
+namespace cuda {
+
+// Weights are a WeightMatrix (csrc/quant/matmul.h) whose data points to device
+// memory, in GGML rows (split == false; the split layout is the CPU's).
+using DeviceMatrix = WeightMatrix;
+
+enum class MatmulKernel { Auto, Gemv, Gemm };
+
+// Above this many tokens Auto picks the GEMM: the GEMV keeps one accumulator
+// per token in registers and re-reads each weight group for every 8 tokens.
+constexpr int64_t kGemvMaxTokens = 8;
+
+// Device scratch of the quantized activations, grown as needed and kept.
+struct MatmulScratch {
+  DeviceBuffer act;
+};
+
+// Y[t * ldy + r] = sum_c W[r, c] * X[t * ldx + c]; X, Y in device memory.
+// Asynchronous on the default stream; throws InputError for a type the GPU
+// does not multiply and CudaError for a CUDA error.
+void matmul(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
+            int64_t ldy, MatmulScratch& scratch, MatmulKernel kernel = MatmulKernel::Auto);
+
+// Device scratch of moe_matmul: the gathered inputs and outputs, and matmul's.
+struct MoeScratch {
+  DeviceBuffer x, y;
+  MatmulScratch matmul;
+};
+
+// Routed experts grouped by expert (csrc/cuda/moe.cu): W stacks n_expert
+// matrices of W.rows / n_expert rows (GGUF ffn_*_exps); pair p multiplies
+// token tokens[p] of X [n_tokens, W.cols] by expert experts[p] into row p of
+// Y [n_pairs, W.rows / n_expert]. tokens / experts are host arrays (the
+// routing is known on the host); X, Y device memory. Returns when done.
+void moe_matmul(const DeviceMatrix& W, int64_t n_expert, const float* X, int64_t n_tokens, const int32_t* tokens,
+                const int32_t* experts, int64_t n_pairs, float* Y, MoeScratch& scratch);
+
+// Every row of W decoded to fp32 (Y is [rows, cols]), the kernels' element decode.
+void dequantize(const DeviceMatrix& W, float* Y);
+
+}  // namespace cuda
+}  // namespace pyv4

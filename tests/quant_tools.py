@@ -1,0 +1,84 @@
+"""Random GGML weights and the error bound of the fast weight products, shared by
+the CPU kernel tests (test_kernels.py) and the CUDA ones (test_cuda_*.py).
+numpy only at import time: the GPU check runs on an image without gguf."""
+
+import numpy as np
+
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "MXFP4"]
+INT_TYPES = {"Q8_0", "Q4_0", "Q4_K", "MXFP4"}
+BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
+         "Q4_K": (256, 144), "MXFP4": (32, 17)}
+
+
+def _rand_f16(rng, shape, lo, hi):
+    """Finite float16 values with random sign and magnitude in [lo, hi)."""
+    mag = rng.uniform(lo, hi, size=shape)
+    sign = rng.choice([-1.0, 1.0], size=shape)
+    return (mag * sign).astype(np.float16)
+
+
+def random_weight(type_name, rows, cols, rng, full_range=False):
+    """Raw GGML bytes [rows, row_bytes]. full_range: any finite scale bit pattern
+    (for the decode test); otherwise scales chosen so values are O(0.01..1)."""
+    bs, bb = BLOCK[type_name]
+    nb = rows * cols // bs
+    if type_name == "F32":
+        return rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint8)
+    if type_name == "F16":
+        return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
+    if type_name == "BF16":
+        f = rng.standard_normal((rows, cols)).astype(np.float32)
+        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(rows, -1)
+    raw = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
+    if full_range:
+        if type_name in ("Q8_0", "Q4_0", "Q4_K"):
+            # any finite f16 (exponent field != 31), subnormals included
+            nh = 2 if type_name == "Q4_K" else 1
+            h = rng.integers(0, 1 << 16, size=(nb, nh), dtype=np.uint16)
+            h = np.where((h & 0x7C00) == 0x7C00, h & 0x83FF, h).astype(np.uint16)
+            raw[:, : 2 * nh] = h.view(np.uint8).reshape(nb, 2 * nh)
+        # MXFP4: every exponent byte 0..255 is already allowed
+    else:
+        if type_name == "Q8_0":
+            raw[:, :2] = _rand_f16(rng, (nb, 1), 0.002, 0.01).view(np.uint8)
+        elif type_name == "Q4_0":
+            raw[:, :2] = _rand_f16(rng, (nb, 1), 0.01, 0.1).view(np.uint8)
+        elif type_name == "Q4_K":
+            raw[:, 0:2] = np.abs(_rand_f16(rng, (nb, 1), 0.0005, 0.002)).view(np.uint8)
+            raw[:, 2:4] = np.abs(_rand_f16(rng, (nb, 1), 0.0005, 0.002)).view(np.uint8)
+        elif type_name == "MXFP4":
+            raw[:, 0] = rng.integers(120, 130, size=nb)
+    return raw.reshape(rows, -1)
+
+
+def gguf_dequant(type_name, raw, rows, cols):
+    # imported here: the GPU check (tests/test_cuda_*.py) runs where gguf may be missing
+    from gguf import GGMLQuantizationType as QT
+    from gguf import quants as gq
+
+    return gq.dequantize(np.ascontiguousarray(raw).reshape(rows, -1), QT[type_name]).reshape(rows, cols)
+
+
+def check_fast(type_name, W, x, y):
+    ref = x.astype(np.float64) @ W.astype(np.float64).T
+    absw = np.abs(W.astype(np.float64))
+    if type_name in INT_TYPES:
+        n, cols = x.shape
+        amax = np.abs(x).reshape(n, cols // 32, 32).max(axis=2)
+        bound = np.repeat(amax, 32, axis=1) @ absw.T / 250.0
+        bound += 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
+    else:
+        bound = 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
+    err = np.abs(y.astype(np.float64) - ref)
+    worst = np.max(err / bound)
+    assert worst <= 1.0, f"{type_name}: error {worst:.3f} x bound"
+
+
+def reference_dequant(raw, type_name, rows, cols):
+    """[rows, cols] float32 by the scalar reference decode (quant_dequantize,
+    equal to gguf.quants bit for bit: test_kernels.py)."""
+    from pyv4 import _core
+
+    raw = np.ascontiguousarray(raw).reshape(rows, -1)
+    with np.errstate(over="ignore"):
+        return np.stack([_core.quant_dequantize(type_name, raw[r], cols) for r in range(rows)])
