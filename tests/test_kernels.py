@@ -337,22 +337,28 @@ def test_int8_peak_probe():
 @pytest.mark.parametrize("tname", ["F32", "F16", "BF16"])
 def test_float_results_do_not_depend_on_batch(isa, tname):
     """A token's product with a float weight is bitwise the same alone or in any
-    batch: sessions rely on it (chunked prefill = decode = re-eval after truncate)."""
+    batch: sessions rely on it (chunked prefill = decode = batched decode =
+    re-eval after truncate). Every batch size 1..13 (AVX-512: the 1-token GEMV,
+    the 2..8-token column-chunked tiles, the prefill tiles) against each token
+    alone."""
     if not _core.isa_supported(isa):
         pytest.skip(f"{isa} not supported by this CPU")
     rng = np.random.default_rng(5)
-    rows, cols = 37, 232  # 232 = 3 x 64 + 2 x 16 + 8: every tail path; 37 rows: tiles of 4 + 1
+    # 1256 = 19 x 64 + 2 x 16 + 8: every tail path, and column chunks of 512,
+    # 512 and 192 in the small-batch tiles; 37 rows: tiles of 4 or 3 rows + 1
+    rows, cols = 37, 1256
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     raw = {"F32": w, "F16": w.astype(np.float16), "BF16": (w.view(np.uint32) >> 16).astype(np.uint16)}[tname]
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
     x = rng.standard_normal((13, cols)).astype(np.float32)
     _core.set_isa(isa)
     try:
-        together = _core.quant_matmul(tname, raw, rows, cols, x, 2)
-        for t in range(13):
-            alone = _core.quant_matmul(tname, raw, rows, cols, x[t : t + 1], 1)
-            np.testing.assert_array_equal(alone[0], together[t])
-        np.testing.assert_array_equal(_core.quant_matmul(tname, raw, rows, cols, x[3:8], 2), together[3:8])
+        alone = np.concatenate([_core.quant_matmul(tname, raw, rows, cols, x[t : t + 1], 1)
+                                for t in range(13)])
+        for n in range(2, 14):
+            np.testing.assert_array_equal(_core.quant_matmul(tname, raw, rows, cols, x[:n], 2),
+                                          alone[:n], err_msg=f"{n} tokens")
+        np.testing.assert_array_equal(_core.quant_matmul(tname, raw, rows, cols, x[3:8], 1), alone[3:8])
     finally:
         _core.set_isa("auto")
 
