@@ -230,6 +230,23 @@ def test_gemv_and_lane_edges(type_name, isa):
             np.testing.assert_allclose(y1[0], y[20], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_tokens", [2, 3, 5, 8])
+def test_wide_rows_small_batches(n_tokens):
+    """Q8_0 rows of 8 KB and more take the 4-row tiles from 2 tokens on (short
+    rows keep the GEMV up to 3 tokens): here 7712 columns = 241 blocks (a
+    partial last 4-block group), 38 rows (tiles of 4 + 2 single rows)."""
+    _core.set_isa("auto")
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(31)
+    rows, cols = 38, 7712
+    raw = random_weight("Q8_0", rows, cols, rng)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    x[:, 32 * 7:32 * 8] *= 20.0
+    y = _core.quant_matmul("Q8_0", raw, rows, cols, x, 1)
+    _check_fast("Q8_0", gguf_dequant("Q8_0", raw, rows, cols), x, y)
+    assert np.array_equal(y, _core.quant_matmul("Q8_0", raw, rows, cols, x, 2))
+
+
 def test_large_tokens_and_rows_fast():
     """Row tiles + token tiles with tails on the best ISA (4-row and 4-token tiles)."""
     _core.set_isa("auto")

@@ -10,8 +10,9 @@
 // Codes: Q8_0 w+128 (k = 128), Q4_0 nibble (k = 8), MXFP4 2*E2M1+12 (k = 12),
 // Q4_K nibble with dw = d*sc and the mins subtracted once per super-block
 // (acc -= sum_i dmin*m_i * dx_i*sum(q)_i). VNNI sums in int32: no saturation.
-// 4 tokens up to lane_min_tokens (quant/kernels.h): tiles of 4 rows x up to 4
-// tokens, each weight group decoded once per tile. 1..3 tokens (gemv_*): one row stream per thread, the
+// 4 tokens (2 on rows of 8 KB and more) up to lane_min_tokens (quant/kernels.h):
+// tiles of 4 rows x up to 4 tokens, each weight group decoded once per tile.
+// 1 token, and 2..3 on shorter rows (gemv_*): one row stream per thread, the
 // int32 lanes of 4 groups summed per block (reduce4) so the float step runs once
 // per 16 blocks; for MXFP4 and Q4_0 software pipelined (gemv_pipelined: on
 // Zen 4 this decode is bound by latency and op count, not by one port).
@@ -676,39 +677,37 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
       }
       tile_int<Dec, GgmlSrc<Dec>, kR, kT>(W, r, *act, t, Y, ldy);
     };
-    // Decode (1..3 tokens): one row after the other, so each thread reads one
-    // contiguous stream (4 interleaved short rows halve the DRAM throughput).
-    if (n_tokens >= 4) {
-      drive<4>(r0, r1, n_tokens, f);
+    auto gemv = [&](auto TT) {
+      constexpr int Tn = decltype(TT)::value;
+      if constexpr (kSplittable) {
+        if (W.split) {
+          for (int64_t r = r0; r < r1; ++r) gemv_split<Dec, Tn>(W, r, *act, 0, Y, ldy);
+          return;
+        }
+      }
+      if constexpr (std::is_same<Dec, DecQ8_0>::value) {
+        for (int64_t r = r0; r < r1; ++r) gemv_int<Dec, Tn>(W, r, *act, 0, Y, ldy);
+      } else {
+        gemv_pipelined<Dec, Tn>(W, r0, r1, *act, 0, Y, ldy);
+      }
+    };
+    // 1 token, and 2..3 tokens on rows under 8 KB: the GEMV, one row after
+    // the other, so each thread reads one contiguous stream (tiles of 4
+    // interleaved short rows halve the DRAM throughput: Q8_0 [32768x1024], 2
+    // threads, 2 tokens 1.15 -> 2.28 ms; MXFP4 split [4096x2048] 0.16 -> 0.27
+    // ms). On rows of 8 KB and more the tiles stream as well and do less work
+    // per token than the GEMV (Q8_0 [4096x8192], 2 threads, in-process A/B:
+    // 2 tokens 1.84 -> 1.29 ms, 3 tokens 2.45 -> 1.32 ms; rows of 4 KB,
+    // [4096x4096], were within noise either way).
+    if (n_tokens == 1 || (n_tokens <= 3 && W.row_stride < 8192)) {
+      switch (n_tokens) {
+        case 3: gemv(IC<3>{}); break;
+        case 2: gemv(IC<2>{}); break;
+        default: gemv(IC<1>{}); break;
+      }
       return;
     }
-    if constexpr (kSplittable) {
-      if (W.split) {
-        for (int64_t r = r0; r < r1; ++r) {
-          switch (n_tokens) {
-            case 3: gemv_split<Dec, 3>(W, r, *act, 0, Y, ldy); break;
-            case 2: gemv_split<Dec, 2>(W, r, *act, 0, Y, ldy); break;
-            default: gemv_split<Dec, 1>(W, r, *act, 0, Y, ldy); break;
-          }
-        }
-        return;
-      }
-    }
-    if constexpr (std::is_same<Dec, DecQ8_0>::value) {
-      for (int64_t r = r0; r < r1; ++r) {
-        switch (n_tokens) {
-          case 3: gemv_int<Dec, 3>(W, r, *act, 0, Y, ldy); break;
-          case 2: gemv_int<Dec, 2>(W, r, *act, 0, Y, ldy); break;
-          default: gemv_int<Dec, 1>(W, r, *act, 0, Y, ldy); break;
-        }
-      }
-    } else {
-      switch (n_tokens) {
-        case 3: gemv_pipelined<Dec, 3>(W, r0, r1, *act, 0, Y, ldy); break;
-        case 2: gemv_pipelined<Dec, 2>(W, r0, r1, *act, 0, Y, ldy); break;
-        default: gemv_pipelined<Dec, 1>(W, r0, r1, *act, 0, Y, ldy); break;
-      }
-    }
+    drive<4>(r0, r1, n_tokens, f);
   };
   switch (W.type) {
     case GGMLType::F32:
