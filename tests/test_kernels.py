@@ -247,6 +247,35 @@ def test_wide_rows_small_batches(n_tokens):
     assert np.array_equal(y, _core.quant_matmul("Q8_0", raw, rows, cols, x, 2))
 
 
+@pytest.mark.parametrize("type_name,cols,layout", [("Q8_0", 1120, "ggml"), ("MXFP4", 1120, "ggml"),
+                                                    ("Q4_0", 1120, "ggml"), ("MXFP4", 1024, "split"),
+                                                    ("Q4_0", 1024, "split")])
+def test_gemv_small_batches_equal_single_tokens(type_name, cols, layout):
+    """AVX-512 GEMV with 2..5 tokens on short rows (x of all tokens within 6 KB):
+    transposed codes and activations, each block's dot in its own int32 lane;
+    the same integers and float operations as the 1-token GEMV, so every token's
+    result is bitwise what it gets alone. 1120 columns = 35 blocks: 2 super-groups
+    and a 3-block tail."""
+    if not _core.isa_supported("avx512"):
+        pytest.skip("CPU lacks avx512")
+    _core.set_isa("avx512")
+    _core.set_compute_mode("fast")
+    try:
+        rng = np.random.default_rng(41)
+        rows = 21
+        raw = random_weight(type_name, rows, cols, rng)
+        x = rng.standard_normal((5, cols)).astype(np.float32)
+        x[:, 32 * 5:32 * 6] *= 20.0
+        alone = np.concatenate([_core.quant_matmul(type_name, raw, rows, cols, x[t:t + 1], 1, layout)
+                                for t in range(5)])
+        _check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, alone)
+        for n in range(2, 6):
+            y = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2, layout)
+            np.testing.assert_array_equal(y, alone[:n], err_msg=f"{n} tokens")
+    finally:
+        _core.set_isa("auto")
+
+
 def test_large_tokens_and_rows_fast():
     """Row tiles + token tiles with tails on the best ISA (4-row and 4-token tiles)."""
     _core.set_isa("auto")
