@@ -165,6 +165,52 @@ def test_gemv_and_lane_edges(type_name, isa):
             np.testing.assert_allclose(y1[0], y[20], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_tokens", [2, 3, 5, 8])
+def test_wide_rows_small_batches(n_tokens):
+    """Q8_0 rows of 8 KB and more take the 4-row tiles from 2 tokens on (short
+    rows keep the GEMV up to 3 tokens): here 7712 columns = 241 blocks (a
+    partial last 4-block group), 38 rows (tiles of 4 + 2 single rows)."""
+    _core.set_isa("auto")
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(31)
+    rows, cols = 38, 7712
+    raw = random_weight("Q8_0", rows, cols, rng)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    x[:, 32 * 7:32 * 8] *= 20.0
+    y = _core.quant_matmul("Q8_0", raw, rows, cols, x, 1)
+    _check_fast("Q8_0", gguf_dequant("Q8_0", raw, rows, cols), x, y)
+    assert np.array_equal(y, _core.quant_matmul("Q8_0", raw, rows, cols, x, 2))
+
+
+@pytest.mark.parametrize("type_name,cols,layout", [("Q8_0", 1120, "ggml"), ("MXFP4", 1120, "ggml"),
+                                                    ("Q4_0", 1120, "ggml"), ("MXFP4", 1024, "split"),
+                                                    ("Q4_0", 1024, "split")])
+def test_gemv_small_batches_equal_single_tokens(type_name, cols, layout):
+    """AVX-512 GEMV with 2..5 tokens on short rows (x of all tokens within 6 KB):
+    transposed codes and activations, each block's dot in its own int32 lane;
+    the same integers and float operations as the 1-token GEMV, so every token's
+    result is bitwise what it gets alone. 1120 columns = 35 blocks: 2 super-groups
+    and a 3-block tail."""
+    if not _core.isa_supported("avx512"):
+        pytest.skip("CPU lacks avx512")
+    _core.set_isa("avx512")
+    _core.set_compute_mode("fast")
+    try:
+        rng = np.random.default_rng(41)
+        rows = 21
+        raw = random_weight(type_name, rows, cols, rng)
+        x = rng.standard_normal((5, cols)).astype(np.float32)
+        x[:, 32 * 5:32 * 6] *= 20.0
+        alone = np.concatenate([_core.quant_matmul(type_name, raw, rows, cols, x[t:t + 1], 1, layout)
+                                for t in range(5)])
+        _check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, alone)
+        for n in range(2, 6):
+            y = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2, layout)
+            np.testing.assert_array_equal(y, alone[:n], err_msg=f"{n} tokens")
+    finally:
+        _core.set_isa("auto")
+
+
 def test_large_tokens_and_rows_fast():
     """Row tiles + token tiles with tails on the best ISA (4-row and 4-token tiles)."""
     _core.set_isa("auto")
@@ -272,22 +318,28 @@ def test_int8_peak_probe():
 @pytest.mark.parametrize("tname", ["F32", "F16", "BF16"])
 def test_float_results_do_not_depend_on_batch(isa, tname):
     """A token's product with a float weight is bitwise the same alone or in any
-    batch: sessions rely on it (chunked prefill = decode = re-eval after truncate)."""
+    batch: sessions rely on it (chunked prefill = decode = batched decode =
+    re-eval after truncate). Every batch size 1..13 (AVX-512: the 1-token GEMV,
+    the 2..8-token column-chunked tiles, the prefill tiles) against each token
+    alone."""
     if not _core.isa_supported(isa):
         pytest.skip(f"{isa} not supported by this CPU")
     rng = np.random.default_rng(5)
-    rows, cols = 37, 232  # 232 = 3 x 64 + 2 x 16 + 8: every tail path; 37 rows: tiles of 4 + 1
+    # 1256 = 19 x 64 + 2 x 16 + 8: every tail path, and column chunks of 512,
+    # 512 and 192 in the small-batch tiles; 37 rows: tiles of 4 or 3 rows + 1
+    rows, cols = 37, 1256
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     raw = {"F32": w, "F16": w.astype(np.float16), "BF16": (w.view(np.uint32) >> 16).astype(np.uint16)}[tname]
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
     x = rng.standard_normal((13, cols)).astype(np.float32)
     _core.set_isa(isa)
     try:
-        together = _core.quant_matmul(tname, raw, rows, cols, x, 2)
-        for t in range(13):
-            alone = _core.quant_matmul(tname, raw, rows, cols, x[t : t + 1], 1)
-            np.testing.assert_array_equal(alone[0], together[t])
-        np.testing.assert_array_equal(_core.quant_matmul(tname, raw, rows, cols, x[3:8], 2), together[3:8])
+        alone = np.concatenate([_core.quant_matmul(tname, raw, rows, cols, x[t : t + 1], 1)
+                                for t in range(13)])
+        for n in range(2, 14):
+            np.testing.assert_array_equal(_core.quant_matmul(tname, raw, rows, cols, x[:n], 2),
+                                          alone[:n], err_msg=f"{n} tokens")
+        np.testing.assert_array_equal(_core.quant_matmul(tname, raw, rows, cols, x[3:8], 1), alone[3:8])
     finally:
         _core.set_isa("auto")
 

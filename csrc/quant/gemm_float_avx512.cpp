@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "quant/kernels.h"
@@ -49,55 +50,46 @@ struct ConvBF16 {
   }
 };
 
-// Decode (1..3 tokens), one row: the reference order of every float dot here,
-// 4 FMA chains over 64-element steps, a 16-element tail on chain 0, a masked
-// tail on chain 1, then (c0+c1)+(c2+c3). tile_float_chains (prefill) computes
-// the same sums, so a token's result does not depend on which other tokens
-// share the call: chunked prefill, decode and re-evaluation after truncate
-// agree bitwise. One contiguous row stream per thread (4 interleaved short
-// rows halve the DRAM throughput). No software prefetch: on a single
-// contiguous float stream the hardware prefetcher does better (BF16 head, 2
-// threads: Zen 4 46 GB/s without, 36 with a 4 KB distance).
-template <class Conv, int T>
-void gemv_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
-                float* Y, int64_t ldy) {
-  __m512 acc[T][4];
-  for (int t = 0; t < T; ++t)
-    for (int u = 0; u < 4; ++u) acc[t][u] = _mm512_setzero_ps();
+// Decode (1 token), one row: the reference order of every float dot here, 4
+// FMA chains over 64-element steps, a 16-element tail on chain 0, a masked
+// tail on chain 1, then (c0+c1)+(c2+c3). tile_float_chunked (2..8 tokens)
+// and tile_float_chains (prefill) compute the same sums, so a token's result
+// does not depend on which other tokens share the call: chunked prefill,
+// decode, batched decode and re-evaluation after truncate agree bitwise. One
+// contiguous row stream per thread (4 interleaved short rows halve the DRAM
+// throughput). No software prefetch: on a single contiguous float stream the
+// hardware prefetcher does better (BF16 head, 2 threads: Zen 4 46 GB/s
+// without, 36 with a 4 KB distance).
+template <class Conv>
+void gemv_float(const WeightMatrix& W, int64_t r, const float* x, float* Y) {
+  __m512 acc[4];
+  for (int u = 0; u < 4; ++u) acc[u] = _mm512_setzero_ps();
   const uint8_t* row = W.row(r);
-  const float* xs[T];
-  for (int t = 0; t < T; ++t) xs[t] = X + (t0 + t) * ldx;
   const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
   for (int64_t k = 0; k < n64; k += 64) {
-    __m512 w[4];
 #pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) w[u] = Conv::load16(row + (k + 16 * u) * Conv::kBytes);
-#pragma GCC unroll 4
-    for (int t = 0; t < T; ++t)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) acc[t][u] = _mm512_fmadd_ps(w[u], _mm512_loadu_ps(xs[t] + k + 16 * u), acc[t][u]);
+    for (int u = 0; u < 4; ++u)
+      acc[u] = _mm512_fmadd_ps(Conv::load16(row + (k + 16 * u) * Conv::kBytes),
+                               _mm512_loadu_ps(x + k + 16 * u), acc[u]);
   }
-  for (int64_t k = n64; k < n16; k += 16) {
-    const __m512 w = Conv::load16(row + k * Conv::kBytes);
-    for (int t = 0; t < T; ++t) acc[t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs[t] + k), acc[t][0]);
-  }
+  for (int64_t k = n64; k < n16; k += 16)
+    acc[0] = _mm512_fmadd_ps(Conv::load16(row + k * Conv::kBytes), _mm512_loadu_ps(x + k), acc[0]);
   if (n16 < n) {
     const __mmask16 m = static_cast<__mmask16>((1u << (n - n16)) - 1u);
-    const __m512 w = Conv::load_masked(row + n16 * Conv::kBytes, m);
-    for (int t = 0; t < T; ++t)
-      acc[t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, xs[t] + n16), acc[t][1]);
+    acc[1] = _mm512_fmadd_ps(Conv::load_masked(row + n16 * Conv::kBytes, m),
+                             _mm512_maskz_loadu_ps(m, x + n16), acc[1]);
   }
-  for (int t = 0; t < T; ++t)
-    Y[(t0 + t) * ldy + r] = hsum(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
-                                               _mm512_add_ps(acc[t][2], acc[t][3])));
+  Y[r] = hsum(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
-// Prefill with float weights, R rows x T tokens: exactly gemv_float's
+// Prefill (9+ tokens) with float weights, R rows x T tokens: exactly gemv_float's
 // arithmetic per (row, token) (chains u = 0..3 over 64-element steps, the
 // 16-element tail on chain 0, the masked tail on chain 1, (c0+c1)+(c2+c3)),
 // but one chain at a time, so the registers hold R*T accumulators instead of
-// 4*R*T: 4 rows x 6 tokens reuse each loaded vector 4 or 6 times (gemv_float's
-// 2 x 2 tile: twice, ~55-100 Gops/s, bound by loads from L2).
+// 4*R*T: 4 rows x 6 tokens reuse each loaded vector 4 or 6 times (a 2 x 2
+// tile: twice, ~55-100 Gops/s, bound by loads from L2). From 32 tokens on,
+// these L2 panels beat tile_float_chunked (128 tokens: 1.15x); between 9 and
+// 32 tokens the two measured within noise.
 template <class Conv, int R, int T>
 void tile_float_chains(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
                        float* Y, int64_t ldy) {
@@ -150,17 +142,128 @@ void tile_float_chains(const WeightMatrix& W, int64_t r, const float* X, int64_t
     }
 }
 
+// Small batches (2..8 tokens: batched decode), R rows x T tokens: exactly
+// gemv_float's arithmetic per (row, token) (chains u = 0..3 over 64-element
+// steps, the 16-element tail on chain 0, the masked tail on chain 1,
+// (c0+c1)+(c2+c3)), in column chunks of KC. Within a chunk one chain at a
+// time; its R*T accumulators are carried from chunk to chunk through `part`
+// (L1), so every chain still adds its steps in column order. The x rows come
+// packed chunk by chunk (xp, gemm_float_small), so the T x chunks (T*KC*4
+// bytes) and the R weight rows' chunk stay in L1 over the 4 chain passes:
+// each weight line comes from DRAM once, and each x vector loaded from L1
+// feeds R FMAs. Without the packing, x rows 16 KB apart (4096 columns) fall
+// into the same L1 sets: 8 tokens thrashed (BF16 [32768x4096], 2 threads,
+// 8 tokens: 33 -> 18 ms). The weights of the next chunk are prefetched
+// (R row streams at once; 1.17x at 4 tokens over the hardware prefetcher
+// alone).
+template <class Conv, int R, int T, int KC>
+void tile_float_chunked(const WeightMatrix& W, int64_t r, const float* xp, const float* X,
+                        int64_t ldx, float* Y, int64_t ldy) {
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const float* xs[T];
+  for (int t = 0; t < T; ++t) xs[t] = X + t * ldx;
+  const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
+  alignas(64) float part[4][R][T][16];
+  for (int u = 0; u < 4; ++u)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) _mm512_store_ps(part[u][i][t], _mm512_setzero_ps());
+  for (int64_t k0 = 0; k0 < n64; k0 += KC) {
+    const int64_t k1 = std::min<int64_t>(n64, k0 + KC);
+    const float* xc = xp + k0 * T - k0;  // token t's column k at xc + t * (k1 - k0) + k
+#pragma GCC unroll 1
+    for (int u = 0; u < 4; ++u) {
+      __m512 acc[R][T];
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[i][t] = _mm512_load_ps(part[u][i][t]);
+      for (int64_t k = k0 + 16 * u; k < k1; k += 64) {
+        __m512 w[R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(rows[i] + (k + KC) * Conv::kBytes), _MM_HINT_T0);
+          w[i] = Conv::load16(rows[i] + k * Conv::kBytes);
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          __m512 x = _mm512_load_ps(xc + t * (k1 - k0) + k);
+          // One load per x vector: without this GCC folds the load into each
+          // of the R FMAs (R loads instead of one).
+          __asm__("" : "+v"(x));
+#pragma GCC unroll 8
+          for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(w[i], x, acc[i][t]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) _mm512_store_ps(part[u][i][t], acc[i][t]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int64_t k = n64; k < n16; k += 16) {
+      const __m512 w = Conv::load16(rows[i] + k * Conv::kBytes);
+      for (int t = 0; t < T; ++t)
+        _mm512_store_ps(part[0][i][t], _mm512_fmadd_ps(w, _mm512_loadu_ps(xs[t] + k),
+                                                       _mm512_load_ps(part[0][i][t])));
+    }
+    if (n16 < n) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - n16)) - 1u);
+      const __m512 w = Conv::load_masked(rows[i] + n16 * Conv::kBytes, m);
+      for (int t = 0; t < T; ++t)
+        _mm512_store_ps(part[1][i][t], _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, xs[t] + n16),
+                                                       _mm512_load_ps(part[1][i][t])));
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m512 c01 = _mm512_add_ps(_mm512_load_ps(part[0][i][t]), _mm512_load_ps(part[1][i][t]));
+      const __m512 c23 = _mm512_add_ps(_mm512_load_ps(part[2][i][t]), _mm512_load_ps(part[3][i][t]));
+      Y[t * ldy + r + i] = hsum(_mm512_add_ps(c01, c23));
+    }
+  }
+}
+
+// Batched decode (2..8 tokens): x packed per column chunk [k0, k1) of up to
+// kChunk columns (token t's chunk at xp + k0 * n + t * (k1 - k0), n tokens;
+// tails past the last 64-column step read X directly), then tiles of
+// R rows x all tokens (R = 4, 3 for 7-8 tokens: R*T accumulators + R weight
+// vectors + x fit the 32 zmm registers). One pass over the weights.
+template <class Conv>
+void gemm_float_small(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens,
+                      float* Y, int64_t ldy, int64_t r0, int64_t r1) {
+  constexpr int kChunk = 512;  // 8 tokens: 16 KB of x (256: 1.11x slower at 6-8 tokens)
+  const int64_t n64 = W.cols & ~int64_t(63);
+  float* xp = reinterpret_cast<float*>(scratch_bytes(static_cast<size_t>(n_tokens * n64) * 4));
+  for (int64_t k0 = 0; k0 < n64; k0 += kChunk)
+    for (int64_t t = 0; t < n_tokens; ++t)
+      std::memcpy(xp + k0 * n_tokens + t * std::min<int64_t>(kChunk, n64 - k0), X + t * ldx + k0,
+                  static_cast<size_t>(std::min<int64_t>(kChunk, n64 - k0)) * 4);
+  auto rows = [&](auto TT) {
+    constexpr int T = decltype(TT)::value, R = T <= 6 ? 4 : 3;
+    int64_t r = r0;
+    for (; r + R <= r1; r += R) tile_float_chunked<Conv, R, T, kChunk>(W, r, xp, X, ldx, Y, ldy);
+    for (; r < r1; ++r) tile_float_chunked<Conv, 1, T, kChunk>(W, r, xp, X, ldx, Y, ldy);
+  };
+  switch (n_tokens) {
+    case 8: rows(IC<8>{}); break;
+    case 7: rows(IC<7>{}); break;
+    case 6: rows(IC<6>{}); break;
+    case 5: rows(IC<5>{}); break;
+    case 4: rows(IC<4>{}); break;
+    case 3: rows(IC<3>{}); break;
+    default: rows(IC<2>{}); break;
+  }
+}
+
 template <class Conv>
 void gemm_float(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
                 int64_t ldy, int64_t r0, int64_t r1) {
-  if (n_tokens < 4) {
-    for (int64_t r = r0; r < r1; ++r) {
-      switch (n_tokens) {
-        case 3: gemv_float<Conv, 3>(W, r, X, ldx, 0, Y, ldy); break;
-        case 2: gemv_float<Conv, 2>(W, r, X, ldx, 0, Y, ldy); break;
-        default: gemv_float<Conv, 1>(W, r, X, ldx, 0, Y, ldy); break;
-      }
-    }
+  if (n_tokens == 1) {
+    for (int64_t r = r0; r < r1; ++r) gemv_float<Conv>(W, r, X, Y);
+    return;
+  }
+  if (n_tokens <= 8) {
+    gemm_float_small<Conv>(W, X, ldx, n_tokens, Y, ldy, r0, r1);
     return;
   }
   // Prefill: panels of rows (~512 KB of weights, kept in L2) times tiles of 6

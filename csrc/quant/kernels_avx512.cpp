@@ -10,10 +10,11 @@
 // Codes: Q8_0 w+128 (k = 128), Q4_0 nibble (k = 8), MXFP4 2*E2M1+12 (k = 12),
 // Q4_K nibble with dw = d*sc and the mins subtracted once per super-block
 // (acc -= sum_i dmin*m_i * dx_i*sum(q)_i). VNNI sums in int32: no saturation.
-// 4 tokens up to lane_min_tokens (quant/kernels.h): tiles of 4 rows x up to 4
-// tokens, each weight group decoded once per tile. 1..3 tokens (gemv_*): one row stream per thread, the
-// int32 lanes of 4 groups summed per block (reduce4) so the float step runs once
-// per 16 blocks; for MXFP4 and Q4_0 software pipelined (gemv_pipelined: on
+// Up to lane_min_tokens (quant/kernels.h): tiles of 4 rows x up to 4 tokens,
+// each weight group decoded once per tile; or (1 token, and 2..8 tokens on short
+// rows: gemm_avx512 says which) the GEMV (gemv_*): one row stream per thread, the
+// exact int32 dot of each block formed first (superblock_dots) so the float step
+// runs once per 16 blocks; for MXFP4 and Q4_0 software pipelined (gemv_pipelined: on
 // Zen 4 this decode is bound by latency and op count, not by one port).
 // MXFP4 and Q4_0 matrices in the split row layout (quant/split_layout.h; what
 // a model loads on AVX-512) go through the same math on aligned loads
@@ -342,14 +343,80 @@ inline void group_dots(__m512i A, __m512i B, const ActQ& a, int64_t t0, int64_t 
   }
 }
 
-// The float step of super-group s (16 blocks): acc += (dx·dot - cs)·dw, the 4
-// groups' lanes summed per block first (reduce4), DWo in the order of dxr.
+// In-lane 4x4 dword transpose: dword d of 128-bit lane L of z[m] goes to
+// dword m of lane L of z[d]. Applied to the codes of the 4 quad groups of a
+// super-group (z[m] lane L = 16 code bytes of block 4m + L), z[d] then holds
+// code dword d of all 16 blocks, block 4m + L at dword 4L + m: the order of
+// ActQ::dxr.
+inline void transpose4(__m512i (&z)[4]) {
+  const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  z[0] = _mm512_unpacklo_epi64(t0, t2);
+  z[1] = _mm512_unpackhi_epi64(t0, t2);
+  z[2] = _mm512_unpacklo_epi64(t1, t3);
+  z[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+// The quad activations of every token transposed the same way per super-group
+// (what the GEMV multiplies the transposed codes with): token t's super-group
+// s at xt + (t * nsg + s) * 512, the 4 vectors of elements 0..15 (transposed
+// A halves), then the 4 of elements 16..31.
+inline void transpose_act(const ActQ& a, int64_t n_tokens, int8_t* xt) {
+  const int64_t nsg = a.nb / 16;
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t s = 0; s < nsg; ++s) {
+      const int8_t* q = a.q(t) + 512 * s;
+      int8_t* o = xt + (t * nsg + s) * 512;
+      __m512i xa[4], xb[4];
+      for (int m = 0; m < 4; ++m) {
+        xa[m] = _mm512_load_si512(q + 128 * m);
+        xb[m] = _mm512_load_si512(q + 128 * m + 64);
+      }
+      transpose4(xa);
+      transpose4(xb);
+      for (int d = 0; d < 4; ++d) {
+        _mm512_store_si512(o + 64 * d, xa[d]);
+        _mm512_store_si512(o + 256 + 64 * d, xb[d]);
+      }
+    }
+}
+
+// Super-group s (16 blocks, the 4 quad groups' codes A[d], B[d]) of one row
+// for each token: acc += (dx·dot - cs)·dw with dw = DWo (dxr order), each
+// block's exact 32-element dot summed in int32 first. One token: 2 chained
+// vpdpbusd per group, the 4 lanes of each block summed by reduce4. 2+ tokens:
+// the codes transposed once (transpose4) against activations transposed once
+// per call (transpose_act), so 4 + 4 chained vpdpbusd leave each block's dot
+// in its own dword: the same integers and float operations (so the same bits)
+// with 8 vector ops less per token and super-group. (For one token that
+// saving is eaten by the transposes: MXFP4 0.93x.)
 template <int T>
-inline void superblock_fma(const __m512i (&P)[4][T], __m512 DWo, const ActQ& a, int64_t t0,
-                           int64_t s, __m512 (&acc)[T]) {
+inline void superblock_dots(__m512i (&A)[4], __m512i (&B)[4], __m512 DWo, const ActQ& a,
+                            const int8_t* xt, int64_t t0, int64_t s, __m512 (&acc)[T]) {
+  if constexpr (T == 1) {
+    __m512i P[4][1];
 #pragma GCC unroll 4
+    for (int d = 0; d < 4; ++d) group_dots<1>(A[d], B[d], a, t0, 4 * s + d, P[d]);
+    const __m512 f = _mm512_cvtepi32_ps(reduce4(P[0][0], P[1][0], P[2][0], P[3][0]));
+    const __m512 DX = _mm512_loadu_ps(a.dr(t0) + 16 * s);
+    const __m512 KC = _mm512_loadu_ps(a.cr(t0) + 16 * s);
+    acc[0] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DWo, acc[0]);
+    return;
+  }
+  transpose4(A);
+  transpose4(B);
+  const int64_t nsg = a.nb / 16;
+#pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
-    const __m512 f = _mm512_cvtepi32_ps(reduce4(P[0][t], P[1][t], P[2][t], P[3][t]));
+    const int8_t* x = xt + ((t0 + t) * nsg + s) * 512;
+    __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), A[0], _mm512_load_si512(x));
+    __m512i pb = _mm512_dpbusd_epi32(_mm512_setzero_si512(), B[0], _mm512_load_si512(x + 256));
+#pragma GCC unroll 3
+    for (int d = 1; d < 4; ++d) {
+      pa = _mm512_dpbusd_epi32(pa, A[d], _mm512_load_si512(x + 64 * d));
+      pb = _mm512_dpbusd_epi32(pb, B[d], _mm512_load_si512(x + 256 + 64 * d));
+    }
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(pa, pb));
     const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
     const __m512 KC = _mm512_loadu_ps(a.cr(t0 + t) + 16 * s);
     acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DWo, acc[t]);
@@ -382,36 +449,29 @@ inline void gemv_tail(const uint8_t* row, const ActQ& a, int64_t t0, int64_t ng,
   for (int t = 0; t < T; ++t) acc[t] = acc1[0][t];
 }
 
-// Decode (1..3 tokens), one row: 16 blocks (4 quad groups) per float step. The
-// int32 lanes of the 4 groups are summed per block first (reduce4), so the
-// convert + 2 FMAs run once per 16 blocks instead of once per 4.
+// GEMV, one row: 16 blocks (4 quad groups) per float step. Each block's int32
+// dot is formed first (superblock_dots), so the convert + 2 FMAs run once per
+// 16 blocks instead of once per 4.
 template <class Dec, int T>
-void gemv_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
-              int64_t ldy) {
+void gemv_int(const WeightMatrix& W, int64_t r, const ActQ& a, const int8_t* xt, int64_t t0,
+              float* Y, int64_t ldy) {
   __m512 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   const uint8_t* row = W.row(r);
   const int64_t ng = a.nb / 4, nsg = ng / 4;
   constexpr int kGroupBytes = 4 * Dec::kBB;
   for (int64_t s = 0; s < nsg; ++s) {
-    __m512i P[4][T];
+    __m512i A[4], B[4];
     __m512 DW[4];
 #pragma GCC unroll 4
-    for (int d = 0; d < 4; ++d) {
-      const int64_t g = 4 * s + d;
-      const uint8_t* p = row + g * kGroupBytes;
-      __m512i A, B;
-      Dec::group_raw(p, &A, &B, &DW[d]);
-      group_dots<T>(A, B, a, t0, g, P[d]);
-    }
-    const __m512 DWo = Dec::scale(order4(DW));
-    superblock_fma<T>(P, DWo, a, t0, s, acc);
+    for (int d = 0; d < 4; ++d) Dec::group_raw(row + (4 * s + d) * kGroupBytes, &A[d], &B[d], &DW[d]);
+    superblock_dots<T>(A, B, Dec::scale(order4(DW)), a, xt, t0, s, acc);
   }
   gemv_tail<Dec, T>(row, a, t0, ng, 4 * nsg, acc);
   for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
 }
 
-// Decode (1..3 tokens), rows [r0, r1), for the decoders with fetch4 / split
+// GEMV, rows [r0, r1), for the decoders with fetch4 / split
 // stages (MXFP4, Q4_0): gemv_int's math (16 blocks per float step), software
 // pipelined: the loads, code permutes and scales of the next super-group (the
 // next row's first one at the end of a row) are issued before the nibble
@@ -422,8 +482,8 @@ void gemv_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
 // gemv_int). Every row goes through the same float operations in the same
 // order whatever [r0, r1) is, so thread splits and expert slices agree bitwise.
 template <class Dec, int T>
-void gemv_pipelined(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a, int64_t t0,
-                    float* Y, int64_t ldy) {
+void gemv_pipelined(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a,
+                    const int8_t* xt, int64_t t0, float* Y, int64_t ldy) {
   const int64_t ng = a.nb / 4, nsg = ng / 4;
   constexpr int kSgBytes = 16 * Dec::kBB;
   __m512i zn[4];
@@ -443,28 +503,23 @@ void gemv_pipelined(const WeightMatrix& W, int64_t r0, int64_t r1, const ActQ& a
       dn = Dec::fetch4(s + 1 < nsg ? row + (s + 1) * kSgBytes
                                    : (r + 1 < r1 ? W.row(r + 1) : row + s * kSgBytes),
                        zn);
-      __m512i P[4][T];
+      __m512i A[4], B[4];
 #pragma GCC unroll 4
-      for (int d = 0; d < 4; ++d) {
-        const int64_t g = 4 * s + d;
-        __m512i A, B;
-        Dec::split(zc[d], &A, &B);
-        group_dots<T>(A, B, a, t0, g, P[d]);
-      }
-      superblock_fma<T>(P, DWo, a, t0, s, acc);
+      for (int d = 0; d < 4; ++d) Dec::split(zc[d], &A[d], &B[d]);
+      superblock_dots<T>(A, B, DWo, a, xt, t0, s, acc);
     }
     gemv_tail<Dec, T>(row, a, t0, ng, 4 * nsg, acc);
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
   }
 }
 
-// Decode (1..3 tokens), one split row: gemv_int's math (16 blocks per float
+// GEMV, one split row: gemv_int's math (16 blocks per float
 // step, the same operations in the same order, so both layouts give the same
 // bits) on aligned loads. No software pipelining: with no permutes left in the
 // decode, out-of-order execution already overlaps the loads with the dots.
 template <class Dec, int T>
-void gemv_split(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
-                int64_t ldy) {
+void gemv_split(const WeightMatrix& W, int64_t r, const ActQ& a, const int8_t* xt, int64_t t0,
+                float* Y, int64_t ldy) {
   using S = SplitSrc<Dec>;
   __m512 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -472,14 +527,10 @@ void gemv_split(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, flo
   const int64_t nsg = a.nb / 16;
   for (int64_t s = 0; s < nsg; ++s) {
     const __m512 DWo = Dec::scale(S::scales16(row, s));
-    __m512i P[4][T];
+    __m512i A[4], B[4];
 #pragma GCC unroll 4
-    for (int d = 0; d < 4; ++d) {
-      __m512i A, B;
-      S::codes(row, 16 * s + 4 * d, &A, &B);
-      group_dots<T>(A, B, a, t0, 4 * s + d, P[d]);
-    }
-    superblock_fma<T>(P, DWo, a, t0, s, acc);
+    for (int d = 0; d < 4; ++d) S::codes(row, 16 * s + 4 * d, &A[d], &B[d]);
+    superblock_dots<T>(A, B, DWo, a, xt, t0, s, acc);
   }
   for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r] = hsum(acc[t]);
 }
@@ -651,39 +702,52 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
       }
       tile_int<Dec, GgmlSrc<Dec>, kR, kT>(W, r, *act, t, Y, ldy);
     };
-    // Decode (1..3 tokens): one row after the other, so each thread reads one
-    // contiguous stream (4 interleaved short rows halve the DRAM throughput).
-    if (n_tokens >= 4) {
-      drive<4>(r0, r1, n_tokens, f);
+    auto gemv = [&](auto TT) {
+      constexpr int Tn = decltype(TT)::value;
+      int8_t* xt = nullptr;  // (superblock_dots: 2+ tokens)
+      if (Tn > 1) {
+        xt = reinterpret_cast<int8_t*>(scratch_bytes(static_cast<size_t>(Tn * (act->nb / 16) * 512)));
+        transpose_act(*act, Tn, xt);
+      }
+      if constexpr (kSplittable) {
+        if (W.split) {
+          for (int64_t r = r0; r < r1; ++r) gemv_split<Dec, Tn>(W, r, *act, xt, 0, Y, ldy);
+          return;
+        }
+      }
+      if constexpr (std::is_same<Dec, DecQ8_0>::value) {
+        for (int64_t r = r0; r < r1; ++r) gemv_int<Dec, Tn>(W, r, *act, xt, 0, Y, ldy);
+      } else {
+        gemv_pipelined<Dec, Tn>(W, r0, r1, *act, xt, 0, Y, ldy);
+      }
+    };
+    // The GEMV (one row after the other: each thread reads one contiguous
+    // stream) for 1 token, and on rows under 8 KB for 2..3 tokens, or up to 8
+    // while the activations of all tokens stay within 6 KB (L1, re-read for
+    // every row). Tiles of 4 interleaved short rows halve the DRAM
+    // throughput (Q8_0 [32768x1024], 2 threads, 2 tokens 1.15 -> 2.28 ms;
+    // MXFP4 split [4096x2048] 0.16 -> 0.27 ms), but reuse each activation
+    // load 4 times: on rows of 8 KB and more they stream as well and win
+    // (Q8_0 [4096x8192], in-process A/B: 2 tokens GEMV 1.84 / tiles 1.29 ms,
+    // 3 tokens 2.45 / 1.32), as they do once the activations outgrow L1
+    // (MXFP4 split [2048x4096], 4 tokens: 0.34 / 0.25 ms), while on
+    // [32768x1024] the GEMV wins up to 6 tokens (4: 1.63 / 2.30 ms, 6: 2.31 /
+    // 2.58; 8: a tie). Rows of 4 KB with 2..3 tokens: within noise.
+    if (n_tokens == 1 ||
+        (n_tokens <= 8 && W.row_stride < 8192 && (n_tokens <= 3 || n_tokens * W.cols <= 6144))) {
+      switch (n_tokens) {
+        case 8: gemv(IC<8>{}); break;
+        case 7: gemv(IC<7>{}); break;
+        case 6: gemv(IC<6>{}); break;
+        case 5: gemv(IC<5>{}); break;
+        case 4: gemv(IC<4>{}); break;
+        case 3: gemv(IC<3>{}); break;
+        case 2: gemv(IC<2>{}); break;
+        default: gemv(IC<1>{}); break;
+      }
       return;
     }
-    if constexpr (kSplittable) {
-      if (W.split) {
-        for (int64_t r = r0; r < r1; ++r) {
-          switch (n_tokens) {
-            case 3: gemv_split<Dec, 3>(W, r, *act, 0, Y, ldy); break;
-            case 2: gemv_split<Dec, 2>(W, r, *act, 0, Y, ldy); break;
-            default: gemv_split<Dec, 1>(W, r, *act, 0, Y, ldy); break;
-          }
-        }
-        return;
-      }
-    }
-    if constexpr (std::is_same<Dec, DecQ8_0>::value) {
-      for (int64_t r = r0; r < r1; ++r) {
-        switch (n_tokens) {
-          case 3: gemv_int<Dec, 3>(W, r, *act, 0, Y, ldy); break;
-          case 2: gemv_int<Dec, 2>(W, r, *act, 0, Y, ldy); break;
-          default: gemv_int<Dec, 1>(W, r, *act, 0, Y, ldy); break;
-        }
-      }
-    } else {
-      switch (n_tokens) {
-        case 3: gemv_pipelined<Dec, 3>(W, r0, r1, *act, 0, Y, ldy); break;
-        case 2: gemv_pipelined<Dec, 2>(W, r0, r1, *act, 0, Y, ldy); break;
-        default: gemv_pipelined<Dec, 1>(W, r0, r1, *act, 0, Y, ldy); break;
-      }
-    }
+    drive<4>(r0, r1, n_tokens, f);
   };
   switch (W.type) {
     case GGMLType::F32:
