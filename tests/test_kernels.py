@@ -178,7 +178,7 @@ def test_wide_rows_small_batches(n_tokens):
     x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
     x[:, 32 * 7:32 * 8] *= 20.0
     y = _core.quant_matmul("Q8_0", raw, rows, cols, x, 1)
-    _check_fast("Q8_0", gguf_dequant("Q8_0", raw, rows, cols), x, y)
+    check_fast("Q8_0", gguf_dequant("Q8_0", raw, rows, cols), x, y)
     assert np.array_equal(y, _core.quant_matmul("Q8_0", raw, rows, cols, x, 2))
 
 
@@ -203,7 +203,7 @@ def test_gemv_small_batches_equal_single_tokens(type_name, cols, layout):
         x[:, 32 * 5:32 * 6] *= 20.0
         alone = np.concatenate([_core.quant_matmul(type_name, raw, rows, cols, x[t:t + 1], 1, layout)
                                 for t in range(5)])
-        _check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, alone)
+        check_fast(type_name, gguf_dequant(type_name, raw, rows, cols), x, alone)
         for n in range(2, 6):
             y = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2, layout)
             np.testing.assert_array_equal(y, alone[:n], err_msg=f"{n} tokens")
