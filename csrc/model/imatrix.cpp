@@ -6,6 +6,7 @@ namespace pyv4 {
 
 ImatrixCollector::ImatrixCollector(ModelWeights& w) {
   add("output.weight", w.output, 1);
+  add("output_hc_fn.weight", w.hc_head_fn, 1);
   for (size_t il = 0; il < w.layers.size(); ++il) {
     LayerWeights& L = w.layers[il];
     const auto mats = L.matrices();

@@ -5,11 +5,12 @@
 // sum / count (convert/imatrix.py reads the file this feeds).
 //
 // Where it hooks in: matmul() and matmul_many() report every product to an
-// observer (quant/matmul.h), so the forward pass is unchanged. A product's
-// matrix is found by its data pointer: a routed expert is a row_slice of its
-// stacked tensor (moe.cpp), a wo_a group a row_slice of wo_a. The mHC
-// matrices go through matmul_serial inside parallel regions and are not
-// observed (they stay F32 in every recipe).
+// observer (quant/matmul.h), and the mHC mixes (matmul_serial pieces inside a
+// parallel region) report theirs through observe_matmul, so the forward pass
+// is unchanged. A product's matrix is found by its data pointer: a routed
+// expert is a row_slice of its stacked tensor (moe.cpp), a wo_a group a
+// row_slice of wo_a. llama-quantize refuses a very-low-bit type for any
+// matrix the file has no entry for, the mHC ones included.
 #pragma once
 
 #include <cstdint>

@@ -48,6 +48,7 @@ void mixes(const ModelConfig& c, const WeightMatrix& fn, const float* X, int64_t
   if (static_cast<int64_t>(inv_rms.size()) < n) inv_rms.resize(static_cast<size_t>(n));
   float* r = inv_rms.data();
   const float eps = static_cast<float>(c.rms_eps);
+  observe_matmul(fn, X, W, n);  // the pieces below run inside the region
   pool.parallel_for(P, 1, [&](int64_t p0, int64_t p1, int) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t r0 = M * p / P, r1 = M * (p + 1) / P;

@@ -244,10 +244,14 @@ std::atomic<MatmulObserver*> g_observer{nullptr};
 
 void set_matmul_observer(MatmulObserver* observer) { g_observer.store(observer); }
 
+void observe_matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens) {
+  if (MatmulObserver* o = g_observer.load(std::memory_order_relaxed)) o->observe(W, X, ldx, n_tokens);
+}
+
 void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
             int64_t ldy, ThreadPool& pool) {
   if (W.rows <= 0 || n_tokens <= 0) return;
-  if (MatmulObserver* o = g_observer.load(std::memory_order_relaxed)) o->observe(W, X, ldx, n_tokens);
+  observe_matmul(W, X, ldx, n_tokens);
   Job job;
   qk::ActQ act;
   thread_local ActScratch s;
@@ -256,9 +260,7 @@ void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens
 }
 
 void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool) {
-  if (MatmulObserver* o = g_observer.load(std::memory_order_relaxed)) {
-    for (int64_t i = 0; i < n_tasks; ++i) o->observe(*tasks[i].W, tasks[i].X, tasks[i].ldx, tasks[i].n_tokens);
-  }
+  for (int64_t i = 0; i < n_tasks; ++i) observe_matmul(*tasks[i].W, tasks[i].X, tasks[i].ldx, tasks[i].n_tokens);
   // Grown once and kept, like the scratch of matmul (called from one thread).
   thread_local std::vector<Job> jobs;
   thread_local std::vector<qk::ActQ> acts;

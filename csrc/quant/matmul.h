@@ -74,7 +74,8 @@ struct MatmulTask {
 void matmul_many(const MatmulTask* tasks, int64_t n_tasks, ThreadPool& pool);
 
 // Sees every product of matmul / matmul_many before it runs, on the calling
-// thread (not matmul_serial's, which run inside parallel regions): the
+// thread (matmul_serial's, which run inside parallel regions, through
+// observe_matmul by their caller): the
 // importance-matrix collection (model/imatrix.h). At most one; none by default.
 class MatmulObserver {
  public:
@@ -82,6 +83,9 @@ class MatmulObserver {
   virtual void observe(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens) = 0;
 };
 void set_matmul_observer(MatmulObserver* observer);  // nullptr: none
+// Reports to the observer (if any) a product that runs as matmul_serial pieces
+// inside a parallel region, once for the whole matrix, from the calling thread.
+void observe_matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens);
 
 // Same on the calling thread only (for callers that already run inside a
 // parallel region, e.g. one routed expert per thread).
