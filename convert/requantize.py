@@ -49,7 +49,7 @@ from .imatrix import HOWTO
 from .pipeline import choose_types, importance
 from .recipes import RECIPES, TYPE_NAMES, decode, get_recipe, parse_override
 from .tokenizer import KV
-from .writer import ARCH, OutTensor, write_gguf
+from .writer import ARCH, OutTensor, check_output, write_gguf
 
 FILE_TYPE_KEY = "general.file_type"
 # current type -> the source kind the recipes know (see the module docstring)
@@ -138,7 +138,7 @@ def requantize(src: Path | str, out: Path | str, recipe: str, *, overrides: list
     """Write ``src`` under ``recipe`` to ``out`` (see the module docstring). Everything is
     validated before the output is opened. Raises ``ConvertError`` for bad input.
     ``progress`` and ``log`` as in ``convert()``."""
-    src, out = Path(src), Path(out)
+    src, out = Path(src), check_output(out)
     if src.resolve() == out.resolve() or (out.exists() and src.exists() and os.path.samefile(src, out)):
         raise ConvertError(f"{out}: the output would overwrite the input; choose another path")
     _, kvs, inputs = read_input(src)  # the reader's memory map lives as long as the tensors' views

@@ -110,6 +110,16 @@ def verify_gguf(path: Path, tensors: list[OutTensor]) -> None:
     del r
 
 
+def check_output(out: Path | str) -> Path:
+    """``out`` as a Path, if a file can be created there (callers check before any work)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConvertError(f"{out}: output path is a directory")
+    if not out.parent.is_dir():
+        raise ConvertError(f"{out}: output folder {out.parent} does not exist")
+    return out
+
+
 def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
                progress: Callable[[int, int, str, int], None] | None = None,
                verify: bool = True) -> None:
@@ -118,11 +128,7 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
     ``progress(i, n, name, nbytes)`` is called after each tensor (``nbytes`` = that tensor's
     output size).
     """
-    out = Path(out)
-    if out.is_dir():
-        raise ConvertError(f"{out}: output path is a directory")
-    if not out.parent.is_dir():
-        raise ConvertError(f"{out}: output folder {out.parent} does not exist")
+    out = check_output(out)
     with atomic_output(out) as tmp:
         w = GGUFWriter(None, arch=ARCH)
         try:
