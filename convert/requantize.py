@@ -99,9 +99,9 @@ def _field_kv(f) -> KV:
     return KV(f.name, vtype, value, sub)
 
 
-def read_input(path: Path) -> tuple[GGUFReader, list[KV], list[InTensor]]:
+def read_input(path: Path) -> tuple[list[KV], list[InTensor]]:
     """The input's metadata (minus the architecture, which the writer adds first) and
-    tensors; refuses anything but a ``deepseek4`` GGUF of names the converter writes."""
+    tensors (views of its memory map, which lives as long as they do); refuses anything but a ``deepseek4`` GGUF of names the converter writes."""
     if not path.is_file():
         raise ConvertError(f"{path}: input file does not exist")
     try:
@@ -124,7 +124,7 @@ def read_input(path: Path) -> tuple[GGUFReader, list[KV], list[InTensor]]:
         rows = int(np.prod(shape[:-1], dtype=np.int64))
         raw = r.data[t.data_offset:t.data_offset + t.n_bytes].reshape(rows, shape[-1] // bs * ts)
         tensors.append(InTensor(t.name, shape, t.tensor_type, raw, role))
-    return r, kvs, tensors
+    return kvs, tensors
 
 
 def _n_layer(kvs: list[KV]) -> int:
@@ -141,7 +141,7 @@ def requantize(src: Path | str, out: Path | str, recipe: str, *, overrides: list
     src, out = Path(src), check_output(out)
     if src.resolve() == out.resolve() or (out.exists() and src.exists() and os.path.samefile(src, out)):
         raise ConvertError(f"{out}: the output would overwrite the input; choose another path")
-    _, kvs, inputs = read_input(src)  # the reader's memory map lives as long as the tensors' views
+    kvs, inputs = read_input(src)
     rec = get_recipe(recipe, overrides, n_layer=_n_layer(kvs))
     types, notes = choose_types(rec, [(t.name, t.shape, t.role, _SRC_KIND.get(t.type, "FP8")) for t in inputs])
     weights, im_notes = importance({t.name: t.shape for t in inputs}, types, imatrix)
