@@ -256,3 +256,25 @@ def test_type_overrides(files, tmp_path):
     # the requantized embedding is near the Q8_0 one (Q4_0 of Gaussian rows: ~10% relative RMSE)
     a, b = _values(*got["token_embd.weight"]), _values(*src["token_embd.weight"])
     assert np.sqrt(((a - b) ** 2).mean() / (b ** 2).mean()) < 0.15
+
+
+def test_custom_alignment_is_kept(files, tmp_path):
+    """An input with general.alignment 64 (llama.cpp honours the key): the copy keeps the
+    key, and the output's data offsets follow it."""
+    from gguf import GGUFValueType
+
+    from pyv4.convert.tokenizer import KV
+    from pyv4.convert.writer import OutTensor, write_gguf as write_model
+
+    kvs, inputs = rq.read_input(files["mxfp4"])
+    aligned = tmp_path / "aligned.gguf"
+    write_model(aligned, kvs + [KV("general.alignment", GGUFValueType.UINT32, 64)],
+                [OutTensor(t.name, t.shape, t.type, t.role, (lambda t=t: t.chunks(decoded=False)), encoded=True)
+                 for t in inputs])
+    out = tmp_path / "o.gguf"
+    rq.requantize(aligned, out, "q2", imatrix=files["im"])
+    r = gguf.GGUFReader(str(out))
+    assert r.fields["general.alignment"].contents() == 64 and r.alignment == 64
+    assert all(t.data_offset % 64 == 0 for t in r.tensors)
+    got, want = _tensors(out), _tensors(files["q2"])
+    assert {n: v[:2] for n, v in got.items()} == {n: v[:2] for n, v in want.items()}
