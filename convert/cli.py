@@ -89,6 +89,15 @@ class ProgressBar:
         self.stream.flush()
 
 
+def type_summary(types: dict) -> str:
+    """``"123 tensors: 80 F32, 40 Q8_0, 3 MXFP4"`` (most frequent type first)."""
+    hist: dict[str, int] = {}
+    for t in types.values():
+        hist[t.name] = hist.get(t.name, 0) + 1
+    return (f"{len(types)} tensors: "
+            + ", ".join(f"{v} {k}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1])))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 2 bad input, 130 interrupted)."""
     args = _parser().parse_args(argv)
@@ -108,10 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\npyv4 convert: interrupted; no output written", file=sys.stderr)
         return 130
-    hist: dict[str, int] = {}
-    for t in res.types.values():
-        hist[t.name] = hist.get(t.name, 0) + 1
-    log(f"wrote {res.out} ({res.n_tensors} tensors: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1]))
-        + f"; recipe {args.recipe}" + (f"; {res.n_mtp} MTP block(s)" if res.n_mtp else "") + ")")
+    log(f"wrote {res.out} ({type_summary(res.types)}; recipe {args.recipe}"
+        + (f"; {res.n_mtp} MTP block(s)" if res.n_mtp else "") + ")")
     return 0

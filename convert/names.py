@@ -82,6 +82,29 @@ LAYER_GGUF = {
     "ffn.shared_experts.w3.weight": "ffn_up_shexp.weight",
 }
 
+# official per-layer suffix -> role: what the recipes choose a tensor's type by
+# (convert/recipes.py); the GGUF name gives it back through ``gguf_role``
+LAYER_ROLE = {
+    **dict.fromkeys(("attn_norm.weight", "ffn_norm.weight", "attn.q_norm.weight", "attn.kv_norm.weight",
+                     "attn.compressor.norm.weight", "attn.indexer.compressor.norm.weight"), "norm"),
+    **dict.fromkeys(("hc_attn_fn", "hc_attn_base", "hc_attn_scale",
+                     "hc_ffn_fn", "hc_ffn_base", "hc_ffn_scale"), "hc"),
+    **dict.fromkeys(("attn.wq_a.weight", "attn.wq_b.weight", "attn.wkv.weight", "attn.wo_a.weight",
+                     "attn.wo_b.weight", "attn.indexer.wq_b.weight", "ffn.shared_experts.w1.weight",
+                     "ffn.shared_experts.w2.weight", "ffn.shared_experts.w3.weight"), "proj"),
+    **dict.fromkeys(("attn.compressor.wkv.weight", "attn.compressor.wgate.weight",
+                     "attn.indexer.compressor.wkv.weight", "attn.indexer.compressor.wgate.weight"), "dense"),
+    **dict.fromkeys(("attn.compressor.ape", "attn.indexer.compressor.ape"), "ape"),
+    "attn.attn_sink": "sink",
+    "attn.indexer.weights_proj.weight": "index_proj",
+    "ffn.gate.weight": "router",
+    "ffn.gate.bias": "bias",
+    "ffn.gate.tid2eid": "tid2eid",
+}
+
+ROOT_ROLE = {"embed.weight": "embed", "head.weight": "output", "norm.weight": "norm",
+             "hc_head_fn": "hc", "hc_head_base": "hc", "hc_head_scale": "hc"}
+
 # routed experts: official projection -> GGUF suffix
 EXPERT_GGUF = {"w1": "ffn_gate_exps.weight", "w3": "ffn_up_exps.weight", "w2": "ffn_down_exps.weight"}
 
@@ -105,6 +128,29 @@ MTP_HC_HEAD_KV = {
 
 def mtp_kv_key(i: int, what: str) -> str:
     return f"deepseek4.nextn.{i}.{what}"
+
+
+MTP_EH_PROJ = "nextn.eh_proj.weight"  # the MTP block's e_proj | h_proj, concatenated by columns
+
+
+def gguf_role(name: str) -> str | None:
+    """The plan's role of a tensor of a ``deepseek4`` GGUF, from its name alone (what
+    ``pyv4 requantize`` chooses types by); None for a name the converter never writes."""
+    for canon, gname in ROOT_GGUF.items():
+        if name == gname:
+            return ROOT_ROLE[canon]
+    m = re.match(r"^blk\.\d+\.(.+)$", name)
+    if m is None:
+        return None
+    rest = m.group(1)
+    if rest in EXPERT_GGUF.values():
+        return "experts"
+    if rest == MTP_EH_PROJ:
+        return "proj"
+    if rest in MTP_GGUF.values():
+        return "norm"  # the MTP block's enorm / hnorm / shared head norm
+    return next((LAYER_ROLE[s] for s, g in LAYER_GGUF.items() if g == rest), None)
+
 
 # transformers module names (and save_pretrained quirks) -> official suffix
 LAYER_ALIASES = {
@@ -240,52 +286,52 @@ def _expected_layer(hp: HParams, layer: int, mtp: bool) -> dict[str, tuple[tuple
     ql, g, ol = hp.q_lora_rank, hp.o_groups, hp.o_lora_rank
     E, I = hp.n_expert, hp.n_ff_exp
     hcD, mix = hp.hc_mult * D, hp.hc_mix
-    exp: dict[str, tuple[tuple[int, ...], str]] = {
-        "attn_norm.weight": ((D,), "norm"),
-        "ffn_norm.weight": ((D,), "norm"),
-        "hc_attn_fn": ((mix, hcD), "hc"),
-        "hc_attn_base": ((mix,), "hc"),
-        "hc_attn_scale": ((3,), "hc"),
-        "hc_ffn_fn": ((mix, hcD), "hc"),
-        "hc_ffn_base": ((mix,), "hc"),
-        "hc_ffn_scale": ((3,), "hc"),
-        "attn.attn_sink": ((H,), "sink"),
-        "attn.wq_a.weight": ((ql, D), "proj"),
-        "attn.q_norm.weight": ((ql,), "norm"),
-        "attn.wq_b.weight": ((H * d, ql), "proj"),
-        "attn.wkv.weight": ((d, D), "proj"),
-        "attn.kv_norm.weight": ((d,), "norm"),
-        "attn.wo_a.weight": ((g * ol, H * d // g), "proj"),
-        "attn.wo_b.weight": ((D, g * ol), "proj"),
-        "ffn.gate.weight": ((E, D), "router"),
-        "ffn.shared_experts.w1.weight": ((I * hp.n_expert_shared, D), "proj"),
-        "ffn.shared_experts.w3.weight": ((I * hp.n_expert_shared, D), "proj"),
-        "ffn.shared_experts.w2.weight": ((D, I * hp.n_expert_shared), "proj"),
+    exp: dict[str, tuple[int, ...]] = {
+        "attn_norm.weight": (D,),
+        "ffn_norm.weight": (D,),
+        "hc_attn_fn": (mix, hcD),
+        "hc_attn_base": (mix,),
+        "hc_attn_scale": (3,),
+        "hc_ffn_fn": (mix, hcD),
+        "hc_ffn_base": (mix,),
+        "hc_ffn_scale": (3,),
+        "attn.attn_sink": (H,),
+        "attn.wq_a.weight": (ql, D),
+        "attn.q_norm.weight": (ql,),
+        "attn.wq_b.weight": (H * d, ql),
+        "attn.wkv.weight": (d, D),
+        "attn.kv_norm.weight": (d,),
+        "attn.wo_a.weight": (g * ol, H * d // g),
+        "attn.wo_b.weight": (D, g * ol),
+        "ffn.gate.weight": (E, D),
+        "ffn.shared_experts.w1.weight": (I * hp.n_expert_shared, D),
+        "ffn.shared_experts.w3.weight": (I * hp.n_expert_shared, D),
+        "ffn.shared_experts.w2.weight": (D, I * hp.n_expert_shared),
     }
     ratio = hp.layer_ratio(layer)
     if ratio != 0:
         coff = 2 if ratio == 4 else 1
         exp.update({
-            "attn.compressor.wkv.weight": ((coff * d, D), "dense"),
-            "attn.compressor.wgate.weight": ((coff * d, D), "dense"),
-            "attn.compressor.ape": ((ratio, coff * d), "ape"),
-            "attn.compressor.norm.weight": ((d,), "norm"),
+            "attn.compressor.wkv.weight": (coff * d, D),
+            "attn.compressor.wgate.weight": (coff * d, D),
+            "attn.compressor.ape": (ratio, coff * d),
+            "attn.compressor.norm.weight": (d,),
         })
         if ratio == 4:
             ih, idim = hp.index_n_heads, hp.index_head_dim
             exp.update({
-                "attn.indexer.wq_b.weight": ((ih * idim, ql), "proj"),
-                "attn.indexer.weights_proj.weight": ((ih, D), "index_proj"),
-                "attn.indexer.compressor.wkv.weight": ((2 * idim, D), "dense"),
-                "attn.indexer.compressor.wgate.weight": ((2 * idim, D), "dense"),
-                "attn.indexer.compressor.ape": ((ratio, 2 * idim), "ape"),
-                "attn.indexer.compressor.norm.weight": ((idim,), "norm"),
+                "attn.indexer.wq_b.weight": (ih * idim, ql),
+                "attn.indexer.weights_proj.weight": (ih, D),
+                "attn.indexer.compressor.wkv.weight": (2 * idim, D),
+                "attn.indexer.compressor.wgate.weight": (2 * idim, D),
+                "attn.indexer.compressor.ape": (ratio, 2 * idim),
+                "attn.indexer.compressor.norm.weight": (idim,),
             })
     if layer < hp.n_hash_layers and not mtp:
-        exp["ffn.gate.tid2eid"] = ((hp.n_vocab, hp.n_expert_used), "tid2eid")
+        exp["ffn.gate.tid2eid"] = (hp.n_vocab, hp.n_expert_used)
     else:
-        exp["ffn.gate.bias"] = ((E,), "bias")
-    return exp
+        exp["ffn.gate.bias"] = (E,)
+    return {suffix: (shape, LAYER_ROLE[suffix]) for suffix, shape in exp.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -306,7 +352,7 @@ class _Dense:
     dtype: str   # source dtype of the weight
 
 
-def _rows_per_chunk(cols: int) -> int:
+def rows_per_chunk(cols: int) -> int:
     return max(1, CHUNK_VALUES // max(1, cols))
 
 
@@ -318,7 +364,7 @@ def _read_chunks(source: Source, spec: _Dense) -> Iterator:
             yield (np.array(w) if spec.kind == "int" else to_f32(w, spec.dtype))
             return
         rows = w.shape[0]
-        step = _rows_per_chunk(w.shape[-1] * (2 if spec.kind == "fp4" else 1))
+        step = rows_per_chunk(w.shape[-1] * (2 if spec.kind == "fp4" else 1))
         if spec.kind in ("fp8", "fp4"):
             sst = source.info(spec.scale)
             sc = source.raw(spec.scale)
@@ -499,7 +545,7 @@ def _plan_block(hp: HParams, ix: _Index, prefix: str, layer: int, mtp: bool) -> 
                 raise ConvertError(f"{ix.where()}: missing tensor {c} (MTP block)")
             specs.append(_dense_spec(ix, c, (D, D), "proj"))
         kinds = {_src_kind(s) for s in specs}
-        out.append(PlanTensor(f"{blk}.nextn.eh_proj.weight", (D, 2 * D), "proj",
+        out.append(PlanTensor(f"{blk}.{MTP_EH_PROJ}", (D, 2 * D), "proj",
                               [s.name for s in specs], _concat_cols(*specs),
                               src_kind="FP8" if "FP8" in kinds else specs[0].dtype))
         extra = {
@@ -534,16 +580,17 @@ def build_plan(hp: HParams, source: Source, mtp: str = "auto") -> Plan:
     ix = _Index(source)
     D, V = hp.n_embd, hp.n_vocab
     root = {
-        "embed.weight": ((V, D), "embed"),
-        "head.weight": ((V, D), "output"),
-        "norm.weight": ((D,), "norm"),
-        "hc_head_fn": ((hp.hc_mult, hp.hc_mult * D), "hc"),
-        "hc_head_base": ((hp.hc_mult,), "hc"),
-        "hc_head_scale": ((1,), "hc"),
+        "embed.weight": (V, D),
+        "head.weight": (V, D),
+        "norm.weight": (D,),
+        "hc_head_fn": (hp.hc_mult, hp.hc_mult * D),
+        "hc_head_base": (hp.hc_mult,),
+        "hc_head_scale": (1,),
     }
     tensors: list[PlanTensor] = []
     head: list[PlanTensor] = []
-    for canon, (shape, role) in root.items():
+    for canon, shape in root.items():
+        role = ROOT_ROLE[canon]
         if not ix.has(canon):
             raise ConvertError(f"{ix.where()}: missing tensor {canon}")
         spec = _dense_spec(ix, canon, shape, role)

@@ -117,26 +117,26 @@ def _fallback_notes(fallbacks: dict[tuple[str, str], list[str]]) -> list[str]:
     return notes
 
 
-def plan_types(hp: HParams, plan: Plan, rec: Recipe) -> tuple[dict[str, GGMLQuantizationType], list[str]]:
-    """GGML type of every planned tensor, and notes on the fallbacks taken."""
+def choose_types(rec: Recipe, tensors: list[tuple[str, tuple[int, ...], str, str]]
+                 ) -> tuple[dict[str, GGMLQuantizationType], list[str]]:
+    """GGML type of every (name, shape, role, source kind) under ``rec``, and notes on the
+    fallbacks taken (convert's plan, requantize's input file)."""
     types: dict[str, GGMLQuantizationType] = {}
     fallbacks: dict[tuple[str, str], list[str]] = {}
-    for pt in plan.tensors:
-        if pt.role == "kv":
-            continue
-        t, wanted = rec.choose_type(pt.name, pt.shape, pt.role, pt.src_kind)
-        types[pt.name] = t
+    for name, shape, role, src in tensors:
+        t, wanted = rec.choose_type(name, shape, role, src)
+        types[name] = t
         if wanted is not None:
-            fallbacks.setdefault((wanted.name, t.name), []).append(pt.name)
+            fallbacks.setdefault((wanted.name, t.name), []).append(name)
     return types, _fallback_notes(fallbacks)
 
 
-def _importance(plan: Plan, types: dict[str, GGMLQuantizationType],
-                path: Path | str | None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Importance vectors of the low-bit tensors from the imatrix file, and notes.
-    IQ2_XXS without one is refused (it is unusable unweighted at 2 bits)."""
-    low = [pt for pt in plan.tensors if pt.role != "kv" and types[pt.name] in LOWBIT]
-    need = [pt.name for pt in low if types[pt.name] == GGMLQuantizationType.IQ2_XXS]
+def importance(shapes: dict[str, tuple[int, ...]], types: dict[str, GGMLQuantizationType],
+               path: Path | str | None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Importance vectors of the low-bit tensors (by name, of these shapes) from the
+    imatrix file, and notes. IQ2_XXS without one is refused (unusable unweighted at 2 bits)."""
+    low = [name for name in shapes if types[name] in LOWBIT]
+    need = [name for name in low if types[name] == GGMLQuantizationType.IQ2_XXS]
     if path is None:
         if need:
             raise ConvertError(f"IQ2_XXS ({len(need)} tensors, e.g. {need[0]}) needs an importance "
@@ -146,12 +146,12 @@ def _importance(plan: Plan, types: dict[str, GGMLQuantizationType],
                     if low else [])
     entries = load_imatrix(path)
     out, missing = {}, []
-    for pt in low:
-        v = matrix_weights(entries, pt.name, pt.shape)
+    for name in low:
+        v = matrix_weights(entries, name, shapes[name])
         if v is None:
-            missing.append(pt.name)
+            missing.append(name)
         else:
-            out[pt.name] = v
+            out[name] = v
     lacking = [n for n in missing if types[n] == GGMLQuantizationType.IQ2_XXS]
     if lacking:
         raise ConvertError(f"{path}: no imatrix entry for {lacking[0]} (IQ2_XXS needs one; "
@@ -185,8 +185,10 @@ def convert(src_dir: Path | str, out: Path | str, recipe: str = DEFAULT_RECIPE, 
     try:
         plan: Plan = build_plan(hp, source, mtp=mtp)
         tok = tokenizer_metadata(src, hp.n_vocab, hp.bos_token_id, hp.eos_token_id)
-        types, fb_notes = plan_types(hp, plan, rec)
-        importance, im_notes = _importance(plan, types, imatrix)
+        shapes = {pt.name: pt.shape for pt in plan.tensors if pt.role != "kv"}
+        types, fb_notes = choose_types(rec, [(pt.name, pt.shape, pt.role, pt.src_kind)
+                                             for pt in plan.tensors if pt.role != "kv"])
+        weights, im_notes = importance(shapes, types, imatrix)
         notes = list(hp.warnings) + list(plan.notes) + fb_notes + im_notes
         if tok.note:
             notes.append(tok.note)
@@ -198,7 +200,7 @@ def convert(src_dir: Path | str, out: Path | str, recipe: str = DEFAULT_RECIPE, 
                 continue
             check = _tid2eid_check(hp.n_expert, pt.sources[0]) if pt.role == "tid2eid" else None
             tensors.append(OutTensor(pt.name, pt.shape, types[pt.name], pt.role,
-                                     (lambda r=pt.read: r(source)), check, importance.get(pt.name)))
+                                     (lambda r=pt.read: r(source)), check, weights.get(pt.name)))
         kvs += tok.entries
         if log is not None:
             for n in notes:

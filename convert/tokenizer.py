@@ -17,10 +17,13 @@ from .errors import ConvertError
 
 @dataclass
 class KV:
-    """One metadata entry: ``kind`` is one of string, uint32, float32, bool, array."""
+    """One metadata entry: ``kind`` is one of string, uint32, float32, bool, array, or the
+    exact ``GGUFValueType`` of an entry copied from another GGUF (with ``sub_type``, the
+    element type of an array), so a copy keeps every value's type."""
     key: str
-    kind: str
+    kind: Any
     value: Any
+    sub_type: Any = None
 
 
 @dataclass

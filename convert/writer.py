@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from .errors import ConvertError
 from .recipes import encode, nbytes
@@ -35,6 +35,7 @@ class OutTensor:
     chunks: Callable[[], Iterable]  # yields chunks of whole rows, row-major
     check: Callable[[object], None] | None = None
     imatrix: np.ndarray | None = None  # [n_mat, cols] importance (low-bit types), n_mat | rows
+    encoded: bool = False  # chunks already are this type's bytes (requantize's copies): written as they are
 
     def chunk_imatrix(self, row0: int, rows: int) -> np.ndarray | None:
         """The importance of each element of rows [row0, row0 + rows): row r belongs to
@@ -67,7 +68,11 @@ def atomic_output(out: Path) -> Iterator[Path]:
 
 
 def _add_kv(w: GGUFWriter, kv: KV) -> None:
-    if kv.kind == "string":
+    if isinstance(kv.kind, GGUFValueType):
+        w.add_key_value(kv.key, kv.value, kv.kind, kv.sub_type)
+        if kv.key == "general.alignment":  # the data offsets must follow it
+            w.data_alignment = int(kv.value)
+    elif kv.kind == "string":
         w.add_string(kv.key, kv.value)
     elif kv.kind == "uint32":
         w.add_uint32(kv.key, int(kv.value))
@@ -105,6 +110,16 @@ def verify_gguf(path: Path, tensors: list[OutTensor]) -> None:
     del r
 
 
+def check_output(out: Path | str) -> Path:
+    """``out`` as a Path, if a file can be created there (callers check before any work)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConvertError(f"{out}: output path is a directory")
+    if not out.parent.is_dir():
+        raise ConvertError(f"{out}: output folder {out.parent} does not exist")
+    return out
+
+
 def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
                progress: Callable[[int, int, str, int], None] | None = None,
                verify: bool = True) -> None:
@@ -113,11 +128,7 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
     ``progress(i, n, name, nbytes)`` is called after each tensor (``nbytes`` = that tensor's
     output size).
     """
-    out = Path(out)
-    if out.is_dir():
-        raise ConvertError(f"{out}: output path is a directory")
-    if not out.parent.is_dir():
-        raise ConvertError(f"{out}: output folder {out.parent} does not exist")
+    out = check_output(out)
     with atomic_output(out) as tmp:
         w = GGUFWriter(None, arch=ARCH)
         try:
@@ -140,7 +151,8 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
                         if t.check is not None:
                             t.check(chunk)
                         rows = int(chunk.shape[0]) if len(getattr(chunk, "shape", ())) >= 2 else 1
-                        arr = np.ascontiguousarray(encode(chunk, t.type, t.chunk_imatrix(row, rows)))
+                        arr = np.ascontiguousarray(chunk if t.encoded else
+                                                   encode(chunk, t.type, t.chunk_imatrix(row, rows)))
                         row += rows
                         done += arr.nbytes
                         if done > want:

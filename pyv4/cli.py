@@ -1,4 +1,4 @@
-"""The `pyv4` command: chat, run, convert, info, bench, serve, imatrix, plan.
+"""The `pyv4` command: chat, run, convert, requantize, info, bench, serve, imatrix, plan.
 
 Every user error ends in a one-line `pyv4 <cmd>: error: ...` on stderr and exit
 code 2; no traceback for things the user can fix."""
@@ -37,6 +37,7 @@ _COMMANDS = {
     "chat": (_lazy(".cli_commands", "chat_main"), "interactive chat (the demo model if none is given)"),
     "run": (_lazy(".cli_commands", "run_main"), "answer one prompt (-p TEXT, or -p - for stdin)"),
     "convert": (_cmd_convert, "convert a Hugging Face / official checkpoint to GGUF"),
+    "requantize": (_lazy(".convert.requantize", "main"), "requantize a GGUF to another recipe (MXFP4 -> q2)"),
     "info": (_lazy(".info", "main"), "describe a GGUF file and whether pyv4 can load it"),
     "bench": (_lazy(".bench_cli", "main"), "prefill and decode speed of a model on this machine"),
     "serve": (_lazy(".server", "main"), "OpenAI-compatible HTTP server (pip install 'pyv4[serve]')"),
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: pyv4 <command> [options]\n\ncommands:")
         for name, (_, h) in _COMMANDS.items():
-            print(f"  {name:<9} {h}")
+            print(f"  {name:<10} {h}")
         print("\nRun `pyv4 <command> --help` for the options of a command.")
         return 0 if argv else 2
     if argv[0] == "--version":
