@@ -16,7 +16,7 @@ from .names import Plan, PlanTensor, build_plan
 from .recipes import DEFAULT_RECIPE, LOWBIT, Recipe, get_recipe
 from .source import Source
 from .tokenizer import KV, tokenizer_metadata
-from .writer import ARCH, OutTensor, write_gguf
+from .writer import ARCH, OutTensor, write_gguf_logged
 
 GATING_SQRTSOFTPLUS = 4  # llama.cpp ExpertGatingFuncType.SQRTSOFTPLUS
 
@@ -202,12 +202,7 @@ def convert(src_dir: Path | str, out: Path | str, recipe: str = DEFAULT_RECIPE, 
             tensors.append(OutTensor(pt.name, pt.shape, types[pt.name], pt.role,
                                      (lambda r=pt.read: r(source)), check, weights.get(pt.name)))
         kvs += tok.entries
-        if log is not None:
-            for n in notes:
-                log(n)
-        if progress is not None:
-            progress(0, len(tensors), "", sum(t.nbytes for t in tensors))
-        write_gguf(out, kvs, tensors, progress=progress)
+        write_gguf_logged(out, kvs, tensors, notes, log, progress)
     finally:
         source.close()
     return ConvertResult(out=out, n_tensors=len(tensors), n_mtp=plan.n_mtp, types=types, notes=notes)

@@ -49,7 +49,7 @@ from .imatrix import HOWTO
 from .pipeline import choose_types, importance
 from .recipes import RECIPES, TYPE_NAMES, decode, get_recipe, parse_override
 from .tokenizer import KV
-from .writer import ARCH, OutTensor, check_output, write_gguf
+from .writer import ARCH, OutTensor, check_output, write_gguf_logged
 
 FILE_TYPE_KEY = "general.file_type"
 # current type -> the source kind the recipes know (see the module docstring)
@@ -158,12 +158,7 @@ def requantize(src: Path | str, out: Path | str, recipe: str, *, overrides: list
                          (lambda t=t: t.chunks(decoded=types[t.name] != t.type)),
                          imatrix=weights.get(t.name), encoded=types[t.name] == t.type)
                for t in inputs]
-    if log is not None:
-        for n in notes:
-            log(n)
-    if progress is not None:
-        progress(0, len(tensors), "", sum(t.nbytes for t in tensors))
-    write_gguf(out, kvs, tensors, progress=progress)
+    write_gguf_logged(out, kvs, tensors, notes, log, progress)
     return RequantizeResult(out=out, types=types, copied=copied, notes=notes)
 
 

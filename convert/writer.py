@@ -171,3 +171,15 @@ def write_gguf(out: Path | str, kvs: list[KV], tensors: list[OutTensor],
             w.close()
         if verify:
             verify_gguf(tmp, tensors)
+
+
+def write_gguf_logged(out: Path | str, kvs: list[KV], tensors: list[OutTensor], notes: list[str],
+                      log: Callable[[str], None] | None, progress: Callable[..., None] | None) -> None:
+    """What `pyv4 convert` and `pyv4 requantize` do last: log their notes, announce the
+    total output bytes to ``progress`` (call with ``i = 0``), then ``write_gguf``."""
+    if log is not None:
+        for n in notes:
+            log(n)
+    if progress is not None:
+        progress(0, len(tensors), "", sum(t.nbytes for t in tensors))
+    write_gguf(out, kvs, tensors, progress=progress)
