@@ -38,7 +38,8 @@ FTYPES = {"IQ2_XXS": "IQ2_XXS", "Q2_K": "Q2_K", "Q3_K": "Q3_K_M"}
 
 
 def run(cmd, **kw):
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace", **kw)
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace",
+                       cwd=HERE / ".cache", **kw)  # outside the source tree: `-m pyv4.cli` is the installed one
     if r.returncode != 0:
         raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
     return r

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     log = open(os.path.join(tmp, "server.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "pyv4.cli", "serve", a.model, "--port", str(port),
                              "--parallel", str(a.parallel), "--ctx", "4096"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, cwd=tmp)  # outside a source tree
     ok = True
     try:
         deadline = time.time() + 300

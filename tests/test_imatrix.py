@@ -108,7 +108,8 @@ def test_cli(tmp_path, spec11):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
 
     def run_(c):
-        return subprocess.run(c, capture_output=True, text=True, timeout=300, env=env)
+        # from outside the source tree, so `-m pyv4.cli` imports the installed package
+        return subprocess.run(c, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
 
     r = run_(cmd)
     assert r.returncode == 0, r.stderr

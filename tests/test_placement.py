@@ -442,10 +442,11 @@ def test_plan_command_text_and_errors(tiny, capsys):
         assert err.startswith("pyv4 plan: error: ") and err.count("\n") == 1 and msg in err, err
 
 
-def test_plan_command_measures_the_cpu(tiny):
+def test_plan_command_measures_the_cpu(tiny, tmp_path):
     # a separate process, as a user runs it: the module loads lazily, the bandwidth is measured
+    # (from outside the source tree, so `-m pyv4.cli` imports the installed package)
     r = subprocess.run([sys.executable, "-m", "pyv4.cli", "plan", str(tiny), "--vram", "2GiB", "--ram", "8GiB",
-                        "--json"], capture_output=True, text=True, timeout=120)
+                        "--json"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["bandwidth"]["cpu_gbs"] > 0 and d["ms_per_token"] > 0

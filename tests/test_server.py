@@ -37,7 +37,7 @@ class Server:
         self.log = open(tmp / f"server-{self.port}.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pyv4.cli", "serve", "demo", "--port", str(self.port), "--threads", "2", *args],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp)  # outside the source tree
         deadline = time.time() + 180
         while time.time() < deadline:
             assert self.proc.poll() is None, open(self.log.name).read()
@@ -392,7 +392,7 @@ def test_metrics_count_what_happened(server, client):
     (["--parallel", "0"], "--parallel must be >= 1"),
     (["--api-key-file", "/nonexistent/key"], "cannot read --api-key-file"),
 ])
-def test_serve_usage_errors_exit_2_before_listening(args, msg):
+def test_serve_usage_errors_exit_2_before_listening(args, msg, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pyv4.cli", "serve", "demo", "--port", str(_free_port()), *args],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and msg in r.stderr and r.stderr.startswith("pyv4 serve: error:")
