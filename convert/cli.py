@@ -98,25 +98,36 @@ def type_summary(types: dict) -> str:
             + ", ".join(f"{v} {k}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1])))
 
 
+def run_command(name: str, quiet: bool, work) -> int:
+    """The shell `pyv4 convert` and `pyv4 requantize` share: ``work(log, progress)``
+    does the job and returns the closing line; errors are one line with exit 2,
+    Ctrl-C exit 130 (the writer leaves no output behind)."""
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"pyv4 {name}: {msg}", file=sys.stderr)
+
+    try:
+        done = work(log, None if quiet else ProgressBar())
+    except ConvertError as e:
+        print(f"pyv4 {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\npyv4 {name}: interrupted; no output written", file=sys.stderr)
+        return 130
+    log(done)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 2 bad input, 130 interrupted)."""
     args = _parser().parse_args(argv)
     from .pipeline import convert
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(f"pyv4 convert: {msg}", file=sys.stderr)
+    def work(log, progress) -> str:
+        res = convert(args.src, args.out, args.recipe, mtp=args.mtp,
+                      overrides=[parse_override(t) for t in args.types], imatrix=args.imatrix,
+                      progress=progress, log=log)
+        return (f"wrote {res.out} ({type_summary(res.types)}; recipe {args.recipe}"
+                + (f"; {res.n_mtp} MTP block(s)" if res.n_mtp else "") + ")")
 
-    try:
-        overrides = [parse_override(t) for t in args.types]
-        res = convert(args.src, args.out, args.recipe, mtp=args.mtp, overrides=overrides, imatrix=args.imatrix,
-                      progress=None if args.quiet else ProgressBar(), log=log)
-    except ConvertError as e:
-        print(f"pyv4 convert: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\npyv4 convert: interrupted; no output written", file=sys.stderr)
-        return 130
-    log(f"wrote {res.out} ({type_summary(res.types)}; recipe {args.recipe}"
-        + (f"; {res.n_mtp} MTP block(s)" if res.n_mtp else "") + ")")
-    return 0
+    return run_command("convert", args.quiet, work)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -43,7 +42,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFReader, GGUFValueType
 
 from . import names
-from .cli import ProgressBar, type_summary
+from .cli import run_command, type_summary
 from .errors import ConvertError
 from .imatrix import HOWTO
 from .pipeline import choose_types, importance
@@ -187,19 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 2 bad input, 130 interrupted)."""
     args = _parser().parse_args(argv)
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(f"pyv4 requantize: {msg}", file=sys.stderr)
-
-    try:
+    def work(log, progress) -> str:
         res = requantize(args.src, args.out, args.recipe, overrides=[parse_override(t) for t in args.types],
-                         imatrix=args.imatrix, progress=None if args.quiet else ProgressBar(), log=log)
-    except ConvertError as e:
-        print(f"pyv4 requantize: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\npyv4 requantize: interrupted; no output written", file=sys.stderr)
-        return 130
-    log(f"wrote {res.out} ({type_summary(res.types)}; recipe {args.recipe}; "
-        f"{len(res.copied)} tensors copied unchanged)")
-    return 0
+                         imatrix=args.imatrix, progress=progress, log=log)
+        return (f"wrote {res.out} ({type_summary(res.types)}; recipe {args.recipe}; "
+                f"{len(res.copied)} tensors copied unchanged)")
+
+    return run_command("requantize", args.quiet, work)

@@ -183,7 +183,7 @@ class Scheduler:
             n = min(_common_prefix(s.tokens, ids), limit)
             if n > best_len:
                 best, best_len = s, n
-        if self.prompt_cache is not None:
+        if self.prompt_cache is not None and best_len < limit:  # (a disk hit maps a file)
             disk = self.prompt_cache.resume(ids, kv=self.kv)
             if disk.n_tokens > best_len:
                 return disk, disk.n_tokens

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .chat_format import REASONING_EFFORTS, render_chat
@@ -65,8 +65,6 @@ class RequestSpec:
     thinking: bool = False
     tools: list[dict] | None = None
     tool_choice: Any = None
-    echo_model: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _sampling(body: dict, n_ctx_left: int, default_max: int | None) -> SamplingParams:

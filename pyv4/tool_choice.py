@@ -20,6 +20,7 @@ no call (finish_reason "length").
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -65,14 +66,15 @@ class VocabIndex:
         return mask
 
 
-_INDEX_CACHE: dict[int, VocabIndex] = {}
+_INDEX_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def vocab_index(tokenizer) -> VocabIndex:
-    key = id(tokenizer)
-    if key not in _INDEX_CACHE:
-        _INDEX_CACHE[key] = VocabIndex(tokenizer)
-    return _INDEX_CACHE[key]
+    """The tokenizer's VocabIndex, built on first use and kept while the tokenizer lives."""
+    index = _INDEX_CACHE.get(tokenizer)
+    if index is None:
+        index = _INDEX_CACHE[tokenizer] = VocabIndex(tokenizer)
+    return index
 
 
 def _schema_default(schema: dict) -> str:
