@@ -449,7 +449,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--long-rounds", type=int, default=1, help="rounds that also measure decode at 1k-4k context")
-    p.add_argument("--recipe", default="mxfp4", choices=["mxfp4", "q4", "q8"])
+    p.add_argument("--recipe", default="mxfp4", choices=["mxfp4", "q4", "q8", "q2", "q2q4"])
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--experts", type=int, default=32)
     p.add_argument("--layer-experts", type=int, default=16, help="routed experts of the 2/6-layer files")

@@ -19,6 +19,13 @@ so every low-bit block fits; real tokenizer):
    dequantized (gguf.quants) and compared with the F32 weights: RMSE weighted by
    the importance of each input column (sum w_c (x - q)^2 / sum w_c), pooled
    per type. Reported: ours / theirs (the target: <= 1.02).
+4. (unless --no-kl) the whole model both ways with the q2 recipe's types: `pyv4
+   requantize --recipe q2 --imatrix ours.imatrix` from the F32 file, and
+   `llama-quantize --imatrix ours.imatrix` told, tensor by tensor, to write the
+   same types (checked after); both files and the F32 one run in pyv4 over the
+   same held-out text, and the mean KL(F32 || quantized) of the next-token
+   distributions over --kl-positions positions is compared (target: ours <=
+   theirs + 10 %).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tools", type=Path, required=True, help="folder with llama-quantize, llama-imatrix")
     ap.add_argument("--out", type=Path, default=HERE / ".cache" / "lowbit")
     ap.add_argument("--chunks", type=int, default=6)
+    ap.add_argument("--kl-positions", type=int, default=600)
+    ap.add_argument("--no-kl", dest="kl", action="store_false")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
 
@@ -72,6 +81,7 @@ def main(argv=None) -> int:
              "time about up can into than other new some could them only").split()
     rng = np.random.default_rng(0)
     calib.write_text(" ".join(rng.choice(words, 512 * (a.chunks + 2))))
+    held_out = " ".join(np.random.default_rng(1).choice(words, 2 * a.kl_positions))
     ours_im, theirs_im = a.out / "ours.imatrix", a.out / "theirs.imatrix"
     run([sys.executable, "-m", "pyv4.cli", "imatrix", f32, "-f", calib, "-o", ours_im,
          "--chunk-size", "512", "--chunks", a.chunks])
@@ -110,7 +120,57 @@ def main(argv=None) -> int:
             continue
         ro, rt = (num_o / den) ** 0.5, (num_t / den) ** 0.5
         print(f"| {tname} | {n} | {ro:.6f} | {rt:.6f} | {ro / rt:.3f} |")
+    if a.kl:
+        kl_both_ways(a, f32, ours_im, held_out)
     return 0
+
+
+def kl_both_ways(a, f32: Path, imatrix: Path, text: str) -> None:
+    from gguf import GGUFReader
+
+    import pyv4
+
+    ours, theirs = a.out / "pyv4-q2.gguf", a.out / "llama-q2-mix.gguf"
+    run([sys.executable, "-m", "pyv4.cli", "requantize", f32, ours, "--recipe", "q2", "--imatrix", imatrix, "-q"])
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(ours)).tensors}
+    src_types = {t.name: t.tensor_type.name for t in GGUFReader(str(f32)).tensors}
+    # every tensor the recipe changed, named exactly (llama-quantize matches the
+    # names as regular expressions: anchor them, escape the dots)
+    lines = [f"^{n.replace('.', '[.]')}$={ty.lower()}" for n, ty in types.items() if ty != src_types[n]]
+    type_file = a.out / "q2-mix-types.txt"
+    type_file.write_text("\n".join(lines) + "\n")
+    run([a.tools / "llama-quantize", "--imatrix", imatrix, "--tensor-type-file", type_file, "--pure",
+         f32, theirs, "F32", "2"])
+    got = {t.name: t.tensor_type.name for t in GGUFReader(str(theirs)).tensors}
+    differ = {n: (types[n], got.get(n)) for n in types if got.get(n) != types[n]}
+    if differ:
+        raise SystemExit(f"llama-quantize wrote other types than pyv4's q2 file: {differ}")
+
+    def log_probs(path: Path, ids) -> np.ndarray:
+        m = pyv4.Model(path)
+        x = m.new_session(kv="f32").eval(ids, logits="all").astype(np.float64)
+        x -= x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    ref_model = pyv4.Model(f32)
+    ids = np.asarray(ref_model.tokenizer.encode(text), np.int64)[: a.kl_positions]
+    if len(ids) < a.kl_positions:
+        raise SystemExit(f"held-out text has only {len(ids)} tokens")
+    ref = log_probs(f32, ids)
+    p = np.exp(ref)
+    kl = {}
+    for name, path in (("pyv4", ours), ("llama.cpp", theirs)):
+        lq = log_probs(path, ids)
+        per_pos = (p * (ref - lq)).sum(axis=1)
+        top1 = float((lq.argmax(axis=1) == ref.argmax(axis=1)).mean())
+        kl[name] = (float(per_pos.mean()), float(np.median(per_pos)), top1)
+    print(f"\nq2 mix ({sum(1 for l in lines)} tensors requantized: experts gate/up IQ2_XXS, down Q2_K, "
+          f"the rest as the mxfp4 recipe), {len(ids)} positions, KV f32, pyv4's fast path for all three files:\n")
+    print("| file | mean KL(F32 \\|\\| file) | median KL | top-1 agreement with F32 |")
+    print("|---|---|---|---|")
+    for name, (mean, median, top1) in kl.items():
+        print(f"| {name} quantizer | {mean:.5f} | {median:.5f} | {top1:.3f} |")
+    print(f"\npyv4 / llama.cpp mean KL: {kl['pyv4'][0] / kl['llama.cpp'][0]:.3f} (target <= 1.10)")
 
 
 if __name__ == "__main__":

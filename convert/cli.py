@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                         f"(types: {', '.join(TYPE_NAMES)}); repeatable, first match wins. "
                         "Example: --type 'blk.*.ffn_*_exps.weight=q4_k'")
     p.add_argument("--imatrix", metavar="FILE",
-                   help="importance matrix (llama.cpp's llama-imatrix output, .gguf or legacy .dat) "
+                   help="importance matrix (`pyv4 imatrix` or llama.cpp's llama-imatrix output, .gguf or legacy .dat) "
                         "that the low-bit types (q2, q2q4; --type q2_k/q3_k/iq2_xxs) minimise their "
                         "error against; required for IQ2_XXS")
     p.add_argument("--mtp", choices=("auto", "skip"), default="auto",

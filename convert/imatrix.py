@@ -25,9 +25,10 @@ import numpy as np
 
 from .errors import ConvertError
 
-HOWTO = ("make one with llama.cpp's llama-imatrix on a higher-precision conversion of the same "
-         "checkpoint, e.g. `pyv4 convert SRC q8.gguf --recipe q8`, then "
-         "`llama-imatrix -m q8.gguf -f calibration.txt -o imatrix.gguf`, and pass --imatrix imatrix.gguf")
+HOWTO = ("make one from calibration text on a higher-precision conversion of the same checkpoint, "
+         "e.g. `pyv4 convert SRC q8.gguf --recipe q8`, then "
+         "`pyv4 imatrix q8.gguf -f calibration.txt -o q8.imatrix` (llama.cpp's llama-imatrix writes the "
+         "same format), and pass --imatrix q8.imatrix")
 
 
 def load_imatrix(path: Path | str) -> dict[str, np.ndarray]:

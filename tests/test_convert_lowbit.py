@@ -224,7 +224,7 @@ def test_convert_q2_needs_imatrix(official, tmp_path, capsys):
     src, _ = official
     assert main([str(src), str(tmp_path / "o.gguf"), "--recipe", "q2"]) == 2
     err = capsys.readouterr().err
-    assert "IQ2_XXS" in err and "--imatrix" in err and "llama-imatrix" in err
+    assert "IQ2_XXS" in err and "--imatrix" in err and "pyv4 imatrix" in err
     assert not (tmp_path / "o.gguf").exists()
 
 

@@ -199,7 +199,7 @@ def test_refusals_leave_no_output(files, tmp_path, capsys):
     out = tmp_path / "out.gguf"
     q8, im = files["q8"], files["im"]
     before = q8.read_bytes()
-    _refused(capsys, [q8, out, "--recipe", "q2"], out, "IQ2_XXS", "--imatrix", "llama-imatrix")
+    _refused(capsys, [q8, out, "--recipe", "q2"], out, "IQ2_XXS", "--imatrix", "pyv4 imatrix")
     # an imatrix of another model: entries of other sizes
     bad = tmp_path / "other.gguf"
     write_gguf(bad, [("blk.0.ffn_gate_exps.weight", np.ones((3, 64), np.float32), np.ones(3, np.float32))],
