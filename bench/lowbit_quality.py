@@ -133,14 +133,13 @@ def kl_both_ways(a, f32: Path, imatrix: Path, text: str) -> None:
     ours, theirs = a.out / "pyv4-q2.gguf", a.out / "llama-q2-mix.gguf"
     run([sys.executable, "-m", "pyv4.cli", "requantize", f32, ours, "--recipe", "q2", "--imatrix", imatrix, "-q"])
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(ours)).tensors}
-    src_types = {t.name: t.tensor_type.name for t in GGUFReader(str(f32)).tensors}
-    # every tensor the recipe changed, named exactly (llama-quantize matches the
-    # names as regular expressions: anchor them, escape the dots)
-    lines = [f"^{n.replace('.', '[.]')}$={ty.lower()}" for n, ty in types.items() if ty != src_types[n]]
+    # every tensor named exactly (llama-quantize matches the names as regular
+    # expressions: anchor them, escape the dots); Q8_0 is the --pure default
+    lines = [f"^{n.replace('.', '[.]')}$={ty.lower()}" for n, ty in types.items()]
     type_file = a.out / "q2-mix-types.txt"
     type_file.write_text("\n".join(lines) + "\n")
     run([a.tools / "llama-quantize", "--imatrix", imatrix, "--tensor-type-file", type_file, "--pure",
-         f32, theirs, "F32", "2"])
+         f32, theirs, "Q8_0", "2"])
     got = {t.name: t.tensor_type.name for t in GGUFReader(str(theirs)).tensors}
     differ = {n: (types[n], got.get(n)) for n in types if got.get(n) != types[n]}
     if differ:
@@ -158,18 +157,21 @@ def kl_both_ways(a, f32: Path, imatrix: Path, text: str) -> None:
         raise SystemExit(f"held-out text has only {len(ids)} tokens")
     ref = log_probs(f32, ids)
     p = np.exp(ref)
+    # the floor: the same text through the recipe's non-expert types alone (all Q8_0)
+    q8 = a.out / "pyv4-q8.gguf"
+    run([sys.executable, "-m", "pyv4.cli", "requantize", f32, q8, "--recipe", "q8", "-q"])
     kl = {}
-    for name, path in (("pyv4", ours), ("llama.cpp", theirs)):
+    for name, path in (("pyv4", ours), ("llama.cpp", theirs), ("Q8_0 only (floor)", q8)):
         lq = log_probs(path, ids)
         per_pos = (p * (ref - lq)).sum(axis=1)
         top1 = float((lq.argmax(axis=1) == ref.argmax(axis=1)).mean())
         kl[name] = (float(per_pos.mean()), float(np.median(per_pos)), top1)
-    print(f"\nq2 mix ({sum(1 for l in lines)} tensors requantized: experts gate/up IQ2_XXS, down Q2_K, "
+    print(f"\nq2 mix ({sum(ty in ('IQ2_XXS', 'Q2_K') for ty in types.values())} 2-bit tensors: experts gate/up IQ2_XXS, down Q2_K, "
           f"the rest as the mxfp4 recipe), {len(ids)} positions, KV f32, pyv4's fast path for all three files:\n")
     print("| file | mean KL(F32 \\|\\| file) | median KL | top-1 agreement with F32 |")
     print("|---|---|---|---|")
     for name, (mean, median, top1) in kl.items():
-        print(f"| {name} quantizer | {mean:.5f} | {median:.5f} | {top1:.3f} |")
+        print(f"| {name} | {mean:.5f} | {median:.5f} | {top1:.3f} |")
     print(f"\npyv4 / llama.cpp mean KL: {kl['pyv4'][0] / kl['llama.cpp'][0]:.3f} (target <= 1.10)")
 
 
