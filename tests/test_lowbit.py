@@ -125,7 +125,8 @@ def _check_fast(W, x, y):
 
 
 def _cases():
-    return [(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 3, 13, 32, 130)]
+    # 4: the first count of the AVX-512 lane GEMM (quant/kernels.h lane_min_tokens)
+    return [(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 3, 4, 13, 32, 130)]
 
 
 @pytest.mark.parametrize("type_name,isa,n_tokens", _cases())
@@ -152,6 +153,51 @@ def test_matmul_fast(type_name, isa, n_tokens):
     # threads split rows only: every output is computed identically
     y2 = _core.quant_matmul(type_name, raw, rows, cols, x, 2)
     assert np.array_equal(y, y2)
+
+
+def _extreme_rows(type_name, raw, rng):
+    """Overwrite whole rows with boundary bit patterns (f16 scales kept): all
+    zero, all one bits, and (Q3_K) 6-bit scales 63 with codes 0, where the lane
+    GEMM's code a * (c - 4) + 124 hits its ends 252 / 0."""
+    keep = np.zeros(LOWBIT[type_name], bool)
+    for off in F16_AT[type_name]:
+        keep[off:off + 2] = True
+    patterns = [np.zeros(LOWBIT[type_name], np.uint8), np.full(LOWBIT[type_name], 255, np.uint8)]
+    if type_name == "Q3_K":
+        p = np.zeros(LOWBIT[type_name], np.uint8)
+        p[96:108] = 255
+        patterns.append(p)
+    per_row = raw.shape[1] // LOWBIT[type_name]
+    for r, pat in zip(rng.choice(raw.shape[0], len(patterns), replace=False), patterns):
+        blocks = raw[r].reshape(per_row, -1)
+        blocks[:, ~keep] = pat[~keep]
+
+
+@pytest.mark.parametrize("type_name", sorted(LOWBIT))
+def test_lane_gemm_edges(type_name):
+    """The AVX-512 lane GEMM of the super-block types: 5 super-blocks per row (a
+    group of two, then a zero-padded half group; Q2_K's sub-block sums hs padded
+    alike), 37 rows (panels of 16, row tiles of 4 with a tail of 1), token tiles
+    of 4 with tails, boundary bit patterns; a token's result does not depend on
+    the other tokens of the call (the same bits alone in a 4-token call)."""
+    if not _core.isa_supported("avx512"):
+        pytest.skip("CPU lacks avx512")
+    _core.set_isa("avx512")
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(17)
+    rows, cols = 37, 1280
+    raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
+    _extreme_rows(type_name, raw, rng)
+    W = gguf_dequant(type_name, raw, rows, cols)
+    x = rng.standard_normal((15, cols)).astype(np.float32)
+    x[:, 1024 + 16:1024 + 32] *= 8.0  # a sub-block of the half group
+    x[2, 256:512] = 0.0  # a whole super-block of zero activations
+    ys = {}
+    for n in (4, 5, 7, 15):
+        ys[n] = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2)
+        _check_fast(W, x[:n], ys[n])
+    for n in (5, 7, 15):
+        assert np.array_equal(ys[n][:4], ys[4])
 
 
 @pytest.mark.parametrize("type_name", sorted(LOWBIT))

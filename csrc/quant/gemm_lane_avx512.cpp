@@ -1,5 +1,6 @@
 // AVX-512 + VNNI prefill GEMM for the integer weight types (Q8_0, Q4_0, Q4_K,
-// MXFP4) in the "lane" layout of quant/kernels.h: one int32 lane per 32-block.
+// MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS) in the "lane"
+// layout of quant/kernels.h: one int32 lane per 32-block.
 //
 // Blocks go in groups of 16. In a group, zmm k (k = 0..7) holds, in dword lane j,
 // elements 4k..4k+3 of block j (weights as unsigned codes, activations as int8).
@@ -7,7 +8,8 @@
 // so the float step runs once per 16 blocks (8 vpdpbusd):
 //   P  = sum_k vpdpbusd(W_k, X_k)               16 int32 lanes, one per block
 //   F += dw * (dx * float(P) - cs)              cs = k * dx * sum(q)  (code offset k)
-//   (Q4_K: F += dw * dx * float(P) - mw * cs,   cs = dx * sum(q), mw = dmin * m)
+//   (Q4_K: F += dw * dx * float(P) - mw * cs,   cs = dx * sum(q), mw = dmin * m;
+//    Q2_K: F += dw * dx * float(P) + mn . hs,   mins per 16-element sub-block, see Form)
 // dw/mw are 16 floats per group and dx/cs 16 floats per token and group: all
 // dense, no broadcasts or permutes in the inner loop.
 //
@@ -21,7 +23,10 @@
 // FMA per 8 vpdpbusd, probably on the pipes that issue vpdpbusd) is the main
 // cost: an asm version of the loop without it ran ~750, a bare vpdpbusd loop
 // with the same loads ~960. Packing adds ~10 % at 128 tokens (a Q8_0 group
-// ~23 ns, a split MXFP4 group ~11 ns) and dominates at ~12 tokens.
+// ~23 ns, a split MXFP4 group ~11 ns) and dominates at ~12 tokens. The super-
+// block packers (1 thread, L2-resident, from 4-token runs): Q2_K / IQ4_XS ~25 ns
+// a group, Q3_K ~37, IQ2_XXS ~50 (its 8 grid gathers; scalar table loads
+// instead measured 10-30 % slower).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -29,6 +34,7 @@
 #include <type_traits>
 
 #include "quant/blocks.h"
+#include "quant/iq2xxs_grid.h"
 #include "quant/kernels.h"
 #include "quant/split_layout.h"
 
@@ -38,7 +44,15 @@ namespace {
 
 using namespace qblocks;
 
-constexpr int kGB = 640;      // packed bytes per row and group: codes 512, dw 64, mw 64
+// How a packed group's floats enter the sums (the "F +=" step of the header):
+//   Offset:  F += dw * (dx * P - cs)                 codes with an offset k (cs = k dx sum q)
+//   Min:     F += dw * dx * P - mw * cs              Q4_K (cs = dx sum q)
+//   HalfMin: F += dw * dx * P + mn0 * h0 + mn1 * h1  Q2_K: mins per 16-element sub-block
+//            (mn = -dmin * m of the group's 32 sub-blocks, h = ActQ::hs of the same)
+enum class Form { Offset, Min, HalfMin };
+// Packed bytes per row and group: codes 512, dw 64, then mw 64 (Min; unused by
+// Offset) or mn0, mn1 128 (HalfMin).
+constexpr int group_bytes(Form f) { return f == Form::HalfMin ? 704 : 640; }
 constexpr int64_t kPanel = 16;       // rows a token tile runs over (packed rows in L2)
 constexpr int64_t kSpanRows = 256;   // rows packed at a time when tokens go in blocks
 constexpr size_t kXBlockBytes = 384 << 10;  // activations of a token block (in L2)
@@ -104,7 +118,7 @@ inline void store_codes(uint8_t* out, int k, __m512i v) {
 // ---- group packers: 16 blocks at p -> out[0..512) codes, [512..576) dw, [576..640) mw ----
 struct PackQ8_0 {
   static constexpr int kBB = 34, kBlocks = 16;
-  static constexpr bool kMin = false;
+  static constexpr Form kForm = Form::Offset;
   static constexpr GGMLType kType = GGMLType::Q8_0;
   static inline void group(const uint8_t* p, uint8_t* out) {
     const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -120,7 +134,7 @@ struct PackQ8_0 {
 // blocks lies in one chunk, its codes 256 contiguous bytes, its scales 16 or 32.
 struct PackQ4_0 {
   static constexpr int kBB = 18, kBlocks = 16;
-  static constexpr bool kMin = false;
+  static constexpr Form kForm = Form::Offset;
   static constexpr GGMLType kType = GGMLType::Q4_0;
   static inline void codes(const __m512i (&D)[4], uint8_t* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -145,7 +159,7 @@ struct PackQ4_0 {
 };
 struct PackMXFP4 {
   static constexpr int kBB = 17, kBlocks = 16;
-  static constexpr bool kMin = false;
+  static constexpr Form kForm = Form::Offset;
   static constexpr GGMLType kType = GGMLType::MXFP4;
   static inline void codes(const __m512i (&D)[4], uint8_t* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -182,7 +196,7 @@ struct PackMXFP4 {
 // sub-block j is that nibble of chunk dword k.
 struct PackQ4_K {
   static constexpr int kBB = 144, kBlocks = 2;
-  static constexpr bool kMin = true;
+  static constexpr Form kForm = Form::Min;
   static constexpr GGMLType kType = GGMLType::Q4_K;
   static inline void group(const uint8_t* p, uint8_t* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -220,6 +234,188 @@ struct PackQ4_K {
   }
 };
 
+// ---- the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS (math in quant/kernels.h) ----
+// A group is two super-blocks; lane j is 32-block j % 8 of super-block j / 8,
+// so every code is decoded (and every sub-block scale folded in) once per row.
+
+// x0 in lanes 0..7 (first super-block), x1 in lanes 8..15.
+inline __m512i pair8(int32_t x0, int32_t x1) {
+  return _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(x0), _mm512_set1_epi32(x1));
+}
+inline __m512 pair8_f16(const uint8_t* h0, const uint8_t* h1) {
+  return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(_cvtsh_ss(load_u16(h0))),
+                              _mm512_set1_ps(_cvtsh_ss(load_u16(h1))));
+}
+// j % 8 in lane j.
+inline __m512i lane_block() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7); }
+// Per lane j, two bytes of a 16-byte array per super-block (s0 for lanes 0..7, s1
+// for 8..15): byte 2 (j % 8) in bits 0..7, byte 2 (j % 8) + 1 in bits 8..15.
+inline __m512i byte_pairs(__m128i s0, __m128i s1) {
+  return _mm512_cvtepu16_epi32(_mm256_inserti128_si256(_mm256_castsi128_si256(s0), s1, 1));
+}
+// Q2_K / Q3_K (16 sub-blocks of 16): the 2-bit codes of dword k (elements
+// 4k..4k+3) of every lane's 32-block. Block b = 4n + jj of a super-block takes
+// bits 2jj of qs[32n .. 32n + 31] (quant/blocks.h), i.e. qs dword 8n + k.
+// Q0 / Q1: the 64 qs bytes of the two super-blocks.
+inline __m512i k_low2(__m512i Q0, __m512i Q1, int k) {
+  const __m512i base = _mm512_setr_epi32(0, 0, 0, 0, 8, 8, 8, 8, 16, 16, 16, 16, 24, 24, 24, 24);
+  const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6);
+  const __m512i v = _mm512_permutex2var_epi32(Q0, _mm512_add_epi32(base, _mm512_set1_epi32(k)), Q1);
+  return _mm512_and_si512(_mm512_srlv_epi32(v, sh), _mm512_set1_epi8(3));
+}
+// Dwords k < 4 of a 32-block are its sub-block 2b, k >= 4 sub-block 2b + 1.
+// Q2_K: u = a_s * c (0..45, exact in the 16-bit multiply: a byte's product
+// never carries into the next), dw = d; the mins, -dmin * m_s per sub-block,
+// go to mn0 / mn1 (Form::HalfMin, in the order of ActQ::hs).
+struct PackQ2_K {
+  static constexpr int kBB = 84, kBlocks = 2;
+  static constexpr Form kForm = Form::HalfMin;
+  static constexpr GGMLType kType = GGMLType::Q2_K;
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    const uint8_t* p1 = p + kBB;
+    const __m128i s0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i s1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p1));
+    const __m512i E = byte_pairs(s0, s1), m4 = _mm512_set1_epi32(15);
+    __m512i a[2] = {_mm512_and_si512(E, m4), _mm512_and_si512(_mm512_srli_epi32(E, 8), m4)};
+    for (auto& v : a) v = _mm512_or_si512(v, _mm512_slli_epi32(v, 16));  // both 16-bit words
+    const __m512i Q0 = _mm512_loadu_si512(p + 16), Q1 = _mm512_loadu_si512(p1 + 16);
+    for (int k = 0; k < 8; ++k) store_codes(out, k, _mm512_mullo_epi16(k_low2(Q0, Q1, k), a[k / 4]));
+    _mm512_storeu_ps(out + 512, pair8_f16(p + 80, p1 + 80));
+    const __m128i n4 = _mm_set1_epi8(0x0F);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* q = h ? p1 : p;
+      const __m512 m = _mm512_cvtepi32_ps(
+          _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(h ? s1 : s0, 4), n4)));
+      _mm512_storeu_ps(out + 576 + 64 * h, _mm512_mul_ps(_mm512_set1_ps(-_cvtsh_ss(load_u16(q + 82))), m));
+    }
+  }
+};
+// Q3_K: w = d * a * (c - 4) with a = scale - 32 in [-32, 31] and c in [0, 7],
+// so u = a * (c - 4) + 124 lies in [0, 252]: one code byte, dw = d, offset
+// k = 124 through cs (Form::Offset). The byte products are formed mod 256 (a
+// 16-bit multiply per byte position) and are exact since u fits a byte.
+struct PackQ3_K {
+  static constexpr int kBB = 110, kBlocks = 2;
+  static constexpr Form kForm = Form::Offset;
+  static constexpr GGMLType kType = GGMLType::Q3_K;
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    const uint8_t* p1 = p + kBB;
+    uint64_t lo0, hi0, lo1, hi1;
+    q3k_scales(p + 96, &lo0, &hi0);
+    q3k_scales(p1 + 96, &lo1, &hi1);
+    const __m512i E = byte_pairs(_mm_set_epi64x(static_cast<long long>(hi0), static_cast<long long>(lo0)),
+                                 _mm_set_epi64x(static_cast<long long>(hi1), static_cast<long long>(lo1)));
+    __m512i A[2], B[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i a = _mm512_sub_epi32(_mm512_and_si512(h ? _mm512_srli_epi32(E, 8) : E,
+                                                          _mm512_set1_epi32(0xFF)),
+                                         _mm512_set1_epi32(32));
+      A[h] = _mm512_or_si512(_mm512_and_si512(a, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(a, 16));
+      const __m512i bias = _mm512_and_si512(_mm512_sub_epi32(_mm512_set1_epi32(124), _mm512_slli_epi32(a, 2)),
+                                            _mm512_set1_epi32(0xFF));
+      B[h] = _mm512_mullo_epi32(bias, _mm512_set1_epi32(0x01010101));
+    }
+    const __m512i Q0 = _mm512_loadu_si512(p + 32), Q1 = _mm512_loadu_si512(p1 + 32);
+    // hmask dword k of each super-block; lane j's high bits at bit j % 8 of every byte
+    const __m512i H = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p1)), 1);
+    const __m512i hbase = pair8(0, 8), odd = _mm512_set1_epi16(static_cast<short>(0xFF00));
+    for (int k = 0; k < 8; ++k) {
+      const __m512i hb = _mm512_and_si512(
+          _mm512_srlv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(hbase, _mm512_set1_epi32(k)), H),
+                            lane_block()),
+          _mm512_set1_epi8(1));
+      const __m512i c = _mm512_or_si512(k_low2(Q0, Q1, k), _mm512_slli_epi32(hb, 2));
+      const __m512i lo = _mm512_mullo_epi16(c, A[k / 4]);
+      const __m512i hi = _mm512_mullo_epi16(_mm512_and_si512(c, odd), A[k / 4]);
+      const __m512i ac = _mm512_mask_blend_epi8(0xAAAAAAAAAAAAAAAAull, lo, hi);
+      store_codes(out, k, _mm512_add_epi8(ac, B[k / 4]));
+    }
+    _mm512_storeu_ps(out + 512, pair8_f16(p + 108, p1 + 108));
+  }
+};
+// IQ4_XS: block b's 16 bytes hold elements j (low nibble) and j + 16 (high), as
+// Q4_0; u = level + 128 (1..241), dw = d * (ls - 32), offset k = 128.
+struct PackIQ4_XS {
+  static constexpr int kBB = 136, kBlocks = 2;
+  static constexpr Form kForm = Form::Offset;
+  static constexpr GGMLType kType = GGMLType::IQ4_XS;
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    const uint8_t* p1 = p + kBB;
+    const __m512i Z[4] = {_mm512_loadu_si512(p + 8), _mm512_loadu_si512(p + 72),
+                          _mm512_loadu_si512(p1 + 8), _mm512_loadu_si512(p1 + 72)};
+    __m512i D[4];
+    transpose16(Z, D);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_add_epi8(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)), _mm_set1_epi8(-128)));
+    for (int m = 0; m < 4; ++m) {
+      store_codes(out, m, _mm512_shuffle_epi8(lut, _mm512_and_si512(D[m], m4)));
+      store_codes(out, 4 + m, _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(D[m], 4), m4)));
+    }
+    // ls of block b: nibble b of scales_l (dword at +4), 2 bits 2b of scales_h (+2)
+    uint32_t l0, l1;
+    std::memcpy(&l0, p + 4, 4);
+    std::memcpy(&l1, p1 + 4, 4);
+    const __m512i jb = lane_block();
+    const __m512i lo = _mm512_and_si512(
+        _mm512_srlv_epi32(pair8(static_cast<int32_t>(l0), static_cast<int32_t>(l1)), _mm512_slli_epi32(jb, 2)),
+        _mm512_set1_epi32(15));
+    const __m512i hi = _mm512_and_si512(
+        _mm512_srlv_epi32(pair8(load_u16(p + 2), load_u16(p1 + 2)), _mm512_slli_epi32(jb, 1)),
+        _mm512_set1_epi32(3));
+    const __m512i ls = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
+    _mm512_storeu_ps(out + 512, _mm512_mul_ps(pair8_f16(p, p1), _mm512_cvtepi32_ps(ls)));
+  }
+};
+// IQ2_XXS: 8 groups of 32 per super-block (quant/blocks.h); u = signed grid
+// value + 43 (0..86), dw = d * (0.5 + s) * 0.25, offset k = 43. Grid entry i
+// of a block (elements 8i..8i+7) fills dwords 2i, 2i + 1: one 8-entry gather
+// per super-block and i, the dwords split by permutes; the 8 sign bits of
+// entry i (7-bit field | parity << 7) become two byte masks.
+struct PackIQ2_XXS {
+  static constexpr int kBB = 66, kBlocks = 2;
+  static constexpr Form kForm = Form::Offset;
+  static constexpr GGMLType kType = GGMLType::IQ2_XXS;
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    const uint8_t* p1 = p + kBB;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    // dwords (a, b) of block l at 2l, 2l + 1 of each super-block's qs
+    const __m512i Q0 = _mm512_loadu_si512(p + 2), Q1 = _mm512_loadu_si512(p1 + 2);
+    const __m512i A = _mm512_permutex2var_epi32(Q0, even, Q1);  // grid indices, byte i = entry i
+    const __m512i B = _mm512_permutex2var_epi32(Q0, odd, Q1);   // 4 x 7 sign bits, scale
+    // sign field i of B in byte i, then its parity (bit 0 of a byte's xor-fold) as bit 7
+    const __m512i f7 = _mm512_set1_epi32(127);
+    __m512i S = _mm512_and_si512(B, f7);
+    for (int i = 1; i < 4; ++i)
+      S = _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(B, 7 * i), f7), 8 * i));
+    __m512i par = _mm512_xor_si512(S, _mm512_srli_epi32(S, 4));
+    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
+    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
+    S = _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi8(1)), 7));
+    const __m512i bytes0 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
+    const __m512i bits_lo = _mm512_set1_epi32(0x08040201), bits_hi = _mm512_set1_epi32(static_cast<int>(0x80402010u));
+    const __m512i k43 = _mm512_set1_epi8(43);
+    const long long* grid = reinterpret_cast<const long long*>(kIq2xxsGrid);
+    for (int i = 0; i < 4; ++i) {
+      const __m512i idx = _mm512_and_si512(_mm512_srli_epi32(A, 8 * i), _mm512_set1_epi32(255));
+      const __m512i g0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), grid, 8);
+      const __m512i g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), grid, 8);
+      const __m512i s = _mm512_shuffle_epi8(S, _mm512_add_epi8(bytes0, _mm512_set1_epi8(static_cast<char>(i))));
+      for (int h = 0; h < 2; ++h) {
+        const __m512i g = _mm512_permutex2var_epi32(g0, h ? odd : even, g1);
+        const __mmask64 neg = _mm512_test_epi8_mask(s, h ? bits_hi : bits_lo);
+        store_codes(out, 2 * i + h, _mm512_mask_sub_epi8(_mm512_add_epi8(k43, g), neg, k43, g));
+      }
+    }
+    const __m512 sc = _mm512_cvtepi32_ps(_mm512_srli_epi32(B, 28));
+    _mm512_storeu_ps(out + 512, _mm512_mul_ps(_mm512_mul_ps(pair8_f16(p, p1), _mm512_add_ps(_mm512_set1_ps(0.5f), sc)),
+                                              _mm512_set1_ps(0.25f)));
+  }
+};
+
 // Packs groups [0, ng) of one weight row. The last group may be partial: its
 // blocks are copied into a zeroed buffer first (zero scales, zero codes there;
 // the padded activations are zero too).
@@ -228,19 +424,19 @@ template <class Pk>
 void pack_split_row(const uint8_t* row, int64_t ng, uint8_t* out) {
   for (int64_t g = 0; g < ng; ++g)
     Pk::group_split(split::block_codes(Pk::kType, row, 16 * g),
-                    split::block_scale(Pk::kType, row, 16 * g), out + g * kGB);
+                    split::block_scale(Pk::kType, row, 16 * g), out + g * group_bytes(Pk::kForm));
 }
 
 template <class Pk>
 void pack_row(const uint8_t* row, int64_t nblk, int64_t ng, uint8_t* out) {
   const int64_t full = nblk / Pk::kBlocks;
-  for (int64_t g = 0; g < full; ++g) Pk::group(row + g * Pk::kBlocks * Pk::kBB, out + g * kGB);
+  for (int64_t g = 0; g < full; ++g) Pk::group(row + g * Pk::kBlocks * Pk::kBB, out + g * group_bytes(Pk::kForm));
   if (full < ng) {
     alignas(64) uint8_t tmp[Pk::kBlocks * Pk::kBB];
     std::memset(tmp, 0, sizeof(tmp));
     std::memcpy(tmp, row + full * Pk::kBlocks * Pk::kBB,
                 static_cast<size_t>(nblk - full * Pk::kBlocks) * Pk::kBB);
-    Pk::group(tmp, out + full * kGB);
+    Pk::group(tmp, out + full * group_bytes(Pk::kForm));
   }
 }
 
@@ -281,7 +477,7 @@ inline void store_sums(const float (&F)[R][T][16], float* Y, int64_t ldy, bool a
     for (int i = 0; i < R; ++i) Y[t * ldy + i] = add ? Y[t * ldy + i] + sums[4 * t + i] : sums[4 * t + i];
 }
 
-template <int R, int T, bool kMin>
+template <int R, int T, Form kForm>
 void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, int64_t g1,
            float* Y, int64_t ldy, int64_t r) {
   // Float accumulators live in L1 (touched once per 16 blocks); the registers
@@ -294,9 +490,10 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
   const int8_t* xq = a.q(t0);
   const float* xd = a.d(t0);
   const float* xc = a.c(t0);
-  const int64_t sq = a.nb_pad * 32, sf = a.nb_pad;
+  const float* xh = kForm == Form::HalfMin ? a.h(t0) : nullptr;
+  const int64_t sq = a.nb_pad * 32, sf = a.nb_pad, sh = 2 * a.nb_pad;
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* wg = pw + g * kGB;
+    const uint8_t* wg = pw + g * group_bytes(kForm);
     __m512i P[R][T];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i)
@@ -323,16 +520,26 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512 DX = _mm512_loadu_ps(xd + t * sf + 16 * g);
-      const __m512 KC = _mm512_loadu_ps(xc + t * sf + 16 * g);
+      __m512 KC, H0, H1;
+      if constexpr (kForm == Form::HalfMin) {
+        H0 = _mm512_loadu_ps(xh + t * sh + 32 * g);
+        H1 = _mm512_loadu_ps(xh + t * sh + 32 * g + 16);
+      } else {
+        KC = _mm512_loadu_ps(xc + t * sf + 16 * g);
+      }
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const __m512 f = _mm512_cvtepi32_ps(P[i][t]);
-        const __m512 DW = _mm512_load_ps(reinterpret_cast<const float*>(wg + i * ps + 512));
+        const float* fw = reinterpret_cast<const float*>(wg + i * ps + 512);
+        const __m512 DW = _mm512_load_ps(fw);
         __m512 acc = _mm512_load_ps(F[i][t]);
-        if constexpr (kMin) {
-          const __m512 MW = _mm512_load_ps(reinterpret_cast<const float*>(wg + i * ps + 576));
+        if constexpr (kForm == Form::Min) {
           acc = _mm512_fmadd_ps(_mm512_mul_ps(f, DX), DW, acc);
-          acc = _mm512_fnmadd_ps(MW, KC, acc);
+          acc = _mm512_fnmadd_ps(_mm512_load_ps(fw + 16), KC, acc);
+        } else if constexpr (kForm == Form::HalfMin) {
+          acc = _mm512_fmadd_ps(_mm512_mul_ps(f, DX), DW, acc);
+          acc = _mm512_fmadd_ps(_mm512_load_ps(fw + 16), H0, acc);
+          acc = _mm512_fmadd_ps(_mm512_load_ps(fw + 32), H1, acc);
         } else {
           acc = _mm512_fmadd_ps(_mm512_fmsub_ps(f, DX, KC), DW, acc);
         }
@@ -346,15 +553,15 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
 template <int N>
 using IC = std::integral_constant<int, N>;
 
-template <bool kMin, int R>
+template <Form kForm, int R>
 void micro_t(int tt, const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0,
              int64_t g1, float* Y, int64_t ldy, int64_t r) {
   static_assert(kT <= 4, "token tile");
   switch (tt) {
-    case 4: micro<R, (kT >= 4 ? 4 : 1), kMin>(pw, ps, a, t0, g0, g1, Y, ldy, r); break;
-    case 3: micro<R, 3, kMin>(pw, ps, a, t0, g0, g1, Y, ldy, r); break;
-    case 2: micro<R, 2, kMin>(pw, ps, a, t0, g0, g1, Y, ldy, r); break;
-    default: micro<R, 1, kMin>(pw, ps, a, t0, g0, g1, Y, ldy, r); break;
+    case 4: micro<R, (kT >= 4 ? 4 : 1), kForm>(pw, ps, a, t0, g0, g1, Y, ldy, r); break;
+    case 3: micro<R, 3, kForm>(pw, ps, a, t0, g0, g1, Y, ldy, r); break;
+    case 2: micro<R, 2, kForm>(pw, ps, a, t0, g0, g1, Y, ldy, r); break;
+    default: micro<R, 1, kForm>(pw, ps, a, t0, g0, g1, Y, ldy, r); break;
   }
 }
 
@@ -364,7 +571,7 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
   static_assert(kR == 4, "row tile");
   const int64_t nblk = W.cols / (Pk::kBlocks == 2 ? 256 : 32);  // packer blocks per row
   const int64_t ng = a.nb_pad / 16;
-  const size_t ps = static_cast<size_t>(ng) * kGB;
+  const size_t ps = static_cast<size_t>(ng) * group_bytes(Pk::kForm);
   // Cache policy. The packed rows of a panel (kPanel rows) stay in L2 while
   // every token tile of a block runs over them; a token tile's activations stay
   // in L1 across the panel's row tiles. When all the tokens' activations fit in
@@ -422,10 +629,10 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
             for (int64_t i = p; i < p + pn; i += kR) {
               const uint8_t* pw = packed + i * ps;
               switch (std::min<int64_t>(p + pn - i, kR)) {
-                case 4: micro_t<Pk::kMin, 4>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
-                case 3: micro_t<Pk::kMin, 3>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
-                case 2: micro_t<Pk::kMin, 2>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
-                default: micro_t<Pk::kMin, 1>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
+                case 4: micro_t<Pk::kForm, 4>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
+                case 3: micro_t<Pk::kForm, 3>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
+                case 2: micro_t<Pk::kForm, 2>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
+                default: micro_t<Pk::kForm, 1>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
               }
             }
           }
@@ -443,6 +650,10 @@ bool lane_cscale_avx512(GGMLType t, float* cscale) {
     case GGMLType::Q4_0: *cscale = 8.0f; return true;    // nibble, k = 8
     case GGMLType::MXFP4: *cscale = 12.0f; return true;  // 2*E2M1 + 12
     case GGMLType::Q4_K: *cscale = 1.0f; return true;    // mins use dx*sum(q)
+    case GGMLType::Q2_K: *cscale = 0.0f; return true;    // mins use ActQ::hs
+    case GGMLType::Q3_K: *cscale = 124.0f; return true;  // a * (c - 4) + 124
+    case GGMLType::IQ2_XXS: *cscale = 43.0f; return true;  // signed grid + 43
+    case GGMLType::IQ4_XS: *cscale = 128.0f; return true;  // level + 128
     default: return false;
   }
 }
@@ -454,6 +665,10 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
     case GGMLType::Q4_0: gemm_lane<PackQ4_0>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::MXFP4: gemm_lane<PackMXFP4>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q4_K: gemm_lane<PackQ4_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::Q2_K: gemm_lane<PackQ2_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::Q3_K: gemm_lane<PackQ3_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ2_XXS: gemm_lane<PackIQ2_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ4_XS: gemm_lane<PackIQ4_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
     default: return;
   }
 }

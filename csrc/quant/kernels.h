@@ -51,7 +51,7 @@ struct ActQ {
   const float* csr = nullptr;
   int64_t nbr = 0;
   // Q2_K / Q3_K only: hs[t][s] = dx[s / 2] * (sum of q over elements 16s..16s+15),
-  // one float per 16-element sub-block, [n_tokens][2 * nb].
+  // one float per 16-element sub-block, [n_tokens][2 * nb_pad] (zeros past 2 * nb).
   const float* hs = nullptr;
 
   const int8_t* q(int64_t t) const { return qs + t * nb_pad * 32; }
@@ -59,7 +59,7 @@ struct ActQ {
   const float* c(int64_t t) const { return cs + t * nb_pad; }
   const float* dr(int64_t t) const { return dxr + t * nbr; }
   const float* cr(int64_t t) const { return csr + t * nbr; }
-  const float* h(int64_t t) const { return hs + t * 2 * nb; }
+  const float* h(int64_t t) const { return hs + t * 2 * nb_pad; }
 };
 
 static inline int64_t act_nb_pad(int64_t nb, ActLayout layout) {
@@ -121,14 +121,33 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // 4 tokens, which is also why multiplying lane-order rows straight from
 // memory, without the packed panel, lost to both (tried: 4-24 tokens, 2 rows x
 // 4 tokens).
-static inline int64_t lane_min_tokens(GGMLType t) { return t == GGMLType::Q4_K ? 6 : 20; }
+// The super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS take the lane GEMM from 4
+// tokens (below, their GEMV): their quad tiles decode each weight block again
+// for every 4 tokens, which costs more than packing it once. Same A/B (Zen 5,
+// 2 threads, quiet host), quad / lane Gops/s at 4 tokens, [2048x4096] then
+// [4096x2048]: Q2_K 67 / 88, 40 / 53; Q3_K 78 / 132, 50 / 66; IQ2_XXS 58 / 64,
+// 51 / 66; IQ4_XS 49 / 51, 43 / 55 (two more IQ4_XS runs: ties to +27 %); at
+// 8 tokens lane is 1.2-2.4x quad. (At 3 tokens lane beat the GEMV only for
+// IQ2_XXS.)
+static inline int64_t lane_min_tokens(GGMLType t) {
+  switch (t) {
+    case GGMLType::Q4_K: return 6;
+    case GGMLType::Q2_K:
+    case GGMLType::Q3_K:
+    case GGMLType::IQ2_XXS:
+    case GGMLType::IQ4_XS: return 4;
+    default: return 20;
+  }
+}
 bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
 
 // ---- 2- to 4-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
 // Q2_K, Q3_K, IQ2_XXS and IQ4_XS on the same int8 activations: plain layout on AVX2,
-// quad on AVX-512 (never the lane layout: it is chosen by type below).
+// quad on AVX-512 below lane_min_tokens, from there the lane GEMM (gemm_lane_avx512.cpp:
+// Q3_K's sub-block scales folded into offset codes, Q2_K's into its codes with the
+// mins through hs; see its packers).
 // Q2_K / Q3_K weights of 16-element sub-block s of a super-block are
 //     w = d * a_s * c - d2 * m_s
 // (Q2_K: a = 4-bit scale, c = 2-bit code, d2 = dmin, m = 4-bit min;
@@ -147,9 +166,10 @@ static inline bool is_lowbit(GGMLType t) {
   return t == GGMLType::Q2_K || t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS ||
          t == GGMLType::IQ4_XS;
 }
-// Whether the kernels of a low-bit type read ActQ::hs.
-static inline bool lowbit_half_sums(GGMLType t) {
-  return t == GGMLType::Q2_K || t == GGMLType::Q3_K;
+// Whether the kernels of a low-bit type read ActQ::hs (the lane GEMM folds
+// Q3_K's scales into its codes and needs them for Q2_K's mins only).
+static inline bool lowbit_half_sums(GGMLType t, ActLayout layout) {
+  return t == GGMLType::Q2_K || (t == GGMLType::Q3_K && layout != ActLayout::Lane);
 }
 static inline ActLayout lowbit_layout(bool avx512) {
   return avx512 ? ActLayout::Quad : ActLayout::Plain;
@@ -161,7 +181,7 @@ static inline float lowbit_cscale(GGMLType t, ActLayout layout) {
   if (t == GGMLType::IQ4_XS && quad) return 128.0f / 4.0f;
   return 0.0f;  // Q2_K / Q3_K use hs; IQ4_XS on AVX2 needs no offset
 }
-// Fills hs [n_tokens][2 * nb] from quantized activations in `layout` (AVX2 file).
+// Fills hs [n_tokens][2 * nb_pad] from quantized activations in `layout` (AVX2 file).
 void half_sums_avx2(const int8_t* qs, const float* dx, int64_t n_tokens, int64_t nb,
                     int64_t nb_pad, ActLayout layout, float* hs);
 // Y[t, r] for r in [r0, r1), all tokens (act in the plain / quad layout).

@@ -266,20 +266,23 @@ void tile_iq4xs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, flo
 
 void half_sums_avx2(const int8_t* qs, const float* dx, int64_t n_tokens, int64_t nb,
                     int64_t nb_pad, ActLayout layout, float* hs) {
-  const bool quad = layout == ActLayout::Quad;
   for (int64_t t = 0; t < n_tokens; ++t) {
     const int8_t* q = qs + t * nb_pad * 32;
     const float* d = dx + t * nb_pad;
-    float* h = hs + t * 2 * nb;
+    float* h = hs + t * 2 * nb_pad;
     for (int64_t b = 0; b < nb; ++b) {
-      // elements 0..15 and 16..31 of block b
-      const int8_t* lo = quad ? q + 128 * (b / 4) + 16 * (b % 4) : q + 32 * b;
-      const int8_t* hi = quad ? lo + 64 : lo + 16;
-      int s0 = 0, s1 = 0;
-      for (int i = 0; i < 16; ++i) s0 += lo[i], s1 += hi[i];
-      h[2 * b] = d[b] * static_cast<float>(s0);
-      h[2 * b + 1] = d[b] * static_cast<float>(s1);
+      // elements 4k..4k+3 of block b (k = 0..7): 0..15 are sub-block 2b, 16..31 2b + 1
+      int s[2] = {0, 0};
+      for (int k = 0; k < 8; ++k) {
+        const int8_t* e = layout == ActLayout::Quad   ? q + 128 * (b / 4) + 16 * (b % 4) + 64 * (k / 4) + 4 * (k % 4)
+                          : layout == ActLayout::Lane ? q + 512 * (b / 16) + 4 * (b % 16) + 64 * k
+                                                      : q + 32 * b + 4 * k;
+        s[k / 4] += e[0] + e[1] + e[2] + e[3];
+      }
+      h[2 * b] = d[b] * static_cast<float>(s[0]);
+      h[2 * b + 1] = d[b] * static_cast<float>(s[1]);
     }
+    for (int64_t s = 2 * nb; s < 2 * nb_pad; ++s) h[s] = 0.0f;
   }
 }
 

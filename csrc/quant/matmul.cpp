@@ -133,13 +133,13 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
   }
   if (j.reference) {
     reference_rows(*j.W, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
+  } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
+    qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (qk::is_lowbit(j.W->type)) {
     if (j.isa == Isa::AVX512)
       qk::gemm_lowbit_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
     else
       qk::gemm_lowbit_avx2(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
-  } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
-    qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (j.isa == Isa::AVX512) {
     qk::gemm_avx512(*j.W, j.act, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else {
@@ -166,14 +166,13 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   float cscale = 0.0f;
   qk::ActLayout layout = qk::ActLayout::Plain;
   bool quantize;
-  const bool lowbit = qk::is_lowbit(W.type);
-  if (lowbit) {
+  if (isa == Isa::AVX512 && n_tokens >= qk::lane_min_tokens(W.type)) {
+    quantize = qk::lane_cscale_avx512(W.type, &cscale);
+    layout = qk::ActLayout::Lane;
+  } else if (qk::is_lowbit(W.type)) {
     layout = qk::lowbit_layout(isa == Isa::AVX512);
     cscale = qk::lowbit_cscale(W.type, layout);
     quantize = true;
-  } else if (isa == Isa::AVX512 && n_tokens >= qk::lane_min_tokens(W.type)) {
-    quantize = qk::lane_cscale_avx512(W.type, &cscale);
-    layout = qk::ActLayout::Lane;
   } else if (isa == Isa::AVX512) {
     quantize = qk::act_cscale_avx512(W.type, &cscale);
     layout = qk::ActLayout::Quad;
@@ -191,8 +190,8 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   const int64_t nbr = (nb + 15) & ~int64_t(15);
   const size_t nr = static_cast<size_t>(n_tokens * nbr);
   if (quad) s.dxr.resize(nr), s.csr.resize(nr);
-  const bool half_sums = qk::lowbit_half_sums(W.type);
-  if (half_sums) s.hs.resize(static_cast<size_t>(n_tokens * 2 * nb));
+  const bool half_sums = qk::lowbit_half_sums(W.type, layout);
+  if (half_sums) s.hs.resize(static_cast<size_t>(n_tokens * 2 * nb_pad));
   // Tokens are quantized independently: a prefill chunk splits them across the
   // pool (serially, this took ~7 % of a 128-token GEMM on 2 threads).
   int8_t* qs = s.qs.data();
@@ -205,7 +204,7 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
                           csr ? csr + t0 * nbr : nullptr);
     if (hs)
       qk::half_sums_avx2(qs + t0 * nb_pad * 32, dx + t0 * nb_pad, t1 - t0, nb, nb_pad, layout,
-                         hs + t0 * 2 * nb);
+                         hs + t0 * 2 * nb_pad);
   };
   if (pool && pool->size() > 1 && n_tokens >= 8)
     pool->parallel_for(n_tokens, 1, quantize_tokens);
