@@ -1,0 +1,475 @@
+// The importance-weighted Q2_K / Q3_K / IQ2_XXS searches (convert/quants_lowbit.py
+// is the reference; each function here names the reference function it mirrors).
+// Exactness rules, kept everywhere below:
+//   * float32 arithmetic in the reference's order, no fused multiply-add
+//     (CMakeLists.txt compiles this file with -ffp-contract=off);
+//   * float64 where numpy promotes: the candidate steps np.arange(-9, 10) *
+//     float32(0.1) are float64, so the inverse scales built from them are
+//     divided in float64 and rounded once to float32;
+//   * sums are np.sum's (np_sum); argmax / argmin return the first extreme
+//     (numpy's rule), the code of a value is round-half-even then clipped;
+//   * _div(a, b) is a / b where b != 0, else +0.
+#include "quant/quantize_lowbit.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "common/error.h"
+#include "quant/blocks.h"
+#include "quant/iq2xxs_grid.h"
+
+namespace pyv4 {
+
+using qblocks::f16_to_f32;
+using qblocks::f32_to_bits;
+
+uint16_t f32_to_f16_bits(float v) {
+  const uint32_t x = f32_to_bits(v);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) {  // inf, or NaN keeping the top payload bits (as numpy)
+    const uint32_t m = (ax & 0x7fffffu) >> 13;
+    return static_cast<uint16_t>(sign | 0x7c00 | (ax == 0x7f800000u ? 0 : (m ? m : 1)));
+  }
+  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00);  // >= 65520: inf
+  if (ax < 0x38800000u) {  // below 2^-14: a subnormal half (units of 2^-24) or zero
+    if (ax <= 0x33000000u) return sign;  // <= 2^-25 (the tie goes to the even 0)
+    const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126 - e, half = 1u << (shift - 1), rem = m & ((half << 1) - 1);
+    uint32_t q = m >> shift;
+    if (rem > half || (rem == half && (q & 1))) ++q;
+    return static_cast<uint16_t>(sign | q);
+  }
+  uint32_t h = (ax >> 13) - ((127 - 15) << 10);
+  const uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;  // a carry moves into the exponent
+  return static_cast<uint16_t>(sign | h);
+}
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// numpy's float32 np.sum along a contiguous axis: the identity +0 plus the
+// pairwise sum (numpy's loops_utils.h: below 8 values one running sum from -0;
+// up to 128 eight interleaved partial sums combined as
+// ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the remainder; above 128 the two
+// halves, cut at a multiple of 8, summed separately).
+float pairwise(const float* a, int n) {
+  if (n < 8) {
+    float r = -0.0f;
+    for (int i = 0; i < n; ++i) r += a[i];
+    return r;
+  }
+  if (n <= 128) {
+    float r[8];
+    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    int i = 8;
+    for (; i < n - n % 8; i += 8)
+      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+    float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) res += a[i];
+    return res;
+  }
+  int n2 = n / 2;
+  n2 -= n2 % 8;
+  return pairwise(a, n2) + pairwise(a + n2, n - n2);
+}
+
+float np_sum(const float* a, int n) { return 0.0f + pairwise(a, n); }
+
+float div0(float a, float b) { return b != 0 ? a / b : 0.0f; }
+
+// The float64 quotient the reference forms from a float64 numerator, rounded to float32.
+float div0_f64(double a, float b) {
+  return b != 0 ? static_cast<float>(a / static_cast<double>(b)) : 0.0f;
+}
+
+// np.clip(np.rint(v), lo, hi): round half to even (the default rounding mode),
+// then clip keeping v when it is not below lo / above hi (so -0 and NaN stay).
+float rint_clip(float v, float lo, float hi) {
+  const float r = std::nearbyint(v);
+  return r < lo ? lo : (r > hi ? hi : r);
+}
+
+// The first index of the largest |v[i]| (np.abs(v).argmax()).
+int argmax_abs(const float* v, int n) {
+  int k = 0;
+  float m = std::fabs(v[0]);
+  for (int i = 1; i < n; ++i) {
+    const float a = std::fabs(v[i]);
+    if (!(a <= m)) {  // numpy's loop: a NaN wins and stops the search
+      m = a;
+      k = i;
+      if (std::isnan(a)) break;
+    }
+  }
+  return k;
+}
+
+// The reference's step k of np.arange(-9, 10) * float32(0.1) (float64).
+double step(int k) { return k * static_cast<double>(0.1f); }
+
+// element_weights: w = sqrt(sigma2 + x^2) (* importance), sigma2 the super-block's mean square.
+void element_weights(const float* x, const float* imp, float* w) {
+  float sq[256];
+  for (int i = 0; i < 256; ++i) sq[i] = x[i] * x[i];
+  const float sigma2 = np_sum(sq, 256) / 256.0f;
+  for (int i = 0; i < 256; ++i) w[i] = std::sqrt(sigma2 + sq[i]);
+  if (imp)
+    for (int i = 0; i < 256; ++i) w[i] *= imp[i];
+}
+
+// _fit_affine over one sub-block of 16: x ~ s*q - m, q in 0..nmax.
+void fit_affine(const float* x, const float* w, int nmax, float* out_s, float* out_m) {
+  float mn = x[0], mx = x[0];
+  for (int i = 1; i < 16; ++i) {
+    mn = x[i] < mn ? x[i] : mn;
+    mx = x[i] > mx ? x[i] : mx;
+  }
+  const float lo = mn < 0 ? mn : 0.0f, span = mx - lo;
+  float best_err = kInf, best_s = 0.0f, best_m = -lo;
+  float t[16];
+  for (int i = 0; i < 16; ++i) t[i] = w[i] * x[i];
+  const float sw = np_sum(w, 16), swx = np_sum(t, 16);
+  for (int k = -9; k <= 9; ++k) {
+    const float iscale = div0_f64(nmax + step(k), span);
+    float q[16], wq[16], wqq[16], wqx[16];
+    for (int i = 0; i < 16; ++i) {
+      q[i] = rint_clip(iscale * (x[i] - lo), 0.0f, static_cast<float>(nmax));
+      wq[i] = w[i] * q[i];
+      wqq[i] = wq[i] * q[i];
+      wqx[i] = wq[i] * x[i];
+    }
+    const float swq = np_sum(wq, 16), swqq = np_sum(wqq, 16), swqx = np_sum(wqx, 16);
+    const float det = sw * swqq - swq * swq;
+    float s = div0(sw * swqx - swq * swx, det);
+    float m = div0(swq * swqx - swqq * swx, det);
+    if (m < 0) {  // an offset below zero is not representable: refit the scale alone
+      s = div0(swqx, swqq);
+      m = 0.0f;
+    }
+    for (int i = 0; i < 16; ++i) {
+      const float e = s * q[i] - m - x[i];
+      t[i] = w[i] * (e * e);
+    }
+    const float err = np_sum(t, 16);
+    if (det > 0 && s > 0 && err < best_err) {
+      best_err = err;
+      best_s = s;
+      best_m = m;
+    }
+  }
+  *out_s = best_s;
+  *out_m = best_m;
+}
+
+// _fit_symmetric over one sub-block of 16: x ~ s*q, q in -nmax..nmax-1.
+float fit_symmetric(const float* x, const float* w, int nmax) {
+  const float amax = x[argmax_abs(x, 16)];
+  float best = -1.0f, best_s = 0.0f;
+  for (int k = -9; k <= 9; ++k) {
+    const float iscale = div0_f64(-(nmax + step(k)), amax);
+    float wqq[16], wqx[16];
+    for (int i = 0; i < 16; ++i) {
+      const float q = rint_clip(iscale * x[i], static_cast<float>(-nmax), static_cast<float>(nmax - 1));
+      const float wq = w[i] * q;
+      wqx[i] = wq * x[i];
+      wqq[i] = wq * q;
+    }
+    const float swqx = np_sum(wqx, 16), swqq = np_sum(wqq, 16);
+    const float score = div0(swqx * swqx, swqq);
+    if (swqq > 0 && score > best) {
+      best = score;
+      best_s = div0(swqx, swqq);
+    }
+  }
+  return best_s;
+}
+
+// _super_scale: f16 d and integers L[16] in [lo, hi] with v ~ d*L, weighted by sw.
+uint16_t super_scale(const float* v, const float* sw, int lo, int hi, int* L) {
+  const float amax = v[argmax_abs(v, 16)];
+  const float top = static_cast<float>(amax < 0 ? lo : hi), flo = static_cast<float>(lo),
+              fhi = static_cast<float>(hi);
+  float best_err = kInf;
+  uint16_t best_d = 0;
+  static constexpr double kFactors[5] = {0.9, 0.95, 1.0, 1.05, 1.1};
+  float t[16], u[16];
+  for (double f : kFactors) {
+    const float d0 = div0(amax, top * static_cast<float>(f));
+    for (int i = 0; i < 16; ++i) {
+      const float q = rint_clip(div0(v[i], d0), flo, fhi);
+      const float swq = sw[i] * q;
+      t[i] = (sw[i] * v[i]) * q;
+      u[i] = swq * q;
+    }
+    const float d1 = div0(np_sum(t, 16), np_sum(u, 16));  // the weighted least-squares refit
+    for (float d : {d0, d1}) {
+      const uint16_t d16 = f32_to_f16_bits(d);
+      const float d32 = f16_to_f32(d16);
+      for (int i = 0; i < 16; ++i) {
+        const float e = v[i] - d32 * rint_clip(div0(v[i], d32), flo, fhi);
+        t[i] = sw[i] * (e * e);
+      }
+      const float err = np_sum(t, 16);
+      if (err < best_err) {
+        best_err = err;
+        best_d = d16;
+      }
+    }
+  }
+  const float d32 = f16_to_f32(best_d);
+  for (int i = 0; i < 16; ++i) L[i] = static_cast<int>(rint_clip(div0(v[i], d32), flo, fhi));
+  return best_d;
+}
+
+void store_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+
+// _q2_k_rows for one super-block.
+void q2_k_block(const float* x, const float* imp, uint8_t* out) {
+  float w[256], scale[16], mins[16], sw[16];
+  element_weights(x, imp, w);
+  for (int s = 0; s < 16; ++s) {
+    fit_affine(x + 16 * s, w + 16 * s, 3, &scale[s], &mins[s]);
+    sw[s] = np_sum(w + 16 * s, 16);
+  }
+  int sc[16], mq[16];
+  const uint16_t d16 = super_scale(scale, sw, 0, 15, sc);
+  const uint16_t dm16 = super_scale(mins, sw, 0, 15, mq);
+  const float d = f16_to_f32(d16), dm = f16_to_f32(dm16);
+  std::memset(out, 0, 84);
+  for (int s = 0; s < 16; ++s) {
+    out[s] = static_cast<uint8_t>(sc[s] | (mq[s] << 4));
+    // the codes for the scale and min the decoder forms (float32 d*sc, dmin*m)
+    const float eff_d = d * static_cast<float>(sc[s]), eff_m = dm * static_cast<float>(mq[s]);
+    for (int l = 0; l < 16; ++l) {
+      const int e = 16 * s + l;  // element 128h + 32j + l' -> byte 16 + 32h + l', bits 2j
+      const int q = static_cast<int>(rint_clip(div0(x[e] + eff_m, eff_d), 0.0f, 3.0f));
+      out[16 + 32 * (e / 128) + e % 32] |= static_cast<uint8_t>(q << (2 * ((e / 32) % 4)));
+    }
+  }
+  store_u16(out + 80, d16);
+  store_u16(out + 82, dm16);
+}
+
+// _q3_k_rows for one super-block.
+void q3_k_block(const float* x, const float* imp, uint8_t* out) {
+  float w[256], scale[16], sw[16];
+  element_weights(x, imp, w);
+  for (int s = 0; s < 16; ++s) {
+    scale[s] = fit_symmetric(x + 16 * s, w + 16 * s, 4);
+    sw[s] = np_sum(w + 16 * s, 16);
+  }
+  int sc[16];
+  const uint16_t d16 = super_scale(scale, sw, -32, 31, sc);
+  const float d = f16_to_f32(d16);
+  std::memset(out, 0, 110);
+  for (int s = 0; s < 16; ++s) {
+    const float eff = d * static_cast<float>(sc[s]);
+    for (int l = 0; l < 16; ++l) {
+      const int e = 16 * s + l, h = e / 128, j = (e / 32) % 4, i = e % 32;
+      const int q = static_cast<int>(rint_clip(div0(x[e], eff), -4.0f, 3.0f)) + 4;  // 0..7
+      out[i] |= static_cast<uint8_t>((q >> 2) << (4 * h + j));       // hmask
+      out[32 + 32 * h + i] |= static_cast<uint8_t>((q & 3) << (2 * j));  // low bits
+    }
+  }
+  // pack_q3_k_scales: scale s (+32) has its low nibble in byte s % 8 (high
+  // half for s >= 8), its top 2 bits at bit 2*(s / 4) of byte 8 + s % 4
+  uint8_t* sp = out + 96;
+  for (int s = 0; s < 16; ++s) {
+    const int u = sc[s] + 32;
+    sp[s % 8] |= static_cast<uint8_t>((u & 15) << (s < 8 ? 0 : 4));
+    sp[8 + s % 4] |= static_cast<uint8_t>((u >> 4) << (2 * (s / 4)));
+  }
+  store_u16(out + 108, d16);
+}
+
+// IQ2_XXS: the grid as float columns, kGrid[k][g] = magnitude k of grid point g,
+// and their squares (exact in float32).
+struct Iq2Grid {
+  alignas(64) float g[8][256];
+  alignas(64) float gg[8][256];
+  Iq2Grid() {
+    for (int p = 0; p < 256; ++p)
+      for (int k = 0; k < 8; ++k) {
+        g[k][p] = static_cast<float>((qblocks::kIq2xxsGrid[p] >> (8 * k)) & 0xff);
+        gg[k][p] = g[k][p] * g[k][p];
+      }
+  }
+};
+const Iq2Grid kGrid;
+
+// The reference's 15 group-scale factors, np.linspace(0.7, 1.4, 15, dtype=float32):
+// start + k*step in float64, the end point exact, each rounded to float32.
+struct Linspace {
+  float f[15];
+  Linspace() {
+    const double step = (1.4 - 0.7) / 14;
+    for (int k = 0; k < 14; ++k) f[k] = static_cast<float>(k * step + 0.7);
+    f[14] = 1.4f;
+  }
+};
+const Linspace kGroupFactors;
+
+// For the 8 values of one grid point's slot: A[p] = sum_k (w a)_k G[p][k] and
+// B[p] = sum_k w_k G[p][k]^2, summed k = 0..7 in order (the reference's loop),
+// so a point's error at group scale t is sum w a^2 - 2 t A[p] + t^2 B[p].
+void grid_dots(const float* wa, const float* w, float* A, float* B) {
+  for (int p = 0; p < 256; ++p) {
+    A[p] = wa[0] * kGrid.g[0][p];
+    B[p] = w[0] * kGrid.gg[0][p];
+  }
+  for (int k = 1; k < 8; ++k)
+    for (int p = 0; p < 256; ++p) {
+      A[p] += wa[k] * kGrid.g[k][p];
+      B[p] += w[k] * kGrid.gg[k][p];
+    }
+}
+
+// pick: the first p maximising A[p] - B[p]*h (h = t/2), as np.argmax.
+int grid_pick(const float* A, const float* B, float h) {
+  float v[256];
+  float mx = -kInf;
+  for (int p = 0; p < 256; ++p) {
+    v[p] = A[p] - B[p] * h;
+    mx = v[p] > mx ? v[p] : mx;
+  }
+  for (int p = 0; p < 256; ++p)
+    if (v[p] == mx) return p;
+  // no value equals the maximum: a NaN is among them; numpy's argmax returns the first NaN
+  for (int p = 0; p < 256; ++p)
+    if (std::isnan(v[p])) return p;
+  return 0;
+}
+
+// _iq2_xxs_rows for one super-block: 32 slots of 8 values, 4 slots per group of 32.
+void iq2_xxs_block(const float* x, const float* imp, uint8_t* out) {
+  float w[256], a[256], wa[256];
+  element_weights(x, imp, w);
+  uint32_t sign_bits[32];
+  for (int j = 0; j < 32; ++j) {
+    // an even count of minus signs per 8: when odd, the element that costs least
+    // (smallest w*x^2; the first of equals) takes the wrong sign
+    const float* b = x + 8 * j;
+    const float* wj = w + 8 * j;
+    int negs = 0, cheap = 0;
+    for (int k = 0; k < 8; ++k) negs += b[k] < 0;
+    float mn = (wj[0] * b[0]) * b[0];
+    for (int k = 1; k < 8; ++k) {
+      const float c = (wj[k] * b[k]) * b[k];
+      if (!(c >= mn)) {  // numpy's argmin loop: a NaN wins and stops the search
+        mn = c;
+        cheap = k;
+        if (std::isnan(c)) break;
+      }
+    }
+    const bool odd = negs % 2 == 1;
+    uint32_t bits = 0;
+    for (int k = 0; k < 8; ++k) {
+      const bool flip = odd && k == cheap;
+      bits |= static_cast<uint32_t>((b[k] < 0) != flip) << k;
+      a[8 * j + k] = flip ? -std::fabs(b[k]) : std::fabs(b[k]);
+      wa[8 * j + k] = wj[k] * a[8 * j + k];
+    }
+    sign_bits[j] = bits & 0x7f;
+  }
+  static thread_local float A[32][256], B[32][256];
+  for (int j = 0; j < 32; ++j) grid_dots(wa + 8 * j, w + 8 * j, A[j], B[j]);
+
+  float best_t[8], best_b[8];
+  for (int g = 0; g < 8; ++g) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) {
+      const float v = std::fabs(a[32 * g + i]);
+      amax = v > amax ? v : amax;
+    }
+    float best = -1.0f;
+    best_t[g] = 0.0f;
+    best_b[g] = 0.0f;
+    for (float f : kGroupFactors.f) {
+      const float t = div0(amax, 43.0f * f);  // the top magnitude 43 lands on 1/f of the largest value
+      float pa[4], pb[4];
+      for (int l = 0; l < 4; ++l) {
+        const int j = 4 * g + l, p = grid_pick(A[j], B[j], t * 0.5f);
+        pa[l] = A[j][p];
+        pb[l] = B[j][p];
+      }
+      const float sa = np_sum(pa, 4), sb = np_sum(pb, 4);
+      const float score = div0(sa * sa, sb);
+      if (sa > 0 && score > best) {
+        best = score;
+        best_t[g] = div0(sa, sb);
+        best_b[g] = sb;
+      }
+    }
+  }
+  // 4-bit group scales t ~ d*(2s+1)/8; a group's error grows by (t - t')^2 * sum w G^2
+  float tmax = best_t[0];
+  for (int g = 1; g < 8; ++g) tmax = best_t[g] > tmax ? best_t[g] : tmax;
+  float best_err = kInf;
+  uint16_t best_d = 0;
+  static constexpr double kFactors[5] = {0.9, 0.95, 1.0, 1.05, 1.1};
+  float e[8];
+  for (double f : kFactors) {
+    const uint16_t d16 = f32_to_f16_bits(div0(tmax * static_cast<float>(8.0 / 31.0), static_cast<float>(f)));
+    const float d = f16_to_f32(d16);
+    for (int g = 0; g < 8; ++g) {
+      const float s = rint_clip((div0(best_t[g] * 8.0f, d) - 1.0f) / 2.0f, 0.0f, 15.0f);
+      const float r = best_t[g] - (d * (0.5f + s)) * 0.25f;
+      e[g] = best_b[g] * (r * r);
+    }
+    const float err = np_sum(e, 8);
+    if (err < best_err) {
+      best_err = err;
+      best_d = d16;
+    }
+  }
+  const float d = f16_to_f32(best_d);
+  store_u16(out, best_d);
+  for (int g = 0; g < 8; ++g) {
+    const float s = rint_clip((div0(best_t[g] * 8.0f, d) - 1.0f) / 2.0f, 0.0f, 15.0f);
+    const float t_eff = (d * (0.5f + s)) * 0.25f;  // as the decoder forms it
+    uint32_t word0 = 0, word1 = static_cast<uint32_t>(s) << 28;
+    for (int l = 0; l < 4; ++l) {
+      const int j = 4 * g + l;
+      word0 |= static_cast<uint32_t>(grid_pick(A[j], B[j], t_eff * 0.5f)) << (8 * l);
+      word1 |= sign_bits[j] << (7 * l);
+    }
+    std::memcpy(out + 2 + 8 * g, &word0, 4);
+    std::memcpy(out + 6 + 8 * g, &word1, 4);
+  }
+}
+
+}  // namespace
+
+void check_lowbit_args(GGMLType t, int64_t rows, int64_t cols, bool has_importance) {
+  if (t != GGMLType::Q2_K && t != GGMLType::Q3_K && t != GGMLType::IQ2_XXS)
+    throw InputError(std::string("no importance-weighted quantizer for ") + type_name(t) +
+                     " (Q2_K, Q3_K, IQ2_XXS)");
+  if (rows < 0 || cols <= 0 || cols % 256 != 0)
+    throw InputError("a row of " + std::to_string(cols) + " values is not a multiple of the " +
+                     type_name(t) + " super-block of 256");
+  if (t == GGMLType::IQ2_XXS && !has_importance)
+    throw InputError("IQ2_XXS needs an importance matrix");
+}
+
+void quantize_lowbit(GGMLType t, const float* x, int64_t rows, int64_t cols,
+                     const float* importance, int64_t importance_row_stride, uint8_t* out,
+                     ThreadPool& pool) {
+  check_lowbit_args(t, rows, cols, importance != nullptr);
+  void (*block)(const float*, const float*, uint8_t*) =
+      t == GGMLType::Q2_K ? q2_k_block : t == GGMLType::Q3_K ? q3_k_block : iq2_xxs_block;
+  const int64_t per_row = cols / 256, bytes = static_cast<int64_t>(traits(t).block_bytes);
+  pool.parallel_for_balanced(rows * per_row, 1, [&](int64_t begin, int64_t end, int) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i / per_row, c = (i % per_row) * 256;
+      const float* imp = importance ? importance + r * importance_row_stride + c : nullptr;
+      block(x + r * cols + c, imp, out + i * bytes);
+    }
+  });
+}
+
+}  // namespace pyv4
