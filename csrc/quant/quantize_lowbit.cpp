@@ -11,6 +11,8 @@
 //   * _div(a, b) is a / b where b != 0, else +0.
 #include "quant/quantize_lowbit.h"
 
+#include <emmintrin.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -87,10 +89,19 @@ float div0_f64(double a, float b) {
   return b != 0 ? static_cast<float>(a / static_cast<double>(b)) : 0.0f;
 }
 
-// np.clip(np.rint(v), lo, hi): round half to even (the default rounding mode),
-// then clip keeping v when it is not below lo / above hi (so -0 and NaN stay).
+// np.rint: round half to even. Below 2^22 in magnitude, adding and removing
+// 1.5 * 2^23 rounds in the float32 addition (far cheaper than the libm call the
+// baseline ISA needs for nearbyint); the sign is v's, so -0.3 gives -0 as rint.
+float round_even(float v) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  if (!(std::fabs(v) < 4194304.0f)) return std::nearbyint(v);  // large (already whole), inf, NaN
+  return std::copysign((v + kMagic) - kMagic, v);
+}
+
+// np.clip(np.rint(v), lo, hi): clip keeps v when it is not below lo / above hi
+// (so -0 and NaN stay, as numpy's).
 float rint_clip(float v, float lo, float hi) {
-  const float r = std::nearbyint(v);
+  const float r = round_even(v);
   return r < lo ? lo : (r > hi ? hi : r);
 }
 
@@ -316,33 +327,45 @@ const Linspace kGroupFactors;
 
 // For the 8 values of one grid point's slot: A[p] = sum_k (w a)_k G[p][k] and
 // B[p] = sum_k w_k G[p][k]^2, summed k = 0..7 in order (the reference's loop),
-// so a point's error at group scale t is sum w a^2 - 2 t A[p] + t^2 B[p].
+// so a point's error at group scale t is sum w a^2 - 2 t A[p] + t^2 B[p]. SSE2
+// (the x86-64 baseline), four grid points per lane group: each lane does the
+// scalar operations of its point in the same order.
 void grid_dots(const float* wa, const float* w, float* A, float* B) {
-  for (int p = 0; p < 256; ++p) {
-    A[p] = wa[0] * kGrid.g[0][p];
-    B[p] = w[0] * kGrid.gg[0][p];
-  }
-  for (int k = 1; k < 8; ++k)
-    for (int p = 0; p < 256; ++p) {
-      A[p] += wa[k] * kGrid.g[k][p];
-      B[p] += w[k] * kGrid.gg[k][p];
+  for (int p = 0; p < 256; p += 4) {
+    __m128 a = _mm_mul_ps(_mm_set1_ps(wa[0]), _mm_load_ps(&kGrid.g[0][p]));
+    __m128 b = _mm_mul_ps(_mm_set1_ps(w[0]), _mm_load_ps(&kGrid.gg[0][p]));
+    for (int k = 1; k < 8; ++k) {
+      a = _mm_add_ps(a, _mm_mul_ps(_mm_set1_ps(wa[k]), _mm_load_ps(&kGrid.g[k][p])));
+      b = _mm_add_ps(b, _mm_mul_ps(_mm_set1_ps(w[k]), _mm_load_ps(&kGrid.gg[k][p])));
     }
+    _mm_store_ps(A + p, a);
+    _mm_store_ps(B + p, b);
+  }
 }
 
-// pick: the first p maximising A[p] - B[p]*h (h = t/2), as np.argmax.
+// pick: the first p maximising A[p] - B[p]*h (h = t/2), as np.argmax (which
+// returns the first NaN if there is one).
 int grid_pick(const float* A, const float* B, float h) {
-  float v[256];
-  float mx = -kInf;
-  for (int p = 0; p < 256; ++p) {
-    v[p] = A[p] - B[p] * h;
-    mx = v[p] > mx ? v[p] : mx;
+  alignas(16) float v[256];
+  const __m128 hv = _mm_set1_ps(h);
+  __m128 mx = _mm_set1_ps(-kInf), nan = _mm_setzero_ps();
+  for (int p = 0; p < 256; p += 4) {
+    const __m128 x = _mm_sub_ps(_mm_load_ps(A + p), _mm_mul_ps(_mm_load_ps(B + p), hv));
+    _mm_store_ps(v + p, x);
+    mx = _mm_max_ps(mx, x);
+    nan = _mm_or_ps(nan, _mm_cmpunord_ps(x, x));
   }
-  for (int p = 0; p < 256; ++p)
-    if (v[p] == mx) return p;
-  // no value equals the maximum: a NaN is among them; numpy's argmax returns the first NaN
-  for (int p = 0; p < 256; ++p)
-    if (std::isnan(v[p])) return p;
-  return 0;
+  if (_mm_movemask_ps(nan)) {
+    for (int p = 0; p < 256; ++p)
+      if (std::isnan(v[p])) return p;
+  }
+  mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
+  mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
+  for (int p = 0; p < 256; p += 4) {
+    const int m = _mm_movemask_ps(_mm_cmpeq_ps(_mm_load_ps(v + p), mx));
+    if (m) return p + __builtin_ctz(static_cast<unsigned>(m));
+  }
+  return 0;  // unreachable: some value equals the maximum
 }
 
 // _iq2_xxs_rows for one super-block: 32 slots of 8 values, 4 slots per group of 32.
@@ -376,7 +399,7 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out) {
     }
     sign_bits[j] = bits & 0x7f;
   }
-  static thread_local float A[32][256], B[32][256];
+  alignas(16) static thread_local float A[32][256], B[32][256];
   for (int j = 0; j < 32; ++j) grid_dots(wa + 8 * j, w + 8 * j, A[j], B[j]);
 
   float best_t[8], best_b[8];
