@@ -6,7 +6,8 @@ sums, first-index argmax, float64 where numpy promotes), so equality is exact: n
 tolerance. Inputs: Gaussian and heavy-tailed rows at several magnitudes, with and without
 an importance matrix (per element, per column), all-zero rows, zero-importance columns,
 values whose f16 scales overflow or underflow, strided views; bad arguments raise
-ValueError. The converter's entry point (quants.quantize) runs the C++ one.
+ValueError. The IQ2_XXS grid loops are checked under every ISA the CPU has. The converter's entry
+point (quants.quantize) runs the C++ one.
 """
 
 from __future__ import annotations
@@ -57,6 +58,27 @@ def test_same_bytes_as_reference(name, seed):
         _assert_same(name, x, None)
     # per-expert importance: each row its own vector
     _assert_same(name, x, np.exp(np.random.default_rng(seed + 9).standard_normal(x.shape)).astype(F32))
+
+
+@pytest.fixture
+def restore_isa():
+    isa = _core.active_isa()
+    yield
+    _core.set_isa(isa)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_iq2_xxs_grid_search_every_isa(isa, restore_isa):
+    # the grid loops have SSE2 ("scalar": the baseline), AVX2 and AVX-512 forms
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    x, imp, _ = _data(8, rows=12, cols=512)
+    x[1] = 0
+    x[2, ::5] = 0
+    imp = np.broadcast_to(imp, x.shape).copy()
+    imp[:, 40:48] = 0  # one grid slot without importance: every point ties at A = B = 0
+    _assert_same("IQ2_XXS", x, imp)
 
 
 @pytest.mark.parametrize("name", TYPES)

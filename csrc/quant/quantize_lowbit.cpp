@@ -20,7 +20,9 @@
 
 #include "common/error.h"
 #include "quant/blocks.h"
+#include "quant/cpu_features.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/quantize_lowbit_kernels.h"
 
 namespace pyv4 {
 
@@ -325,51 +327,22 @@ struct Linspace {
 };
 const Linspace kGroupFactors;
 
-// For the 8 values of one grid point's slot: A[p] = sum_k (w a)_k G[p][k] and
-// B[p] = sum_k w_k G[p][k]^2, summed k = 0..7 in order (the reference's loop),
-// so a point's error at group scale t is sum w a^2 - 2 t A[p] + t^2 B[p]. SSE2
-// (the x86-64 baseline), four grid points per lane group: each lane does the
-// scalar operations of its point in the same order.
-void grid_dots(const float* wa, const float* w, float* A, float* B) {
-  for (int p = 0; p < 256; p += 4) {
-    __m128 a = _mm_mul_ps(_mm_set1_ps(wa[0]), _mm_load_ps(&kGrid.g[0][p]));
-    __m128 b = _mm_mul_ps(_mm_set1_ps(w[0]), _mm_load_ps(&kGrid.gg[0][p]));
-    for (int k = 1; k < 8; ++k) {
-      a = _mm_add_ps(a, _mm_mul_ps(_mm_set1_ps(wa[k]), _mm_load_ps(&kGrid.g[k][p])));
-      b = _mm_add_ps(b, _mm_mul_ps(_mm_set1_ps(w[k]), _mm_load_ps(&kGrid.gg[k][p])));
-    }
-    _mm_store_ps(A + p, a);
-    _mm_store_ps(B + p, b);
-  }
-}
+// The grid search's loops for the active ISA (quant/quantize_lowbit_kernels.h).
+struct GridOps {
+  void (*dots)(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
+  int (*pick)(const float* A, const float* B, float h);
+};
 
-// pick: the first p maximising A[p] - B[p]*h (h = t/2), as np.argmax (which
-// returns the first NaN if there is one).
-int grid_pick(const float* A, const float* B, float h) {
-  alignas(16) float v[256];
-  const __m128 hv = _mm_set1_ps(h);
-  __m128 mx = _mm_set1_ps(-kInf), nan = _mm_setzero_ps();
-  for (int p = 0; p < 256; p += 4) {
-    const __m128 x = _mm_sub_ps(_mm_load_ps(A + p), _mm_mul_ps(_mm_load_ps(B + p), hv));
-    _mm_store_ps(v + p, x);
-    mx = _mm_max_ps(mx, x);
-    nan = _mm_or_ps(nan, _mm_cmpunord_ps(x, x));
+GridOps grid_ops() {
+  switch (active_isa()) {
+    case Isa::AVX512: return {lowbit::grid_dots_avx512, lowbit::grid_pick_avx512};
+    case Isa::AVX2: return {lowbit::grid_dots_avx2, lowbit::grid_pick_avx2};
+    default: return {lowbit::grid_dots_sse2, lowbit::grid_pick_sse2};
   }
-  if (_mm_movemask_ps(nan)) {
-    for (int p = 0; p < 256; ++p)
-      if (std::isnan(v[p])) return p;
-  }
-  mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
-  mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
-  for (int p = 0; p < 256; p += 4) {
-    const int m = _mm_movemask_ps(_mm_cmpeq_ps(_mm_load_ps(v + p), mx));
-    if (m) return p + __builtin_ctz(static_cast<unsigned>(m));
-  }
-  return 0;  // unreachable: some value equals the maximum
 }
 
 // _iq2_xxs_rows for one super-block: 32 slots of 8 values, 4 slots per group of 32.
-void iq2_xxs_block(const float* x, const float* imp, uint8_t* out) {
+void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const GridOps& ops) {
   float w[256], a[256], wa[256];
   element_weights(x, imp, w);
   uint32_t sign_bits[32];
@@ -399,8 +372,8 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out) {
     }
     sign_bits[j] = bits & 0x7f;
   }
-  alignas(16) static thread_local float A[32][256], B[32][256];
-  for (int j = 0; j < 32; ++j) grid_dots(wa + 8 * j, w + 8 * j, A[j], B[j]);
+  alignas(64) static thread_local float A[32][256], B[32][256];
+  for (int j = 0; j < 32; ++j) ops.dots(wa + 8 * j, w + 8 * j, &kGrid.g[0][0], &kGrid.gg[0][0], A[j], B[j]);
 
   float best_t[8], best_b[8];
   for (int g = 0; g < 8; ++g) {
@@ -416,7 +389,7 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out) {
       const float t = div0(amax, 43.0f * f);  // the top magnitude 43 lands on 1/f of the largest value
       float pa[4], pb[4];
       for (int l = 0; l < 4; ++l) {
-        const int j = 4 * g + l, p = grid_pick(A[j], B[j], t * 0.5f);
+        const int j = 4 * g + l, p = ops.pick(A[j], B[j], t * 0.5f);
         pa[l] = A[j][p];
         pb[l] = B[j][p];
       }
@@ -458,7 +431,7 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out) {
     uint32_t word0 = 0, word1 = static_cast<uint32_t>(s) << 28;
     for (int l = 0; l < 4; ++l) {
       const int j = 4 * g + l;
-      word0 |= static_cast<uint32_t>(grid_pick(A[j], B[j], t_eff * 0.5f)) << (8 * l);
+      word0 |= static_cast<uint32_t>(ops.pick(A[j], B[j], t_eff * 0.5f)) << (8 * l);
       word1 |= sign_bits[j] << (7 * l);
     }
     std::memcpy(out + 2 + 8 * g, &word0, 4);
@@ -483,16 +456,63 @@ void quantize_lowbit(GGMLType t, const float* x, int64_t rows, int64_t cols,
                      const float* importance, int64_t importance_row_stride, uint8_t* out,
                      ThreadPool& pool) {
   check_lowbit_args(t, rows, cols, importance != nullptr);
-  void (*block)(const float*, const float*, uint8_t*) =
-      t == GGMLType::Q2_K ? q2_k_block : t == GGMLType::Q3_K ? q3_k_block : iq2_xxs_block;
+  const GridOps ops = grid_ops();
   const int64_t per_row = cols / 256, bytes = static_cast<int64_t>(traits(t).block_bytes);
   pool.parallel_for_balanced(rows * per_row, 1, [&](int64_t begin, int64_t end, int) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t r = i / per_row, c = (i % per_row) * 256;
+      const float* xb = x + r * cols + c;
       const float* imp = importance ? importance + r * importance_row_stride + c : nullptr;
-      block(x + r * cols + c, imp, out + i * bytes);
+      uint8_t* ob = out + i * bytes;
+      if (t == GGMLType::Q2_K) {
+        q2_k_block(xb, imp, ob);
+      } else if (t == GGMLType::Q3_K) {
+        q3_k_block(xb, imp, ob);
+      } else {
+        iq2_xxs_block(xb, imp, ob, ops);
+      }
     }
   });
 }
 
+// The baseline (SSE2) grid loops, four grid points per vector.
+namespace lowbit {
+
+void grid_dots_sse2(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B) {
+  for (int p = 0; p < 256; p += 4) {
+    __m128 a = _mm_mul_ps(_mm_set1_ps(wa[0]), _mm_load_ps(g + p));
+    __m128 b = _mm_mul_ps(_mm_set1_ps(w[0]), _mm_load_ps(gg + p));
+    for (int k = 1; k < 8; ++k) {
+      a = _mm_add_ps(a, _mm_mul_ps(_mm_set1_ps(wa[k]), _mm_load_ps(g + 256 * k + p)));
+      b = _mm_add_ps(b, _mm_mul_ps(_mm_set1_ps(w[k]), _mm_load_ps(gg + 256 * k + p)));
+    }
+    _mm_store_ps(A + p, a);
+    _mm_store_ps(B + p, b);
+  }
+}
+
+int grid_pick_sse2(const float* A, const float* B, float h) {
+  alignas(16) float v[256];
+  const __m128 hv = _mm_set1_ps(h);
+  __m128 mx = _mm_set1_ps(-kInf), nan = _mm_setzero_ps();
+  for (int p = 0; p < 256; p += 4) {
+    const __m128 x = _mm_sub_ps(_mm_load_ps(A + p), _mm_mul_ps(_mm_load_ps(B + p), hv));
+    _mm_store_ps(v + p, x);
+    mx = _mm_max_ps(mx, x);
+    nan = _mm_or_ps(nan, _mm_cmpunord_ps(x, x));
+  }
+  if (_mm_movemask_ps(nan)) {
+    for (int p = 0; p < 256; ++p)
+      if (std::isnan(v[p])) return p;
+  }
+  mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
+  mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
+  for (int p = 0; p < 256; p += 4) {
+    const int m = _mm_movemask_ps(_mm_cmpeq_ps(_mm_load_ps(v + p), mx));
+    if (m) return p + __builtin_ctz(static_cast<unsigned>(m));
+  }
+  return 0;  // unreachable: some value equals the maximum
+}
+
+}  // namespace lowbit
 }  // namespace pyv4

@@ -1,0 +1,22 @@
+// The IQ2_XXS grid search's two hot loops (csrc/quant/quantize_lowbit.cpp) per
+// ISA; not part of the public API. Every lane computes one grid point p with
+// the scalar operations of the reference, in its order, so each ISA gives the
+// same bits (these files are compiled with -ffp-contract=off).
+//   grid_dots: A[p] = sum_k wa[k] * g[k][p], B[p] = sum_k w[k] * gg[k][p], k = 0..7 in order
+//   grid_pick: the first p with the largest A[p] - B[p] * h (np.argmax: the first NaN if any)
+// g, gg: [8][256] floats (the grid's magnitudes by value slot, and their squares), 64-B aligned;
+// A, B: 256 floats, 64-B aligned.
+#pragma once
+
+namespace pyv4 {
+namespace lowbit {
+
+void grid_dots_sse2(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
+int grid_pick_sse2(const float* A, const float* B, float h);
+void grid_dots_avx2(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
+int grid_pick_avx2(const float* A, const float* B, float h);
+void grid_dots_avx512(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
+int grid_pick_avx512(const float* A, const float* B, float h);
+
+}  // namespace lowbit
+}  // namespace pyv4
