@@ -330,7 +330,7 @@ const Linspace kGroupFactors;
 // The grid search's loops for the active ISA (quant/quantize_lowbit_kernels.h).
 struct GridOps {
   void (*dots)(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
-  int (*pick)(const float* A, const float* B, float h);
+  void (*pick)(const float* A, const float* B, const float* h, int nh, int* out);
 };
 
 GridOps grid_ops() {
@@ -382,16 +382,18 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const GridOps
       const float v = std::fabs(a[32 * g + i]);
       amax = v > amax ? v : amax;
     }
+    float hs[15];  // t/2 for each candidate t = amax / (43 f): 43 lands on 1/f of the largest value
+    for (int c = 0; c < 15; ++c) hs[c] = div0(amax, 43.0f * kGroupFactors.f[c]) * 0.5f;
+    int picks[4][15];
+    for (int l = 0; l < 4; ++l) ops.pick(A[4 * g + l], B[4 * g + l], hs, 15, picks[l]);
     float best = -1.0f;
     best_t[g] = 0.0f;
     best_b[g] = 0.0f;
-    for (float f : kGroupFactors.f) {
-      const float t = div0(amax, 43.0f * f);  // the top magnitude 43 lands on 1/f of the largest value
+    for (int c = 0; c < 15; ++c) {
       float pa[4], pb[4];
       for (int l = 0; l < 4; ++l) {
-        const int j = 4 * g + l, p = ops.pick(A[j], B[j], t * 0.5f);
-        pa[l] = A[j][p];
-        pb[l] = B[j][p];
+        pa[l] = A[4 * g + l][picks[l][c]];
+        pb[l] = B[4 * g + l][picks[l][c]];
       }
       const float sa = np_sum(pa, 4), sb = np_sum(pb, 4);
       const float score = div0(sa * sa, sb);
@@ -431,7 +433,10 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const GridOps
     uint32_t word0 = 0, word1 = static_cast<uint32_t>(s) << 28;
     for (int l = 0; l < 4; ++l) {
       const int j = 4 * g + l;
-      word0 |= static_cast<uint32_t>(ops.pick(A[j], B[j], t_eff * 0.5f)) << (8 * l);
+      const float h = t_eff * 0.5f;
+      int p;
+      ops.pick(A[j], B[j], &h, 1, &p);
+      word0 |= static_cast<uint32_t>(p) << (8 * l);
       word1 |= sign_bits[j] << (7 * l);
     }
     std::memcpy(out + 2 + 8 * g, &word0, 4);
@@ -491,27 +496,47 @@ void grid_dots_sse2(const float* wa, const float* w, const float* g, const float
   }
 }
 
-int grid_pick_sse2(const float* A, const float* B, float h) {
-  alignas(16) float v[256];
-  const __m128 hv = _mm_set1_ps(h);
-  __m128 mx = _mm_set1_ps(-kInf), nan = _mm_setzero_ps();
-  for (int p = 0; p < 256; p += 4) {
-    const __m128 x = _mm_sub_ps(_mm_load_ps(A + p), _mm_mul_ps(_mm_load_ps(B + p), hv));
-    _mm_store_ps(v + p, x);
-    mx = _mm_max_ps(mx, x);
-    nan = _mm_or_ps(nan, _mm_cmpunord_ps(x, x));
+void grid_pick_sse2(const float* A, const float* B, const float* h, int nh, int* out) {
+  // per h: each lane keeps its largest value and the first index that had it;
+  // the answer is the smallest such index among the lanes holding the maximum
+  for (int i = 0; i < nh; ++i) {
+    const __m128 hv = _mm_set1_ps(h[i]);
+    __m128 mx = _mm_set1_ps(-kInf), nan = _mm_setzero_ps();
+    __m128i best = _mm_setzero_si128(), idx = _mm_setr_epi32(0, 1, 2, 3);
+    for (int p = 0; p < 256; p += 4) {
+      const __m128 x = _mm_sub_ps(_mm_load_ps(A + p), _mm_mul_ps(_mm_load_ps(B + p), hv));
+      const __m128 gt = _mm_cmpgt_ps(x, mx);
+      mx = _mm_or_ps(_mm_and_ps(gt, x), _mm_andnot_ps(gt, mx));
+      const __m128i g = _mm_castps_si128(gt);
+      best = _mm_or_si128(_mm_and_si128(g, idx), _mm_andnot_si128(g, best));
+      nan = _mm_or_ps(nan, _mm_cmpunord_ps(x, x));
+      idx = _mm_add_epi32(idx, _mm_set1_epi32(4));
+    }
+    if (_mm_movemask_ps(nan)) {
+      out[i] = first_nan(A, B, h[i]);
+      continue;
+    }
+    alignas(16) float m[4];
+    alignas(16) int32_t f[4];
+    _mm_store_ps(m, mx);
+    _mm_store_si128(reinterpret_cast<__m128i*>(f), best);
+    out[i] = lanes_argmax(m, f, 4);
   }
-  if (_mm_movemask_ps(nan)) {
-    for (int p = 0; p < 256; ++p)
-      if (std::isnan(v[p])) return p;
-  }
-  mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
-  mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
-  for (int p = 0; p < 256; p += 4) {
-    const int m = _mm_movemask_ps(_mm_cmpeq_ps(_mm_load_ps(v + p), mx));
-    if (m) return p + __builtin_ctz(static_cast<unsigned>(m));
-  }
-  return 0;  // unreachable: some value equals the maximum
+}
+
+int first_nan(const float* A, const float* B, float h) {
+  for (int p = 0; p < 256; ++p)
+    if (std::isnan(A[p] - B[p] * h)) return p;
+  return 0;
+}
+
+int lanes_argmax(const float* m, const int32_t* first, int lanes) {
+  float top = m[0];
+  for (int l = 1; l < lanes; ++l) top = m[l] > top ? m[l] : top;
+  int32_t p = 256;
+  for (int l = 0; l < lanes; ++l)
+    if (m[l] == top && first[l] < p) p = first[l];
+  return p;
 }
 
 }  // namespace lowbit

@@ -2,6 +2,8 @@
 // (contract in quant/quantize_lowbit_kernels.h).
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "quant/quantize_lowbit_kernels.h"
 
 namespace pyv4 {
@@ -20,28 +22,55 @@ void grid_dots_avx2(const float* wa, const float* w, const float* g, const float
   }
 }
 
-int grid_pick_avx2(const float* A, const float* B, float h) {
-  alignas(32) float v[256];
-  const __m256 hv = _mm256_set1_ps(h);
-  __m256 mx = _mm256_set1_ps(-__builtin_inff()), nan = _mm256_setzero_ps();
+namespace {
+
+// K picks in one pass over the grid (K independent compare chains). Each lane
+// keeps its largest value and the first index that had it; the answer is the
+// smallest such index among the lanes holding the maximum.
+template <int K>
+void pick_k(const float* A, const float* B, const float* h, int* out) {
+  __m256 hv[K], mx[K], nan[K];
+  __m256i best[K];
+  for (int i = 0; i < K; ++i) {
+    hv[i] = _mm256_set1_ps(h[i]);
+    mx[i] = _mm256_set1_ps(-__builtin_inff());
+    nan[i] = _mm256_setzero_ps();
+    best[i] = _mm256_setzero_si256();
+  }
+  __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int p = 0; p < 256; p += 8) {
-    const __m256 x = _mm256_sub_ps(_mm256_load_ps(A + p), _mm256_mul_ps(_mm256_load_ps(B + p), hv));
-    _mm256_store_ps(v + p, x);
-    mx = _mm256_max_ps(mx, x);
-    nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    const __m256 a = _mm256_load_ps(A + p), b = _mm256_load_ps(B + p);
+#pragma GCC unroll 4
+    for (int i = 0; i < K; ++i) {
+      const __m256 x = _mm256_sub_ps(a, _mm256_mul_ps(b, hv[i]));
+      const __m256 gt = _mm256_cmp_ps(x, mx[i], _CMP_GT_OQ);
+      mx[i] = _mm256_blendv_ps(mx[i], x, gt);
+      best[i] = _mm256_castps_si256(
+          _mm256_blendv_ps(_mm256_castsi256_ps(best[i]), _mm256_castsi256_ps(idx), gt));
+      nan[i] = _mm256_or_ps(nan[i], _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    }
+    idx = _mm256_add_epi32(idx, _mm256_set1_epi32(8));
   }
-  if (_mm256_movemask_ps(nan)) {
-    for (int p = 0; p < 256; ++p)
-      if (v[p] != v[p]) return p;
+  for (int i = 0; i < K; ++i) {
+    if (_mm256_movemask_ps(nan[i])) {
+      out[i] = first_nan(A, B, h[i]);
+      continue;
+    }
+    alignas(32) float m[8];
+    alignas(32) int32_t f[8];
+    _mm256_store_ps(m, mx[i]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(f), best[i]);
+    out[i] = lanes_argmax(m, f, 8);
   }
-  mx = _mm256_max_ps(mx, _mm256_permute2f128_ps(mx, mx, 1));
-  mx = _mm256_max_ps(mx, _mm256_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
-  mx = _mm256_max_ps(mx, _mm256_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
-  for (int p = 0; p < 256; p += 8) {
-    const int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(v + p), mx, _CMP_EQ_OQ));
-    if (m) return p + __builtin_ctz(static_cast<unsigned>(m));
-  }
-  return 0;  // unreachable: some value equals the maximum
+}
+
+}  // namespace
+
+void grid_pick_avx2(const float* A, const float* B, const float* h, int nh, int* out) {
+  int i = 0;
+  for (; i + 4 <= nh; i += 4) pick_k<4>(A, B, h + i, out + i);
+  if (i + 2 <= nh) pick_k<2>(A, B, h + i, out + i), i += 2;
+  if (i < nh) pick_k<1>(A, B, h + i, out + i);
 }
 
 }  // namespace lowbit

@@ -20,27 +20,53 @@ void grid_dots_avx512(const float* wa, const float* w, const float* g, const flo
   }
 }
 
-int grid_pick_avx512(const float* A, const float* B, float h) {
-  alignas(64) float v[256];
-  const __m512 hv = _mm512_set1_ps(h);
-  __m512 mx = _mm512_set1_ps(-__builtin_inff());
-  __mmask16 nan = 0;
+namespace {
+
+// K picks in one pass over the grid (K independent compare chains). Each lane
+// keeps its largest value and the first index that had it; the answer is the
+// smallest such index among the lanes holding the maximum.
+template <int K>
+void pick_k(const float* A, const float* B, const float* h, int* out) {
+  __m512 hv[K], mx[K];
+  __m512i best[K];
+  __mmask16 nan[K];
+  for (int i = 0; i < K; ++i) {
+    hv[i] = _mm512_set1_ps(h[i]);
+    mx[i] = _mm512_set1_ps(-__builtin_inff());
+    best[i] = _mm512_setzero_si512();
+    nan[i] = 0;
+  }
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int p = 0; p < 256; p += 16) {
-    const __m512 x = _mm512_sub_ps(_mm512_load_ps(A + p), _mm512_mul_ps(_mm512_load_ps(B + p), hv));
-    _mm512_store_ps(v + p, x);
-    mx = _mm512_max_ps(mx, x);
-    nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __m512 a = _mm512_load_ps(A + p), b = _mm512_load_ps(B + p);
+#pragma GCC unroll 8
+    for (int i = 0; i < K; ++i) {
+      const __m512 x = _mm512_sub_ps(a, _mm512_mul_ps(b, hv[i]));
+      const __mmask16 gt = _mm512_cmp_ps_mask(x, mx[i], _CMP_GT_OQ);
+      mx[i] = _mm512_mask_mov_ps(mx[i], gt, x);
+      best[i] = _mm512_mask_mov_epi32(best[i], gt, idx);
+      nan[i] |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    }
+    idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16));
   }
-  if (nan) {
-    for (int p = 0; p < 256; ++p)
-      if (v[p] != v[p]) return p;
+  for (int i = 0; i < K; ++i) {
+    if (nan[i]) {
+      out[i] = first_nan(A, B, h[i]);
+      continue;
+    }
+    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx[i]));
+    out[i] = _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(mx[i], top, _CMP_EQ_OQ), best[i]);
   }
-  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-  for (int p = 0; p < 256; p += 16) {
-    const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_load_ps(v + p), m, _CMP_EQ_OQ);
-    if (eq) return p + __builtin_ctz(static_cast<unsigned>(eq));
-  }
-  return 0;  // unreachable: some value equals the maximum
+}
+
+}  // namespace
+
+void grid_pick_avx512(const float* A, const float* B, const float* h, int nh, int* out) {
+  int i = 0;
+  for (; i + 8 <= nh; i += 8) pick_k<8>(A, B, h + i, out + i);
+  if (i + 4 <= nh) pick_k<4>(A, B, h + i, out + i), i += 4;
+  if (i + 2 <= nh) pick_k<2>(A, B, h + i, out + i), i += 2;
+  if (i < nh) pick_k<1>(A, B, h + i, out + i);
 }
 
 }  // namespace lowbit
