@@ -6,7 +6,8 @@ sums, first-index argmax, float64 where numpy promotes), so equality is exact: n
 tolerance. Inputs: Gaussian and heavy-tailed rows at several magnitudes, with and without
 an importance matrix (per element, per column), all-zero rows, zero-importance columns,
 values whose f16 scales overflow or underflow, strided views; bad arguments raise
-ValueError. The IQ2_XXS grid loops are checked under every ISA the CPU has. The converter's entry
+ValueError. The hot loops (IQ2_XXS grid search, Q2_K / Q3_K fits) are checked under every ISA the
+CPU has. The converter's entry
 point (quants.quantize) runs the C++ one.
 """
 
@@ -67,18 +68,24 @@ def restore_isa():
     _core.set_isa(isa)
 
 
+@pytest.mark.parametrize("name", TYPES)
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
-def test_iq2_xxs_grid_search_every_isa(isa, restore_isa):
-    # the grid loops have SSE2 ("scalar": the baseline), AVX2 and AVX-512 forms
+def test_every_isa(name, isa, restore_isa):
+    # the hot loops (IQ2_XXS grid search, Q2_K / Q3_K sub-block fits) have SSE2
+    # ("scalar": the baseline), AVX2 and AVX-512 forms
     if not _core.isa_supported(isa):
         pytest.skip(f"CPU lacks {isa}")
     _core.set_isa(isa)
     x, imp, _ = _data(8, rows=12, cols=512)
     x[1] = 0
     x[2, ::5] = 0
+    x[3] *= F32(1e-30)
     imp = np.broadcast_to(imp, x.shape).copy()
     imp[:, 40:48] = 0  # one grid slot without importance: every point ties at A = B = 0
-    _assert_same("IQ2_XXS", x, imp)
+    imp[:, 64:80] = 0  # one sub-block without importance
+    _assert_same(name, x, imp)
+    if name != "IQ2_XXS":
+        _assert_same(name, x, None)
 
 
 @pytest.mark.parametrize("name", TYPES)

@@ -23,6 +23,7 @@
 #include "quant/cpu_features.h"
 #include "quant/iq2xxs_grid.h"
 #include "quant/quantize_lowbit_kernels.h"
+#include "quant/quantize_lowbit_lanes.h"
 
 namespace pyv4 {
 
@@ -86,11 +87,6 @@ float np_sum(const float* a, int n) { return 0.0f + pairwise(a, n); }
 
 float div0(float a, float b) { return b != 0 ? a / b : 0.0f; }
 
-// The float64 quotient the reference forms from a float64 numerator, rounded to float32.
-float div0_f64(double a, float b) {
-  return b != 0 ? static_cast<float>(a / static_cast<double>(b)) : 0.0f;
-}
-
 // np.rint: round half to even. Below 2^22 in magnitude, adding and removing
 // 1.5 * 2^23 rounds in the float32 addition (far cheaper than the libm call the
 // baseline ISA needs for nearbyint); the sign is v's, so -0.3 gives -0 as rint.
@@ -122,9 +118,6 @@ int argmax_abs(const float* v, int n) {
   return k;
 }
 
-// The reference's step k of np.arange(-9, 10) * float32(0.1) (float64).
-double step(int k) { return k * static_cast<double>(0.1f); }
-
 // element_weights: w = sqrt(sigma2 + x^2) (* importance), sigma2 the super-block's mean square.
 void element_weights(const float* x, const float* imp, float* w) {
   float sq[256];
@@ -133,73 +126,6 @@ void element_weights(const float* x, const float* imp, float* w) {
   for (int i = 0; i < 256; ++i) w[i] = std::sqrt(sigma2 + sq[i]);
   if (imp)
     for (int i = 0; i < 256; ++i) w[i] *= imp[i];
-}
-
-// _fit_affine over one sub-block of 16: x ~ s*q - m, q in 0..nmax.
-void fit_affine(const float* x, const float* w, int nmax, float* out_s, float* out_m) {
-  float mn = x[0], mx = x[0];
-  for (int i = 1; i < 16; ++i) {
-    mn = x[i] < mn ? x[i] : mn;
-    mx = x[i] > mx ? x[i] : mx;
-  }
-  const float lo = mn < 0 ? mn : 0.0f, span = mx - lo;
-  float best_err = kInf, best_s = 0.0f, best_m = -lo;
-  float t[16];
-  for (int i = 0; i < 16; ++i) t[i] = w[i] * x[i];
-  const float sw = np_sum(w, 16), swx = np_sum(t, 16);
-  for (int k = -9; k <= 9; ++k) {
-    const float iscale = div0_f64(nmax + step(k), span);
-    float q[16], wq[16], wqq[16], wqx[16];
-    for (int i = 0; i < 16; ++i) {
-      q[i] = rint_clip(iscale * (x[i] - lo), 0.0f, static_cast<float>(nmax));
-      wq[i] = w[i] * q[i];
-      wqq[i] = wq[i] * q[i];
-      wqx[i] = wq[i] * x[i];
-    }
-    const float swq = np_sum(wq, 16), swqq = np_sum(wqq, 16), swqx = np_sum(wqx, 16);
-    const float det = sw * swqq - swq * swq;
-    float s = div0(sw * swqx - swq * swx, det);
-    float m = div0(swq * swqx - swqq * swx, det);
-    if (m < 0) {  // an offset below zero is not representable: refit the scale alone
-      s = div0(swqx, swqq);
-      m = 0.0f;
-    }
-    for (int i = 0; i < 16; ++i) {
-      const float e = s * q[i] - m - x[i];
-      t[i] = w[i] * (e * e);
-    }
-    const float err = np_sum(t, 16);
-    if (det > 0 && s > 0 && err < best_err) {
-      best_err = err;
-      best_s = s;
-      best_m = m;
-    }
-  }
-  *out_s = best_s;
-  *out_m = best_m;
-}
-
-// _fit_symmetric over one sub-block of 16: x ~ s*q, q in -nmax..nmax-1.
-float fit_symmetric(const float* x, const float* w, int nmax) {
-  const float amax = x[argmax_abs(x, 16)];
-  float best = -1.0f, best_s = 0.0f;
-  for (int k = -9; k <= 9; ++k) {
-    const float iscale = div0_f64(-(nmax + step(k)), amax);
-    float wqq[16], wqx[16];
-    for (int i = 0; i < 16; ++i) {
-      const float q = rint_clip(iscale * x[i], static_cast<float>(-nmax), static_cast<float>(nmax - 1));
-      const float wq = w[i] * q;
-      wqx[i] = wq * x[i];
-      wqq[i] = wq * q;
-    }
-    const float swqx = np_sum(wqx, 16), swqq = np_sum(wqq, 16);
-    const float score = div0(swqx * swqx, swqq);
-    if (swqq > 0 && score > best) {
-      best = score;
-      best_s = div0(swqx, swqq);
-    }
-  }
-  return best_s;
 }
 
 // _super_scale: f16 d and integers L[16] in [lo, hi] with v ~ d*L, weighted by sw.
@@ -241,14 +167,32 @@ uint16_t super_scale(const float* v, const float* sw, int lo, int hi, int* L) {
 
 void store_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 
+// The hot loops for the active ISA (quant/quantize_lowbit_kernels.h).
+struct IsaOps {
+  void (*dots)(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
+  void (*pick)(const float* A, const float* B, const float* h, int nh, int* out);
+  void (*fit_affine)(const float* x, const float* w, int nmax, float* s, float* m);
+  void (*fit_symmetric)(const float* x, const float* w, int nmax, float* s);
+};
+
+IsaOps isa_ops() {
+  using namespace lowbit;
+  switch (active_isa()) {
+    case Isa::AVX512:
+      return {grid_dots_avx512, grid_pick_avx512, fit_affine_avx512, fit_symmetric_avx512};
+    case Isa::AVX2:
+      return {grid_dots_avx2, grid_pick_avx2, fit_affine_avx2, fit_symmetric_avx2};
+    default:
+      return {grid_dots_sse2, grid_pick_sse2, fit_affine_sse2, fit_symmetric_sse2};
+  }
+}
+
 // _q2_k_rows for one super-block.
-void q2_k_block(const float* x, const float* imp, uint8_t* out) {
+void q2_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
   float w[256], scale[16], mins[16], sw[16];
   element_weights(x, imp, w);
-  for (int s = 0; s < 16; ++s) {
-    fit_affine(x + 16 * s, w + 16 * s, 3, &scale[s], &mins[s]);
-    sw[s] = np_sum(w + 16 * s, 16);
-  }
+  ops.fit_affine(x, w, 3, scale, mins);
+  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
   int sc[16], mq[16];
   const uint16_t d16 = super_scale(scale, sw, 0, 15, sc);
   const uint16_t dm16 = super_scale(mins, sw, 0, 15, mq);
@@ -269,13 +213,11 @@ void q2_k_block(const float* x, const float* imp, uint8_t* out) {
 }
 
 // _q3_k_rows for one super-block.
-void q3_k_block(const float* x, const float* imp, uint8_t* out) {
+void q3_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
   float w[256], scale[16], sw[16];
   element_weights(x, imp, w);
-  for (int s = 0; s < 16; ++s) {
-    scale[s] = fit_symmetric(x + 16 * s, w + 16 * s, 4);
-    sw[s] = np_sum(w + 16 * s, 16);
-  }
+  ops.fit_symmetric(x, w, 4, scale);
+  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
   int sc[16];
   const uint16_t d16 = super_scale(scale, sw, -32, 31, sc);
   const float d = f16_to_f32(d16);
@@ -327,22 +269,8 @@ struct Linspace {
 };
 const Linspace kGroupFactors;
 
-// The grid search's loops for the active ISA (quant/quantize_lowbit_kernels.h).
-struct GridOps {
-  void (*dots)(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
-  void (*pick)(const float* A, const float* B, const float* h, int nh, int* out);
-};
-
-GridOps grid_ops() {
-  switch (active_isa()) {
-    case Isa::AVX512: return {lowbit::grid_dots_avx512, lowbit::grid_pick_avx512};
-    case Isa::AVX2: return {lowbit::grid_dots_avx2, lowbit::grid_pick_avx2};
-    default: return {lowbit::grid_dots_sse2, lowbit::grid_pick_sse2};
-  }
-}
-
 // _iq2_xxs_rows for one super-block: 32 slots of 8 values, 4 slots per group of 32.
-void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const GridOps& ops) {
+void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
   float w[256], a[256], wa[256];
   element_weights(x, imp, w);
   uint32_t sign_bits[32];
@@ -461,7 +389,7 @@ void quantize_lowbit(GGMLType t, const float* x, int64_t rows, int64_t cols,
                      const float* importance, int64_t importance_row_stride, uint8_t* out,
                      ThreadPool& pool) {
   check_lowbit_args(t, rows, cols, importance != nullptr);
-  const GridOps ops = grid_ops();
+  const IsaOps ops = isa_ops();
   const int64_t per_row = cols / 256, bytes = static_cast<int64_t>(traits(t).block_bytes);
   pool.parallel_for_balanced(rows * per_row, 1, [&](int64_t begin, int64_t end, int) {
     for (int64_t i = begin; i < end; ++i) {
@@ -470,9 +398,9 @@ void quantize_lowbit(GGMLType t, const float* x, int64_t rows, int64_t cols,
       const float* imp = importance ? importance + r * importance_row_stride + c : nullptr;
       uint8_t* ob = out + i * bytes;
       if (t == GGMLType::Q2_K) {
-        q2_k_block(xb, imp, ob);
+        q2_k_block(xb, imp, ob, ops);
       } else if (t == GGMLType::Q3_K) {
-        q3_k_block(xb, imp, ob);
+        q3_k_block(xb, imp, ob, ops);
       } else {
         iq2_xxs_block(xb, imp, ob, ops);
       }
@@ -522,6 +450,19 @@ void grid_pick_sse2(const float* A, const float* B, const float* h, int nh, int*
     _mm_store_si128(reinterpret_cast<__m128i*>(f), best);
     out[i] = lanes_argmax(m, f, 4);
   }
+}
+
+namespace {
+typedef float V4F __attribute__((vector_size(16)));
+typedef int32_t V4I __attribute__((vector_size(16)));
+}  // namespace
+
+void fit_affine_sse2(const float* x, const float* w, int nmax, float* s, float* m) {
+  lanes_fit_affine<V4F, V4I>(x, w, nmax, s, m);
+}
+
+void fit_symmetric_sse2(const float* x, const float* w, int nmax, float* s) {
+  lanes_fit_symmetric<V4F, V4I>(x, w, nmax, s);
 }
 
 int first_nan(const float* A, const float* B, float h) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "quant/quantize_lowbit_kernels.h"
+#include "quant/quantize_lowbit_lanes.h"
 
 namespace pyv4 {
 namespace lowbit {
@@ -71,6 +72,19 @@ void grid_pick_avx2(const float* A, const float* B, const float* h, int nh, int*
   for (; i + 4 <= nh; i += 4) pick_k<4>(A, B, h + i, out + i);
   if (i + 2 <= nh) pick_k<2>(A, B, h + i, out + i), i += 2;
   if (i < nh) pick_k<1>(A, B, h + i, out + i);
+}
+
+namespace {
+typedef float VF __attribute__((vector_size(32)));
+typedef int32_t VI __attribute__((vector_size(32)));
+}  // namespace
+
+void fit_affine_avx2(const float* x, const float* w, int nmax, float* s, float* m) {
+  lanes_fit_affine<VF, VI>(x, w, nmax, s, m);
+}
+
+void fit_symmetric_avx2(const float* x, const float* w, int nmax, float* s) {
+  lanes_fit_symmetric<VF, VI>(x, w, nmax, s);
 }
 
 }  // namespace lowbit

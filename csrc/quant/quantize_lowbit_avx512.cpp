@@ -2,7 +2,10 @@
 // (contract in quant/quantize_lowbit_kernels.h).
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "quant/quantize_lowbit_kernels.h"
+#include "quant/quantize_lowbit_lanes.h"
 
 namespace pyv4 {
 namespace lowbit {
@@ -67,6 +70,19 @@ void grid_pick_avx512(const float* A, const float* B, const float* h, int nh, in
   if (i + 4 <= nh) pick_k<4>(A, B, h + i, out + i), i += 4;
   if (i + 2 <= nh) pick_k<2>(A, B, h + i, out + i), i += 2;
   if (i < nh) pick_k<1>(A, B, h + i, out + i);
+}
+
+namespace {
+typedef float VF __attribute__((vector_size(64)));
+typedef int32_t VI __attribute__((vector_size(64)));
+}  // namespace
+
+void fit_affine_avx512(const float* x, const float* w, int nmax, float* s, float* m) {
+  lanes_fit_affine<VF, VI>(x, w, nmax, s, m);
+}
+
+void fit_symmetric_avx512(const float* x, const float* w, int nmax, float* s) {
+  lanes_fit_symmetric<VF, VI>(x, w, nmax, s);
 }
 
 }  // namespace lowbit

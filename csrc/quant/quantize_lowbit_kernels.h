@@ -1,5 +1,6 @@
-// The IQ2_XXS grid search's two hot loops (csrc/quant/quantize_lowbit.cpp) per
-// ISA; not part of the public API. Every lane computes one grid point p with
+// The hot loops of csrc/quant/quantize_lowbit.cpp per ISA (the IQ2_XXS grid
+// search; the Q2_K / Q3_K sub-block fits, quant/quantize_lowbit_lanes.h); not
+// part of the public API. Every lane computes one grid point p with
 // the scalar operations of the reference, in its order, so each ISA gives the
 // same bits (these files are compiled with -ffp-contract=off).
 //   grid_dots: A[p] = sum_k wa[k] * g[k][p], B[p] = sum_k w[k] * gg[k][p], k = 0..7 in order
@@ -21,6 +22,15 @@ void grid_dots_avx2(const float* wa, const float* w, const float* g, const float
 void grid_pick_avx2(const float* A, const float* B, const float* h, int nh, int* out);
 void grid_dots_avx512(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
 void grid_pick_avx512(const float* A, const float* B, const float* h, int nh, int* out);
+
+// _fit_affine (Q2_K: scale s, offset m) and _fit_symmetric (Q3_K: scale s) of the
+// 16 sub-blocks of one super-block (x, w: 256 values), one sub-block per lane.
+void fit_affine_sse2(const float* x, const float* w, int nmax, float* s, float* m);
+void fit_symmetric_sse2(const float* x, const float* w, int nmax, float* s);
+void fit_affine_avx2(const float* x, const float* w, int nmax, float* s, float* m);
+void fit_symmetric_avx2(const float* x, const float* w, int nmax, float* s);
+void fit_affine_avx512(const float* x, const float* w, int nmax, float* s, float* m);
+void fit_symmetric_avx512(const float* x, const float* w, int nmax, float* s);
 
 // Shared by the pick loops (baseline code): the first p whose A[p] - B[p] * h
 // is NaN (numpy's argmax answer then); and, from per-lane maxima m and the
