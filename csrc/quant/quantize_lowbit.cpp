@@ -300,7 +300,7 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const IsaOps&
     }
     sign_bits[j] = bits & 0x7f;
   }
-  alignas(64) static thread_local float A[32][256], B[32][256];
+  alignas(64) float A[32][256], B[32][256];  // 64 KB of stack: thread_local costs a TLS lookup
   for (int j = 0; j < 32; ++j) ops.dots(wa + 8 * j, w + 8 * j, &kGrid.g[0][0], &kGrid.gg[0][0], A[j], B[j]);
 
   float best_t[8], best_b[8];
@@ -412,15 +412,28 @@ void quantize_lowbit(GGMLType t, const float* x, int64_t rows, int64_t cols,
 namespace lowbit {
 
 void grid_dots_sse2(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B) {
-  for (int p = 0; p < 256; p += 4) {
-    __m128 a = _mm_mul_ps(_mm_set1_ps(wa[0]), _mm_load_ps(g + p));
-    __m128 b = _mm_mul_ps(_mm_set1_ps(w[0]), _mm_load_ps(gg + p));
-    for (int k = 1; k < 8; ++k) {
-      a = _mm_add_ps(a, _mm_mul_ps(_mm_set1_ps(wa[k]), _mm_load_ps(g + 256 * k + p)));
-      b = _mm_add_ps(b, _mm_mul_ps(_mm_set1_ps(w[k]), _mm_load_ps(gg + 256 * k + p)));
+  // four vectors of grid points at a time: eight independent add chains (one
+  // chain of 8 dependent adds per vector would wait on the add latency)
+  for (int p = 0; p < 256; p += 4 * 4) {
+    __m128 a[4], b[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      a[u] = _mm_mul_ps(_mm_set1_ps(wa[0]), _mm_load_ps(g + p + 4 * u));
+      b[u] = _mm_mul_ps(_mm_set1_ps(w[0]), _mm_load_ps(gg + p + 4 * u));
     }
-    _mm_store_ps(A + p, a);
-    _mm_store_ps(B + p, b);
+    for (int k = 1; k < 8; ++k) {
+      const __m128 wak = _mm_set1_ps(wa[k]), wk = _mm_set1_ps(w[k]);
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        a[u] = _mm_add_ps(a[u], _mm_mul_ps(wak, _mm_load_ps(g + 256 * k + p + 4 * u)));
+        b[u] = _mm_add_ps(b[u], _mm_mul_ps(wk, _mm_load_ps(gg + 256 * k + p + 4 * u)));
+      }
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      _mm_store_ps(A + p + 4 * u, a[u]);
+      _mm_store_ps(B + p + 4 * u, b[u]);
+    }
   }
 }
 

@@ -11,15 +11,28 @@ namespace pyv4 {
 namespace lowbit {
 
 void grid_dots_avx2(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B) {
-  for (int p = 0; p < 256; p += 8) {
-    __m256 a = _mm256_mul_ps(_mm256_set1_ps(wa[0]), _mm256_load_ps(g + p));
-    __m256 b = _mm256_mul_ps(_mm256_set1_ps(w[0]), _mm256_load_ps(gg + p));
-    for (int k = 1; k < 8; ++k) {
-      a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(wa[k]), _mm256_load_ps(g + 256 * k + p)));
-      b = _mm256_add_ps(b, _mm256_mul_ps(_mm256_set1_ps(w[k]), _mm256_load_ps(gg + 256 * k + p)));
+  // four vectors of grid points at a time: eight independent add chains (one
+  // chain of 8 dependent adds per vector would wait on the add latency)
+  for (int p = 0; p < 256; p += 4 * 8) {
+    __m256 a[4], b[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      a[u] = _mm256_mul_ps(_mm256_set1_ps(wa[0]), _mm256_load_ps(g + p + 8 * u));
+      b[u] = _mm256_mul_ps(_mm256_set1_ps(w[0]), _mm256_load_ps(gg + p + 8 * u));
     }
-    _mm256_store_ps(A + p, a);
-    _mm256_store_ps(B + p, b);
+    for (int k = 1; k < 8; ++k) {
+      const __m256 wak = _mm256_set1_ps(wa[k]), wk = _mm256_set1_ps(w[k]);
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        a[u] = _mm256_add_ps(a[u], _mm256_mul_ps(wak, _mm256_load_ps(g + 256 * k + p + 8 * u)));
+        b[u] = _mm256_add_ps(b[u], _mm256_mul_ps(wk, _mm256_load_ps(gg + 256 * k + p + 8 * u)));
+      }
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      _mm256_store_ps(A + p + 8 * u, a[u]);
+      _mm256_store_ps(B + p + 8 * u, b[u]);
+    }
   }
 }
 
