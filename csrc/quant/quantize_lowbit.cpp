@@ -2,13 +2,18 @@
 // is the reference; each function here names the reference function it mirrors).
 // Exactness rules, kept everywhere below:
 //   * float32 arithmetic in the reference's order, no fused multiply-add
-//     (CMakeLists.txt compiles this file with -ffp-contract=off);
+//     (CMakeLists.txt compiles these files with -ffp-contract=off);
 //   * float64 where numpy promotes: the candidate steps np.arange(-9, 10) *
 //     float32(0.1) are float64, so the inverse scales built from them are
 //     divided in float64 and rounded once to float32;
 //   * sums are np.sum's (np_sum); argmax / argmin return the first extreme
 //     (numpy's rule), the code of a value is round-half-even then clipped;
 //   * _div(a, b) is a / b where b != 0, else +0.
+// The hot loops come per ISA, chosen by active_isa(): the IQ2_XXS grid search
+// (quant/quantize_lowbit_kernels.h; the SSE2 baseline at the end of this file)
+// and the Q2_K / Q3_K sub-block fits, one sub-block per vector lane
+// (quant/quantize_lowbit_lanes.h). Each super-block is independent: the pool
+// splits the matrix's blocks over its threads.
 #include "quant/quantize_lowbit.h"
 
 #include <emmintrin.h>
