@@ -284,8 +284,9 @@ _ENCODERS = {
     T.MXFP4: encode_mxfp4,
     T.Q4_K: encode_q4_k,
 }
-# the importance-weighted ones (convert/quants_lowbit.py): f(x, imatrix rows or None)
-_WEIGHTED = {T.Q2_K: "q2_k_quantize", T.Q3_K: "q3_k_quantize", T.IQ2_XXS: "iq2_xxs_quantize"}
+# the importance-weighted ones: the C++ search in pyv4._core (csrc/quant/quantize_lowbit.cpp),
+# byte for byte the numpy reference's in convert/quants_lowbit.py, on all cores
+_WEIGHTED = (T.Q2_K, T.Q3_K, T.IQ2_XXS)
 
 
 def quantize(x: np.ndarray, t: T, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -311,10 +312,10 @@ def quantize(x: np.ndarray, t: T, imatrix: np.ndarray | None = None) -> np.ndarr
         raise ValueError(f"row of {n} values is not a multiple of the {t.name} block {QUANT_BLOCK[t]}")
     del lead
     if t in _WEIGHTED:
-        from . import quants_lowbit
+        from .._core import quantize_lowbit  # the core ships with the converter (pyv4.convert)
 
         if t == T.IQ2_XXS and imatrix is None:
             raise ValueError("IQ2_XXS needs an importance matrix")
         qw = None if imatrix is None else np.asarray(imatrix, np.float32).reshape(x2.shape)
-        return getattr(quants_lowbit, _WEIGHTED[t])(x2, qw)
+        return quantize_lowbit(t.name, x2, qw, threads=0)
     return _ENCODERS[t](x2)

@@ -18,6 +18,11 @@ by each sub-block's total weight, and the codes are rounded again for the scales
 decoder will actually use. ``imatrix`` is the per-column mean of x^2 over a calibration
 set (llama.cpp's importance matrix, convert/imatrix.py), one row of ``cols`` values per
 row of the input (callers expand the per-expert vectors).
+
+This module is the readable reference: the converter runs the C++ port
+(csrc/quant/quantize_lowbit.cpp, ``pyv4._core.quantize_lowbit``), which repeats these
+float32 operations in the same order and returns the same bytes
+(tests/test_quantize_lowbit.py), about 10x faster per core.
 """
 
 from __future__ import annotations
@@ -230,6 +235,14 @@ def iq2_xxs_quantize(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     return _in_slices(_iq2_xxs_rows, x, np.asarray(imatrix, F32).reshape(x.shape), 66, 1 << 16)
 
 
+def _grid_dots(v: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """[N, 8] x [256, 8] -> [N, 256]: sum_k v[:, k] * G[:, k], accumulated in k order."""
+    out = v[:, :1] * G[:, 0]
+    for k in range(1, 8):
+        out += v[:, k:k + 1] * G[:, k]
+    return out
+
+
 def _iq2_xxs_rows(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     rows, n = x.shape
     nsb = n // 256
@@ -244,11 +257,11 @@ def _iq2_xxs_rows(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     flip = odd[..., None] & (np.arange(8) == cheap[..., None])
     sign_bits = neg ^ flip
     a = np.where(flip, -np.abs(b), np.abs(b))
-    # per 8: A[g] = sum w a G[g], B[g] = sum w G[g]^2; error(t, g) = sum w a^2 - 2t A + t^2 B
-    A = (w * a).reshape(-1, 8) @ G.T
-    B = w.reshape(-1, 8) @ (G * G).T
-    A = A.reshape(rows, nsb, 8, 4, 256)
-    B = B.reshape(rows, nsb, 8, 4, 256)
+    # per 8: A[g] = sum w a G[g], B[g] = sum w G[g]^2; error(t, g) = sum w a^2 - 2t A + t^2 B;
+    # summed k = 0..7 in order (not a BLAS product, whose order is the library's), so the
+    # C++ quantizer (csrc/quant/quantize_lowbit.cpp) reproduces the sums bit for bit
+    A = _grid_dots((w * a).reshape(-1, 8), G).reshape(rows, nsb, 8, 4, 256)
+    B = _grid_dots(w.reshape(-1, 8), G * G).reshape(rows, nsb, 8, 4, 256)
 
     buf = np.empty_like(A)
 

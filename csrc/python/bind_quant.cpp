@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 
 #include "common/error.h"
@@ -12,6 +14,7 @@
 #include "quant/bandwidth.h"
 #include "quant/cpu_features.h"
 #include "quant/matmul.h"
+#include "quant/quantize_lowbit.h"
 #include "quant/split_layout.h"
 
 namespace py = pybind11;
@@ -91,6 +94,51 @@ void check_x(const F32Array& x, int64_t cols, int64_t* n_tokens) {
 }  // namespace
 
 void bind_quant(py::module_& m) {
+  m.def(
+      "quantize_lowbit",
+      [](const std::string& type_name, const F32Array& x, const std::optional<F32Array>& importance,
+         int threads) {
+        const GGMLType t = type_from_name(type_name);
+        if (x.ndim() != 2) throw InputError("x must be a 2-D float32 array [rows, cols]");
+        const int64_t rows = x.shape(0), cols = x.shape(1);
+        const float* imp = nullptr;
+        int64_t imp_stride = 0;
+        if (importance) {
+          const F32Array& w = *importance;
+          const bool per_col = w.ndim() == 1 && w.shape(0) == cols;
+          if (!per_col && !(w.ndim() == 2 && w.shape(0) == rows && w.shape(1) == cols))
+            throw InputError("importance must be float32 [cols] or [rows, cols] = [" +
+                             std::to_string(rows) + ", " + std::to_string(cols) + "]");
+          imp = w.data();
+          imp_stride = per_col ? 0 : cols;
+        }
+        check_lowbit_args(t, rows, cols, imp != nullptr);  // before allocating
+        const int64_t out_b = cols / 256 * static_cast<int64_t>(traits(t).block_bytes);
+        py::array_t<uint8_t> out({rows, out_b});
+        uint8_t* op = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          static std::mutex mu;  // one pool, one caller at a time
+          std::lock_guard<std::mutex> lock(mu);
+          quantize_lowbit(t, x.data(), rows, cols, imp, imp_stride, op, pool_for(threads));
+        }
+        return out;
+      },
+      py::arg("type_name"), py::arg("x"), py::arg("importance") = py::none(),
+      py::arg("threads") = 0,
+      "Importance-weighted quantization of float32 rows [rows, cols] (cols % 256 == 0) to "
+      "GGML 'Q2_K', 'Q3_K' or 'IQ2_XXS' blocks [rows, cols/256*block bytes], byte for byte "
+      "the search of convert/quants_lowbit.py. importance: per-element weights [rows, cols] or "
+      "per column [cols] (required for IQ2_XXS). threads <= 0: all cores.");
+  m.def(
+      "quant_f32_to_f16",
+      [](const F32Array& x) {
+        py::array_t<uint16_t> out(x.size());
+        for (py::ssize_t i = 0; i < x.size(); ++i) out.mutable_data()[i] = f32_to_f16_bits(x.data()[i]);
+        return out;
+      },
+      py::arg("x"), "float32 -> IEEE half bits, round to nearest even (as numpy's astype).");
+
   m.def(
       "quant_dequantize",
       [](const std::string& type_name, const U8Array& raw, int64_t n) {
