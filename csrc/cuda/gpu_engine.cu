@@ -31,6 +31,11 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kHc = 4;
+// Chunks of at least this many tokens stream the host's active routed experts
+// of a layer to the GPU and run them there (prefill), as llama.cpp moves its
+// MoE op to the GPU from 32 tokens on; smaller ones (decode) run them on the
+// CPU. A fixed threshold: the planner's cost model does not decide it yet.
+constexpr int64_t kStreamMinTokens = 32;
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
@@ -87,8 +92,8 @@ struct GpuEngine::Impl {
   DeviceBuffer X, y, f, post, comb, mu, pre, logits;
   // Attention.
   DeviceBuffer pos, pos_heads, qlat, q, kvr, pkv, gate, qI, wI, rows, idx, probs, o, z;
-  // MoE.
-  DeviceBuffer router, gs, us, ys, ge, ue, yall, comb_rows, comb_wts, tmp;
+  // MoE; stream_*: the host experts streamed to the GPU for one layer of a prefill.
+  DeviceBuffer router, gs, us, ys, ge, ue, yall, comb_rows, comb_wts, stream_gate, stream_up, stream_down;
 
   Impl(Engine& e, const ExpertRanges& experts)
       : cpu(e), c(e.config()), dev(upload(e, experts)) {}
@@ -103,6 +108,11 @@ struct GpuEngine::Impl {
   void moe(int64_t il, const int64_t* tokens, int64_t n, const float* x, float* out);
   std::vector<float> host_experts(const LayerWeights& L, int64_t il, const std::vector<float>& x,
                                   const std::vector<int32_t>& tok, const std::vector<int32_t>& expert);
+  void run_experts(const DeviceMatrix& gate, const DeviceMatrix& up, const DeviceMatrix& down, int64_t n_expert,
+                   const float* x, int64_t n, const std::vector<int32_t>& tok, const std::vector<int32_t>& expert,
+                   float limit, float* y);
+  void stream_experts(const LayerWeights& L, const float* x, int64_t n, const std::vector<int32_t>& tok,
+                      const std::vector<int32_t>& expert, float limit, float* y);
 };
 
 // attention_forward (csrc/model/attention.cpp) for one session's span; x: the
@@ -286,13 +296,59 @@ std::vector<float> GpuEngine::Impl::host_experts(const LayerWeights& L, int64_t 
   return out;
 }
 
+// Routed experts on the GPU for the pairs tok[i] x expert[i] (expert: an index
+// into the n_expert matrices stacked in gate / up / down): y [pairs, D].
+void GpuEngine::Impl::run_experts(const DeviceMatrix& gate, const DeviceMatrix& up, const DeviceMatrix& down,
+                                  int64_t n_expert, const float* x, int64_t n, const std::vector<int32_t>& tok,
+                                  const std::vector<int32_t>& expert, float limit, float* y) {
+  const int64_t np = static_cast<int64_t>(tok.size()), F = c.n_ff_exp;
+  float* ge_d = fbuf(ge, np * F);
+  float* ue_d = fbuf(ue, np * F);
+  moe_matmul(gate, n_expert, x, n, tok.data(), expert.data(), np, ge_d, moe_scratch);
+  moe_matmul(up, n_expert, x, n, tok.data(), expert.data(), np, ue_d, moe_scratch);
+  cuda::swiglu(ge_d, ue_d, ge_d, np * F, limit);
+  std::vector<int32_t> self(np);  // down: pair i reads its own hidden row i
+  std::iota(self.begin(), self.end(), 0);
+  moe_matmul(down, n_expert, ge_d, np, self.data(), expert.data(), np, y, moe_scratch);
+}
+
+// The host's routed experts the pairs use (expert: ids of the layer), copied
+// to the GPU for this call (GGML rows, stacked in id order) and run there.
+void GpuEngine::Impl::stream_experts(const LayerWeights& L, const float* x, int64_t n,
+                                     const std::vector<int32_t>& tok, const std::vector<int32_t>& expert, float limit,
+                                     float* y) {
+  std::vector<int32_t> ids(expert);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<int32_t> local(expert.size());
+  for (size_t i = 0; i < expert.size(); ++i)
+    local[i] = static_cast<int32_t>(std::lower_bound(ids.begin(), ids.end(), expert[i]) - ids.begin());
+  auto stage = [&](const WeightMatrix& stacked, int64_t rows, DeviceBuffer& buf) {
+    std::vector<uint8_t> bytes;
+    for (int32_t e : ids) append_ggml_rows(stacked.row_slice(e * rows, rows), bytes);
+    buf.reserve(bytes.size());
+    PYV4_CUDA_CHECK(cudaMemcpy(buf.data(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
+    DeviceMatrix W = stacked;
+    W.rows = static_cast<int64_t>(ids.size()) * rows;
+    W.data = buf.as<uint8_t>();
+    W.row_stride = row_bytes(W.type, W.cols);
+    W.split = false;
+    return W;
+  };
+  const DeviceMatrix gate = stage(L.gate_exps, c.n_ff_exp, stream_gate);
+  const DeviceMatrix up = stage(L.up_exps, c.n_ff_exp, stream_up);
+  const DeviceMatrix down = stage(L.down_exps, c.n_embd, stream_down);
+  run_experts(gate, up, down, static_cast<int64_t>(ids.size()), x, n, tok, local, limit, y);
+}
+
 // moe_forward (csrc/model/moe.cpp): the router on the GPU, the routing on the
 // host (moe_route), the shared expert and the GPU's routed experts on the
-// device, the host's routed experts on the CPU pool meanwhile, the sum on the device.
+// device, the host's routed experts on the CPU pool meanwhile (or, in a large
+// chunk, streamed to the GPU), the sum on the device.
 void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const float* x, float* out) {
   const LayerWeights& L = cpu.weights().layers[il];
   const DevLayer& G = dev.layers[il];
-  const int64_t D = c.n_embd, E = c.n_expert, K = c.n_expert_used, F = c.n_ff_exp;
+  const int64_t D = c.n_embd, E = c.n_expert, K = c.n_expert_used;
   float* logits_d = fbuf(router, n * E);
   matmul(G.router.W, x, D, n, logits_d, E, ms);
   std::vector<float> logits_h = download(logits_d, n * E);
@@ -320,9 +376,12 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
     for (size_t i = 0; i < pair_of[r].size(); ++i) row_of[pair_of[r][i]] = static_cast<int32_t>(seg0[r] + i);
   float* yall_d = fbuf(yall, n * K * D);
 
+  // The host's experts: on the CPU pool, or (a large chunk, types the GPU multiplies) streamed to the GPU.
   const bool host_work = !tok[n_ranges].empty();
+  const bool stream = host_work && n >= kStreamMinTokens && multiplies(L.gate_exps.type) &&
+                      multiplies(L.up_exps.type) && multiplies(L.down_exps.type);
   std::vector<float> x_h;
-  if (host_work) x_h = download(x, n * D);
+  if (host_work && !stream) x_h = download(x, n * D);
   // The shared expert is queued first: the GPU runs it while the host computes its experts.
   float* ys_d = nullptr;
   if (L.has_shared) {
@@ -336,25 +395,19 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
     matmul(G.down_sh.W, gs_d, Fs, n, ys_d, D, ms);
   }
   std::vector<float> host_rows;
-  if (host_work) host_rows = host_experts(L, il, x_h, tok[n_ranges], loc[n_ranges]);
+  if (host_work && !stream) host_rows = host_experts(L, il, x_h, tok[n_ranges], loc[n_ranges]);
   const float limit = static_cast<float>(c.swiglu_limit[il]);
   for (size_t r = 0; r < n_ranges; ++r) {
-    const int64_t np = static_cast<int64_t>(tok[r].size());
-    if (np == 0) continue;
+    if (tok[r].empty()) continue;
     const DevExperts& ex = G.experts[r];
-    const int64_t ne = ex.end - ex.first;
-    float* ge_d = fbuf(ge, np * F);
-    float* ue_d = fbuf(ue, np * F);
-    moe_matmul(ex.gate.W, ne, x, n, tok[r].data(), loc[r].data(), np, ge_d, moe_scratch);
-    moe_matmul(ex.up.W, ne, x, n, tok[r].data(), loc[r].data(), np, ue_d, moe_scratch);
-    cuda::swiglu(ge_d, ue_d, ge_d, np * F, limit);
-    std::vector<int32_t> self(np);  // down: pair i reads its own hidden row i
-    std::iota(self.begin(), self.end(), 0);
-    moe_matmul(ex.down.W, ne, ge_d, np, self.data(), loc[r].data(), np, yall_d + seg0[r] * D, moe_scratch);
+    run_experts(ex.gate.W, ex.up.W, ex.down.W, ex.end - ex.first, x, n, tok[r], loc[r], limit, yall_d + seg0[r] * D);
   }
-  if (host_work)
+  if (stream) {
+    stream_experts(L, x, n, tok[n_ranges], loc[n_ranges], limit, yall_d + seg0[n_ranges] * D);
+  } else if (host_work) {
     PYV4_CUDA_CHECK(cudaMemcpy(yall_d + seg0[n_ranges] * D, host_rows.data(), sizeof(float) * host_rows.size(),
                                cudaMemcpyHostToDevice));
+  }
   // Per token its K rows and weights in ascending expert order (moe_forward sums by expert).
   std::vector<int32_t> rows_h(n * K);
   std::vector<float> wts_h(n * K);

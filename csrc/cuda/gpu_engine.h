@@ -11,7 +11,8 @@
 // window ∪ compressed rows, inverse RoPE, the output, the router, the shared
 // expert and the routed experts placed on it; the routed experts kept on the
 // host run on the Engine's thread pool while the GPU runs the shared expert
-// (only the activations cross PCIe).
+// (only the activations cross PCIe); in a chunk of 32 tokens or more they are
+// copied to the GPU for the layer and run there instead.
 //
 // KV: this first version keeps every session's state in its CPU KVState (the
 // same object, records and files as the CPU path, so save / load / fork /

@@ -12,33 +12,25 @@ namespace cuda {
 
 namespace {
 
-// A device copy of h in GGML rows: split rows are restored (split::unsplit_row),
-// rows that are not packed (a stride other than row_bytes) are packed.
+// A device copy of h in GGML rows (append_ggml_rows).
 DevMat upload(const WeightMatrix& h, const std::string& name, size_t& bytes) {
   if (!multiplies(h.type))
     throw InputError("GPU path: " + name + " is " + type_name(h.type) +
                      ", a type the GPU kernels do not multiply (F32, F16, BF16, Q8_0, Q4_0, Q4_K, MXFP4)");
   const size_t rb = row_bytes(h.type, h.cols, name);
-  const size_t total = rb * static_cast<size_t>(h.rows);
   std::vector<uint8_t> staging;
-  const uint8_t* src = h.data;
+  const uint8_t* src = h.data;  // packed GGML rows are uploaded in place
   if (h.split || h.row_stride != rb) {
-    staging.resize(total);
-    for (int64_t r = 0; r < h.rows; ++r) {
-      if (h.split)
-        split::unsplit_row(h.type, h.cols, h.row(r), &staging[r * rb]);
-      else
-        std::copy_n(h.row(r), rb, &staging[r * rb]);
-    }
+    append_ggml_rows(h, staging);
     src = staging.data();
   }
   DevMat m;
-  m.buf = DeviceBuffer::from_host(src, total);
+  m.buf = DeviceBuffer::from_host(src, rb * static_cast<size_t>(h.rows));
   m.W = h;
   m.W.data = m.buf.as<uint8_t>();
   m.W.row_stride = rb;
   m.W.split = false;
-  bytes += total;
+  bytes += m.buf.size();
   return m;
 }
 
@@ -56,6 +48,19 @@ DevHyperConn upload_hc(const HyperConnWeights& h, const std::string& name, size_
 }
 
 }  // namespace
+
+void append_ggml_rows(const WeightMatrix& W, std::vector<uint8_t>& out) {
+  const size_t rb = row_bytes(W.type, W.cols);
+  const size_t at = out.size();
+  out.resize(at + rb * static_cast<size_t>(W.rows));
+  for (int64_t r = 0; r < W.rows; ++r) {
+    uint8_t* dst = &out[at + r * rb];
+    if (W.split)
+      split::unsplit_row(W.type, W.cols, W.row(r), dst);
+    else
+      std::copy_n(W.row(r), rb, dst);
+  }
+}
 
 DevModel upload_model(const ModelConfig& c, const ModelWeights& w, const std::vector<const std::vector<float>*>& rope,
                       const ExpertRanges& experts) {

@@ -48,6 +48,10 @@ struct DevModel {
   size_t bytes = 0;  // device memory held
 };
 
+// Appends W's rows in GGML layout to out (split rows restored, rows packed):
+// the bytes cuda::matmul reads.
+void append_ggml_rows(const WeightMatrix& W, std::vector<uint8_t>& out);
+
 // (first, end) ranges of routed experts on the GPU, per layer.
 using ExpertRanges = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
 
