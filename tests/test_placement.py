@@ -426,6 +426,38 @@ def test_cuda_request_says_why(tiny, monkeypatch):
     assert pyv4.Model(tiny, device="cpu").device == "cpu"
 
 
+def test_sessions_of_a_gpu_model_go_through_its_gpu_engine(tiny):
+    # The Python side of Model(device="cuda") with the GPU engine stood in for
+    # by the CPU engine: eval / truncate go to it, and eval_batch checks every
+    # item before the first runs (the GPU path runs them one at a time).
+    model = pyv4.Model(tiny)
+    calls = []
+
+    class StandIn:
+        def eval(self, state, ids, all_logits, n_vocab):
+            calls.append(("eval", [int(i) for i in ids], all_logits, n_vocab))
+            return model._engine.eval(state, ids, all_logits)
+
+        def truncate(self, state, n):
+            calls.append(("truncate", n))
+            model._engine.truncate(state, n)
+
+    model._gpu = StandIn()
+    a, b = model.new_session(), model.new_session()
+    a.eval([1, 2, 3], logits="all")
+    assert calls == [("eval", [1, 2, 3], True, model.n_vocab)]
+    for batch, err in (([(a, [4]), (b, [model.n_vocab])], r"batch item 1: token ids must be in \[0, 512\)"),
+                       ([(a, [4]), (a, [5])], "repeats a session"),
+                       ([(b, [4]), (a, np.ones(model.n_ctx - 2, np.int64))], "batch item 1: context overflow")):
+        with pytest.raises(ValueError, match=err):
+            model.eval_batch(batch)
+        assert (a.n_tokens, b.n_tokens, len(calls)) == (3, 0, 1)
+    la, lb = model.eval_batch([(a, [4]), (b, [4])])
+    assert la.shape == lb.shape == (model.n_vocab,) and [c[1] for c in calls[1:]] == [[4], [4]]
+    a.truncate(2)
+    assert calls[-1] == ("truncate", 2) and a.n_tokens == 2
+
+
 def test_device_flags_of_run_and_bench(tiny, capsys, monkeypatch):
     monkeypatch.delattr(_core, "cuda_available", raising=False)
     assert pyv4_main(["run", str(tiny), "-p", "hi", "--device", "cuda"]) == 2
