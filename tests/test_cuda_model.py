@@ -4,7 +4,8 @@ csrc/cuda/gpu_engine.*) against the CPU engine, on a machine with a GPU:
 * the spec §11 configuration with f32 weights and kv="f32": logits of a
   prefill (every position) and of single-token decode steps within 1e-3 of
   the CPU's reference mode, with every routed expert on the GPU, with none
-  (hybrid: all on the CPU pool) and with some of each layer's;
+  (hybrid: all on the CPU pool in decode, copied to the GPU for a prefill,
+  also one expert per copy) and with some of each layer's;
 * a quantized file (the converter's mxfp4 recipe, kv="fp8"): top-1 agreement
   >= 0.99 with the CPU fast path over 600 positions;
 * sessions: saved after GPU steps and loaded on the CPU (and the reverse),
@@ -105,6 +106,16 @@ def test_f32_logits_match_the_cpu_reference(f32_file, reference_mode, gpu_expert
     assert got.shape == want.shape == (PREFILL + DECODE, SPEC11["vocab_size"])
     check_close(got[:PREFILL], want[:PREFILL], f"f32 prefill {gpu_experts=}")
     check_close(got[PREFILL:], want[PREFILL:], f"f32 decode {gpu_experts=}")
+
+
+def test_streamed_experts_one_per_copy(f32_file, reference_mode):
+    # every routed expert on the host: the prefill (>= 32 tokens) copies the
+    # experts it uses to the GPU, here one expert per copy (stream_bytes=1)
+    ids = tokens(PREFILL + 4, SPEC11["vocab_size"], 7)
+    want = run(pyv4.Model(f32_file), ids, "f32")
+    gpu = pyv4.Model(f32_file, device="cuda", max_gpu_experts=0)
+    gpu._gpu = _core.GpuEngine(gpu._engine, [], stream_bytes=1)
+    check_close(run(gpu, ids, "f32"), want, "f32 experts streamed one per copy")
 
 
 def test_quantized_top1_agrees_with_the_cpu_fast_path(mxfp4_file):

@@ -95,8 +95,10 @@ struct GpuEngine::Impl {
   // MoE; stream_*: the host experts streamed to the GPU for one layer of a prefill.
   DeviceBuffer router, gs, us, ys, ge, ue, yall, comb_rows, comb_wts, stream_gate, stream_up, stream_down;
 
-  Impl(Engine& e, const ExpertRanges& experts)
-      : cpu(e), c(e.config()), dev(upload(e, experts)) {}
+  size_t stream_bytes;
+
+  Impl(Engine& e, const ExpertRanges& experts, size_t stream)
+      : cpu(e), c(e.config()), dev(upload(e, experts)), stream_bytes(stream) {}
 
   static DevModel upload(const Engine& e, const ExpertRanges& experts) {
     std::vector<const std::vector<float>*> rope;
@@ -312,18 +314,19 @@ void GpuEngine::Impl::run_experts(const DeviceMatrix& gate, const DeviceMatrix& 
   moe_matmul(down, n_expert, ge_d, np, self.data(), expert.data(), np, y, moe_scratch);
 }
 
-// The host's routed experts the pairs use (expert: ids of the layer), copied
-// to the GPU for this call (GGML rows, stacked in id order) and run there.
+// The host's routed experts the pairs use (expert: ids of the layer, in
+// ascending order), copied to the GPU (GGML rows, stacked in id order) in
+// groups of at most stream_bytes (at least one expert) and run there; y [pairs, D].
 void GpuEngine::Impl::stream_experts(const LayerWeights& L, const float* x, int64_t n,
                                      const std::vector<int32_t>& tok, const std::vector<int32_t>& expert, float limit,
                                      float* y) {
-  std::vector<int32_t> ids(expert);
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  std::vector<int32_t> local(expert.size());
-  for (size_t i = 0; i < expert.size(); ++i)
-    local[i] = static_cast<int32_t>(std::lower_bound(ids.begin(), ids.end(), expert[i]) - ids.begin());
-  auto stage = [&](const WeightMatrix& stacked, int64_t rows, DeviceBuffer& buf) {
+  const int64_t F = c.n_ff_exp, D = c.n_embd;
+  const size_t per_expert = static_cast<size_t>(F) * (row_bytes(L.gate_exps.type, L.gate_exps.cols) +
+                                                       row_bytes(L.up_exps.type, L.up_exps.cols)) +
+                            static_cast<size_t>(D) * row_bytes(L.down_exps.type, L.down_exps.cols);
+  const size_t group = std::max<size_t>(1, stream_bytes / per_expert);  // experts per copy
+  // The matrices of experts ids (in order) stacked in buf.
+  auto stage = [&](const WeightMatrix& stacked, int64_t rows, const std::vector<int32_t>& ids, DeviceBuffer& buf) {
     std::vector<uint8_t> bytes;
     for (int32_t e : ids) append_ggml_rows(stacked.row_slice(e * rows, rows), bytes);
     buf.reserve(bytes.size());
@@ -335,10 +338,26 @@ void GpuEngine::Impl::stream_experts(const LayerWeights& L, const float* x, int6
     W.split = false;
     return W;
   };
-  const DeviceMatrix gate = stage(L.gate_exps, c.n_ff_exp, stream_gate);
-  const DeviceMatrix up = stage(L.up_exps, c.n_ff_exp, stream_up);
-  const DeviceMatrix down = stage(L.down_exps, c.n_embd, stream_down);
-  run_experts(gate, up, down, static_cast<int64_t>(ids.size()), x, n, tok, local, limit, y);
+  const int64_t np = static_cast<int64_t>(tok.size());
+  for (int64_t p0 = 0; p0 < np;) {
+    // The pairs [p0, p1) of the next `group` distinct experts; each pair's
+    // expert becomes its index among them.
+    std::vector<int32_t> ids, local;
+    int64_t p1 = p0;
+    for (; p1 < np; ++p1) {
+      if (p1 == p0 || expert[p1] != expert[p1 - 1]) {
+        if (ids.size() == group) break;
+        ids.push_back(expert[p1]);
+      }
+      local.push_back(static_cast<int32_t>(ids.size() - 1));
+    }
+    const std::vector<int32_t> t(tok.begin() + p0, tok.begin() + p1);
+    const DeviceMatrix gate = stage(L.gate_exps, F, ids, stream_gate);
+    const DeviceMatrix up = stage(L.up_exps, F, ids, stream_up);
+    const DeviceMatrix down = stage(L.down_exps, D, ids, stream_down);
+    run_experts(gate, up, down, static_cast<int64_t>(ids.size()), x, n, t, local, limit, y + p0 * D);
+    p0 = p1;
+  }
 }
 
 // moe_forward (csrc/model/moe.cpp): the router on the GPU, the routing on the
@@ -368,6 +387,22 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
     tok[r].push_back(static_cast<int32_t>(pr / K));
     loc[r].push_back(static_cast<int32_t>(r < n_ranges ? e - G.experts[r].first : e));
     pair_of[r].push_back(pr);
+  }
+  {  // the host's pairs by expert (stable), so that streamed groups of experts own contiguous rows
+    const size_t h = n_ranges;
+    std::vector<size_t> order(tok[h].size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return loc[h][a] < loc[h][b]; });
+    std::vector<int32_t> t2, l2;
+    std::vector<int64_t> p2;
+    for (size_t i : order) {
+      t2.push_back(tok[h][i]);
+      l2.push_back(loc[h][i]);
+      p2.push_back(pair_of[h][i]);
+    }
+    tok[h].swap(t2);
+    loc[h].swap(l2);
+    pair_of[h].swap(p2);
   }
   std::vector<int64_t> seg0(n_ranges + 2, 0);
   for (size_t r = 0; r <= n_ranges; ++r) seg0[r + 1] = seg0[r] + static_cast<int64_t>(tok[r].size());
@@ -426,7 +461,7 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
   PYV4_CUDA_LAUNCHED(combine_experts_kernel);
 }
 
-GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu) {
+GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, size_t stream_bytes) {
   require_device();
   ExpertRanges ranges(cpu.config().n_layer);
   for (const ExpertRange& r : experts_on_gpu) {
@@ -435,7 +470,7 @@ GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu
                        std::to_string(cpu.config().n_layer) + " layers");
     ranges[r.layer].push_back({r.first, r.end});
   }
-  impl_ = std::make_unique<Impl>(cpu, ranges);
+  impl_ = std::make_unique<Impl>(cpu, ranges, stream_bytes);
 }
 
 GpuEngine::~GpuEngine() = default;

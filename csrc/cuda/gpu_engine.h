@@ -42,10 +42,15 @@ struct ExpertRange {
 
 class GpuEngine {
  public:
+  // Host experts streamed to the GPU in a large chunk are copied in groups of
+  // at most this many bytes (at least one expert), so a prefill needs no more
+  // device memory than the plan's margin leaves.
+  static constexpr size_t kStreamBytes = size_t{256} << 20;
+
   // Uploads the model's weights (InputError for a weight type the GPU does
   // not multiply, or a bad range; CudaError when the device runs out of
   // memory or fails). cpu must outlive this object.
-  GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu);
+  GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, size_t stream_bytes = kStreamBytes);
   ~GpuEngine();
   GpuEngine(const GpuEngine&) = delete;
   GpuEngine& operator=(const GpuEngine&) = delete;

@@ -32,15 +32,18 @@ void bind_gpu_model(py::module_& m) {
       },
       "(free, total) bytes of device memory (RuntimeError without a usable device).");
   py::class_<cuda::GpuEngine>(m, "GpuEngine", "The forward pass of a loaded Engine on the GPU")
-      .def(py::init([](Engine& e, const std::vector<std::tuple<int64_t, int64_t, int64_t>>& experts) {
+      .def(py::init([](Engine& e, const std::vector<std::tuple<int64_t, int64_t, int64_t>>& experts,
+                       size_t stream_bytes) {
              std::vector<cuda::ExpertRange> ranges;
              for (const auto& [layer, first, end] : experts) ranges.push_back({layer, first, end});
              py::gil_scoped_release release;
-             return std::make_unique<cuda::GpuEngine>(e, ranges);
+             return std::make_unique<cuda::GpuEngine>(e, ranges, stream_bytes);
            }),
-           py::arg("engine"), py::arg("experts_on_gpu"), py::keep_alive<1, 2>(),
+           py::arg("engine"), py::arg("experts_on_gpu"), py::arg("stream_bytes") = cuda::GpuEngine::kStreamBytes,
+           py::keep_alive<1, 2>(),
            "Uploads the engine's weights; experts_on_gpu: [(layer, first, end)] routed experts placed on the GPU "
-           "(the others run on the CPU).")
+           "(the others run on the CPU, or, in chunks of >= 32 tokens, are copied to the GPU in groups of at most "
+           "stream_bytes).")
       .def_property_readonly("weight_bytes", &cuda::GpuEngine::weight_bytes)
       .def("experts_on_gpu", &cuda::GpuEngine::experts_on_gpu, py::arg("layer"))
       .def(
