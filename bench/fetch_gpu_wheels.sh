@@ -7,8 +7,10 @@
 #
 # The image's Python version is unknown: PyYAML, the one compiled wheel that
 # is not abi3, is fetched for each version in PYV4_GPU_PYTHONS (default
-# 3.10-3.13); the others fit any Python 3.10+. Nothing in tests/test_cuda_*.py
-# needs these wheels (numpy and pytest only): gpu_check.sh goes on without them.
+# 3.10-3.13); the others fit any Python 3.10+. The op tests (tests/test_cuda_ops.py,
+# test_cuda_host.py) need none of them; tests/test_cuda_model.py and
+# bench/cuda_model.py need gguf (+ PyYAML) to write their models and skip without
+# it: gpu_check.sh goes on either way.
 #
 #   bench/fetch_gpu_wheels.sh            then carry bench/.gpu-wheels to the GPU machine
 set -euo pipefail

@@ -10,16 +10,20 @@
 # temporary directory (nothing of the machine's Python is changed); (2) runs
 # tests/test_cuda*.py (the block math on the host; every CUDA op against its
 # CPU reference, each printing its max error as a "[cuda]" line) and
-# tests/test_model_ops.py (those CPU references against numpy); (3) a short
-# kernel benchmark (bench/cuda_kernels.py: GEMV GB/s, GEMM TFLOP/s).
-# What it does not cover: a model-level GPU path (hybrid CPU/GPU execution,
-# issue part 3) does not exist yet, so no model is loaded or run on the GPU.
+# tests/test_model_ops.py (those CPU references against numpy); the
+# model on the GPU against the CPU engine (tests/test_cuda_model.py: f32
+# logits of the spec §11 config all-GPU and hybrid, a quantized file's top-1
+# agreement, sessions moved between GPU and CPU; it needs the gguf wheel to
+# write its tiny models, else it skips); (3) a short kernel benchmark
+# (bench/cuda_kernels.py: GEMV GB/s, GEMM TFLOP/s); (4) the model benchmark
+# (bench/cuda_model.py: the 4-layer wide file, prefill and decode on the CPU,
+# all on the GPU and hybrid; needs gguf too).
 #
 # pyv4's runtime dependencies come from bench/.gpu-wheels (filled by
 # bench/fetch_gpu_wheels.sh where there is network; it is git-ignored, so a
 # copy of the checkout must bring it along explicitly, e.g. the device tool's
-# carry=["bench/.gpu-wheels"]); the CUDA tests do not need them, so the check
-# goes on without them.
+# carry=["bench/.gpu-wheels"]); the op tests do not need them, so the check
+# goes on without them (the model test and bench then skip).
 # Every step has a time limit, all together under 7.5 minutes (the check must
 # finish in under 8 on an H100); a step that runs out is reported as such.
 set -uo pipefail
@@ -107,7 +111,7 @@ main() {
   local device_ok
   device_ok=$(python3 -c "import pyv4._core as c; print(int(c.cuda_available()[0]))")
 
-  step "tests: tests/test_cuda*.py, tests/test_model_ops.py"
+  step "tests: tests/test_cuda*.py (ops and model), tests/test_model_ops.py"
   # --noconftest: tests/conftest.py builds the tiny models with torch, which the
   # image lacks and these tests do not use.
   timeout "$(budget 240)" python3 -m pytest -s -v -rs --noconftest -p no:cacheprovider \
@@ -119,7 +123,10 @@ main() {
   grep -E "^\[cuda\]" "$work/pytest.log" || echo "(none: no GPU test ran)"
 
   step "bench: bench/cuda_kernels.py"
-  timeout "$(budget 120)" python3 "$repo/bench/cuda_kernels.py" || echo "(bench failed or ran out of time: rc $?)"
+  timeout "$(budget 60)" python3 "$repo/bench/cuda_kernels.py" || echo "(bench failed or ran out of time: rc $?)"
+
+  step "bench: bench/cuda_model.py (4-layer wide file: cpu, gpu, hybrid)"
+  timeout "$(budget 150)" python3 "$repo/bench/cuda_model.py" || echo "(model bench failed or ran out of time: rc $?)"
 
   step "done"
   if ((rc != 0)); then

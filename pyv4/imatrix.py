@@ -37,6 +37,9 @@ def collect(model, tokens, chunk_size: int = 512, max_chunks: int | None = None,
         n_chunks = min(n_chunks, max_chunks)
     if n_chunks < 1:
         raise ValueError(f"the text has {len(ids)} tokens: fewer than one chunk of {chunk_size}")
+    if model.device != "cpu":
+        raise ValueError(f"imatrix collects the CPU's products: load the model with device=\"cpu\", "
+                         f"not {model.device!r}")
     eng = model._engine
     eng.imatrix_begin()
     t0 = time.perf_counter()

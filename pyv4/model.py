@@ -21,6 +21,17 @@ def _token_ids(tokens, where: str = "") -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
+def _check_gpu_path(index: int) -> None:
+    """DeviceError unless this build can run a model on cuda:index."""
+    from .device import DeviceError
+
+    if getattr(_core, "GpuEngine", None) is None:
+        raise DeviceError(f"cuda:{index} requested, but this build of pyv4 has no GPU model path "
+                          "(it was compiled without CUDA support); use device=\"cpu\"")
+    if index != 0:
+        raise DeviceError(f"cuda:{index} requested, but the GPU path runs on cuda:0 only for now")
+
+
 class Model:
     """A DeepSeek-V4 model loaded from a `deepseek4` GGUF file.
 
@@ -36,15 +47,22 @@ class Model:
     them (every matrix stays a view of the file, nothing is read at load). The
     results are the same bits either way.
 
-    device: "cpu" (default), "cuda" or "cuda:N"; vram: the GPU memory a CUDA
+    device: "cpu" (default), "cuda" or "cuda:0"; vram: the GPU memory a CUDA
     plan may use, bytes or a string such as "24GiB" (default: the free memory).
-    This build runs on the CPU only: a CUDA device raises pyv4.DeviceError
-    saying why (no CUDA backend, no GPU or driver). `placement()` tells where
-    the model's bytes live (pyv4/placement.py)."""
+    On "cuda" the forward pass runs on the GPU (csrc/cuda/gpu_engine.h): every
+    weight but the embedding table and the routed experts the placement
+    (pyv4/placement.py) leaves on the host is uploaded at load; those experts
+    run on the CPU. max_gpu_experts caps the routed experts per layer on the
+    GPU (0: all on the CPU). Sessions keep their KV state in host memory in
+    this version (the same sessions, files and forks as on the CPU; the plan's
+    GPU KV bytes stay unused), and run one at a time. Without a usable GPU (no
+    CUDA backend, no GPU or driver) "cuda" raises pyv4.DeviceError saying why.
+    `placement()` tells where the model's bytes live."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, resident: bool = False,
-                 split_weights: bool = True, device: str = "cpu", vram: int | str | None = None):
-        from .device import DeviceError, parse_device, require_cuda
+                 split_weights: bool = True, device: str = "cpu", vram: int | str | None = None,
+                 max_gpu_experts: int | None = None):
+        from .device import parse_device, require_cuda
 
         kind, index = parse_device(device)
         if vram is not None:
@@ -57,14 +75,38 @@ class Model:
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"model file not found: {self.path}")
+        if max_gpu_experts is not None and kind == "cpu":
+            raise ValueError('max_gpu_experts applies to a CUDA device only (device="cuda")')
         if kind == "cuda":
             require_cuda(index)
-            raise DeviceError(f"cuda:{index} is available, but this version of pyv4 cannot run a model on it "
-                              "yet; use device=\"cpu\" (`pyv4 plan` shows the placement a GPU would get)")
-        self.device = "cpu"
+            _check_gpu_path(index)
+        self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
         self._engine = _core.Engine(self.path, threads or 0, bool(resident), bool(split_weights))
         self._tokenizer = None
         self._placement = None
+        self._gpu = None
+        if kind == "cuda":
+            self._gpu, self._placement = self._start_gpu(index, vram, max_gpu_experts)
+
+    def _start_gpu(self, index: int, vram, max_gpu_experts):
+        """(the GPU engine, its placement): the plan for the vram budget, then
+        the upload of what it puts on the GPU. A device that cannot be used
+        raises DeviceError; a plan that cannot fit, PlacementError."""
+        from .device import DeviceError
+        from .model_shape import from_gguf
+        from .placement import parse_bytes, plan
+
+        name = f"cuda:{index}"
+        try:
+            budget = parse_bytes(vram, "vram") if vram is not None else _core.cuda_memory()[0]
+            placement = plan(from_gguf(self.path), budget, ctx=self.n_ctx, device=name,
+                             max_gpu_experts=max_gpu_experts)
+            engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu])
+        except DeviceError:
+            raise
+        except RuntimeError as e:  # CUDA errors: no device after all, out of memory, a fault
+            raise DeviceError(f"{name}: {e}") from e
+        return engine, placement
 
     @property
     def config(self) -> dict:
@@ -94,7 +136,9 @@ class Model:
 
     def placement(self):
         """The placement in use (pyv4.placement.Placement): on the CPU every
-        weight and the KV cache of the full context live in host memory."""
+        weight and the KV cache of the full context live in host memory; on a
+        GPU the plan the model was loaded with (its experts_on_gpu are the
+        routed experts uploaded)."""
         if self._placement is None:
             from .model_shape import from_gguf
             from .placement import cpu_placement
@@ -148,7 +192,20 @@ class Model:
             items.append((session._state, _token_ids(tokens, f"batch item {i}: "), logits == "all"))
         if not items:
             raise ValueError("eval_batch: the batch is empty")
-        return self._engine.eval_batch(items)
+        if self._gpu is None:
+            return self._engine.eval_batch(items)
+        # The GPU path runs one session at a time: every item is checked as
+        # eval_batch checks it before the first one runs.
+        for i, (state, ids, _) in enumerate(items):
+            if ids.min() < 0 or ids.max() >= self.n_vocab:
+                raise ValueError(f"batch item {i}: token ids must be in [0, {self.n_vocab})")
+            if state.n_tokens + ids.size > self.n_ctx:
+                raise _core.ContextOverflowError(f"batch item {i}: context overflow: the session holds "
+                                                 f"{state.n_tokens} tokens, adding {ids.size} would exceed the "
+                                                 f"context length {self.n_ctx}")
+            if any(state is other for other, _, _ in items[:i]):
+                raise ValueError(f"eval_batch: batch item {i} repeats a session")
+        return [self._gpu.eval(state, ids, all_logits, self.n_vocab) for state, ids, all_logits in items]
 
     def prompt_cache(self, directory: str | os.PathLike, max_bytes: int) -> "PromptCache":
         """A directory of saved sessions keyed by their tokens (see PromptCache)."""
@@ -189,7 +246,10 @@ class Session:
         session unchanged."""
         if logits not in ("all", "last"):
             raise ValueError(f'logits must be "all" or "last", not {logits!r}')
-        return self.model._engine.eval(self._state, _token_ids(tokens), logits == "all")
+        m = self.model
+        if m._gpu is not None:
+            return m._gpu.eval(self._state, _token_ids(tokens), logits == "all", m.n_vocab)
+        return m._engine.eval(self._state, _token_ids(tokens), logits == "all")
 
     def generate(self, tokens, params=None):
         """Feed `tokens`, then sample until EOS, a stop string or max_tokens.
@@ -212,7 +272,7 @@ class Session:
         most 127 tokens."""
         if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)):
             raise ValueError(f"n_tokens must be an int, not {n_tokens!r}")
-        self.model._engine.truncate(self._state, int(n_tokens))
+        (self.model._gpu or self.model._engine).truncate(self._state, int(n_tokens))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the session to `path` atomically (temp file, fsync, rename)."""

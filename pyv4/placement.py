@@ -289,17 +289,22 @@ def _check_common(shape: ModelShape, ctx: int, kv: str) -> None:
 
 def plan(shape: ModelShape, vram: int, ram: int | None = None, ctx: int | None = None, kv: str = "fp8",
          expert_freq=None, gpu_gbs: float | None = None, cpu_gbs: float | None = None,
-         pcie_gbs: float = DEFAULT_PCIE_GBS, device: str = "cuda:0") -> Placement:
+         pcie_gbs: float = DEFAULT_PCIE_GBS, device: str = "cuda:0",
+         max_gpu_experts: int | None = None) -> Placement:
     """The placement of `shape` on a GPU with `vram` bytes (the margin is taken
     out of it) and a host with `ram` bytes (None: not checked), for `ctx` tokens
     (default: the model's context). expert_freq: optional [layers, experts]
     routing counts; the most used experts then go first. Raises PlacementError
     when the plan cannot fit. ms per token is predicted when both gpu_gbs and
-    cpu_gbs are given."""
+    cpu_gbs are given. max_gpu_experts: at most this many routed experts of
+    a layer on the GPU (0: every routed expert on the host; None: no limit)."""
     ctx = shape.n_ctx if ctx is None else ctx
     _check_common(shape, ctx, kv)
     if vram <= 0:
         raise ValueError(f"vram must be positive, not {vram}")
+    if max_gpu_experts is not None and (isinstance(max_gpu_experts, bool) or not isinstance(max_gpu_experts, int)
+                                        or max_gpu_experts < 0):
+        raise ValueError(f"max_gpu_experts must be a non-negative int or None, not {max_gpu_experts!r}")
     share = _routing_share(shape, expert_freq)
     margin = gpu_margin(shape, ctx)
     avail = vram - margin
@@ -336,7 +341,7 @@ def plan(shape: ModelShape, vram: int, ram: int | None = None, ctx: int | None =
     on_gpu: list[list[int]] = [[] for _ in range(shape.n_layer)]
     ebytes = [shape.expert_bytes(il) for il in range(shape.n_layer)]
     for il, e in order:
-        if 0 < ebytes[il] <= rem:
+        if 0 < ebytes[il] <= rem and (max_gpu_experts is None or len(on_gpu[il]) < max_gpu_experts):
             on_gpu[il].append(e)
             rem -= ebytes[il]
     gpu["experts"] = sum(len(on_gpu[il]) * ebytes[il] for il in range(shape.n_layer))

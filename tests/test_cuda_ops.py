@@ -19,6 +19,9 @@ and compares it with the CPU path it mirrors, printing the op's worst error
   decoded on the GPU): against kv_attend on the gathered rows and float64
   numpy (tolerances of tests/test_kv_kernels.py);
 * the kv="fp8" QAT rounding and records (RowCodec round + encode): bit for bit;
+* mHC (hc_pre with the Sinkhorn, hc_post, hc_head) and the compressor's block
+  pooling: against ops_hc_* / ops_compressor_pool (the CPU's code, which
+  tests/test_model_ops.py checks against numpy);
 * indexer scores from FP4 key records: against kv_index_scores on the decoded
   keys; the top-k of scores: the same indices as select_topk (ops_select_topk).
 
@@ -31,6 +34,7 @@ import pytest
 from attention_reference import attend_numpy
 from pyv4 import _core
 from quant_tools import BLOCK, INT_TYPES, TYPES, check_fast, random_weight, reference_dequant
+from test_model_ops import hc_inputs, pool_inputs
 
 _OK, _REASON = _core.cuda_available()
 pytestmark = pytest.mark.skipif(not _OK, reason=f"no CUDA device: {_REASON}")
@@ -331,3 +335,50 @@ def test_attend_rejects_bad_rows():
     q = np.zeros((2, 16), np.float32)
     with pytest.raises(ValueError):
         _core.cuda_attend(q, np.zeros((4, 16), np.float32), np.array([0, 4], np.int32), np.zeros(2, np.float32), 1.0)
+
+
+# ---------------------------------------------------------------- mHC and compressor pooling
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_hc_pre(n):
+    fn, base, X = hc_inputs(n, 256, 24, 30 + n)
+    scale = np.array([0.7, 1.3, 0.9], np.float32)
+    got = _core.cuda_hc_pre(fn, base, scale, X, 20, 1e-6, 1e-6)
+    want = _core.ops_hc_pre(fn, base, scale, X, 20, 1e-6, 1e-6)
+    for name, g, w, tol in zip(("y", "post", "comb"), got, want, (1e-5, 1e-5, 1e-5)):
+        err = float(np.max(np.abs(g - w)))
+        report(f"hc_pre {name} n={n}", err, float(np.max(np.abs(w))))
+        assert g.shape == w.shape and err <= tol * max(1.0, float(np.max(np.abs(w))))
+
+
+def test_hc_post():
+    rng = np.random.default_rng(33)
+    n, D = 5, 256
+    X = rng.standard_normal((n, 4 * D)).astype(np.float32)
+    f = rng.standard_normal((n, D)).astype(np.float32)
+    post = rng.random((n, 4)).astype(np.float32)
+    comb = rng.random((n, 4, 4)).astype(np.float32)
+    got, want = _core.cuda_hc_post(post, comb, f, X), _core.ops_hc_post(post, comb, f, X)
+    err = float(np.max(np.abs(got - want)))
+    report("hc_post", err, float(np.max(np.abs(want))))
+    assert err <= 1e-6 * float(np.max(np.abs(want)))  # the CPU's order of rounded products and sums
+
+
+@pytest.mark.parametrize("n", [1, 6])
+def test_hc_head(n):
+    fn, base, X = hc_inputs(n, 256, 4, 40 + n)
+    got, want = _core.cuda_hc_head(fn, base, 0.8, X, 1e-6, 1e-6), _core.ops_hc_head(fn, base, 0.8, X, 1e-6, 1e-6)
+    err = float(np.max(np.abs(got - want)))
+    report(f"hc_head n={n}", err, float(np.max(np.abs(want))))
+    assert err <= 1e-5 * float(np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("overlap,b", [(True, 0), (True, 5), (False, 1)])
+def test_compressor_pool(overlap, b):
+    ratio, width = (4, 512) if overlap else (128, 512)
+    kv, gate, tail_start = pool_inputs(overlap, b, ratio, width, 50 + b)
+    got = _core.cuda_compressor_pool(kv, gate, tail_start, b, ratio, width, overlap)
+    want = _core.ops_compressor_pool(kv, gate, tail_start, b, ratio, width, overlap)
+    err = float(np.max(np.abs(got - want)))
+    report(f"compressor pool ratio={ratio} b={b}", err, float(np.max(np.abs(want))))
+    assert err <= 1e-6 * float(np.max(np.abs(want)))

@@ -26,6 +26,9 @@ from pyv4.demo import DEMO_CONFIG
 from pyv4.model_shape import _implausible, builtin, from_config, from_gguf
 from pyv4.synthetic import write_random_gguf_typed
 
+# Whether this machine has a usable GPU (tests/test_cuda_model.py runs models there).
+_REAL_CUDA = _core.cuda_available()[0]
+
 GiB = pl.GiB
 # small, every layer kind, dims that fit MXFP4 / Q8_0 blocks and the fp8 KV codecs
 TINY = {**DEMO_CONFIG, "vocab_size": 512, "sliding_window": 16, "max_position_embeddings": 4096}
@@ -239,6 +242,20 @@ def test_bad_plan_arguments(flash):
         builtin("v4-flash", "q3")
 
 
+def test_max_gpu_experts_caps_each_layer(tiny):
+    shape = from_gguf(str(tiny))
+    full = pl.plan(shape, 1 << 40, None, 4096)
+    assert sum(full.experts_gpu_per_layer) == shape.n_layer * shape.n_expert
+    for cap in (0, 2):
+        p = pl.plan(shape, 1 << 40, None, 4096, max_gpu_experts=cap)
+        assert p.experts_gpu_per_layer == [cap] * shape.n_layer
+        assert [(il, a, b) for il, a, b in p.experts_on_gpu] == [(il, 0, cap) for il in range(shape.n_layer)] * (cap > 0)
+        assert p.host["experts"] == sum((shape.n_expert - cap) * shape.expert_bytes(il) for il in range(shape.n_layer))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="max_gpu_experts"):
+            pl.plan(shape, 1 << 40, None, 4096, max_gpu_experts=bad)
+
+
 # ---------------------------------------------------------------- routing counts
 
 
@@ -395,10 +412,50 @@ def test_cuda_request_says_why(tiny, monkeypatch):
     monkeypatch.setattr(_core, "cuda_available", lambda: (False, "no NVIDIA driver found"), raising=False)
     with pytest.raises(pyv4.DeviceError, match="no NVIDIA driver found"):
         pyv4.Model(tiny, device="cuda")
+    # a backend that reports a device which then cannot be used (here: none is
+    # there) still ends in DeviceError, naming the device
     monkeypatch.setattr(_core, "cuda_available", lambda: (True, ""), raising=False)
-    with pytest.raises(pyv4.DeviceError, match="cannot run a model on it yet"):
-        pyv4.Model(tiny, device="cuda")
+    if _core.cuda_built and not _REAL_CUDA:
+        with pytest.raises(pyv4.DeviceError, match="cuda:0: "):
+            pyv4.Model(tiny, device="cuda")
+    elif not _core.cuda_built:
+        with pytest.raises(pyv4.DeviceError, match="no GPU model path"):
+            pyv4.Model(tiny, device="cuda")
+    with pytest.raises(ValueError, match="CUDA device only"):
+        pyv4.Model(tiny, max_gpu_experts=0)
     assert pyv4.Model(tiny, device="cpu").device == "cpu"
+
+
+def test_sessions_of_a_gpu_model_go_through_its_gpu_engine(tiny):
+    # The Python side of Model(device="cuda") with the GPU engine stood in for
+    # by the CPU engine: eval / truncate go to it, and eval_batch checks every
+    # item before the first runs (the GPU path runs them one at a time).
+    model = pyv4.Model(tiny)
+    calls = []
+
+    class StandIn:
+        def eval(self, state, ids, all_logits, n_vocab):
+            calls.append(("eval", [int(i) for i in ids], all_logits, n_vocab))
+            return model._engine.eval(state, ids, all_logits)
+
+        def truncate(self, state, n):
+            calls.append(("truncate", n))
+            model._engine.truncate(state, n)
+
+    model._gpu = StandIn()
+    a, b = model.new_session(), model.new_session()
+    a.eval([1, 2, 3], logits="all")
+    assert calls == [("eval", [1, 2, 3], True, model.n_vocab)]
+    for batch, err in (([(a, [4]), (b, [model.n_vocab])], r"batch item 1: token ids must be in \[0, 512\)"),
+                       ([(a, [4]), (a, [5])], "repeats a session"),
+                       ([(b, [4]), (a, np.ones(model.n_ctx - 2, np.int64))], "batch item 1: context overflow")):
+        with pytest.raises(ValueError, match=err):
+            model.eval_batch(batch)
+        assert (a.n_tokens, b.n_tokens, len(calls)) == (3, 0, 1)
+    la, lb = model.eval_batch([(a, [4]), (b, [4])])
+    assert la.shape == lb.shape == (model.n_vocab,) and [c[1] for c in calls[1:]] == [[4], [4]]
+    a.truncate(2)
+    assert calls[-1] == ("truncate", 2) and a.n_tokens == 2
 
 
 def test_device_flags_of_run_and_bench(tiny, capsys, monkeypatch):

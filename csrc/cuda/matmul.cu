@@ -17,25 +17,28 @@ namespace {
 
 void check_matrix(const DeviceMatrix& W) {
   if (W.split) throw InputError("cuda matmul: the GPU reads GGML rows, not the split layout");
-  switch (W.type) {
+  if (!multiplies(W.type)) throw InputError(std::string("cuda matmul: ") + type_name(W.type) + " is not a weight type");
+  if (cudamath::is_group_type(W.type) && W.cols % traits(W.type).block_size != 0)
+    throw InputError(std::string("cuda matmul: ") + type_name(W.type) + " with " + std::to_string(W.cols) +
+                     " columns (not whole blocks)");
+}
+
+}  // namespace
+
+bool multiplies(GGMLType t) {
+  switch (t) {
     case GGMLType::F32:
     case GGMLType::F16:
     case GGMLType::BF16:
-      return;
     case GGMLType::Q8_0:
     case GGMLType::Q4_0:
     case GGMLType::Q4_K:
     case GGMLType::MXFP4:
-      if (W.cols % traits(W.type).block_size != 0)
-        throw InputError(std::string("cuda matmul: ") + type_name(W.type) + " with " +
-                         std::to_string(W.cols) + " columns (not whole blocks)");
-      return;
+      return true;
     default:
-      throw InputError(std::string("cuda matmul: ") + type_name(W.type) + " is not a weight type");
+      return false;
   }
 }
-
-}  // namespace
 
 void matmul(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y, int64_t ldy,
             MatmulScratch& scratch, MatmulKernel kernel) {

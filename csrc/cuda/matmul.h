@@ -29,6 +29,9 @@ enum class MatmulKernel { Auto, Gemv, Gemm };
 // per token in registers and re-reads each weight group for every 8 tokens.
 constexpr int64_t kGemvMaxTokens = 8;
 
+// Whether matmul multiplies weights of type t: F32, F16, BF16, Q8_0, Q4_0, Q4_K, MXFP4.
+bool multiplies(GGMLType t);
+
 // Device scratch of the quantized activations, grown as needed and kept.
 struct MatmulScratch {
   DeviceBuffer act;

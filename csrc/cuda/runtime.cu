@@ -67,6 +67,13 @@ void throw_error(int code, const char* what, const char* file, int line) {
 
 void synchronize() { PYV4_CUDA_CHECK(cudaDeviceSynchronize()); }
 
+MemoryInfo memory_info() {
+  require_device();
+  MemoryInfo m;
+  PYV4_CUDA_CHECK(cudaMemGetInfo(&m.free, &m.total));
+  return m;
+}
+
 double seconds_per_call(const std::function<void()>& f, int reps) {
   f();
   synchronize();

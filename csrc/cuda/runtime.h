@@ -32,6 +32,11 @@ void require_device();
 
 // Throws CudaError for a CUDA error code (`what`: the failing call).
 [[noreturn]] void throw_error(int code, const char* what, const char* file, int line);
+// Free and total device memory in bytes (cudaMemGetInfo; requires a device).
+struct MemoryInfo {
+  size_t free = 0, total = 0;
+};
+MemoryInfo memory_info();
 // Waits for the device and reports any error of the work before.
 void synchronize();
 // Device seconds per call of f (which launches work on the default stream),

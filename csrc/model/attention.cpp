@@ -28,12 +28,6 @@ void select_topk(const float* scores, int64_t n_visible, int64_t topk, int64_t* 
   *out_n = k;
 }
 
-namespace {
-
-// The Lightning indexer of a CSA layer (spec §3.6): for each query of one
-// session's span, the top-k of its visible compressed blocks, in row order.
-// qI / wI: the indexer's query and head-weight projections of the span's rows
-// (projected for the whole batch by the caller).
 std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const LayerWeights& w,
                                                  int64_t il, const RopeTable& rope, float* qI,
                                                  float* wI, const SeqSpan& sp, ThreadPool& pool) {
@@ -110,8 +104,6 @@ std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const Lay
   }
   return picked;
 }
-
-}  // namespace
 
 void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
                        const RopeTable& rope, const float* x, const SeqSpan* seqs, int64_t n_seqs,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "common/thread_pool.h"
 #include "kv/kv_state.h"
@@ -29,6 +30,16 @@ struct SeqSpan {
 void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
                        const RopeTable& rope, const float* x, const SeqSpan* seqs, int64_t n_seqs,
                        int64_t n_rows, float* out, ThreadPool& pool);
+
+// The Lightning indexer of a CSA layer (spec §3.6), after its compressor has
+// taken the span's tokens: for each query of one session's span, the top-k of
+// its visible compressed blocks, in row order. qI [n, nih·ihd] / wI [n, nih]:
+// the indexer's query and head-weight projections of the span's rows (RoPE,
+// the KV type's query rounding and the score scales are applied here, in
+// place). Also used by the GPU path (csrc/cuda/gpu_engine.cu).
+std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const LayerWeights& w, int64_t il,
+                                                 const RopeTable& rope, float* qI, float* wI, const SeqSpan& sp,
+                                                 ThreadPool& pool);
 
 // Indexer selection for one query (spec §3.6): the top-k of the visible blocks
 // [0, n_visible) by score, ties to the lower block index; k = min(topk, n_visible).

@@ -4,44 +4,23 @@
 #include <vector>
 
 #include "common/profiler.h"
+#include "model/compressor_math.h"
 
 namespace pyv4 {
 
 namespace {
 
-// Emits block b from the raw token projections held in st's tail.
+// Emits block b from the raw token projections held in st's tail (the pooling
+// per channel: compressor_math.h).
 // The row goes through the KV type's rounding (spec §3.5 QAT: act_quant of the
 // nope dims; §3.6: Hadamard + FP4 for indexer keys) before it is stored.
 void emit_block(const ModelConfig& c, const CompressorWeights& w, const RopeTable& rope,
                 int64_t b, CompressorState& st, KVState& kv, int64_t il, bool indexer) {
   const int64_t m = w.ratio, width = w.width;
-  std::vector<float> row(width), slot_kv, slot_g;
-  // Slots per channel: CSA = series A (channels [0, width)) of block b-1's
-  // tokens, then series B (channels [width, 2 width)) of block b's tokens.
-  // Block 0 has no A slots (equivalent to weight 0).
-  struct Slot {
-    int64_t pos, offset;
-  };
-  std::vector<Slot> slots;
-  if (w.overlap && b > 0) {
-    for (int64_t q = (b - 1) * m; q < b * m; ++q) slots.push_back({q, 0});
-  }
-  for (int64_t q = b * m; q < (b + 1) * m; ++q) slots.push_back({q, w.overlap ? width : 0});
-
-  const size_t S = slots.size();
-  std::vector<float> e(S);
+  std::vector<float> row(width);
   for (int64_t ch = 0; ch < width; ++ch) {
-    // Softmax over the slots' gate logits, separately for each channel.
-    float mx = -INFINITY;
-    for (size_t s = 0; s < S; ++s) mx = std::max(mx, st.tail_gate_at(slots[s].pos)[slots[s].offset + ch]);
-    float sum = 0.0f;
-    for (size_t s = 0; s < S; ++s) {
-      e[s] = std::exp(st.tail_gate_at(slots[s].pos)[slots[s].offset + ch] - mx);
-      sum += e[s];
-    }
-    float acc = 0.0f;
-    for (size_t s = 0; s < S; ++s) acc += st.tail_kv_at(slots[s].pos)[slots[s].offset + ch] * (e[s] / sum);
-    row[ch] = acc;
+    row[ch] = compressor_math::pool_channel(st.tail_kv.data(), st.tail_gate.data(), st.tail_start, st.proj_width,
+                                            b, m, width, w.overlap, ch);
   }
   rms_norm(row.data(), w.norm.data(), row.data(), width, static_cast<float>(c.rms_eps));
   rope.apply(row.data(), width, b * m);  // at the block's first token

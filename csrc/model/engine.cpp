@@ -27,10 +27,9 @@ std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n
   return std::move(eval_batch(&item, 1)[0]);
 }
 
-std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64_t n_items) {
+std::vector<SeqSpan> Engine::check_batch(const BatchItem* items, int64_t n_items) const {
   const ModelConfig& c = cfg_;
   if (n_items <= 0) throw InputError("eval_batch: no sessions given");
-  // Everything is checked before any state changes.
   std::vector<SeqSpan> seqs(n_items);
   int64_t n = 0;  // rows of the batch
   for (int64_t s = 0; s < n_items; ++s) {
@@ -58,6 +57,14 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
     seqs[s] = SeqSpan{it.state, n, it.n, pos0};
     n += it.n;
   }
+  return seqs;
+}
+
+std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64_t n_items) {
+  const ModelConfig& c = cfg_;
+  // Everything is checked before any state changes.
+  const std::vector<SeqSpan> seqs = check_batch(items, n_items);
+  const int64_t n = seqs.back().row0 + seqs.back().n;  // rows of the batch
 
   ProfActivate prof_on(prof_.get());
   const auto t_start = std::chrono::steady_clock::now();
@@ -143,7 +150,7 @@ std::unique_ptr<ImatrixCollector> Engine::end_imatrix() {
   return std::move(imatrix_);
 }
 
-void Engine::truncate(KVState& state, int64_t n) {
+void Engine::truncate(KVState& state, int64_t n, const Reeval& reeval) {
   if (n < 0 || n > state.n_tokens()) {
     throw InputError("truncate: n_tokens must be in [0, " + std::to_string(state.n_tokens()) + "], got " +
                      std::to_string(n));
@@ -151,7 +158,11 @@ void Engine::truncate(KVState& state, int64_t n) {
   if (n == state.n_tokens()) return;
   const std::vector<int64_t> ids(state.tokens().begin(), state.tokens().begin() + n);
   const int64_t s = state.restore_before(n);
-  if (n > s) eval(state, ids.data() + s, n - s, /*all_logits=*/false);
+  if (n <= s) return;
+  if (reeval)
+    reeval(state, ids.data() + s, n - s);
+  else
+    eval(state, ids.data() + s, n - s, /*all_logits=*/false);
 }
 
 }  // namespace pyv4

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "common/thread_pool.h"
 #include "gguf/gguf_file.h"
 #include "kv/kv_state.h"
+#include "model/attention.h"
 #include "model/config.h"
 #include "model/imatrix.h"
 #include "model/ops.h"
@@ -32,6 +34,10 @@ class Engine {
   Engine(const std::string& path, int n_threads, bool resident = false, bool split = true);
 
   const ModelConfig& config() const { return cfg_; }
+  // The weights (views of the file or split copies) and each layer's RoPE
+  // table, for the GPU path (csrc/cuda/gpu_engine.*), which uploads them.
+  const ModelWeights& weights() const { return w_; }
+  const RopeTable& rope(int64_t il) const { return rope_[il]; }
   const GGUFFile& file() const { return *file_; }
   ThreadPool& pool() { return pool_; }
   // Matrices held in the split layout.
@@ -64,9 +70,16 @@ class Engine {
   // error no session is changed.
   std::vector<std::vector<float>> eval_batch(const BatchItem* items, int64_t n_items);
 
+  // The checks eval_batch makes before anything changes (ids in the
+  // vocabulary, context length, distinct sessions; InputError /
+  // ContextOverflowError) and each item's span of the batch's rows.
+  std::vector<SeqSpan> check_batch(const BatchItem* items, int64_t n_items) const;
+
   // Cuts the session back to its first n tokens: restores the latest snapshot
-  // at or before n and re-evaluates the (< snap_every) tokens after it.
-  void truncate(KVState& state, int64_t n);
+  // at or before n and re-evaluates the (< snap_every) tokens after it, with
+  // reeval (the GPU path's eval) or, when empty, this engine's eval.
+  using Reeval = std::function<void(KVState&, const int64_t*, int64_t)>;
+  void truncate(KVState& state, int64_t n, const Reeval& reeval = {});
 
   // Importance-matrix collection (model/imatrix.h): from begin_imatrix() on,
   // every eval adds its products' input statistics; end_imatrix() stops and

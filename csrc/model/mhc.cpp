@@ -3,15 +3,15 @@
 #include <algorithm>
 #include <cmath>
 
-#include "model/ops.h"
+#include "model/mhc_math.h"
 
 namespace pyv4 {
 
 namespace {
 
-// hc_mult: config.cpp rejects any other hyper_connection.count (spec §8.2), so
-// the per-element loops below can keep the 4 streams in registers.
-constexpr int64_t kHc = 4;
+// hc_mult is 4 (mhc_math.h), so the per-element loops below can keep the 4
+// streams in registers.
+using mhc_math::kHc;
 
 // Elements per step of the elementwise loops. A constant trip count lets the
 // compiler vectorize them at -O2 for the x86-64 baseline (no epilogue needed);
@@ -110,48 +110,13 @@ void hc_pre(const ModelConfig& c, const HyperConnWeights& w, const float* X, int
   mixes(c, w.fn, X, n, mus, pool);
   mix.post.resize(static_cast<size_t>(n * hc));
   mix.comb.resize(static_cast<size_t>(n * hc * hc));
-  // Per token: the 4x4 Sinkhorn and the collapse; tokens are independent.
+  // Per token: the mix weights with the 4x4 Sinkhorn (mhc_math.h) and the
+  // collapse; tokens are independent.
   pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
-      const float* m = mus + t * M;
       float pre[kHc];
-      float* post = mix.post.data() + t * hc;
-      float* C = mix.comb.data() + t * hc * hc;
-      for (int64_t i = 0; i < hc; ++i) {
-        pre[i] = sigmoidf(m[i] * w.scale[0] + w.base[i]) + eps;
-        post[i] = 2.0f * sigmoidf(m[hc + i] * w.scale[1] + w.base[hc + i]);
-      }
-      // comb: row-wise softmax + eps, then Sinkhorn (column first), spec §3.3.
-      for (int64_t i = 0; i < hc; ++i) {
-        float* row = C + i * hc;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < hc; ++j) {
-          row[j] = m[2 * hc + i * hc + j] * w.scale[2] + w.base[2 * hc + i * hc + j];
-          mx = std::max(mx, row[j]);
-        }
-        float s = 0.0f;
-        for (int64_t j = 0; j < hc; ++j) s += (row[j] = std::exp(row[j] - mx));
-        for (int64_t j = 0; j < hc; ++j) row[j] = row[j] / s + eps;
-      }
-      auto norm_cols = [&] {
-        for (int64_t j = 0; j < hc; ++j) {
-          float s = 0.0f;
-          for (int64_t i = 0; i < hc; ++i) s += C[i * hc + j];
-          for (int64_t i = 0; i < hc; ++i) C[i * hc + j] /= (s + eps);
-        }
-      };
-      auto norm_rows = [&] {
-        for (int64_t i = 0; i < hc; ++i) {
-          float s = 0.0f;
-          for (int64_t j = 0; j < hc; ++j) s += C[i * hc + j];
-          for (int64_t j = 0; j < hc; ++j) C[i * hc + j] /= (s + eps);
-        }
-      };
-      norm_cols();
-      for (int64_t it = 1; it < c.hc_sinkhorn_iters; ++it) {
-        norm_rows();
-        norm_cols();
-      }
+      mhc_math::token_mix(mus + t * M, w.scale.data(), w.base.data(), eps, c.hc_sinkhorn_iters, pre,
+                          mix.post.data() + t * hc, mix.comb.data() + t * hc * hc);
       collapse(c, X + t * W, pre, y + t * c.n_embd);
     }
   });
@@ -185,10 +150,8 @@ void hc_head(const ModelConfig& c, const ModelWeights& w, const float* X, int64_
   pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
       float pre[kHc];
-      for (int64_t i = 0; i < hc; ++i) {
-        pre[i] = sigmoidf(mus[t * hc + i] * w.hc_head_scale[0] + w.hc_head_base[i]) +
-                 static_cast<float>(c.hc_eps);
-      }
+      mhc_math::head_pre(mus + t * hc, w.hc_head_scale[0], w.hc_head_base.data(), static_cast<float>(c.hc_eps),
+                         pre);
       collapse(c, X + t * W, pre, y + t * c.n_embd);
     }
   });

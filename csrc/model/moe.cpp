@@ -10,22 +10,15 @@
 
 namespace pyv4 {
 
-void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const float* x,
-                 const int64_t* tokens, int64_t n, float* out, ThreadPool& pool) {
-  const int64_t D = c.n_embd, E = c.n_expert, K = c.n_expert_used, F = c.n_ff_exp;
-  std::vector<float> logits(n * E);
-  ProfScope prof_route("moe.router");
-  matmul(w.router, x, D, n, logits.data(), E, pool);
-
-  // Routing: expert ids and weights per token.
-  std::vector<int64_t> sel(n * K);
-  std::vector<float> wt(n * K);
+void moe_route(const ModelConfig& c, const LayerWeights& w, float* logits, const int64_t* tokens, int64_t n,
+               int64_t* sel, float* wt) {
+  const int64_t E = c.n_expert, K = c.n_expert_used;
   std::vector<int64_t> order(E);
   std::vector<float> biased(E);
   for (int64_t t = 0; t < n; ++t) {
     float* s = &logits[t * E];
     for (int64_t e = 0; e < E; ++e) s[e] = std::sqrt(softplusf(s[e]));
-    int64_t* idx = &sel[t * K];
+    int64_t* idx = sel + t * K;
     if (w.tid2eid) {
       for (int64_t k = 0; k < K; ++k) idx[k] = w.tid2eid[tokens[t] * K + k];
     } else {
@@ -44,6 +37,18 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
       wt[t * K + k] = s[idx[k]] / denom * static_cast<float>(c.routed_scale);
     }
   }
+}
+
+void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const float* x,
+                 const int64_t* tokens, int64_t n, float* out, ThreadPool& pool) {
+  const int64_t D = c.n_embd, E = c.n_expert, K = c.n_expert_used, F = c.n_ff_exp;
+  std::vector<float> logits(n * E);
+  ProfScope prof_route("moe.router");
+  matmul(w.router, x, D, n, logits.data(), E, pool);
+
+  std::vector<int64_t> sel(n * K);
+  std::vector<float> wt(n * K);
+  moe_route(c, w, logits.data(), tokens, n, sel.data(), wt.data());
 
   // Group tokens by expert, one batched FFN per active expert.
   std::vector<std::vector<std::pair<int64_t, float>>> by_expert(E);

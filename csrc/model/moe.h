@@ -10,6 +10,14 @@
 
 namespace pyv4 {
 
+// Routing of n tokens from their router logits [n, E] (turned into the
+// sqrtsoftplus scores in place): per token its K experts sel [n, K] (hash
+// layers: tid2eid of the token; else the top-K of score + bias, ties to the
+// lower id) and their weights wt [n, K] (scores renormalised × routed scale).
+// Also used by the GPU path (csrc/cuda/gpu_engine.cu).
+void moe_route(const ModelConfig& c, const LayerWeights& w, float* logits, const int64_t* tokens, int64_t n,
+               int64_t* sel, float* wt);
+
 // x: ffn inputs [n, D]; tokens: their ids (for hash routing); out: [n, D].
 // Tokens are grouped by expert so each active expert runs one matmul over the
 // tokens routed to it; decode therefore reads only the selected experts' rows.

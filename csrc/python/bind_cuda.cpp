@@ -21,6 +21,7 @@
 #ifdef PYV4_HAS_CUDA
 #include "cuda/buffer.h"
 #include "cuda/matmul.h"
+#include "cuda/model_ops.h"
 #include "cuda/ops.h"
 #include "cuda/runtime.h"
 #endif
@@ -393,6 +394,68 @@ void bind_device(py::module_& m) {
       },
       py::arg("kind"), py::arg("rows"), py::arg("rope_dim") = 0,
       "kv='fp8' QAT and records on the GPU: (rows rounded [n, width], records [n, bytes]).");
+  m.def(
+      "cuda_hc_pre",
+      [](const F32Array& fn, const F32Array& base, const F32Array& scale, const F32Array& X, int64_t iters,
+         float hc_eps, float rms_eps) {
+        const int64_t M = 24, D = check_hc(fn, M, base, X, "cuda_hc_pre"), n = X.shape(0);
+        if (scale.ndim() != 1 || scale.shape(0) != 3) throw InputError("cuda_hc_pre: scale must be float32 [3]");
+        const UploadedWeight w = upload_weight("F32", U8Array(py::array(fn).attr("view")("uint8")), M, 4 * D);
+        const cuda::DeviceBuffer bd = upload(base.data(), sizeof(float) * M), sd = upload(scale.data(), 12);
+        const cuda::DeviceBuffer xd = upload(X.data(), sizeof(float) * static_cast<size_t>(X.size()));
+        cuda::DeviceBuffer y(sizeof(float) * n * D), post(sizeof(float) * n * 4), comb(sizeof(float) * n * 16),
+            mu(sizeof(float) * n * M), pre(sizeof(float) * n * 4);
+        cuda::MatmulScratch scratch;
+        cuda::hc_pre(w.W, bd.as<float>(), sd.as<float>(), xd.as<float>(), n, D, iters, hc_eps, rms_eps, y.as<float>(),
+                     post.as<float>(), comb.as<float>(), mu.as<float>(), pre.as<float>(), scratch);
+        return py::make_tuple(download(y, {n, D}), download(post, {n, 4}), download(comb, {n, 4, 4}));
+      },
+      py::arg("fn"), py::arg("base"), py::arg("scale"), py::arg("X"), py::arg("iters"), py::arg("hc_eps"),
+      py::arg("rms_eps"), "ops_hc_pre on the GPU: (y [n, D], post [n, 4], comb [n, 4, 4]).");
+  m.def(
+      "cuda_hc_post",
+      [](const F32Array& post, const F32Array& comb, const F32Array& f, const F32Array& X) {
+        if (X.ndim() != 2 || X.shape(1) % 4 != 0 || f.ndim() != 2 || f.shape(0) != X.shape(0) ||
+            4 * f.shape(1) != X.shape(1) || post.size() != 4 * X.shape(0) || comb.size() != 16 * X.shape(0))
+          throw InputError("cuda_hc_post: post [n, 4], comb [n, 4, 4], f [n, D], X [n, 4 * D] float32");
+        const int64_t n = X.shape(0), D = f.shape(1);
+        const cuda::DeviceBuffer pd = upload(post.data(), sizeof(float) * n * 4),
+                                 cd = upload(comb.data(), sizeof(float) * n * 16),
+                                 fd = upload(f.data(), sizeof(float) * n * D);
+        cuda::DeviceBuffer xd = upload(X.data(), sizeof(float) * n * 4 * D);
+        cuda::hc_post(pd.as<float>(), cd.as<float>(), fd.as<float>(), xd.as<float>(), n, D);
+        return download(xd, {n, 4 * D});
+      },
+      py::arg("post"), py::arg("comb"), py::arg("f"), py::arg("X"), "ops_hc_post on the GPU: X' [n, 4*D].");
+  m.def(
+      "cuda_hc_head",
+      [](const F32Array& fn, const F32Array& base, float scale, const F32Array& X, float hc_eps, float rms_eps) {
+        const int64_t D = check_hc(fn, 4, base, X, "cuda_hc_head"), n = X.shape(0);
+        const UploadedWeight w = upload_weight("F32", U8Array(py::array(fn).attr("view")("uint8")), 4, 4 * D);
+        const cuda::DeviceBuffer bd = upload(base.data(), sizeof(float) * 4);
+        const cuda::DeviceBuffer xd = upload(X.data(), sizeof(float) * static_cast<size_t>(X.size()));
+        cuda::DeviceBuffer y(sizeof(float) * n * D), mu(sizeof(float) * n * 4), pre(sizeof(float) * n * 4);
+        cuda::MatmulScratch scratch;
+        cuda::hc_head(w.W, bd.as<float>(), scale, xd.as<float>(), n, D, hc_eps, rms_eps, y.as<float>(),
+                      mu.as<float>(), pre.as<float>(), scratch);
+        return download(y, {n, D});
+      },
+      py::arg("fn"), py::arg("base"), py::arg("scale"), py::arg("X"), py::arg("hc_eps"), py::arg("rms_eps"),
+      "ops_hc_head on the GPU: y [n, D].");
+  m.def(
+      "cuda_compressor_pool",
+      [](const F32Array& kv, const F32Array& gate, int64_t tail_start, int64_t b, int64_t ratio, int64_t width,
+         bool overlap) {
+        check_pool(kv, gate, tail_start, b, ratio, width, overlap);
+        const cuda::DeviceBuffer kd = upload(kv.data(), sizeof(float) * static_cast<size_t>(kv.size()));
+        const cuda::DeviceBuffer gd = upload(gate.data(), sizeof(float) * static_cast<size_t>(gate.size()));
+        cuda::DeviceBuffer row(sizeof(float) * width);
+        cuda::compressor_pool(kd.as<float>(), gd.as<float>(), tail_start, kv.shape(1), b, ratio, width, overlap,
+                              row.as<float>());
+        return download(row, {width});
+      },
+      py::arg("kv"), py::arg("gate"), py::arg("tail_start"), py::arg("b"), py::arg("ratio"), py::arg("width"),
+      py::arg("overlap"), "ops_compressor_pool on the GPU: [width].");
   m.def(
       "cuda_topk",
       [](const F32Array& scores, int64_t k) {

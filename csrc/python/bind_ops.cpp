@@ -9,6 +9,8 @@
 
 #include "common/error.h"
 #include "model/attention.h"
+#include "model/compressor_math.h"
+#include "model/mhc.h"
 #include "model/ops.h"
 #include "python/bindings.h"
 
@@ -16,7 +18,111 @@ namespace py = pybind11;
 
 namespace pyv4 {
 
+int64_t check_hc(const F32Array& fn, int64_t mix_rows, const F32Array& base, const F32Array& X, const char* what) {
+  if (fn.ndim() != 2 || fn.shape(0) != mix_rows || fn.shape(1) % 4 != 0 || fn.shape(1) == 0)
+    throw InputError(std::string(what) + ": fn must be float32 [" + std::to_string(mix_rows) + ", 4 * D]");
+  if (base.ndim() != 1 || base.shape(0) != mix_rows)
+    throw InputError(std::string(what) + ": base must be float32 [" + std::to_string(mix_rows) + "]");
+  if (X.ndim() != 2 || X.shape(1) != fn.shape(1))
+    throw InputError(std::string(what) + ": X must be float32 [n, " + std::to_string(fn.shape(1)) + "]");
+  return fn.shape(1) / 4;
+}
+
+void check_pool(const F32Array& kv, const F32Array& gate, int64_t tail_start, int64_t b, int64_t ratio,
+                int64_t width, bool overlap) {
+  if (kv.ndim() != 2 || gate.ndim() != 2 || kv.shape(0) != gate.shape(0) || kv.shape(1) != gate.shape(1))
+    throw InputError("compressor pool: kv and gate must be float32 [tail_len, pw] of one shape");
+  if (ratio <= 0 || width <= 0 || b < 0 || kv.shape(1) < (overlap ? 2 : 1) * width)
+    throw InputError("compressor pool: ratio, width > 0, b >= 0 and pw >= (overlap ? 2 : 1) * width");
+  const int64_t first = overlap && b > 0 ? (b - 1) * ratio : b * ratio, end = (b + 1) * ratio;
+  if (first < tail_start || end > tail_start + kv.shape(0))
+    throw InputError("compressor pool: the tail [" + std::to_string(tail_start) + ", " +
+                     std::to_string(tail_start + kv.shape(0)) + ") does not cover block " + std::to_string(b) +
+                     "'s slots [" + std::to_string(first) + ", " + std::to_string(end) + ")");
+}
+
 void bind_ops(py::module_& m) {
+  m.def(
+      "ops_hc_pre",
+      [](const F32Array& fn, const F32Array& base, const F32Array& scale, const F32Array& X, int64_t iters,
+         float hc_eps, float rms_eps) {
+        ModelConfig c;
+        const int64_t M = c.hc_mix(), hc = c.hc_mult;
+        c.n_embd = check_hc(fn, M, base, X, "ops_hc_pre");
+        if (scale.ndim() != 1 || scale.shape(0) != 3) throw InputError("ops_hc_pre: scale must be float32 [3]");
+        c.hc_sinkhorn_iters = iters;
+        c.hc_eps = hc_eps;
+        c.rms_eps = rms_eps;
+        HyperConnWeights w;
+        w.fn = WeightMatrix{GGMLType::F32, M, fn.shape(1), reinterpret_cast<const uint8_t*>(fn.data()),
+                            sizeof(float) * static_cast<size_t>(fn.shape(1))};
+        w.base.assign(base.data(), base.data() + M);
+        w.scale.assign(scale.data(), scale.data() + 3);
+        const int64_t n = X.shape(0), D = c.n_embd;
+        py::array_t<float> y({n, D});
+        HyperMix mix;
+        ThreadPool pool(1);
+        hc_pre(c, w, X.data(), n, y.mutable_data(), mix, pool);
+        py::array_t<float> post({n, hc}), comb({n, hc, hc});
+        std::copy(mix.post.begin(), mix.post.end(), post.mutable_data());
+        std::copy(mix.comb.begin(), mix.comb.end(), comb.mutable_data());
+        return py::make_tuple(y, post, comb);
+      },
+      py::arg("fn"), py::arg("base"), py::arg("scale"), py::arg("X"), py::arg("iters"), py::arg("hc_eps"),
+      py::arg("rms_eps"), "hc_pre of the tokens X [n, 4*D]: (y [n, D], post [n, 4], comb [n, 4, 4]).");
+  m.def(
+      "ops_hc_post",
+      [](const F32Array& post, const F32Array& comb, const F32Array& f, const F32Array& X) {
+        if (X.ndim() != 2 || X.shape(1) % 4 != 0 || f.ndim() != 2 || f.shape(0) != X.shape(0) ||
+            4 * f.shape(1) != X.shape(1) || post.size() != 4 * X.shape(0) || comb.size() != 16 * X.shape(0))
+          throw InputError("ops_hc_post: post [n, 4], comb [n, 4, 4], f [n, D], X [n, 4 * D] float32");
+        ModelConfig c;
+        c.n_embd = f.shape(1);
+        HyperMix mix;
+        mix.post.assign(post.data(), post.data() + post.size());
+        mix.comb.assign(comb.data(), comb.data() + comb.size());
+        py::array_t<float> out({X.shape(0), X.shape(1)});
+        std::copy(X.data(), X.data() + X.size(), out.mutable_data());
+        ThreadPool pool(1);
+        hc_post(c, mix, f.data(), out.mutable_data(), X.shape(0), pool);
+        return out;
+      },
+      py::arg("post"), py::arg("comb"), py::arg("f"), py::arg("X"), "hc_post on a copy of X: X' [n, 4*D].");
+  m.def(
+      "ops_hc_head",
+      [](const F32Array& fn, const F32Array& base, float scale, const F32Array& X, float hc_eps, float rms_eps) {
+        ModelConfig c;
+        c.n_embd = check_hc(fn, c.hc_mult, base, X, "ops_hc_head");
+        c.hc_eps = hc_eps;
+        c.rms_eps = rms_eps;
+        ModelWeights w;
+        w.hc_head_fn = WeightMatrix{GGMLType::F32, c.hc_mult, fn.shape(1), reinterpret_cast<const uint8_t*>(fn.data()),
+                                    sizeof(float) * static_cast<size_t>(fn.shape(1))};
+        w.hc_head_base.assign(base.data(), base.data() + c.hc_mult);
+        w.hc_head_scale.assign(1, scale);
+        const int64_t n = X.shape(0);
+        py::array_t<float> y({n, c.n_embd});
+        ThreadPool pool(1);
+        hc_head(c, w, X.data(), n, y.mutable_data(), pool);
+        return y;
+      },
+      py::arg("fn"), py::arg("base"), py::arg("scale"), py::arg("X"), py::arg("hc_eps"), py::arg("rms_eps"),
+      "hc_head of the tokens X [n, 4*D]: y [n, D].");
+  m.def(
+      "ops_compressor_pool",
+      [](const F32Array& kv, const F32Array& gate, int64_t tail_start, int64_t b, int64_t ratio, int64_t width,
+         bool overlap) {
+        check_pool(kv, gate, tail_start, b, ratio, width, overlap);
+        py::array_t<float> row(width);
+        for (int64_t ch = 0; ch < width; ++ch)
+          row.mutable_data()[ch] = compressor_math::pool_channel(kv.data(), gate.data(), tail_start, kv.shape(1), b,
+                                                                 ratio, width, overlap, ch);
+        return row;
+      },
+      py::arg("kv"), py::arg("gate"), py::arg("tail_start"), py::arg("b"), py::arg("ratio"), py::arg("width"),
+      py::arg("overlap"),
+      "The pooling of compressor block b (before its norm, RoPE and rounding) from the raw projections kv / gate "
+      "[tail_len, pw] of the tokens from position tail_start: [width].");
   m.def(
       "ops_rms_norm",
       [](const F32Array& x, py::object w, float eps) {

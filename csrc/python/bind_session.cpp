@@ -107,7 +107,9 @@ void bind_session(py::module_& m) {
          return e.new_state(parse_kv_type(kv), path, snap_every);
        },
        py::arg("kv") = "fp8", py::arg("path") = "", py::arg("snapshot_every") = KVState::kDefaultSnapEvery)
-      .def("truncate", &Engine::truncate, py::arg("state"), py::arg("n_tokens"),
+      .def(
+          "truncate", [](Engine& e, KVState& s, int64_t n) { e.truncate(s, n); }, py::arg("state"),
+          py::arg("n_tokens"),
            py::call_guard<py::gil_scoped_release>())
       .def(
           "save_session",

@@ -17,6 +17,7 @@ void bind_session(pybind11::module_& m);  // after bind_model (uses Engine)
 void bind_sample(pybind11::module_& m);
 void bind_ops(pybind11::module_& m);
 void bind_cuda(pybind11::module_& m);
+void bind_gpu_model(pybind11::module_& m);  // after bind_model (uses Engine)
 
 // Shared by the kernel bindings (bind_quant.cpp, bind_cuda.cpp).
 using U8Array = pybind11::array_t<uint8_t, pybind11::array::c_style | pybind11::array::forcecast>;
@@ -25,4 +26,13 @@ using F32Array = pybind11::array_t<float, pybind11::array::c_style | pybind11::a
 GGMLType type_from_name(const std::string& name);
 // A [rows, cols] view of raw GGML rows; InputError if raw is too small.
 WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols);
+
+// Input checks shared by the CPU (bind_ops.cpp) and GPU (bind_cuda.cpp)
+// bindings of one op, each raising InputError. An mHC site: fn float32
+// [mix_rows, 4·D], base [mix_rows], X [n, 4·D]; returns D.
+int64_t check_hc(const F32Array& fn, int64_t mix_rows, const F32Array& base, const F32Array& X, const char* what);
+// A compressor block's pooling: kv and gate [tail_len, pw] covering the slots
+// of block b (ratio, width, overlap) from position tail_start.
+void check_pool(const F32Array& kv, const F32Array& gate, int64_t tail_start, int64_t b, int64_t ratio,
+                int64_t width, bool overlap);
 }  // namespace pyv4

@@ -30,4 +30,5 @@ PYBIND11_MODULE(_core, m) {
   pyv4::bind_sample(m);
   pyv4::bind_ops(m);
   pyv4::bind_cuda(m);
+  pyv4::bind_gpu_model(m);
 }

@@ -1,0 +1,80 @@
+"""Model-level GPU benchmark (not a test), run by bench/gpu_check.sh after the
+CUDA tests:
+
+    PYTHONPATH=<site> python bench/cuda_model.py [--layers 4] [--experts 32] [--prefill 512] [--decode 16]
+
+On bench/make_wide.py's file (V4-Flash widths, random weights, mxfp4 recipe;
+written without a tokenizer into a temporary directory unless --file is
+given): a prefill of --prefill tokens, then --decode single-token steps
+(greedy), on the CPU alone, on the GPU with every weight there ("gpu"), and
+hybrid with every routed expert on the CPU ("hybrid"). Prints tok/s of the
+prefill and the median ms per decode step of each, and the GPU's speed-ups.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_wide  # noqa: E402  (bench/make_wide.py)
+
+import pyv4  # noqa: E402
+from pyv4 import _core  # noqa: E402
+
+
+def measure(model, prompt, steps):
+    """(prefill tok/s, median decode ms) of one session."""
+    s = model.new_session()
+    t0 = time.perf_counter()
+    logits = s.eval(prompt)
+    prefill = len(prompt) / (time.perf_counter() - t0)
+    times = []
+    for _ in range(steps):
+        tok = [int(np.argmax(logits))]
+        t0 = time.perf_counter()
+        logits = s.eval(tok)
+        times.append(time.perf_counter() - t0)
+    return prefill, 1e3 * float(np.median(times))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--experts", type=int, default=32)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--decode", type=int, default=16)
+    ap.add_argument("--file", type=Path, default=None)
+    args = ap.parse_args()
+    ok, device = _core.cuda_available()
+    if not ok:
+        raise SystemExit(f"no CUDA device: {device}")
+    print(f"device: {device}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.file
+        if path is None:
+            from pyv4.synthetic import write_random_gguf_typed
+
+            path = Path(tmp) / "wide.gguf"
+            t0 = time.time()
+            write_random_gguf_typed(path, make_wide.wide_config(args.layers, args.experts), None, recipe="mxfp4")
+            print(f"wrote {path.stat().st_size / 1e9:.2f} GB ({args.layers} layers, {args.experts} experts, "
+                  f"mxfp4) in {time.time() - t0:.0f} s")
+        prompt = np.random.default_rng(0).integers(2, 129280, args.prefill).astype(np.int64)
+        res = {}
+        for label, kw in (("cpu", {}), ("gpu", {"device": "cuda"}), ("hybrid", {"device": "cuda", "max_gpu_experts": 0})):
+            t0 = time.time()
+            model = pyv4.Model(path, **kw)
+            load = time.time() - t0
+            res[label] = measure(model, prompt, args.decode)
+            print(f"{label:7} load {load:5.1f} s   prefill {res[label][0]:8.1f} tok/s   decode {res[label][1]:8.2f} ms/token")
+            del model
+        for label in ("gpu", "hybrid"):
+            print(f"{label} vs cpu: prefill x{res[label][0] / res['cpu'][0]:.2f}, decode x{res['cpu'][1] / res[label][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The model's forward pass on the GPU (`Model(device="cuda")`,
+csrc/cuda/gpu_engine.*) against the CPU engine, on a machine with a GPU:
+
+* the spec §11 configuration with f32 weights and kv="f32": logits of a
+  prefill (every position) and of single-token decode steps within 1e-3 of
+  the CPU's reference mode, with every routed expert on the GPU, with none
+  (hybrid: all on the CPU pool in decode, copied to the GPU for a prefill,
+  also one expert per copy) and with some of each layer's;
+* a quantized file (the converter's mxfp4 recipe, kv="fp8"): top-1 agreement
+  >= 0.99 with the CPU fast path over 600 positions;
+* sessions: saved after GPU steps and loaded on the CPU (and the reverse),
+  the next logits agree; truncate and fork on the GPU; bad input raises and
+  leaves the session as it was;
+* the placement in use names the experts the GPU holds.
+
+The tiny models are written with pyv4.synthetic (numpy + gguf, no torch, so
+this runs in bench/gpu_check.sh's image). Without a usable device every test
+skips, saying why.
+"""
+
+import numpy as np
+import pytest
+
+import pyv4
+from pyv4 import _core
+
+_OK, _REASON = _core.cuda_available()
+pytestmark = pytest.mark.skipif(not _OK, reason=f"no CUDA device: {_REASON}")
+
+# spec §11 (tests/tiny_models.py's configuration) in the official layout.
+SPEC11 = {
+    "model_type": "deepseek_v4", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 6,
+    "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 64, "qk_rope_head_dim": 16,
+    "q_lora_rank": 32, "o_groups": 2, "o_lora_rank": 16, "sliding_window": 16,
+    "compress_ratios": [0, 4, 128, 4, 128, 0], "num_hash_layers": 3,
+    "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1, "moe_intermediate_size": 32,
+    "index_n_heads": 16, "index_head_dim": 64, "index_topk": 8,
+    "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6, "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
+    "rope_scaling": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 256,
+                     "beta_fast": 32, "beta_slow": 1},
+    "max_position_embeddings": 4096, "swiglu_limit": 10.0, "routed_scaling_factor": 1.5,
+    "scoring_func": "sqrtsoftplus", "norm_topk_prob": True, "num_nextn_predict_layers": 0,
+    "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 1,
+}
+PREFILL, DECODE = 260, 24  # past the first HCA row (128 tokens) and many CSA rows
+
+
+@pytest.fixture(scope="module")
+def f32_file(tmp_path_factory):
+    pytest.importorskip("gguf", reason="writing the test models needs the gguf package")
+    from gguf import GGMLQuantizationType as T
+
+    from pyv4.synthetic import write_random_gguf
+
+    return write_random_gguf(tmp_path_factory.mktemp("gpu") / "spec11-f32.gguf", SPEC11, None, seed=3,
+                             matrix_type=T.F32)
+
+
+@pytest.fixture(scope="module")
+def mxfp4_file(tmp_path_factory):
+    pytest.importorskip("gguf", reason="writing the test models needs the gguf package")
+    from pyv4.synthetic import write_random_gguf_typed
+
+    cfg = {**SPEC11, "vocab_size": 2048, "sliding_window": 128, "index_topk": 16}
+    return write_random_gguf_typed(tmp_path_factory.mktemp("gpu") / "spec11-mxfp4.gguf", cfg, None,
+                                   recipe="mxfp4", seed=4)
+
+
+@pytest.fixture
+def reference_mode():
+    old = _core.compute_mode()
+    _core.set_compute_mode("reference")
+    yield
+    _core.set_compute_mode(old)
+
+
+def tokens(n, vocab, seed):
+    return np.random.default_rng(seed).integers(2, vocab, n).astype(np.int64)
+
+
+def run(model, ids, kv):
+    """Logits of a prefill of ids[:PREFILL] (all positions) and then of each later token decoded alone."""
+    s = model.new_session(kv=kv)
+    out = [s.eval(ids[:PREFILL], logits="all")]
+    out += [s.eval(ids[t:t + 1], logits="all") for t in range(PREFILL, len(ids))]
+    return np.concatenate(out)
+
+
+def check_close(got, want, what, tol=1e-3):
+    err = float(np.max(np.abs(got - want)))
+    scale = max(1.0, float(np.max(np.abs(want))))
+    print(f"\n[cuda] model {what}: max abs logit error {err:.3e} (logit scale {scale:.2f})")
+    assert np.all(np.isfinite(got)) and err <= tol * scale
+
+
+@pytest.mark.parametrize("gpu_experts", [None, 0, 3], ids=["all-gpu", "hybrid-all-cpu", "hybrid-split"])
+def test_f32_logits_match_the_cpu_reference(f32_file, reference_mode, gpu_experts):
+    ids = tokens(PREFILL + DECODE, SPEC11["vocab_size"], 1)
+    want = run(pyv4.Model(f32_file), ids, "f32")
+    gpu = pyv4.Model(f32_file, device="cuda", max_gpu_experts=gpu_experts)
+    per_layer = gpu.placement().experts_gpu_per_layer
+    assert per_layer == [8 if gpu_experts is None else gpu_experts] * 6
+    assert [gpu._gpu.experts_on_gpu(il) for il in range(6)] == per_layer
+    got = run(gpu, ids, "f32")
+    assert got.shape == want.shape == (PREFILL + DECODE, SPEC11["vocab_size"])
+    check_close(got[:PREFILL], want[:PREFILL], f"f32 prefill {gpu_experts=}")
+    check_close(got[PREFILL:], want[PREFILL:], f"f32 decode {gpu_experts=}")
+
+
+def test_streamed_experts_one_per_copy(f32_file, reference_mode):
+    # every routed expert on the host: the prefill (>= 32 tokens) copies the
+    # experts it uses to the GPU, here one expert per copy (stream_bytes=1)
+    ids = tokens(PREFILL + 4, SPEC11["vocab_size"], 7)
+    want = run(pyv4.Model(f32_file), ids, "f32")
+    gpu = pyv4.Model(f32_file, device="cuda", max_gpu_experts=0)
+    gpu._gpu = _core.GpuEngine(gpu._engine, [], stream_bytes=1)
+    check_close(run(gpu, ids, "f32"), want, "f32 experts streamed one per copy")
+
+
+def test_quantized_top1_agrees_with_the_cpu_fast_path(mxfp4_file):
+    n, chunked = 600, 300
+    ids = tokens(n, 2048, 2)
+    cpu, gpu = pyv4.Model(mxfp4_file), pyv4.Model(mxfp4_file, device="cuda")
+
+    # a prefill in chunks of 100 (the GPU's GEMM, fp32 activations), then
+    # single-token steps (its GEMV, int8 activations as the CPU's)
+    def top1(model):
+        s = model.new_session()
+        out = [s.eval(ids[i:i + 100], logits="all") for i in range(0, chunked, 100)]
+        out += [s.eval(ids[t:t + 1], logits="all") for t in range(chunked, n)]
+        return np.concatenate(out).argmax(axis=1)
+
+    same = top1(cpu) == top1(gpu)
+    print(f"\n[cuda] model mxfp4 top-1 agreement with the CPU fast path: {same.mean():.4f} over {n} positions "
+          f"(prefill chunks {same[:chunked].mean():.4f}, decode steps {same[chunked:].mean():.4f})")
+    assert same.mean() >= 0.99
+
+
+def test_sessions_move_between_gpu_and_cpu(f32_file, reference_mode, tmp_path):
+    ids = tokens(PREFILL + 8, SPEC11["vocab_size"], 5)
+    cpu, gpu = pyv4.Model(f32_file), pyv4.Model(f32_file, device="cuda", max_gpu_experts=4)
+    for src, dst, name in ((gpu, cpu, "gpu-to-cpu"), (cpu, gpu, "cpu-to-gpu")):
+        s = src.new_session(kv="f32")
+        s.eval(ids[:PREFILL])
+        s.save(tmp_path / f"{name}.session")
+        loaded = pyv4.Session.load(dst, tmp_path / f"{name}.session")
+        assert loaded.n_tokens == PREFILL and np.array_equal(loaded.tokens, ids[:PREFILL])
+        check_close(loaded.eval(ids[PREFILL:], logits="all"), s.eval(ids[PREFILL:], logits="all"),
+                    f"session {name}")
+
+
+def test_truncate_fork_and_bad_input_on_the_gpu(f32_file):
+    ids = tokens(PREFILL + 6, SPEC11["vocab_size"], 6)
+    gpu = pyv4.Model(f32_file, device="cuda")
+    s = gpu.new_session(kv="f32")
+    s.eval(ids[:PREFILL])
+    fork = s.fork()
+    first = s.eval(ids[PREFILL:], logits="all")
+    # restores the snapshot at 256 and re-evaluates 4 tokens on the GPU (with
+    # the GEMV, where the prefill ran the GEMM: not the same bits)
+    s.truncate(PREFILL)
+    check_close(s.eval(ids[PREFILL:], logits="all"), first, "truncate and re-evaluate", tol=1e-4)
+    check_close(fork.eval(ids[PREFILL:], logits="all"), first, "fork", tol=1e-5)
+    n = s.n_tokens
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        s.eval([1, SPEC11["vocab_size"]])
+    with pytest.raises(ValueError, match="context overflow"):
+        s.eval(np.ones(4096, np.int64))
+    assert s.n_tokens == n
+    with pytest.raises(ValueError, match="outside the vocabulary|token ids"):
+        gpu.eval_batch([(s, [3]), (fork, [-1])])
+    assert s.n_tokens == n and fork.n_tokens == n
+    a, b = gpu.eval_batch([(s, [3]), (fork, [3])])
+    check_close(a, b, "eval_batch", tol=1e-4)
+
+
+def test_placement_and_bad_arguments(f32_file):
+    gpu = pyv4.Model(f32_file, device="cuda", vram="4GiB", max_gpu_experts=2)
+    p = gpu.placement()
+    assert gpu.device == "cuda:0" and p.device == "cuda:0" and p.vram == 4 << 30
+    assert p.experts_on_gpu == [(il, 0, 2) for il in range(6)]
+    with pytest.raises(pyv4.DeviceError, match="cuda:0 only"):
+        pyv4.Model(f32_file, device="cuda:1")
+    with pytest.raises(ValueError, match="max_gpu_experts"):
+        pyv4.Model(f32_file, device="cuda", max_gpu_experts=-1)
