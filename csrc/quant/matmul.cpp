@@ -134,7 +134,10 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
   if (j.reference) {
     reference_rows(*j.W, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (qk::is_lowbit(j.W->type)) {
-    if (j.isa == Isa::AVX512)
+    if (j.isa == Isa::AVX512 && j.W->type == GGMLType::IQ2_XXS && j.n_tokens < 4 &&
+        cpu_features().avx512vbmi && cpu_features().gfni)
+      qk::gemv_iq2xxs_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
+    else if (j.isa == Isa::AVX512)
       qk::gemm_lowbit_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
     else
       qk::gemm_lowbit_avx2(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
