@@ -11,9 +11,12 @@ the ~100-300 MB of weights come from DRAM as in a model. Configurations: one
 type for all three matrices, or "q2" (gate/up IQ2_XXS, down Q2_K: the q2 recipe
 of `pyv4 convert`). MXFP4 uses the row layout a loaded model uses (split on
 AVX-512, quant/split_layout.h). Reported per configuration: ms per step (best
-and median of --steps, after one warm-up cycle), the weight bytes a step reads
-and their GB/s at the median, and the speed-up over the first configuration;
-the read bandwidth (all threads) is measured before and after the whole run.
+and median wall time of --steps, after one warm-up cycle); the process's CPU
+time per step divided by the threads (median; on a quiet host it equals the
+wall time, on a shared one it is what the step costs while its threads run);
+the weight bytes a step reads and their GB/s at that CPU time, and the speed-up
+over the first configuration on both times. The read bandwidth (all threads)
+is measured before and after the whole run.
 """
 
 import argparse
@@ -73,19 +76,20 @@ def run_config(types, threads, steps, rng):
     down = expert_weights(types[2], DOWN, rng)
     x = rng.standard_normal((1, GATE[1])).astype(np.float32)
     hs = [rng.standard_normal((1, DOWN[1])).astype(np.float32) for _ in range(ACTIVE)]
-    times = []
+    times, cpu = [], []
     for i in range(steps + N_EXPERTS // ACTIVE):
         e0 = ACTIVE * (i % (N_EXPERTS // ACTIVE))
         sel = range(e0, e0 + ACTIVE)
         gu = [w for e in sel for w in (gate[e], up[e])]
         dn = [down[e] for e in sel]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _core.quant_matmul_many(gu, [x] * len(gu), threads)
         _core.quant_matmul_many(dn, hs, threads)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if i >= N_EXPERTS // ACTIVE:  # the first cycle pages the weights in
             times.append(dt)
-    return min(times), statistics.median(times)
+            cpu.append(dc / threads)
+    return min(times), statistics.median(times), statistics.median(cpu)
 
 
 CONFIGS = {"MXFP4": ("MXFP4",) * 3, "Q4_K": ("Q4_K",) * 3, "Q2_K": ("Q2_K",) * 3,
@@ -111,15 +115,16 @@ def main():
     print("# load average at start: %.2f %.2f %.2f" % os.getloadavg())
     bw0 = _core.read_bandwidth(512 << 20, args.threads, 3)
     print(f"{'config':8s} {'gate/up/down':24s} {'MB/step':>8s} {'best ms':>8s} {'median ms':>9s} "
-          f"{'GB/s':>6s} {'speed-up':>8s}")
+          f"{'cpu ms':>7s} {'GB/s':>6s} {'speed-up wall/cpu':>17s}")
     base = None
     for name in names:
         types = CONFIGS[name]
-        best, med = run_config(types, args.threads, args.steps, rng)
+        best, med, cpu = run_config(types, args.threads, args.steps, rng)
         mb = step_bytes(types) / 1e6
-        base = base or med
+        base = base or (med, cpu)
         print(f"{name:8s} {'/'.join(types):24s} {mb:8.1f} {best * 1e3:8.2f} {med * 1e3:9.2f} "
-              f"{mb / 1e3 / med:6.1f} {base / med:8.2f}", flush=True)
+              f"{cpu * 1e3:7.2f} {mb / 1e3 / cpu:6.1f} {base[0] / med:8.2f} {base[1] / cpu:8.2f}",
+              flush=True)
     bw1 = _core.read_bandwidth(512 << 20, args.threads, 3)
     print(f"# read bandwidth ({args.threads} threads): {bw0:.1f} GB/s before, {bw1:.1f} after")
     print("# load average at end: %.2f %.2f %.2f" % os.getloadavg())

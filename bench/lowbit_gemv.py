@@ -8,16 +8,26 @@ The matrix ([512 x 4096] by default, 0.5-1 MiB) stays in L2, so this measures
 the kernel's decode + dot work, not memory: a GEMV is memory-bound when this
 time is below (super-block bytes) / (read bandwidth per thread). The weights
 are random bytes with sane scales (bench/kernels.py make_weight); best of
---rounds runs of `reps` calls each.
+--rounds runs of `reps` calls each, timed in this thread's CPU time (the
+kernel runs on the calling thread), so other processes on a shared host
+lengthen the wall time but not the figure.
 """
 
 import argparse
+import time
 
 import numpy as np
 
 from pyv4 import _core
 
 from kernels import BLOCK, make_weight
+
+
+def cpu_seconds(type_name, raw, rows, cols, x, reps):
+    """This thread's CPU seconds per call (quant_matmul_time makes reps + 1 calls)."""
+    t0 = time.thread_time()
+    _core.quant_matmul_time(type_name, raw, rows, cols, x, 1, reps, 1, "auto")
+    return (time.thread_time() - t0) / (reps + 1)
 
 
 def main():
@@ -48,7 +58,7 @@ def main():
             cells = []
             for n in tokens:
                 x = rng.standard_normal((n, args.cols)).astype(np.float32)
-                sec = min(_core.quant_matmul_time(t, raw, args.rows, args.cols, x, 1, args.reps, 1, "auto")
+                sec = min(cpu_seconds(t, raw, args.rows, args.cols, x, args.reps)
                           for _ in range(args.rounds))
                 cells.append(f"{sec / nsb * 1e9:7.2f}")
             print(f"{isa:7s} {t:8s} {256 // bs * bb:6d} " + " ".join(cells), flush=True)
