@@ -60,138 +60,152 @@ constexpr Planes make_planes() {
 }
 alignas(64) constexpr Planes kPlanes = make_planes();
 
-// The decoded codes of one super-block: V[2n + h] holds group n's A (h = 0:
-// elements 0..15 of blocks 4n..4n+3, one 128-bit lane per block) or B (h = 1:
-// elements 16..31), as kernels_lowbit_avx512.cpp lays them out.
-struct Codes {
-  __m512i V[4];
-};
-
 // The constant vectors of the decode (built once per call, kept in registers).
 struct Consts {
   __m512i t0a, t0b, t1a, t1b, t2a, t2b, t3a, t3b;  // plane 0 / 1, entries 0..127 / 128..255
-  __m512i dup, fshift, f7, gf, lut;
-  __m512i sel[4];
+  __m512i fshift, f7, gf, lut[2];
+  __m512 quarter;  // (i + 0.5) / 4 for the scale nibble i
+  __m512i sel[2];
   Consts() {
     auto ld = [](const uint8_t* p) { return _mm512_load_si512(p); };
     t0a = ld(kPlanes.p[0]), t0b = ld(kPlanes.p[0] + 64), t1a = ld(kPlanes.p[0] + 128),
     t1b = ld(kPlanes.p[0] + 192);
     t2a = ld(kPlanes.p[1]), t2b = ld(kPlanes.p[1] + 64), t3a = ld(kPlanes.p[1] + 128),
     t3b = ld(kPlanes.p[1] + 192);
-    // qword b (block b) of the index vector: its 4 grid indices twice
-    dup = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 0, 1, 2, 3, 8, 9, 10, 11, 8, 9, 10, 11));
-    // bytes 0..3 of qword b: the 4 sign fields (bits 32 + 7l of the block's qword)
-    fshift = _mm512_set1_epi64(0x00000000352E2720LL);
+    // bytes 4..7 of qword b (block b): the 4 sign fields (bits 32 + 7l of the block's qword)
+    fshift = _mm512_set1_epi64(0x352E272000000000LL);
     f7 = _mm512_set1_epi8(0x7F);
     gf = _mm512_set1_epi64(static_cast<long long>(0xFF40201008040201ULL));
-    lut = _mm512_broadcast_i32x4(_mm_setr_epi8(51, 68, 86, 0, 35, 18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
-    // Output vector v = 2n + h, qword k: entry l = 2h + k % 2 of block b = 4n + k / 2;
-    // bytes 5, 6, 7 <- F (second source, byte 8b + l), P1 (8b + 4 + l), P0 (8b + l).
-    for (int v = 0; v < 4; ++v) {
+    // u = 43 +- magnitude of the 3-bit code c | s << 2 in bits 0..2 (lut[0]) or 3..5 (lut[1])
+    alignas(64) uint8_t u[2][64];
+    const uint8_t u8[8] = {51, 68, 86, 0, 35, 18, 0, 0};
+    for (int i = 0; i < 64; ++i) u[0][i] = u8[i & 7], u[1][i] = u8[i >> 3];
+    lut[0] = ld(u[0]), lut[1] = ld(u[1]);
+    quarter = _mm512_setr_ps(0.125f, 0.375f, 0.625f, 0.875f, 1.125f, 1.375f, 1.625f, 1.875f, 2.125f,
+                             2.375f, 2.625f, 2.875f, 3.125f, 3.375f, 3.625f, 3.875f);
+    // Pair p (entries l = 2p, 2p + 1 of every block), qword b: bytes 7, 6, 5 <- P0, P1,
+    // F of entry (b, 2p) and bytes 4, 3, 2 <- those of (b, 2p + 1). Sources: the
+    // plane-0 vector (P0 at byte 8b + l) and the plane-1 vector (P1 at 8b + l, the
+    // sign field F at 8b + 4 + l).
+    for (int p = 0; p < 2; ++p) {
       alignas(64) uint8_t s[64] = {};
-      const int n = v / 2, h = v % 2;
-      for (int k = 0; k < 8; ++k) {
-        const int b = 4 * n + k / 2, l = 2 * h + k % 2;
-        s[8 * k + 5] = static_cast<uint8_t>(64 + 8 * b + l);
-        s[8 * k + 6] = static_cast<uint8_t>(8 * b + 4 + l);
-        s[8 * k + 7] = static_cast<uint8_t>(8 * b + l);
-      }
-      sel[v] = _mm512_load_si512(s);
+      for (int b = 0; b < 8; ++b)
+        for (int e = 0; e < 2; ++e) {
+          const int l = 2 * p + e, at = 8 * b + 7 - 3 * e;
+          s[at] = static_cast<uint8_t>(8 * b + l);
+          s[at - 1] = static_cast<uint8_t>(64 + 8 * b + l);
+          s[at - 2] = static_cast<uint8_t>(64 + 8 * b + 4 + l);
+        }
+      sel[p] = ld(s);
     }
   }
 };
 
-// Decodes the super-block at p (returns its 64 code bytes as loaded, for the scales).
-inline __m512i decode(const Consts& c, const uint8_t* p, Codes* out) {
+// vpermi2b with both tables in registers: left to itself the compiler reloads the
+// tables from memory for every lookup, and on Zen 4 one zmm load per cycle is
+// the limit this loop meets first.
+inline __m512i lookup(__m512i idx, __m512i t0, __m512i t1) {
+  __asm__("vpermi2b %2, %1, %0" : "+v"(idx) : "v"(t0), "v"(t1));
+  return idx;
+}
+
+// Decodes the super-block at p into W[l] (qword b = the 8 codes of grid entry l of
+// block b, as the activations are laid out by entry_layout); returns its 64 code
+// bytes as loaded (for the scales).
+inline __m512i decode(const Consts& c, const uint8_t* p, __m512i (&W)[4]) {
   const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
   const __m512i q = _mm512_loadu_si512(blk->qs);
-  const __m512i idx = _mm512_shuffle_epi8(q, c.dup);
-  const __mmask64 hi = _mm512_movepi8_mask(idx);                       // index >= 128
-  const __mmask64 p1 = _cvtu64_mask64(0xF0F0F0F0F0F0F0F0ULL);          // plane-1 slots
-  const __m512i r0 = _mm512_permutex2var_epi8(c.t0a, idx, c.t0b);
-  const __m512i r1 = _mm512_permutex2var_epi8(c.t1a, idx, c.t1b);
-  const __m512i r2 = _mm512_permutex2var_epi8(c.t2a, idx, c.t2b);
-  const __m512i r3 = _mm512_permutex2var_epi8(c.t3a, idx, c.t3b);
-  const __m512i pl = _mm512_mask_blend_epi8(
-      p1, _mm512_mask_blend_epi8(hi, r0, r1), _mm512_mask_blend_epi8(hi, r2, r3));
-  const __m512i f = _mm512_and_si512(_mm512_multishift_epi64_epi8(c.fshift, q), c.f7);
-  const __mmask64 rows = _cvtu64_mask64(0xE0E0E0E0E0E0E0E0ULL);
-#pragma GCC unroll 4
-  for (int v = 0; v < 4; ++v) {
-    const __m512i m = _mm512_maskz_permutex2var_epi8(rows, pl, c.sel[v], f);
-    out->V[v] = _mm512_shuffle_epi8(c.lut, _mm512_gf2p8affine_epi64_epi8(c.gf, m, 0));
+  // Bytes 8b + l (l < 4) of q are block b's grid indices: looked up as they are
+  // (the other slots look up the sign bytes, unused). Bit 7 picks the table half.
+  const __mmask64 hi = _mm512_movepi8_mask(q);
+  const __m512i p0 = _mm512_mask_blend_epi8(hi, lookup(q, c.t0a, c.t0b), lookup(q, c.t1a, c.t1b));
+  const __m512i p1 = _mm512_mask_blend_epi8(hi, lookup(q, c.t2a, c.t2b), lookup(q, c.t3a, c.t3b));
+  // the sign fields (7 bits) replace the unused slots 8b + 4 + l of the plane-1 vector
+  const __m512i pf = _mm512_mask_and_epi32(p1, 0xAAAA, _mm512_multishift_epi64_epi8(c.fshift, q), c.f7);
+  const __mmask64 rows = _cvtu64_mask64(0xFCFCFCFCFCFCFCFCULL);
+#pragma GCC unroll 2
+  for (int pr = 0; pr < 2; ++pr) {
+    const __m512i m = _mm512_maskz_permutex2var_epi8(rows, p0, c.sel[pr], pf);
+    const __m512i g = _mm512_gf2p8affine_epi64_epi8(c.gf, m, 0);
+    W[2 * pr] = _mm512_permutexvar_epi8(g, c.lut[0]);
+    W[2 * pr + 1] = _mm512_permutexvar_epi8(g, c.lut[1]);
   }
   return q;
 }
 
-// dw of the 16 blocks of super-blocks q0 (blocks 0..7, scale d0) and q1 (8..15,
-// d1) in the order of ActQ::dxr (dword 4L + m = block 4m + L).
-inline __m512 scales16(__m512i q0, __m512i q1, float d0, float d1) {
-  // block b's sign word is dword 2b + 1 of its super-block's codes
-  const __m512i pick = _mm512_setr_epi32(1, 9, 17, 25, 3, 11, 19, 27, 5, 13, 21, 29, 7, 15, 23, 31);
-  const __m512i sw = _mm512_permutex2var_epi32(q0, pick, q1);
-  const __m512 s = _mm512_cvtepi32_ps(_mm512_srli_epi32(sw, 28));
-  const __m512 d = _mm512_mask_blend_ps(0xCCCC, _mm512_set1_ps(0.25f * d0), _mm512_set1_ps(0.25f * d1));
-  return _mm512_mul_ps(_mm512_add_ps(s, _mm512_set1_ps(0.5f)), d);
+// The activations of every token re-laid by grid entry, what decode's codes
+// multiply: super-block s of token t at xe + (t * nsb + s) * 256, 4 vectors,
+// qword b of vector l = elements 8l..8l+7 of block 8s + b. In the quad layout
+// those are qword 2j + l (l < 2, in A) or 2j + l - 2 (B) of group 2s + b / 4,
+// j = b % 4. kc[t * nbr + b] = 4 * cs (the offset of a block's 4 lanes).
+inline void entry_layout(const ActQ& a, int64_t n_tokens, int8_t* xe, float* kc) {
+  const int64_t nsb = a.nb / 8;
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t s = 0; s < nsb; ++s) {
+      const int8_t* q = a.q(t) + 256 * s;  // quad groups 2s, 2s + 1
+      const __m512i a0 = _mm512_loadu_si512(q), b0 = _mm512_loadu_si512(q + 64);
+      const __m512i a1 = _mm512_loadu_si512(q + 128), b1 = _mm512_loadu_si512(q + 192);
+      int8_t* o = xe + (t * nsb + s) * 256;
+      _mm512_store_si512(o, _mm512_permutex2var_epi64(a0, even, a1));
+      _mm512_store_si512(o + 64, _mm512_permutex2var_epi64(a0, odd, a1));
+      _mm512_store_si512(o + 128, _mm512_permutex2var_epi64(b0, even, b1));
+      _mm512_store_si512(o + 192, _mm512_permutex2var_epi64(b0, odd, b1));
+    }
+    for (int64_t b = 0; b < a.nbr; ++b) kc[t * a.nbr + b] = b < a.nb ? 4.0f * a.c(t)[b] : 0.0f;
+  }
 }
 
-// Sum of the 4 lanes of each block of 4 quad-group results: dword 4L + d of the
-// result is block L of group d (the order of ActQ::dxr).
-inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
-  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
-  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
-  return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-}
-
-// Exact int32 dot of quad group g (codes A, B) with token t, 4 lanes per block.
-inline __m512i group_dot(__m512i A, __m512i B, const ActQ& a, int64_t t, int64_t g) {
-  const int8_t* xq = a.q(t) + 128 * g;
-  return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq)),
-                             B, _mm512_loadu_si512(xq + 64));
+// Exact int32 dots of one super-block's codes with its activations: dword 2b + h
+// of the result sums elements 4h..4h+3 of each entry of block b.
+inline __m512i sb_dot(const __m512i (&W)[4], const int8_t* x) {
+  __m512i P = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_load_si512(x));
+#pragma GCC unroll 3
+  for (int l = 1; l < 4; ++l) P = _mm512_dpbusd_epi32(P, W[l], _mm512_load_si512(x + 64 * l));
+  return P;
 }
 
 template <int T>
-void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, int64_t t0, float* Y,
-              int64_t ldy, int64_t r) {
+void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* xe,
+              const float* kc, float* Y, int64_t ldy, int64_t r) {
   const int64_t nsb = a.nb / 8;
-  __m512 acc[T][2];
-  for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
   constexpr size_t kB = sizeof(BlockIQ2_XXS);
-  int64_t sb = 0;
-  for (; sb + 2 <= nsb; sb += 2) {
-    Codes x, y;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  __m512 acc[T];
+#pragma GCC unroll 3
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t sb = 0; sb < nsb; sb += 2) {
+    // super-blocks sb and sb + 1 (a missing last one decodes as zero codes, d = 0)
+    const bool two = sb + 1 < nsb;
     const uint8_t* p = row + sb * kB;
-    const __m512i q0 = decode(c, p, &x), q1 = decode(c, p + kB, &y);
-    const __m512 dw = scales16(q0, q1, _cvtsh_ss(load_u16(p)), _cvtsh_ss(load_u16(p + kB)));
-    const int64_t s = sb / 2;  // 16-block set (4 quad groups from group 4s)
+    __m512i W0[4], W1[4];
+    const __m512i q0 = decode(c, p, W0);
+    __m512i q1 = _mm512_setzero_si512();
+    if (two) q1 = decode(c, p + kB, W1);
+    // dw of the 16 blocks in order: d * (0.5 + scale nibble) / 4, the nibble at the
+    // top of the block's sign word (dword 2b + 1 of its super-block's codes)
+    const uint32_t dd = load_u16(p) | (two ? static_cast<uint32_t>(load_u16(p + kB)) << 16 : 0u);
+    const __m512 d = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)))));
+    const __m512i nib = _mm512_srli_epi32(_mm512_permutex2var_epi32(q0, odd, q1), 28);
+    const __m512 dw = _mm512_mul_ps(_mm512_permutexvar_ps(nib, c.quarter), d);
+    const __mmask16 valid = two ? 0xFFFF : 0x00FF;
 #pragma GCC unroll 3
     for (int t = 0; t < T; ++t) {
-      const __m512i P = reduce4(group_dot(x.V[0], x.V[1], a, t0 + t, 4 * s),
-                                group_dot(x.V[2], x.V[3], a, t0 + t, 4 * s + 1),
-                                group_dot(y.V[0], y.V[1], a, t0 + t, 4 * s + 2),
-                                group_dot(y.V[2], y.V[3], a, t0 + t, 4 * s + 3));
-      const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
-      const __m512 KC = _mm512_loadu_ps(a.cr(t0 + t) + 16 * s);
-      acc[t][s & 1] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(P), DX, KC), dw, acc[t][s & 1]);
+      const int8_t* x = xe + (t * nsb + sb) * 256;
+      const __m512i P0 = sb_dot(W0, x);
+      const __m512i P1 = two ? sb_dot(W1, x + 256) : _mm512_setzero_si512();
+      const __m512i S = _mm512_add_epi32(_mm512_permutex2var_epi32(P0, even, P1),
+                                         _mm512_permutex2var_epi32(P0, odd, P1));
+      const __m512 DX = _mm512_maskz_loadu_ps(valid, a.d(t) + 8 * sb);
+      const __m512 KC = _mm512_loadu_ps(kc + t * a.nbr + 8 * sb);
+      acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(S), DX, KC), dw, acc[t]);
     }
   }
-  if (sb < nsb) {  // a last, odd super-block: groups 4s, 4s + 1 (the rest zero)
-    Codes x;
-    const uint8_t* p = row + sb * kB;
-    const __m512i q0 = decode(c, p, &x);
-    const __m512 dw = scales16(q0, _mm512_setzero_si512(), _cvtsh_ss(load_u16(p)), 0.0f);
-    const int64_t s = sb / 2;
-    const __m512i z = _mm512_setzero_si512();
-    for (int t = 0; t < T; ++t) {
-      const __m512i P = reduce4(group_dot(x.V[0], x.V[1], a, t0 + t, 4 * s),
-                                group_dot(x.V[2], x.V[3], a, t0 + t, 4 * s + 1), z, z);
-      const __m512 DX = _mm512_loadu_ps(a.dr(t0 + t) + 16 * s);
-      const __m512 KC = _mm512_loadu_ps(a.cr(t0 + t) + 16 * s);
-      acc[t][0] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(P), DX, KC), dw, acc[t][0]);
-    }
-  }
-  for (int t = 0; t < T; ++t)
-    Y[(t0 + t) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+#pragma GCC unroll 3
+  for (int t = 0; t < T; ++t) Y[t * ldy + r] = _mm512_reduce_add_ps(acc[t]);
 }
 
 }  // namespace
@@ -199,13 +213,19 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, int64_t t0, fl
 void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1) {
   const Consts c;
+  const int64_t nsb = act.nb / 8;
+  const size_t xbytes = static_cast<size_t>(n_tokens * nsb * 256);
+  uint8_t* buf = scratch_bytes(xbytes + static_cast<size_t>(n_tokens * act.nbr) * sizeof(float));
+  int8_t* xe = reinterpret_cast<int8_t*>(buf);
+  float* kc = reinterpret_cast<float*>(buf + xbytes);
+  entry_layout(act, n_tokens, xe, kc);
   for (int64_t r = r0; r < r1; ++r) {
     if (n_tokens == 1)
-      gemv_row<1>(c, W.row(r), act, 0, Y, ldy, r);
+      gemv_row<1>(c, W.row(r), act, xe, kc, Y, ldy, r);
     else if (n_tokens == 2)
-      gemv_row<2>(c, W.row(r), act, 0, Y, ldy, r);
+      gemv_row<2>(c, W.row(r), act, xe, kc, Y, ldy, r);
     else
-      gemv_row<3>(c, W.row(r), act, 0, Y, ldy, r);
+      gemv_row<3>(c, W.row(r), act, xe, kc, Y, ldy, r);
   }
 }
 
