@@ -5,25 +5,30 @@
 // (256 entries of 8 magnitudes) and a 7-bit sign field whose parity is the 8th
 // sign. The generic kernel (kernels_lowbit_avx512.cpp) gathers the grid entries
 // and computes the parity by shifts, ~25 ns per 256 weights on Zen 4 where the
-// bytes arrive in ~7. Here a whole super-block is decoded with byte permutes:
+// bytes arrive in ~3-7. Here two super-blocks at a time are decoded with byte
+// permutes (on Zen 4 every permute, vgf2p8affineqb, vpdpbusd, convert and FMA
+// of a zmm takes a cycle, and they share the pipes, so the count of those is
+// the time: ~22 per super-block, ~6 ns):
 //  1. The grid is re-coded as two bit planes (kPlanes): bit j of P0[i] / P1[i]
 //     is bit 0 / 1 of the level code (0, 1, 2 = magnitude 8, 25, 43) of value j
-//     of entry i. The 32 indices of a super-block, each twice (once per plane),
+//     of entry i. The 64 indices of two super-blocks, gathered into one vector,
 //     are looked up in the 4 x 128-byte plane tables by 4 vpermi2b.
 //  2. vpmultishiftqb cuts the 4 sign fields of each group out of its sign word.
-//  3. Per 64 weights, one vpermi2b builds, in each qword k (8 weights), the
-//     bytes P1 | P0 | F of its grid entry at bytes 6, 7, 5 (the rest zero), and
-//     one vgf2p8affineqb multiplies that 8x8 bit matrix with the constant byte
-//     1 << j in byte j: output byte j = c_j | s_j << 2 (c_j the level code of
-//     value j, s_j its sign). For j = 7 the constant byte is 0xFF, so bit 2
-//     becomes the parity of the 7-bit field (the 8th sign) and bits 0, 1 the
+//  3. Per 128 weights (two grid entries per qword k), one vpermi2b builds in
+//     qword k the bytes P0, P1, F of one entry at bytes 7, 6, 5 and of the other
+//     at 4, 3, 2 (bytes 1, 0 zero), and one vgf2p8affineqb multiplies that 8x8
+//     bit matrix with the constant byte 1 << j in byte j: output byte j =
+//     c_j | s_j << 2 | c'_j << 3 | s'_j << 5 (c_j the level code of value j,
+//     s_j its sign). For j = 7 the constant byte is 0xFF, so the sign bits
+//     become the parity of the 7-bit field (the 8th sign) and the code bits the
 //     parity of all 8 plane bits: the tables store bit 7 of each plane already
 //     xor-ed with the parity of bits 0..6, which leaves c_7.
-//  4. vpshufb maps the 3-bit code to u = 43 +- magnitude (0..86).
-// The dots are then those of the quad layout: 2 chained vpdpbusd per 128
-// weights, the 4 lanes of each block of 4 groups summed by a 4x4 transpose-add
-// (kReduce), and one convert + 2 FMAs per 512 weights against dx, cs in the
-// order of ActQ::dxr.
+//  4. Two vpermb map the 3-bit codes to u = 43 +- magnitude (0..86).
+// The codes come out by grid entry (vector l, qword b = entry l of block b), so
+// the activations are re-laid once per call to that order (entry_layout): 4
+// chained vpdpbusd per super-block leave each block's dot in 2 dwords, two
+// permutes sum them for 16 blocks, and one convert + 2 FMAs per 512 weights
+// apply dx, the offset cs and dw.
 #pragma GCC push_options
 #pragma GCC target("avx512vbmi,gfni")
 #include <immintrin.h>
@@ -63,17 +68,24 @@ alignas(64) constexpr Planes kPlanes = make_planes();
 // The constant vectors of the decode (built once per call, kept in registers).
 struct Consts {
   __m512i t0a, t0b, t1a, t1b, t2a, t2b, t3a, t3b;  // plane 0 / 1, entries 0..127 / 128..255
-  __m512i fshift, f7, gf, lut[2];
+  __m512i gather, fshift[2], f7, gf, lut[2];
   __m512 quarter;  // (i + 0.5) / 4 for the scale nibble i
-  __m512i sel[2];
+  __m512i sel[2][2];  // [super-block of the pair][entry pair]
   Consts() {
     auto ld = [](const uint8_t* p) { return _mm512_load_si512(p); };
     t0a = ld(kPlanes.p[0]), t0b = ld(kPlanes.p[0] + 64), t1a = ld(kPlanes.p[0] + 128),
     t1b = ld(kPlanes.p[0] + 192);
     t2a = ld(kPlanes.p[1]), t2b = ld(kPlanes.p[1] + 64), t3a = ld(kPlanes.p[1] + 128),
     t3b = ld(kPlanes.p[1] + 192);
-    // bytes 4..7 of qword b (block b): the 4 sign fields (bits 32 + 7l of the block's qword)
-    fshift = _mm512_set1_epi64(0x352E272000000000LL);
+    // The grid indices of both super-blocks in one vector: qword b holds block b's
+    // 4 indices of the first (bytes 0..3) and of the second super-block (4..7).
+    alignas(64) uint8_t g[64];
+    for (int i = 0; i < 64; ++i) g[i] = static_cast<uint8_t>(8 * (i / 8) + i % 4 + (i % 8 >= 4 ? 64 : 0));
+    gather = ld(g);
+    // the 4 sign fields of qword b (block b), bits 32 + 7l, to bytes 4..7 (first
+    // super-block) or 0..3 (second)
+    fshift[0] = _mm512_set1_epi64(0x352E272000000000LL);
+    fshift[1] = _mm512_set1_epi64(0x00000000352E2720LL);
     f7 = _mm512_set1_epi8(0x7F);
     gf = _mm512_set1_epi64(static_cast<long long>(0xFF40201008040201ULL));
     // u = 43 +- magnitude of the 3-bit code c | s << 2 in bits 0..2 (lut[0]) or 3..5 (lut[1])
@@ -83,21 +95,24 @@ struct Consts {
     lut[0] = ld(u[0]), lut[1] = ld(u[1]);
     quarter = _mm512_setr_ps(0.125f, 0.375f, 0.625f, 0.875f, 1.125f, 1.375f, 1.625f, 1.875f, 2.125f,
                              2.375f, 2.625f, 2.875f, 3.125f, 3.375f, 3.625f, 3.875f);
-    // Pair p (entries l = 2p, 2p + 1 of every block), qword b: bytes 7, 6, 5 <- P0, P1,
-    // F of entry (b, 2p) and bytes 4, 3, 2 <- those of (b, 2p + 1). Sources: the
-    // plane-0 vector (P0 at byte 8b + l) and the plane-1 vector (P1 at 8b + l, the
-    // sign field F at 8b + 4 + l).
-    for (int p = 0; p < 2; ++p) {
-      alignas(64) uint8_t s[64] = {};
-      for (int b = 0; b < 8; ++b)
-        for (int e = 0; e < 2; ++e) {
-          const int l = 2 * p + e, at = 8 * b + 7 - 3 * e;
-          s[at] = static_cast<uint8_t>(8 * b + l);
-          s[at - 1] = static_cast<uint8_t>(64 + 8 * b + l);
-          s[at - 2] = static_cast<uint8_t>(64 + 8 * b + 4 + l);
-        }
-      sel[p] = ld(s);
-    }
+    // Super-block h of the pair, entries l = 2p, 2p + 1 of every block b: qword b of
+    // the matrix vector gets bytes 7, 6, 5 <- P0, P1, F of entry (b, 2p) and bytes 4,
+    // 3, 2 <- those of (b, 2p + 1). Sources: the plane-0 vector (P0 at byte 8b + l,
+    // 8b + 4 + l for h = 1) and a plane-1 vector holding h's sign fields in the
+    // other half of each qword (P1 at 8b + l and F at 8b + 4 + l; for h = 1 the
+    // halves swap).
+    for (int h = 0; h < 2; ++h)
+      for (int p = 0; p < 2; ++p) {
+        alignas(64) uint8_t s[64] = {};
+        for (int b = 0; b < 8; ++b)
+          for (int e = 0; e < 2; ++e) {
+            const int l = 2 * p + e, at = 8 * b + 7 - 3 * e, own = 4 * h, other = 4 - 4 * h;
+            s[at] = static_cast<uint8_t>(8 * b + own + l);
+            s[at - 1] = static_cast<uint8_t>(64 + 8 * b + own + l);
+            s[at - 2] = static_cast<uint8_t>(64 + 8 * b + other + l);
+          }
+        sel[h][p] = ld(s);
+      }
   }
 };
 
@@ -109,28 +124,34 @@ inline __m512i lookup(__m512i idx, __m512i t0, __m512i t1) {
   return idx;
 }
 
-// Decodes the super-block at p into W[l] (qword b = the 8 codes of grid entry l of
-// block b, as the activations are laid out by entry_layout); returns its 64 code
-// bytes as loaded (for the scales).
-inline __m512i decode(const Consts& c, const uint8_t* p, __m512i (&W)[4]) {
-  const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
-  const __m512i q = _mm512_loadu_si512(blk->qs);
-  // Bytes 8b + l (l < 4) of q are block b's grid indices: looked up as they are
-  // (the other slots look up the sign bytes, unused). Bit 7 picks the table half.
-  const __mmask64 hi = _mm512_movepi8_mask(q);
-  const __m512i p0 = _mm512_mask_blend_epi8(hi, lookup(q, c.t0a, c.t0b), lookup(q, c.t1a, c.t1b));
-  const __m512i p1 = _mm512_mask_blend_epi8(hi, lookup(q, c.t2a, c.t2b), lookup(q, c.t3a, c.t3b));
-  // the sign fields (7 bits) replace the unused slots 8b + 4 + l of the plane-1 vector
-  const __m512i pf = _mm512_mask_and_epi32(p1, 0xAAAA, _mm512_multishift_epi64_epi8(c.fshift, q), c.f7);
+// Decodes the super-blocks at p and p + 66 (none if !two: zero codes) into
+// W[h][l] (qword b = the 8 codes of grid entry l of block b of super-block h, as
+// the activations are laid out by entry_layout); q[h] are their 64 code bytes as
+// loaded (for the scales).
+inline void decode2(const Consts& c, const uint8_t* p, bool two, __m512i (&W)[2][4], __m512i (&q)[2]) {
+  constexpr size_t kB = sizeof(BlockIQ2_XXS);
+  q[0] = _mm512_loadu_si512(reinterpret_cast<const BlockIQ2_XXS*>(p)->qs);
+  q[1] = two ? _mm512_loadu_si512(reinterpret_cast<const BlockIQ2_XXS*>(p + kB)->qs) : _mm512_setzero_si512();
+  // the 64 grid indices (4 per block and super-block), looked up in both planes;
+  // bit 7 picks the table half
+  const __m512i idx = _mm512_permutex2var_epi8(q[0], c.gather, q[1]);
+  const __mmask64 hi = _mm512_movepi8_mask(idx);
+  const __m512i p0 = _mm512_mask_blend_epi8(hi, lookup(idx, c.t0a, c.t0b), lookup(idx, c.t1a, c.t1b));
+  const __m512i p1 = _mm512_mask_blend_epi8(hi, lookup(idx, c.t2a, c.t2b), lookup(idx, c.t3a, c.t3b));
   const __mmask64 rows = _cvtu64_mask64(0xFCFCFCFCFCFCFCFCULL);
 #pragma GCC unroll 2
-  for (int pr = 0; pr < 2; ++pr) {
-    const __m512i m = _mm512_maskz_permutex2var_epi8(rows, p0, c.sel[pr], pf);
-    const __m512i g = _mm512_gf2p8affine_epi64_epi8(c.gf, m, 0);
-    W[2 * pr] = _mm512_permutexvar_epi8(g, c.lut[0]);
-    W[2 * pr + 1] = _mm512_permutexvar_epi8(g, c.lut[1]);
+  for (int h = 0; h < 2; ++h) {
+    // super-block h's sign fields (7 bits) replace the other one's plane-1 bytes
+    const __m512i pf = _mm512_mask_and_epi32(p1, h ? 0x5555 : 0xAAAA,
+                                             _mm512_multishift_epi64_epi8(c.fshift[h], q[h]), c.f7);
+#pragma GCC unroll 2
+    for (int pr = 0; pr < 2; ++pr) {
+      const __m512i m = _mm512_maskz_permutex2var_epi8(rows, p0, c.sel[h][pr], pf);
+      const __m512i g = _mm512_gf2p8affine_epi64_epi8(c.gf, m, 0);
+      W[h][2 * pr] = _mm512_permutexvar_epi8(g, c.lut[0]);
+      W[h][2 * pr + 1] = _mm512_permutexvar_epi8(g, c.lut[1]);
+    }
   }
-  return q;
 }
 
 // The activations of every token re-laid by grid entry, what decode's codes
@@ -181,22 +202,20 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
     // super-blocks sb and sb + 1 (a missing last one decodes as zero codes, d = 0)
     const bool two = sb + 1 < nsb;
     const uint8_t* p = row + sb * kB;
-    __m512i W0[4], W1[4];
-    const __m512i q0 = decode(c, p, W0);
-    __m512i q1 = _mm512_setzero_si512();
-    if (two) q1 = decode(c, p + kB, W1);
+    __m512i W[2][4], q[2];
+    decode2(c, p, two, W, q);
     // dw of the 16 blocks in order: d * (0.5 + scale nibble) / 4, the nibble at the
     // top of the block's sign word (dword 2b + 1 of its super-block's codes)
     const uint32_t dd = load_u16(p) | (two ? static_cast<uint32_t>(load_u16(p + kB)) << 16 : 0u);
     const __m512 d = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)))));
-    const __m512i nib = _mm512_srli_epi32(_mm512_permutex2var_epi32(q0, odd, q1), 28);
+    const __m512i nib = _mm512_srli_epi32(_mm512_permutex2var_epi32(q[0], odd, q[1]), 28);
     const __m512 dw = _mm512_mul_ps(_mm512_permutexvar_ps(nib, c.quarter), d);
     const __mmask16 valid = two ? 0xFFFF : 0x00FF;
 #pragma GCC unroll 3
     for (int t = 0; t < T; ++t) {
       const int8_t* x = xe + (t * nsb + sb) * 256;
-      const __m512i P0 = sb_dot(W0, x);
-      const __m512i P1 = two ? sb_dot(W1, x + 256) : _mm512_setzero_si512();
+      const __m512i P0 = sb_dot(W[0], x);
+      const __m512i P1 = two ? sb_dot(W[1], x + 256) : _mm512_setzero_si512();
       const __m512i S = _mm512_add_epi32(_mm512_permutex2var_epi32(P0, even, P1),
                                          _mm512_permutex2var_epi32(P0, odd, P1));
       const __m512 DX = _mm512_maskz_loadu_ps(valid, a.d(t) + 8 * sb);
