@@ -7,16 +7,17 @@ One decode step of a V4-Flash layer runs 6 routed experts on 1 token, as the
 model does (csrc/model/moe.cpp): one matmul_many with every gate and up product
 ([2048x4096], sharing one x), then one with the 6 downs ([4096x2048], each its
 own x). 24 experts are stored and step i uses experts 6(i % 4)..6(i % 4)+5, so
-the ~100-300 MB of weights come from DRAM as in a model. Configurations: one
-type for all three matrices, or "q2" (gate/up IQ2_XXS, down Q2_K: the q2 recipe
-of `pyv4 convert`). MXFP4 uses the row layout a loaded model uses (split on
-AVX-512, quant/split_layout.h). Reported per configuration: ms per step (best
-and median wall time of --steps, after one warm-up cycle); the process's CPU
-time per step divided by the threads (median; on a quiet host it equals the
-wall time, on a shared one it is what the step costs while its threads run);
-the weight bytes a step reads and their GB/s at that CPU time, and the speed-up
-over the first configuration on both times. The read bandwidth (all threads)
-is measured before and after the whole run.
+the ~100-300 MB of weights come from DRAM as in a model. The configurations
+take turns step by step, so a busy spell of a shared host hits them alike.
+Configurations: one type for all three matrices, or "q2" (gate/up IQ2_XXS,
+down Q2_K: the q2 recipe of `pyv4 convert`). MXFP4 uses the row layout a
+loaded model uses (split on AVX-512, quant/split_layout.h). Reported per
+configuration: ms per step (best and median wall time of --steps, after one
+warm-up cycle); the process's CPU time per step divided by the threads
+(median; on a quiet host it equals the wall time, on a shared one it is what
+the step costs while its threads run); the weight bytes a step reads and their
+GB/s at that CPU time, and the speed-up over the first configuration on both
+times. The read bandwidth (all threads) is measured before and after the whole run.
 """
 
 import argparse
@@ -70,26 +71,37 @@ def step_bytes(types):
     return total
 
 
-def run_config(types, threads, steps, rng):
+def make_step(types, rng):
+    """A function running decode step i of one configuration."""
     gate = expert_weights(types[0], GATE, rng)
     up = expert_weights(types[1], GATE, rng)
     down = expert_weights(types[2], DOWN, rng)
     x = rng.standard_normal((1, GATE[1])).astype(np.float32)
     hs = [rng.standard_normal((1, DOWN[1])).astype(np.float32) for _ in range(ACTIVE)]
-    times, cpu = [], []
-    for i in range(steps + N_EXPERTS // ACTIVE):
+
+    def step(i, threads):
         e0 = ACTIVE * (i % (N_EXPERTS // ACTIVE))
         sel = range(e0, e0 + ACTIVE)
         gu = [w for e in sel for w in (gate[e], up[e])]
-        dn = [down[e] for e in sel]
-        t0, c0 = time.perf_counter(), time.process_time()
         _core.quant_matmul_many(gu, [x] * len(gu), threads)
-        _core.quant_matmul_many(dn, hs, threads)
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
-        if i >= N_EXPERTS // ACTIVE:  # the first cycle pages the weights in
-            times.append(dt)
-            cpu.append(dc / threads)
-    return min(times), statistics.median(times), statistics.median(cpu)
+        _core.quant_matmul_many([down[e] for e in sel], hs, threads)
+
+    return step
+
+
+def measure(steps_by_config, threads, steps):
+    """Wall and CPU seconds per step of every configuration, the configurations
+    taking turns step by step (so a busy spell of the host hits them alike)."""
+    wall = {name: [] for name in steps_by_config}
+    cpu = {name: [] for name in steps_by_config}
+    for i in range(steps + N_EXPERTS // ACTIVE):
+        for name, step in steps_by_config.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(i, threads)
+            if i >= N_EXPERTS // ACTIVE:  # the first cycle pages the weights in
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append((time.process_time() - c0) / threads)
+    return wall, cpu
 
 
 CONFIGS = {"MXFP4": ("MXFP4",) * 3, "Q4_K": ("Q4_K",) * 3, "Q2_K": ("Q2_K",) * 3,
@@ -116,14 +128,16 @@ def main():
     bw0 = _core.read_bandwidth(512 << 20, args.threads, 3)
     print(f"{'config':8s} {'gate/up/down':24s} {'MB/step':>8s} {'best ms':>8s} {'median ms':>9s} "
           f"{'cpu ms':>7s} {'GB/s':>6s} {'speed-up wall/cpu':>17s}")
+    wall, cpu = measure({name: make_step(CONFIGS[name], rng) for name in names}, args.threads,
+                        args.steps)
     base = None
     for name in names:
         types = CONFIGS[name]
-        best, med, cpu = run_config(types, args.threads, args.steps, rng)
+        best, med, c = min(wall[name]), statistics.median(wall[name]), statistics.median(cpu[name])
         mb = step_bytes(types) / 1e6
-        base = base or (med, cpu)
+        base = base or (med, c)
         print(f"{name:8s} {'/'.join(types):24s} {mb:8.1f} {best * 1e3:8.2f} {med * 1e3:9.2f} "
-              f"{cpu * 1e3:7.2f} {mb / 1e3 / cpu:6.1f} {base[0] / med:8.2f} {base[1] / cpu:8.2f}",
+              f"{c * 1e3:7.2f} {mb / 1e3 / c:6.1f} {base[0] / med:8.2f} {base[1] / c:8.2f}",
               flush=True)
     bw1 = _core.read_bandwidth(512 << 20, args.threads, 3)
     print(f"# read bandwidth ({args.threads} threads): {bw0:.1f} GB/s before, {bw1:.1f} after")

@@ -207,7 +207,8 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
     // dw of the 16 blocks in order: d * (0.5 + scale nibble) / 4, the nibble at the
     // top of the block's sign word (dword 2b + 1 of its super-block's codes)
     const uint32_t dd = load_u16(p) | (two ? static_cast<uint32_t>(load_u16(p + kB)) << 16 : 0u);
-    const __m512 d = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)))));
+    const __m128 d01 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));
+    const __m512 d = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(d01));
     const __m512i nib = _mm512_srli_epi32(_mm512_permutex2var_epi32(q[0], odd, q[1]), 28);
     const __m512 dw = _mm512_mul_ps(_mm512_permutexvar_ps(nib, c.quarter), d);
     const __mmask16 valid = two ? 0xFFFF : 0x00FF;
