@@ -19,6 +19,7 @@
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx512.h"  // reduce4
 
 namespace pyv4 {
 namespace qk {
@@ -33,13 +34,6 @@ constexpr int sub_block(int i) { return 8 * ((i / 4) / 2) + 2 * (i % 4) + (i / 4
 // byte 32n + l = q[128n + 32j + l]), then dx of each sub-block's block times
 // 4^-j and -hs, both in kOrder (16 floats each): 384 bytes.
 constexpr int64_t kSbBytes = 384;
-
-// Sum of the 4 lanes of each sub-block: dword 4L + j of the result is lane L of p[j].
-inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
-  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
-  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
-  return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-}
 
 // The re-laid activations of every token (see kSbBytes) at xs.
 inline void plane_layout(const ActQ& a, int64_t n_tokens, uint8_t* xs) {
