@@ -116,9 +116,9 @@ struct Consts {
   }
 };
 
-// vpermi2b with both tables in registers: left to itself the compiler reloads the
-// tables from memory for every lookup, and on Zen 4 one zmm load per cycle is
-// the limit this loop meets first.
+// vpermi2b with both tables in registers (left to itself GCC reloads a table from
+// memory for every lookup: 4 more zmm loads per super-block pair; on Zen 4 that
+// measured the same, but it leaves the load port to weights and activations).
 inline __m512i lookup(__m512i idx, __m512i t0, __m512i t1) {
   __asm__("vpermi2b %2, %1, %0" : "+v"(idx) : "v"(t0), "v"(t1));
   return idx;
