@@ -83,9 +83,10 @@ struct Consts {
     for (int i = 0; i < 64; ++i) g[i] = static_cast<uint8_t>(8 * (i / 8) + i % 4 + (i % 8 >= 4 ? 64 : 0));
     gather = ld(g);
     // the 4 sign fields of qword b (block b), bits 32 + 7l, to bytes 4..7 (first
-    // super-block) or 0..3 (second)
-    fshift[0] = _mm512_set1_epi64(0x352E272000000000LL);
-    fshift[1] = _mm512_set1_epi64(0x00000000352E2720LL);
+    // super-block) or 0..3 (second), and the scale nibble (bits 60..63) to the
+    // low bits of the other dword
+    fshift[0] = _mm512_set1_epi64(0x352E27200000003CLL);
+    fshift[1] = _mm512_set1_epi64(0x0000003C352E2720LL);
     f7 = _mm512_set1_epi8(0x7F);
     gf = _mm512_set1_epi64(static_cast<long long>(0xFF40201008040201ULL));
     // u = 43 +- magnitude of the 3-bit code c | s << 2 in bits 0..2 (lut[0]) or 3..5 (lut[1])
@@ -126,9 +127,10 @@ inline __m512i lookup(__m512i idx, __m512i t0, __m512i t1) {
 
 // Decodes the super-blocks at p and p + 66 (none if !two: zero codes) into
 // W[h][l] (qword b = the 8 codes of grid entry l of block b of super-block h, as
-// the activations are laid out by entry_layout); q[h] are their 64 code bytes as
-// loaded (for the scales).
-inline void decode2(const Consts& c, const uint8_t* p, bool two, __m512i (&W)[2][4], __m512i (&q)[2]) {
+// the activations are laid out by entry_layout); returns the scale nibbles of
+// block b of super-block h in the low bits of dword 2b + h.
+inline __m512i decode2(const Consts& c, const uint8_t* p, bool two, __m512i (&W)[2][4]) {
+  __m512i q[2], f[2];
   constexpr size_t kB = sizeof(BlockIQ2_XXS);
   q[0] = _mm512_loadu_si512(reinterpret_cast<const BlockIQ2_XXS*>(p)->qs);
   q[1] = two ? _mm512_loadu_si512(reinterpret_cast<const BlockIQ2_XXS*>(p + kB)->qs) : _mm512_setzero_si512();
@@ -142,8 +144,8 @@ inline void decode2(const Consts& c, const uint8_t* p, bool two, __m512i (&W)[2]
 #pragma GCC unroll 2
   for (int h = 0; h < 2; ++h) {
     // super-block h's sign fields (7 bits) replace the other one's plane-1 bytes
-    const __m512i pf = _mm512_mask_and_epi32(p1, h ? 0x5555 : 0xAAAA,
-                                             _mm512_multishift_epi64_epi8(c.fshift[h], q[h]), c.f7);
+    f[h] = _mm512_multishift_epi64_epi8(c.fshift[h], q[h]);
+    const __m512i pf = _mm512_mask_and_epi32(p1, h ? 0x5555 : 0xAAAA, f[h], c.f7);
 #pragma GCC unroll 2
     for (int pr = 0; pr < 2; ++pr) {
       const __m512i m = _mm512_maskz_permutex2var_epi8(rows, p0, c.sel[h][pr], pf);
@@ -152,14 +154,18 @@ inline void decode2(const Consts& c, const uint8_t* p, bool two, __m512i (&W)[2]
       W[h][2 * pr + 1] = _mm512_permutexvar_epi8(g, c.lut[1]);
     }
   }
+  return _mm512_mask_blend_epi32(0xAAAA, f[0], f[1]);
 }
 
 // The activations of every token re-laid by grid entry, what decode's codes
 // multiply: super-block s of token t at xe + (t * nsb + s) * 256, 4 vectors,
 // qword b of vector l = elements 8l..8l+7 of block 8s + b. In the quad layout
 // those are qword 2j + l (l < 2, in A) or 2j + l - 2 (B) of group 2s + b / 4,
-// j = b % 4. kc[t * nbr + b] = 4 * cs (the offset of a block's 4 lanes).
-inline void entry_layout(const ActQ& a, int64_t n_tokens, int8_t* xe, float* kc) {
+// j = b % 4. Per token and 16 blocks (super-blocks 2s', 2s' + 1), dx and 4 * cs (the
+// offset of a block's 4 lanes) in the order of decode2's scale nibbles: float
+// 2b + h of dk + t * 2 * nbr + 32s' is dx of block b of super-block h, float
+// 16 + 2b + h its offset (zero past nb).
+inline void entry_layout(const ActQ& a, int64_t n_tokens, int8_t* xe, float* dk) {
   const int64_t nsb = a.nb / 8;
   const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
   const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
@@ -174,7 +180,12 @@ inline void entry_layout(const ActQ& a, int64_t n_tokens, int8_t* xe, float* kc)
       _mm512_store_si512(o + 128, _mm512_permutex2var_epi64(b0, even, b1));
       _mm512_store_si512(o + 192, _mm512_permutex2var_epi64(b0, odd, b1));
     }
-    for (int64_t b = 0; b < a.nbr; ++b) kc[t * a.nbr + b] = b < a.nb ? 4.0f * a.c(t)[b] : 0.0f;
+    float* o = dk + t * 2 * a.nbr;
+    for (int64_t i = 0; i < a.nbr; ++i) {
+      const int64_t b = 16 * (i / 16) + 8 * (i % 2) + (i % 16) / 2;  // block of float i
+      o[32 * (i / 16) + i % 16] = b < a.nb ? a.d(t)[b] : 0.0f;
+      o[32 * (i / 16) + 16 + i % 16] = b < a.nb ? 4.0f * a.c(t)[b] : 0.0f;
+    }
   }
 }
 
@@ -191,12 +202,13 @@ constexpr int kPrefetch = 2048;  // bytes ahead in the row stream
 
 template <int T>
 void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* xe,
-              const float* kc, float* Y, int64_t ldy, int64_t r) {
+              const float* dk, float* Y, int64_t ldy, int64_t r) {
   const int64_t nsb = a.nb / 8;
   constexpr size_t kB = sizeof(BlockIQ2_XXS);
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  // dword 2b + h <- dword 2b (first) / 2b + 1 (second) of super-block h's dot
+  const __m512i first = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(1));
+  const __m512i alt = _mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
   __m512 acc[T];
 #pragma GCC unroll 3
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -209,25 +221,22 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
     // 6.3-6.6 ns per super-block; 1 and 4 KB ahead were worse).
     for (int l = 0; l < 3; ++l)
       _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + 64 * l, _MM_HINT_T0);
-    __m512i W[2][4], q[2];
-    decode2(c, p, two, W, q);
-    // dw of the 16 blocks in order: d * (0.5 + scale nibble) / 4, the nibble at the
-    // top of the block's sign word (dword 2b + 1 of its super-block's codes)
+    __m512i W[2][4];
+    const __m512i nib = decode2(c, p, two, W);
+    // dw of block b of super-block h at dword 2b + h: d * (0.5 + scale nibble) / 4
     const uint32_t dd = load_u16(p) | (two ? static_cast<uint32_t>(load_u16(p + kB)) << 16 : 0u);
     const __m128 d01 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));
-    const __m512 d = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(d01));
-    const __m512i nib = _mm512_srli_epi32(_mm512_permutex2var_epi32(q[0], odd, q[1]), 28);
+    const __m512 d = _mm512_permutexvar_ps(alt, _mm512_castps128_ps512(d01));
     const __m512 dw = _mm512_mul_ps(_mm512_permutexvar_ps(nib, c.quarter), d);
-    const __mmask16 valid = two ? 0xFFFF : 0x00FF;
 #pragma GCC unroll 3
     for (int t = 0; t < T; ++t) {
       const int8_t* x = xe + (t * nsb + sb) * 256;
       const __m512i P0 = sb_dot(W[0], x);
       const __m512i P1 = two ? sb_dot(W[1], x + 256) : _mm512_setzero_si512();
-      const __m512i S = _mm512_add_epi32(_mm512_permutex2var_epi32(P0, even, P1),
-                                         _mm512_permutex2var_epi32(P0, odd, P1));
-      const __m512 DX = _mm512_maskz_loadu_ps(valid, a.d(t) + 8 * sb);
-      const __m512 KC = _mm512_loadu_ps(kc + t * a.nbr + 8 * sb);
+      const __m512i S = _mm512_add_epi32(_mm512_permutex2var_epi32(P0, first, P1),
+                                         _mm512_permutex2var_epi32(P0, second, P1));
+      const float* k = dk + t * 2 * a.nbr + 16 * sb;  // sb = 2s'
+      const __m512 DX = _mm512_load_ps(k), KC = _mm512_load_ps(k + 16);
       acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(S), DX, KC), dw, acc[t]);
     }
   }
@@ -242,17 +251,17 @@ void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
   const Consts c;
   const int64_t nsb = act.nb / 8;
   const size_t xbytes = static_cast<size_t>(n_tokens * nsb * 256);
-  uint8_t* buf = scratch_bytes(xbytes + static_cast<size_t>(n_tokens * act.nbr) * sizeof(float));
+  uint8_t* buf = scratch_bytes(xbytes + static_cast<size_t>(n_tokens * 2 * act.nbr) * sizeof(float));
   int8_t* xe = reinterpret_cast<int8_t*>(buf);
-  float* kc = reinterpret_cast<float*>(buf + xbytes);
-  entry_layout(act, n_tokens, xe, kc);
+  float* dk = reinterpret_cast<float*>(buf + xbytes);
+  entry_layout(act, n_tokens, xe, dk);
   for (int64_t r = r0; r < r1; ++r) {
     if (n_tokens == 1)
-      gemv_row<1>(c, W.row(r), act, xe, kc, Y, ldy, r);
+      gemv_row<1>(c, W.row(r), act, xe, dk, Y, ldy, r);
     else if (n_tokens == 2)
-      gemv_row<2>(c, W.row(r), act, xe, kc, Y, ldy, r);
+      gemv_row<2>(c, W.row(r), act, xe, dk, Y, ldy, r);
     else
-      gemv_row<3>(c, W.row(r), act, xe, kc, Y, ldy, r);
+      gemv_row<3>(c, W.row(r), act, xe, dk, Y, ldy, r);
   }
 }
 
