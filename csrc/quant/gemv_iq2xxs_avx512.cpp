@@ -8,7 +8,7 @@
 // bytes arrive in ~3-7. Here two super-blocks at a time are decoded with byte
 // permutes (on Zen 4 every permute, vgf2p8affineqb, vpdpbusd, convert and FMA
 // of a zmm takes a cycle, and they share the pipes, so the count of those is
-// the time: ~22 per super-block, ~6 ns):
+// the time: ~21 per super-block, ~5.5 ns):
 //  1. The grid is re-coded as two bit planes (kPlanes): bit j of P0[i] / P1[i]
 //     is bit 0 / 1 of the level code (0, 1, 2 = magnitude 8, 25, 43) of value j
 //     of entry i. The 64 indices of two super-blocks, gathered into one vector,
