@@ -29,8 +29,7 @@
 // chained vpdpbusd per super-block leave each block's dot in 2 dwords, two
 // permutes sum them for 16 blocks, and one convert + 2 FMAs per 512 weights
 // apply dx, the offset cs and dw.
-#pragma GCC push_options
-#pragma GCC target("avx512vbmi,gfni")
+// Built with -mavx512vbmi -mgfni besides the AVX-512 flags (CMakeLists.txt).
 #include <immintrin.h>
 
 #include "quant/blocks.h"
@@ -267,4 +266,3 @@ void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
 
 }  // namespace qk
 }  // namespace pyv4
-#pragma GCC pop_options
