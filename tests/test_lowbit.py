@@ -200,6 +200,65 @@ def test_lane_gemm_edges(type_name):
         assert np.array_equal(ys[n][:4], ys[4])
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("type_name", ["Q2_K", "IQ2_XXS"])
+def test_gemv_tokens_alone_and_together(type_name, isa):
+    """The 1..3-token GEMVs within the bound for every token count; on AVX-512
+    (gemv_q2k / gemv_iq2xxs, activations re-laid per call) each token's result is
+    bitwise what it gets alone (the same integers and float steps per token; the AVX2
+    kernels spread 1 and 2 tokens over more accumulators). 1280 columns: an odd
+    number of super-blocks (the IQ2_XXS GEMV decodes them in pairs)."""
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(23)
+    rows, cols = 19, 1280
+    raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
+    W = gguf_dequant(type_name, raw, rows, cols)
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    x[0, 512 + 16:512 + 32] *= 30.0  # one sub-block with large activations
+    x[2, 1024:1056] = 0.0  # an all-zero block
+    alone = np.concatenate([_core.quant_matmul(type_name, raw, rows, cols, x[t:t + 1], 1)
+                            for t in range(3)])
+    _check_fast(W, x, alone)
+    for n in (2, 3):
+        y = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2)
+        _check_fast(W, x[:n], y)
+        if isa == "avx512":
+            np.testing.assert_array_equal(y, alone[:n], err_msg=f"{n} tokens")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_iq2xxs_gemv_every_grid_entry_and_sign_field(isa):
+    """Each of the 256 grid entries at every position of a group and each of the 128
+    sign fields at every field position (the AVX-512 GEMV looks the grid up by its bit
+    planes and forms the 8th sign by a parity), read back one weight at a time: token
+    k is the unit vector e_k, so every output is one weight, and a wrong magnitude or
+    sign (an error of at least 16 * db) exceeds the bound (~32 weights / 250)."""
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(3)
+    rows, cols = 64, 512  # 128 super-blocks, 4096 grid entries and sign fields
+    raw = random_blocks("IQ2_XXS", rows * 2, rng)
+    g = raw[:, 2:].reshape(rows * 2, 8, 8)  # [super-block, group, 4 indices + sign word]
+    n = rows * 2 * 8 * 4
+    g[:, :, :4] = (np.arange(n) % 256).reshape(rows * 2, 8, 4).astype(np.uint8)
+    f = ((np.arange(n) * 37) % 128).reshape(rows * 2, 8, 4).astype(np.uint32)
+    word = f[..., 0] | f[..., 1] << 7 | f[..., 2] << 14 | f[..., 3] << 21
+    word |= rng.integers(0, 16, size=word.shape).astype(np.uint32) << 28
+    g[:, :, 4:] = word.astype("<u4").view(np.uint8).reshape(rows * 2, 8, 4)
+    raw = raw.reshape(rows, -1)
+    W = gguf_dequant("IQ2_XXS", raw, rows, cols)
+    eye = np.eye(cols, dtype=np.float32)
+    y = np.concatenate([_core.quant_matmul("IQ2_XXS", raw, rows, cols, eye[k:k + 3], 1)
+                        for k in range(0, cols - 2, 3)] +
+                       [_core.quant_matmul("IQ2_XXS", raw, rows, cols, eye[-2:], 1)])
+    _check_fast(W, eye, y)
+
+
 @pytest.mark.parametrize("type_name", sorted(LOWBIT))
 def test_matmul_reference_exact(type_name):
     _core.set_isa("auto")  # reference mode ignores the ISA

@@ -9,6 +9,8 @@ Oracles:
 * a model: logits with split_weights on and off are the same bits.
 """
 
+import mmap
+
 import numpy as np
 import pytest
 from quant_tools import check_fast, gguf_dequant, random_weight
@@ -72,6 +74,34 @@ def test_split_rejects_what_has_no_split_form():
     with pytest.raises(ValueError, match="layout must be"):
         _core.quant_matmul("MXFP4", random_weight("MXFP4", 1, 512, rng), 1, 512,
                            np.ones((1, 512), np.float32), 1, "packed")
+
+
+def test_matmul_many_takes_split_rows():
+    """quant_matmul_many's (type, raw, rows, cols, "split") tuples use quant_split's
+    rows as they are (bench/experts_decode.py): the same bits as the GGML rows; a
+    split buffer off a 64-byte boundary, a type without a split form or an unknown
+    layout is refused."""
+    _core.set_isa("auto")
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(2)
+    rows, cols = 21, 1024
+    raw = random_weight("MXFP4", rows, cols, rng)
+    s = _core.quant_split("MXFP4", raw, rows, cols)
+    page = np.frombuffer(mmap.mmap(-1, s.nbytes + 64), np.uint8)  # page-aligned
+    split = page[:s.nbytes].reshape(s.shape)
+    split[...] = s
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    ys = _core.quant_matmul_many([("MXFP4", split, rows, cols, "split"), ("MXFP4", raw, rows, cols)],
+                                 [x, x], 2)
+    assert np.array_equal(ys[0], _core.quant_matmul("MXFP4", raw, rows, cols, x, 1))
+    assert np.array_equal(ys[0], ys[1])
+    with pytest.raises(ValueError, match="64-byte boundary"):
+        _core.quant_matmul_many([("MXFP4", page[1:1 + s.nbytes], rows, cols, "split")], [x], 1)
+    with pytest.raises(ValueError, match="no split layout"):
+        _core.quant_matmul_many([("Q8_0", random_weight("Q8_0", rows, cols, rng), rows, cols,
+                                  "split")], [x], 1)
+    with pytest.raises(ValueError, match="layout must be"):
+        _core.quant_matmul_many([("MXFP4", raw, rows, cols, "packed")], [x], 1)
 
 
 def _matmul_cases():

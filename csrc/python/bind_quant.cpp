@@ -223,10 +223,24 @@ void bind_quant(py::module_& m) {
         std::vector<MatmulTask> tasks(n);
         for (size_t i = 0; i < n; ++i) {
           const auto w = weights[i].cast<py::tuple>();
-          if (w.size() != 4) throw InputError("weights: (type_name, raw, rows, cols) tuples");
+          if (w.size() != 4 && w.size() != 5)
+            throw InputError("weights: (type_name, raw, rows, cols[, layout]) tuples");
           const int64_t rows = w[2].cast<int64_t>(), cols = w[3].cast<int64_t>();
           raw.push_back(w[1].cast<U8Array>());
-          W[i] = make_weight(w[0].cast<std::string>(), raw.back(), rows, cols);
+          const std::string layout = w.size() == 5 ? w[4].cast<std::string>() : "ggml";
+          if (layout == "split") {  // raw holds quant_split's rows: used as they are
+            const GGMLType t = type_from_name(w[0].cast<std::string>());
+            require_split_form(t, cols);
+            W[i] = WeightMatrix{t, rows, cols, raw.back().data(), split::row_stride(t, cols), true};
+            if (static_cast<size_t>(raw.back().size()) < W[i].row_stride * static_cast<size_t>(rows))
+              throw InputError("split buffer too small");
+            if (reinterpret_cast<uintptr_t>(W[i].data) % 64 != 0)  // the kernels' aligned loads
+              throw InputError("split rows must start on a 64-byte boundary");
+          } else if (layout == "ggml") {
+            W[i] = make_weight(w[0].cast<std::string>(), raw.back(), rows, cols);
+          } else {
+            throw InputError("layout must be 'ggml' or 'split', not '" + layout + "'");
+          }
           X.push_back(xs[i].cast<F32Array>());
           int64_t nt;
           check_x(X.back(), cols, &nt);
@@ -240,8 +254,9 @@ void bind_quant(py::module_& m) {
         return Y;
       },
       py::arg("weights"), py::arg("xs"), py::arg("threads") = 2,
-      "matmul_many over [(type_name, raw, rows, cols)] with one x each; returns the y arrays. "
-      "x arrays that are the same float32 object share one activation quantization.");
+      "matmul_many over [(type_name, raw, rows, cols[, layout])] with one x each; returns the y "
+      "arrays. layout 'split': raw holds quant_split's rows (default 'ggml'). x arrays that are "
+      "the same float32 object share one activation quantization.");
 
   m.def(
       "quant_matmul_time",
@@ -324,6 +339,7 @@ void bind_quant(py::module_& m) {
     d["avx512vnni"] = f.avx512vnni;
     d["avx512bf16"] = f.avx512bf16;
     d["avx512vbmi"] = f.avx512vbmi;
+    d["gfni"] = f.gfni;
     d["os_avx"] = f.os_avx;
     d["os_avx512"] = f.os_avx512;
     return d;

@@ -321,14 +321,6 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
 }
 
-// Sum of the 4 lanes of each block of 4 quad-group results: dword 4L + d of the
-// result is block L of group d (the order of ActQ::dxr).
-inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
-  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
-  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
-  return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-}
-
 // Exact int32 dots of quad group g (codes A: elements 0..15 of its 4 blocks,
 // B: 16..31) with each token's activations, 4 lanes per block.
 template <int T>

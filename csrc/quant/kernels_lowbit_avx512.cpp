@@ -15,7 +15,9 @@
 //   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
 //                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
 //                cs = 128/4 * dx * sum q
-// 1..3 tokens: one row at a time; more: tiles of 2 rows x up to 4 tokens. A
+// 1..3 tokens: one row at a time (Q2_K, and IQ2_XXS where the CPU has VBMI +
+// GFNI, have their own GEMVs: gemv_q2k_avx512.cpp, gemv_iq2xxs_avx512.cpp);
+// more: tiles of 2 rows x up to 4 tokens. A
 // one-output tile alternates two accumulators (one FMA chain would bound the
 // GEMV by its latency).
 #include <immintrin.h>

@@ -136,7 +136,12 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
   } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
     qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (qk::is_lowbit(j.W->type)) {
-    if (j.isa == Isa::AVX512)
+    if (j.isa == Isa::AVX512 && j.W->type == GGMLType::IQ2_XXS && j.n_tokens < 4 &&
+        cpu_features().avx512vbmi && cpu_features().gfni)
+      qk::gemv_iq2xxs_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
+    else if (j.isa == Isa::AVX512 && j.W->type == GGMLType::Q2_K && j.n_tokens < 4)
+      qk::gemv_q2k_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
+    else if (j.isa == Isa::AVX512)
       qk::gemm_lowbit_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
     else
       qk::gemm_lowbit_avx2(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);

@@ -14,6 +14,15 @@ inline __m512 spread4(__m128 v) {
   return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
 }
 
+// Sums of the 4 dwords of each 128-bit lane of p0..p3: dword 4L + d of the result
+// is the sum of lane L of p_d (for quad-group dots: block L of group d, the order
+// of ActQ::dxr).
+inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
+  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+}
+
 }  // namespace
 }  // namespace qk
 }  // namespace pyv4

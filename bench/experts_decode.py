@@ -1,0 +1,148 @@
+"""The routed experts' share of one decode step, per expert weight type (issue #16).
+
+    PYTHONPATH=<checkout> python bench/experts_decode.py [--threads 2] [--steps 40]
+                                                         [--configs MXFP4,Q2_K,IQ2_XXS,q2]
+
+One decode step of a V4-Flash layer runs 6 routed experts on 1 token, as the
+model does (csrc/model/moe.cpp): one matmul_many with every gate and up product
+([2048x4096], sharing one x), then one with the 6 downs ([4096x2048], each its
+own x). 24 experts are stored and step i uses experts 6(i % 4)..6(i % 4)+5, so
+the ~100-300 MB of weights come from DRAM as in a model. The configurations
+take turns step by step, so a busy spell of a shared host hits them alike.
+Configurations: one type for all three matrices, or "q2" (gate/up IQ2_XXS,
+down Q2_K: the q2 recipe of `pyv4 convert`). MXFP4 uses the row layout a
+loaded model uses (split on AVX-512, quant/split_layout.h). Reported per
+configuration: ms per step (best and median wall time of --steps, after one
+warm-up cycle); the process's CPU time per step divided by the threads
+(median; on a quiet host it equals the wall time, on a shared one it is what
+the step costs while its threads run); the weight bytes a step reads and their
+GB/s at that CPU time, and the speed-up over the first configuration on both
+times. The read bandwidth (all threads) is measured before and after the whole run.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+from pyv4 import _core
+
+from kernels import BLOCK, make_weight
+
+GATE = (2048, 4096)  # rows (out), cols (in)
+DOWN = (4096, 2048)
+N_EXPERTS, ACTIVE = 24, 6
+
+
+def layout_for(type_name):
+    split = type_name == "MXFP4" and _core.active_isa() == "avx512"
+    return "split" if split else "ggml"
+
+
+def aligned_copy(a):
+    """a copied to a 64-byte aligned buffer (the split layout's loads are aligned)."""
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    off = -buf.ctypes.data % 64
+    out = buf[off:off + a.nbytes].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def expert_weights(type_name, shape, rng):
+    """N_EXPERTS (type, raw, rows, cols, layout) tuples of one matrix kind."""
+    rows, cols = shape
+    layout = layout_for(type_name)
+    out = []
+    for _ in range(N_EXPERTS):
+        raw = make_weight(type_name, rows, cols, 1, rng)
+        if layout == "split":
+            raw = aligned_copy(_core.quant_split(type_name, raw, rows, cols))
+        out.append((type_name, raw, rows, cols, layout))
+    return out
+
+
+def step_bytes(types):
+    total = 0
+    for t, (rows, cols) in zip(types, (GATE, GATE, DOWN)):
+        bs, bb = BLOCK[t]
+        total += ACTIVE * rows * cols // bs * bb
+    return total
+
+
+def make_step(types, rng):
+    """A function running decode step i of one configuration."""
+    gate = expert_weights(types[0], GATE, rng)
+    up = expert_weights(types[1], GATE, rng)
+    down = expert_weights(types[2], DOWN, rng)
+    x = rng.standard_normal((1, GATE[1])).astype(np.float32)
+    hs = [rng.standard_normal((1, DOWN[1])).astype(np.float32) for _ in range(ACTIVE)]
+
+    def step(i, threads):
+        e0 = ACTIVE * (i % (N_EXPERTS // ACTIVE))
+        sel = range(e0, e0 + ACTIVE)
+        gu = [w for e in sel for w in (gate[e], up[e])]
+        _core.quant_matmul_many(gu, [x] * len(gu), threads)
+        _core.quant_matmul_many([down[e] for e in sel], hs, threads)
+
+    return step
+
+
+def measure(steps_by_config, threads, steps):
+    """Wall and CPU seconds per step of every configuration, the configurations
+    taking turns step by step (so a busy spell of the host hits them alike)."""
+    wall = {name: [] for name in steps_by_config}
+    cpu = {name: [] for name in steps_by_config}
+    for i in range(steps + N_EXPERTS // ACTIVE):
+        for name, step in steps_by_config.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(i, threads)
+            if i >= N_EXPERTS // ACTIVE:  # the first cycle pages the weights in
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append((time.process_time() - c0) / threads)
+    return wall, cpu
+
+
+CONFIGS = {"MXFP4": ("MXFP4",) * 3, "Q4_K": ("Q4_K",) * 3, "Q2_K": ("Q2_K",) * 3,
+           "Q3_K": ("Q3_K",) * 3, "IQ2_XXS": ("IQ2_XXS",) * 3,
+           "q2": ("IQ2_XXS", "IQ2_XXS", "Q2_K")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--configs", default="MXFP4,Q2_K,IQ2_XXS,q2")
+    args = ap.parse_args()
+    names = args.configs.split(",")
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        ap.error(f"unknown configurations {unknown}; choose from {sorted(CONFIGS)}")
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(0)
+    print(f"# experts' share of a decode step: {ACTIVE} of {N_EXPERTS} experts, gate/up "
+          f"[{GATE[0]}x{GATE[1]}] + down [{DOWN[0]}x{DOWN[1]}], 1 token, isa={_core.active_isa()}, "
+          f"threads={args.threads}, {args.steps} steps")
+    print("# load average at start: %.2f %.2f %.2f" % os.getloadavg())
+    bw0 = _core.read_bandwidth(512 << 20, args.threads, 3)
+    print(f"{'config':8s} {'gate/up/down':24s} {'MB/step':>8s} {'best ms':>8s} {'median ms':>9s} "
+          f"{'cpu ms':>7s} {'GB/s':>6s} {'speed-up wall/cpu':>17s}")
+    wall, cpu = measure({name: make_step(CONFIGS[name], rng) for name in names}, args.threads,
+                        args.steps)
+    base = None
+    for name in names:
+        types = CONFIGS[name]
+        best, med, c = min(wall[name]), statistics.median(wall[name]), statistics.median(cpu[name])
+        mb = step_bytes(types) / 1e6
+        base = base or (med, c)
+        print(f"{name:8s} {'/'.join(types):24s} {mb:8.1f} {best * 1e3:8.2f} {med * 1e3:9.2f} "
+              f"{c * 1e3:7.2f} {mb / 1e3 / c:6.1f} {base[0] / med:8.2f} {base[1] / c:8.2f}",
+              flush=True)
+    bw1 = _core.read_bandwidth(512 << 20, args.threads, 3)
+    print(f"# read bandwidth ({args.threads} threads): {bw0:.1f} GB/s before, {bw1:.1f} after")
+    print("# load average at end: %.2f %.2f %.2f" % os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Single-thread GEMV microbenchmark of the integer weight kernels (not a test):
+ns per 256-weight super-block of a cache-resident matrix, per ISA and token count.
+
+    PYTHONPATH=<checkout> python bench/lowbit_gemv.py [--types MXFP4,Q2_K,IQ2_XXS]
+                                                      [--isas avx512,avx2] [--tokens 1,2,3]
+
+The matrix ([512 x 4096] by default, 0.5-1 MiB) stays in L2, so this measures
+the kernel's decode + dot work, not memory: a GEMV is memory-bound when this
+time is below (super-block bytes) / (read bandwidth per thread). The weights
+are random bytes with sane scales (bench/kernels.py make_weight); best of
+--rounds runs of `reps` calls each, timed in this thread's CPU time (the
+kernel runs on the calling thread), so other processes on a shared host
+lengthen the wall time but not the figure.
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from pyv4 import _core
+
+from kernels import BLOCK, make_weight
+
+
+def cpu_seconds(type_name, raw, rows, cols, x, reps):
+    """This thread's CPU seconds per call (quant_matmul_time makes reps + 1 calls)."""
+    t0 = time.thread_time()
+    _core.quant_matmul_time(type_name, raw, rows, cols, x, 1, reps, 1, "auto")
+    return (time.thread_time() - t0) / (reps + 1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--types", default="MXFP4,Q4_K,Q2_K,Q3_K,IQ2_XXS,IQ4_XS")
+    ap.add_argument("--isas", default="avx512,avx2")
+    ap.add_argument("--tokens", default="1,2,3")
+    ap.add_argument("--rows", type=int, default=512)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=200)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    _core.set_compute_mode("fast")
+    tokens = [int(t) for t in args.tokens.split(",")]
+    print(f"# ns per 256 weights (1 thread, [{args.rows}x{args.cols}] cache-resident), "
+          f"best of {args.rounds} x {args.reps} calls")
+    print(f"{'isa':7s} {'type':8s} {'B/256':>6s} " + " ".join(f"{'n=' + str(n):>7s}" for n in tokens))
+    for isa in args.isas.split(","):
+        if not _core.isa_supported(isa):
+            print(f"# {isa}: not supported here")
+            continue
+        _core.set_isa(isa)
+        for t in args.types.split(","):
+            raw = make_weight(t, args.rows, args.cols, 1, rng)
+            bs, bb = BLOCK[t]
+            nsb = args.rows * args.cols / 256
+            cells = []
+            for n in tokens:
+                x = rng.standard_normal((n, args.cols)).astype(np.float32)
+                sec = min(cpu_seconds(t, raw, args.rows, args.cols, x, args.reps)
+                          for _ in range(args.rounds))
+                cells.append(f"{sec / nsb * 1e9:7.2f}")
+            print(f"{isa:7s} {t:8s} {256 // bs * bb:6d} " + " ".join(cells), flush=True)
+    _core.set_isa("auto")
+
+
+if __name__ == "__main__":
+    main()

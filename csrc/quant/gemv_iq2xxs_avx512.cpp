@@ -1,0 +1,268 @@
+// IQ2_XXS GEMV (1..3 tokens) on AVX-512 with VBMI + GFNI (math in
+// quant/kernels.h: codes u = signed grid value + 43, the offset through cs).
+//
+// Decoding, not memory, bounds an IQ2_XXS GEMV: per 8 weights one grid index
+// (256 entries of 8 magnitudes) and a 7-bit sign field whose parity is the 8th
+// sign. The generic kernel (kernels_lowbit_avx512.cpp) gathers the grid entries
+// and computes the parity by shifts, ~25 ns per 256 weights on Zen 4 where the
+// bytes arrive in ~3-7. Here two super-blocks at a time are decoded with byte
+// permutes (on Zen 4 every permute, vgf2p8affineqb, vpdpbusd, convert and FMA
+// of a zmm takes a cycle, and they share the pipes, so the count of those is
+// the time: ~21 per super-block, ~5.5 ns):
+//  1. The grid is re-coded as two bit planes (kPlanes): bit j of P0[i] / P1[i]
+//     is bit 0 / 1 of the level code (0, 1, 2 = magnitude 8, 25, 43) of value j
+//     of entry i. The 64 indices of two super-blocks, gathered into one vector,
+//     are looked up in the 4 x 128-byte plane tables by 4 vpermi2b.
+//  2. vpmultishiftqb cuts the 4 sign fields of each group out of its sign word.
+//  3. Per 128 weights (two grid entries per qword k), one vpermi2b builds in
+//     qword k the bytes P0, P1, F of one entry at bytes 7, 6, 5 and of the other
+//     at 4, 3, 2 (bytes 1, 0 zero), and one vgf2p8affineqb multiplies that 8x8
+//     bit matrix with the constant byte 1 << j in byte j: output byte j =
+//     c_j | s_j << 2 | c'_j << 3 | s'_j << 5 (c_j the level code of value j,
+//     s_j its sign). For j = 7 the constant byte is 0xFF, so the sign bits
+//     become the parity of the 7-bit field (the 8th sign) and the code bits the
+//     parity of all 8 plane bits: the tables store bit 7 of each plane already
+//     xor-ed with the parity of bits 0..6, which leaves c_7.
+//  4. Two vpermb map the 3-bit codes to u = 43 +- magnitude (0..86).
+// The codes come out by grid entry (vector l, qword b = entry l of block b), so
+// the activations are re-laid once per call to that order (entry_layout): 4
+// chained vpdpbusd per super-block leave each block's dot in 2 dwords, two
+// permutes sum them for 16 blocks, and one convert + 2 FMAs per 512 weights
+// apply dx, the offset cs and dw.
+// Built with -mavx512vbmi -mgfni besides the AVX-512 flags (CMakeLists.txt).
+#include <immintrin.h>
+
+#include "quant/blocks.h"
+#include "quant/iq2xxs_grid.h"
+#include "quant/kernels.h"
+
+namespace pyv4 {
+namespace qk {
+namespace {
+
+using namespace qblocks;
+
+struct Planes {
+  uint8_t p[2][256];  // [plane][grid index]
+};
+
+// The level code 0 / 1 / 2 of magnitude 8 / 25 / 43.
+constexpr uint32_t level_code(uint32_t m) { return m == 8 ? 0 : m == 25 ? 1 : 2; }
+
+constexpr Planes make_planes() {
+  Planes t{};
+  for (int i = 0; i < 256; ++i)
+    for (int b = 0; b < 2; ++b) {
+      uint32_t plane = 0;
+      for (int j = 0; j < 8; ++j)
+        plane |= ((level_code((kIq2xxsGrid[i] >> (8 * j)) & 255) >> b) & 1) << j;
+      uint32_t par = 0;
+      for (int j = 0; j < 7; ++j) par ^= (plane >> j) & 1;
+      t.p[b][i] = static_cast<uint8_t>(plane ^ (par << 7));
+    }
+  return t;
+}
+alignas(64) constexpr Planes kPlanes = make_planes();
+
+// The constant vectors of the decode (built once per call, kept in registers).
+struct Consts {
+  __m512i t0a, t0b, t1a, t1b, t2a, t2b, t3a, t3b;  // plane 0 / 1, entries 0..127 / 128..255
+  __m512i gather, fshift[2], f7, gf, lut[2];
+  __m512 quarter;  // (i + 0.5) / 4 for the scale nibble i
+  __m512i sel[2][2];  // [super-block of the pair][entry pair]
+  Consts() {
+    auto ld = [](const uint8_t* p) { return _mm512_load_si512(p); };
+    t0a = ld(kPlanes.p[0]), t0b = ld(kPlanes.p[0] + 64), t1a = ld(kPlanes.p[0] + 128),
+    t1b = ld(kPlanes.p[0] + 192);
+    t2a = ld(kPlanes.p[1]), t2b = ld(kPlanes.p[1] + 64), t3a = ld(kPlanes.p[1] + 128),
+    t3b = ld(kPlanes.p[1] + 192);
+    // The grid indices of both super-blocks in one vector: qword b holds block b's
+    // 4 indices of the first (bytes 0..3) and of the second super-block (4..7).
+    alignas(64) uint8_t g[64];
+    for (int i = 0; i < 64; ++i) g[i] = static_cast<uint8_t>(8 * (i / 8) + i % 4 + (i % 8 >= 4 ? 64 : 0));
+    gather = ld(g);
+    // the 4 sign fields of qword b (block b), bits 32 + 7l, to bytes 4..7 (first
+    // super-block) or 0..3 (second), and the scale nibble (bits 60..63) to the
+    // low bits of the other dword
+    fshift[0] = _mm512_set1_epi64(0x352E27200000003CLL);
+    fshift[1] = _mm512_set1_epi64(0x0000003C352E2720LL);
+    f7 = _mm512_set1_epi8(0x7F);
+    gf = _mm512_set1_epi64(static_cast<long long>(0xFF40201008040201ULL));
+    // u = 43 +- magnitude of the 3-bit code c | s << 2 in bits 0..2 (lut[0]) or 3..5 (lut[1])
+    alignas(64) uint8_t u[2][64];
+    const uint8_t u8[8] = {51, 68, 86, 0, 35, 18, 0, 0};
+    for (int i = 0; i < 64; ++i) u[0][i] = u8[i & 7], u[1][i] = u8[i >> 3];
+    lut[0] = ld(u[0]), lut[1] = ld(u[1]);
+    quarter = _mm512_setr_ps(0.125f, 0.375f, 0.625f, 0.875f, 1.125f, 1.375f, 1.625f, 1.875f, 2.125f,
+                             2.375f, 2.625f, 2.875f, 3.125f, 3.375f, 3.625f, 3.875f);
+    // Super-block h of the pair, entries l = 2p, 2p + 1 of every block b: qword b of
+    // the matrix vector gets bytes 7, 6, 5 <- P0, P1, F of entry (b, 2p) and bytes 4,
+    // 3, 2 <- those of (b, 2p + 1). Sources: the plane-0 vector (P0 at byte 8b + l,
+    // 8b + 4 + l for h = 1) and a plane-1 vector holding h's sign fields in the
+    // other half of each qword (P1 at 8b + l and F at 8b + 4 + l; for h = 1 the
+    // halves swap).
+    for (int h = 0; h < 2; ++h)
+      for (int p = 0; p < 2; ++p) {
+        alignas(64) uint8_t s[64] = {};
+        for (int b = 0; b < 8; ++b)
+          for (int e = 0; e < 2; ++e) {
+            const int l = 2 * p + e, at = 8 * b + 7 - 3 * e, own = 4 * h, other = 4 - 4 * h;
+            s[at] = static_cast<uint8_t>(8 * b + own + l);
+            s[at - 1] = static_cast<uint8_t>(64 + 8 * b + own + l);
+            s[at - 2] = static_cast<uint8_t>(64 + 8 * b + other + l);
+          }
+        sel[h][p] = ld(s);
+      }
+  }
+};
+
+// vpermi2b with both tables in registers (left to itself GCC reloads a table from
+// memory for every lookup: 4 more zmm loads per super-block pair; on Zen 4 that
+// measured the same, but it leaves the load port to weights and activations).
+inline __m512i lookup(__m512i idx, __m512i t0, __m512i t1) {
+  __asm__("vpermi2b %2, %1, %0" : "+v"(idx) : "v"(t0), "v"(t1));
+  return idx;
+}
+
+// Decodes the super-blocks at p and p + 66 (none if !two: zero codes) into
+// W[h][l] (qword b = the 8 codes of grid entry l of block b of super-block h, as
+// the activations are laid out by entry_layout); returns the scale nibbles of
+// block b of super-block h in the low bits of dword 2b + h.
+inline __m512i decode2(const Consts& c, const uint8_t* p, bool two, __m512i (&W)[2][4]) {
+  __m512i q[2], f[2];
+  constexpr size_t kB = sizeof(BlockIQ2_XXS);
+  q[0] = _mm512_loadu_si512(reinterpret_cast<const BlockIQ2_XXS*>(p)->qs);
+  q[1] = two ? _mm512_loadu_si512(reinterpret_cast<const BlockIQ2_XXS*>(p + kB)->qs) : _mm512_setzero_si512();
+  // the 64 grid indices (4 per block and super-block), looked up in both planes;
+  // bit 7 picks the table half
+  const __m512i idx = _mm512_permutex2var_epi8(q[0], c.gather, q[1]);
+  const __mmask64 hi = _mm512_movepi8_mask(idx);
+  const __m512i p0 = _mm512_mask_blend_epi8(hi, lookup(idx, c.t0a, c.t0b), lookup(idx, c.t1a, c.t1b));
+  const __m512i p1 = _mm512_mask_blend_epi8(hi, lookup(idx, c.t2a, c.t2b), lookup(idx, c.t3a, c.t3b));
+  const __mmask64 rows = _cvtu64_mask64(0xFCFCFCFCFCFCFCFCULL);
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    // super-block h's sign fields (7 bits) replace the other one's plane-1 bytes
+    f[h] = _mm512_multishift_epi64_epi8(c.fshift[h], q[h]);
+    const __m512i pf = _mm512_mask_and_epi32(p1, h ? 0x5555 : 0xAAAA, f[h], c.f7);
+#pragma GCC unroll 2
+    for (int pr = 0; pr < 2; ++pr) {
+      const __m512i m = _mm512_maskz_permutex2var_epi8(rows, p0, c.sel[h][pr], pf);
+      const __m512i g = _mm512_gf2p8affine_epi64_epi8(c.gf, m, 0);
+      W[h][2 * pr] = _mm512_permutexvar_epi8(g, c.lut[0]);
+      W[h][2 * pr + 1] = _mm512_permutexvar_epi8(g, c.lut[1]);
+    }
+  }
+  return _mm512_mask_blend_epi32(0xAAAA, f[0], f[1]);
+}
+
+// The activations of every token re-laid by grid entry, what decode's codes
+// multiply: super-block s of token t at xe + (t * nsb + s) * 256, 4 vectors,
+// qword b of vector l = elements 8l..8l+7 of block 8s + b. In the quad layout
+// those are qword 2j + l (l < 2, in A) or 2j + l - 2 (B) of group 2s + b / 4,
+// j = b % 4. Per token and 16 blocks (super-blocks 2s', 2s' + 1), dx and 4 * cs (the
+// offset of a block's 4 lanes) in the order of decode2's scale nibbles: float
+// 2b + h of dk + t * 2 * nbr + 32s' is dx of block b of super-block h, float
+// 16 + 2b + h its offset (zero past nb).
+inline void entry_layout(const ActQ& a, int64_t n_tokens, int8_t* xe, float* dk) {
+  const int64_t nsb = a.nb / 8;
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t s = 0; s < nsb; ++s) {
+      const int8_t* q = a.q(t) + 256 * s;  // quad groups 2s, 2s + 1
+      const __m512i a0 = _mm512_loadu_si512(q), b0 = _mm512_loadu_si512(q + 64);
+      const __m512i a1 = _mm512_loadu_si512(q + 128), b1 = _mm512_loadu_si512(q + 192);
+      int8_t* o = xe + (t * nsb + s) * 256;
+      _mm512_store_si512(o, _mm512_permutex2var_epi64(a0, even, a1));
+      _mm512_store_si512(o + 64, _mm512_permutex2var_epi64(a0, odd, a1));
+      _mm512_store_si512(o + 128, _mm512_permutex2var_epi64(b0, even, b1));
+      _mm512_store_si512(o + 192, _mm512_permutex2var_epi64(b0, odd, b1));
+    }
+    float* o = dk + t * 2 * a.nbr;
+    for (int64_t i = 0; i < a.nbr; ++i) {
+      const int64_t b = 16 * (i / 16) + 8 * (i % 2) + (i % 16) / 2;  // block of float i
+      o[32 * (i / 16) + i % 16] = b < a.nb ? a.d(t)[b] : 0.0f;
+      o[32 * (i / 16) + 16 + i % 16] = b < a.nb ? 4.0f * a.c(t)[b] : 0.0f;
+    }
+  }
+}
+
+// Exact int32 dots of one super-block's codes with its activations: dword 2b + h
+// of the result sums elements 4h..4h+3 of each entry of block b.
+inline __m512i sb_dot(const __m512i (&W)[4], const int8_t* x) {
+  __m512i P = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_load_si512(x));
+#pragma GCC unroll 3
+  for (int l = 1; l < 4; ++l) P = _mm512_dpbusd_epi32(P, W[l], _mm512_load_si512(x + 64 * l));
+  return P;
+}
+
+constexpr int kPrefetch = 2048;  // bytes ahead in the row stream
+
+template <int T>
+void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* xe,
+              const float* dk, float* Y, int64_t ldy, int64_t r) {
+  const int64_t nsb = a.nb / 8;
+  constexpr size_t kB = sizeof(BlockIQ2_XXS);
+  // dword 2b + h <- dword 2b (first) / 2b + 1 (second) of super-block h's dot
+  const __m512i first = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(1));
+  const __m512i alt = _mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
+  __m512 acc[T];
+#pragma GCC unroll 3
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t sb = 0; sb < nsb; sb += 2) {
+    // super-blocks sb and sb + 1 (a missing last one decodes as zero codes, d = 0)
+    const bool two = sb + 1 < nsb;
+    const uint8_t* p = row + sb * kB;
+    // The weights ~2 rows ahead (same distance as gemv_q2k): the hardware prefetcher
+    // alone left ~25 % of a DRAM-fed GEMV in stalls (1 thread, Zen 4: 7.5-8.7 ->
+    // 6.3-6.6 ns per super-block; 1 and 4 KB ahead were worse).
+    for (int l = 0; l < 3; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + 64 * l, _MM_HINT_T0);
+    __m512i W[2][4];
+    const __m512i nib = decode2(c, p, two, W);
+    // dw of block b of super-block h at dword 2b + h: d * (0.5 + scale nibble) / 4
+    const uint32_t dd = load_u16(p) | (two ? static_cast<uint32_t>(load_u16(p + kB)) << 16 : 0u);
+    const __m128 d01 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));
+    const __m512 d = _mm512_permutexvar_ps(alt, _mm512_castps128_ps512(d01));
+    const __m512 dw = _mm512_mul_ps(_mm512_permutexvar_ps(nib, c.quarter), d);
+#pragma GCC unroll 3
+    for (int t = 0; t < T; ++t) {
+      const int8_t* x = xe + (t * nsb + sb) * 256;
+      const __m512i P0 = sb_dot(W[0], x);
+      const __m512i P1 = two ? sb_dot(W[1], x + 256) : _mm512_setzero_si512();
+      const __m512i S = _mm512_add_epi32(_mm512_permutex2var_epi32(P0, first, P1),
+                                         _mm512_permutex2var_epi32(P0, second, P1));
+      const float* k = dk + t * 2 * a.nbr + 16 * sb;  // sb = 2s'
+      const __m512 DX = _mm512_load_ps(k), KC = _mm512_load_ps(k + 16);
+      acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(S), DX, KC), dw, acc[t]);
+    }
+  }
+#pragma GCC unroll 3
+  for (int t = 0; t < T; ++t) Y[t * ldy + r] = _mm512_reduce_add_ps(acc[t]);
+}
+
+}  // namespace
+
+void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+  const Consts c;
+  const int64_t nsb = act.nb / 8;
+  const size_t xbytes = static_cast<size_t>(n_tokens * nsb * 256);
+  uint8_t* buf = scratch_bytes(xbytes + static_cast<size_t>(n_tokens * 2 * act.nbr) * sizeof(float));
+  int8_t* xe = reinterpret_cast<int8_t*>(buf);
+  float* dk = reinterpret_cast<float*>(buf + xbytes);
+  entry_layout(act, n_tokens, xe, dk);
+  for (int64_t r = r0; r < r1; ++r) {
+    if (n_tokens == 1)
+      gemv_row<1>(c, W.row(r), act, xe, dk, Y, ldy, r);
+    else if (n_tokens == 2)
+      gemv_row<2>(c, W.row(r), act, xe, dk, Y, ldy, r);
+    else
+      gemv_row<3>(c, W.row(r), act, xe, dk, Y, ldy, r);
+  }
+}
+
+}  // namespace qk
+}  // namespace pyv4
