@@ -190,7 +190,7 @@ void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
 void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1);
 // IQ2_XXS GEMV, 1..3 tokens, quad layout (gemv_iq2xxs_avx512.cpp): needs AVX-512
-// VBMI and GFNI besides the AVX-512 set (gemm_lowbit_avx512 checks).
+// VBMI and GFNI besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1);
 // Q2_K GEMV, 1..3 tokens, quad layout with ActQ::hs (gemv_q2k_avx512.cpp).

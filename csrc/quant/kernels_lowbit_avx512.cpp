@@ -1,25 +1,25 @@
-// AVX-512 (F/BW/VL/DQ) + VNNI kernels of the super-block weight types Q2_K,
+// AVX-512 (F/BW/VL/DQ) + VNNI GEMVs of the super-block weight types
 // Q3_K, IQ2_XXS and IQ4_XS (math in quant/kernels.h), on activations in the quad
 // layout: a quad group is half a super-block (blocks 4g..4g+3), and the codes
 // are built in the same order, A = elements 0..15 of each block (one 128-bit
 // lane per block), B = elements 16..31. In both types' bit packing the 16
 // codes of a lane come from 16 consecutive bytes, so a group is two broadcast
 // loads and a per-lane shift.
-//   Q2_K / Q3_K: P = vpdpwssd(vpdpwssd(0, vpmaddubsw(A, xa), a_A), vpmaddubsw(B, xb), a_B)
+//   Q3_K:        P = vpdpwssd(vpdpwssd(0, vpmaddubsw(A, xa), a_A), vpmaddubsw(B, xb), a_B)
 //                (A's words all belong to sub-block 2b, B's to 2b + 1, so the
 //                scale vectors are word permutes of the 16 scales); 4 int32
-//                lanes per block; acc += d * dx * P, per super-block += -d2*m * hs
+//                lanes per block; acc += d * dx * P, per super-block += -4d*a * hs
 //   IQ2_XXS:     P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb), u = signed grid + 43
 //                (the signs applied with a byte mask from the sign bits);
 //                acc += dw * (dx * P - cs)   (cs = 43/4 * dx * sum q per lane)
 //   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
 //                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
 //                cs = 128/4 * dx * sum q
-// 1..3 tokens: one row at a time (Q2_K, and IQ2_XXS where the CPU has VBMI +
-// GFNI, have their own GEMVs: gemv_q2k_avx512.cpp, gemv_iq2xxs_avx512.cpp);
-// more: tiles of 2 rows x up to 4 tokens. A
-// one-output tile alternates two accumulators (one FMA chain would bound the
-// GEMV by its latency).
+// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, and
+// IQ2_XXS where the CPU lacks VBMI or GFNI; Q2_K and IQ2_XXS otherwise have their
+// own (gemv_q2k_avx512.cpp, gemv_iq2xxs_avx512.cpp), and from 4 tokens every
+// super-block type runs the lane GEMM (gemm_lane_avx512.cpp). A one-output tile
+// alternates two accumulators (one FMA chain would bound the GEMV by its latency).
 #include <immintrin.h>
 
 #include <cstring>
@@ -50,33 +50,12 @@ inline __m512i lane_counts(int base, int step) {
                           _mm512_mullo_epi16(_mm512_set1_epi16(static_cast<int16_t>(step)), lane));
 }
 
-// One row's scales of a Q2_K / Q3_K super-block: the 16 sub-block scales a_s
-// (int16 words 0..15), -d2 * m_s and d. Only `a` is wanted in a register; the
-// others are read once per use (a 2 x 4 tile has no zmm to spare for them).
+// One row's scales of a Q3_K super-block: the 16 sub-block scales a_s
+// (int16 words 0..15), the offset term -4 d a_s of each sub-block, and d.
 struct KScales {
   __m512i a;
   alignas(64) float mneg[16];
   float d;
-};
-
-struct DecQ2_K {
-  static constexpr size_t kBytes = sizeof(BlockQ2_K);
-  static inline void scales(const uint8_t* p, KScales* k) {
-    const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
-    const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales));
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    k->a = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
-    const __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(s, 4), m4)));
-    _mm512_store_ps(k->mneg, _mm512_mul_ps(_mm512_set1_ps(-_cvtsh_ss(blk->dmin)), mn));
-    k->d = _cvtsh_ss(blk->d);
-  }
-  // Codes of quad group n (0, 1): A (elements 0..15 of blocks 4n..4n+3), B (16..31).
-  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
-    const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
-    const __m512i sh = lane_counts(0, 2), m3 = _mm512_set1_epi8(3);
-    *A = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->qs + 32 * n), sh), m3);
-    *B = _mm512_and_si512(_mm512_srlv_epi16(bcast16(blk->qs + 32 * n + 16), sh), m3);
-  }
 };
 
 struct DecQ3_K {
@@ -274,11 +253,9 @@ inline void iq4xs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512*
 
 void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1) {
-  drive_rows<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
+  drive<1>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
     constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
-    if (W.type == GGMLType::Q2_K)
-      tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
-    else if (W.type == GGMLType::Q3_K)
+    if (W.type == GGMLType::Q3_K)
       tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
     else if (W.type == GGMLType::IQ2_XXS)
       tile_offset<kR, kT, sizeof(BlockIQ2_XXS), iq2xxs_group>(W, r, act, t, Y, ldy);
