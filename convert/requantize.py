@@ -7,8 +7,9 @@ kind from its current type (a float type is itself; a quantized one counts as th
 converter's FP8 sources do, so the rule "keep the source's float type" keeps a Q8_0 tensor
 Q8_0 instead of inflating it); the recipe and ``--type`` overrides then choose the type
 exactly as ``pyv4 convert`` does (convert/recipes.py). A tensor whose target type is its
-current type is copied byte for byte; every other one is decoded to float32 with
-gguf-py's decoders (the format oracle the tests check pyv4's against) and encoded with the
+current type is copied byte for byte; every other one is decoded to float32 (by the
+core's threaded decoder where it knows the type, bit for bit gguf-py's, the format oracle
+the tests check it against; else by gguf-py) and encoded with the
 converter's encoders, importance-weighted for the low-bit types (convert/imatrix.py).
 
 Memory: the input is memory-mapped; a tensor is read, decoded and encoded in chunks of
@@ -73,9 +74,24 @@ class InTensor:
                 yield block
                 continue
             try:
-                yield np.asarray(decode(block, self.type), np.float32).reshape(-1, cols)
+                yield decode_rows(block, self.type, cols)
             except (NotImplementedError, ValueError) as e:
                 raise ConvertError(f"cannot decode {self.type.name} ({e})") from None
+
+
+# Types the core decodes (its scalar reference, bit for bit gguf-py's: tests check
+# both) on all cores, 4-15x gguf-py's single-threaded numpy per core; gguf-py's
+# decoders stay for every other type a community file may hold.
+CORE_DECODES = {T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_K, T.MXFP4, T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS}
+
+
+def decode_rows(block: np.ndarray, t: T, cols: int) -> np.ndarray:
+    """float32 [rows, cols] of whole GGUF rows of type ``t``."""
+    if t in CORE_DECODES:
+        from .._core import quant_dequantize_rows  # the core ships with the converter (pyv4.convert)
+
+        return quant_dequantize_rows(t.name, np.ascontiguousarray(block), cols)
+    return np.asarray(decode(block, t), np.float32).reshape(-1, cols)
 
 
 @dataclass

@@ -147,14 +147,14 @@ def test_bounded_chunks_give_the_same_bytes(files, tmp_path, monkeypatch):
     """With chunks of one row (CHUNK_VALUES 256) the output is the default run's, and no
     decoded chunk holds more than max(CHUNK_VALUES, one row) values."""
     sizes = []
-    real = rq.decode
+    real = rq.decode_rows
 
-    def spy(block, t):
-        v = real(block, t)
-        sizes.append((np.asarray(v).size, np.asarray(v).reshape(block.shape[0], -1).shape[1]))
+    def spy(block, t, cols):
+        v = real(block, t, cols)
+        sizes.append((v.size, cols))
         return v
 
-    monkeypatch.setattr(rq, "decode", spy)
+    monkeypatch.setattr(rq, "decode_rows", spy)
     monkeypatch.setattr(names, "CHUNK_VALUES", 256)
     out = tmp_path / "small.gguf"
     rq.requantize(files["q8"], out, "q2", imatrix=files["im"])
@@ -232,15 +232,15 @@ def test_interrupted_run_leaves_output_as_it_was(files, tmp_path, monkeypatch, c
     out = tmp_path / "out.gguf"
     out.write_bytes(b"the previous file")
     calls = []
-    real = rq.decode
+    real = rq.decode_rows
 
-    def interrupt(block, t):  # Ctrl-C in the third decoded chunk, mid-file
+    def interrupt(block, t, cols):  # Ctrl-C in the third decoded chunk, mid-file
         calls.append(t)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(block, t)
+        return real(block, t, cols)
 
-    monkeypatch.setattr(rq, "decode", interrupt)
+    monkeypatch.setattr(rq, "decode_rows", interrupt)
     assert cli(["requantize", str(files["q8"]), str(out), "--recipe", "q2", "--imatrix", str(files["im"])]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert out.read_bytes() == b"the previous file"
@@ -278,3 +278,36 @@ def test_custom_alignment_is_kept(files, tmp_path):
     assert all(t.data_offset % 64 == 0 for t in r.tensors)
     got, want = _tensors(out), _tensors(files["q2"])
     assert {n: v[:2] for n, v in got.items()} == {n: v[:2] for n, v in want.items()}
+
+
+@pytest.mark.parametrize("t", sorted(rq.CORE_DECODES, key=lambda t: t.name), ids=lambda t: t.name)
+def test_core_decoder_is_gguf_py_bit_for_bit(t):
+    """The requantizer decodes these types with the core's threaded decoder: the
+    same float32 bits as gguf-py's (the format oracle) on random bytes, infinite
+    scales included (NaN where gguf-py has NaN); several threads give the bits of one."""
+    import gguf
+
+    rng = np.random.default_rng(5)
+    bs, bb = gguf.GGML_QUANT_SIZES[t]
+    rows, cols = 37, 512
+    raw = np.frombuffer(rng.bytes(rows * cols // bs * bb), np.uint8).reshape(rows, -1)
+    with np.errstate(all="ignore"):
+        want = gguf.quants.dequantize(raw, t).astype(np.float32).reshape(rows, cols)
+    got = rq.decode_rows(raw[:, :], t, cols)
+    assert got.shape == (rows, cols) and got.dtype == np.float32
+    nan = np.isnan(want)  # a NaN's sign may differ (NaN scale times a negative grid value)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    one = _core.quant_dequantize_rows(t.name, raw, cols, threads=1)
+    np.testing.assert_array_equal(one.view(np.uint32), got.view(np.uint32))
+
+
+def test_core_decoder_refuses_bad_shapes():
+    raw = np.zeros((4, 17 * 16), np.uint8)  # MXFP4 rows of 512 elements
+    assert _core.quant_dequantize_rows("MXFP4", raw, 512).shape == (4, 512)
+    with pytest.raises(ValueError, match=r"raw must be uint8 \[rows, 136\]"):
+        _core.quant_dequantize_rows("MXFP4", raw, 256)
+    with pytest.raises(ValueError, match="raw must be uint8"):
+        _core.quant_dequantize_rows("MXFP4", raw.reshape(-1), 512)
+    with pytest.raises(ValueError, match="unknown GGML type"):
+        _core.quant_dequantize_rows("Q9_9", raw, 512)

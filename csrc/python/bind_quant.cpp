@@ -46,7 +46,13 @@ WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64
 namespace {
 
 // One pool per thread count, created on first use and kept (so bench loops do
-// not create threads per call).
+// not create threads per call). Callers hold pool_mutex() while they use it
+// (one pool, one caller at a time; Python threads may call concurrently).
+std::mutex& pool_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+
 ThreadPool& pool_for(int threads) {
   static std::unique_ptr<ThreadPool> pool;
   static int n = -1;
@@ -118,8 +124,7 @@ void bind_quant(py::module_& m) {
         uint8_t* op = out.mutable_data();
         {
           py::gil_scoped_release nogil;
-          static std::mutex mu;  // one pool, one caller at a time
-          std::lock_guard<std::mutex> lock(mu);
+          std::lock_guard<std::mutex> lock(pool_mutex());
           quantize_lowbit(t, x.data(), rows, cols, imp, imp_stride, op, pool_for(threads));
         }
         return out;
@@ -154,6 +159,30 @@ void bind_quant(py::module_& m) {
       py::arg("type_name"), py::arg("raw"), py::arg("n"),
       "Scalar reference decode of n elements of a GGML type to float32.");
 
+  m.def(
+      "quant_dequantize_rows",
+      [](const std::string& type_name, const U8Array& raw, int64_t cols, int threads) {
+        const GGMLType t = type_from_name(type_name);
+        const size_t rb = row_bytes(t, cols, "quant_dequantize_rows");
+        if (raw.ndim() != 2 || static_cast<size_t>(raw.shape(1)) != rb)
+          throw InputError(std::string("raw must be uint8 [rows, ") + std::to_string(rb) + "] (" +
+                           type_name + " rows of " + std::to_string(cols) + " elements)");
+        const int64_t rows = raw.shape(0);
+        py::array_t<float> out({rows, cols});
+        float* op = out.mutable_data();
+        const uint8_t* ip = raw.data();
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(pool_mutex());
+          pool_for(threads).parallel_for_balanced(rows, 1, [&](int64_t r0, int64_t r1, int) {
+            for (int64_t r = r0; r < r1; ++r) dequantize_row(t, ip + r * rb, op + r * cols, cols);
+          });
+        }
+        return out;
+      },
+      py::arg("type_name"), py::arg("raw"), py::arg("cols"), py::arg("threads") = 0,
+      "Decode GGML rows [rows, row bytes] to float32 [rows, cols] with the scalar reference "
+      "decoder (bit-exact with gguf.quants), rows spread over the thread pool. threads <= 0: all cores.");
   m.def(
       "quant_matmul",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols,
