@@ -290,10 +290,10 @@ _WEIGHTED = (T.Q2_K, T.Q3_K, T.IQ2_XXS)
 
 
 def quantize(x: np.ndarray, t: T, imatrix: np.ndarray | None = None) -> np.ndarray:
-    """float32 array (last dim = row) -> raw bytes of GGML type ``t`` (same leading dims).
+    """float32 array (last dim = row) -> raw values of GGML type ``t``, [rows, row] (rows: the
+    leading dims flattened).
     ``imatrix``: per-element importance [rows, n] for the low-bit types (IQ2_XXS needs it)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    lead = x.shape[:-1]
     n = x.shape[-1] if x.ndim else 1
     x2 = x.reshape(-1, n)
     if t == T.F32:
@@ -310,7 +310,6 @@ def quantize(x: np.ndarray, t: T, imatrix: np.ndarray | None = None) -> np.ndarr
         raise ValueError(f"no encoder for {t.name}")
     if n % QUANT_BLOCK[t]:
         raise ValueError(f"row of {n} values is not a multiple of the {t.name} block {QUANT_BLOCK[t]}")
-    del lead
     if t in _WEIGHTED:
         from .._core import quantize_lowbit  # the core ships with the converter (pyv4.convert)
 

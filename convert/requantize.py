@@ -90,7 +90,7 @@ def decode_rows(block: np.ndarray, t: T, cols: int) -> np.ndarray:
     if t in CORE_DECODES:
         from .._core import quant_dequantize_rows  # the core ships with the converter (pyv4.convert)
 
-        return quant_dequantize_rows(t.name, np.ascontiguousarray(block), cols)
+        return quant_dequantize_rows(t.name, block, cols)  # (made contiguous by the binding)
     return np.asarray(decode(block, t), np.float32).reshape(-1, cols)
 
 
