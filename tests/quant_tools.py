@@ -6,8 +6,15 @@ import numpy as np
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "MXFP4"]
 INT_TYPES = {"Q8_0", "Q4_0", "Q4_K", "MXFP4"}
+# The super-block types of issue #16 (test_lowbit.py): bytes per super-block of
+# 256, and the byte offsets of their f16 scales.
+LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136}
+F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0]}
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
-         "Q4_K": (256, 144), "MXFP4": (32, 17)}
+         "Q4_K": (256, 144), "MXFP4": (32, 17), **{t: (256, b) for t, b in LOWBIT.items()}}
+# What the GPU multiplies (csrc/cuda/matmul.h): all of them, the low-bit ones as integer types.
+GPU_TYPES = TYPES + sorted(LOWBIT)
+GPU_INT_TYPES = INT_TYPES | set(LOWBIT)
 
 
 def _rand_f16(rng, shape, lo, hi):
@@ -17,9 +24,33 @@ def _rand_f16(rng, shape, lo, hi):
     return (mag * sign).astype(np.float16)
 
 
+def _set_f16(raw, offsets, values):
+    for k, off in enumerate(offsets):
+        raw[:, off:off + 2] = values[:, k:k + 1].astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+
+def random_blocks(type_name, nb, rng, full_range=False):
+    """Raw low-bit super-blocks [nb, bytes]. full_range: any finite f16 scale bit
+    pattern, subnormals included; otherwise scales giving values O(0.01..1)."""
+    raw = rng.integers(0, 256, size=(nb, LOWBIT[type_name]), dtype=np.uint8)
+    offs = F16_AT[type_name]
+    if full_range:
+        h = rng.integers(0, 1 << 16, size=(nb, len(offs)), dtype=np.uint16)
+        h = np.where((h & 0x7C00) == 0x7C00, h & 0x83FF, h).astype(np.uint16)
+        for k, off in enumerate(offs):
+            raw[:, off:off + 2] = h[:, k:k + 1].view(np.uint8).reshape(-1, 2)
+    else:
+        lo, hi = {"Q2_K": (0.002, 0.01), "Q3_K": (0.0005, 0.002), "IQ2_XXS": (0.0005, 0.002),
+                  "IQ4_XS": (0.00002, 0.0001)}[type_name]
+        _set_f16(raw, offs, rng.uniform(lo, hi, size=(nb, len(offs))))
+    return raw
+
+
 def random_weight(type_name, rows, cols, rng, full_range=False):
     """Raw GGML bytes [rows, row_bytes]. full_range: any finite scale bit pattern
     (for the decode test); otherwise scales chosen so values are O(0.01..1)."""
+    if type_name in LOWBIT:
+        return random_blocks(type_name, rows * cols // 256, rng, full_range).reshape(rows, -1)
     bs, bb = BLOCK[type_name]
     nb = rows * cols // bs
     if type_name == "F32":
@@ -60,9 +91,12 @@ def gguf_dequant(type_name, raw, rows, cols):
 
 
 def check_fast(type_name, W, x, y):
+    """Asserts y = x W^T within the fast path's bound (for the integer types: the
+    int8 activation quantization moves each activation by at most amax_block/254;
+    amax/250 leaves room for fp32 rounding); returns the worst error / bound."""
     ref = x.astype(np.float64) @ W.astype(np.float64).T
     absw = np.abs(W.astype(np.float64))
-    if type_name in INT_TYPES:
+    if type_name in GPU_INT_TYPES:
         n, cols = x.shape
         amax = np.abs(x).reshape(n, cols // 32, 32).max(axis=2)
         bound = np.repeat(amax, 32, axis=1) @ absw.T / 250.0
@@ -72,6 +106,7 @@ def check_fast(type_name, W, x, y):
     err = np.abs(y.astype(np.float64) - ref)
     worst = np.max(err / bound)
     assert worst <= 1.0, f"{type_name}: error {worst:.3f} x bound"
+    return worst
 
 
 def reference_dequant(raw, type_name, rows, cols):

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from pyv4 import _core
-from quant_tools import BLOCK, INT_TYPES, TYPES, check_fast, random_weight, reference_dequant
+from quant_tools import BLOCK, F16_AT, GPU_INT_TYPES, GPU_TYPES, LOWBIT, check_fast, random_weight, reference_dequant
 
 
-DECODE_CASES = [(t, "elem") for t in TYPES] + [(t, "group") for t in sorted(INT_TYPES)]
+DECODE_CASES = [(t, "elem") for t in GPU_TYPES] + [(t, "group") for t in sorted(GPU_INT_TYPES)]
 
 
 @pytest.mark.parametrize("type_name,via", DECODE_CASES)
@@ -33,6 +33,15 @@ def test_decode_matches_reference(type_name, via):
     raw = random_weight(type_name, 1, n, rng, full_range=True).reshape(-1)
     if type_name == "MXFP4":
         raw[0:17 * 256:17] = np.arange(256)  # every E8M0 exponent, subnormal halves included
+    if type_name in LOWBIT:
+        # boundary super-blocks: all bits set (top codes and scales, every IQ2_XXS sign
+        # index 127), all clear, alternating; their f16 scales stay finite
+        blocks = raw.reshape(-1, LOWBIT[type_name])
+        for k, pat in enumerate((0xFF, 0x00, 0xAA, 0x55)):
+            keep = {off + j: blocks[k, off + j] for off in F16_AT[type_name] for j in (0, 1)}
+            blocks[k, :] = pat
+            for i, v in keep.items():
+                blocks[k, i] = v
     with np.errstate(over="ignore"):  # MXFP4 e = 255 overflows to inf on both sides
         ref = _core.quant_dequantize(type_name, raw, n)
         ours = _core.cuda_host_dequantize(type_name, raw, n, via)
@@ -67,7 +76,8 @@ def _quantize_numpy(x):
     with np.errstate(divide="ignore"):
         inv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
     q = np.rint(g * inv[:, :, None]).astype(np.int8)
-    return q.reshape(n, cols), (amax / np.float32(127.0)).astype(np.float32), q.astype(np.int32).sum(axis=2)
+    qsum = q.astype(np.int32).reshape(n, cols // 32, 2, 16).sum(axis=3)  # per half of 16
+    return q.reshape(n, cols), (amax / np.float32(127.0)).astype(np.float32), qsum
 
 
 def test_quantize_act_matches_rule():
@@ -85,7 +95,7 @@ def test_quantize_act_matches_rule():
 
 
 @pytest.mark.parametrize("n_tokens", [1, 3, 9])
-@pytest.mark.parametrize("type_name", sorted(INT_TYPES))
+@pytest.mark.parametrize("type_name", sorted(GPU_INT_TYPES))
 def test_gemv_arithmetic_within_bound(type_name, n_tokens):
     rng = np.random.default_rng(hash((type_name, n_tokens)) & 0xFFFF)
     rows, cols = 19, 512
@@ -93,6 +103,7 @@ def test_gemv_arithmetic_within_bound(type_name, n_tokens):
     W = reference_dequant(raw, type_name, rows, cols)
     x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
     x[:, :32] *= 10.0
+    x[:, 256 + 16:256 + 32] *= -5.0  # one half group of 16 (Q2_K / Q3_K scale) with larger ones
     if n_tokens > 1:
         x[1, :32] = 0.0
     y = _core.cuda_host_gemv(type_name, raw, rows, cols, x)

@@ -33,7 +33,7 @@ import pytest
 
 from attention_reference import attend_numpy
 from pyv4 import _core
-from quant_tools import BLOCK, INT_TYPES, TYPES, check_fast, random_weight, reference_dequant
+from quant_tools import BLOCK, GPU_INT_TYPES, GPU_TYPES, check_fast, random_weight, reference_dequant
 from test_model_ops import hc_inputs, pool_inputs
 
 _OK, _REASON = _core.cuda_available()
@@ -61,7 +61,7 @@ def test_cuda_errors_are_runtime_errors():
 
 # ---------------------------------------------------------------- weights
 
-@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("type_name", GPU_TYPES)
 def test_dequantize_bit_exact(type_name):
     rng = np.random.default_rng(21)
     bs, _ = BLOCK[type_name]
@@ -80,9 +80,9 @@ def test_dequantize_bit_exact(type_name):
 def _cols(type_name, big):
     if big:
         return 4096
-    if type_name == "Q4_K":
+    if BLOCK[type_name][0] == 256:  # super-block types
         return 512
-    return 160 if type_name in INT_TYPES else 100  # not a multiple of 32 for the float types
+    return 160 if type_name in GPU_INT_TYPES else 100  # not a multiple of 32 for the float types
 
 
 def _case(type_name, n_tokens, big, seed):
@@ -105,7 +105,7 @@ def _rel_err(y, W, x):
 
 @pytest.mark.parametrize("big", [False, True])
 @pytest.mark.parametrize("n_tokens", [1, 3, 8, 13])
-@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("type_name", GPU_TYPES)
 def test_matmul_gemv(type_name, n_tokens, big):
     raw, W, x, rows, cols = _case(type_name, n_tokens, big, hash((type_name, n_tokens, big)) & 0xFFFF)
     y = _core.cuda_matmul(type_name, raw, rows, cols, x, "gemv")
@@ -113,7 +113,7 @@ def test_matmul_gemv(type_name, n_tokens, big):
     report(f"gemv {type_name} {n_tokens} tok [{rows}x{cols}]", 0.0 if not y.size else
            float(np.max(np.abs(y - x.astype(np.float64) @ W.astype(np.float64).T))))
     check_fast(type_name, W, x, y)
-    if type_name in INT_TYPES:
+    if type_name in GPU_INT_TYPES:
         # the same integer dots as the host run of the block math: only the
         # order of the fp32 sums over groups differs
         host = _core.cuda_host_gemv(type_name, raw, rows, cols, x)
@@ -122,7 +122,7 @@ def test_matmul_gemv(type_name, n_tokens, big):
 
 
 @pytest.mark.parametrize("n_tokens", [1, 13, 64, 130])
-@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("type_name", GPU_TYPES)
 def test_matmul_gemm(type_name, n_tokens):
     raw, W, x, rows, cols = _case(type_name, n_tokens, n_tokens == 130, 1000 + n_tokens)
     y = _core.cuda_matmul(type_name, raw, rows, cols, x, "gemm")

@@ -14,35 +14,12 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
+from quant_tools import F16_AT, LOWBIT, check_fast, random_blocks
 from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
 
 from pyv4 import _core
 
-LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136}
-F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0]}  # byte offsets of the f16 scales
 ISAS = ["scalar", "avx2", "avx512"]
-
-
-def _set_f16(raw, offsets, values):
-    for k, off in enumerate(offsets):
-        raw[:, off:off + 2] = values[:, k:k + 1].astype(np.float16).view(np.uint8).reshape(-1, 2)
-
-
-def random_blocks(type_name, nb, rng, full_range=False):
-    """Raw super-blocks [nb, bytes]. full_range: any finite f16 scale bit pattern,
-    subnormals included; otherwise scales giving values O(0.01..1)."""
-    raw = rng.integers(0, 256, size=(nb, LOWBIT[type_name]), dtype=np.uint8)
-    offs = F16_AT[type_name]
-    if full_range:
-        h = rng.integers(0, 1 << 16, size=(nb, len(offs)), dtype=np.uint16)
-        h = np.where((h & 0x7C00) == 0x7C00, h & 0x83FF, h).astype(np.uint16)
-        for k, off in enumerate(offs):
-            raw[:, off:off + 2] = h[:, k:k + 1].view(np.uint8).reshape(-1, 2)
-    else:
-        lo, hi = {"Q2_K": (0.002, 0.01), "Q3_K": (0.0005, 0.002), "IQ2_XXS": (0.0005, 0.002),
-                  "IQ4_XS": (0.00002, 0.0001)}[type_name]
-        _set_f16(raw, offs, rng.uniform(lo, hi, size=(nb, len(offs))))
-    return raw
 
 
 def gguf_dequant(type_name, raw, rows, cols):
@@ -112,18 +89,6 @@ def test_dequantize_rejects_bad_length():
 
 # ---------------------------------------------------------------- matmul
 
-def _check_fast(W, x, y):
-    ref = x.astype(np.float64) @ W.astype(np.float64).T
-    absw = np.abs(W.astype(np.float64))
-    n, cols = x.shape
-    amax = np.abs(x).reshape(n, cols // 32, 32).max(axis=2)
-    bound = np.repeat(amax, 32, axis=1) @ absw.T / 250.0
-    bound += 1e-5 * (np.abs(x.astype(np.float64)) @ absw.T) + 1e-30
-    worst = np.max(np.abs(y.astype(np.float64) - ref) / bound)
-    assert worst <= 1.0, f"error {worst:.3f} x bound"
-    return worst
-
-
 def _cases():
     # 4: the first count of the AVX-512 lane GEMM (quant/kernels.h lane_min_tokens)
     return [(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 3, 4, 13, 32, 130)]
@@ -147,7 +112,7 @@ def test_matmul_fast(type_name, isa, n_tokens):
         x[1, :32] = 0.0  # an all-zero block (dx = 0)
     y = _core.quant_matmul(type_name, raw, rows, cols, x, 1)
     assert y.shape == (n_tokens, rows)
-    worst = _check_fast(W, x, y)
+    worst = check_fast(type_name, W, x, y)
     if isa != "scalar":
         assert worst > 0.0  # the int8 path really ran (the scalar one is exact fp32)
     # threads split rows only: every output is computed identically
@@ -195,7 +160,7 @@ def test_lane_gemm_edges(type_name):
     ys = {}
     for n in (4, 5, 7, 15):
         ys[n] = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2)
-        _check_fast(W, x[:n], ys[n])
+        check_fast(type_name, W, x[:n], ys[n])
     for n in (5, 7, 15):
         assert np.array_equal(ys[n][:4], ys[4])
 
@@ -221,10 +186,10 @@ def test_gemv_tokens_alone_and_together(type_name, isa):
     x[2, 1024:1056] = 0.0  # an all-zero block
     alone = np.concatenate([_core.quant_matmul(type_name, raw, rows, cols, x[t:t + 1], 1)
                             for t in range(3)])
-    _check_fast(W, x, alone)
+    check_fast(type_name, W, x, alone)
     for n in (2, 3):
         y = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2)
-        _check_fast(W, x[:n], y)
+        check_fast(type_name, W, x[:n], y)
         if isa == "avx512":
             np.testing.assert_array_equal(y, alone[:n], err_msg=f"{n} tokens")
 
@@ -256,7 +221,7 @@ def test_iq2xxs_gemv_every_grid_entry_and_sign_field(isa):
     y = np.concatenate([_core.quant_matmul("IQ2_XXS", raw, rows, cols, eye[k:k + 3], 1)
                         for k in range(0, cols - 2, 3)] +
                        [_core.quant_matmul("IQ2_XXS", raw, rows, cols, eye[-2:], 1)])
-    _check_fast(W, eye, y)
+    check_fast("IQ2_XXS", W, eye, y)
 
 
 @pytest.mark.parametrize("type_name", sorted(LOWBIT))

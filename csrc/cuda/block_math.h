@@ -5,11 +5,15 @@
 // (csrc/quant/blocks.h, spec §10); the GPU reads weights in GGML rows.
 //
 // Weights are read in groups of 32 elements: one Q8_0 / Q4_0 / MXFP4 block,
-// or one sub-block of a Q4_K super-block. A group is 32 signed int8 codes with
-// value_i = d * code_i - m, so with activations quantized per group of 32 like
-// the CPU's integer kernels (x_i ~= dx * q_i, csrc/quant/kernels.h)
-//     sum_i value_i x_i = dx * (d * sum_i code_i q_i - m * sum_i q_i)
-// and the integer sum is four dp4a on packed words.
+// one sub-block of a Q4_K / IQ2_XXS / IQ4_XS super-block, or two of a Q2_K /
+// Q3_K one (scales per 16). A group is 32 signed int8 codes, each half h of 16
+// with its own scale: value_i = d_h * code_i - m_h. With activations quantized
+// per group of 32 like the CPU's integer kernels (x_i ~= dx * q_i,
+// csrc/quant/kernels.h)
+//     sum_i value_i x_i = dx * sum_h (d_h * sum_{i in h} code_i q_i - m_h * sum_{i in h} q_i)
+// and the integer sums are two dp4a on packed words per half. The codes of the
+// IQ types are their grid / level values (IQ2_XXS: +-8, 25, 43 with the signs
+// applied; IQ4_XS: the 16 non-linear levels), so their dots are integer too.
 #pragma once
 
 #include <cmath>
@@ -17,6 +21,7 @@
 
 #include "quant/blocks.h"
 #include "quant/ggml_types.h"
+#include "quant/iq2xxs_grid.h"
 
 namespace pyv4 {
 namespace cudamath {
@@ -24,18 +29,59 @@ namespace cudamath {
 constexpr int kGroup = 32;
 
 // One group of weights: codes packed 4 per word in element order (byte k of
-// word j is element 4j + k), value_i = d * code_i - m.
+// word j is element 4j + k), value_i = d[i / 16] * code_i - m[i / 16].
 struct Group {
   int32_t w[8];
-  float d, m;
+  float d[2], m[2];
 };
 
-// A group of quantized activations: x_i ~= dx * q_i, qsum = sum_i q_i.
+// A group of quantized activations: x_i ~= dx * q_i, qsum[h] = the sum of q_i
+// over half h (elements 16h .. 16h + 15).
 struct ActGroup {
   int32_t q[8];
   float dx;
-  int32_t qsum;
+  int32_t qsum[2];
 };
+
+#ifdef __CUDACC__
+// The IQ2_XXS grid (quant/iq2xxs_grid.h) for device code, one copy per
+// translation unit; lanes of a warp index it at random, so it lives in global
+// memory (cached) rather than in constant memory, which serialises them.
+static __device__ const uint64_t kIq2xxsGridDevice[256] = {PYV4_IQ2XXS_GRID_ENTRIES};
+#endif
+
+static inline PYV4_HD uint64_t iq2xxs_grid(unsigned i) {
+#ifdef __CUDA_ARCH__
+  return kIq2xxsGridDevice[i];
+#else
+  return qblocks::kIq2xxsGrid[i];
+#endif
+}
+
+// Whether element j (0..7) of an IQ2_XXS sign index (7 bits, the 8th sign is
+// their parity: an even count of minus signs) is negative (qblocks::iq2_signs8).
+static inline PYV4_HD bool iq2_negative(uint32_t idx7, int j) {
+#ifdef __CUDA_ARCH__
+  const uint32_t parity = __popc(idx7) & 1u;
+#else
+  const uint32_t parity = static_cast<uint32_t>(__builtin_parity(idx7));
+#endif
+  return ((idx7 | parity << 7) >> j) & 1u;
+}
+
+// qblocks::kIq4nlValues packed 8 per word at compile time: scalar constants,
+// which device code may read (it cannot index the host array).
+constexpr uint64_t pack_levels(int first) {
+  uint64_t w = 0;
+  for (int k = 0; k < 8; ++k) w |= static_cast<uint64_t>(static_cast<uint8_t>(qblocks::kIq4nlValues[first + k])) << (8 * k);
+  return w;
+}
+constexpr uint64_t kIq4LevelsLo = pack_levels(0), kIq4LevelsHi = pack_levels(8);
+
+// The IQ4_NL / IQ4_XS level of a 4-bit code.
+static inline PYV4_HD int iq4nl_level(unsigned code) {
+  return static_cast<int8_t>(((code < 8 ? kIq4LevelsLo : kIq4LevelsHi) >> (8 * (code & 7))) & 255u);
+}
 
 // Twice the E2M1 value of a 4-bit code (csrc/quant/blocks.h kMxfp4x2, whose
 // table device code cannot index): magnitudes 0,1,2,3 then 4,6,8,12.
@@ -79,7 +125,8 @@ static inline PYV4_HD float mul_sub(float a, float b, float c) {
 }
 
 static constexpr PYV4_HD bool is_group_type(GGMLType t) {
-  return t == GGMLType::Q8_0 || t == GGMLType::Q4_0 || t == GGMLType::MXFP4 || t == GGMLType::Q4_K;
+  return t == GGMLType::Q8_0 || t == GGMLType::Q4_0 || t == GGMLType::MXFP4 || t == GGMLType::Q4_K ||
+         t == GGMLType::Q2_K || t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS || t == GGMLType::IQ4_XS;
 }
 
 // The code of element e (0..31) of 4-bit group bytes qs: low nibbles hold
@@ -88,34 +135,77 @@ static inline PYV4_HD unsigned nibble_lo_hi(const uint8_t* qs, int e) {
   return e < 16 ? qs[e] & 15u : qs[e - 16] >> 4;
 }
 
-// Q4_K: where group g (sub-block j = g % 8 of super-block g / 8) keeps its
-// codes: byte 32 * (j / 2) + l of the super-block's qs, low nibble for even j.
-static inline PYV4_HD const uint8_t* q4k_super(const uint8_t* row, int64_t g) {
-  return row + static_cast<int64_t>(sizeof(qblocks::BlockQ4_K)) * (g / 8);
+// The super-block of 256 that holds group g (g % 8 is the group's place in it).
+template <class Block>
+static inline PYV4_HD const uint8_t* super_of(const uint8_t* row, int64_t g) {
+  return row + static_cast<int64_t>(sizeof(Block)) * (g / 8);
 }
 
-// d and m of a group (value = d * code - m); codes as described in load_group.
+// The 6-bit scale s (0..15, before the -32) of a Q3_K super-block's scale
+// bytes q: low 4 bits in byte s % 8 (low nibble for s < 8), high 2 bits at bit
+// 2 * (s / 4) of byte 8 + s % 4 (qblocks::q3k_scales, one at a time).
+static inline PYV4_HD int q3k_scale(const uint8_t* q, int s) {
+  const int low = (s < 8 ? q[s] : q[s - 8] >> 4) & 15;
+  return low | ((q[8 + s % 4] >> (2 * (s / 4))) & 3) << 4;
+}
+
+// d and m of the two halves of a group (value = d[h] * code - m[h]); codes as
+// described in load_group. Q2_K / Q3_K group g covers elements 128n + 32j + l
+// (n = (g % 8) / 4, j = g % 4, l < 32) of its super-block: sub-blocks 8n + 2j
+// and 8n + 2j + 1 (qblocks::BlockQ2_K).
 static inline PYV4_HD void group_scale(GGMLType t, const uint8_t* row, int64_t g, float* d, float* m) {
   using namespace qblocks;
-  *m = 0.0f;
+  m[0] = m[1] = 0.0f;
   switch (t) {
     case GGMLType::Q8_0:
-      *d = f16_to_f32(load_u16(row + sizeof(BlockQ8_0) * g));
-      return;
+      d[0] = f16_to_f32(load_u16(row + sizeof(BlockQ8_0) * g));
+      break;
     case GGMLType::Q4_0:
-      *d = f16_to_f32(load_u16(row + sizeof(BlockQ4_0) * g));
-      return;
+      d[0] = f16_to_f32(load_u16(row + sizeof(BlockQ4_0) * g));
+      break;
     case GGMLType::MXFP4:
-      *d = e8m0_to_f32_half(row[sizeof(BlockMXFP4) * g]);
-      return;
-    default: {  // Q4_K
-      const uint8_t* sb = q4k_super(row, g);
+      d[0] = e8m0_to_f32_half(row[sizeof(BlockMXFP4) * g]);
+      break;
+    case GGMLType::Q4_K: {
+      const uint8_t* sb = super_of<BlockQ4_K>(row, g);
       uint8_t sc, mn;
       q4k_scale_min(sb + 4, static_cast<int>(g % 8), &sc, &mn);
-      *d = f16_to_f32(load_u16(sb)) * static_cast<float>(sc);
-      *m = f16_to_f32(load_u16(sb + 2)) * static_cast<float>(mn);
+      d[0] = f16_to_f32(load_u16(sb)) * static_cast<float>(sc);
+      m[0] = f16_to_f32(load_u16(sb + 2)) * static_cast<float>(mn);
+      break;
+    }
+    case GGMLType::Q2_K: {
+      const uint8_t* sb = super_of<BlockQ2_K>(row, g);
+      const float dd = f16_to_f32(load_u16(sb + 80)), dmin = f16_to_f32(load_u16(sb + 82));
+      const int s = 2 * static_cast<int>(g % 8);  // 8n + 2j
+      for (int h = 0; h < 2; ++h) {
+        d[h] = dd * static_cast<float>(sb[s + h] & 15);
+        m[h] = dmin * static_cast<float>(sb[s + h] >> 4);
+      }
+      return;
+    }
+    case GGMLType::Q3_K: {
+      const uint8_t* sb = super_of<BlockQ3_K>(row, g);
+      const float dd = f16_to_f32(load_u16(sb + 108));
+      const int s = 2 * static_cast<int>(g % 8);
+      for (int h = 0; h < 2; ++h) d[h] = dd * static_cast<float>(q3k_scale(sb + 96, s + h) - 32);
+      return;
+    }
+    case GGMLType::IQ2_XXS: {
+      const uint8_t* sb = super_of<BlockIQ2_XXS>(row, g);
+      const uint32_t sg = load_u32(sb + 2 + 8 * (g % 8) + 4);
+      d[0] = f16_to_f32(load_u16(sb)) * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
+      break;
+    }
+    default: {  // IQ4_XS
+      const uint8_t* sb = super_of<BlockIQ4_XS>(row, g);
+      const int b = static_cast<int>(g % 8);
+      const int ls = ((sb[4 + b / 2] >> (4 * (b % 2))) & 15) | ((load_u16(sb + 2) >> (2 * b)) & 3) << 4;
+      d[0] = f16_to_f32(load_u16(sb)) * static_cast<float>(ls - 32);
     }
   }
+  d[1] = d[0];
+  m[1] = m[0];
 }
 
 // The signed code of element e (0..31) of group g.
@@ -128,21 +218,83 @@ static inline PYV4_HD int group_code(GGMLType t, const uint8_t* row, int64_t g, 
       return static_cast<int>(nibble_lo_hi(row + sizeof(BlockQ4_0) * g + 2, e)) - 8;
     case GGMLType::MXFP4:
       return e2m1x2(nibble_lo_hi(row + sizeof(BlockMXFP4) * g + 1, e));
-    default: {  // Q4_K
+    case GGMLType::Q4_K: {  // byte 32 * (j / 2) + e of qs, low nibble for even sub-block j
       const int j = static_cast<int>(g % 8);
-      const uint8_t q = q4k_super(row, g)[16 + 32 * (j / 2) + e];
+      const uint8_t q = super_of<BlockQ4_K>(row, g)[16 + 32 * (j / 2) + e];
       return (j & 1) ? q >> 4 : q & 15;
+    }
+    case GGMLType::Q2_K: {
+      const int n = static_cast<int>(g % 8) / 4, j = static_cast<int>(g % 4);
+      return (super_of<BlockQ2_K>(row, g)[16 + 32 * n + e] >> (2 * j)) & 3;
+    }
+    case GGMLType::Q3_K: {
+      const uint8_t* sb = super_of<BlockQ3_K>(row, g);
+      const int n = static_cast<int>(g % 8) / 4, j = static_cast<int>(g % 4);
+      const int low = (sb[32 + 32 * n + e] >> (2 * j)) & 3, high = (sb[e] >> (4 * n + j)) & 1;
+      return low + 4 * high - 4;
+    }
+    case GGMLType::IQ2_XXS: {
+      const uint8_t* w = super_of<BlockIQ2_XXS>(row, g) + 2 + 8 * (g % 8);
+      const int l = e / 8;  // grid index l covers elements 8l .. 8l + 7
+      const int mag = static_cast<int>((iq2xxs_grid(w[l]) >> (8 * (e % 8))) & 255);
+      return iq2_negative((load_u32(w + 4) >> (7 * l)) & 127u, e % 8) ? -mag : mag;
+    }
+    default: {  // IQ4_XS: byte 16b + e % 16 of qs, low nibble for e < 16
+      const uint8_t q = super_of<BlockIQ4_XS>(row, g)[8 + 16 * (g % 8) + e % 16];
+      return iq4nl_level(e < 16 ? q & 15u : q >> 4);
     }
   }
 }
 
-// All 32 codes of group g, packed, with its scale (the GEMV's weight load).
+// All 32 codes of group g, packed, with its scales (the GEMV's weight load).
 static inline PYV4_HD void load_group(GGMLType t, const uint8_t* row, int64_t g, Group* out) {
-  group_scale(t, row, g, &out->d, &out->m);
-  if (t == GGMLType::Q8_0) {
-    const uint8_t* qs = row + sizeof(qblocks::BlockQ8_0) * g + 2;
-    for (int k = 0; k < 8; ++k) out->w[k] = static_cast<int32_t>(load_u32(qs + 4 * k));
-    return;
+  group_scale(t, row, g, out->d, out->m);
+  using namespace qblocks;
+  // Word-wise for the types whose codes sit in whole words (one load per 4
+  // codes, one grid load per 8): the GEMV is bound by these loads.
+  switch (t) {
+    case GGMLType::Q8_0: {
+      const uint8_t* qs = row + sizeof(BlockQ8_0) * g + 2;
+      for (int k = 0; k < 8; ++k) out->w[k] = static_cast<int32_t>(load_u32(qs + 4 * k));
+      return;
+    }
+    case GGMLType::Q2_K: {
+      const int n = static_cast<int>(g % 8) / 4, j = static_cast<int>(g % 4);
+      const uint8_t* qs = super_of<BlockQ2_K>(row, g) + 16 + 32 * n;
+      for (int k = 0; k < 8; ++k) out->w[k] = static_cast<int32_t>((load_u32(qs + 4 * k) >> (2 * j)) & 0x03030303u);
+      return;
+    }
+    case GGMLType::Q3_K: {
+      const uint8_t* sb = super_of<BlockQ3_K>(row, g);
+      const int n = static_cast<int>(g % 8) / 4, j = static_cast<int>(g % 4);
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t low = (load_u32(sb + 32 + 32 * n + 4 * k) >> (2 * j)) & 0x03030303u;
+        const uint32_t high = (load_u32(sb + 4 * k) >> (4 * n + j)) & 0x01010101u;
+        // bytes v = low + 4 high in 0..7; v + 124 stays in its byte, and its top
+        // bit flipped reads as the signed byte v - 4
+        out->w[k] = static_cast<int32_t>(((low | high << 2) + 0x7C7C7C7Cu) ^ 0x80808080u);
+      }
+      return;
+    }
+    case GGMLType::IQ2_XXS: {
+      const uint8_t* w = super_of<BlockIQ2_XXS>(row, g) + 2 + 8 * (g % 8);
+      const uint32_t sg = load_u32(w + 4);
+      for (int l = 0; l < 4; ++l) {
+        const uint64_t mag = iq2xxs_grid(w[l]);
+        const uint32_t idx7 = (sg >> (7 * l)) & 127u;
+        for (int h = 0; h < 2; ++h) {
+          int c[4];
+          for (int b = 0; b < 4; ++b) {
+            const int v = static_cast<int>((mag >> (8 * (4 * h + b))) & 255u);
+            c[b] = iq2_negative(idx7, 4 * h + b) ? -v : v;
+          }
+          out->w[2 * l + h] = pack4(c[0], c[1], c[2], c[3]);
+        }
+      }
+      return;
+    }
+    default:
+      break;
   }
   for (int k = 0; k < 8; ++k)
     out->w[k] = pack4(group_code(t, row, g, 4 * k), group_code(t, row, g, 4 * k + 1),
@@ -162,11 +314,13 @@ static inline PYV4_HD float load_elem(GGMLType t, const uint8_t* row, int64_t i)
       return bf16_to_f32(load_u16(row + 2 * i));
     default: {
       const int64_t g = i / kGroup;
-      float d, m;
-      group_scale(t, row, g, &d, &m);
-      const float c = static_cast<float>(group_code(t, row, g, static_cast<int>(i % kGroup)));
-      // Q4_0 / MXFP4 / Q8_0: d * code (m = 0, exact subtraction); Q4_K: d*sc*q - dmin*m
-      return mul_sub(d, c, m);
+      const int e = static_cast<int>(i % kGroup);
+      float d[2], m[2];
+      group_scale(t, row, g, d, m);
+      const float c = static_cast<float>(group_code(t, row, g, e));
+      // d * code where m = 0 (an exact subtraction; IQ2_XXS: db * mag * sign with
+      // the sign in the code); Q4_K / Q2_K: d*sc*q - dmin*m, rounded twice
+      return mul_sub(d[e / 16], c, m[e / 16]);
     }
   }
 }
@@ -177,24 +331,27 @@ static inline PYV4_HD void quantize_group(const float* x, ActGroup* out) {
   float am = 0.0f;
   for (int i = 0; i < kGroup; ++i) am = fmaxf(am, fabsf(x[i]));
   const float id = am > 0.0f ? 127.0f / am : 0.0f;
-  int32_t sum = 0;
+  out->qsum[0] = out->qsum[1] = 0;
   for (int k = 0; k < 8; ++k) {
     int q[4];
     for (int b = 0; b < 4; ++b) {
       q[b] = static_cast<int>(rintf(x[4 * k + b] * id));
-      sum += q[b];
+      out->qsum[k / 4] += q[b];
     }
     out->q[k] = pack4(q[0], q[1], q[2], q[3]);
   }
   out->dx = am / 127.0f;
-  out->qsum = sum;
 }
 
 // sum_i value_i * x_i over one group (see the top of this file).
-static inline PYV4_HD float group_dot(const Group& w, const int32_t* q, float dx, int32_t qsum) {
-  int32_t acc = 0;
-  for (int k = 0; k < 8; ++k) acc = dot4(w.w[k], q[k], acc);
-  return dx * (w.d * static_cast<float>(acc) - w.m * static_cast<float>(qsum));
+static inline PYV4_HD float group_dot(const Group& w, const ActGroup& a) {
+  float s = 0.0f;
+  for (int h = 0; h < 2; ++h) {
+    int32_t acc = 0;
+    for (int k = 4 * h; k < 4 * h + 4; ++k) acc = dot4(w.w[k], a.q[k], acc);
+    s += w.d[h] * static_cast<float>(acc) - w.m[h] * static_cast<float>(a.qsum[h]);
+  }
+  return a.dx * s;
 }
 
 // ---- KV records of KVType::FP8 (csrc/kv/qat.h, spec §4.2) ------------------

@@ -46,7 +46,7 @@ __global__ void gemv_int_kernel(const uint8_t* W, int64_t rows, int64_t groups, 
     for (int t = 0; t < kGemvMaxTokens; ++t) {
       if (t < n_tokens) {
         const ActGroup& a = act[t * groups + g];
-        acc[t] += cudamath::group_dot(w, a.q, a.dx, a.qsum);
+        acc[t] += cudamath::group_dot(w, a);
       }
     }
   }

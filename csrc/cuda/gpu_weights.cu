@@ -16,7 +16,7 @@ namespace {
 DevMat upload(const WeightMatrix& h, const std::string& name, size_t& bytes) {
   if (!multiplies(h.type))
     throw InputError("GPU path: " + name + " is " + type_name(h.type) +
-                     ", a type the GPU kernels do not multiply (F32, F16, BF16, Q8_0, Q4_0, Q4_K, MXFP4)");
+                     ", a type the GPU kernels do not multiply (cuda/matmul.h lists them)");
   const size_t rb = row_bytes(h.type, h.cols, name);
   std::vector<uint8_t> staging;
   const uint8_t* src = h.data;  // packed GGML rows are uploaded in place

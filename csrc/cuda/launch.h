@@ -38,6 +38,10 @@ void with_type(GGMLType t, F&& f) {
     case GGMLType::Q4_0: return f(std::integral_constant<GGMLType, GGMLType::Q4_0>{});
     case GGMLType::Q4_K: return f(std::integral_constant<GGMLType, GGMLType::Q4_K>{});
     case GGMLType::MXFP4: return f(std::integral_constant<GGMLType, GGMLType::MXFP4>{});
+    case GGMLType::Q2_K: return f(std::integral_constant<GGMLType, GGMLType::Q2_K>{});
+    case GGMLType::Q3_K: return f(std::integral_constant<GGMLType, GGMLType::Q3_K>{});
+    case GGMLType::IQ2_XXS: return f(std::integral_constant<GGMLType, GGMLType::IQ2_XXS>{});
+    case GGMLType::IQ4_XS: return f(std::integral_constant<GGMLType, GGMLType::IQ4_XS>{});
     default: break;
   }
 }

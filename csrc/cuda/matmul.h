@@ -2,7 +2,8 @@
 // memory (the same bytes as the file). Plain C++ interface (csrc/cuda/matmul.cu).
 //
 // Decode (few tokens): a GEMV that streams each row once for all tokens
-// (gemv.cu). Integer weight types (Q8_0, Q4_0, Q4_K, MXFP4) work on the
+// (gemv.cu). Integer weight types (Q8_0, Q4_0, Q4_K, MXFP4 and the low-bit
+// expert types Q2_K, Q3_K, IQ2_XXS, IQ4_XS of issue #16) work on the
 // activations quantized per group of 32 to int8 exactly as the CPU's fast
 // path does (csrc/quant/kernels.h) with dp4a dots (cuda/block_math.h); F32 /
 // F16 / BF16 are an fp32 dot. Prefill: a tiled GEMM (gemm.cu) that decodes
@@ -29,7 +30,8 @@ enum class MatmulKernel { Auto, Gemv, Gemm };
 // per token in registers and re-reads each weight group for every 8 tokens.
 constexpr int64_t kGemvMaxTokens = 8;
 
-// Whether matmul multiplies weights of type t: F32, F16, BF16, Q8_0, Q4_0, Q4_K, MXFP4.
+// Whether matmul multiplies weights of type t: F32, F16, BF16, Q8_0, Q4_0, Q4_K, MXFP4,
+// Q2_K, Q3_K, IQ2_XXS, IQ4_XS.
 bool multiplies(GGMLType t);
 
 // Device scratch of the quantized activations, grown as needed and kept.

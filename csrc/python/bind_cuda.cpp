@@ -75,7 +75,7 @@ void bind_host(py::module_& m) {
           cudamath::load_group(W.type, W.data, g, &w);
           for (int e = 0; e < cudamath::kGroup; ++e) {
             const int code = static_cast<int8_t>(static_cast<uint32_t>(w.w[e / 4]) >> (8 * (e % 4)));
-            y[g * cudamath::kGroup + e] = cudamath::mul_sub(w.d, static_cast<float>(code), w.m);
+            y[g * cudamath::kGroup + e] = cudamath::mul_sub(w.d[e / 16], static_cast<float>(code), w.m[e / 16]);
           }
         }
         return out;
@@ -91,15 +91,16 @@ void bind_host(py::module_& m) {
         const int64_t n = x.shape(0), groups = x.shape(1) / cudamath::kGroup;
         py::array_t<int8_t> q({n, x.shape(1)});
         py::array_t<float> dx({n, groups});
-        py::array_t<int32_t> qsum({n, groups});
+        py::array_t<int32_t> qsum({n, groups, int64_t{2}});
         for (size_t i = 0; i < act.size(); ++i) {
           std::memcpy(q.mutable_data() + 32 * i, act[i].q, 32);
           dx.mutable_data()[i] = act[i].dx;
-          qsum.mutable_data()[i] = act[i].qsum;
+          qsum.mutable_data()[2 * i] = act[i].qsum[0];
+          qsum.mutable_data()[2 * i + 1] = act[i].qsum[1];
         }
         return py::make_tuple(q, dx, qsum);
       },
-      py::arg("x"), "(q int8 [n, cols], dx [n, cols/32], qsum [n, cols/32]): the GPU's activation quantization.");
+      py::arg("x"), "(q int8 [n, cols], dx [n, cols/32], qsum [n, cols/32, 2] per half of 16): the GPU's activation quantization.");
   m.def(
       "cuda_host_gemv",
       [](const std::string& type_name, const U8Array& raw, int64_t rows, int64_t cols, const F32Array& x) {
@@ -117,7 +118,7 @@ void bind_host(py::module_& m) {
               Group w;
               cudamath::load_group(W.type, W.row(r), g, &w);
               const ActGroup& a = act[t * groups + g];
-              s += cudamath::group_dot(w, a.q, a.dx, a.qsum);
+              s += cudamath::group_dot(w, a);
             }
             y.mutable_data()[t * rows + r] = s;
           }
