@@ -2,8 +2,10 @@
 CUDA tests:
 
     PYTHONPATH=<site> python bench/cuda_model.py [--layers 4] [--experts 32] [--prefill 512] [--decode 16]
+                                                 [--recipe mxfp4|q2]
 
-On bench/make_wide.py's file (V4-Flash widths, random weights, mxfp4 recipe;
+On bench/make_wide.py's file (V4-Flash widths, random weights, the mxfp4
+recipe or issue #16's q2 one (experts' gate/up IQ2_XXS, down Q2_K);
 written without a tokenizer into a temporary directory unless --file is
 given): a prefill of --prefill tokens, then --decode single-token steps
 (greedy), on the CPU alone, on the GPU with every weight there ("gpu"), and
@@ -48,6 +50,7 @@ def main():
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--decode", type=int, default=16)
     ap.add_argument("--file", type=Path, default=None)
+    ap.add_argument("--recipe", choices=["mxfp4", "q2"], default="mxfp4")
     args = ap.parse_args()
     ok, device = _core.cuda_available()
     if not ok:
@@ -60,9 +63,10 @@ def main():
 
             path = Path(tmp) / "wide.gguf"
             t0 = time.time()
-            write_random_gguf_typed(path, make_wide.wide_config(args.layers, args.experts), None, recipe="mxfp4")
+            write_random_gguf_typed(path, make_wide.wide_config(args.layers, args.experts), None,
+                                    recipe=args.recipe)
             print(f"wrote {path.stat().st_size / 1e9:.2f} GB ({args.layers} layers, {args.experts} experts, "
-                  f"mxfp4) in {time.time() - t0:.0f} s")
+                  f"{args.recipe}) in {time.time() - t0:.0f} s")
         prompt = np.random.default_rng(0).integers(2, 129280, args.prefill).astype(np.int64)
         res = {}
         for label, kw in (("cpu", {}), ("gpu", {"device": "cuda"}), ("hybrid", {"device": "cuda", "max_gpu_experts": 0})):

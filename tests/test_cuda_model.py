@@ -6,7 +6,7 @@ csrc/cuda/gpu_engine.*) against the CPU engine, on a machine with a GPU:
   the CPU's reference mode, with every routed expert on the GPU, with none
   (hybrid: all on the CPU pool in decode, copied to the GPU for a prefill,
   also one expert per copy) and with some of each layer's;
-* a quantized file (the converter's mxfp4 recipe, kv="fp8"): top-1 agreement
+* quantized files (the converter's mxfp4 and q2 recipes, kv="fp8"): top-1 agreement
   >= 0.99 with the CPU fast path over 600 positions;
 * sessions: saved after GPU steps and loaded on the CPU (and the reverse),
   the next logits agree; truncate and fork on the GPU; bad input raises and
@@ -57,14 +57,18 @@ def f32_file(tmp_path_factory):
                              matrix_type=T.F32)
 
 
-@pytest.fixture(scope="module")
-def mxfp4_file(tmp_path_factory):
+@pytest.fixture(scope="module", params=["mxfp4", "q2"])
+def quantized_file(request, tmp_path_factory):
+    """The spec §11 model in a converter recipe: mxfp4, or q2 (issue #16: experts'
+    gate/up IQ2_XXS, down Q2_K; widths of 256 so the super-block types apply)."""
     pytest.importorskip("gguf", reason="writing the test models needs the gguf package")
     from pyv4.synthetic import write_random_gguf_typed
 
     cfg = {**SPEC11, "vocab_size": 2048, "sliding_window": 128, "index_topk": 16}
-    return write_random_gguf_typed(tmp_path_factory.mktemp("gpu") / "spec11-mxfp4.gguf", cfg, None,
-                                   recipe="mxfp4", seed=4)
+    if request.param == "q2":
+        cfg.update(hidden_size=256, moe_intermediate_size=256)
+    path = tmp_path_factory.mktemp("gpu") / f"spec11-{request.param}.gguf"
+    return request.param, write_random_gguf_typed(path, cfg, None, recipe=request.param, seed=4)
 
 
 @pytest.fixture
@@ -118,10 +122,11 @@ def test_streamed_experts_one_per_copy(f32_file, reference_mode):
     check_close(run(gpu, ids, "f32"), want, "f32 experts streamed one per copy")
 
 
-def test_quantized_top1_agrees_with_the_cpu_fast_path(mxfp4_file):
+def test_quantized_top1_agrees_with_the_cpu_fast_path(quantized_file):
+    recipe, path = quantized_file
     n, chunked = 600, 300
     ids = tokens(n, 2048, 2)
-    cpu, gpu = pyv4.Model(mxfp4_file), pyv4.Model(mxfp4_file, device="cuda")
+    cpu, gpu = pyv4.Model(path), pyv4.Model(path, device="cuda")
 
     # a prefill in chunks of 100 (the GPU's GEMM, fp32 activations), then
     # single-token steps (its GEMV, int8 activations as the CPU's)
@@ -132,7 +137,7 @@ def test_quantized_top1_agrees_with_the_cpu_fast_path(mxfp4_file):
         return np.concatenate(out).argmax(axis=1)
 
     same = top1(cpu) == top1(gpu)
-    print(f"\n[cuda] model mxfp4 top-1 agreement with the CPU fast path: {same.mean():.4f} over {n} positions "
+    print(f"\n[cuda] model {recipe} top-1 agreement with the CPU fast path: {same.mean():.4f} over {n} positions "
           f"(prefill chunks {same[:chunked].mean():.4f}, decode steps {same[chunked:].mean():.4f})")
     assert same.mean() >= 0.99
 
