@@ -11,6 +11,13 @@ given): a prefill of --prefill tokens, then --decode single-token steps
 (greedy), on the CPU alone, on the GPU with every weight there ("gpu"), and
 hybrid with every routed expert on the CPU ("hybrid"). Prints tok/s of the
 prefill and the median ms per decode step of each, and the GPU's speed-ups.
+Then issue #14's checks, measured in the same run:
+* all-GPU decode: weight bytes a token reads (make_wide.decode_bytes_per_token)
+  / its time, as a fraction of the device-to-device copy bandwidth (>= 0.60);
+* hybrid decode: its time / the planner's prediction (pyv4.placement.plan for
+  this context, with the CPU read bandwidth and the copy bandwidth measured
+  here, PCIe at the planner's default) (<= 1.15), and faster than the CPU;
+* prefill on the GPU >= 10x the CPU's.
 """
 
 import argparse
@@ -23,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_wide  # noqa: E402  (bench/make_wide.py)
+from cuda_kernels import copy_bandwidth_gbs  # noqa: E402  (bench/cuda_kernels.py)
 
 import pyv4  # noqa: E402
 from pyv4 import _core  # noqa: E402
@@ -78,6 +86,35 @@ def main():
             del model
         for label in ("gpu", "hybrid"):
             print(f"{label} vs cpu: prefill x{res[label][0] / res['cpu'][0]:.2f}, decode x{res['cpu'][1] / res[label][1]:.2f}")
+        checks(path, args, res)
+
+
+def checks(path, args, res):
+    """Issue #14's acceptance numbers from this run's measurements."""
+    from pyv4.model_shape import from_gguf
+    from pyv4.placement import plan
+
+    copy = copy_bandwidth_gbs()
+    cpu_gbs = _core.read_bandwidth(1 << 29, 0, 3)
+    bpt = make_wide.decode_bytes_per_token(path)["total"]
+    eff = bpt / (res["gpu"][1] * 1e-3) / 1e9
+    ctx = args.prefill + args.decode
+    hybrid = plan(from_gguf(path), _core.cuda_memory()[0], ctx=ctx, gpu_gbs=copy, cpu_gbs=cpu_gbs,
+                  max_gpu_experts=0)
+    want = hybrid.ms_per_token
+    rows = [
+        (f"all-GPU decode: {bpt / 1e6:.0f} MB/token at {eff:.0f} GB/s = {eff / copy:.2f} of the "
+         f"{copy:.0f} GB/s device copy", eff / copy >= 0.60, ">= 0.60"),
+        (f"hybrid decode: {res['hybrid'][1]:.2f} ms vs the planner's {want:.2f} ms (CPU {cpu_gbs:.0f} GB/s, "
+         f"GPU {copy:.0f} GB/s) = x{res['hybrid'][1] / want:.2f}", res["hybrid"][1] <= 1.15 * want, "<= 1.15"),
+        (f"hybrid decode vs the CPU alone: x{res['cpu'][1] / res['hybrid'][1]:.2f}",
+         res["hybrid"][1] < res["cpu"][1], "> 1"),
+        (f"prefill {args.prefill} tokens, GPU vs CPU: x{res['gpu'][0] / res['cpu'][0]:.1f}",
+         res["gpu"][0] >= 10 * res["cpu"][0], ">= 10"),
+    ]
+    print("\nissue #14 checks:")
+    for text, ok, target in rows:
+        print(f"  [{'met' if ok else 'MISSED'}] {text} (target {target})")
 
 
 if __name__ == "__main__":

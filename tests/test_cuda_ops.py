@@ -10,7 +10,9 @@ and compares it with the CPU path it mirrors, printing the op's worst error
   with dp4a): within the CPU integer kernels' bound of the float64 product
   (quant_tools.check_fast), and equal to the host run of the same arithmetic
   (cuda_host_gemv) up to fp32 summation order;
-* cuda_matmul, GEMM (fp32 tiles): within the fp32-dot bound;
+* cuda_matmul, GEMM: integer types on int8 tensor cores with the GEMV's
+  quantized activations (its bound, and equal to cuda_host_gemv up to fp32
+  summation order), float types as fp32 tiles (the fp32-dot bound);
 * cuda_moe_matmul (routed experts grouped by expert): each row equal to its
   token's product alone with the kernel of its group size;
 * RMSNorm, RoPE (plain and YaRN-like tables, both directions), clamped SwiGLU:
@@ -49,6 +51,19 @@ def report(op, err, scale=None):
 def test_device_named():
     print(f"\n[cuda] device: {_REASON}")
     assert _OK and _REASON
+    info = _core.cuda_device_info()
+    assert info["name"] in _REASON and info["sm_count"] > 0 and info["clock_khz"] > 0
+    assert f"sm_{info['compute_capability'][0]}{info['compute_capability'][1]}" in _REASON
+
+
+def test_copy_time_scales_with_bytes():
+    # device-to-device copies: a 64x larger copy takes longer, and no copy
+    # beats 20 TB/s (a timing that measured nothing would)
+    small, big = _core.cuda_copy_time(16 << 20, 5), _core.cuda_copy_time(1 << 30, 5)
+    print(f"\n[cuda] device-to-device copy: {2 * (1 << 30) / big / 1e9:.0f} GB/s (reads + writes)")
+    assert 0 < small < big and 2 * (1 << 30) / big < 20e12
+    with pytest.raises(ValueError):
+        _core.cuda_copy_time(0)
 
 
 def test_cuda_errors_are_runtime_errors():
@@ -129,8 +144,16 @@ def test_matmul_gemm(type_name, n_tokens):
     assert y.shape == (n_tokens, rows)
     err = _rel_err(y, W, x)
     report(f"gemm {type_name} {n_tokens} tok [{rows}x{cols}]", err, 1.0)
-    # decoded weights are exact and x is not quantized: an fp32 dot's error
-    check_fast("F32", W, x, y)
+    if type_name in GPU_INT_TYPES:
+        # int8 tensor cores on the GEMV's quantized activations: its bound, and
+        # the host run of the same integer dots up to the order of fp32 sums
+        check_fast(type_name, W, x, y)
+        host = _core.cuda_host_gemv(type_name, raw, rows, cols, x)
+        scale = np.abs(x.astype(np.float64)) @ np.abs(W.astype(np.float64)).T + 1e-30
+        assert np.max(np.abs(y - host) / scale) <= 1e-5
+    else:
+        # decoded weights are exact and x is not quantized: an fp32 dot's error
+        check_fast("F32", W, x, y)
 
 
 @pytest.mark.parametrize("n_tokens", [4, 40])

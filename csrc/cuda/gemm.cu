@@ -1,8 +1,9 @@
-// GEMM of prefill, a first correct version: each block computes a 64-row x
-// 64-token tile of Y, stepping through the columns 32 at a time; the weight
+// GEMM of prefill for the float weight types (F32 / F16 / BF16; the integer
+// types run on int8 tensor cores, gemm_int8.cu): each block computes a 64-row
+// x 64-token tile of Y, stepping through the columns 32 at a time; the weight
 // tile is decoded to fp32 into shared memory with the exact element decode of
 // cuda/block_math.h (= dequantize_row), the activations are used as they are,
-// and each thread keeps 4 x 4 fp32 accumulators. No tensor cores yet.
+// and each thread keeps 4 x 4 fp32 accumulators. No tensor cores: an fp32 dot.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -76,9 +77,11 @@ void launch_gemm(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_t
   const dim3 grid(static_cast<unsigned>((W.rows + kTileRows - 1) / kTileRows),
                   static_cast<unsigned>((n_tokens + kTileTokens - 1) / kTileTokens));
   with_type(W.type, [&](auto type) {
-    gemm_kernel<decltype(type)::value>
-        <<<grid, kThreads>>>(W.data, W.rows, W.cols, W.row_stride, X, ldx, n_tokens, Y, ldy);
-    PYV4_CUDA_LAUNCHED(gemm_kernel);
+    constexpr GGMLType T = decltype(type)::value;
+    if constexpr (!cudamath::is_group_type(T)) {
+      gemm_kernel<T><<<grid, kThreads>>>(W.data, W.rows, W.cols, W.row_stride, X, ldx, n_tokens, Y, ldy);
+      PYV4_CUDA_LAUNCHED(gemm_kernel);
+    }
   });
 }
 

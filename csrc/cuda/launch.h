@@ -21,9 +21,13 @@ void launch_gemv_int(const DeviceMatrix& W, const cudamath::ActGroup* act, int64
 // F32 / F16 / BF16 weights, n_tokens <= kGemvMaxTokens.
 void launch_gemv_float(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
                        int64_t ldy);
-// Any weight type, any n_tokens (fp32 tiles decoded in shared memory).
+// F32 / F16 / BF16 weights, any n_tokens (fp32 tiles decoded in shared memory).
 void launch_gemm(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
                  int64_t ldy);
+// Integer weight types, any n_tokens, act as launch_quantize_act wrote it (int8
+// tensor cores, gemm_int8.cu).
+void launch_gemm_int8(const DeviceMatrix& W, const cudamath::ActGroup* act, int64_t n_tokens, float* Y,
+                      int64_t ldy);
 void launch_dequantize(const DeviceMatrix& W, float* Y);
 
 // Calls f(std::integral_constant<GGMLType, T>{}) for the runtime type t, so

@@ -50,16 +50,20 @@ void matmul(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_tokens
   if (W.rows <= 0 || n_tokens <= 0) return;
   if (kernel == MatmulKernel::Auto)
     kernel = n_tokens <= kGemvMaxTokens ? MatmulKernel::Gemv : MatmulKernel::Gemm;
-  if (kernel == MatmulKernel::Gemm) {
+  const bool quantized = cudamath::is_group_type(W.type);
+  if (kernel == MatmulKernel::Gemm && !quantized) {
     launch_gemm(W, X, ldx, n_tokens, Y, ldy);
     return;
   }
-  const bool quantized = cudamath::is_group_type(W.type);
   cudamath::ActGroup* act = nullptr;
   if (quantized) {
     scratch.act.reserve(sizeof(cudamath::ActGroup) * static_cast<size_t>(n_tokens * (W.cols / 32)));
     act = scratch.act.as<cudamath::ActGroup>();
     launch_quantize_act(X, ldx, n_tokens, W.cols, act);
+    if (kernel == MatmulKernel::Gemm) {
+      launch_gemm_int8(W, act, n_tokens, Y, ldy);
+      return;
+    }
   }
   // The GEMV holds kGemvMaxTokens accumulators: more tokens go 8 at a time.
   for (int64_t t = 0; t < n_tokens; t += kGemvMaxTokens) {

@@ -6,9 +6,11 @@
 // expert types Q2_K, Q3_K, IQ2_XXS, IQ4_XS of issue #16) work on the
 // activations quantized per group of 32 to int8 exactly as the CPU's fast
 // path does (csrc/quant/kernels.h) with dp4a dots (cuda/block_math.h); F32 /
-// F16 / BF16 are an fp32 dot. Prefill: a tiled GEMM (gemm.cu) that decodes
-// weight tiles to fp32 in shared memory (no activation quantization), so its
-// error is that of an fp32 dot.
+// F16 / BF16 are an fp32 dot. Prefill: for the integer types a GEMM on int8
+// tensor cores with the same quantized activations and integer dots
+// (gemm_int8.cu), so GEMV and GEMM differ only in the order of fp32 sums; for
+// the float types a tiled fp32 GEMM (gemm.cu) that decodes weight tiles into
+// shared memory, whose error is that of an fp32 dot.
 #pragma once
 
 #include <cstddef>

@@ -67,6 +67,19 @@ void throw_error(int code, const char* what, const char* file, int line) {
 
 void synchronize() { PYV4_CUDA_CHECK(cudaDeviceSynchronize()); }
 
+DeviceInfo device_info() {
+  require_device();
+  DeviceInfo d;
+  cudaDeviceProp p;
+  PYV4_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  d.name = p.name;
+  d.cc_major = p.major;
+  d.cc_minor = p.minor;
+  d.sm_count = p.multiProcessorCount;
+  PYV4_CUDA_CHECK(cudaDeviceGetAttribute(&d.clock_khz, cudaDevAttrClockRate, 0));
+  return d;
+}
+
 MemoryInfo memory_info() {
   require_device();
   MemoryInfo m;
@@ -101,6 +114,28 @@ double seconds_per_call(const std::function<void()>& f, int reps) {
   cudaEventDestroy(stop);
   if (e != cudaSuccess) throw_error(static_cast<int>(e), "timing events", __FILE__, __LINE__);
   return ms * 1e-3 / (reps > 0 ? reps : 1);
+}
+
+double copy_seconds(size_t bytes, int reps) {
+  require_device();
+  void* src = nullptr;
+  void* dst = nullptr;
+  PYV4_CUDA_CHECK(cudaMalloc(&src, bytes));
+  if (const cudaError_t e = cudaMalloc(&dst, bytes); e != cudaSuccess) {
+    cudaFree(src);
+    throw_error(static_cast<int>(e), "cudaMalloc (copy destination)", __FILE__, __LINE__);
+  }
+  try {
+    const double s = seconds_per_call([&] { PYV4_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice)); },
+                                      reps);
+    cudaFree(src);
+    cudaFree(dst);
+    return s;
+  } catch (...) {
+    cudaFree(src);
+    cudaFree(dst);
+    throw;
+  }
 }
 
 }  // namespace cuda

@@ -37,11 +37,20 @@ struct MemoryInfo {
   size_t free = 0, total = 0;
 };
 MemoryInfo memory_info();
+// What the benchmarks need to state the card's nominal peaks (device 0).
+struct DeviceInfo {
+  std::string name;
+  int cc_major = 0, cc_minor = 0, sm_count = 0, clock_khz = 0;  // clock: the SMs' peak
+};
+DeviceInfo device_info();
 // Waits for the device and reports any error of the work before.
 void synchronize();
 // Device seconds per call of f (which launches work on the default stream),
 // timed with events over `reps` calls after one warm-up call.
 double seconds_per_call(const std::function<void()>& f, int reps);
+// Device seconds per device-to-device copy of `bytes` (the bandwidth that
+// bench/cuda_model.py states decode's effective bandwidth against).
+double copy_seconds(size_t bytes, int reps);
 
 }  // namespace cuda
 }  // namespace pyv4

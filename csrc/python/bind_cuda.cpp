@@ -285,6 +285,26 @@ void bind_device(py::module_& m) {
       py::arg("type_name"), py::arg("raw"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("reps"),
       py::arg("kernel") = "auto", "Device seconds per cuda matmul call (weights and x already on the GPU).");
   m.def(
+      "cuda_device_info",
+      [] {
+        const cuda::DeviceInfo d = cuda::device_info();
+        py::dict out;
+        out["name"] = d.name;
+        out["compute_capability"] = py::make_tuple(d.cc_major, d.cc_minor);
+        out["sm_count"] = d.sm_count;
+        out["clock_khz"] = d.clock_khz;
+        return out;
+      },
+      "Device 0: name, compute_capability (major, minor), sm_count, clock_khz (the SMs' peak clock).");
+  m.def(
+      "cuda_copy_time",
+      [](int64_t nbytes, int reps) {
+        if (nbytes <= 0 || reps <= 0) throw InputError("cuda_copy_time: nbytes and reps must be positive");
+        return cuda::copy_seconds(static_cast<size_t>(nbytes), reps);
+      },
+      py::arg("nbytes"), py::arg("reps") = 10,
+      "Device seconds per device-to-device copy of nbytes (it reads and writes nbytes each).");
+  m.def(
       "cuda_rms_norm",
       [](const F32Array& x, py::object w, float eps) {
         if (x.ndim() != 2) throw InputError("cuda_rms_norm: x must be float32 [n, dim]");
