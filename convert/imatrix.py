@@ -47,7 +47,36 @@ def load_imatrix(path: Path | str) -> dict[str, np.ndarray]:
     return entries
 
 
-def _load_gguf(path: Path) -> dict[str, np.ndarray]:
+def expert_counts(path: Path | str) -> dict[int, np.ndarray]:
+    """Layer -> tokens routed to each of its experts during calibration: the
+    per-expert ``counts`` of the layer's stacked ``ffn_gate_exps`` (else up /
+    down) entry of a GGUF imatrix (the routing frequency the GPU placement
+    uses, pyv4/placement.py). A legacy .dat file keeps one call count per
+    tensor, not per expert, and is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvertError(f"{path}: imatrix file does not exist")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ConvertError(f"{path}: not a GGUF imatrix (a legacy imatrix file has no per-expert counts: use "
+                               "a GGUF one from `pyv4 imatrix` or llama-imatrix --output-format gguf)")
+    out: dict[int, np.ndarray] = {}
+    counts = _read_gguf(path)[1]
+    for kind in ("down", "up", "gate"):  # gate wins: its entry is written per routed token
+        for name, c in counts.items():
+            parts = name.split(".")
+            if len(parts) == 4 and parts[0] == "blk" and parts[2] == f"ffn_{kind}_exps" and parts[1].isdigit():
+                c = c.reshape(-1)
+                if not np.isfinite(c).all() or (c < 0).any():
+                    raise ConvertError(f"{path}: imatrix entry {name!r} has negative or non-finite counts")
+                out[int(parts[1])] = c
+    if not out:
+        raise ConvertError(f"{path}: the imatrix has no routed-expert entries (blk.N.ffn_*_exps.weight)")
+    return out
+
+
+def _read_gguf(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(in_sum2 by matrix name, counts by matrix name) of a GGUF imatrix."""
     from gguf import GGUFReader
 
     try:
@@ -59,6 +88,11 @@ def _load_gguf(path: Path) -> dict[str, np.ndarray]:
         for suffix, into in ((".in_sum2", sums), (".counts", counts)):
             if t.name.endswith(suffix):
                 into[t.name[: -len(suffix)]] = np.asarray(t.data, np.float32)
+    return sums, counts
+
+
+def _load_gguf(path: Path) -> dict[str, np.ndarray]:
+    sums, counts = _read_gguf(path)
     out = {}
     for name, s in sums.items():
         if name not in counts:

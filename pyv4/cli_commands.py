@@ -24,6 +24,9 @@ def _add_device_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="cpu", help='"cpu" (default), "cuda" or "cuda:N"')
     ap.add_argument("--vram", default=None, help="GPU memory to use with a CUDA device, e.g. 24GiB "
                     "(default: the free memory)")
+    ap.add_argument("--expert-freq", default=None, metavar="FILE",
+                    help="with a CUDA device: routing counts (a GGUF imatrix or a .npy [layers, experts]); "
+                         "the most used experts go to the GPU first")
 
 
 def _add_model_args(ap: argparse.ArgumentParser, model_optional: bool) -> None:
@@ -69,7 +72,7 @@ def _load(a):
     if not os.access(path, os.R_OK):
         raise UserError(f"model file is not readable: {path}")
     try:
-        model = Model(path, threads=a.threads, device=a.device, vram=a.vram)
+        model = Model(path, threads=a.threads, device=a.device, vram=a.vram, expert_freq=a.expert_freq)
     except FormatError as e:
         raise UserError(f"cannot load model: {e}") from None
     except (DeviceError, ValueError) as e:  # the device or vram

@@ -53,7 +53,9 @@ class Model:
     weight but the embedding table and the routed experts the placement
     (pyv4/placement.py) leaves on the host is uploaded at load; those experts
     run on the CPU. max_gpu_experts caps the routed experts per layer on the
-    GPU (0: all on the CPU). Sessions keep their KV state in host memory in
+    GPU (0: all on the CPU); expert_freq, the routing counts of a calibration
+    run (a GGUF imatrix file, a .npy file or an array [layers, experts]), puts
+    the most used experts on the GPU first instead of layer by layer. Sessions keep their KV state in host memory in
     this version (the same sessions, files and forks as on the CPU; the plan's
     GPU KV bytes stay unused), and run one at a time. Without a usable GPU (no
     CUDA backend, no GPU or driver) "cuda" raises pyv4.DeviceError saying why.
@@ -61,7 +63,7 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, resident: bool = False,
                  split_weights: bool = True, device: str = "cpu", vram: int | str | None = None,
-                 max_gpu_experts: int | None = None):
+                 max_gpu_experts: int | None = None, expert_freq=None):
         from .device import parse_device, require_cuda
 
         kind, index = parse_device(device)
@@ -77,6 +79,8 @@ class Model:
             raise FileNotFoundError(f"model file not found: {self.path}")
         if max_gpu_experts is not None and kind == "cpu":
             raise ValueError('max_gpu_experts applies to a CUDA device only (device="cuda")')
+        if expert_freq is not None and kind == "cpu":
+            raise ValueError('expert_freq applies to a CUDA device only (device="cuda")')
         if kind == "cuda":
             require_cuda(index)
             _check_gpu_path(index)
@@ -86,21 +90,24 @@ class Model:
         self._placement = None
         self._gpu = None
         if kind == "cuda":
-            self._gpu, self._placement = self._start_gpu(index, vram, max_gpu_experts)
+            self._gpu, self._placement = self._start_gpu(index, vram, max_gpu_experts, expert_freq)
 
-    def _start_gpu(self, index: int, vram, max_gpu_experts):
+    def _start_gpu(self, index: int, vram, max_gpu_experts, expert_freq):
         """(the GPU engine, its placement): the plan for the vram budget, then
         the upload of what it puts on the GPU. A device that cannot be used
         raises DeviceError; a plan that cannot fit, PlacementError."""
         from .device import DeviceError
         from .model_shape import from_gguf
-        from .placement import parse_bytes, plan
+        from .placement import load_expert_freq, parse_bytes, plan
 
         name = f"cuda:{index}"
         try:
             budget = parse_bytes(vram, "vram") if vram is not None else _core.cuda_memory()[0]
-            placement = plan(from_gguf(self.path), budget, ctx=self.n_ctx, device=name,
-                             max_gpu_experts=max_gpu_experts)
+            shape = from_gguf(self.path)
+            if isinstance(expert_freq, (str, os.PathLike)):
+                expert_freq = load_expert_freq(expert_freq, shape)
+            placement = plan(shape, budget, ctx=self.n_ctx, device=name, max_gpu_experts=max_gpu_experts,
+                             expert_freq=expert_freq)
             engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu])
         except DeviceError:
             raise

@@ -48,6 +48,7 @@ kernel reaches nominal bandwidth; launch overheads are ignored)."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -239,6 +240,38 @@ class Placement:
         d.update(gpu_bytes=self.gpu_bytes, host_bytes=self.host_bytes,
                  pcie_bytes_per_token=self.pcie_bytes_per_token, ms_per_token=self.ms_per_token)
         return d
+
+
+def load_expert_freq(path, shape: ModelShape):
+    """The routing counts [layers, experts] of a file: a numpy .npy array, or a
+    GGUF imatrix (`pyv4 imatrix`, llama-imatrix), whose per-expert token counts
+    are the routing frequency of its calibration text; a layer it lacks gets
+    zeros (planned as uniform). ValueError naming the file when unreadable."""
+    import numpy as np
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ValueError(f"cannot read expert frequencies {path}: {e}") from None
+    if magic == b"\x93NUM":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read expert frequencies {path}: {e}") from None
+    if magic != b"GGUF":
+        raise ValueError(f"{path}: neither a .npy array nor a GGUF imatrix (a legacy imatrix file has no per-expert "
+                         "counts: use a GGUF one from `pyv4 imatrix` or llama-imatrix --output-format gguf)")
+    from .convert.imatrix import expert_counts
+
+    out = np.zeros((shape.n_layer, shape.n_expert))
+    for il, c in expert_counts(path).items():  # ConvertError is a ValueError naming the file
+        if il >= shape.n_layer or c.size != shape.n_expert:
+            raise ValueError(f"{path}: imatrix layer {il} has {c.size} experts; the model has {shape.n_layer} "
+                             f"layers of {shape.n_expert} (an imatrix of another model?)")
+        out[il] = c
+    return out
 
 
 def _routing_share(shape: ModelShape, expert_freq) -> list[list[float]]:

@@ -101,15 +101,6 @@ def _load_shape(model: str, recipe: str | None):
     return from_gguf(model)
 
 
-def _load_freq(path: str):
-    import numpy as np
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read --expert-freq {path}: {e}") from None
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="pyv4 plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,9 +113,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--gpu-bandwidth", default=None, help=f"GPU memory bandwidth (default {DEFAULT_GPU_GBS:.0f}GB/s)")
     ap.add_argument("--cpu-bandwidth", default=None, help="CPU read bandwidth (default: measured now, ~1 s)")
     ap.add_argument("--pcie-bandwidth", default=None, help=f"PCIe bandwidth (default {pl.DEFAULT_PCIE_GBS:.0f}GB/s)")
-    ap.add_argument("--expert-freq", default=None, metavar="FILE.npy",
-                    help="routing counts [layers, experts]: the most used experts go to the GPU first "
-                         "(default: layer by layer)")
+    ap.add_argument("--expert-freq", default=None, metavar="FILE",
+                    help="routing counts: a GGUF imatrix (its per-expert token counts) or a .npy array "
+                         "[layers, experts]; the most used experts go to the GPU first (default: layer by layer)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     a = ap.parse_args(argv)
     try:
@@ -137,7 +128,7 @@ def main(argv: list[str]) -> int:
         if vram <= 0 or ram <= 0:
             raise ValueError("--vram and --ram must be positive")
         shape = _load_shape(a.model, a.recipe)
-        freq = _load_freq(a.expert_freq) if a.expert_freq else None
+        freq = pl.load_expert_freq(a.expert_freq, shape) if a.expert_freq else None
         if cpu is None:
             cpu = measure_cpu_bandwidth()
         p = pl.plan(shape, vram, ram, ctx, kv=a.kv, expert_freq=freq, gpu_gbs=gpu, cpu_gbs=cpu, pcie_gbs=pcie)

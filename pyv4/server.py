@@ -481,7 +481,7 @@ def main(argv: list[str]) -> int:
         from . import Model
         from .batching import Scheduler
 
-        model = Model(path, threads=a.threads, device=a.device, vram=a.vram)
+        model = Model(path, threads=a.threads, device=a.device, vram=a.vram, expert_freq=a.expert_freq)
         n_ctx = min(a.ctx, model.n_ctx) if a.ctx else model.n_ctx
         cache = model.prompt_cache(a.prompt_cache, a.prompt_cache_bytes) if a.prompt_cache else None
         sch = Scheduler(model, parallel=a.parallel, kv=a.kv, prompt_cache=cache)

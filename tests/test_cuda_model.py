@@ -112,6 +112,18 @@ def test_f32_logits_match_the_cpu_reference(f32_file, reference_mode, gpu_expert
     check_close(got[PREFILL:], want[PREFILL:], f"f32 decode {gpu_experts=}")
 
 
+def test_f32_logits_with_scattered_gpu_experts(f32_file, reference_mode):
+    # routing counts that put experts 1, 4 and 6 of each layer on the GPU: three
+    # separate ranges per layer, the rest on the host
+    ids = tokens(PREFILL + DECODE, SPEC11["vocab_size"], 5)
+    want = run(pyv4.Model(f32_file), ids, "f32")
+    freq = np.ones((6, 8))
+    freq[:, [1, 4, 6]] = 50.0
+    gpu = pyv4.Model(f32_file, device="cuda", max_gpu_experts=3, expert_freq=freq)
+    assert gpu.placement().experts_on_gpu == [(il, e, e + 1) for il in range(6) for e in (1, 4, 6)]
+    check_close(run(gpu, ids, "f32"), want, "f32 with experts 1, 4, 6 of each layer on the GPU")
+
+
 def test_streamed_experts_one_per_copy(f32_file, reference_mode):
     # every routed expert on the host: the prefill (>= 32 tokens) copies the
     # experts it uses to the GPU, here one expert per copy (stream_bytes=1)
@@ -185,6 +197,13 @@ def test_placement_and_bad_arguments(f32_file):
     p = gpu.placement()
     assert gpu.device == "cuda:0" and p.device == "cuda:0" and p.vram == 4 << 30
     assert p.experts_on_gpu == [(il, 0, 2) for il in range(6)]
+    # routing counts put each layer's two most used experts there instead, and
+    # the engine holds exactly those
+    freq = np.ones((6, 8))
+    freq[:, 5] = freq[:, 7] = 100.0
+    hot = pyv4.Model(f32_file, device="cuda", vram="4GiB", max_gpu_experts=2, expert_freq=freq)
+    assert hot.placement().experts_on_gpu == [r for il in range(6) for r in ((il, 5, 6), (il, 7, 8))]
+    assert [hot._gpu.experts_on_gpu(il) for il in range(6)] == [2] * 6
     with pytest.raises(pyv4.DeviceError, match="cuda:0 only"):
         pyv4.Model(f32_file, device="cuda:1")
     with pytest.raises(ValueError, match="max_gpu_experts"):

@@ -304,10 +304,49 @@ def test_plan_command_reads_routing_counts(tiny, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["experts_on_gpu"] == [[0, 0, 2]]
     np.save(tmp_path / "wrong.npy", np.ones((L + 1, E)))
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    for f, msg in (("wrong.npy", "shape"), ("junk.npy", "cannot read --expert-freq"), ("none.npy", "cannot read")):
+    for f, msg in (("wrong.npy", "shape"), ("junk.npy", "neither a .npy array nor a GGUF imatrix"),
+                   ("none.npy", "cannot read expert frequencies")):
         assert pyv4_main(args + ["--expert-freq", str(tmp_path / f)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and msg in err, err
+
+
+def test_routing_counts_from_an_imatrix(tiny, tmp_path, capsys):
+    # the per-expert token counts of a GGUF imatrix (pyv4 imatrix / llama-imatrix)
+    # are routing counts: `pyv4 plan --expert-freq FILE.imatrix` places the experts
+    # they make hottest first; layers the file lacks plan as uniform
+    from pyv4.imatrix import write_gguf
+
+    shape = from_gguf(str(tiny))
+    L, E, cols = shape.n_layer, shape.n_expert, shape.n_embd
+    counts = np.full(E, 3.0)
+    counts[[2, 6]] = 400.0
+    entries = [(f"blk.{L - 1}.ffn_{k}_exps.weight", np.ones((E, cols)), counts) for k in ("gate", "up")]
+    entries.append((f"blk.{L - 1}.ffn_down_exps.weight", np.ones((E, cols)), counts[::-1].copy()))
+    entries.append((f"blk.{L - 1}.attn_q_a.weight", np.ones((1, cols)), np.array([50.0])))
+    write_gguf(tmp_path / "cal.imatrix", entries, "cal.txt", 4, 512)
+    freq = pl.load_expert_freq(tmp_path / "cal.imatrix", shape)
+    assert freq.shape == (L, E) and not freq[:L - 1].any()
+    assert np.array_equal(freq[L - 1], counts)  # the gate's counts, not the down's
+    room = pl.plan(shape, 1 << 40, None, 4096)
+    vram = room.gpu_bytes - room.gpu["experts"] + room.margin + 2 * shape.expert_bytes(0)
+    args = ["plan", str(tiny), "--vram", str(vram), "--ram", "8GiB", "--ctx", "4096", "--cpu-bandwidth", "10",
+            "--json", "--expert-freq"]
+    assert pyv4_main(args + [str(tmp_path / "cal.imatrix")]) == 0
+    assert json.loads(capsys.readouterr().out)["experts_on_gpu"] == [[L - 1, 2, 3], [L - 1, 6, 7]]
+    # refused, naming the file and why: a legacy .dat (no per-expert counts), an
+    # imatrix of another model's expert count, one without expert entries
+    (tmp_path / "old.dat").write_bytes(b"\x01\x00\x00\x00")
+    write_gguf(tmp_path / "other.imatrix", [(f"blk.0.ffn_gate_exps.weight", np.ones((E + 1, cols)),
+                                             np.ones(E + 1))], "x", 1, 512)
+    write_gguf(tmp_path / "dense.imatrix", entries[-1:], "x", 1, 512)
+    for f, msg in (("old.dat", "legacy imatrix file has no per-expert counts"),
+                   ("other.imatrix", "another model"), ("dense.imatrix", "no routed-expert entries")):
+        assert pyv4_main(args + [str(tmp_path / f)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err and f in err, err
+    with pytest.raises(ValueError, match="expert_freq applies to a CUDA device"):
+        pyv4.Model(tiny, expert_freq=tmp_path / "cal.imatrix")
 
 
 # ---------------------------------------------------------------- real files
