@@ -12,7 +12,7 @@ Steps, all on one small random-weight `deepseek4` model in F32 (experts 256 wide
 so every low-bit block fits; real tokenizer):
 1. `pyv4 imatrix` on calibration text -> ours.imatrix; `llama-imatrix` on the
    same file and text -> theirs.imatrix (each tool's file must load in the other);
-2. `llama-quantize --imatrix ours.imatrix` to IQ2_XXS, Q2_K and Q3_K
+2. `llama-quantize --imatrix ours.imatrix` to IQ2_XXS, Q2_K, Q3_K and IQ4_XS
    (llama.cpp accepting our file), and pyv4's quantizers (convert/quants_lowbit.py)
    on the same F32 tensors with the same importance vectors;
 3. per tensor that llama.cpp stored in a low-bit type, both tools' results
@@ -41,7 +41,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 CONFIG_OVERRIDES = {"hidden_size": 256, "moe_intermediate_size": 256}  # the demo's shape, blocks of 256 fit
-FTYPES = {"IQ2_XXS": "IQ2_XXS", "Q2_K": "Q2_K", "Q3_K": "Q3_K_M"}
+FTYPES = {"IQ2_XXS": "IQ2_XXS", "Q2_K": "Q2_K", "Q3_K": "Q3_K_M", "IQ4_XS": "IQ4_XS"}
 
 
 def run(cmd, **kw):
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     from gguf.quants import dequantize
 
     from pyv4.convert.imatrix import load_imatrix, matrix_weights
-    from pyv4.convert.quants_lowbit import iq2_xxs_quantize, q2_k_quantize, q3_k_quantize
+    from pyv4.convert.quants_lowbit import iq2_xxs_quantize, iq4_xs_quantize, q2_k_quantize, q3_k_quantize
     from pyv4.demo import DEMO_CONFIG, _tokenizer_dir
     from pyv4.synthetic import write_random_gguf
 
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     print(f"pyv4 imatrix wrote {ours_im.name}: {len(ours)} entries")
 
     src = {t.name: t for t in GGUFReader(str(f32)).tensors}
-    quantizers = {"IQ2_XXS": iq2_xxs_quantize, "Q2_K": q2_k_quantize, "Q3_K": q3_k_quantize}
+    quantizers = {"IQ2_XXS": iq2_xxs_quantize, "Q2_K": q2_k_quantize, "Q3_K": q3_k_quantize,
+                  "IQ4_XS": iq4_xs_quantize}
     print("\n| type | tensors | weighted RMSE pyv4 | weighted RMSE llama.cpp | pyv4 / llama.cpp |")
     print("|---|---|---|---|---|")
     for tname, ftype in FTYPES.items():

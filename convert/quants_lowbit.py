@@ -6,7 +6,9 @@ Formats (value of element i of a 256-element super-block; layouts as csrc/quant/
 * ``Q3_K`` (110 B): 16 sub-blocks of 16, ``d*(sc-32)*(q-4)`` with 6-bit ``sc``, 3-bit ``q``;
 * ``IQ2_XXS`` (66 B): 8 groups of 32, each 4 points of GGML's 256-entry grid of 8 magnitudes
   (8, 25 or 43) with 7 sign bits per point (the 8th is their parity) and a 4-bit scale
-  ``s``: ``d*(0.5+s)/4 * grid * sign``.
+  ``s``: ``d*(0.5+s)/4 * grid * sign``;
+* ``IQ4_XS`` (136 B): 8 blocks of 32, ``d*(ls-32) * level`` with a 6-bit ``ls`` per block and
+  a 4-bit code per element indexing the 16 non-linear IQ4_NL levels (-127 .. 113).
 
 The search follows the approach of GGML's reference quantizers (our own code): each
 element weighs ``imatrix[col] * sqrt(sigma2 + x^2)`` (``sigma2`` the super-block's mean
@@ -308,4 +310,53 @@ def _iq2_xxs_rows(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     out[..., 0:2] = best_d[..., None].view(np.uint8)
     words = np.stack([word0, word1], axis=-1).astype("<u4")  # [rows, nsb, 8, 2]
     out[..., 2:] = words.view(np.uint8).reshape(rows, nsb, 64)
+    return out.reshape(rows, -1)
+
+
+# The 16 non-linear IQ4_NL / IQ4_XS levels (format data: GGML's kvalues_iq4nl,
+# csrc/quant/blocks.h kIq4nlValues).
+IQ4NL_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], F32)
+
+
+def _nearest_level(v: np.ndarray) -> np.ndarray:
+    """Index of the IQ4_NL level nearest each value (the first of equals)."""
+    return np.abs(v[..., None] - IQ4NL_LEVELS).argmin(-1)
+
+
+def iq4_xs_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Float rows [rows, n] -> IQ4_XS bytes [rows, n/256*136]."""
+    return _in_slices(_iq4_xs_rows, x, imatrix, 136, 1 << 17)
+
+
+def _iq4_xs_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    rows, n = x.shape
+    nsb = n // 256
+    w = element_weights(x, imatrix).reshape(rows, nsb, 8, 32)
+    b = x.reshape(rows, nsb, 8, 32).astype(F32)
+    # per block: the value of largest magnitude maps to levels near the outermost
+    # (-127 + st, st = -7..7, i.e. scales a little smaller and larger than the
+    # plain max / -127); codes rounded to the nearest level, the scale refitted by
+    # weighted least squares, the fit with the best (sum w q x)^2 / sum w q^2 kept
+    amax = np.take_along_axis(b, np.abs(b).argmax(-1)[..., None], -1)[..., 0]
+    best = np.full(amax.shape, -1.0, F32)
+    best_s = np.zeros(amax.shape, F32)
+    for st in range(-7, 8):
+        iscale = _div(F32(st - 127), amax)
+        q = IQ4NL_LEVELS[_nearest_level(iscale[..., None] * b)]
+        swqx, swqq = (w * q * b).sum(-1), (w * q * q).sum(-1)
+        score = _div(swqx * swqx, swqq)
+        better = (swqq > 0) & (score > best)
+        best = np.where(better, score, best)
+        best_s = np.where(better, _div(swqx, swqq), best_s)
+    d16, L = _super_scale(best_s, w.sum(-1), -32, 31)
+    eff = (d16.astype(F32)[..., None] * L.astype(F32)).astype(F32)  # as the decoder forms it
+    codes = _nearest_level(_div(b, eff[..., None])).astype(np.uint8)  # [rows, nsb, 8, 32]
+    ls = (L + 32).astype(np.uint16)
+    out = np.empty((rows, nsb, 136), np.uint8)
+    out[..., 0:2] = d16[..., None].view(np.uint8)
+    hi = ((ls >> 4) << (2 * np.arange(8, dtype=np.uint16))).sum(-1, dtype=np.uint16)
+    out[..., 2:4] = hi[..., None].astype("<u2").view(np.uint8)
+    lo = (ls & 15).astype(np.uint8)
+    out[..., 4:8] = lo[..., 0::2] | (lo[..., 1::2] << 4)
+    out[..., 8:] = (codes[..., :16] | (codes[..., 16:] << 4)).reshape(rows, nsb, 128)
     return out.reshape(rows, -1)

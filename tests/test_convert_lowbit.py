@@ -22,6 +22,7 @@ gguf = pytest.importorskip("gguf")
 pytest.importorskip("transformers")
 
 import official_fixtures as of  # noqa: E402
+import pyv4  # noqa: E402
 from pyv4 import _core  # noqa: E402
 from pyv4.convert import ConvertError, main  # noqa: E402
 from pyv4.convert import quants as Q  # noqa: E402
@@ -29,9 +30,9 @@ from pyv4.convert.imatrix import load_imatrix, matrix_weights  # noqa: E402
 from pyv4.convert.recipes import choose_type, get_recipe  # noqa: E402
 
 T = gguf.GGMLQuantizationType
-LOW = (T.Q2_K, T.Q3_K, T.IQ2_XXS)
-# relative RMSE on N(0, 1) rows, importance all ones (measured ~0.27 / 0.15 / 0.33)
-RMSE_BOUND = {T.Q2_K: 0.30, T.Q3_K: 0.17, T.IQ2_XXS: 0.36}
+LOW = (T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS)
+# relative RMSE on N(0, 1) rows, importance all ones (measured ~0.27 / 0.15 / 0.33 / 0.076)
+RMSE_BOUND = {T.Q2_K: 0.30, T.Q3_K: 0.17, T.IQ2_XXS: 0.36, T.IQ4_XS: 0.085}
 
 
 def _decode(raw, t, rows, n):
@@ -287,11 +288,13 @@ def test_convert_q2q4_and_type_overrides(official, tmp_path, capsys):
     out = tmp_path / "o.gguf"
     # q3_k / q2_k by --type without an imatrix: allowed, reported
     assert main([str(src), str(out), "--recipe", "q8", "--type", "*ffn_gate_exps*=q3_k",
-                 "--type", "*ffn_up_exps*=q2_k"]) == 0
+                 "--type", "*ffn_up_exps*=q2_k", "--type", "*ffn_gate_shexp*=iq4_xs"]) == 0
     err = capsys.readouterr().err
     assert "without an importance matrix" in err
     types = _types(out)
     assert types["blk.1.ffn_gate_exps.weight"] == T.Q3_K and types["blk.1.ffn_up_exps.weight"] == T.Q2_K
+    assert types["blk.1.ffn_gate_shexp.weight"] == T.IQ4_XS
+    assert np.isfinite(pyv4.Model(out).new_session().eval([1, 2, 3])).all()
     # q2q4 on this 4-layer fixture: every block is among the last 6, so all experts Q4_K
     # (no IQ2_XXS left, so no imatrix needed)
     assert main([str(src), str(out), "--recipe", "q2q4", "-q"]) == 0

@@ -24,7 +24,8 @@ from pyv4.convert import quants_lowbit as L  # noqa: E402
 
 T = gguf.GGMLQuantizationType
 F32 = np.float32
-REF = {"Q2_K": L.q2_k_quantize, "Q3_K": L.q3_k_quantize, "IQ2_XXS": L.iq2_xxs_quantize}
+REF = {"Q2_K": L.q2_k_quantize, "Q3_K": L.q3_k_quantize, "IQ2_XXS": L.iq2_xxs_quantize,
+       "IQ4_XS": L.iq4_xs_quantize}
 TYPES = tuple(REF)
 
 
@@ -145,7 +146,7 @@ def test_bad_arguments_raise_value_error():
         _core.quantize_lowbit("Q2_K", x, np.ones((3, 512), F32))
     with pytest.raises(ValueError, match="importance must be"):
         _core.quantize_lowbit("Q2_K", x, np.ones(256, F32))
-    with pytest.raises(ValueError, match="no importance-weighted quantizer for Q4_K"):
+    with pytest.raises(ValueError, match=r"no importance-weighted quantizer for Q4_K \(Q2_K, Q3_K, IQ2_XXS, IQ4_XS\)"):
         _core.quantize_lowbit("Q4_K", x)
     with pytest.raises(ValueError, match="unknown GGML type"):
         _core.quantize_lowbit("Q9_Z", x)
@@ -154,7 +155,7 @@ def test_bad_arguments_raise_value_error():
     assert _core.quantize_lowbit("Q3_K", np.ones((0, 512), F32)).shape == (0, 220)
 
 
-@pytest.mark.parametrize("t", [T.Q2_K, T.Q3_K, T.IQ2_XXS], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS], ids=lambda t: t.name)
 def test_converter_runs_the_cpp_search(t, monkeypatch):
     # quants.quantize (what convert and requantize call) gives the reference's bytes,
     # for stacked leading dims too, without calling the numpy search
@@ -190,3 +191,31 @@ def test_f32_to_f16_rounds_as_numpy():
         finite = ~np.isnan(f)
         assert np.array_equal(got[finite], want[finite])
         assert np.all((got[~finite] & 0x7C00) == 0x7C00) and np.all(got[~finite] & 0x3FF)
+
+
+def test_iq4_xs_levels_and_scales():
+    # blocks whose values are exactly d * ls * level for some 6-bit ls and IQ4_NL
+    # levels come back exactly (codes, scales and the f16 super-block scale), a
+    # zero block decodes to zeros, and the weighted error is no worse than a plain
+    # round-to-nearest at the block's absmax scale
+    rng = np.random.default_rng(9)
+    levels = L.IQ4NL_LEVELS
+    d = F32(2.0 ** -10)
+    ls = rng.integers(-32, 32, (4, 8))
+    ls[:, 0] = -32  # the largest |ls| of each super-block at the negative end
+    ls[0, 3] = 0  # a zero block
+    codes = rng.integers(0, 16, (4, 8, 32))
+    codes[:, :, 0] = 0  # each block reaches -127 (the level its search starts from)
+    x = (d * ls[..., None].astype(F32) * levels[codes]).astype(F32).reshape(1, -1)
+    q = _core.quantize_lowbit("IQ4_XS", x, None, 1)
+    assert np.array_equal(q, L.iq4_xs_quantize(x))
+    y = _core.quant_dequantize("IQ4_XS", q.reshape(-1), x.size).reshape(x.shape)
+    assert np.array_equal(y, x)
+    z = rng.standard_normal((16, 1024)).astype(F32)
+    imp = np.exp(rng.standard_normal(1024)).astype(F32)
+    q = _core.quantize_lowbit("IQ4_XS", z, imp, 2)
+    y = _core.quant_dequantize("IQ4_XS", q.reshape(-1), z.size).reshape(z.shape)
+    b = z.reshape(16, -1, 32)
+    s = np.abs(b).max(-1, keepdims=True) / 127
+    naive = (s * levels[np.abs(b[..., None] / s[..., None] - levels).argmin(-1)]).reshape(z.shape)
+    assert (imp * (y - z) ** 2).sum() < (imp * (naive - z) ** 2).sum()

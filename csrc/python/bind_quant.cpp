@@ -132,7 +132,7 @@ void bind_quant(py::module_& m) {
       py::arg("type_name"), py::arg("x"), py::arg("importance") = py::none(),
       py::arg("threads") = 0,
       "Importance-weighted quantization of float32 rows [rows, cols] (cols % 256 == 0) to "
-      "GGML 'Q2_K', 'Q3_K' or 'IQ2_XXS' blocks [rows, cols/256*block bytes], byte for byte "
+      "GGML 'Q2_K', 'Q3_K', 'IQ2_XXS' or 'IQ4_XS' blocks [rows, cols/256*block bytes], byte for byte "
       "the search of convert/quants_lowbit.py. importance: per-element weights [rows, cols] or "
       "per column [cols] (required for IQ2_XXS). threads <= 0: all cores.");
   m.def(

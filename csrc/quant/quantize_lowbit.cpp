@@ -1,4 +1,4 @@
-// The importance-weighted Q2_K / Q3_K / IQ2_XXS searches (convert/quants_lowbit.py
+// The importance-weighted Q2_K / Q3_K / IQ2_XXS / IQ4_XS searches (convert/quants_lowbit.py
 // is the reference; each function here names the reference function it mirrors).
 // Exactness rules, kept everywhere below:
 //   * float32 arithmetic in the reference's order, no fused multiply-add
@@ -133,9 +133,9 @@ void element_weights(const float* x, const float* imp, float* w) {
     for (int i = 0; i < 256; ++i) w[i] *= imp[i];
 }
 
-// _super_scale: f16 d and integers L[16] in [lo, hi] with v ~ d*L, weighted by sw.
-uint16_t super_scale(const float* v, const float* sw, int lo, int hi, int* L) {
-  const float amax = v[argmax_abs(v, 16)];
+// _super_scale: f16 d and integers L[n] in [lo, hi] with v ~ d*L, weighted by sw (n <= 16).
+uint16_t super_scale(const float* v, const float* sw, int n, int lo, int hi, int* L) {
+  const float amax = v[argmax_abs(v, n)];
   const float top = static_cast<float>(amax < 0 ? lo : hi), flo = static_cast<float>(lo),
               fhi = static_cast<float>(hi);
   float best_err = kInf;
@@ -144,21 +144,21 @@ uint16_t super_scale(const float* v, const float* sw, int lo, int hi, int* L) {
   float t[16], u[16];
   for (double f : kFactors) {
     const float d0 = div0(amax, top * static_cast<float>(f));
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < n; ++i) {
       const float q = rint_clip(div0(v[i], d0), flo, fhi);
       const float swq = sw[i] * q;
       t[i] = (sw[i] * v[i]) * q;
       u[i] = swq * q;
     }
-    const float d1 = div0(np_sum(t, 16), np_sum(u, 16));  // the weighted least-squares refit
+    const float d1 = div0(np_sum(t, n), np_sum(u, n));  // the weighted least-squares refit
     for (float d : {d0, d1}) {
       const uint16_t d16 = f32_to_f16_bits(d);
       const float d32 = f16_to_f32(d16);
-      for (int i = 0; i < 16; ++i) {
+      for (int i = 0; i < n; ++i) {
         const float e = v[i] - d32 * rint_clip(div0(v[i], d32), flo, fhi);
         t[i] = sw[i] * (e * e);
       }
-      const float err = np_sum(t, 16);
+      const float err = np_sum(t, n);
       if (err < best_err) {
         best_err = err;
         best_d = d16;
@@ -166,7 +166,7 @@ uint16_t super_scale(const float* v, const float* sw, int lo, int hi, int* L) {
     }
   }
   const float d32 = f16_to_f32(best_d);
-  for (int i = 0; i < 16; ++i) L[i] = static_cast<int>(rint_clip(div0(v[i], d32), flo, fhi));
+  for (int i = 0; i < n; ++i) L[i] = static_cast<int>(rint_clip(div0(v[i], d32), flo, fhi));
   return best_d;
 }
 
@@ -199,8 +199,8 @@ void q2_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& op
   ops.fit_affine(x, w, 3, scale, mins);
   for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
   int sc[16], mq[16];
-  const uint16_t d16 = super_scale(scale, sw, 0, 15, sc);
-  const uint16_t dm16 = super_scale(mins, sw, 0, 15, mq);
+  const uint16_t d16 = super_scale(scale, sw, 16, 0, 15, sc);
+  const uint16_t dm16 = super_scale(mins, sw, 16, 0, 15, mq);
   const float d = f16_to_f32(d16), dm = f16_to_f32(dm16);
   std::memset(out, 0, 84);
   for (int s = 0; s < 16; ++s) {
@@ -224,7 +224,7 @@ void q3_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& op
   ops.fit_symmetric(x, w, 4, scale);
   for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
   int sc[16];
-  const uint16_t d16 = super_scale(scale, sw, -32, 31, sc);
+  const uint16_t d16 = super_scale(scale, sw, 16, -32, 31, sc);
   const float d = f16_to_f32(d16);
   std::memset(out, 0, 110);
   for (int s = 0; s < 16; ++s) {
@@ -245,6 +245,68 @@ void q3_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& op
     sp[8 + s % 4] |= static_cast<uint8_t>((u >> 4) << (2 * (s / 4)));
   }
   store_u16(out + 108, d16);
+}
+
+// The index of the IQ4_NL level nearest v: np.abs(v - levels).argmin(), the
+// first of equals (the first NaN: index 0 for a NaN v).
+int nearest_iq4_level(float v) {
+  float m = std::fabs(v - static_cast<float>(qblocks::kIq4nlValues[0]));
+  if (std::isnan(m)) return 0;
+  int k = 0;
+  for (int i = 1; i < 16; ++i) {
+    const float d = std::fabs(v - static_cast<float>(qblocks::kIq4nlValues[i]));
+    if (d < m) {
+      m = d;
+      k = i;
+    }
+  }
+  return k;
+}
+
+// _iq4_xs_rows for one super-block: 8 blocks of 32.
+void iq4_xs_block(const float* x, const float* imp, uint8_t* out) {
+  float w[256], scale[8], sw[8], t[32], u[32];
+  element_weights(x, imp, w);
+  for (int b = 0; b < 8; ++b) {
+    const float* xb = x + 32 * b;
+    const float* wb = w + 32 * b;
+    const float amax = xb[argmax_abs(xb, 32)];
+    float best = -1.0f;
+    scale[b] = 0.0f;
+    for (int st = -7; st <= 7; ++st) {  // the largest value near level -127 + st
+      const float iscale = div0(static_cast<float>(st - 127), amax);
+      for (int i = 0; i < 32; ++i) {
+        const float q = static_cast<float>(qblocks::kIq4nlValues[nearest_iq4_level(iscale * xb[i])]);
+        const float wq = wb[i] * q;
+        t[i] = wq * xb[i];
+        u[i] = wq * q;
+      }
+      const float swqx = np_sum(t, 32), swqq = np_sum(u, 32);
+      const float score = div0(swqx * swqx, swqq);
+      if (swqq > 0 && score > best) {
+        best = score;
+        scale[b] = div0(swqx, swqq);
+      }
+    }
+    sw[b] = np_sum(wb, 32);
+  }
+  int L[8];
+  const uint16_t d16 = super_scale(scale, sw, 8, -32, 31, L);
+  const float d = f16_to_f32(d16);
+  std::memset(out, 0, 136);
+  store_u16(out, d16);
+  uint16_t hi = 0;
+  for (int b = 0; b < 8; ++b) {
+    const int ls = L[b] + 32;
+    hi = static_cast<uint16_t>(hi | (ls >> 4) << (2 * b));
+    out[4 + b / 2] |= static_cast<uint8_t>((ls & 15) << (4 * (b % 2)));
+    const float eff = d * static_cast<float>(L[b]);  // as the decoder forms it
+    for (int i = 0; i < 32; ++i) {
+      const int c = nearest_iq4_level(div0(x[32 * b + i], eff));
+      out[8 + 16 * b + i % 16] |= static_cast<uint8_t>(c << (i < 16 ? 0 : 4));
+    }
+  }
+  store_u16(out + 2, hi);
 }
 
 // IQ2_XXS: the grid as float columns, kGrid[k][g] = magnitude k of grid point g,
@@ -380,9 +442,9 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const IsaOps&
 }  // namespace
 
 void check_lowbit_args(GGMLType t, int64_t rows, int64_t cols, bool has_importance) {
-  if (t != GGMLType::Q2_K && t != GGMLType::Q3_K && t != GGMLType::IQ2_XXS)
+  if (t != GGMLType::Q2_K && t != GGMLType::Q3_K && t != GGMLType::IQ2_XXS && t != GGMLType::IQ4_XS)
     throw InputError(std::string("no importance-weighted quantizer for ") + type_name(t) +
-                     " (Q2_K, Q3_K, IQ2_XXS)");
+                     " (Q2_K, Q3_K, IQ2_XXS, IQ4_XS)");
   if (rows < 0 || cols <= 0 || cols % 256 != 0)
     throw InputError("a row of " + std::to_string(cols) + " values is not a multiple of the " +
                      type_name(t) + " super-block of 256");
@@ -406,6 +468,8 @@ void quantize_lowbit(GGMLType t, const float* x, int64_t rows, int64_t cols,
         q2_k_block(xb, imp, ob, ops);
       } else if (t == GGMLType::Q3_K) {
         q3_k_block(xb, imp, ob, ops);
+      } else if (t == GGMLType::IQ4_XS) {
+        iq4_xs_block(xb, imp, ob);
       } else {
         iq2_xxs_block(xb, imp, ob, ops);
       }
