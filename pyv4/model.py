@@ -101,7 +101,10 @@ class Model:
             budget = parse_bytes(vram, "vram") if vram is not None else _core.cuda_memory()[0]
             placement = plan(from_gguf(self.path), budget, ctx=self.n_ctx, device=name,
                              max_gpu_experts=max_gpu_experts)
-            engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu])
+            # CSA rows beyond the plan's budget stay on the host (GpuEngine's csa_rows_gpu)
+            csa_rows = -1 if placement.csa_rows_gpu >= placement.csa_rows else placement.csa_rows_gpu
+            engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu],
+                                     csa_rows_gpu=csa_rows)
         except DeviceError:
             raise
         except RuntimeError as e:  # CUDA errors: no device after all, out of memory, a fault
