@@ -109,8 +109,22 @@ def test_grow_rows(have, need, limit, rows):
     assert _core.cuda_grow_rows(have, need, limit) == rows
 
 
-def test_kv_state_stamp_follows_every_change(spec11, tmp_path):
-    model = pyv4.Model(spec11[0])
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    # its own tiny model: bench/gpu_check.sh runs this file without conftest.py
+    pytest.importorskip("gguf", reason="writing the test model needs the gguf package")
+    from gguf import GGMLQuantizationType as T
+
+    from pyv4.synthetic import write_random_gguf
+    from test_cuda_model import SPEC11
+
+    path = write_random_gguf(tmp_path_factory.mktemp("stamp") / "spec11.gguf", SPEC11, None, seed=1,
+                             matrix_type=T.F32)
+    return pyv4.Model(path)
+
+
+def test_kv_state_stamp_follows_every_change(tiny_model, tmp_path):
+    model = tiny_model
     ids = np.arange(2, 40)
     s = model.new_session()
     stamps = [s._state.stamp]

@@ -110,16 +110,6 @@ float* fetch(Staging& s, std::initializer_list<std::pair<const float*, int64_t>>
   return s.as<float>();
 }
 
-// A host array to the device through the pinned area s (asynchronous).
-template <class T>
-T* send(Staging& s, DeviceBuffer& b, const std::vector<T>& v) {
-  const size_t bytes = sizeof(T) * v.size();
-  b.reserve(std::max<size_t>(bytes, 1));
-  if (bytes) std::memcpy(s.take(bytes), v.data(), bytes);
-  s.to_device(b.data(), 0, bytes);
-  return b.as<T>();
-}
-
 // The second stream of a streamed prefill (copies of experts) and the events
 // that order it with the default stream's work: per buffer slot, copied
 // (copy done) and used (its group's experts done).
@@ -156,7 +146,7 @@ struct GpuEngine::Impl {
   // Activations of one eval (device).
   DeviceBuffer X, y, f, post, comb, mu, pre, logits;
   // Attention.
-  DeviceBuffer pos, pos_heads, qlat, q, kvr, pkv, gate, qI, wI, rows, idx, probs, o, z;
+  DeviceBuffer pos, pos_heads, qlat, q, kvr, pkv, gate, qI, wI, probs, o, z;
   DeviceBuffer pos_index, idx_scratch, scores, sel;
   // MoE.
   DeviceBuffer router, gs, us, ys, ge, ue, yall, comb_rows, comb_wts;
@@ -166,8 +156,8 @@ struct GpuEngine::Impl {
   Staging stream_stage[2];
   std::unique_ptr<CopyStream> copier;
   size_t stream_bytes;
-  // Pinned staging: activations down / up, index arrays up.
-  Staging act_down, act_up, idx_up;
+  // Pinned staging: activations down / up, the experts' combination up.
+  Staging act_down, act_up, comb_up;
   // The device copy of the session's rows.
   GpuKV kv_dev;
 
@@ -535,8 +525,16 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
       wts_h[t * K + k] = wt[t * K + ks[k]];
     }
   }
-  const int32_t* rows_d = send(idx_up, comb_rows, rows_h);
-  const float* wts_d = send(act_up, comb_wts, wts_h);
+  // Both arrays through one area of their own: no wait for the copies queued before.
+  comb_rows.reserve(sizeof(int32_t) * n * K);
+  comb_wts.reserve(sizeof(float) * n * K);
+  uint8_t* hc = comb_up.take((sizeof(int32_t) + sizeof(float)) * n * K);
+  std::memcpy(hc, rows_h.data(), sizeof(int32_t) * n * K);
+  std::memcpy(hc + sizeof(int32_t) * n * K, wts_h.data(), sizeof(float) * n * K);
+  comb_up.to_device(comb_rows.data(), 0, sizeof(int32_t) * n * K);
+  comb_up.to_device(comb_wts.data(), sizeof(int32_t) * n * K, sizeof(float) * n * K);
+  const int32_t* rows_d = comb_rows.as<int32_t>();
+  const float* wts_d = comb_wts.as<float>();
   combine_experts_kernel<<<blocks_for(n * D), kThreads>>>(yall_d, rows_d, wts_d, K, ys_d, n, D, out);
   PYV4_CUDA_LAUNCHED(combine_experts_kernel);
 }
