@@ -230,9 +230,13 @@ def test_gpu_kv_long_prompt_in_chunks(f32_file, reference_mode, kv):
     ids = tokens(sum(CHUNKS) + 12, SPEC11["vocab_size"], 11)
     want = run_chunks(pyv4.Model(f32_file), ids, kv)
     gpu = pyv4.Model(f32_file, device="cuda")
+    held = {}
     for budget in (-1, 3):
-        got = run_chunks(gpu, ids, kv, all_gpu_engine(gpu, csa_rows_gpu=budget))
+        engine = all_gpu_engine(gpu, csa_rows_gpu=budget)
+        got = run_chunks(gpu, ids, kv, engine)
         check_gpu_vs_cpu(got, want, kv, f"GPU KV {kv} in chunks, csa_rows_gpu={budget}")
+        held[budget] = engine.kv_bytes
+    assert 0 < held[3] < held[-1]  # 3 of the 66 CSA rows per layer on the GPU
 
 
 @pytest.mark.parametrize("kv", ["f32", "fp8"])

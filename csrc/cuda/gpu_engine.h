@@ -11,8 +11,10 @@
 // window ∪ compressed rows, inverse RoPE, the output, the router, the shared
 // expert and the routed experts placed on it; the routed experts kept on the
 // host run on the Engine's thread pool while the GPU runs the shared expert
-// (only the activations cross PCIe); in a chunk of 32 tokens or more they are
-// copied to the GPU for the layer and run there instead.
+// (only the activations cross PCIe, through pinned staging areas with
+// asynchronous copies); in a chunk of 32 tokens or more they are copied to
+// the GPU for the layer (double-buffered on a second stream) and run there
+// instead.
 //
 // KV (cuda/gpu_kv.h): every session's state stays in its CPU KVState, the
 // source of truth (the same object, records and files as the CPU path, so
