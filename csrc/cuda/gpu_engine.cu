@@ -486,7 +486,8 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
   const bool stream = host_work && n >= kStreamMinTokens && multiplies(L.gate_exps.type) &&
                       multiplies(L.up_exps.type) && multiplies(L.down_exps.type);
   const float* x_h = host_work && !stream ? fetch(act_down, {{x, n * D}}) : nullptr;
-  // The shared expert is queued first: the GPU runs it while the host computes its experts.
+  // The shared expert and the GPU's routed experts are queued first: the GPU
+  // runs them while the host computes its experts.
   float* ys_d = nullptr;
   if (L.has_shared) {
     const int64_t Fs = L.gate_sh.rows;
@@ -498,16 +499,16 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
     cuda::swiglu(gs_d, us_d, gs_d, n * Fs, static_cast<float>(c.swiglu_limit_shared[il]));
     matmul(G.down_sh.W, gs_d, Fs, n, ys_d, D, ms);
   }
-  // The host's results go straight into the pinned area they are sent from.
-  const size_t host_bytes = sizeof(float) * tok[n_ranges].size() * D;
-  if (host_work && !stream)
-    host_experts(L, il, x_h, tok[n_ranges], loc[n_ranges], reinterpret_cast<float*>(act_up.take(host_bytes)));
   const float limit = static_cast<float>(c.swiglu_limit[il]);
   for (size_t r = 0; r < n_ranges; ++r) {
     if (tok[r].empty()) continue;
     const DevExperts& ex = G.experts[r];
     run_experts(ex.gate.W, ex.up.W, ex.down.W, ex.end - ex.first, x, n, tok[r], loc[r], limit, yall_d + seg0[r] * D);
   }
+  // The host's results go straight into the pinned area they are sent from.
+  const size_t host_bytes = sizeof(float) * tok[n_ranges].size() * D;
+  if (host_work && !stream)
+    host_experts(L, il, x_h, tok[n_ranges], loc[n_ranges], reinterpret_cast<float*>(act_up.take(host_bytes)));
   if (stream) {
     stream_experts(L, x, n, tok[n_ranges], loc[n_ranges], limit, yall_d + seg0[n_ranges] * D);
   } else if (host_work) {
