@@ -1,6 +1,7 @@
 """Host-side index math of the GPU's KV and expert streaming (csrc/cuda/kv_rows.h,
 stream_plan.h), compiled into every build, so these run on any CPU:
 
+* ring_runs: the new rows that enter the window ring, at their slots;
 * plan_attn_rows: every query reads exactly its window positions (stored ones
   from the ring slot pos mod window, its span's own rows from the new records)
   and then its compressed rows (HCA: all visible, CSA: its top-k), in the CPU's
@@ -61,6 +62,19 @@ def test_attn_rows_are_each_querys_rows_in_order(kind, ratio, pos0, n):
         w_first = max(0, pos0 - window + 1)
         assert a["window_read"] == pos0 - w_first
         assert a["comp_read"] == len({r for q in want for r in q if r[0] in ("device", "host")})
+
+
+@pytest.mark.parametrize("pos0,n", [(0, 1), (0, 16), (3, 5), (14, 5), (15, 1), (16, 16), (7, 40), (100, 3)])
+def test_ring_runs_place_the_last_window_rows(pos0, n):
+    window = 16
+    runs = _core.cuda_ring_runs(pos0, n, window)
+    assert len(runs) <= 2
+    placed = [(t + k, slot + k) for t, slot, length in runs for k in range(length)]
+    assert all(slot < window for _, slot in placed)
+    # exactly the last min(n, window) rows, each at its position's slot
+    assert placed == [(t, (pos0 + t) % window) for t in range(max(0, n - window), n)]
+    with pytest.raises(ValueError):
+        _core.cuda_ring_runs(0, 1, 0)
 
 
 def test_attn_rows_bad_input():

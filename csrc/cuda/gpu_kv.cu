@@ -175,14 +175,10 @@ int64_t GpuKV::index_on_device(int64_t il) const { return impl_->book.index_held
 
 void GpuKV::store_ring(int64_t il) {
   Impl& m = *impl_;
-  const int64_t W = m.c.window, t0 = std::max<int64_t>(0, m.n - W);
-  // Slots of positions pos0 + t0 ... pos0 + n - 1: at most two runs (the ring wraps once).
-  for (int64_t t = t0; t < m.n;) {
-    const int64_t slot = (m.pos0 + t) % W, run = std::min(m.n - t, W - slot);
-    PYV4_CUDA_CHECK(cudaMemcpyAsync(m.layers[il].ring.as<uint8_t>() + static_cast<size_t>(slot) * m.main_bytes,
-                                    m.chunk_rec(il, t), static_cast<size_t>(run) * m.main_bytes,
+  for (const RingRun& r : ring_runs(m.pos0, m.n, m.c.window)) {
+    PYV4_CUDA_CHECK(cudaMemcpyAsync(m.layers[il].ring.as<uint8_t>() + static_cast<size_t>(r.slot) * m.main_bytes,
+                                    m.chunk_rec(il, r.t), static_cast<size_t>(r.len) * m.main_bytes,
                                     cudaMemcpyDeviceToDevice, nullptr));
-    t += run;
   }
 }
 

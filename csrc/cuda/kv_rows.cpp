@@ -57,6 +57,16 @@ int64_t grow_rows(int64_t have, int64_t need, int64_t limit) {
   return rows;
 }
 
+std::vector<RingRun> ring_runs(int64_t pos0, int64_t n, int64_t window) {
+  std::vector<RingRun> runs;
+  for (int64_t t = std::max<int64_t>(0, n - window); t < n;) {
+    const int64_t slot = (pos0 + t) % window, len = std::min(n - t, window - slot);
+    runs.push_back({t, slot, len});
+    t += len;
+  }
+  return runs;
+}
+
 AttnRows plan_attn_rows(int64_t pos0, int64_t n, int64_t window, AttnKind kind, int64_t ratio,
                         const std::vector<std::vector<int64_t>>& picked, int64_t comp_on_device) {
   if (kind == AttnKind::CSA && static_cast<int64_t>(picked.size()) != n)

@@ -4,6 +4,7 @@
 //   * MirrorBook: which rows of one session the device copy holds and which
 //     it must still receive (dirty tracking by KVState::stamp, spec §4.1's
 //     append-only compressed rows);
+//   * ring_runs: where a span's new rows enter the window ring;
 //   * plan_attn_rows: the rows a span's queries read (spec §3.4: the window,
 //     then the compressed rows: HCA all visible, CSA the indexer's top-k) as
 //     references to where each lives on the device or the host, and per query
@@ -91,6 +92,14 @@ struct AttnRows {
 // device, the others from the host.
 AttnRows plan_attn_rows(int64_t pos0, int64_t n, int64_t window, AttnKind kind, int64_t ratio,
                         const std::vector<std::vector<int64_t>>& picked, int64_t comp_on_device);
+
+// The span's new rows that enter a window ring of `window` slots (the last
+// min(n, window) of them), as runs of consecutive slots: rows [t, t + len) of
+// the span go to slots [slot, slot + len). At most two runs (the ring wraps once).
+struct RingRun {
+  int64_t t, slot, len;
+};
+std::vector<RingRun> ring_runs(int64_t pos0, int64_t n, int64_t window);
 
 }  // namespace cuda
 }  // namespace pyv4

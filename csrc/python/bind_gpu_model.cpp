@@ -61,6 +61,16 @@ void bind_host(py::module_& m) {
       "first (query t reads rows[idx[first[t]:first[t+1]]]), window_read, comp_read.");
   m.def("cuda_grow_rows", &cuda::grow_rows, py::arg("have"), py::arg("need"), py::arg("limit"));
   m.def(
+      "cuda_ring_runs",
+      [](int64_t pos0, int64_t n, int64_t window) {
+        if (pos0 < 0 || n < 0 || window < 1) throw InputError("cuda_ring_runs: pos0 >= 0, n >= 0, window >= 1");
+        py::list out;
+        for (const cuda::RingRun& r : cuda::ring_runs(pos0, n, window)) out.append(py::make_tuple(r.t, r.slot, r.len));
+        return out;
+      },
+      py::arg("pos0"), py::arg("n"), py::arg("window"),
+      "Where a span's new rows enter the window ring (cuda::ring_runs): [(t, slot, len)].");
+  m.def(
       "cuda_stream_groups",
       [](const std::vector<int32_t>& expert, size_t per_expert, size_t group_bytes) {
         if (per_expert == 0) throw InputError("cuda_stream_groups: per_expert must be positive");
