@@ -13,7 +13,10 @@
 # tests/test_model_ops.py (those CPU references against numpy); the
 # model on the GPU against the CPU engine (tests/test_cuda_model.py: f32
 # logits of the spec §11 config all-GPU and hybrid, a quantized file's top-1
-# agreement, sessions moved between GPU and CPU; it needs the gguf wheel to
+# agreement, sessions moved between GPU and CPU, the KV copy on the GPU over
+# uneven chunks in every KV type, with a CSA row budget, interleaved sessions,
+# fork / truncate / save / load; tests/test_cuda_kv_rows.py: the host-side
+# index math of the GPU's KV; it needs the gguf wheel to
 # write its tiny models, else it skips); (3) a short kernel benchmark
 # (bench/cuda_kernels.py: GEMV GB/s, GEMM TFLOP/s); (4) the model benchmark
 # (bench/cuda_model.py: the 4-layer wide file, prefill and decode on the CPU,

@@ -55,9 +55,11 @@ class Model:
     run on the CPU. max_gpu_experts caps the routed experts per layer on the
     GPU (0: all on the CPU); expert_freq, the routing counts of a calibration
     run (a GGUF imatrix file, a .npy file or an array [layers, experts]), puts
-    the most used experts on the GPU first instead of layer by layer. Sessions keep their KV state in host memory in
-    this version (the same sessions, files and forks as on the CPU; the plan's
-    GPU KV bytes stay unused), and run one at a time. Without a usable GPU (no
+    the most used experts on the GPU first instead of layer by layer. A
+    session's KV records live in host memory (the same sessions, files and
+    forks as on the CPU) and are copied to the GPU as the plan says (window,
+    HCA rows, indexer keys, CSA rows up to its budget), new rows written on the
+    GPU and back once per eval; sessions run one at a time. Without a usable GPU (no
     CUDA backend, no GPU or driver) "cuda" raises pyv4.DeviceError saying why.
     `placement()` tells where the model's bytes live."""
 
@@ -108,7 +110,10 @@ class Model:
                 expert_freq = load_expert_freq(expert_freq, shape)
             placement = plan(shape, budget, ctx=self.n_ctx, device=name, max_gpu_experts=max_gpu_experts,
                              expert_freq=expert_freq)
-            engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu])
+            # CSA rows beyond the plan's budget stay on the host (GpuEngine's csa_rows_gpu)
+            csa_rows = -1 if placement.csa_rows_gpu >= placement.csa_rows else placement.csa_rows_gpu
+            engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu],
+                                     csa_rows_gpu=csa_rows)
         except DeviceError:
             raise
         except RuntimeError as e:  # CUDA errors: no device after all, out of memory, a fault

@@ -11,7 +11,14 @@ csrc/cuda/gpu_engine.*) against the CPU engine, on a machine with a GPU:
 * sessions: saved after GPU steps and loaded on the CPU (and the reverse),
   the next logits agree; truncate and fork on the GPU; bad input raises and
   leaves the session as it was;
-* the placement in use names the experts the GPU holds.
+* the placement in use names the experts the GPU holds;
+* the KV copy on the GPU (csrc/cuda/gpu_kv.h): a long prompt in uneven chunks
+  (crossing the window, the CSA / HCA block and the snapshot boundaries, the
+  ring wrapping inside a chunk) and then decode steps, in each KV type, with
+  every CSA row on the GPU and with a budget of 3 (the others copied per step
+  when selected); sessions saved after GPU steps load on the CPU and on the
+  GPU; interleaved sessions, forks and truncates (each re-copies the state)
+  give what each session gives alone.
 
 The tiny models are written with pyv4.synthetic (numpy + gguf, no torch, so
 this runs in bench/gpu_check.sh's image). Without a usable device every test
@@ -208,3 +215,86 @@ def test_placement_and_bad_arguments(f32_file):
         pyv4.Model(f32_file, device="cuda:1")
     with pytest.raises(ValueError, match="max_gpu_experts"):
         pyv4.Model(f32_file, device="cuda", max_gpu_experts=-1)
+
+
+CHUNKS = [37, 100, 3, 1, 60, 1, 1, 29, 1, 17, 1, 1]  # 252 tokens: past 128 (HCA row, snapshot) and 16-token windows
+
+
+def run_chunks(model, ids, kv, engine=None):
+    """Logits of every position of ids fed in CHUNKS (then one token at a time), on engine if given."""
+    s = model.new_session(kv=kv)
+    out, p = [], 0
+    for c in CHUNKS + [1] * (len(ids) - sum(CHUNKS)):
+        if engine is None:
+            out.append(s.eval(ids[p:p + c], logits="all"))
+        else:
+            out.append(engine.eval(s._state, ids[p:p + c], True, model.n_vocab))
+        p += c
+    return np.concatenate(out)
+
+
+def all_gpu_engine(model, **kw):
+    return _core.GpuEngine(model._engine, [(il, 0, SPEC11["n_routed_experts"]) for il in range(6)], **kw)
+
+
+def check_gpu_vs_cpu(got, want, kv, what, agree=0.97):
+    """f32: logits within the tolerance; other KV types: a rounding to the
+    stored type can flip on the last bit of a projection (GPU vs CPU sums), so
+    the top-1 choices are compared and the error printed."""
+    if kv == "f32":
+        return check_close(got, want, what)
+    same = (got.argmax(1) == want.argmax(1)).mean()
+    print(f"\n[cuda] model {what}: top-1 agreement {same:.4f}, max abs logit error "
+          f"{float(np.max(np.abs(got - want))):.3e}")
+    assert np.all(np.isfinite(got)) and same >= agree
+
+
+@pytest.mark.parametrize("kv", ["f32", "bf16", "fp8"])
+def test_gpu_kv_long_prompt_in_chunks(f32_file, reference_mode, kv):
+    ids = tokens(sum(CHUNKS) + 12, SPEC11["vocab_size"], 11)
+    want = run_chunks(pyv4.Model(f32_file), ids, kv)
+    gpu = pyv4.Model(f32_file, device="cuda")
+    held = {}
+    for budget in (-1, 3):
+        engine = all_gpu_engine(gpu, csa_rows_gpu=budget)
+        got = run_chunks(gpu, ids, kv, engine)
+        check_gpu_vs_cpu(got, want, kv, f"GPU KV {kv} in chunks, csa_rows_gpu={budget}")
+        held[budget] = engine.kv_bytes
+    assert 0 < held[3] < held[-1]  # 3 of the 66 CSA rows per layer on the GPU
+
+
+@pytest.mark.parametrize("kv", ["f32", "fp8"])
+def test_gpu_sessions_save_load_fork_truncate_interleaved(f32_file, reference_mode, tmp_path, kv):
+    ids = tokens(PREFILL + 20, SPEC11["vocab_size"], 12)
+    gpu, cpu = pyv4.Model(f32_file, device="cuda"), pyv4.Model(f32_file)
+    tail = ids[PREFILL:PREFILL + 6]
+    alone = gpu.new_session(kv=kv)
+    alone.eval(ids[:100])
+    alone.eval(ids[100:PREFILL])
+    want = alone.eval(tail, logits="all")
+    # the same steps with another session's in between (each switch copies the state anew)
+    a, b = gpu.new_session(kv=kv), gpu.new_session(kv=kv)
+    a.eval(ids[:100])
+    b.eval(ids[50:90])
+    a.eval(ids[100:PREFILL])
+    b.eval(ids[90:91])
+    fork = a.fork()
+    check_close(a.eval(tail, logits="all"), want, f"{kv} interleaved sessions", tol=1e-5)
+    check_close(fork.eval(tail, logits="all"), want, f"{kv} fork", tol=1e-5)
+    # truncate (restores the snapshot at 256, re-evaluates 4 tokens on the GPU) and go on
+    a.truncate(PREFILL)
+    check_close(a.eval(tail, logits="all"), want, f"{kv} truncate", tol=1e-4)
+    # saved after GPU steps: loaded on the GPU (the same continuation) and on the CPU
+    a.save(tmp_path / "a.session")
+    nxt = ids[PREFILL + 6:PREFILL + 12]
+    cont = a.eval(nxt, logits="all")
+    on_gpu = pyv4.Session.load(gpu, tmp_path / "a.session")
+    check_close(on_gpu.eval(nxt, logits="all"), cont, f"{kv} saved on the GPU, loaded on the GPU", tol=1e-5)
+    on_cpu = pyv4.Session.load(cpu, tmp_path / "a.session")
+    check_gpu_vs_cpu(on_cpu.eval(nxt, logits="all"), cont, kv, f"{kv} saved on the GPU, loaded on the CPU", 0.8)
+    # and back: steps on the CPU, saved, loaded on the GPU
+    on_cpu.save(tmp_path / "b.session")
+    back = pyv4.Session.load(gpu, tmp_path / "b.session")
+    fin = ids[PREFILL + 12:PREFILL + 20]
+    check_gpu_vs_cpu(back.eval(fin, logits="all"), on_cpu.eval(fin, logits="all"), kv,
+                     f"{kv} saved on the CPU, loaded on the GPU", 0.8)

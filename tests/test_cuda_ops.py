@@ -320,6 +320,46 @@ def test_kv_encode_fp8(kind, width, rope):
     report(f"kv_encode fp8 {kind} width={width}", 0.0)
 
 
+@pytest.mark.parametrize("kv", ["f32", "bf16"])
+@pytest.mark.parametrize("kind,width", [("main", 512), ("index", 128), ("main", 72)])
+def test_kv_encode_plain_types(kv, kind, width):
+    # f32 / bf16 rows (what the GPU's KV copy encodes for those sessions), GPU vs CPU, bit for bit
+    rng = np.random.default_rng(width)
+    rows = (rng.standard_normal((9, width)) * 10.0).astype(np.float32)
+    rows[0, :3] = [0.0, -0.0, 1e-40]
+    rounded, recs = _core.cuda_kv_encode(kind, rows, 0 if kind == "index" else 64, kv)
+    for i, r in enumerate(rows):
+        rope = 0 if kind == "index" else 64
+        assert np.array_equal(rounded[i].view(np.uint32), _core.kv_codec_roundtrip(kv, kind, r, rope)[0].view(np.uint32))
+        assert np.array_equal(recs[i], _core.kv_codec_encode(kv, kind, r, rope)), i
+    report(f"kv_encode {kv} {kind} width={width}", 0.0)
+
+
+@pytest.mark.parametrize("kv", ["f32", "bf16", "fp8"])
+def test_attend_records_through_addresses(kv):
+    # the GPU KV's attention: records of any type where they lie, through a
+    # table of addresses (here a shuffled order), = attention over the decoded rows
+    rng = np.random.default_rng(len(kv))
+    nh, d, rope, n_rec, nk = 16, 512, 64, 40, 57
+    pool = rng.standard_normal((n_rec, d)).astype(np.float32)
+    recs = np.stack([_core.kv_codec_encode(kv, "main", r, rope) for r in pool])
+    rows = np.stack([_core.kv_codec_roundtrip(kv, "main", r, rope)[1] for r in pool])
+    order = rng.permutation(n_rec).astype(np.int64)
+    idx = rng.integers(0, n_rec, size=nk).astype(np.int32)
+    q = (rng.standard_normal((nh, d)) / np.sqrt(d)).astype(np.float32)
+    sinks = rng.standard_normal(nh).astype(np.float32)
+    scale = np.float32(1.0 / np.sqrt(d))
+    got = _core.cuda_attend_records(q, kv, recs, order, idx, sinks, scale, rope)
+    # bit for bit the fp32 kernel over the decoded rows in table order
+    assert np.array_equal(got, _core.cuda_attend(q, rows[order], idx, sinks, scale))
+    cpu = _core.kv_attend(q, rows[order][idx], sinks, scale).reshape(nh, d)
+    err = float(np.max(np.abs(got - cpu)))
+    report(f"attend_records {kv}", err, 1.0)
+    assert err <= 1e-5 * max(1.0, float(np.abs(rows).max()))
+    with pytest.raises(ValueError, match="order out of range"):
+        _core.cuda_attend_records(q, kv, recs, np.array([n_rec], np.int64), idx[:0], sinks, scale, rope)
+
+
 @pytest.mark.parametrize("nih,dim,n", [(64, 128, 1000), (4, 32, 3), (16, 512, 77)])
 def test_index_scores_fp4(nih, dim, n):
     # FP4 indexer key records of kv="fp8" (spec §3.6), scored on the GPU, against

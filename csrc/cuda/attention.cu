@@ -1,6 +1,7 @@
 // Sink-softmax attention of a token's heads over gathered rows (spec §3.4;
-// the CPU reference is attend_ref in csrc/kv/kv_kernels.cpp), rows in fp32 or
-// main KV records of KVType::FP8 decoded as they are read (spec §4.2). Two kernels:
+// the CPU reference is attend_ref in csrc/kv/kv_kernels.cpp), rows in fp32,
+// main KV records of KVType::FP8 decoded as they are read (spec §4.2), or the
+// records of any KV type wherever they are (a table of addresses). Two kernels:
 // the logits (one warp per row and head), then per head the max with the
 // sink, the exponentials, their sum after the sink's and the weighted sum of
 // the rows (each thread owns some of the d output dims and walks the rows in
@@ -31,6 +32,19 @@ struct Fp8Records {
   int64_t width, nope;
   __device__ float operator()(int64_t r, int64_t i) const {
     return cudamath::kv_main_elem(recs + r * stride, width, nope, i);
+  }
+};
+
+// Records of any KV type reached through a table of device addresses.
+struct RecordPtrs {
+  const uint8_t* const* ptrs;
+  int type;  // KVType
+  int64_t width, nope;
+  __device__ float operator()(int64_t r, int64_t i) const {
+    const uint8_t* rec = ptrs[r];
+    if (type == static_cast<int>(KVType::F32)) return reinterpret_cast<const float*>(rec)[i];
+    if (type == static_cast<int>(KVType::BF16)) return qblocks::bf16_to_f32(qblocks::load_u16(rec + 2 * i));
+    return cudamath::kv_main_elem(rec, width, nope, i);
   }
 };
 
@@ -92,6 +106,11 @@ void attend(const float* q, int64_t nh, int64_t d, const float* rows, const int3
 void attend_fp8(const float* q, int64_t nh, int64_t d, int64_t nope, const uint8_t* recs, size_t stride,
                 const int32_t* idx, int64_t nk, const float* sinks, float scale, float* p, float* out) {
   attend_rows(q, nh, d, Fp8Records{recs, stride, d, nope}, idx, nk, sinks, scale, p, out);
+}
+
+void attend_records(const float* q, int64_t nh, int64_t d, KVType t, int64_t nope, const uint8_t* const* ptrs,
+                    const int32_t* idx, int64_t nk, const float* sinks, float scale, float* p, float* out) {
+  attend_rows(q, nh, d, RecordPtrs{ptrs, static_cast<int>(t), d, nope}, idx, nk, sinks, scale, p, out);
 }
 
 }  // namespace cuda

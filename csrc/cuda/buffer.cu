@@ -59,5 +59,67 @@ void DeviceBuffer::reserve(size_t bytes) {
   *this = DeviceBuffer(bytes);
 }
 
+PinnedBuffer::~PinnedBuffer() { release(); }
+
+void PinnedBuffer::release() noexcept {
+  if (ptr_) cudaFreeHost(ptr_);  // errors: as DeviceBuffer::release
+  ptr_ = nullptr;
+  bytes_ = 0;
+}
+
+void PinnedBuffer::reserve(size_t bytes) {
+  if (ptr_ && bytes <= bytes_) return;
+  require_device();
+  PYV4_CUDA_CHECK(cudaDeviceSynchronize());
+  release();
+  void* p = nullptr;
+  PYV4_CUDA_CHECK_AS(cudaMallocHost(&p, bytes ? bytes : 1),
+                     ("cudaMallocHost of " + std::to_string(bytes) + " bytes").c_str());
+  ptr_ = static_cast<uint8_t*>(p);
+  bytes_ = bytes;
+}
+
+Staging::Staging() {
+  require_device();
+  cudaEvent_t e;
+  PYV4_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  done_ = e;
+}
+
+Staging::~Staging() {
+  if (done_) {
+    cudaEventSynchronize(static_cast<cudaEvent_t>(done_));  // no copy may outlive the memory
+    cudaEventDestroy(static_cast<cudaEvent_t>(done_));
+  }
+}
+
+uint8_t* Staging::take(size_t bytes) {
+  wait();
+  buf_.reserve(bytes);
+  return buf_.data();
+}
+
+void Staging::to_device(void* dst, size_t off, size_t bytes, void* stream) {
+  if (!bytes) return;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  PYV4_CUDA_CHECK(cudaMemcpyAsync(dst, buf_.data() + off, bytes, cudaMemcpyHostToDevice, s));
+  PYV4_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(done_), s));
+  pending_ = true;
+}
+
+void Staging::from_device(size_t off, const void* src, size_t bytes, void* stream) {
+  if (!bytes) return;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  PYV4_CUDA_CHECK(cudaMemcpyAsync(buf_.data() + off, src, bytes, cudaMemcpyDeviceToHost, s));
+  PYV4_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(done_), s));
+  pending_ = true;
+}
+
+void Staging::wait() {
+  if (!pending_) return;
+  pending_ = false;
+  PYV4_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(done_)));
+}
+
 }  // namespace cuda
 }  // namespace pyv4

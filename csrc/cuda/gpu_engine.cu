@@ -1,14 +1,18 @@
 // The forward pass on the GPU (contract in cuda/gpu_engine.h). Every step
 // mirrors the CPU's in csrc/model/engine.cpp (eval_batch), attention.cpp
 // (attention_forward) and moe.cpp (moe_forward), in the same order; the
-// comments name the CPU step each block mirrors. Copies between host and
-// device are plain cudaMemcpy (synchronous): correctness first, no pinned
-// staging or CUDA graphs yet.
+// comments name the CPU step each block mirrors. Kernels and copies run in
+// the order of the default stream; activations cross PCIe through pinned
+// staging areas (cuda::Staging), asynchronously where the host does not wait
+// for them; streamed experts are copied on a second stream (double-buffered).
+// No CUDA graphs yet.
 #include "cuda/gpu_engine.h"
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstring>
+#include <initializer_list>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -16,10 +20,14 @@
 #include <vector>
 
 #include "common/error.h"
+#include "cuda/buffer.h"
+#include "cuda/gpu_kv.h"
 #include "cuda/gpu_weights.h"
+#include "cuda/kv_rows.h"
 #include "cuda/model_ops.h"
 #include "cuda/ops.h"
 #include "cuda/runtime.h"
+#include "cuda/stream_plan.h"
 #include "model/attention.h"
 #include "model/compressor.h"
 #include "model/moe.h"
@@ -60,6 +68,18 @@ __global__ void combine_experts_kernel(const float* Y, const int32_t* rows, cons
   out[e] = o;
 }
 
+// pos[i] = pos0 + i / per (per query, or per head of each query).
+__global__ void positions_kernel(int64_t* pos, int64_t count, int64_t pos0, int64_t per) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) pos[i] = pos0 + i / per;
+}
+
+// x[i] *= s (indexer_select's head-weight scales, the product taken on the host as there).
+__global__ void scale_kernel(float* x, int64_t n, float s) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= s;
+}
+
 // Device scratch that grows as needed (DeviceBuffer::reserve); each buffer is
 // reserved once per use, before its pointer is taken.
 float* fbuf(DeviceBuffer& b, int64_t floats) {
@@ -67,18 +87,53 @@ float* fbuf(DeviceBuffer& b, int64_t floats) {
   return b.as<float>();
 }
 
-template <class T>
-T* upload_to(DeviceBuffer& b, const std::vector<T>& v) {
-  b.reserve(sizeof(T) * std::max<size_t>(v.size(), 1));
-  if (!v.empty()) PYV4_CUDA_CHECK(cudaMemcpy(b.data(), v.data(), sizeof(T) * v.size(), cudaMemcpyHostToDevice));
-  return b.as<T>();
+const int64_t* positions(DeviceBuffer& b, int64_t pos0, int64_t n, int64_t per) {
+  b.reserve(sizeof(int64_t) * static_cast<size_t>(std::max<int64_t>(n * per, 1)));
+  positions_kernel<<<blocks_for(n * per), kThreads>>>(b.as<int64_t>(), n * per, pos0, per);
+  PYV4_CUDA_LAUNCHED(positions_kernel);
+  return b.as<int64_t>();
 }
 
-std::vector<float> download(const float* d, int64_t floats) {
-  std::vector<float> h(static_cast<size_t>(floats));
-  if (floats > 0) PYV4_CUDA_CHECK(cudaMemcpy(h.data(), d, sizeof(float) * h.size(), cudaMemcpyDeviceToHost));
-  return h;
+// The device arrays (pointer, floats) copied one after the other into the
+// pinned area s; waits for them. Their host copies lie at the result
+// (valid until s is taken again).
+float* fetch(Staging& s, std::initializer_list<std::pair<const float*, int64_t>> parts) {
+  size_t total = 0;
+  for (const auto& p : parts) total += sizeof(float) * static_cast<size_t>(p.second);
+  s.take(total);
+  size_t off = 0;
+  for (const auto& [ptr, floats] : parts) {
+    s.from_device(off, ptr, sizeof(float) * static_cast<size_t>(floats));
+    off += sizeof(float) * static_cast<size_t>(floats);
+  }
+  s.wait();
+  return s.as<float>();
 }
+
+// The second stream of a streamed prefill (copies of experts) and the events
+// that order it with the default stream's work: per buffer slot, copied
+// (copy done) and used (its group's experts done).
+struct CopyStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t copied[2] = {}, used[2] = {};
+  CopyStream() {
+    PYV4_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    for (int i = 0; i < 2; ++i) {
+      PYV4_CUDA_CHECK(cudaEventCreateWithFlags(&copied[i], cudaEventDisableTiming));
+      PYV4_CUDA_CHECK(cudaEventCreateWithFlags(&used[i], cudaEventDisableTiming));
+    }
+  }
+  ~CopyStream() {
+    cudaStreamSynchronize(stream);
+    for (int i = 0; i < 2; ++i) {
+      cudaEventDestroy(copied[i]);
+      cudaEventDestroy(used[i]);
+    }
+    cudaStreamDestroy(stream);
+  }
+  CopyStream(const CopyStream&) = delete;
+  CopyStream& operator=(const CopyStream&) = delete;
+};
 
 }  // namespace
 
@@ -91,14 +146,23 @@ struct GpuEngine::Impl {
   // Activations of one eval (device).
   DeviceBuffer X, y, f, post, comb, mu, pre, logits;
   // Attention.
-  DeviceBuffer pos, pos_heads, qlat, q, kvr, pkv, gate, qI, wI, rows, idx, probs, o, z;
-  // MoE; stream_*: the host experts streamed to the GPU for one layer of a prefill.
-  DeviceBuffer router, gs, us, ys, ge, ue, yall, comb_rows, comb_wts, stream_gate, stream_up, stream_down;
-
+  DeviceBuffer pos, pos_heads, qlat, q, kvr, pkv, gate, qI, wI, probs, o, z;
+  DeviceBuffer pos_index, idx_scratch, scores, sel;
+  // MoE.
+  DeviceBuffer router, gs, us, ys, ge, ue, yall, comb_rows, comb_wts;
+  // The host experts streamed to the GPU for one layer of a prefill: two
+  // slots (one copied while the other computes), each gate, up, down.
+  DeviceBuffer stream_w[2][3];
+  Staging stream_stage[2];
+  std::unique_ptr<CopyStream> copier;
   size_t stream_bytes;
+  // Pinned staging: activations down / up, the experts' combination up.
+  Staging act_down, act_up, comb_up;
+  // The device copy of the session's rows.
+  GpuKV kv_dev;
 
-  Impl(Engine& e, const ExpertRanges& experts, size_t stream)
-      : cpu(e), c(e.config()), dev(upload(e, experts)), stream_bytes(stream) {}
+  Impl(Engine& e, const ExpertRanges& experts, size_t stream, int64_t csa_rows_gpu)
+      : cpu(e), c(e.config()), dev(upload(e, experts)), stream_bytes(stream), kv_dev(e.config(), csa_rows_gpu) {}
 
   static DevModel upload(const Engine& e, const ExpertRanges& experts) {
     std::vector<const std::vector<float>*> rope;
@@ -106,10 +170,12 @@ struct GpuEngine::Impl {
     return upload_model(e.config(), e.weights(), rope, experts);
   }
 
+  std::vector<float> eval(KVState& state, const SeqSpan& sp, const int64_t* tokens, bool all_logits);
   void attention(int64_t il, const SeqSpan& sp, const float* x, float* out);
+  std::vector<std::vector<int64_t>> select_on_gpu(int64_t il, const SeqSpan& sp, float* qI_d, float* wI_d);
   void moe(int64_t il, const int64_t* tokens, int64_t n, const float* x, float* out);
-  std::vector<float> host_experts(const LayerWeights& L, int64_t il, const std::vector<float>& x,
-                                  const std::vector<int32_t>& tok, const std::vector<int32_t>& expert);
+  void host_experts(const LayerWeights& L, int64_t il, const float* x, const std::vector<int32_t>& tok,
+                    const std::vector<int32_t>& expert, float* out);
   void run_experts(const DeviceMatrix& gate, const DeviceMatrix& up, const DeviceMatrix& down, int64_t n_expert,
                    const float* x, int64_t n, const std::vector<int32_t>& tok, const std::vector<int32_t>& expert,
                    float limit, float* y);
@@ -118,7 +184,8 @@ struct GpuEngine::Impl {
 };
 
 // attention_forward (csrc/model/attention.cpp) for one session's span; x: the
-// attention inputs [n, D] on the device, out: [n, D] on the device.
+// attention inputs [n, D] on the device, out: [n, D] on the device. The
+// session's rows are read from the device copy (kv_dev, cuda/gpu_kv.h).
 void GpuEngine::Impl::attention(int64_t il, const SeqSpan& sp, const float* x, float* out) {
   const LayerWeights& L = cpu.weights().layers[il];
   const DevLayer& G = dev.layers[il];
@@ -128,13 +195,8 @@ void GpuEngine::Impl::attention(int64_t il, const SeqSpan& sp, const float* x, f
   const int64_t D = c.n_embd, H = c.n_head, d = c.head_dim, QL = c.q_lora_rank;
   const int64_t half = static_cast<int64_t>(rope.inv_freq.size());
   const float eps = static_cast<float>(c.rms_eps);
-  std::vector<int64_t> pos_h(n), pos_heads_h(n * H);
-  for (int64_t t = 0; t < n; ++t) {
-    pos_h[t] = pos0 + t;
-    for (int64_t h = 0; h < H; ++h) pos_heads_h[t * H + h] = pos0 + t;
-  }
-  const int64_t* pos_d = upload_to(pos, pos_h);
-  const int64_t* pos_heads_d = upload_to(pos_heads, pos_heads_h);
+  const int64_t* pos_d = positions(pos, pos0, n, 1);
+  const int64_t* pos_heads_d = positions(pos_heads, pos0, n, H);
 
   // Q path: q_lat = q_norm(wq_a x); q = wq_b q_lat; per-head RMS; RoPE. KV: one shared K = V head.
   float* qlat_d = fbuf(qlat, n * QL);
@@ -148,14 +210,13 @@ void GpuEngine::Impl::attention(int64_t il, const SeqSpan& sp, const float* x, f
   cuda::rope(q_d, n * H, d, pos_heads_d, G.inv_freq.as<float>(), half, false);
   rms_norm(kvr_d, G.kv_norm.as<float>(), kvr_d, n, d, eps);
   cuda::rope(kvr_d, n, d, pos_d, G.inv_freq.as<float>(), half, false);
-  // Storage rounding on the host with the session's codec (the CPU's bits),
-  // also for this chunk's own attention (spec §3.4 step 3).
-  std::vector<float> kvr_h = download(kvr_d, n * d);
-  for (int64_t t = 0; t < n; ++t) kv.main_codec().round(&kvr_h[t * d]);
-  PYV4_CUDA_CHECK(cudaMemcpy(kvr_d, kvr_h.data(), sizeof(float) * kvr_h.size(), cudaMemcpyHostToDevice));
+  // Storage rounding on the device with the session's codec (the CPU's bits),
+  // also for this chunk's own attention (spec §3.4 step 3); the records too.
+  kv_dev.encode_chunk(il, kvr_d);
 
   // Compressors before attention (a block closed by this chunk is visible to
-  // it): projections on the GPU, the rolling state on the host.
+  // it): projections on the GPU, the rolling state on the host (the policy:
+  // gpu_engine.h); the rows they emit are copied to the device.
   const int64_t ratio = L.kind != AttnKind::Sliding ? L.comp.ratio : 0;
   if (ratio) {
     const int64_t pw = L.comp.kv.rows;
@@ -163,9 +224,8 @@ void GpuEngine::Impl::attention(int64_t il, const SeqSpan& sp, const float* x, f
     float* gate_d = fbuf(gate, n * pw);
     matmul(G.comp_kv.W, x, D, n, pkv_d, pw, ms);
     matmul(G.comp_gate.W, x, D, n, gate_d, pw, ms);
-    const std::vector<float> pkv_h = download(pkv_d, n * pw);
-    std::vector<float> gate_h = download(gate_d, n * pw);
-    compressor_update(c, L.comp, rope, pkv_h.data(), gate_h.data(), n, pos0, kv, il, /*indexer=*/false);
+    float* h = fetch(act_down, {{pkv_d, n * pw}, {gate_d, n * pw}});
+    compressor_update(c, L.comp, rope, h, h + n * pw, n, pos0, kv, il, /*indexer=*/false);
   }
   std::vector<std::vector<int64_t>> picked;
   if (L.kind == AttnKind::CSA) {
@@ -178,76 +238,40 @@ void GpuEngine::Impl::attention(int64_t il, const SeqSpan& sp, const float* x, f
     float* wI_d = fbuf(wI, n * nih);
     matmul(G.index_q_b.W, qlat_d, QL, n, qI_d, nih * ihd, ms);
     matmul(G.index_proj.W, x, D, n, wI_d, nih, ms);
-    const std::vector<float> pkv_h = download(pkv_d, n * pw);
-    std::vector<float> gate_h = download(gate_d, n * pw);
-    std::vector<float> qI_h = download(qI_d, n * nih * ihd), wI_h = download(wI_d, n * nih);
-    compressor_update(c, L.index_comp, rope, pkv_h.data(), gate_h.data(), n, pos0, kv, il, /*indexer=*/true);
-    picked = indexer_select(c, L, il, rope, qI_h.data(), wI_h.data(), sp, cpu.pool());
+    float* h = fetch(act_down, {{pkv_d, n * pw}, {gate_d, n * pw}});
+    compressor_update(c, L.index_comp, rope, h, h + n * pw, n, pos0, kv, il, /*indexer=*/true);
+    kv_dev.copy_appended(il, kv);
+    if (kv.index_codec().type == KVType::FP8 && kv_dev.index_on_device(il) == kv.n_index(il)) {
+      picked = select_on_gpu(il, sp, qI_d, wI_d);
+    } else {
+      float* hq = fetch(act_down, {{qI_d, n * nih * ihd}, {wI_d, n * nih}});
+      picked = indexer_select(c, L, il, rope, hq, hq + n * nih * ihd, sp, cpu.pool());
+    }
     kv.layer(il).touch.index_keys += (pos0 + n) / ratio;
+  } else if (ratio) {
+    kv_dev.copy_appended(il, kv);
   }
 
-  // Rows the span's queries read, decoded once into one block: the stored
-  // window rows [w_first, pos0), the chunk's own rows, then the compressed
-  // rows (HCA: all visible; CSA: the union of the selected ones).
-  const RowCodec& mc = kv.main_codec();
+  // The rows the span's queries read, where they lie (cuda/kv_rows.h).
+  const AttnRows a = plan_attn_rows(pos0, n, c.window, L.kind, ratio, picked, kv_dev.comp_on_device(il));
   LayerState& st = kv.layer(il);
-  const int64_t w_first = std::max<int64_t>(0, pos0 - c.window + 1);
-  std::vector<float> rows_h, dec(d);
-  auto add_row = [&](const uint8_t* rec) {
-    const float* v = mc.view(rec, dec.data());
-    rows_h.insert(rows_h.end(), v, v + d);
-  };
-  for (int64_t p = w_first; p < pos0; ++p) add_row(kv.window_rec(il, p));
-  st.touch.window += pos0 - w_first;
-  const int64_t own0 = pos0 - w_first;  // block row of the chunk's first token
-  rows_h.insert(rows_h.end(), kvr_h.begin(), kvr_h.end());
-  std::vector<int32_t> comp_row;  // compressed row b -> block row (-1: not read)
-  if (ratio) {
-    const int64_t nb_last = (pos0 + n) / ratio;
-    comp_row.assign(nb_last, -1);
-    std::vector<char> need(nb_last, L.kind == AttnKind::HCA ? 1 : 0);
-    for (const auto& sel : picked)
-      for (int64_t b : sel) need[b] = 1;
-    int64_t used = 0;
-    for (int64_t b = 0; b < nb_last; ++b) {
-      if (!need[b]) continue;
-      comp_row[b] = static_cast<int32_t>(rows_h.size() / d);
-      add_row(kv.comp_rec(il, b));
-      ++used;
-    }
-    st.touch.compressed += used;
-  }
-  // Per query its rows in the CPU's key order: window (with its own row), then compressed.
-  std::vector<int32_t> idx_h;
-  std::vector<int64_t> first(n + 1, 0);
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t P = pos0 + t;
-    for (int64_t j = std::max<int64_t>(0, P - c.window + 1); j <= P; ++j)
-      idx_h.push_back(static_cast<int32_t>(j >= pos0 ? own0 + (j - pos0) : j - w_first));
-    if (L.kind == AttnKind::HCA) {
-      for (int64_t b = 0; b < (P + 1) / ratio; ++b) idx_h.push_back(comp_row[b]);
-    } else if (L.kind == AttnKind::CSA) {
-      for (int64_t b : picked[t]) idx_h.push_back(comp_row[b]);
-    }
-    first[t + 1] = static_cast<int64_t>(idx_h.size());
-  }
+  st.touch.window += a.window_read;
+  st.touch.compressed += a.comp_read;
+  const GpuKV::Table tab = kv_dev.row_table(il, a, kv);
   int64_t max_keys = 0;
-  for (int64_t t = 0; t < n; ++t) max_keys = std::max(max_keys, first[t + 1] - first[t]);
-  const float* rows_d = upload_to(rows, rows_h);
-  const int32_t* idx_d = upload_to(idx, idx_h);
+  for (int64_t t = 0; t < n; ++t) max_keys = std::max(max_keys, a.first[t + 1] - a.first[t]);
   float* p_d = fbuf(probs, H * max_keys);
   float* o_d = fbuf(o, n * H * d);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const int64_t nope = kv.main_codec().nope;
   for (int64_t t = 0; t < n; ++t) {
-    cuda::attend(q_d + t * H * d, H, d, rows_d, idx_d + first[t], first[t + 1] - first[t], G.sinks.as<float>(),
-                 scale, p_d, o_d + t * H * d);
+    cuda::attend_records(q_d + t * H * d, H, d, kv.type(), nope, tab.rows, tab.idx + a.first[t],
+                         a.first[t + 1] - a.first[t], G.sinks.as<float>(), scale, p_d, o_d + t * H * d);
   }
   // V carried RoPE (K = V); undo it.
   cuda::rope(o_d, n * H, d, pos_heads_d, G.inv_freq.as<float>(), half, /*inverse=*/true);
-
-  // Snapshots, then the chunk's rows into the window ring (host state).
-  kv.commit_snapshots(il, pos0, n, kvr_h.data());
-  for (int64_t t = std::max<int64_t>(0, n - c.window); t < n; ++t) kv.write_window(il, pos0 + t, &kvr_h[t * d]);
+  // The chunk's rows into the device's window ring (the host's: GpuKV::write_back).
+  kv_dev.store_ring(il);
 
   // Grouped low-rank output: z_g = W_oa[g] · concat(heads of group g); out = wo_b z.
   const int64_t Gs = c.o_groups, OL = c.o_lora_rank, gw = H * d / Gs;
@@ -257,16 +281,58 @@ void GpuEngine::Impl::attention(int64_t il, const SeqSpan& sp, const float* x, f
   matmul(G.wo_b.W, z_d, Gs * OL, n, out, D, ms);
 }
 
+// indexer_select on the GPU for kv="fp8" (the keys the device holds, FP4
+// records): the query's RoPE, Hadamard and FP4 rounding (round_index_query:
+// kv_encode's index path, the records discarded), the head weights' scales,
+// then per query the scores of its visible keys and their top-k (spec §3.6).
+std::vector<std::vector<int64_t>> GpuEngine::Impl::select_on_gpu(int64_t il, const SeqSpan& sp, float* qI_d,
+                                                                float* wI_d) {
+  const LayerWeights& L = cpu.weights().layers[il];
+  const DevLayer& G = dev.layers[il];
+  const KVState& kv = *sp.kv;
+  const int64_t n = sp.n, pos0 = sp.pos0, nih = c.index_n_head, ihd = c.index_head_dim;
+  const int64_t ratio = L.comp.ratio, k = c.index_topk;
+  const int64_t half = static_cast<int64_t>(cpu.rope(il).inv_freq.size());
+  const size_t qrec = kv.index_codec().bytes;
+  cuda::rope(qI_d, n * nih, ihd, positions(pos_index, pos0, n, nih), G.inv_freq.as<float>(), half, false);
+  idx_scratch.reserve(static_cast<size_t>(n * nih) * qrec);
+  kv_encode(KVType::FP8, qI_d, n * nih, ihd, 0, /*index=*/true, idx_scratch.as<uint8_t>(), qrec);
+  const float wscale = 1.0f / std::sqrt(static_cast<float>(nih)), qscale = 1.0f / std::sqrt(static_cast<float>(ihd));
+  scale_kernel<<<blocks_for(n * nih), kThreads>>>(wI_d, n * nih, wscale * qscale);
+  PYV4_CUDA_LAUNCHED(scale_kernel);
+  // Query t sees the blocks [0, (pos0 + t + 1) / ratio); its scores at off[t].
+  std::vector<int64_t> off(n + 1, 0);
+  for (int64_t t = 0; t < n; ++t) off[t + 1] = off[t] + (pos0 + t + 1) / ratio;
+  float* sc_d = fbuf(scores, off[n]);
+  sel.reserve(sizeof(int64_t) * static_cast<size_t>(std::max<int64_t>(n * k, 1)));
+  int64_t* sel_d = sel.as<int64_t>();  // query t's min(k, its blocks) picks at t·k
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t nb = off[t + 1] - off[t];
+    if (nb == 0) continue;
+    index_scores_fp4(qI_d + t * nih * ihd, wI_d + t * nih, nih, ihd, kv_dev.index_keys(il), kv.index_codec().bytes,
+                     nb, sc_d + off[t]);
+    topk(sc_d + off[t], 1, nb, k, sel_d + t * k);
+  }
+  act_down.take(sizeof(int64_t) * n * k);
+  act_down.from_device(0, sel_d, sizeof(int64_t) * n * k);
+  act_down.wait();
+  const int64_t* h = act_down.as<int64_t>();
+  std::vector<std::vector<int64_t>> picked(n);
+  for (int64_t t = 0; t < n; ++t)
+    picked[t].assign(h + t * k, h + t * k + std::min(k, off[t + 1] - off[t]));
+  return picked;
+}
+
 // The routed experts of the host (the pairs tok[i] x expert[i]) on the CPU pool,
 // as moe_forward runs them: grouped by expert, gate and up in one
-// matmul_many, SwiGLU, the downs in another. Rows of the result follow the pairs.
-std::vector<float> GpuEngine::Impl::host_experts(const LayerWeights& L, int64_t il, const std::vector<float>& x,
-                                                 const std::vector<int32_t>& tok, const std::vector<int32_t>& expert) {
+// matmul_many, SwiGLU, the downs in another. Rows of out [pairs, D] follow the pairs.
+void GpuEngine::Impl::host_experts(const LayerWeights& L, int64_t il, const float* x, const std::vector<int32_t>& tok,
+                                   const std::vector<int32_t>& expert, float* out) {
   const int64_t D = c.n_embd, F = c.n_ff_exp, np = static_cast<int64_t>(tok.size());
   std::vector<int64_t> order(np);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return expert[a] < expert[b]; });
-  std::vector<float> xe(np * D), ge(np * F), ue(np * F), ye(np * D), out(np * D);
+  std::vector<float> xe(np * D), ge(np * F), ue(np * F), ye(np * D);
   for (int64_t r = 0; r < np; ++r) std::copy_n(&x[tok[order[r]] * D], D, &xe[r * D]);
   std::vector<WeightMatrix> mats;
   std::vector<std::pair<int64_t, int64_t>> groups;  // (first row, rows) per expert
@@ -295,7 +361,6 @@ std::vector<float> GpuEngine::Impl::host_experts(const LayerWeights& L, int64_t 
   }
   matmul_many(tasks.data(), static_cast<int64_t>(tasks.size()), cpu.pool());
   for (int64_t r = 0; r < np; ++r) std::copy_n(&ye[r * D], D, &out[order[r] * D]);
-  return out;
 }
 
 // Routed experts on the GPU for the pairs tok[i] x expert[i] (expert: an index
@@ -316,47 +381,53 @@ void GpuEngine::Impl::run_experts(const DeviceMatrix& gate, const DeviceMatrix& 
 
 // The host's routed experts the pairs use (expert: ids of the layer, in
 // ascending order), copied to the GPU (GGML rows, stacked in id order) in
-// groups of at most stream_bytes (at least one expert) and run there; y [pairs, D].
+// groups (cuda/stream_plan.h) and run there; y [pairs, D]. Double-buffered:
+// while the default stream computes group g from slot g % 2, the copy stream
+// fills the other slot with group g + 1 (the host packs it meanwhile), so the
+// two slots together stay within stream_bytes.
 void GpuEngine::Impl::stream_experts(const LayerWeights& L, const float* x, int64_t n,
                                      const std::vector<int32_t>& tok, const std::vector<int32_t>& expert, float limit,
                                      float* y) {
   const int64_t F = c.n_ff_exp, D = c.n_embd;
-  const size_t per_expert = static_cast<size_t>(F) * (row_bytes(L.gate_exps.type, L.gate_exps.cols) +
-                                                       row_bytes(L.up_exps.type, L.up_exps.cols)) +
-                            static_cast<size_t>(D) * row_bytes(L.down_exps.type, L.down_exps.cols);
-  const size_t group = std::max<size_t>(1, stream_bytes / per_expert);  // experts per copy
-  // The matrices of experts ids (in order) stacked in buf.
-  auto stage = [&](const WeightMatrix& stacked, int64_t rows, const std::vector<int32_t>& ids, DeviceBuffer& buf) {
-    std::vector<uint8_t> bytes;
-    for (int32_t e : ids) append_ggml_rows(stacked.row_slice(e * rows, rows), bytes);
-    buf.reserve(bytes.size());
-    PYV4_CUDA_CHECK(cudaMemcpy(buf.data(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
-    DeviceMatrix W = stacked;
-    W.rows = static_cast<int64_t>(ids.size()) * rows;
-    W.data = buf.as<uint8_t>();
-    W.row_stride = row_bytes(W.type, W.cols);
-    W.split = false;
-    return W;
-  };
-  const int64_t np = static_cast<int64_t>(tok.size());
-  for (int64_t p0 = 0; p0 < np;) {
-    // The pairs [p0, p1) of the next `group` distinct experts; each pair's
-    // expert becomes its index among them.
-    std::vector<int32_t> ids, local;
-    int64_t p1 = p0;
-    for (; p1 < np; ++p1) {
-      if (p1 == p0 || expert[p1] != expert[p1 - 1]) {
-        if (ids.size() == group) break;
-        ids.push_back(expert[p1]);
-      }
-      local.push_back(static_cast<int32_t>(ids.size() - 1));
+  const WeightMatrix* mats[3] = {&L.gate_exps, &L.up_exps, &L.down_exps};
+  const int64_t rows[3] = {F, F, D};
+  size_t per_expert = 0;
+  for (int w = 0; w < 3; ++w) per_expert += static_cast<size_t>(rows[w]) * row_bytes(mats[w]->type, mats[w]->cols);
+  if (!copier) copier = std::make_unique<CopyStream>();
+  CopyStream& cs = *copier;
+  std::vector<uint8_t> bytes[3];
+  const std::vector<StreamGroup> groups = plan_stream_groups(expert, per_expert, stream_bytes / 2);
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const StreamGroup& g = groups[gi];
+    const int slot = static_cast<int>(gi % 2);
+    size_t total = 0;
+    for (int w = 0; w < 3; ++w) {
+      bytes[w].clear();
+      for (int32_t e : g.ids) append_ggml_rows(mats[w]->row_slice(e * rows[w], rows[w]), bytes[w]);
+      total += bytes[w].size();
     }
-    const std::vector<int32_t> t(tok.begin() + p0, tok.begin() + p1);
-    const DeviceMatrix gate = stage(L.gate_exps, F, ids, stream_gate);
-    const DeviceMatrix up = stage(L.up_exps, F, ids, stream_up);
-    const DeviceMatrix down = stage(L.down_exps, D, ids, stream_down);
-    run_experts(gate, up, down, static_cast<int64_t>(ids.size()), x, n, t, local, limit, y + p0 * D);
-    p0 = p1;
+    // The slot's pinned area is free once its last copy is done (take waits),
+    // its device buffers once the group computed from them is (used[slot]).
+    uint8_t* h = stream_stage[slot].take(total);
+    PYV4_CUDA_CHECK(cudaStreamWaitEvent(cs.stream, cs.used[slot], 0));
+    DeviceMatrix W[3];
+    size_t off = 0;
+    for (int w = 0; w < 3; ++w) {
+      std::memcpy(h + off, bytes[w].data(), bytes[w].size());
+      stream_w[slot][w].reserve(bytes[w].size());
+      stream_stage[slot].to_device(stream_w[slot][w].data(), off, bytes[w].size(), cs.stream);
+      off += bytes[w].size();
+      W[w] = *mats[w];
+      W[w].rows = static_cast<int64_t>(g.ids.size()) * rows[w];
+      W[w].data = stream_w[slot][w].as<uint8_t>();
+      W[w].row_stride = row_bytes(W[w].type, W[w].cols);
+      W[w].split = false;
+    }
+    PYV4_CUDA_CHECK(cudaEventRecord(cs.copied[slot], cs.stream));
+    PYV4_CUDA_CHECK(cudaStreamWaitEvent(nullptr, cs.copied[slot], 0));
+    const std::vector<int32_t> t(tok.begin() + g.p0, tok.begin() + g.p1);
+    run_experts(W[0], W[1], W[2], static_cast<int64_t>(g.ids.size()), x, n, t, g.local, limit, y + g.p0 * D);
+    PYV4_CUDA_CHECK(cudaEventRecord(cs.used[slot], nullptr));
   }
 }
 
@@ -370,10 +441,9 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
   const int64_t D = c.n_embd, E = c.n_expert, K = c.n_expert_used;
   float* logits_d = fbuf(router, n * E);
   matmul(G.router.W, x, D, n, logits_d, E, ms);
-  std::vector<float> logits_h = download(logits_d, n * E);
   std::vector<int64_t> sel(n * K);
   std::vector<float> wt(n * K);
-  moe_route(c, L, logits_h.data(), tokens, n, sel.data(), wt.data());
+  moe_route(c, L, fetch(act_down, {{logits_d, n * E}}), tokens, n, sel.data(), wt.data());
 
   // Pairs (token, expert) by where the expert lives: one segment of rows of
   // yall per GPU range, then the host's; row_of[pair] is its row.
@@ -415,9 +485,9 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
   const bool host_work = !tok[n_ranges].empty();
   const bool stream = host_work && n >= kStreamMinTokens && multiplies(L.gate_exps.type) &&
                       multiplies(L.up_exps.type) && multiplies(L.down_exps.type);
-  std::vector<float> x_h;
-  if (host_work && !stream) x_h = download(x, n * D);
-  // The shared expert is queued first: the GPU runs it while the host computes its experts.
+  const float* x_h = host_work && !stream ? fetch(act_down, {{x, n * D}}) : nullptr;
+  // The shared expert and the GPU's routed experts are queued first: the GPU
+  // runs them while the host computes its experts.
   float* ys_d = nullptr;
   if (L.has_shared) {
     const int64_t Fs = L.gate_sh.rows;
@@ -429,19 +499,20 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
     cuda::swiglu(gs_d, us_d, gs_d, n * Fs, static_cast<float>(c.swiglu_limit_shared[il]));
     matmul(G.down_sh.W, gs_d, Fs, n, ys_d, D, ms);
   }
-  std::vector<float> host_rows;
-  if (host_work && !stream) host_rows = host_experts(L, il, x_h, tok[n_ranges], loc[n_ranges]);
   const float limit = static_cast<float>(c.swiglu_limit[il]);
   for (size_t r = 0; r < n_ranges; ++r) {
     if (tok[r].empty()) continue;
     const DevExperts& ex = G.experts[r];
     run_experts(ex.gate.W, ex.up.W, ex.down.W, ex.end - ex.first, x, n, tok[r], loc[r], limit, yall_d + seg0[r] * D);
   }
+  // The host's results go straight into the pinned area they are sent from.
+  const size_t host_bytes = sizeof(float) * tok[n_ranges].size() * D;
+  if (host_work && !stream)
+    host_experts(L, il, x_h, tok[n_ranges], loc[n_ranges], reinterpret_cast<float*>(act_up.take(host_bytes)));
   if (stream) {
     stream_experts(L, x, n, tok[n_ranges], loc[n_ranges], limit, yall_d + seg0[n_ranges] * D);
   } else if (host_work) {
-    PYV4_CUDA_CHECK(cudaMemcpy(yall_d + seg0[n_ranges] * D, host_rows.data(), sizeof(float) * host_rows.size(),
-                               cudaMemcpyHostToDevice));
+    act_up.to_device(yall_d + seg0[n_ranges] * D, 0, host_bytes);
   }
   // Per token its K rows and weights in ascending expert order (moe_forward sums by expert).
   std::vector<int32_t> rows_h(n * K);
@@ -455,13 +526,22 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
       wts_h[t * K + k] = wt[t * K + ks[k]];
     }
   }
-  const int32_t* rows_d = upload_to(comb_rows, rows_h);
-  const float* wts_d = upload_to(comb_wts, wts_h);
+  // Both arrays through one area of their own: no wait for the copies queued before.
+  comb_rows.reserve(sizeof(int32_t) * n * K);
+  comb_wts.reserve(sizeof(float) * n * K);
+  uint8_t* hc = comb_up.take((sizeof(int32_t) + sizeof(float)) * n * K);
+  std::memcpy(hc, rows_h.data(), sizeof(int32_t) * n * K);
+  std::memcpy(hc + sizeof(int32_t) * n * K, wts_h.data(), sizeof(float) * n * K);
+  comb_up.to_device(comb_rows.data(), 0, sizeof(int32_t) * n * K);
+  comb_up.to_device(comb_wts.data(), sizeof(int32_t) * n * K, sizeof(float) * n * K);
+  const int32_t* rows_d = comb_rows.as<int32_t>();
+  const float* wts_d = comb_wts.as<float>();
   combine_experts_kernel<<<blocks_for(n * D), kThreads>>>(yall_d, rows_d, wts_d, K, ys_d, n, D, out);
   PYV4_CUDA_LAUNCHED(combine_experts_kernel);
 }
 
-GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, size_t stream_bytes) {
+GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, size_t stream_bytes,
+                     int64_t csa_rows_gpu) {
   require_device();
   ExpertRanges ranges(cpu.config().n_layer);
   for (const ExpertRange& r : experts_on_gpu) {
@@ -470,12 +550,14 @@ GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu
                        std::to_string(cpu.config().n_layer) + " layers");
     ranges[r.layer].push_back({r.first, r.end});
   }
-  impl_ = std::make_unique<Impl>(cpu, ranges, stream_bytes);
+  impl_ = std::make_unique<Impl>(cpu, ranges, stream_bytes, csa_rows_gpu);
 }
 
 GpuEngine::~GpuEngine() = default;
 
 size_t GpuEngine::weight_bytes() const { return impl_->dev.bytes; }
+
+size_t GpuEngine::kv_bytes() const { return impl_->kv_dev.bytes(); }
 
 int64_t GpuEngine::experts_on_gpu(int64_t il) const {
   if (il < 0 || il >= impl_->c.n_layer) throw InputError("experts_on_gpu: no layer " + std::to_string(il));
@@ -486,16 +568,27 @@ int64_t GpuEngine::experts_on_gpu(int64_t il) const {
 
 std::vector<float> GpuEngine::eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits) {
   Impl& m = *impl_;
-  const ModelConfig& c = m.c;
-  const ModelWeights& w = m.cpu.weights();
   const Engine::BatchItem item{&state, tokens, n, all_logits};
   const SeqSpan sp = m.cpu.check_batch(&item, 1)[0];  // nothing changes before this passes
+  try {
+    return m.eval(state, sp, tokens, all_logits);
+  } catch (...) {
+    m.kv_dev.invalidate();  // the host state may be half-updated: copy it anew next time
+    throw;
+  }
+}
+
+std::vector<float> GpuEngine::Impl::eval(KVState& state, const SeqSpan& sp, const int64_t* tokens, bool all_logits) {
+  Impl& m = *this;
+  const int64_t n = sp.n;
+  const ModelWeights& w = m.cpu.weights();
+  m.kv_dev.begin(state, n);
   state.begin_eval();
   const int64_t D = c.n_embd, W = kHc * D, M = c.hc_mix();
   const float eps = static_cast<float>(c.rms_eps), hc_eps = static_cast<float>(c.hc_eps);
   // Residual streams: every stream starts as the token's embedding (spec §3.1);
   // the table stays on the host, its rows are decoded there.
-  std::vector<float> emb(n * D);
+  float* emb = reinterpret_cast<float*>(m.act_up.take(sizeof(float) * n * D));
   for (int64_t t = 0; t < n; ++t) dequantize_row(w.tok_embd.type, w.tok_embd.row(tokens[t]), &emb[t * D], D);
   float* X = fbuf(m.X, n * W);
   float* y = fbuf(m.y, n * D);
@@ -504,7 +597,7 @@ std::vector<float> GpuEngine::eval(KVState& state, const int64_t* tokens, int64_
   float* comb = fbuf(m.comb, n * kHc * kHc);
   float* mu = fbuf(m.mu, n * M);
   float* pre = fbuf(m.pre, n * kHc);
-  PYV4_CUDA_CHECK(cudaMemcpy(y, emb.data(), sizeof(float) * emb.size(), cudaMemcpyHostToDevice));
+  m.act_up.to_device(y, 0, sizeof(float) * n * D);
   broadcast_streams_kernel<<<blocks_for(n * D), kThreads>>>(y, n, D, X);
   PYV4_CUDA_LAUNCHED(broadcast_streams_kernel);
 
@@ -521,7 +614,7 @@ std::vector<float> GpuEngine::eval(KVState& state, const int64_t* tokens, int64_
     m.moe(il, tokens, n, y, f);
     hc_post(post, comb, f, X, n, D);
   }
-  state.end_eval(tokens, n);
+  m.kv_dev.queue_write_back();  // overlaps the head
 
   // Head: the rows asked for (all, or the last one) are contiguous in X.
   const int64_t n_out = all_logits ? n : 1;
@@ -531,7 +624,12 @@ std::vector<float> GpuEngine::eval(KVState& state, const int64_t* tokens, int64_
   rms_norm(y, m.dev.output_norm.as<float>(), y, n_out, D, eps);
   float* logits = fbuf(m.logits, n_out * c.n_vocab);
   matmul(m.dev.output.W, y, D, n_out, logits, c.n_vocab, m.ms);
-  return download(logits, n_out * c.n_vocab);  // synchronizes: reports any fault of the step
+  const float* h = fetch(m.act_down, {{logits, n_out * c.n_vocab}});  // waits: reports any fault of the step
+  std::vector<float> out(h, h + n_out * c.n_vocab);
+  m.kv_dev.write_back(state);
+  state.end_eval(tokens, n);
+  m.kv_dev.finish(state);
+  return out;
 }
 
 void GpuEngine::truncate(KVState& state, int64_t n) {

@@ -11,18 +11,29 @@
 // window ∪ compressed rows, inverse RoPE, the output, the router, the shared
 // expert and the routed experts placed on it; the routed experts kept on the
 // host run on the Engine's thread pool while the GPU runs the shared expert
-// (only the activations cross PCIe); in a chunk of 32 tokens or more they are
-// copied to the GPU for the layer and run there instead.
+// (only the activations cross PCIe, through pinned staging areas with
+// asynchronous copies); in a chunk of 32 tokens or more they are copied to
+// the GPU for the layer (double-buffered on a second stream) and run there
+// instead.
 //
-// KV: this first version keeps every session's state in its CPU KVState (the
-// same object, records and files as the CPU path, so save / load / fork /
-// truncate are the CPU's). The host does the state part of attention with the
-// CPU's own functions: the storage rounding of the new rows, the compressors'
-// rolling state and emitted rows (compressor_update), the indexer's scores
-// and top-k (indexer_select), window / snapshot writes; the rows a step
-// reads (window, HCA, the selected CSA rows) are decoded on the host and
-// copied to the GPU for the attention (the offload contract of KVState).
-// One session per call (no batching), one call at a time.
+// KV (cuda/gpu_kv.h): every session's state stays in its CPU KVState, the
+// source of truth (the same object, records and files as the CPU path, so
+// save / load / fork / truncate are the CPU's). The GPU keeps a copy of the
+// record bytes of the session it evaluates: window rings, HCA rows, CSA
+// indexer keys, and CSA compressed rows up to csa_rows_gpu per layer (the
+// planner's budget; the rest stay in the host's arena and only the indexer's
+// top-k of them cross PCIe per step). A step rounds and encodes its new rows
+// on the GPU, attention reads the records where they lie, and the new window
+// records are written back to the host state (one asynchronous copy per
+// eval). Policy, decided in attention(): the compressors' rolling state stays
+// on the host (compressor_update, fed with the GPU's projections: it is fp32
+// state of a few tokens that the snapshots must save exactly), and the rows it
+// emits are copied up as they appear; the indexer scores and selects on the
+// GPU when the session's keys are FP4 records (kv="fp8", the format
+// index_scores_fp4 reads) and on the host (indexer_select) otherwise. After
+// a load, fork, truncate, a step on the CPU or a switch of session, the copy
+// is made anew from the host (KVState::stamp). One session per call (no
+// batching), one call at a time.
 #pragma once
 
 #include <cstdint>
@@ -43,14 +54,17 @@ struct ExpertRange {
 class GpuEngine {
  public:
   // Host experts streamed to the GPU in a large chunk are copied in groups of
-  // at most this many bytes (at least one expert), so a prefill needs no more
+  // at most half this many bytes (at least one expert; two groups are in
+  // flight, one copied while the other computes), so a prefill needs no more
   // device memory than the plan's margin leaves.
   static constexpr size_t kStreamBytes = size_t{256} << 20;
 
   // Uploads the model's weights (InputError for a weight type the GPU does
   // not multiply, or a bad range; CudaError when the device runs out of
   // memory or fails). cpu must outlive this object.
-  GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, size_t stream_bytes = kStreamBytes);
+  // csa_rows_gpu: CSA compressed rows per layer kept on the GPU (-1: all).
+  GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, size_t stream_bytes = kStreamBytes,
+            int64_t csa_rows_gpu = -1);
   ~GpuEngine();
   GpuEngine(const GpuEngine&) = delete;
   GpuEngine& operator=(const GpuEngine&) = delete;
@@ -63,6 +77,8 @@ class GpuEngine {
 
   // Bytes of weights held in device memory.
   size_t weight_bytes() const;
+  // Bytes of KV rows held in device memory (the last session's copy).
+  size_t kv_bytes() const;
   // Routed experts of layer il on the GPU.
   int64_t experts_on_gpu(int64_t il) const;
 

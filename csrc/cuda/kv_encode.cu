@@ -3,7 +3,7 @@
 // csrc/kv/qat.cpp): both run the per-block functions of kv/qat_math.h, so the
 // GPU's rounded rows and records have the CPU's bits. A first version: one
 // thread per row (a chunk's rows are few; the Hadamard rotation of an
-// indexer key needs its whole row).
+// indexer key needs its whole row). kv_encode adds the f32 and bf16 records.
 #include <cuda_runtime.h>
 
 #include "cuda/ops.h"
@@ -45,7 +45,34 @@ __global__ void kv_encode_kernel(float* rows, int64_t n, int64_t width, int64_t 
   }
 }
 
+// f32 and bf16 records: one thread per value (bf16: rounded as RowCodec::round, stored little-endian).
+__global__ void kv_encode_plain_kernel(float* rows, int64_t n, int64_t width, bool bf16, uint8_t* recs,
+                                       size_t stride) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= n * width) return;
+  const int64_t r = e / width, i = e % width;
+  uint8_t* dst = recs + r * stride;
+  if (!bf16) {
+    reinterpret_cast<float*>(dst)[i] = rows[e];  // an f32 record is 4-byte aligned (its stride is 4·width)
+    return;
+  }
+  rows[e] = qat_math::round_bf16(rows[e]);
+  const uint32_t b = qblocks::f32_to_bits(rows[e]) >> 16;
+  dst[2 * i] = static_cast<uint8_t>(b);
+  dst[2 * i + 1] = static_cast<uint8_t>(b >> 8);
+}
+
 }  // namespace
+
+void kv_encode(KVType t, float* rows, int64_t n, int64_t width, int64_t nope, bool index, uint8_t* recs,
+               size_t stride) {
+  if (t == KVType::FP8) return kv_encode_fp8(rows, n, width, nope, index, recs, stride);
+  if (n <= 0) return;
+  const int64_t total = n * width;
+  kv_encode_plain_kernel<<<static_cast<unsigned>((total + 255) / 256), 256>>>(rows, n, width, t == KVType::BF16,
+                                                                              recs, stride);
+  PYV4_CUDA_LAUNCHED(kv_encode_plain_kernel);
+}
 
 void kv_encode_fp8(float* rows, int64_t n, int64_t width, int64_t nope, bool index, uint8_t* recs,
                    size_t stride) {

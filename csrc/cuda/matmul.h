@@ -50,6 +50,10 @@ void matmul(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_tokens
 // Device scratch of moe_matmul: the gathered inputs and outputs, and matmul's.
 struct MoeScratch {
   DeviceBuffer x, y;
+  // The pairs' gather / scatter indices, sent through a pinned area: a call
+  // queues its work and returns without waiting for the device.
+  DeviceBuffer idx;
+  Staging idx_up;
   MatmulScratch matmul;
 };
 
@@ -57,7 +61,8 @@ struct MoeScratch {
 // matrices of W.rows / n_expert rows (GGUF ffn_*_exps); pair p multiplies
 // token tokens[p] of X [n_tokens, W.cols] by expert experts[p] into row p of
 // Y [n_pairs, W.rows / n_expert]. tokens / experts are host arrays (the
-// routing is known on the host); X, Y device memory. Returns when done.
+// routing is known on the host); X, Y device memory. Asynchronous, on the
+// default stream, like the other ops.
 void moe_matmul(const DeviceMatrix& W, int64_t n_expert, const float* X, int64_t n_tokens, const int32_t* tokens,
                 const int32_t* experts, int64_t n_pairs, float* Y, MoeScratch& scratch);
 

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -62,8 +63,11 @@ void moe_matmul(const DeviceMatrix& W, int64_t n_expert, const float* X, int64_t
     idx[i] = tokens[order[i]];
     idx[order.size() + i] = order[i];
   }
-  const DeviceBuffer d_idx = DeviceBuffer::from_host(idx.data(), sizeof(int32_t) * idx.size());
-  const int32_t* gather_idx = d_idx.as<int32_t>();
+  const size_t idx_bytes = sizeof(int32_t) * idx.size();
+  scratch.idx.reserve(idx_bytes);
+  std::memcpy(scratch.idx_up.take(idx_bytes), idx.data(), idx_bytes);
+  scratch.idx_up.to_device(scratch.idx.data(), 0, idx_bytes);
+  const int32_t* gather_idx = scratch.idx.as<int32_t>();
   const int32_t* scatter_idx = gather_idx + n_pairs;
   scratch.x.reserve(sizeof(float) * static_cast<size_t>(n_pairs * cols));
   scratch.y.reserve(sizeof(float) * static_cast<size_t>(n_pairs * out));
@@ -80,8 +84,8 @@ void moe_matmul(const DeviceMatrix& W, int64_t n_expert, const float* X, int64_t
   }
   scatter_rows_kernel<<<blocks_for(n_pairs * out), 256>>>(yg, out, scatter_idx, n_pairs, out, Y, out);
   PYV4_CUDA_LAUNCHED(scatter_rows_kernel);
-  // d_idx is freed on return: wait until the kernels that read it are done.
-  synchronize();
+  // No wait: the next call's copy into scratch.idx is queued after these
+  // kernels, and growing it (cudaFree) waits for the device.
 }
 
 }  // namespace cuda

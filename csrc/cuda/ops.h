@@ -4,7 +4,10 @@
 // default stream; CUDA errors throw CudaError.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#include "kv/qat.h"
 
 namespace pyv4 {
 namespace cuda {
@@ -33,6 +36,13 @@ void attend(const float* q, int64_t nh, int64_t d, const float* rows, const int3
 void attend_fp8(const float* q, int64_t nh, int64_t d, int64_t nope, const uint8_t* recs, size_t stride,
                 const int32_t* idx, int64_t nk, const float* sinks, float scale, float* p, float* out);
 
+// The same over the records of a session's rows in any KV type (RowCodec,
+// csrc/kv/qat.h: f32, bf16, or fp8 main records with nope e4m3 dims), row r
+// being the record at the device address ptrs[r]: the rows stay where they
+// are (the GPU's window ring, its compressed rows, the chunk's new records).
+void attend_records(const float* q, int64_t nh, int64_t d, KVType t, int64_t nope, const uint8_t* const* ptrs,
+                    const int32_t* idx, int64_t nk, const float* sinks, float scale, float* p, float* out);
+
 // KvKernels::index_scores (spec §3.6) from FP4 key records of kv="fp8"
 // (RowCodec Index, `stride` bytes apart): out[r] = Σ_h w[h] · ReLU(q_h · key_r),
 // q [nih][dim] (not transposed). dim a multiple of 32, at most 512.
@@ -46,6 +56,11 @@ void index_scores_fp4(const float* q, const float* w, int64_t nih, int64_t dim, 
 // apart (RowCodec::bytes).
 void kv_encode_fp8(float* rows, int64_t n, int64_t width, int64_t nope, bool index, uint8_t* recs,
                    size_t stride);
+
+// RowCodec::round then RowCodec::encode of any KV type on n rows (f32: the
+// row's bytes; bf16: every value rounded to bf16; fp8: kv_encode_fp8).
+void kv_encode(KVType t, float* rows, int64_t n, int64_t width, int64_t nope, bool index, uint8_t* recs,
+               size_t stride);
 
 // select_topk (csrc/model/attention.h) of each of m rows of n scores: the
 // min(k, n) best (ties to the lower index) in row order, out [m][min(k, n)].

@@ -1,6 +1,7 @@
 #include "kv/kv_state.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <random>
 
@@ -73,6 +74,11 @@ int64_t CompressorState::snapshot_cap(int64_t snap_every, bool overlap) const {
 
 // ---- KVState ------------------------------------------------------------------
 
+void KVState::renew_stamp() {
+  static std::atomic<uint64_t> next{1};
+  stamp_ = next.fetch_add(1, std::memory_order_relaxed);
+}
+
 size_t kv_chunk_bytes(const ModelConfig& cfg, KVType type, int64_t snap_every) {
   // Largest record: a CSA snapshot (window image + both tails); sized without a
   // KVState so a saved file's chunk size can be checked against the model.
@@ -108,6 +114,7 @@ KVState::KVState(const ModelConfig& cfg, KVType type, std::shared_ptr<Arena> are
       head_dim_(cfg.head_dim),
       snap_every_(snap_every),
       arena_(std::move(arena)) {
+  renew_stamp();
   if (snap_every <= 0) throw InputError("snapshot interval must be positive");
   bool any_csa = false;
   for (int64_t il = 0; il < cfg.n_layer; ++il) any_csa |= cfg.kind(il) == AttnKind::CSA;
@@ -164,6 +171,7 @@ std::unique_ptr<KVState> KVState::fork() const {
 }
 
 void KVState::reset() {
+  renew_stamp();
   n_tokens_ = 0;
   tokens_.clear();
   for (LayerState& L : layers_) {
@@ -174,20 +182,29 @@ void KVState::reset() {
   }
 }
 
-void KVState::write_window(int64_t il, int64_t pos, const float* row) {
+uint8_t* KVState::window_slot(int64_t il, int64_t pos) {
+  renew_stamp();
   RowStream& w = layers_[il].window;
   const int64_t slot = pos % window_;
   // The ring is materialised lazily up to `window` records.
   while (w.n < slot) std::memset(w.write(*arena_, w.n), 0, w.rec);
-  main_.encode(row, w.write(*arena_, slot));
+  return w.write(*arena_, slot);
+}
+
+void KVState::write_window(int64_t il, int64_t pos, const float* row) { main_.encode(row, window_slot(il, pos)); }
+
+void KVState::write_window_record(int64_t il, int64_t pos, const uint8_t* rec) {
+  std::memcpy(window_slot(il, pos), rec, main_.bytes);
 }
 
 void KVState::append_comp(int64_t il, const float* row) {
+  renew_stamp();
   RowStream& s = layers_[il].comp;
   main_.encode(row, s.write(*arena_, s.n));
 }
 
 void KVState::append_index(int64_t il, const float* row) {
+  renew_stamp();
   RowStream& s = layers_[il].index;
   index_.encode(row, s.write(*arena_, s.n));
 }
@@ -237,6 +254,7 @@ void KVState::begin_eval() {
 }
 
 void KVState::commit_snapshots(int64_t il, int64_t pos0, int64_t n, const float* chunk_rows) {
+  renew_stamp();
   LayerState& L = layers_[il];
   const bool csa = L.kind == AttnKind::CSA;
   size_t ip = 0, jp = 0;  // next pending tail image of comp / index
@@ -275,6 +293,7 @@ void KVState::commit_snapshots(int64_t il, int64_t pos0, int64_t n, const float*
 }
 
 void KVState::end_eval(const int64_t* tokens, int64_t n) {
+  renew_stamp();
   for (int64_t t = 0; t < n; ++t) tokens_.push_back(static_cast<int32_t>(tokens[t]));
   n_tokens_ += n;
 }
@@ -284,6 +303,7 @@ int64_t KVState::restore_before(int64_t n) {
     throw InputError("truncate: n_tokens must be in [0, " + std::to_string(n_tokens_) + "], got " +
                      std::to_string(n));
   }
+  renew_stamp();
   const int64_t s = n / snap_every_ * snap_every_;
   if (s == 0) {
     reset();
@@ -315,6 +335,7 @@ int64_t KVState::restore_before(int64_t n) {
 
 void KVState::fill_synthetic(int64_t n, uint64_t seed) {
   if (n_tokens_ != 0) throw InputError("fill_synthetic needs an empty session");
+  renew_stamp();
   if (n <= 0 || n % snap_every_ != 0) throw InputError("fill_synthetic: n must be a multiple of the snapshot interval");
   for (const LayerState& L : layers_) {
     if (L.comp_tail.ratio && n % L.comp_tail.ratio != 0) throw InputError("fill_synthetic: n must be a multiple of every ratio");

@@ -105,6 +105,13 @@ class KVState {
   int64_t snap_every() const { return snap_every_; }
   void reset();
 
+  // A value this state never had before and no other state ever has: renewed
+  // by every change made through the methods below (and at the end of each
+  // eval), so a copy of the rows kept elsewhere (the GPU's mirror,
+  // csrc/cuda/gpu_kv.h) is current exactly while stamp() is what it was when
+  // the copy was made. A fork or a loaded session is a new state: a new stamp.
+  uint64_t stamp() const { return stamp_; }
+
   const RowCodec& main_codec() const { return main_; }
   const RowCodec& index_codec() const { return index_; }
   LayerState& layer(int64_t il) { return layers_[il]; }
@@ -116,6 +123,9 @@ class KVState {
     return layers_[il].window.at(*arena_, pos % window_);
   }
   void write_window(int64_t il, int64_t pos, const float* rounded_row);
+  // The same with the row already encoded (main_codec().bytes; the GPU writes
+  // back the records it encoded).
+  void write_window_record(int64_t il, int64_t pos, const uint8_t* rec);
   int64_t n_rows(int64_t il) const { return layers_[il].comp.n; }
   const uint8_t* comp_rec(int64_t il, int64_t b) const { return layers_[il].comp.at(*arena_, b); }
   void append_comp(int64_t il, const float* rounded_row);
@@ -156,6 +166,8 @@ class KVState {
   void write_tail(uint8_t* dst, const CompressorState& st, int64_t cap, int64_t tail_start,
                   const std::vector<float>& kv, const std::vector<float>& gate) const;
   void read_tail(const uint8_t* src, CompressorState& st, int64_t cap) const;
+  void renew_stamp();
+  uint8_t* window_slot(int64_t il, int64_t pos);  // writable ring slot of pos
 
   ModelConfig cfg_;
   KVType type_;
@@ -163,6 +175,7 @@ class KVState {
   int64_t window_, head_dim_, snap_every_;
   std::shared_ptr<Arena> arena_;
   int64_t n_tokens_ = 0;
+  uint64_t stamp_ = 0;
   std::vector<int32_t> tokens_;
   std::vector<LayerState> layers_;
 };

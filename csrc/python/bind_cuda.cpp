@@ -377,6 +377,33 @@ void bind_device(py::module_& m) {
       py::arg("q"), py::arg("records"), py::arg("idx"), py::arg("sinks"), py::arg("scale"), py::arg("rope_dim"),
       "cuda_attend over main KV records of kv='fp8' (RowCodec bytes each), decoded on the GPU.");
   m.def(
+      "cuda_attend_records",
+      [](const F32Array& q, const std::string& kv, const U8Array& recs, const I64Array& order, const I32Array& idx,
+         const F32Array& sinks, float scale, int64_t rope_dim) {
+        if (q.ndim() != 2 || rope_dim < 0 || rope_dim > q.shape(1))
+          throw InputError("cuda_attend_records: q [heads, dim], 0 <= rope_dim <= dim");
+        const RowCodec c = RowCodec::make(parse_kv_type(kv), RowCodec::Kind::Main, q.shape(1), rope_dim);
+        if (recs.ndim() != 2 || static_cast<size_t>(recs.shape(1)) != c.bytes)
+          throw InputError("cuda_attend_records: records [N, " + std::to_string(c.bytes) + "] uint8");
+        // row r is the record order[r] of the uploaded block: the kernel follows addresses, not positions
+        const cuda::DeviceBuffer rd = upload(recs.data(), static_cast<size_t>(recs.size()));
+        std::vector<const uint8_t*> addr(order.size());
+        for (int64_t r = 0; r < order.size(); ++r) {
+          if (order.data()[r] < 0 || order.data()[r] >= recs.shape(0))
+            throw InputError("cuda_attend_records: order out of range");
+          addr[r] = rd.as<uint8_t>() + static_cast<size_t>(order.data()[r]) * c.bytes;
+        }
+        const cuda::DeviceBuffer ad = upload(addr.data(), sizeof(void*) * std::max<size_t>(addr.size(), 1));
+        return attend_call(q, order.size(), idx, sinks, [&](const AttendArgs& a) {
+          cuda::attend_records(a.q, a.nh, a.d, c.type, c.nope, ad.as<const uint8_t*>(), a.idx, a.nk, a.sinks, scale,
+                               a.p, a.out);
+        });
+      },
+      py::arg("q"), py::arg("kv"), py::arg("records"), py::arg("order"), py::arg("idx"), py::arg("sinks"),
+      py::arg("scale"), py::arg("rope_dim"),
+      "cuda_attend over main KV records of any type reached through a table of device addresses: row r is "
+      "records[order[r]].");
+  m.def(
       "cuda_index_scores_fp4",
       [](const F32Array& q, const F32Array& w, const U8Array& keys) {
         if (q.ndim() != 2 || w.ndim() != 1 || w.shape(0) != q.shape(0) || keys.ndim() != 2)
@@ -398,23 +425,24 @@ void bind_device(py::module_& m) {
       "Indexer scores of q's heads against FP4 key records of kv='fp8' on the GPU ([n]).");
   m.def(
       "cuda_kv_encode",
-      [](const std::string& kind, const F32Array& rows, int64_t rope_dim) {
+      [](const std::string& kind, const F32Array& rows, int64_t rope_dim, const std::string& kv) {
         const bool index = kind == "index";
         if (!index && kind != "main") throw InputError("kind must be 'main' or 'index'");
         if (rows.ndim() != 2) throw InputError("cuda_kv_encode: rows float32 [n, width]");
         const int64_t n = rows.shape(0), width = rows.shape(1);
-        const RowCodec c = RowCodec::make(KVType::FP8, index ? RowCodec::Kind::Index : RowCodec::Kind::Main,
+        if (rope_dim < 0 || rope_dim > width) throw InputError("cuda_kv_encode: 0 <= rope_dim <= width");
+        const RowCodec c = RowCodec::make(parse_kv_type(kv), index ? RowCodec::Kind::Index : RowCodec::Kind::Main,
                                           width, rope_dim);
-        if (c.nope < 0) throw InputError("cuda_kv_encode: rope_dim > width");
         cuda::DeviceBuffer xd = upload(rows.data(), sizeof(float) * static_cast<size_t>(rows.size()));
         cuda::DeviceBuffer rd(c.bytes * static_cast<size_t>(n));
-        cuda::kv_encode_fp8(xd.as<float>(), n, width, c.nope, index, rd.as<uint8_t>(), c.bytes);
+        cuda::kv_encode(c.type, xd.as<float>(), n, width, c.nope, index, rd.as<uint8_t>(), c.bytes);
         py::array_t<uint8_t> recs({n, static_cast<int64_t>(c.bytes)});
         rd.to_host(recs.mutable_data(), c.bytes * static_cast<size_t>(n));
         return py::make_tuple(download(xd, {n, width}), recs);
       },
-      py::arg("kind"), py::arg("rows"), py::arg("rope_dim") = 0,
-      "kv='fp8' QAT and records on the GPU: (rows rounded [n, width], records [n, bytes]).");
+      py::arg("kind"), py::arg("rows"), py::arg("rope_dim") = 0, py::arg("kv") = "fp8",
+      "The KV type's rounding and records on the GPU (kv 'f32' | 'bf16' | 'fp8'): (rows rounded [n, width], "
+      "records [n, bytes]).");
   m.def(
       "cuda_hc_pre",
       [](const F32Array& fn, const F32Array& base, const F32Array& scale, const F32Array& X, int64_t iters,

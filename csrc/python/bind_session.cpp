@@ -87,6 +87,8 @@ py::array_t<float> to_array(const std::vector<float>& v) {
 void bind_session(py::module_& m) {
   py::class_<KVState>(m, "KVState", "Per-session decode state (csrc/kv)")
       .def_property_readonly("n_tokens", &KVState::n_tokens)
+      .def_property_readonly("stamp", &KVState::stamp,
+                             "Renewed by every change (KVState::stamp): what the GPU's copy of the rows checks")
       .def_property_readonly("kv_type", [](const KVState& s) { return kv_type_name(s.type()); })
       .def_property_readonly("tokens", [](const KVState& s) {
         py::array_t<int64_t> a(static_cast<py::ssize_t>(s.tokens().size()));
