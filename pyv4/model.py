@@ -113,12 +113,33 @@ class Model:
             # CSA rows beyond the plan's budget stay on the host (GpuEngine's csa_rows_gpu)
             csa_rows = -1 if placement.csa_rows_gpu >= placement.csa_rows else placement.csa_rows_gpu
             engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu],
-                                     csa_rows_gpu=csa_rows)
+                                     csa_rows_gpu=csa_rows, **self._stream_rates(shape))
         except DeviceError:
             raise
         except RuntimeError as e:  # CUDA errors: no device after all, out of memory, a fault
             raise DeviceError(f"{name}: {e}") from e
         return engine, placement
+
+    def _stream_rates(self, shape) -> dict:
+        """This machine's rates for the per-chunk choice between running the
+        host's routed experts on the CPU and streaming them to the GPU
+        (csrc/cuda/stream_plan.h), measured now (~0.2 s): the pool's read
+        bandwidth, the int8 rate of its kernels on the model's expert type and
+        shape at 64 tokens (a prefill chunk's per-expert batch), and pinned
+        host -> device copies."""
+        exps = [t for t in shape.tensors if t.name.endswith("ffn_gate_exps.weight")]
+        if not exps:
+            return {}
+        t = exps[0]
+        rows, cols = t.shape[-2], t.shape[-1]
+        threads = self._engine.n_threads
+        raw = np.zeros(t.nbytes // shape.n_expert, np.uint8)  # one expert's matrix (zero scales: same speed)
+        x = np.ones((64, cols), np.float32)
+        secs = _core.quant_matmul_time(t.type, raw, rows, cols, x, threads, 3)
+        mib256 = 256 << 20
+        return {"cpu_gbs": _core.read_bandwidth(mib256, threads, 2),
+                "cpu_gmacs": rows * cols * 64 / secs / 1e9,
+                "pcie_gbs": mib256 / _core.cuda_upload_time(mib256, 3) / 1e9}
 
     @property
     def config(self) -> dict:

@@ -183,3 +183,27 @@ def test_stream_groups_cover_pairs_within_budget():
         _core.cuda_stream_groups([3, 1], 10, 100)
     with pytest.raises(ValueError, match="per_expert"):
         _core.cuda_stream_groups([1], 0, 100)
+
+
+def test_stream_pays_where_the_cpu_would_take_longer():
+    # V4-Flash's MXFP4 experts of one layer: 256 x 3 x [2048 x 4096] at 4.25 bits,
+    # 3 x 2048 x 4096 multiply-accumulates per (token, expert) pair, 6 pairs a token
+    per_expert, macs = 3 * 2048 * 4096 * 17 // 32, 3 * 2048 * 4096
+
+    def pays(tokens, cpu_gbs, cpu_gmacs, pcie_gbs):
+        used = min(256, 6 * tokens)
+        return _core.cuda_stream_pays(used * per_expert, 6 * tokens, macs, cpu_gbs, cpu_gmacs, pcie_gbs)
+
+    # decode never streams; where prefill starts to is the machine's: PCIe 4.0
+    # beside 2 cores (~100 G MAC/s) from ~80 tokens, beside 16 (~1 T) from ~900
+    for cpu_gmacs, first in ((100, 80), (1000, 900)):
+        streams = [pays(n, 60, cpu_gmacs, 25) for n in range(1, 2049)]
+        n0 = streams.index(True) + 1
+        assert not any(streams[:n0 - 1]) and all(streams[n0 - 1:])  # one threshold, then always
+        assert 0.7 * first <= n0 <= 1.3 * first, n0
+    # a faster link streams earlier; a CPU slower than the link in bandwidth alone always streams
+    assert pays(200, 60, 1000, 64) and not pays(200, 60, 1000, 25)
+    assert pays(1, 10, 100, 25)
+    # a rate of 0 (not measured): never
+    for rates in ((0, 100, 25), (60, 0, 25), (60, 100, 0)):
+        assert not pays(4096, *rates)

@@ -132,12 +132,13 @@ def test_f32_logits_with_scattered_gpu_experts(f32_file, reference_mode):
 
 
 def test_streamed_experts_one_per_copy(f32_file, reference_mode):
-    # every routed expert on the host: the prefill (>= 32 tokens) copies the
-    # experts it uses to the GPU, here one expert per copy (stream_bytes=1)
+    # every routed expert on the host, and rates that make streaming pay for
+    # any chunk (a fast link, a slow CPU): every step copies the experts it
+    # uses to the GPU, here one expert per copy (stream_bytes=1)
     ids = tokens(PREFILL + 4, SPEC11["vocab_size"], 7)
     want = run(pyv4.Model(f32_file), ids, "f32")
     gpu = pyv4.Model(f32_file, device="cuda", max_gpu_experts=0)
-    gpu._gpu = _core.GpuEngine(gpu._engine, [], stream_bytes=1)
+    gpu._gpu = _core.GpuEngine(gpu._engine, [], cpu_gbs=1e-3, cpu_gmacs=1e-3, pcie_gbs=1e6, stream_bytes=1)
     check_close(run(gpu, ids, "f32"), want, "f32 experts streamed one per copy")
 
 

@@ -39,12 +39,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kHc = 4;
-// Chunks of at least this many tokens stream the host's active routed experts
-// of a layer to the GPU and run them there (prefill), as llama.cpp moves its
-// MoE op to the GPU from 32 tokens on; smaller ones (decode) run them on the
-// CPU. A fixed threshold: the planner's cost model does not decide it yet.
-constexpr int64_t kStreamMinTokens = 32;
-
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 // X[t][i][d] = y[t][d] for the 4 streams (spec §3.1: every stream starts as the embedding).
@@ -156,13 +150,19 @@ struct GpuEngine::Impl {
   Staging stream_stage[2];
   std::unique_ptr<CopyStream> copier;
   size_t stream_bytes;
+  StreamCosts costs;
   // Pinned staging: activations down / up, the experts' combination up.
   Staging act_down, act_up, comb_up;
   // The device copy of the session's rows.
   GpuKV kv_dev;
 
-  Impl(Engine& e, const ExpertRanges& experts, size_t stream, int64_t csa_rows_gpu)
-      : cpu(e), c(e.config()), dev(upload(e, experts)), stream_bytes(stream), kv_dev(e.config(), csa_rows_gpu) {}
+  Impl(Engine& e, const ExpertRanges& experts, size_t stream, const StreamCosts& sc, int64_t csa_rows_gpu)
+      : cpu(e),
+        c(e.config()),
+        dev(upload(e, experts)),
+        stream_bytes(stream),
+        costs(sc),
+        kv_dev(e.config(), csa_rows_gpu) {}
 
   static DevModel upload(const Engine& e, const ExpertRanges& experts) {
     std::vector<const std::vector<float>*> rope;
@@ -483,8 +483,18 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
 
   // The host's experts: on the CPU pool, or (a large chunk, types the GPU multiplies) streamed to the GPU.
   const bool host_work = !tok[n_ranges].empty();
-  const bool stream = host_work && n >= kStreamMinTokens && multiplies(L.gate_exps.type) &&
-                      multiplies(L.up_exps.type) && multiplies(L.down_exps.type);
+  bool stream = host_work && multiplies(L.gate_exps.type) && multiplies(L.up_exps.type) &&
+                multiplies(L.down_exps.type);
+  if (stream) {  // the cost model (cuda/stream_plan.h) on the experts this chunk uses
+    const std::vector<int32_t>& ex = loc[n_ranges];  // sorted by expert above
+    size_t used = 0;
+    for (size_t i = 0; i < ex.size(); ++i) used += i == 0 || ex[i] != ex[i - 1];
+    size_t per_expert = 0;
+    for (const WeightMatrix* m : {&L.gate_exps, &L.up_exps, &L.down_exps})
+      per_expert += static_cast<size_t>(m->rows / c.n_expert) * row_bytes(m->type, m->cols);
+    stream = stream_pays(used * per_expert, static_cast<int64_t>(ex.size()),
+                         3.0 * static_cast<double>(c.n_ff_exp) * static_cast<double>(c.n_embd), costs);
+  }
   const float* x_h = host_work && !stream ? fetch(act_down, {{x, n * D}}) : nullptr;
   // The shared expert and the GPU's routed experts are queued first: the GPU
   // runs them while the host computes its experts.
@@ -540,8 +550,8 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
   PYV4_CUDA_LAUNCHED(combine_experts_kernel);
 }
 
-GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, size_t stream_bytes,
-                     int64_t csa_rows_gpu) {
+GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, const StreamCosts& costs,
+                     size_t stream_bytes, int64_t csa_rows_gpu) {
   require_device();
   ExpertRanges ranges(cpu.config().n_layer);
   for (const ExpertRange& r : experts_on_gpu) {
@@ -550,7 +560,7 @@ GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu
                        std::to_string(cpu.config().n_layer) + " layers");
     ranges[r.layer].push_back({r.first, r.end});
   }
-  impl_ = std::make_unique<Impl>(cpu, ranges, stream_bytes, csa_rows_gpu);
+  impl_ = std::make_unique<Impl>(cpu, ranges, stream_bytes, costs, csa_rows_gpu);
 }
 
 GpuEngine::~GpuEngine() = default;

@@ -12,9 +12,10 @@
 // expert and the routed experts placed on it; the routed experts kept on the
 // host run on the Engine's thread pool while the GPU runs the shared expert
 // (only the activations cross PCIe, through pinned staging areas with
-// asynchronous copies); in a chunk of 32 tokens or more they are copied to
-// the GPU for the layer (double-buffered on a second stream) and run there
-// instead.
+// asynchronous copies); in a chunk where streaming them pays (prefill; the
+// cost model of cuda/stream_plan.h on this machine's measured rates) they are
+// copied to the GPU for the layer (double-buffered on a second stream) and
+// run there instead.
 //
 // KV (cuda/gpu_kv.h): every session's state stays in its CPU KVState, the
 // source of truth (the same object, records and files as the CPU path, so
@@ -40,6 +41,7 @@
 #include <memory>
 #include <vector>
 
+#include "cuda/stream_plan.h"
 #include "kv/kv_state.h"
 #include "model/engine.h"
 
@@ -62,9 +64,12 @@ class GpuEngine {
   // Uploads the model's weights (InputError for a weight type the GPU does
   // not multiply, or a bad range; CudaError when the device runs out of
   // memory or fails). cpu must outlive this object.
+  // costs: this machine's rates, by which each chunk decides whether the
+  // host's experts of a layer are computed on the CPU or streamed to the GPU
+  // (stream_pays, cuda/stream_plan.h; all 0: never streamed).
   // csa_rows_gpu: CSA compressed rows per layer kept on the GPU (-1: all).
-  GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, size_t stream_bytes = kStreamBytes,
-            int64_t csa_rows_gpu = -1);
+  GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, const StreamCosts& costs,
+            size_t stream_bytes = kStreamBytes, int64_t csa_rows_gpu = -1);
   ~GpuEngine();
   GpuEngine(const GpuEngine&) = delete;
   GpuEngine& operator=(const GpuEngine&) = delete;

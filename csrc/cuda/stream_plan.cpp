@@ -28,5 +28,12 @@ std::vector<StreamGroup> plan_stream_groups(const std::vector<int32_t>& expert, 
   return groups;
 }
 
+bool stream_pays(size_t bytes, int64_t n_pairs, double macs_per_pair, const StreamCosts& c) {
+  if (!(c.cpu_bytes_per_s > 0 && c.cpu_macs_per_s > 0 && c.pcie_bytes_per_s > 0)) return false;
+  const double b = static_cast<double>(bytes);
+  const double cpu = std::max(b / c.cpu_bytes_per_s, static_cast<double>(n_pairs) * macs_per_pair / c.cpu_macs_per_s);
+  return b / c.pcie_bytes_per_s < cpu;
+}
+
 }  // namespace cuda
 }  // namespace pyv4

@@ -24,5 +24,28 @@ struct StreamGroup {
 std::vector<StreamGroup> plan_stream_groups(const std::vector<int32_t>& expert, size_t per_expert,
                                             size_t group_bytes);
 
+// The rates behind the choice, per chunk and layer, between computing the
+// host's routed experts on the CPU and streaming them to the GPU (issue #14:
+// a cost model decides), measured on this machine when a model is loaded on
+// a GPU (pyv4/model.py).
+struct StreamCosts {
+  double cpu_bytes_per_s = 0;   // the CPU pool's read bandwidth
+  double cpu_macs_per_s = 0;    // its int8 multiply-accumulate rate
+  double pcie_bytes_per_s = 0;  // pinned host -> device copies
+};
+
+// Whether streaming the used host experts (bytes in all) for n_pairs (token,
+// expert) products of macs_per_pair multiply-accumulates each is faster than
+// computing them on the CPU. The CPU reads the same bytes once and runs the
+// products: max(bytes / its bandwidth, n_pairs * macs_per_pair / its rate);
+// streaming costs bytes / PCIe bandwidth (the GPU's products of a group run
+// while the next group is copied; the activations are KBs). Decode (a few
+// pairs) stays on the CPU, a long prefill chunk streams; where the two meet
+// depends on the machine: for V4-Flash's MXFP4 experts beside PCIe 4.0 (25
+// GB/s, ~3.4 GB of a layer's experts in ~137 ms) a CPU doing 1 T int8 MAC/s
+// keeps chunks up to ~900 tokens, one doing 0.1 T streams from ~80. A rate of
+// 0: never.
+bool stream_pays(size_t bytes, int64_t n_pairs, double macs_per_pair, const StreamCosts& c);
+
 }  // namespace cuda
 }  // namespace pyv4

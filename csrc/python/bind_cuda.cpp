@@ -305,6 +305,13 @@ void bind_device(py::module_& m) {
       py::arg("nbytes"), py::arg("reps") = 10,
       "Device seconds per device-to-device copy of nbytes (it reads and writes nbytes each).");
   m.def(
+      "cuda_upload_time",
+      [](int64_t nbytes, int reps) {
+        if (nbytes <= 0 || reps <= 0) throw InputError("cuda_upload_time: nbytes and reps must be positive");
+        return cuda::upload_seconds(static_cast<size_t>(nbytes), reps);
+      },
+      py::arg("nbytes"), py::arg("reps") = 5, "Device seconds per copy of nbytes from pinned host memory to the GPU.");
+  m.def(
       "cuda_rms_norm",
       [](const F32Array& x, py::object w, float eps) {
         if (x.ndim() != 2) throw InputError("cuda_rms_norm: x must be float32 [n, dim]");

@@ -83,6 +83,15 @@ void bind_host(py::module_& m) {
       },
       py::arg("expert"), py::arg("per_expert"), py::arg("group_bytes"),
       "Groups of streamed host experts (cuda::plan_stream_groups): [(p0, p1, ids, local)].");
+  m.def(
+      "cuda_stream_pays",
+      [](size_t bytes, int64_t n_pairs, double macs_per_pair, double cpu_gbs, double cpu_gmacs, double pcie_gbs) {
+        return cuda::stream_pays(bytes, n_pairs, macs_per_pair,
+                                 cuda::StreamCosts{cpu_gbs * 1e9, cpu_gmacs * 1e9, pcie_gbs * 1e9});
+      },
+      py::arg("bytes"), py::arg("n_pairs"), py::arg("macs_per_pair"), py::arg("cpu_gbs"), py::arg("cpu_gmacs"),
+      py::arg("pcie_gbs"),
+      "Whether a chunk streams its host experts to the GPU (cuda::stream_pays; rates in G/s).");
   py::class_<cuda::MirrorBook>(m, "CudaMirrorBook", "What the GPU's copy of a session's rows holds (cuda::MirrorBook)")
       .def(py::init([](const std::vector<std::string>& kinds, int64_t csa_budget) {
              std::vector<AttnKind> k;
@@ -121,19 +130,24 @@ void bind_gpu_model(py::module_& m) {
       "(free, total) bytes of device memory (RuntimeError without a usable device).");
   py::class_<cuda::GpuEngine>(m, "GpuEngine", "The forward pass of a loaded Engine on the GPU")
       .def(py::init([](Engine& e, const std::vector<std::tuple<int64_t, int64_t, int64_t>>& experts,
-                       size_t stream_bytes, int64_t csa_rows_gpu) {
+                       double cpu_gbs, double cpu_gmacs, double pcie_gbs, size_t stream_bytes, int64_t csa_rows_gpu) {
              if (stream_bytes == 0) throw InputError("GpuEngine: stream_bytes must be positive");
+             if (!(cpu_gbs >= 0 && cpu_gmacs >= 0 && pcie_gbs >= 0))
+               throw InputError("GpuEngine: cpu_gbs, cpu_gmacs and pcie_gbs must be >= 0");
+             const cuda::StreamCosts costs{cpu_gbs * 1e9, cpu_gmacs * 1e9, pcie_gbs * 1e9};
              if (csa_rows_gpu < -1) throw InputError("GpuEngine: csa_rows_gpu must be >= 0 or -1 (all)");
              std::vector<cuda::ExpertRange> ranges;
              for (const auto& [layer, first, end] : experts) ranges.push_back({layer, first, end});
              py::gil_scoped_release release;
-             return std::make_unique<cuda::GpuEngine>(e, ranges, stream_bytes, csa_rows_gpu);
+             return std::make_unique<cuda::GpuEngine>(e, ranges, costs, stream_bytes, csa_rows_gpu);
            }),
-           py::arg("engine"), py::arg("experts_on_gpu"), py::arg("stream_bytes") = cuda::GpuEngine::kStreamBytes,
+           py::arg("engine"), py::arg("experts_on_gpu"), py::arg("cpu_gbs") = 0.0, py::arg("cpu_gmacs") = 0.0,
+           py::arg("pcie_gbs") = 0.0, py::arg("stream_bytes") = cuda::GpuEngine::kStreamBytes,
            py::arg("csa_rows_gpu") = -1, py::keep_alive<1, 2>(),
            "Uploads the engine's weights; experts_on_gpu: [(layer, first, end)] routed experts placed on the GPU "
-           "(the others run on the CPU, or, in chunks of >= 32 tokens, are copied to the GPU in double-buffered "
-           "groups of at most stream_bytes / 2); csa_rows_gpu: CSA compressed rows per layer kept on the GPU (-1: "
+           "(the others run on the CPU, or, in a chunk where the cost model on the rates cpu_gbs (CPU read GB/s), "
+           "cpu_gmacs (CPU int8 G multiply-accumulates/s) and pcie_gbs says it pays (0: never), are copied to the "
+           "GPU in double-buffered groups of at most stream_bytes / 2); csa_rows_gpu: CSA compressed rows per layer kept on the GPU (-1: "
            "all; the others are copied per step when the indexer selects them).")
       .def_property_readonly("weight_bytes", &cuda::GpuEngine::weight_bytes)
       .def_property_readonly("kv_bytes", &cuda::GpuEngine::kv_bytes)
