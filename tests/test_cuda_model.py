@@ -4,8 +4,9 @@ csrc/cuda/gpu_engine.*) against the CPU engine, on a machine with a GPU:
 * the spec §11 configuration with f32 weights and kv="f32": logits of a
   prefill (every position) and of single-token decode steps within 1e-3 of
   the CPU's reference mode, with every routed expert on the GPU, with none
-  (hybrid: all on the CPU pool in decode, copied to the GPU for a prefill,
-  also one expert per copy) and with some of each layer's;
+  (hybrid: on the CPU pool, or copied to the GPU where the streaming cost
+  model says it pays; forced for every step, one expert per copy, in one
+  test), with some of each layer's, and with scattered ones;
 * quantized files (the converter's mxfp4 and q2 recipes, kv="fp8"): top-1 agreement
   >= 0.99 with the CPU fast path over 600 positions;
 * sessions: saved after GPU steps and loaded on the CPU (and the reverse),
