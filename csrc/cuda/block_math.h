@@ -250,12 +250,32 @@ static inline PYV4_HD int group_code(GGMLType t, const uint8_t* row, int64_t g, 
 static inline PYV4_HD void load_group(GGMLType t, const uint8_t* row, int64_t g, Group* out) {
   group_scale(t, row, g, out->d, out->m);
   using namespace qblocks;
-  // Word-wise for the types whose codes sit in whole words (one load per 4
-  // codes, one grid load per 8): the GEMV is bound by these loads.
+  // Word-wise: one load per 4 codes (one grid load per 8 for IQ2_XXS) rather
+  // than one per code; the GEMV's instruction count is mostly these loads.
   switch (t) {
     case GGMLType::Q8_0: {
       const uint8_t* qs = row + sizeof(BlockQ8_0) * g + 2;
       for (int k = 0; k < 8; ++k) out->w[k] = static_cast<int32_t>(load_u32(qs + 4 * k));
+      return;
+    }
+    case GGMLType::Q4_0:
+    case GGMLType::MXFP4: {
+      // 16 bytes: elements 0..15 in the low nibbles, 16..31 in the high ones
+      const uint8_t* qs = t == GGMLType::Q4_0 ? row + sizeof(BlockQ4_0) * g + 2 : row + sizeof(BlockMXFP4) * g + 1;
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t nib = (load_u32(qs + 4 * (k % 4)) >> (k < 4 ? 0 : 4)) & 0x0F0F0F0Fu;
+        if (t == GGMLType::Q4_0) {  // v - 8: v + 120 stays in its byte, its top bit flipped reads as v - 8
+          out->w[k] = static_cast<int32_t>((nib + 0x78787878u) ^ 0x80808080u);
+        } else {
+          out->w[k] = pack4(e2m1x2(nib & 15), e2m1x2((nib >> 8) & 15), e2m1x2((nib >> 16) & 15), e2m1x2(nib >> 24));
+        }
+      }
+      return;
+    }
+    case GGMLType::Q4_K: {  // sub-block j: bytes 32 (j / 2) .. + 31 of qs, low nibbles for even j
+      const int j = static_cast<int>(g % 8);
+      const uint8_t* qs = super_of<BlockQ4_K>(row, g) + 16 + 32 * (j / 2);
+      for (int k = 0; k < 8; ++k) out->w[k] = static_cast<int32_t>((load_u32(qs + 4 * k) >> (4 * (j & 1))) & 0x0F0F0F0Fu);
       return;
     }
     case GGMLType::Q2_K: {
@@ -293,12 +313,15 @@ static inline PYV4_HD void load_group(GGMLType t, const uint8_t* row, int64_t g,
       }
       return;
     }
-    default:
-      break;
+    default: {  // IQ4_XS: bytes 16 b .. 16 b + 15 of qs, elements 0..15 in the low nibbles
+      const uint8_t* qs = super_of<BlockIQ4_XS>(row, g) + 8 + 16 * (g % 8);
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t nib = (load_u32(qs + 4 * (k % 4)) >> (k < 4 ? 0 : 4)) & 0x0F0F0F0Fu;
+        out->w[k] = pack4(iq4nl_level(nib & 15), iq4nl_level((nib >> 8) & 15), iq4nl_level((nib >> 16) & 15),
+                          iq4nl_level(nib >> 24));
+      }
+    }
   }
-  for (int k = 0; k < 8; ++k)
-    out->w[k] = pack4(group_code(t, row, g, 4 * k), group_code(t, row, g, 4 * k + 1),
-                      group_code(t, row, g, 4 * k + 2), group_code(t, row, g, 4 * k + 3));
 }
 
 // Element i of a row of any weight type, decoded to fp32 exactly as
