@@ -36,3 +36,6 @@ def require_cuda(index: int) -> None:
     ok, reason = probe()
     if not ok:
         raise DeviceError(f"cuda:{index} requested, but CUDA cannot be used: {reason}")
+    n = _core.cuda_device_count()
+    if index >= n:
+        raise DeviceError(f"cuda:{index}: no such device (this machine has {n} CUDA device{'s' if n != 1 else ''})")

@@ -28,8 +28,6 @@ def _check_gpu_path(index: int) -> None:
     if getattr(_core, "GpuEngine", None) is None:
         raise DeviceError(f"cuda:{index} requested, but this build of pyv4 has no GPU model path "
                           "(it was compiled without CUDA support); use device=\"cpu\"")
-    if index != 0:
-        raise DeviceError(f"cuda:{index} requested, but the GPU path runs on cuda:0 only for now")
 
 
 class Model:
@@ -47,7 +45,7 @@ class Model:
     them (every matrix stays a view of the file, nothing is read at load). The
     results are the same bits either way.
 
-    device: "cpu" (default), "cuda" or "cuda:0"; vram: the GPU memory a CUDA
+    device: "cpu" (default), "cuda" (= "cuda:0") or "cuda:N"; vram: the GPU memory a CUDA
     plan may use, bytes or a string such as "24GiB" (default: the free memory).
     On "cuda" the forward pass runs on the GPU (csrc/cuda/gpu_engine.h): every
     weight but the embedding table and the routed experts the placement
@@ -104,7 +102,7 @@ class Model:
 
         name = f"cuda:{index}"
         try:
-            budget = parse_bytes(vram, "vram") if vram is not None else _core.cuda_memory()[0]
+            budget = parse_bytes(vram, "vram") if vram is not None else _core.cuda_memory(index)[0]
             shape = from_gguf(self.path)
             if isinstance(expert_freq, (str, os.PathLike)):
                 expert_freq = load_expert_freq(expert_freq, shape)
@@ -113,14 +111,14 @@ class Model:
             # CSA rows beyond the plan's budget stay on the host (GpuEngine's csa_rows_gpu)
             csa_rows = -1 if placement.csa_rows_gpu >= placement.csa_rows else placement.csa_rows_gpu
             engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu],
-                                     csa_rows_gpu=csa_rows, **self._stream_rates(shape))
+                                     csa_rows_gpu=csa_rows, device=index, **self._stream_rates(shape, index))
         except DeviceError:
             raise
         except RuntimeError as e:  # CUDA errors: no device after all, out of memory, a fault
             raise DeviceError(f"{name}: {e}") from e
         return engine, placement
 
-    def _stream_rates(self, shape) -> dict:
+    def _stream_rates(self, shape, device: int) -> dict:
         """This machine's rates for the per-chunk choice between running the
         host's routed experts on the CPU and streaming them to the GPU
         (csrc/cuda/stream_plan.h), measured now (~0.2 s): the pool's read
@@ -139,7 +137,7 @@ class Model:
         mib256 = 256 << 20
         return {"cpu_gbs": _core.read_bandwidth(mib256, threads, 2),
                 "cpu_gmacs": rows * cols * 64 / secs / 1e9,
-                "pcie_gbs": mib256 / _core.cuda_upload_time(mib256, 3) / 1e9}
+                "pcie_gbs": mib256 / _core.cuda_upload_time(mib256, 3, device) / 1e9}
 
     @property
     def config(self) -> dict:

@@ -213,10 +213,24 @@ def test_placement_and_bad_arguments(f32_file):
     hot = pyv4.Model(f32_file, device="cuda", vram="4GiB", max_gpu_experts=2, expert_freq=freq)
     assert hot.placement().experts_on_gpu == [r for il in range(6) for r in ((il, 5, 6), (il, 7, 8))]
     assert [hot._gpu.experts_on_gpu(il) for il in range(6)] == [2] * 6
-    with pytest.raises(pyv4.DeviceError, match="cuda:0 only"):
-        pyv4.Model(f32_file, device="cuda:1")
+    n = _core.cuda_device_count()
+    with pytest.raises(pyv4.DeviceError, match=f"cuda:{n}: no such device \\(this machine has {n} CUDA dev"):
+        pyv4.Model(f32_file, device=f"cuda:{n}")
     with pytest.raises(ValueError, match="max_gpu_experts"):
         pyv4.Model(f32_file, device="cuda", max_gpu_experts=-1)
+
+
+@pytest.mark.skipif(_core.cuda_device_count() < 2, reason="needs two GPUs")
+def test_a_model_on_the_second_gpu(f32_file, reference_mode):
+    # cuda:1 holds the weights and runs the steps, with the same logits as cuda:0,
+    # while a model on cuda:0 keeps working beside it
+    ids = tokens(PREFILL + DECODE, SPEC11["vocab_size"], 11)
+    first = pyv4.Model(f32_file, device="cuda:0", max_gpu_experts=3)
+    second = pyv4.Model(f32_file, device="cuda:1", max_gpu_experts=3)
+    assert second.device == second.placement().device == "cuda:1"
+    a, b = run(first, ids, "f32"), run(second, ids, "f32")
+    check_close(b, a, "f32 on cuda:1 against cuda:0", tol=1e-4)
+    assert np.isfinite(run(first, ids[:PREFILL], "f32")).all()
 
 
 CHUNKS = [37, 100, 3, 1, 60, 1, 1, 29, 1, 17, 1, 1]  # 252 tokens: past 128 (HCA row, snapshot) and 16-token windows

@@ -551,8 +551,9 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
 }
 
 GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, const StreamCosts& costs,
-                     size_t stream_bytes, int64_t csa_rows_gpu) {
-  require_device();
+                     size_t stream_bytes, int64_t csa_rows_gpu, int device)
+    : device_(device) {
+  const DeviceScope on(device);  // the weights, buffers, streams and events are this device's
   ExpertRanges ranges(cpu.config().n_layer);
   for (const ExpertRange& r : experts_on_gpu) {
     if (r.layer < 0 || r.layer >= cpu.config().n_layer)
@@ -563,7 +564,14 @@ GpuEngine::GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu
   impl_ = std::make_unique<Impl>(cpu, ranges, stream_bytes, costs, csa_rows_gpu);
 }
 
-GpuEngine::~GpuEngine() = default;
+GpuEngine::~GpuEngine() {
+  if (!impl_) return;
+  try {
+    const DeviceScope on(device_);  // device memory is freed on its own device
+    impl_.reset();
+  } catch (...) {  // the device is gone: nothing left to free
+  }
+}
 
 size_t GpuEngine::weight_bytes() const { return impl_->dev.bytes; }
 
@@ -577,6 +585,7 @@ int64_t GpuEngine::experts_on_gpu(int64_t il) const {
 }
 
 std::vector<float> GpuEngine::eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits) {
+  const DeviceScope on(device_);
   Impl& m = *impl_;
   const Engine::BatchItem item{&state, tokens, n, all_logits};
   const SeqSpan sp = m.cpu.check_batch(&item, 1)[0];  // nothing changes before this passes
@@ -643,6 +652,7 @@ std::vector<float> GpuEngine::Impl::eval(KVState& state, const SeqSpan& sp, cons
 }
 
 void GpuEngine::truncate(KVState& state, int64_t n) {
+  const DeviceScope on(device_);
   impl_->cpu.truncate(state, n, [this](KVState& s, const int64_t* ids, int64_t k) { eval(s, ids, k, false); });
 }
 

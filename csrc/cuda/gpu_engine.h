@@ -68,8 +68,9 @@ class GpuEngine {
   // host's experts of a layer are computed on the CPU or streamed to the GPU
   // (stream_pays, cuda/stream_plan.h; all 0: never streamed).
   // csa_rows_gpu: CSA compressed rows per layer kept on the GPU (-1: all).
+  // device: the CUDA device everything of this engine lives and runs on.
   GpuEngine(Engine& cpu, const std::vector<ExpertRange>& experts_on_gpu, const StreamCosts& costs,
-            size_t stream_bytes = kStreamBytes, int64_t csa_rows_gpu = -1);
+            size_t stream_bytes = kStreamBytes, int64_t csa_rows_gpu = -1, int device = 0);
   ~GpuEngine();
   GpuEngine(const GpuEngine&) = delete;
   GpuEngine& operator=(const GpuEngine&) = delete;
@@ -89,6 +90,7 @@ class GpuEngine {
 
  private:
   struct Impl;
+  int device_;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -50,9 +50,27 @@ const Status& status() {
   return s;
 }
 
-void require_device() {
-  if (!status().ok) throw CudaError(status().reason);
+int device_count() {
+  if (!status().ok) return 0;
+  int n = 0;
+  PYV4_CUDA_CHECK(cudaGetDeviceCount(&n));
+  return n;
 }
+
+void require_device(int index) {
+  if (!status().ok) throw CudaError(status().reason);
+  const int n = device_count();
+  if (index < 0 || index >= n)
+    throw CudaError("no CUDA device " + std::to_string(index) + " (this machine has " + std::to_string(n) + ")");
+}
+
+DeviceScope::DeviceScope(int index) {
+  require_device(index);
+  PYV4_CUDA_CHECK(cudaGetDevice(&prev_));
+  PYV4_CUDA_CHECK(cudaSetDevice(index));
+}
+
+DeviceScope::~DeviceScope() { cudaSetDevice(prev_); }
 
 void throw_error(int code, const char* what, const char* file, int line) {
   const auto e = static_cast<cudaError_t>(code);
@@ -67,21 +85,21 @@ void throw_error(int code, const char* what, const char* file, int line) {
 
 void synchronize() { PYV4_CUDA_CHECK(cudaDeviceSynchronize()); }
 
-DeviceInfo device_info() {
-  require_device();
+DeviceInfo device_info(int index) {
+  require_device(index);
   DeviceInfo d;
   cudaDeviceProp p;
-  PYV4_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  PYV4_CUDA_CHECK(cudaGetDeviceProperties(&p, index));
   d.name = p.name;
   d.cc_major = p.major;
   d.cc_minor = p.minor;
   d.sm_count = p.multiProcessorCount;
-  PYV4_CUDA_CHECK(cudaDeviceGetAttribute(&d.clock_khz, cudaDevAttrClockRate, 0));
+  PYV4_CUDA_CHECK(cudaDeviceGetAttribute(&d.clock_khz, cudaDevAttrClockRate, index));
   return d;
 }
 
-MemoryInfo memory_info() {
-  require_device();
+MemoryInfo memory_info(int index) {
+  const DeviceScope on(index);
   MemoryInfo m;
   PYV4_CUDA_CHECK(cudaMemGetInfo(&m.free, &m.total));
   return m;
@@ -116,8 +134,8 @@ double seconds_per_call(const std::function<void()>& f, int reps) {
   return ms * 1e-3 / (reps > 0 ? reps : 1);
 }
 
-double upload_seconds(size_t bytes, int reps) {
-  require_device();
+double upload_seconds(size_t bytes, int reps, int index) {
+  const DeviceScope on(index);
   void* host = nullptr;
   void* dev = nullptr;
   PYV4_CUDA_CHECK(cudaMallocHost(&host, bytes));

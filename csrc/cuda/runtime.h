@@ -27,8 +27,25 @@ struct Status {
 
 // Whether a CUDA device can be used (checked once, then cached).
 const Status& status();
-// Throws CudaError with status().reason unless a device can be used.
-void require_device();
+// CUDA devices this process sees (0 when none can be used).
+int device_count();
+// Throws CudaError with status().reason unless a device can be used, and
+// unless device `index` exists.
+void require_device(int index = 0);
+
+// Makes device `index` current for the calling thread while it lives (CUDA's
+// current device is per thread), then restores the previous one: every call
+// into a GpuEngine and every allocation for it runs inside one.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int index);
+  ~DeviceScope();
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int prev_ = 0;
+};
 
 // Throws CudaError for a CUDA error code (`what`: the failing call).
 [[noreturn]] void throw_error(int code, const char* what, const char* file, int line);
@@ -36,13 +53,13 @@ void require_device();
 struct MemoryInfo {
   size_t free = 0, total = 0;
 };
-MemoryInfo memory_info();
+MemoryInfo memory_info(int index = 0);
 // What the benchmarks need to state the card's nominal peaks (device 0).
 struct DeviceInfo {
   std::string name;
   int cc_major = 0, cc_minor = 0, sm_count = 0, clock_khz = 0;  // clock: the SMs' peak
 };
-DeviceInfo device_info();
+DeviceInfo device_info(int index = 0);
 // Waits for the device and reports any error of the work before.
 void synchronize();
 // Device seconds per call of f (which launches work on the default stream),
@@ -54,7 +71,7 @@ double copy_seconds(size_t bytes, int reps);
 // Device seconds per copy of `bytes` from pinned host memory to the device:
 // the PCIe rate the streaming cost model (cuda/stream_plan.h) and the
 // planner's predictions use.
-double upload_seconds(size_t bytes, int reps);
+double upload_seconds(size_t bytes, int reps, int index = 0);
 
 }  // namespace cuda
 }  // namespace pyv4

@@ -306,11 +306,12 @@ void bind_device(py::module_& m) {
       "Device seconds per device-to-device copy of nbytes (it reads and writes nbytes each).");
   m.def(
       "cuda_upload_time",
-      [](int64_t nbytes, int reps) {
+      [](int64_t nbytes, int reps, int device) {
         if (nbytes <= 0 || reps <= 0) throw InputError("cuda_upload_time: nbytes and reps must be positive");
-        return cuda::upload_seconds(static_cast<size_t>(nbytes), reps);
+        return cuda::upload_seconds(static_cast<size_t>(nbytes), reps, device);
       },
-      py::arg("nbytes"), py::arg("reps") = 5, "Device seconds per copy of nbytes from pinned host memory to the GPU.");
+      py::arg("nbytes"), py::arg("reps") = 5, py::arg("device") = 0,
+      "Device seconds per copy of nbytes from pinned host memory to a GPU.");
   m.def(
       "cuda_rms_norm",
       [](const F32Array& x, py::object w, float eps) {
@@ -544,6 +545,16 @@ void bind_cuda(py::module_& m) {
 #endif
       },
       "(True, device) if a CUDA device can be used, else (False, why not).");
+  m.def(
+      "cuda_device_count",
+      [] {
+#ifdef PYV4_HAS_CUDA
+        return cuda::device_count();
+#else
+        return 0;
+#endif
+      },
+      "CUDA devices this process can use (0 without a usable one or a CUDA build).");
   m.attr("cuda_built") = py::bool_(
 #ifdef PYV4_HAS_CUDA
       true

@@ -123,14 +123,15 @@ void bind_gpu_model(py::module_& m) {
 #ifdef PYV4_HAS_CUDA
   m.def(
       "cuda_memory",
-      [] {
-        const cuda::MemoryInfo mi = cuda::memory_info();
+      [](int device) {
+        const cuda::MemoryInfo mi = cuda::memory_info(device);
         return py::make_tuple(mi.free, mi.total);
       },
-      "(free, total) bytes of device memory (RuntimeError without a usable device).");
+      py::arg("device") = 0, "(free, total) bytes of a device's memory (RuntimeError without that device).");
   py::class_<cuda::GpuEngine>(m, "GpuEngine", "The forward pass of a loaded Engine on the GPU")
       .def(py::init([](Engine& e, const std::vector<std::tuple<int64_t, int64_t, int64_t>>& experts,
-                       double cpu_gbs, double cpu_gmacs, double pcie_gbs, size_t stream_bytes, int64_t csa_rows_gpu) {
+                       double cpu_gbs, double cpu_gmacs, double pcie_gbs, size_t stream_bytes, int64_t csa_rows_gpu,
+                       int device) {
              if (stream_bytes == 0) throw InputError("GpuEngine: stream_bytes must be positive");
              if (!(cpu_gbs >= 0 && cpu_gmacs >= 0 && pcie_gbs >= 0))
                throw InputError("GpuEngine: cpu_gbs, cpu_gmacs and pcie_gbs must be >= 0");
@@ -139,16 +140,16 @@ void bind_gpu_model(py::module_& m) {
              std::vector<cuda::ExpertRange> ranges;
              for (const auto& [layer, first, end] : experts) ranges.push_back({layer, first, end});
              py::gil_scoped_release release;
-             return std::make_unique<cuda::GpuEngine>(e, ranges, costs, stream_bytes, csa_rows_gpu);
+             return std::make_unique<cuda::GpuEngine>(e, ranges, costs, stream_bytes, csa_rows_gpu, device);
            }),
            py::arg("engine"), py::arg("experts_on_gpu"), py::arg("cpu_gbs") = 0.0, py::arg("cpu_gmacs") = 0.0,
            py::arg("pcie_gbs") = 0.0, py::arg("stream_bytes") = cuda::GpuEngine::kStreamBytes,
-           py::arg("csa_rows_gpu") = -1, py::keep_alive<1, 2>(),
+           py::arg("csa_rows_gpu") = -1, py::arg("device") = 0, py::keep_alive<1, 2>(),
            "Uploads the engine's weights; experts_on_gpu: [(layer, first, end)] routed experts placed on the GPU "
            "(the others run on the CPU, or, in a chunk where the cost model on the rates cpu_gbs (CPU read GB/s), "
            "cpu_gmacs (CPU int8 G multiply-accumulates/s) and pcie_gbs says it pays (0: never), are copied to the "
            "GPU in double-buffered groups of at most stream_bytes / 2); csa_rows_gpu: CSA compressed rows per layer kept on the GPU (-1: "
-           "all; the others are copied per step when the indexer selects them).")
+           "all; the others are copied per step when the indexer selects them); device: the CUDA device it uses.")
       .def_property_readonly("weight_bytes", &cuda::GpuEngine::weight_bytes)
       .def_property_readonly("kv_bytes", &cuda::GpuEngine::kv_bytes)
       .def("experts_on_gpu", &cuda::GpuEngine::experts_on_gpu, py::arg("layer"))
