@@ -27,7 +27,7 @@
 // The codes come out by grid entry (vector l, qword b = entry l of block b), so
 // the activations are re-laid once per call to that order (entry_layout): 4
 // chained vpdpbusd per super-block leave each block's dot in 2 dwords, two
-// permutes sum them for 16 blocks, and one convert + 2 FMAs per 512 weights
+// in-lane shuffles sum them for 16 blocks, and one convert + 2 FMAs per 512 weights
 // apply dx, the offset cs and dw.
 // Built with -mavx512vbmi -mgfni besides the AVX-512 flags (CMakeLists.txt).
 #include <immintrin.h>
@@ -222,9 +222,6 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
               const float* dk, float* Y, int64_t ldy, int64_t r) {
   const int64_t nsb = a.nb / 8;
   constexpr size_t kB = sizeof(BlockIQ2_XXS);
-  // dword 2b + h <- dword 2b (first) / 2b + 1 (second) of super-block h's dot
-  const __m512i first = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(1));
   const __m512i alt = _mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
   __m512 acc[T];
 #pragma GCC unroll 3
@@ -250,8 +247,10 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
       const int8_t* x = xe + (t * nsb + sb) * 256;
       const __m512i P0 = sb_dot(W[0], x);
       const __m512i P1 = two ? sb_dot(W[1], x + 256) : _mm512_setzero_si512();
-      const __m512i S = _mm512_add_epi32(_mm512_permutex2var_epi32(P0, first, P1),
-                                         _mm512_permutex2var_epi32(P0, second, P1));
+      // dword 2b + h <- the sum of dwords 2b, 2b + 1 of super-block h's dot (two
+      // in-lane swaps: cheaper than two cross-lane dword permutes)
+      const __m512i S = _mm512_add_epi32(_mm512_mask_shuffle_epi32(P0, 0xAAAA, P1, _MM_PERM_CDAB),
+                                         _mm512_mask_shuffle_epi32(P1, 0x5555, P0, _MM_PERM_CDAB));
       const float* k = dk + t * 2 * a.nbr + 16 * sb;  // sb = 2s'
       const __m512 DX = _mm512_load_ps(k), KC = _mm512_load_ps(k + 16);
       acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(S), DX, KC), dw, acc[t]);
