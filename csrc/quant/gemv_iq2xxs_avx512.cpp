@@ -218,73 +218,47 @@ inline __m512i sb_dot(const __m512i (&W)[4], const int8_t* x) {
 
 constexpr int kPrefetch = 2048;  // bytes ahead in the row stream
 
-// One decoded pair of super-blocks: codes and the dw of each block.
-struct Pair {
-  __m512i W[2][4];
-  __m512 dw;
-};
-
-inline void decode_pair(const Consts& c, const uint8_t* p, bool two, Pair& o) {
-  constexpr size_t kB = sizeof(BlockIQ2_XXS);
-  // The weights ~2 rows ahead (same distance as gemv_q2k): the hardware prefetcher
-  // alone left ~25 % of a DRAM-fed GEMV in stalls (1 thread, Zen 4: 7.5-8.7 ->
-  // 6.3-6.6 ns per super-block; 1 and 4 KB ahead were worse).
-  for (int l = 0; l < 3; ++l)
-    _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + 64 * l, _MM_HINT_T0);
-  const __m512i nib = decode2(c, p, two, o.W);
-  // dw of block b of super-block h at dword 2b + h: d * (0.5 + scale nibble) / 4
-  const __m512i alt = _mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
-  const uint32_t dd = load_u16(p) | (two ? static_cast<uint32_t>(load_u16(p + kB)) << 16 : 0u);
-  const __m128 d01 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));
-  const __m512 d = _mm512_permutexvar_ps(alt, _mm512_castps128_ps512(d01));
-  o.dw = _mm512_mul_ps(_mm512_permutexvar_ps(nib, c.quarter), d);
-}
-
 template <int T>
-inline void dot_pair(const Pair& w, bool two, const ActQ& a, const int8_t* xe, const float* dk,
-                     int64_t sb, __m512 (&acc)[T]) {
+void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* xe,
+              const float* dk, float* Y, int64_t ldy, int64_t r) {
   const int64_t nsb = a.nb / 8;
-#pragma GCC unroll 3
-  for (int t = 0; t < T; ++t) {
-    const int8_t* x = xe + (t * nsb + sb) * 256;
-    const __m512i P0 = sb_dot(w.W[0], x);
-    const __m512i P1 = two ? sb_dot(w.W[1], x + 256) : _mm512_setzero_si512();
-    // dword 2b + h <- the sum of dwords 2b, 2b + 1 of super-block h's dot (two
-    // in-lane swaps: cheaper than two cross-lane dword permutes)
-    const __m512i S = _mm512_add_epi32(_mm512_mask_shuffle_epi32(P0, 0xAAAA, P1, _MM_PERM_CDAB),
-                                       _mm512_mask_shuffle_epi32(P1, 0x5555, P0, _MM_PERM_CDAB));
-    const float* k = dk + t * 2 * a.nbr + 16 * sb;  // sb = 2s'
-    const __m512 DX = _mm512_load_ps(k), KC = _mm512_load_ps(k + 16);
-    acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(S), DX, KC), w.dw, acc[t]);
-  }
-}
-
-// Rows r0..r1 as one stream of super-block pairs (a missing last one of a row
-// decodes as zero codes, d = 0), software-pipelined: the dots of a pair are
-// issued after the decode of the next, so the core has independent work while
-// a pair's long dependency chain (lookups, gf2p8affine, 4 chained vpdpbusd) runs.
-template <int T>
-void gemv_rows(const Consts& c, const WeightMatrix& W, const ActQ& a, const int8_t* xe,
-               const float* dk, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
-  const int64_t nsb = a.nb / 8, npair = (nsb + 1) / 2;
   constexpr size_t kB = sizeof(BlockIQ2_XXS);
+  const __m512i alt = _mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
   __m512 acc[T];
 #pragma GCC unroll 3
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  Pair cur, next;
-  decode_pair(c, W.row(r0), 2 <= nsb, cur);
-  int64_t r = r0, i = 0;  // the pair in cur
-  for (;;) {
-    const int64_t ni = i + 1 < npair ? i + 1 : 0, nr = ni ? r : r + 1;
-    if (nr < r1) decode_pair(c, W.row(nr) + 2 * ni * kB, 2 * ni + 1 < nsb, next);
-    dot_pair<T>(cur, 2 * i + 1 < nsb, a, xe, dk, 2 * i, acc);
-    if (!ni) {
+  for (int64_t sb = 0; sb < nsb; sb += 2) {
+    // super-blocks sb and sb + 1 (a missing last one decodes as zero codes, d = 0)
+    const bool two = sb + 1 < nsb;
+    const uint8_t* p = row + sb * kB;
+    // The weights ~2 rows ahead (same distance as gemv_q2k): the hardware prefetcher
+    // alone left ~25 % of a DRAM-fed GEMV in stalls (1 thread, Zen 4: 7.5-8.7 ->
+    // 6.3-6.6 ns per super-block; 1 and 4 KB ahead were worse).
+    for (int l = 0; l < 3; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + 64 * l, _MM_HINT_T0);
+    __m512i W[2][4];
+    const __m512i nib = decode2(c, p, two, W);
+    // dw of block b of super-block h at dword 2b + h: d * (0.5 + scale nibble) / 4
+    const uint32_t dd = load_u16(p) | (two ? static_cast<uint32_t>(load_u16(p + kB)) << 16 : 0u);
+    const __m128 d01 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));
+    const __m512 d = _mm512_permutexvar_ps(alt, _mm512_castps128_ps512(d01));
+    const __m512 dw = _mm512_mul_ps(_mm512_permutexvar_ps(nib, c.quarter), d);
 #pragma GCC unroll 3
-      for (int t = 0; t < T; ++t) Y[t * ldy + r] = _mm512_reduce_add_ps(acc[t]), acc[t] = _mm512_setzero_ps();
-      if (nr >= r1) break;
+    for (int t = 0; t < T; ++t) {
+      const int8_t* x = xe + (t * nsb + sb) * 256;
+      const __m512i P0 = sb_dot(W[0], x);
+      const __m512i P1 = two ? sb_dot(W[1], x + 256) : _mm512_setzero_si512();
+      // dword 2b + h <- the sum of dwords 2b, 2b + 1 of super-block h's dot (two
+      // in-lane swaps: cheaper than two cross-lane dword permutes)
+      const __m512i S = _mm512_add_epi32(_mm512_mask_shuffle_epi32(P0, 0xAAAA, P1, _MM_PERM_CDAB),
+                                         _mm512_mask_shuffle_epi32(P1, 0x5555, P0, _MM_PERM_CDAB));
+      const float* k = dk + t * 2 * a.nbr + 16 * sb;  // sb = 2s'
+      const __m512 DX = _mm512_load_ps(k), KC = _mm512_load_ps(k + 16);
+      acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(S), DX, KC), dw, acc[t]);
     }
-    cur = next, r = nr, i = ni;
   }
+#pragma GCC unroll 3
+  for (int t = 0; t < T; ++t) Y[t * ldy + r] = _mm512_reduce_add_ps(acc[t]);
 }
 
 }  // namespace
@@ -298,13 +272,14 @@ void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
   int8_t* xe = reinterpret_cast<int8_t*>(buf);
   float* dk = reinterpret_cast<float*>(buf + xbytes);
   entry_layout(act, n_tokens, xe, dk);
-  if (r0 >= r1) return;
-  if (n_tokens == 1)
-    gemv_rows<1>(c, W, act, xe, dk, Y, ldy, r0, r1);
-  else if (n_tokens == 2)
-    gemv_rows<2>(c, W, act, xe, dk, Y, ldy, r0, r1);
-  else
-    gemv_rows<3>(c, W, act, xe, dk, Y, ldy, r0, r1);
+  for (int64_t r = r0; r < r1; ++r) {
+    if (n_tokens == 1)
+      gemv_row<1>(c, W.row(r), act, xe, dk, Y, ldy, r);
+    else if (n_tokens == 2)
+      gemv_row<2>(c, W.row(r), act, xe, dk, Y, ldy, r);
+    else
+      gemv_row<3>(c, W.row(r), act, xe, dk, Y, ldy, r);
+  }
 }
 
 }  // namespace qk
