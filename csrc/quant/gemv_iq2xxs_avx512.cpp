@@ -27,7 +27,7 @@
 // The codes come out by grid entry (vector l, qword b = entry l of block b), so
 // the activations are re-laid once per call to that order (entry_layout): 4
 // chained vpdpbusd per super-block leave each block's dot in 2 dwords, two
-// permutes sum them for 16 blocks, and one convert + 2 FMAs per 512 weights
+// in-lane shuffles sum them for 16 blocks, and one convert + 2 FMAs per 512 weights
 // apply dx, the offset cs and dw.
 // Built with -mavx512vbmi -mgfni besides the AVX-512 flags (CMakeLists.txt).
 #include <immintrin.h>
@@ -64,7 +64,44 @@ constexpr Planes make_planes() {
 }
 alignas(64) constexpr Planes kPlanes = make_planes();
 
-// The constant vectors of the decode (built once per call, kept in registers).
+// The byte tables of the decode's constant vectors, built at compile time (a
+// GEMV call runs once per piece of rows a thread claims, ~16-28 per matrix
+// on 2 threads: built per call by scalar loops, they and the scalar re-layout
+// of dx / cs cost ~0.5 us a call).
+struct Tables {
+  // The grid indices of both super-blocks in one vector: qword b holds block b's
+  // 4 indices of the first (bytes 0..3) and of the second super-block (4..7).
+  uint8_t gather[64];
+  // u = 43 +- magnitude of the 3-bit code c | s << 2 in bits 0..2 (lut[0]) or 3..5 (lut[1])
+  uint8_t lut[2][64];
+  // Super-block h of the pair, entries l = 2p, 2p + 1 of every block b: qword b of
+  // the matrix vector gets bytes 7, 6, 5 <- P0, P1, F of entry (b, 2p) and bytes 4,
+  // 3, 2 <- those of (b, 2p + 1). Sources: the plane-0 vector (P0 at byte 8b + l,
+  // 8b + 4 + l for h = 1) and a plane-1 vector holding h's sign fields in the
+  // other half of each qword (P1 at 8b + l and F at 8b + 4 + l; for h = 1 the
+  // halves swap).
+  uint8_t sel[2][2][64];  // [super-block of the pair][entry pair]
+};
+
+constexpr Tables make_tables() {
+  Tables t{};
+  for (int i = 0; i < 64; ++i) t.gather[i] = static_cast<uint8_t>(8 * (i / 8) + i % 4 + (i % 8 >= 4 ? 64 : 0));
+  const uint8_t u8[8] = {51, 68, 86, 0, 35, 18, 0, 0};
+  for (int i = 0; i < 64; ++i) t.lut[0][i] = u8[i & 7], t.lut[1][i] = u8[i >> 3];
+  for (int h = 0; h < 2; ++h)
+    for (int p = 0; p < 2; ++p)
+      for (int b = 0; b < 8; ++b)
+        for (int e = 0; e < 2; ++e) {
+          const int l = 2 * p + e, at = 8 * b + 7 - 3 * e, own = 4 * h, other = 4 - 4 * h;
+          t.sel[h][p][at] = static_cast<uint8_t>(8 * b + own + l);
+          t.sel[h][p][at - 1] = static_cast<uint8_t>(64 + 8 * b + own + l);
+          t.sel[h][p][at - 2] = static_cast<uint8_t>(64 + 8 * b + other + l);
+        }
+  return t;
+}
+alignas(64) constexpr Tables kTables = make_tables();
+
+// The constant vectors of the decode (loaded once per call, kept in registers).
 struct Consts {
   __m512i t0a, t0b, t1a, t1b, t2a, t2b, t3a, t3b;  // plane 0 / 1, entries 0..127 / 128..255
   __m512i gather, fshift[2], f7, gf, lut[2];
@@ -76,11 +113,7 @@ struct Consts {
     t1b = ld(kPlanes.p[0] + 192);
     t2a = ld(kPlanes.p[1]), t2b = ld(kPlanes.p[1] + 64), t3a = ld(kPlanes.p[1] + 128),
     t3b = ld(kPlanes.p[1] + 192);
-    // The grid indices of both super-blocks in one vector: qword b holds block b's
-    // 4 indices of the first (bytes 0..3) and of the second super-block (4..7).
-    alignas(64) uint8_t g[64];
-    for (int i = 0; i < 64; ++i) g[i] = static_cast<uint8_t>(8 * (i / 8) + i % 4 + (i % 8 >= 4 ? 64 : 0));
-    gather = ld(g);
+    gather = ld(kTables.gather);
     // the 4 sign fields of qword b (block b), bits 32 + 7l, to bytes 4..7 (first
     // super-block) or 0..3 (second), and the scale nibble (bits 60..63) to the
     // low bits of the other dword
@@ -88,31 +121,11 @@ struct Consts {
     fshift[1] = _mm512_set1_epi64(0x0000003C352E2720LL);
     f7 = _mm512_set1_epi8(0x7F);
     gf = _mm512_set1_epi64(static_cast<long long>(0xFF40201008040201ULL));
-    // u = 43 +- magnitude of the 3-bit code c | s << 2 in bits 0..2 (lut[0]) or 3..5 (lut[1])
-    alignas(64) uint8_t u[2][64];
-    const uint8_t u8[8] = {51, 68, 86, 0, 35, 18, 0, 0};
-    for (int i = 0; i < 64; ++i) u[0][i] = u8[i & 7], u[1][i] = u8[i >> 3];
-    lut[0] = ld(u[0]), lut[1] = ld(u[1]);
+    lut[0] = ld(kTables.lut[0]), lut[1] = ld(kTables.lut[1]);
     quarter = _mm512_setr_ps(0.125f, 0.375f, 0.625f, 0.875f, 1.125f, 1.375f, 1.625f, 1.875f, 2.125f,
                              2.375f, 2.625f, 2.875f, 3.125f, 3.375f, 3.625f, 3.875f);
-    // Super-block h of the pair, entries l = 2p, 2p + 1 of every block b: qword b of
-    // the matrix vector gets bytes 7, 6, 5 <- P0, P1, F of entry (b, 2p) and bytes 4,
-    // 3, 2 <- those of (b, 2p + 1). Sources: the plane-0 vector (P0 at byte 8b + l,
-    // 8b + 4 + l for h = 1) and a plane-1 vector holding h's sign fields in the
-    // other half of each qword (P1 at 8b + l and F at 8b + 4 + l; for h = 1 the
-    // halves swap).
     for (int h = 0; h < 2; ++h)
-      for (int p = 0; p < 2; ++p) {
-        alignas(64) uint8_t s[64] = {};
-        for (int b = 0; b < 8; ++b)
-          for (int e = 0; e < 2; ++e) {
-            const int l = 2 * p + e, at = 8 * b + 7 - 3 * e, own = 4 * h, other = 4 - 4 * h;
-            s[at] = static_cast<uint8_t>(8 * b + own + l);
-            s[at - 1] = static_cast<uint8_t>(64 + 8 * b + own + l);
-            s[at - 2] = static_cast<uint8_t>(64 + 8 * b + other + l);
-          }
-        sel[h][p] = ld(s);
-      }
+      for (int p = 0; p < 2; ++p) sel[h][p] = ld(kTables.sel[h][p]);
   }
 };
 
@@ -179,11 +192,17 @@ inline void entry_layout(const ActQ& a, int64_t n_tokens, int8_t* xe, float* dk)
       _mm512_store_si512(o + 128, _mm512_permutex2var_epi64(b0, even, b1));
       _mm512_store_si512(o + 192, _mm512_permutex2var_epi64(b0, odd, b1));
     }
+    // float i of 16 is block 8 (i % 2) + i / 2 of the 16 (masked loads: dx and cs
+    // hold nb_pad floats, and the floats past nb are zero)
+    const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     float* o = dk + t * 2 * a.nbr;
-    for (int64_t i = 0; i < a.nbr; ++i) {
-      const int64_t b = 16 * (i / 16) + 8 * (i % 2) + (i % 16) / 2;  // block of float i
-      o[32 * (i / 16) + i % 16] = b < a.nb ? a.d(t)[b] : 0.0f;
-      o[32 * (i / 16) + 16 + i % 16] = b < a.nb ? 4.0f * a.c(t)[b] : 0.0f;
+    for (int64_t g = 0; g < a.nbr / 16; ++g) {
+      const int64_t left = a.nb - 16 * g;
+      const __mmask16 m = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+      const __m512 d = _mm512_maskz_loadu_ps(m, a.d(t) + 16 * g);
+      const __m512 k = _mm512_maskz_loadu_ps(m, a.c(t) + 16 * g);
+      _mm512_store_ps(o + 32 * g, _mm512_permutexvar_ps(order, d));
+      _mm512_store_ps(o + 32 * g + 16, _mm512_mul_ps(_mm512_permutexvar_ps(order, k), _mm512_set1_ps(4.0f)));
     }
   }
 }
@@ -204,9 +223,6 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
               const float* dk, float* Y, int64_t ldy, int64_t r) {
   const int64_t nsb = a.nb / 8;
   constexpr size_t kB = sizeof(BlockIQ2_XXS);
-  // dword 2b + h <- dword 2b (first) / 2b + 1 (second) of super-block h's dot
-  const __m512i first = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(1));
   const __m512i alt = _mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
   __m512 acc[T];
 #pragma GCC unroll 3
@@ -232,8 +248,10 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
       const int8_t* x = xe + (t * nsb + sb) * 256;
       const __m512i P0 = sb_dot(W[0], x);
       const __m512i P1 = two ? sb_dot(W[1], x + 256) : _mm512_setzero_si512();
-      const __m512i S = _mm512_add_epi32(_mm512_permutex2var_epi32(P0, first, P1),
-                                         _mm512_permutex2var_epi32(P0, second, P1));
+      // dword 2b + h <- the sum of dwords 2b, 2b + 1 of super-block h's dot (two
+      // in-lane swaps: cheaper than two cross-lane dword permutes)
+      const __m512i S = _mm512_add_epi32(_mm512_mask_shuffle_epi32(P0, 0xAAAA, P1, _MM_PERM_CDAB),
+                                         _mm512_mask_shuffle_epi32(P1, 0x5555, P0, _MM_PERM_CDAB));
       const float* k = dk + t * 2 * a.nbr + 16 * sb;  // sb = 2s'
       const __m512 DX = _mm512_load_ps(k), KC = _mm512_load_ps(k + 16);
       acc[t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(S), DX, KC), dw, acc[t]);

@@ -35,9 +35,22 @@ constexpr int sub_block(int i) { return 8 * ((i / 4) / 2) + 2 * (i % 4) + (i / 4
 // 4^-j and -hs, both in kOrder (16 floats each): 384 bytes.
 constexpr int64_t kSbBytes = 384;
 
+// The index vectors of kOrder, and 4^-j for dword 4L + j (exact: powers of two).
+struct LayoutConsts {
+  __m512i sub, block;  // dword i <- sub_block(i), its block sub_block(i) / 2
+  __m512 quarter_pow;
+  LayoutConsts() {
+    alignas(64) int32_t s[16], b[16];
+    alignas(64) float q[16];
+    for (int i = 0; i < 16; ++i) s[i] = sub_block(i), b[i] = sub_block(i) / 2, q[i] = 1.0f / (1 << (2 * (i % 4)));
+    sub = _mm512_load_si512(s), block = _mm512_load_si512(b), quarter_pow = _mm512_load_ps(q);
+  }
+};
+
 // The re-laid activations of every token (see kSbBytes) at xs.
 inline void plane_layout(const ActQ& a, int64_t n_tokens, uint8_t* xs) {
   const int64_t nsb = a.nb / 8;
+  const LayoutConsts c;
   for (int64_t t = 0; t < n_tokens; ++t) {
     const float* dx = a.d(t);
     const float* hs = a.h(t);
@@ -57,11 +70,10 @@ inline void plane_layout(const ActQ& a, int64_t n_tokens, uint8_t* xs) {
       _mm512_store_si512(o + 128, _mm512_shuffle_i64x2(hi0, hi1, 0x88));
       _mm512_store_si512(o + 192, _mm512_shuffle_i64x2(hi0, hi1, 0xDD));
       float* f = reinterpret_cast<float*>(o + 256);
-      for (int i = 0; i < 16; ++i) {
-        const int sbk = sub_block(i), j = i % 4;
-        f[i] = dx[8 * s + sbk / 2] / static_cast<float>(1 << (2 * j));
-        f[16 + i] = -hs[16 * s + sbk];
-      }
+      const __m512 d8 = _mm512_castps256_ps512(_mm256_loadu_ps(dx + 8 * s));
+      _mm512_store_ps(f, _mm512_mul_ps(_mm512_permutexvar_ps(c.block, d8), c.quarter_pow));
+      _mm512_store_ps(f + 16, _mm512_xor_ps(_mm512_set1_ps(-0.0f),  // -hs
+                                            _mm512_permutexvar_ps(c.sub, _mm512_loadu_ps(hs + 16 * s))));
     }
   }
 }
