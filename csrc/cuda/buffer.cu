@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -119,6 +120,22 @@ void Staging::wait() {
   if (!pending_) return;
   pending_ = false;
   PYV4_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(done_)));
+}
+
+double copy_seconds(size_t bytes, int reps) {
+  const DeviceBuffer src(bytes), dst(bytes);
+  return seconds_per_call(
+      [&] { PYV4_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), bytes, cudaMemcpyDeviceToDevice)); }, reps);
+}
+
+double upload_seconds(size_t bytes, int reps, int index) {
+  const DeviceScope on(index);
+  const DeviceBuffer dev(bytes);
+  PinnedBuffer host;
+  host.reserve(bytes);
+  std::memset(host.data(), 0, bytes);  // touched: no first-use page faults in the timing
+  return seconds_per_call(
+      [&] { PYV4_CUDA_CHECK(cudaMemcpyAsync(dev.data(), host.data(), bytes, cudaMemcpyHostToDevice)); }, reps);
 }
 
 }  // namespace cuda

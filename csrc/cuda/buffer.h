@@ -38,6 +38,14 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// Device seconds per device-to-device copy of `bytes` (the bandwidth that
+// bench/cuda_model.py states decode's effective bandwidth against).
+double copy_seconds(size_t bytes, int reps);
+// Device seconds per copy of `bytes` from pinned host memory to device
+// `index`: the PCIe rate of the streaming cost model (cuda/stream_plan.h) and
+// of the planner's predictions.
+double upload_seconds(size_t bytes, int reps, int index = 0);
+
 // Page-locked host memory (cudaMallocHost): the DMA engine reads and writes it
 // directly, so copies from / to it run asynchronously to the host.
 class PinnedBuffer {

@@ -134,50 +134,5 @@ double seconds_per_call(const std::function<void()>& f, int reps) {
   return ms * 1e-3 / (reps > 0 ? reps : 1);
 }
 
-double upload_seconds(size_t bytes, int reps, int index) {
-  const DeviceScope on(index);
-  void* host = nullptr;
-  void* dev = nullptr;
-  PYV4_CUDA_CHECK(cudaMallocHost(&host, bytes));
-  if (const cudaError_t e = cudaMalloc(&dev, bytes); e != cudaSuccess) {
-    cudaFreeHost(host);
-    throw_error(static_cast<int>(e), "cudaMalloc (upload destination)", __FILE__, __LINE__);
-  }
-  std::memset(host, 0, bytes);  // touched: no first-use page faults in the timing
-  try {
-    const double s = seconds_per_call(
-        [&] { PYV4_CUDA_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice)); }, reps);
-    cudaFreeHost(host);
-    cudaFree(dev);
-    return s;
-  } catch (...) {
-    cudaFreeHost(host);
-    cudaFree(dev);
-    throw;
-  }
-}
-
-double copy_seconds(size_t bytes, int reps) {
-  require_device();
-  void* src = nullptr;
-  void* dst = nullptr;
-  PYV4_CUDA_CHECK(cudaMalloc(&src, bytes));
-  if (const cudaError_t e = cudaMalloc(&dst, bytes); e != cudaSuccess) {
-    cudaFree(src);
-    throw_error(static_cast<int>(e), "cudaMalloc (copy destination)", __FILE__, __LINE__);
-  }
-  try {
-    const double s = seconds_per_call([&] { PYV4_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice)); },
-                                      reps);
-    cudaFree(src);
-    cudaFree(dst);
-    return s;
-  } catch (...) {
-    cudaFree(src);
-    cudaFree(dst);
-    throw;
-  }
-}
-
 }  // namespace cuda
 }  // namespace pyv4

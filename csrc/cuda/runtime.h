@@ -65,13 +65,6 @@ void synchronize();
 // Device seconds per call of f (which launches work on the default stream),
 // timed with events over `reps` calls after one warm-up call.
 double seconds_per_call(const std::function<void()>& f, int reps);
-// Device seconds per device-to-device copy of `bytes` (the bandwidth that
-// bench/cuda_model.py states decode's effective bandwidth against).
-double copy_seconds(size_t bytes, int reps);
-// Device seconds per copy of `bytes` from pinned host memory to the device:
-// the PCIe rate the streaming cost model (cuda/stream_plan.h) and the
-// planner's predictions use.
-double upload_seconds(size_t bytes, int reps, int index = 0);
 
 }  // namespace cuda
 }  // namespace pyv4
