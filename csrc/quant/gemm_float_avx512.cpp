@@ -19,26 +19,50 @@ inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 template <int N>
 using IC = std::integral_constant<int, N>;
 
+// Every kernel here sums a 64-element step of a row in 4 chains of 16 lanes.
+// Which element goes to which lane of chain u is the type's chain order:
+// element k + 16u + j (lane j) for F32 and F16, which widen 16 consecutive
+// values per vector; for BF16, the even and the odd elements of each half
+// (ConvBF16::chain16). The activations go into the lanes in the same order:
+// the kernels read them from a copy in chain order (order_chain: for F32 / F16
+// a plain copy, or none).
 struct ConvF32 {
   static constexpr int kBytes = 4;
+  static constexpr bool kPaired = false;  // chain order = element order
   static inline __m512 load16(const uint8_t* p) {
     return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
   }
+  static inline __m512 chain16(const uint8_t* step, int u) { return load16(step + 16 * u * kBytes); }
   static inline __m512 load_masked(const uint8_t* p, __mmask16 m) {
     return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(p));
   }
 };
 struct ConvF16 {
   static constexpr int kBytes = 2;
+  static constexpr bool kPaired = false;
   static inline __m512 load16(const uint8_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
+  static inline __m512 chain16(const uint8_t* step, int u) { return load16(step + 16 * u * kBytes); }
   static inline __m512 load_masked(const uint8_t* p, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
   }
 };
 struct ConvBF16 {
   static constexpr int kBytes = 2;
+  static constexpr bool kPaired = true;
+  // Chain u of the 64-element step at `step`: one 64-byte load of 32 values
+  // (the first half for u = 0, 1, the second for u = 2, 3); a bf16 is the high
+  // half of its fp32, so the even elements (u = 0, 2) are the dwords shifted
+  // left by 16 and the odd ones (u = 1, 3) the dwords with the low half
+  // cleared. Half the loads of 16 widened values per vector and no shuffle
+  // (vpmovzxwd): in the decode GEMV, with its prefetch, the head streamed
+  // 1.17x faster than widened in element order (see gemv_float).
+  static inline __m512 chain16(const uint8_t* step, int u) {
+    const __m512i v = _mm512_loadu_si512(step + 64 * (u >> 1));
+    return _mm512_castsi512_ps(u & 1 ? _mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u)))
+                                     : _mm512_slli_epi32(v, 16));
+  }
   static inline __m512 widen(__m256i v) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
   }
@@ -50,27 +74,54 @@ struct ConvBF16 {
   }
 };
 
-// Decode (1 token), one row: the reference order of every float dot here, 4
-// FMA chains over 64-element steps, a 16-element tail on chain 0, a masked
-// tail on chain 1, then (c0+c1)+(c2+c3). tile_float_chunked (2..8 tokens)
-// and tile_float_chains (prefill) compute the same sums, so a token's result
-// does not depend on which other tokens share the call: chunked prefill,
-// decode, batched decode and re-evaluation after truncate agree bitwise. One
-// contiguous row stream per thread (4 interleaved short rows halve the DRAM
-// throughput). No software prefetch: on a single contiguous float stream the
-// hardware prefetcher does better (BF16 head, 2 threads: Zen 4 46 GB/s
-// without, 36 with a 4 KB distance).
+// n activations (a multiple of 64) in Conv's chain order: for BF16 each 32 as
+// their 16 even then their 16 odd elements; otherwise a plain copy.
 template <class Conv>
-void gemv_float(const WeightMatrix& W, int64_t r, const float* x, float* Y) {
+inline void order_chain(const float* x, int64_t n, float* out) {
+  if constexpr (Conv::kPaired) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+    for (int64_t k = 0; k < n; k += 32) {
+      const __m512 a = _mm512_loadu_ps(x + k), b = _mm512_loadu_ps(x + k + 16);
+      _mm512_storeu_ps(out + k, _mm512_permutex2var_ps(a, ev, b));
+      _mm512_storeu_ps(out + k + 16, _mm512_permutex2var_ps(a, od, b));
+    }
+  } else {
+    std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
+  }
+}
+
+// Decode (1 token), one row: the reference order of every float dot here, 4
+// FMA chains over 64-element steps (lanes in the chain order above), a
+// 16-element tail on chain 0, a masked tail on chain 1, then (c0+c1)+(c2+c3).
+// tile_float_chunked (2..8 tokens) and tile_float_chains (prefill) compute the
+// same sums, so a token's result does not depend on which other tokens share
+// the call: chunked prefill, decode, batched decode and re-evaluation after
+// truncate agree bitwise. xo: x's first n64 elements in chain order (x for
+// the tails). One contiguous row stream per thread (4 interleaved short rows
+// halve the DRAM throughput), and a software prefetch into L2 kPrefetch bytes
+// ahead: the hardware prefetcher alone keeps too few lines in flight, above
+// all when other processes share the memory (BF16 head [129280x4096], 2
+// threads, Zen 4 under a busy host, 40 interleaved rounds, median of the
+// paired ratios: prefetch 1.35-1.46x, with the paired chain order above
+// 1.57-1.63x, p90 20 -> 37 GB/s; distances 8-32 KB alike, 4 KB 1.25x; into
+// L1 (T0) or non-temporal: no gain).
+constexpr int64_t kPrefetch = 8192;
+
+template <class Conv>
+void gemv_float(const WeightMatrix& W, int64_t r, const float* x, const float* xo, float* Y) {
   __m512 acc[4];
   for (int u = 0; u < 4; ++u) acc[u] = _mm512_setzero_ps();
   const uint8_t* row = W.row(r);
   const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
   for (int64_t k = 0; k < n64; k += 64) {
+    const uint8_t* step = row + k * Conv::kBytes;
+#pragma GCC unroll 4
+    for (int l = 0; l < Conv::kBytes; ++l)  // the step's 64 * kBytes bytes, one line each
+      _mm_prefetch(reinterpret_cast<const char*>(step + kPrefetch + 64 * l), _MM_HINT_T1);
 #pragma GCC unroll 4
     for (int u = 0; u < 4; ++u)
-      acc[u] = _mm512_fmadd_ps(Conv::load16(row + (k + 16 * u) * Conv::kBytes),
-                               _mm512_loadu_ps(x + k + 16 * u), acc[u]);
+      acc[u] = _mm512_fmadd_ps(Conv::chain16(step, u), _mm512_loadu_ps(xo + k + 16 * u), acc[u]);
   }
   for (int64_t k = n64; k < n16; k += 16)
     acc[0] = _mm512_fmadd_ps(Conv::load16(row + k * Conv::kBytes), _mm512_loadu_ps(x + k), acc[0]);
@@ -90,13 +141,15 @@ void gemv_float(const WeightMatrix& W, int64_t r, const float* x, float* Y) {
 // tile: twice, ~55-100 Gops/s, bound by loads from L2). From 32 tokens on,
 // these L2 panels beat tile_float_chunked (128 tokens: 1.15x); between 9 and
 // 32 tokens the two measured within noise.
+// XO: the first n64 columns of X's rows in chain order, row stride ldo.
 template <class Conv, int R, int T>
-void tile_float_chains(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
-                       float* Y, int64_t ldy) {
+void tile_float_chains(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx,
+                       const float* XO, int64_t ldo, int64_t t0, float* Y, int64_t ldy) {
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const float* xs[T];
-  for (int t = 0; t < T; ++t) xs[t] = X + (t0 + t) * ldx;
+  const float* xos[T];
+  for (int t = 0; t < T; ++t) xs[t] = X + (t0 + t) * ldx, xos[t] = XO + (t0 + t) * ldo;
   const int64_t n = W.cols, n64 = n & ~int64_t(63), n16 = n & ~int64_t(15);
   alignas(64) float part[4][R][T][16];
   for (int u = 0; u < 4; ++u) {
@@ -108,10 +161,10 @@ void tile_float_chains(const WeightMatrix& W, int64_t r, const float* X, int64_t
     for (int64_t k = 16 * u; k < n64; k += 64) {
       __m512 w[R];
 #pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) w[i] = Conv::load16(rows[i] + k * Conv::kBytes);
+      for (int i = 0; i < R; ++i) w[i] = Conv::chain16(rows[i] + (k - 16 * u) * Conv::kBytes, u);
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
-        const __m512 x = _mm512_loadu_ps(xs[t] + k);
+        const __m512 x = _mm512_loadu_ps(xos[t] + k);
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(w[i], x, acc[i][t]);
       }
@@ -183,7 +236,7 @@ void tile_float_chunked(const WeightMatrix& W, int64_t r, const float* xp, const
 #pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
           _mm_prefetch(reinterpret_cast<const char*>(rows[i] + (k + KC) * Conv::kBytes), _MM_HINT_T0);
-          w[i] = Conv::load16(rows[i] + k * Conv::kBytes);
+          w[i] = Conv::chain16(rows[i] + (k - 16 * u) * Conv::kBytes, u);
         }
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
@@ -224,7 +277,7 @@ void tile_float_chunked(const WeightMatrix& W, int64_t r, const float* xp, const
 }
 
 // Batched decode (2..8 tokens): x packed per column chunk [k0, k1) of up to
-// kChunk columns (token t's chunk at xp + k0 * n + t * (k1 - k0), n tokens;
+// kChunk columns, in chain order (token t's chunk at xp + k0 * n + t * (k1 - k0), n tokens;
 // tails past the last 64-column step read X directly), then tiles of
 // R rows x all tokens (R = 4, 3 for 7-8 tokens: R*T accumulators + R weight
 // vectors + x fit the 32 zmm registers). One pass over the weights.
@@ -236,8 +289,8 @@ void gemm_float_small(const WeightMatrix& W, const float* X, int64_t ldx, int64_
   float* xp = reinterpret_cast<float*>(scratch_bytes(static_cast<size_t>(n_tokens * n64) * 4));
   for (int64_t k0 = 0; k0 < n64; k0 += kChunk)
     for (int64_t t = 0; t < n_tokens; ++t)
-      std::memcpy(xp + k0 * n_tokens + t * std::min<int64_t>(kChunk, n64 - k0), X + t * ldx + k0,
-                  static_cast<size_t>(std::min<int64_t>(kChunk, n64 - k0)) * 4);
+      order_chain<Conv>(X + t * ldx + k0, std::min<int64_t>(kChunk, n64 - k0),
+                        xp + k0 * n_tokens + t * std::min<int64_t>(kChunk, n64 - k0));
   auto rows = [&](auto TT) {
     constexpr int T = decltype(TT)::value, R = T <= 6 ? 4 : 3;
     int64_t r = r0;
@@ -258,8 +311,15 @@ void gemm_float_small(const WeightMatrix& W, const float* X, int64_t ldx, int64_
 template <class Conv>
 void gemm_float(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
                 int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t n64 = W.cols & ~int64_t(63);
   if (n_tokens == 1) {
-    for (int64_t r = r0; r < r1; ++r) gemv_float<Conv>(W, r, X, Y);
+    const float* xo = X;
+    if constexpr (Conv::kPaired) {
+      float* b = reinterpret_cast<float*>(scratch_bytes(static_cast<size_t>(n64) * 4));
+      order_chain<Conv>(X, n64, b);
+      xo = b;
+    }
+    for (int64_t r = r0; r < r1; ++r) gemv_float<Conv>(W, r, X, xo, Y);
     return;
   }
   if (n_tokens <= 8) {
@@ -267,7 +327,17 @@ void gemm_float(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_to
     return;
   }
   // Prefill: panels of rows (~512 KB of weights, kept in L2) times tiles of 6
-  // tokens, each panel's rows in tiles of 4 (tile_float_chains).
+  // tokens, each panel's rows in tiles of 4 (tile_float_chains). BF16: all
+  // tokens' activations put in chain order once per call (a few % of the
+  // first panel's time).
+  const float* XO = X;
+  int64_t ldo = ldx;
+  if constexpr (Conv::kPaired) {
+    float* b = reinterpret_cast<float*>(scratch_bytes(static_cast<size_t>(n_tokens * n64) * 4));
+    for (int64_t t = 0; t < n_tokens; ++t) order_chain<Conv>(X + t * ldx, n64, b + t * n64);
+    XO = b;
+    ldo = n64;
+  }
   const int64_t P = std::max<int64_t>(
       4, std::min<int64_t>(64, (int64_t(512) << 10) / (W.cols * Conv::kBytes)) & ~int64_t(3));
   for (int64_t p0 = r0; p0 < r1; p0 += P) {
@@ -276,8 +346,8 @@ void gemm_float(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_to
       auto rows = [&](auto TT) {
         constexpr int Tn = decltype(TT)::value;
         int64_t r = p0;
-        for (; r + 4 <= p1; r += 4) tile_float_chains<Conv, 4, Tn>(W, r, X, ldx, t, Y, ldy);
-        for (; r < p1; ++r) tile_float_chains<Conv, 1, Tn>(W, r, X, ldx, t, Y, ldy);
+        for (; r + 4 <= p1; r += 4) tile_float_chains<Conv, 4, Tn>(W, r, X, ldx, XO, ldo, t, Y, ldy);
+        for (; r < p1; ++r) tile_float_chains<Conv, 1, Tn>(W, r, X, ldx, XO, ldo, t, Y, ldy);
       };
       switch (std::min<int64_t>(6, n_tokens - t)) {
         case 6: rows(IC<6>{}); break;

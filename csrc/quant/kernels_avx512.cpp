@@ -37,10 +37,15 @@ namespace {
 
 using namespace qblocks;
 
-// The GEMV kernels issue no software prefetch: each thread streams one
-// contiguous row range, which the hardware prefetcher follows better (head
-// [129280x4096], 2 threads: Q8_0 49 -> 60 GB/s, MXFP4 42 -> 34 of 35 GB/s
-// measured, BF16 31 -> 55 GB/s when dropping a 4 KB prefetch distance).
+// Each GEMV thread streams one contiguous row range. Prefetching into L1 (T0)
+// 4 KB ahead lost to the hardware prefetcher alone (head [129280x4096], 2
+// threads: Q8_0 49 -> 60 GB/s, MXFP4 42 -> 34 of 35 GB/s measured when
+// dropping it); Q8_0's gemv_int prefetches into L2 (T1) kPrefetchQ8 ahead
+// instead, which the hardware prefetcher does not reach: on a busy Zen 4 host
+// (interleaved rounds, one thread, weight bytes per CPU-second, median of the
+// paired ratios) [4096x8192] 1.36x, [32768x1024] 1.14x; 8 KB: 1.33x / 1.06x;
+// 4 KB: 1.11x / 0.98x; T0 at 4 KB: 0.87x. (MXFP4 / Q4_0: not measured, none.)
+constexpr int64_t kPrefetchQ8 = 16384;
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
@@ -455,6 +460,10 @@ void gemv_int(const WeightMatrix& W, int64_t r, const ActQ& a, const int8_t* xt,
   for (int64_t s = 0; s < nsg; ++s) {
     __m512i A[4], B[4];
     __m512 DW[4];
+    const uint8_t* sg = row + s * 4 * kGroupBytes;
+#pragma GCC unroll 9
+    for (int l = 0; l < 4 * kGroupBytes; l += 64)  // the super-group's lines, kPrefetchQ8 on
+      _mm_prefetch(reinterpret_cast<const char*>(sg + kPrefetchQ8 + l), _MM_HINT_T1);
 #pragma GCC unroll 4
     for (int d = 0; d < 4; ++d) Dec::group_raw(row + (4 * s + d) * kGroupBytes, &A[d], &B[d], &DW[d]);
     superblock_dots<T>(A, B, Dec::scale(order4(DW)), a, xt, t0, s, acc);
