@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -39,6 +40,30 @@ void moe_route(const ModelConfig& c, const LayerWeights& w, float* logits, const
   }
 }
 
+namespace {
+
+// A float buffer that grows on demand and keeps its memory (never zeroed).
+class GrowBuffer {
+ public:
+  float* get(int64_t n) {
+    if (n > cap_) {
+      data_.reset(new float[static_cast<size_t>(n)]);
+      cap_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<float[]> data_;
+  int64_t cap_ = 0;
+};
+
+struct MoeBuffers {
+  GrowBuffer xe, ge, ue, ye, gs, us, ys;
+};
+
+}  // namespace
+
 void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const float* x,
                  const int64_t* tokens, int64_t n, float* out, ThreadPool& pool) {
   const int64_t D = c.n_embd, E = c.n_expert, K = c.n_expert_used, F = c.n_ff_exp;
@@ -75,9 +100,19 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
     all_tokens = all_tokens && static_cast<int64_t>(list.size()) == n;
     for (int64_t r = 0; all_tokens && r < n; ++r) all_tokens = list[r].first == r;
   }
-  std::vector<float> xe(all_tokens ? 0 : rows * D), ge(rows * F), ue(rows * F), ye(rows * D);
+  // The FFNs' activations (~165 MB per layer for a 512-token V4-Flash chunk):
+  // buffers of the calling thread, grown to the largest chunk and kept, as every
+  // element is written before it is read. Fresh vectors per layer would zero them
+  // and, above glibc's mmap threshold, fault their pages in again every layer.
+  thread_local MoeBuffers buf;
   const int64_t Fs = w.has_shared ? w.gate_sh.rows : 0;
-  std::vector<float> gs(n * Fs), us(n * Fs), ys(w.has_shared ? n * D : 0);
+  float* xe = buf.xe.get(all_tokens ? 0 : rows * D);
+  float* ge = buf.ge.get(rows * F);
+  float* ue = buf.ue.get(rows * F);
+  float* ye = buf.ye.get(rows * D);
+  float* gs = buf.gs.get(n * Fs);
+  float* us = buf.us.get(n * Fs);
+  float* ys = buf.ys.get(w.has_shared ? n * D : 0);
   std::vector<WeightMatrix> mats;
   mats.reserve(3 * active.size());
   for (int64_t e : active) {
@@ -101,8 +136,8 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
     tasks.push_back({&mats[3 * a + 1], X, D, ne, &ue[r0 * F], F});
   }
   if (w.has_shared) {
-    tasks.push_back({&w.gate_sh, x, D, n, gs.data(), Fs});
-    tasks.push_back({&w.up_sh, x, D, n, us.data(), Fs});
+    tasks.push_back({&w.gate_sh, x, D, n, gs, Fs});
+    tasks.push_back({&w.up_sh, x, D, n, us, Fs});
   }
   matmul_many(tasks.data(), static_cast<int64_t>(tasks.size()), pool);
   const float limit = static_cast<float>(c.swiglu_limit[il]);
@@ -120,20 +155,28 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
     const int64_t e = active[a], r0 = first[e], ne = first[e + 1] - r0;
     tasks.push_back({&mats[3 * a + 2], &ge[r0 * F], F, ne, &ye[r0 * D], D});
   }
-  if (w.has_shared) tasks.push_back({&w.down_sh, gs.data(), Fs, n, ys.data(), D});
+  if (w.has_shared) tasks.push_back({&w.down_sh, gs, Fs, n, ys, D});
   matmul_many(tasks.data(), static_cast<int64_t>(tasks.size()), pool);
 
-  // out = Σ_k g_k · expert_k(x) in expert order, then + shared(x).
-  std::fill(out, out + n * D, 0.0f);
-  for (int64_t e : active) {
-    for (int64_t r = 0; r < first[e + 1] - first[e]; ++r) {
-      float* o = out + by_expert[e][r].first * D;
-      const float g = by_expert[e][r].second;
-      const float* y = &ye[(first[e] + r) * D];
-      for (int64_t i = 0; i < D; ++i) o[i] += g * y[i];
+  // out = Σ_k g_k · expert_k(x) in expert order, then + shared(x); per token,
+  // its rows of ye in ascending expert order (the same sums as one pass over
+  // the experts), tokens spread over the pool.
+  std::vector<std::vector<std::pair<int64_t, float>>> of_token(n);  // (row of ye, gate weight)
+  for (int64_t e : active)
+    for (int64_t r = 0; r < first[e + 1] - first[e]; ++r)
+      of_token[by_expert[e][r].first].push_back({first[e] + r, by_expert[e][r].second});
+  pool.parallel_for(n, 16, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* o = out + t * D;
+      std::fill(o, o + D, 0.0f);
+      for (const auto& [row, g] : of_token[t]) {
+        const float* y = &ye[row * D];
+        for (int64_t i = 0; i < D; ++i) o[i] += g * y[i];
+      }
+      if (w.has_shared)
+        for (int64_t i = 0; i < D; ++i) o[i] += ys[t * D + i];
     }
-  }
-  for (size_t i = 0; i < ys.size(); ++i) out[i] += ys[i];
+  });
 }
 
 }  // namespace pyv4
