@@ -135,6 +135,12 @@ static inline PYV4_HD unsigned nibble_lo_hi(const uint8_t* qs, int e) {
   return e < 16 ? qs[e] & 15u : qs[e - 16] >> 4;
 }
 
+// Codes 4k .. 4k + 3 (one per byte) of 16 bytes of nibbles that hold elements
+// 0..15 in their low halves and 16..31 in their high ones (nibble_lo_hi, a word at a time).
+static inline PYV4_HD uint32_t nibble_word(const uint8_t* qs, int k) {
+  return (load_u32(qs + 4 * (k % 4)) >> (k < 4 ? 0 : 4)) & 0x0F0F0F0Fu;
+}
+
 // The super-block of 256 that holds group g (g % 8 is the group's place in it).
 template <class Block>
 static inline PYV4_HD const uint8_t* super_of(const uint8_t* row, int64_t g) {
@@ -263,7 +269,7 @@ static inline PYV4_HD void load_group(GGMLType t, const uint8_t* row, int64_t g,
       // 16 bytes: elements 0..15 in the low nibbles, 16..31 in the high ones
       const uint8_t* qs = t == GGMLType::Q4_0 ? row + sizeof(BlockQ4_0) * g + 2 : row + sizeof(BlockMXFP4) * g + 1;
       for (int k = 0; k < 8; ++k) {
-        const uint32_t nib = (load_u32(qs + 4 * (k % 4)) >> (k < 4 ? 0 : 4)) & 0x0F0F0F0Fu;
+        const uint32_t nib = nibble_word(qs, k);
         if (t == GGMLType::Q4_0) {  // v - 8: v + 120 stays in its byte, its top bit flipped reads as v - 8
           out->w[k] = static_cast<int32_t>((nib + 0x78787878u) ^ 0x80808080u);
         } else {
@@ -316,7 +322,7 @@ static inline PYV4_HD void load_group(GGMLType t, const uint8_t* row, int64_t g,
     default: {  // IQ4_XS: bytes 16 b .. 16 b + 15 of qs, elements 0..15 in the low nibbles
       const uint8_t* qs = super_of<BlockIQ4_XS>(row, g) + 8 + 16 * (g % 8);
       for (int k = 0; k < 8; ++k) {
-        const uint32_t nib = (load_u32(qs + 4 * (k % 4)) >> (k < 4 ? 0 : 4)) & 0x0F0F0F0Fu;
+        const uint32_t nib = nibble_word(qs, k);
         out->w[k] = pack4(iq4nl_level(nib & 15), iq4nl_level((nib >> 8) & 15), iq4nl_level((nib >> 16) & 15),
                           iq4nl_level(nib >> 24));
       }

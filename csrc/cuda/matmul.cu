@@ -26,22 +26,7 @@ void check_matrix(const DeviceMatrix& W) {
 }  // namespace
 
 bool multiplies(GGMLType t) {
-  switch (t) {
-    case GGMLType::F32:
-    case GGMLType::F16:
-    case GGMLType::BF16:
-    case GGMLType::Q8_0:
-    case GGMLType::Q4_0:
-    case GGMLType::Q4_K:
-    case GGMLType::MXFP4:
-    case GGMLType::Q2_K:
-    case GGMLType::Q3_K:
-    case GGMLType::IQ2_XXS:
-    case GGMLType::IQ4_XS:
-      return true;
-    default:
-      return false;
-  }
+  return t == GGMLType::F32 || t == GGMLType::F16 || t == GGMLType::BF16 || cudamath::is_group_type(t);
 }
 
 void matmul(const DeviceMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y, int64_t ldy,

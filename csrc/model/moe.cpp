@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <numeric>
 #include <vector>
 
+#include "common/line_buffer.h"
 #include "common/profiler.h"
 #include "model/ops.h"
 
@@ -42,24 +42,8 @@ void moe_route(const ModelConfig& c, const LayerWeights& w, float* logits, const
 
 namespace {
 
-// A float buffer that grows on demand and keeps its memory (never zeroed).
-class GrowBuffer {
- public:
-  float* get(int64_t n) {
-    if (n > cap_) {
-      data_.reset(new float[static_cast<size_t>(n)]);
-      cap_ = n;
-    }
-    return data_.get();
-  }
-
- private:
-  std::unique_ptr<float[]> data_;
-  int64_t cap_ = 0;
-};
-
 struct MoeBuffers {
-  GrowBuffer xe, ge, ue, ye, gs, us, ys;
+  LineBuffer<float> xe, ge, ue, ye, gs, us, ys;
 };
 
 }  // namespace
@@ -161,16 +145,22 @@ void moe_forward(const ModelConfig& c, const LayerWeights& w, int64_t il, const 
   // out = Σ_k g_k · expert_k(x) in expert order, then + shared(x); per token,
   // its rows of ye in ascending expert order (the same sums as one pass over
   // the experts), tokens spread over the pool.
-  std::vector<std::vector<std::pair<int64_t, float>>> of_token(n);  // (row of ye, gate weight)
+  // Token t's K contributions sit at [t * K, t * K + K) of row_of / g_of.
+  std::vector<int64_t> row_of(n * K), filled(n, 0);
+  std::vector<float> g_of(n * K);
   for (int64_t e : active)
-    for (int64_t r = 0; r < first[e + 1] - first[e]; ++r)
-      of_token[by_expert[e][r].first].push_back({first[e] + r, by_expert[e][r].second});
+    for (int64_t r = 0; r < first[e + 1] - first[e]; ++r) {
+      const int64_t t = by_expert[e][r].first, slot = t * K + filled[t]++;
+      row_of[slot] = first[e] + r;
+      g_of[slot] = by_expert[e][r].second;
+    }
   pool.parallel_for(n, 16, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
       float* o = out + t * D;
       std::fill(o, o + D, 0.0f);
-      for (const auto& [row, g] : of_token[t]) {
-        const float* y = &ye[row * D];
+      for (int64_t k = 0; k < K; ++k) {
+        const float* y = &ye[row_of[t * K + k] * D];
+        const float g = g_of[t * K + k];
         for (int64_t i = 0; i < D; ++i) o[i] += g * y[i];
       }
       if (w.has_shared)

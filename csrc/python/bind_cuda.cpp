@@ -472,9 +472,7 @@ void bind_device(py::module_& m) {
   m.def(
       "cuda_hc_post",
       [](const F32Array& post, const F32Array& comb, const F32Array& f, const F32Array& X) {
-        if (X.ndim() != 2 || X.shape(1) % 4 != 0 || f.ndim() != 2 || f.shape(0) != X.shape(0) ||
-            4 * f.shape(1) != X.shape(1) || post.size() != 4 * X.shape(0) || comb.size() != 16 * X.shape(0))
-          throw InputError("cuda_hc_post: post [n, 4], comb [n, 4, 4], f [n, D], X [n, 4 * D] float32");
+        check_hc_post(post, comb, f, X, "cuda_hc_post");
         const int64_t n = X.shape(0), D = f.shape(1);
         const cuda::DeviceBuffer pd = upload(post.data(), sizeof(float) * n * 4),
                                  cd = upload(comb.data(), sizeof(float) * n * 16),

@@ -28,6 +28,13 @@ int64_t check_hc(const F32Array& fn, int64_t mix_rows, const F32Array& base, con
   return fn.shape(1) / 4;
 }
 
+void check_hc_post(const F32Array& post, const F32Array& comb, const F32Array& f, const F32Array& X,
+                   const char* what) {
+  if (X.ndim() != 2 || X.shape(1) % 4 != 0 || f.ndim() != 2 || f.shape(0) != X.shape(0) ||
+      4 * f.shape(1) != X.shape(1) || post.size() != 4 * X.shape(0) || comb.size() != 16 * X.shape(0))
+    throw InputError(std::string(what) + ": post [n, 4], comb [n, 4, 4], f [n, D], X [n, 4 * D] float32");
+}
+
 void check_pool(const F32Array& kv, const F32Array& gate, int64_t tail_start, int64_t b, int64_t ratio,
                 int64_t width, bool overlap) {
   if (kv.ndim() != 2 || gate.ndim() != 2 || kv.shape(0) != gate.shape(0) || kv.shape(1) != gate.shape(1))
@@ -73,9 +80,7 @@ void bind_ops(py::module_& m) {
   m.def(
       "ops_hc_post",
       [](const F32Array& post, const F32Array& comb, const F32Array& f, const F32Array& X) {
-        if (X.ndim() != 2 || X.shape(1) % 4 != 0 || f.ndim() != 2 || f.shape(0) != X.shape(0) ||
-            4 * f.shape(1) != X.shape(1) || post.size() != 4 * X.shape(0) || comb.size() != 16 * X.shape(0))
-          throw InputError("ops_hc_post: post [n, 4], comb [n, 4, 4], f [n, D], X [n, 4 * D] float32");
+        check_hc_post(post, comb, f, X, "ops_hc_post");
         ModelConfig c;
         c.n_embd = f.shape(1);
         HyperMix mix;

@@ -31,6 +31,9 @@ WeightMatrix make_weight(const std::string& type_name, const U8Array& raw, int64
 // bindings of one op, each raising InputError. An mHC site: fn float32
 // [mix_rows, 4·D], base [mix_rows], X [n, 4·D]; returns D.
 int64_t check_hc(const F32Array& fn, int64_t mix_rows, const F32Array& base, const F32Array& X, const char* what);
+// hc_post: post [n, 4], comb [n, 4, 4], f [n, D], X [n, 4·D].
+void check_hc_post(const F32Array& post, const F32Array& comb, const F32Array& f, const F32Array& X,
+                   const char* what);
 // A compressor block's pooling: kv and gate [tail_len, pw] covering the slots
 // of block b (ratio, width, overlap) from position tail_start.
 void check_pool(const F32Array& kv, const F32Array& gate, int64_t tail_start, int64_t b, int64_t ratio,

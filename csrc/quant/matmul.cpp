@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/line_buffer.h"
 #include "quant/cpu_features.h"
 #include "quant/kernels.h"
 #include "quant/split_layout.h"
@@ -58,28 +59,6 @@ void reference_rows(const WeightMatrix& W, const float* X, int64_t ldx, int64_t 
     }
   }
 }
-
-// A growable buffer whose data starts on a cache line: the kernels read the
-// activations in 64-byte vectors, and a vector split across two lines costs
-// two L1 accesses (std::vector's malloc alignment is 16: aligning the buffers
-// made the 128-token lane GEMM 15-25 % faster on Zen 5, 2 threads).
-template <class T>
-class LineBuffer {
- public:
-  void resize(size_t n) {
-    if (n <= n_) return;
-    raw_.resize(n * sizeof(T) + 64);
-    n_ = n;
-  }
-  T* data() {
-    uint8_t* p = raw_.data();
-    return reinterpret_cast<T*>(p + (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64);
-  }
-
- private:
-  std::vector<uint8_t> raw_;
-  size_t n_ = 0;
-};
 
 }  // namespace
 
