@@ -337,8 +337,8 @@ def test_routing_counts_from_an_imatrix(tiny, tmp_path, capsys):
     # refused, naming the file and why: a legacy .dat (no per-expert counts), an
     # imatrix of another model's expert count, one without expert entries
     (tmp_path / "old.dat").write_bytes(b"\x01\x00\x00\x00")
-    write_gguf(tmp_path / "other.imatrix", [(f"blk.0.ffn_gate_exps.weight", np.ones((E + 1, cols)),
-                                             np.ones(E + 1))], "x", 1, 512)
+    write_gguf(tmp_path / "other.imatrix", [("blk.0.ffn_gate_exps.weight", np.ones((E + 1, cols)),
+                                            np.ones(E + 1))], "x", 1, 512)
     write_gguf(tmp_path / "dense.imatrix", entries[-1:], "x", 1, 512)
     for f, msg in (("old.dat", "legacy imatrix file has no per-expert counts"),
                    ("other.imatrix", "another model"), ("dense.imatrix", "no routed-expert entries")):
