@@ -51,15 +51,9 @@ def expert_counts(path: Path | str) -> dict[int, np.ndarray]:
     """Layer -> tokens routed to each of its experts during calibration: the
     per-expert ``counts`` of the layer's stacked ``ffn_gate_exps`` (else up /
     down) entry of a GGUF imatrix (the routing frequency the GPU placement
-    uses, pyv4/placement.py). A legacy .dat file keeps one call count per
-    tensor, not per expert, and is refused."""
+    uses, pyv4/placement.py, which tells a legacy .dat file apart first: it
+    keeps one call count per tensor, not per expert)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"{path}: imatrix file does not exist")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ConvertError(f"{path}: not a GGUF imatrix (a legacy imatrix file has no per-expert counts: use "
-                               "a GGUF one from `pyv4 imatrix` or llama-imatrix --output-format gguf)")
     out: dict[int, np.ndarray] = {}
     counts = _read_gguf(path)[1]
     for kind in ("down", "up", "gate"):  # gate wins: its entry is written per routed token
