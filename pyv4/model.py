@@ -110,8 +110,11 @@ class Model:
                              expert_freq=expert_freq)
             # CSA rows beyond the plan's budget stay on the host (GpuEngine's csa_rows_gpu)
             csa_rows = -1 if placement.csa_rows_gpu >= placement.csa_rows else placement.csa_rows_gpu
+            # the streaming choice only arises for experts the host keeps
+            host_experts = any(k < shape.n_expert for k in placement.experts_gpu_per_layer)
+            rates = self._stream_rates(shape, index) if host_experts else {}
             engine = _core.GpuEngine(self._engine, [tuple(r) for r in placement.experts_on_gpu],
-                                     csa_rows_gpu=csa_rows, device=index, **self._stream_rates(shape, index))
+                                     csa_rows_gpu=csa_rows, device=index, **rates)
         except DeviceError:
             raise
         except RuntimeError as e:  # CUDA errors: no device after all, out of memory, a fault
