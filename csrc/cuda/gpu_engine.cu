@@ -41,6 +41,14 @@ constexpr int kThreads = 256;
 constexpr int64_t kHc = 4;
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
+// Bytes of one routed expert of a layer (its gate, up and down rows, GGML).
+size_t expert_bytes(const LayerWeights& L, int64_t n_expert) {
+  size_t b = 0;
+  for (const WeightMatrix* m : {&L.gate_exps, &L.up_exps, &L.down_exps})
+    b += static_cast<size_t>(m->rows / n_expert) * row_bytes(m->type, m->cols);
+  return b;
+}
+
 // X[t][i][d] = y[t][d] for the 4 streams (spec §3.1: every stream starts as the embedding).
 __global__ void broadcast_streams_kernel(const float* y, int64_t n, int64_t D, float* X) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -391,8 +399,7 @@ void GpuEngine::Impl::stream_experts(const LayerWeights& L, const float* x, int6
   const int64_t F = c.n_ff_exp, D = c.n_embd;
   const WeightMatrix* mats[3] = {&L.gate_exps, &L.up_exps, &L.down_exps};
   const int64_t rows[3] = {F, F, D};
-  size_t per_expert = 0;
-  for (int w = 0; w < 3; ++w) per_expert += static_cast<size_t>(rows[w]) * row_bytes(mats[w]->type, mats[w]->cols);
+  const size_t per_expert = expert_bytes(L, c.n_expert);
   if (!copier) copier = std::make_unique<CopyStream>();
   CopyStream& cs = *copier;
   std::vector<uint8_t> bytes[3];
@@ -489,10 +496,7 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
     const std::vector<int32_t>& ex = loc[n_ranges];  // sorted by expert above
     size_t used = 0;
     for (size_t i = 0; i < ex.size(); ++i) used += i == 0 || ex[i] != ex[i - 1];
-    size_t per_expert = 0;
-    for (const WeightMatrix* m : {&L.gate_exps, &L.up_exps, &L.down_exps})
-      per_expert += static_cast<size_t>(m->rows / c.n_expert) * row_bytes(m->type, m->cols);
-    stream = stream_pays(used * per_expert, static_cast<int64_t>(ex.size()),
+    stream = stream_pays(used * expert_bytes(L, c.n_expert), static_cast<int64_t>(ex.size()),
                          3.0 * static_cast<double>(c.n_ff_exp) * static_cast<double>(c.n_embd), costs);
   }
   const float* x_h = host_work && !stream ? fetch(act_down, {{x, n * D}}) : nullptr;
