@@ -163,51 +163,69 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
   store_sums(acc, Y, ldy, r, t0);
 }
 
-// IQ2_XXS block b (0..7) of the super-block at p: codes u = signed grid + 43, and dw.
-inline __m256i iq2xxs_codes(const uint8_t* p, int b, float* dw) {
+// IQ2_XXS per super-block: dw of its 8 blocks, d * (0.5 + scale nibble) / 4 (the
+// nibbles are the top bits of the sign words at qs + 8b + 4).
+inline void iq2xxs_dw8(const uint8_t* p, float* dw) {
   const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
-  uint32_t idx, sg;
-  std::memcpy(&idx, blk->qs + 8 * b, 4);
-  std::memcpy(&sg, blk->qs + 8 * b + 4, 4);
-  *dw = _cvtsh_ss(blk->d) * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
-  auto grid = [&](int l) { return static_cast<long long>(kIq2xxsGrid[(idx >> (8 * l)) & 255]); };
-  auto mask = [&](int l) { return static_cast<long long>(kIq2SignMasks.m[(sg >> (7 * l)) & 127]); };
-  const __m256i g = _mm256_setr_epi64x(grid(0), grid(1), grid(2), grid(3));
-  const __m256i neg = _mm256_setr_epi64x(mask(0), mask(1), mask(2), mask(3));
+  const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+  const __m256i w = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(load256(blk->qs), odd),
+                                       _mm256_permutevar8x32_epi32(load256(blk->qs + 32), odd), 0xF0);
+  const __m256 s = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w, 28)), _mm256_set1_ps(0.5f));
+  const __m256 d = _mm256_set1_ps(_cvtsh_ss(blk->d));
+  _mm256_storeu_ps(dw, _mm256_mul_ps(_mm256_mul_ps(d, s), _mm256_set1_ps(0.25f)));
+}
+
+// Two table qwords into one 128-bit vector, straight from memory.
+inline __m128i load2q(const uint64_t* a, const uint64_t* b) {
+  const __m128i lo = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a));
+  return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(lo), reinterpret_cast<const double*>(b)));
+}
+
+// IQ2_XXS block b of the super-block at p: codes u = signed grid + 43.
+inline __m256i iq2xxs_codes(const uint8_t* p, int b) {
+  const uint8_t* q = reinterpret_cast<const BlockIQ2_XXS*>(p)->qs + 8 * b;
+  uint32_t sg;
+  std::memcpy(&sg, q + 4, 4);
+  const uint64_t* G = kIq2xxsGrid;
+  const uint64_t* M = kIq2SignMasks.m;
+  const __m256i g = _mm256_set_m128i(load2q(G + q[2], G + q[3]), load2q(G + q[0], G + q[1]));
+  const __m256i neg = _mm256_set_m128i(load2q(M + ((sg >> 14) & 127), M + ((sg >> 21) & 127)),
+                                       load2q(M + (sg & 127), M + ((sg >> 7) & 127)));
   const __m256i k = _mm256_set1_epi8(43);
   return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
 }
 
 template <int R, int T>
-void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
-                 int64_t ldy) {
+void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
   constexpr int S = kSets<R, T>;
   __m256 acc[S][R][T];
   init_sums(acc);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t sb = 0; sb < a.nb / 8; ++sb)
+  alignas(32) float dw[R][8];
+  for (int64_t sb = 0; sb < a.nb / 8; ++sb) {
+    for (int i = 0; i < R; ++i) iq2xxs_dw8(rows[i] + sb * sizeof(BlockIQ2_XXS), dw[i]);
 #pragma GCC unroll 8
-  for (int b = 0; b < 8; ++b) {
-    const int64_t blk = 8 * sb + b;
-    __m256i U[R];
-    __m256 DW[R];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) {
-      float dw;
-      U[i] = iq2xxs_codes(rows[i] + sb * sizeof(BlockIQ2_XXS), b, &dw);
-      DW[i] = _mm256_set1_ps(dw);
-    }
-#pragma GCC unroll 4
-    for (int t = 0; t < T; ++t) {
-      const __m256i X = load256(reinterpret_cast<const uint8_t*>(a.q(t0 + t) + 32 * blk));
-      const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + blk);
-      const __m256 KC = _mm256_broadcast_ss(a.c(t0 + t) + blk);
+    for (int b = 0; b < 8; ++b) {
+      const int64_t blk = 8 * sb + b;
+      __m256i U[R];
+      __m256 DW[R];
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
-        const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U[i], X), ones));
-        acc[b % S][i][t] = _mm256_fmadd_ps(_mm256_fmsub_ps(f, DX, KC), DW[i], acc[b % S][i][t]);
+        U[i] = iq2xxs_codes(rows[i] + sb * sizeof(BlockIQ2_XXS), b);
+        DW[i] = _mm256_broadcast_ss(&dw[i][b]);
+      }
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const __m256i X = load256(reinterpret_cast<const uint8_t*>(a.q(t0 + t) + 32 * blk));
+        const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + blk);
+        const __m256 KC = _mm256_broadcast_ss(a.c(t0 + t) + blk);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U[i], X), ones));
+          acc[b % S][i][t] = _mm256_fmadd_ps(_mm256_fmsub_ps(f, DX, KC), DW[i], acc[b % S][i][t]);
+        }
       }
     }
   }
