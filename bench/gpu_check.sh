@@ -68,8 +68,11 @@ build() {
       -DCMAKE_CUDA_ARCHITECTURES='$arch' -Dpybind11_DIR=\"\$(python3 -m pybind11 --cmakedir)\" \
       -DPython_EXECUTABLE=\"\$(command -v python3)\" &&
     cmake --build '$work/cmake' -j\"\$(nproc)\"" || return 1
-  mkdir -p "$site" && cp -r "$repo/pyv4" "$site/" && rm -f "$site"/pyv4/_core*.so &&
-    cp "$work"/cmake/_core*.so "$site/pyv4/"
+  # pyv4.convert is convert/ of the tree (the wheel installs it there; a dev
+  # checkout has at most a git-ignored symlink, which would dangle in $site):
+  # pyv4.synthetic, which the model tests and bench write their files with, imports it.
+  mkdir -p "$site" && cp -r "$repo/pyv4" "$site/" && rm -rf "$site"/pyv4/_core*.so "$site/pyv4/convert" &&
+    cp -r "$repo/convert" "$site/pyv4/convert" && cp "$work"/cmake/_core*.so "$site/pyv4/"
 }
 
 # pyv4's runtime dependencies from bench/.gpu-wheels into $site/deps (after
