@@ -11,7 +11,8 @@ csrc/cuda/gpu_engine.*) against the CPU engine, on a machine with a GPU:
   >= 0.99 with the CPU fast path over 600 positions;
 * sessions: saved after GPU steps and loaded on the CPU (and the reverse),
   the next logits agree; truncate and fork on the GPU; bad input raises and
-  leaves the session as it was;
+  leaves the session as it was; an eval longer than 512 tokens runs in passes
+  of 512;
 * the placement in use names the experts the GPU holds;
 * the KV copy on the GPU (csrc/cuda/gpu_kv.h): a long prompt in uneven chunks
   (crossing the window, the CSA / HCA block and the snapshot boundaries, the
@@ -149,7 +150,7 @@ def test_quantized_top1_agrees_with_the_cpu_fast_path(quantized_file):
     ids = tokens(n, 2048, 2)
     cpu, gpu = pyv4.Model(path), pyv4.Model(path, device="cuda")
 
-    # a prefill in chunks of 100 (the GPU's GEMM, fp32 activations), then
+    # a prefill in chunks of 100 (the GPU's GEMM: int8 tensor cores, int8 activations), then
     # single-token steps (its GEMV, int8 activations as the CPU's)
     def top1(model):
         s = model.new_session()
@@ -199,6 +200,21 @@ def test_truncate_fork_and_bad_input_on_the_gpu(f32_file):
     assert s.n_tokens == n and fork.n_tokens == n
     a, b = gpu.eval_batch([(s, [3]), (fork, [3])])
     check_close(a, b, "eval_batch", tol=1e-4)
+
+
+def test_a_long_eval_runs_in_passes_of_512_tokens(f32_file, reference_mode):
+    """The GPU's activation buffers hold one prefill chunk (the plan's margin):
+    a longer eval runs in passes of 512, the same as calls of 512 tokens."""
+    ids = tokens(1100, SPEC11["vocab_size"], 8)
+    gpu = pyv4.Model(f32_file, device="cuda")
+    one = gpu.new_session(kv="f32").eval(ids, logits="all")
+    s = gpu.new_session(kv="f32")
+    parts = np.concatenate([s.eval(ids[i:i + 512], logits="all") for i in range(0, len(ids), 512)])
+    assert one.shape == (len(ids), SPEC11["vocab_size"])
+    np.testing.assert_array_equal(one, parts)
+    np.testing.assert_array_equal(gpu.new_session(kv="f32").eval(ids, logits="last"), one[-1])
+    want = pyv4.Model(f32_file).new_session(kv="f32").eval(ids, logits="all")
+    check_close(one, want, "an 1100-token eval (3 passes)")
 
 
 def test_placement_and_bad_arguments(f32_file):

@@ -5,6 +5,7 @@
 // The selection of the best keys is topk.cu.
 #include <cuda_runtime.h>
 
+#include "common/error.h"
 #include "cuda/block_math.h"
 #include "cuda/ops.h"
 #include "cuda/runtime.h"
@@ -45,6 +46,10 @@ __global__ void index_scores_kernel(const float* q, const float* w, int64_t nih,
 
 void index_scores_fp4(const float* q, const float* w, int64_t nih, int64_t dim, const uint8_t* keys,
                       size_t stride, int64_t n, float* out) {
+  // a lane holds dim / 32 of the key's elements in registers
+  if (dim % 32 != 0 || dim > 32 * kMaxPerLane)
+    throw InputError("GPU indexer: index_head_dim " + std::to_string(dim) + " is not a multiple of 32 up to " +
+                     std::to_string(32 * kMaxPerLane));
   if (n <= 0) return;
   index_scores_kernel<<<static_cast<unsigned>((n + kWarps - 1) / kWarps), 32 * kWarps>>>(q, w, nih, dim, keys,
                                                                                          stride, n, out);

@@ -69,6 +69,23 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
   ProfActivate prof_on(prof_.get());
   const auto t_start = std::chrono::steady_clock::now();
   for (const BatchItem& it : std::span(items, n_items)) it.state->begin_eval();
+  // An exception from here to end_eval (e.g. a KV backing file that cannot
+  // grow) leaves the sessions half-updated: put them back on the way out.
+  struct RecoverOnThrow {
+    Engine& e;
+    const BatchItem* items;
+    int64_t n_items;
+    bool done = false;
+    ~RecoverOnThrow() {
+      if (done) return;
+      for (int64_t s = 0; s < n_items; ++s) {
+        try {
+          e.recover(*items[s].state);
+        } catch (...) {  // the first error is the one reported
+        }
+      }
+    }
+  } recover_on_throw{*this, items, n_items};
   std::vector<int64_t> tokens(n);
   for (int64_t s = 0; s < n_items; ++s) std::copy(items[s].tokens, items[s].tokens + items[s].n, &tokens[seqs[s].row0]);
   const int64_t D = c.n_embd, hc = c.hc_mult, W = hc * D;
@@ -107,6 +124,7 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
     }
   }
   for (int64_t s = 0; s < n_items; ++s) items[s].state->end_eval(items[s].tokens, items[s].n);
+  recover_on_throw.done = true;
 
   // Head: only the rows the callers asked for, gathered into one block.
   std::vector<int64_t> out_rows;
@@ -148,6 +166,13 @@ std::unique_ptr<ImatrixCollector> Engine::end_imatrix() {
   if (!imatrix_) throw InputError("end_imatrix: no collection is running");
   set_matmul_observer(nullptr);
   return std::move(imatrix_);
+}
+
+void Engine::recover(KVState& state) {
+  const int64_t n = state.n_tokens();
+  const std::vector<int64_t> ids(state.tokens().begin(), state.tokens().end());
+  const int64_t s = state.restore_before(n);
+  if (s < n) eval(state, ids.data() + s, n - s, /*all_logits=*/false);
 }
 
 void Engine::truncate(KVState& state, int64_t n, const Reeval& reeval) {

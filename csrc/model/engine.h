@@ -81,6 +81,13 @@ class Engine {
   using Reeval = std::function<void(KVState&, const int64_t*, int64_t)>;
   void truncate(KVState& state, int64_t n, const Reeval& reeval = {});
 
+  // After an eval that threw midway (its KV rows, compressor tails and
+  // snapshots partly written, the token count not yet advanced): puts the
+  // session back as it was before that eval, by the same restore as truncate
+  // to its n_tokens() and a re-evaluation here, on the CPU, of the tokens after
+  // the snapshot. eval_batch does it for its sessions; the GPU path for its.
+  void recover(KVState& state);
+
   // Importance-matrix collection (model/imatrix.h): from begin_imatrix() on,
   // every eval adds its products' input statistics; end_imatrix() stops and
   // hands them over. One collection at a time in the process.
