@@ -56,7 +56,7 @@ from .model_shape import ModelShape
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CUDA_RESERVE = 768 * MiB
-PREFILL_CHUNK = 512
+PREFILL_CHUNK = 512             # Engine::kMaxPass: the tokens of one forward pass
 RAM_RESERVE = 4 * GiB
 SNAP_EVERY = 128               # KVState::kDefaultSnapEvery
 PCIE_LATENCY_S = 10e-6

@@ -168,6 +168,17 @@ def test_chunking_does_not_change_results(model, kv):
     np.testing.assert_array_equal(np.concatenate(outs), one)
 
 
+def test_a_long_eval_runs_in_passes_of_512(model):
+    """Engine::eval bounds a pass's activations: 1100 tokens in one call run as
+    passes of 512, 512, 76, the same bits as those calls."""
+    toks = random_tokens(512, 1100, 5)
+    one = model.new_session().eval(toks, logits="all")
+    s = model.new_session()
+    parts = [s.eval(toks[i:i + 512], logits="all") for i in range(0, 1100, 512)]
+    np.testing.assert_array_equal(np.concatenate(parts), one)
+    np.testing.assert_array_equal(model.new_session().eval(toks, logits="last"), one[-1])
+
+
 def test_default_is_fp8_and_bad_kv_raises(model):
     assert model.new_session().kv_type == "fp8"
     with pytest.raises(ValueError, match="kv must be"):

@@ -591,36 +591,27 @@ int64_t GpuEngine::experts_on_gpu(int64_t il) const {
 std::vector<float> GpuEngine::eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits) {
   const DeviceScope on(device_);
   Impl& m = *impl_;
-  const Engine::BatchItem item{&state, tokens, n, all_logits};
-  m.cpu.check_batch(&item, 1);  // nothing changes before this passes
-  // At most kChunk tokens per pass: the device's activation buffers grow with
-  // the tokens of a pass, and the plan keeps room for one prefill chunk
-  // (placement.py, PREFILL_CHUNK / gpu_margin), not for a whole long prompt.
-  constexpr int64_t kChunk = 512;
-  const int64_t n0 = state.n_tokens();
-  std::vector<float> out;
   try {
-    for (int64_t t0 = 0; t0 < n; t0 += kChunk) {
-      const int64_t k = std::min(kChunk, n - t0);
-      const Engine::BatchItem part{&state, tokens + t0, k, all_logits};
-      const SeqSpan sp = m.cpu.check_batch(&part, 1)[0];
-      std::vector<float> logits = m.eval(state, sp, tokens + t0, all_logits);
-      if (all_logits || t0 + k == n) out.insert(out.end(), logits.begin(), logits.end());
-    }
+    return m.cpu.eval_in_passes(state, tokens, n, all_logits, [&](const int64_t* t, int64_t k) {
+      const Engine::BatchItem item{&state, t, k, all_logits};
+      const SeqSpan sp = m.cpu.check_batch(&item, 1)[0];
+      try {
+        return m.eval(state, sp, t, all_logits);
+      } catch (...) {
+        // The host state may be half-updated (compressor rows appended,
+        // snapshots written): put it back on the CPU (the device may be what
+        // failed); eval_in_passes undoes the passes before.
+        try {
+          m.cpu.recover(state);
+        } catch (...) {  // the first error is the one reported
+        }
+        throw;
+      }
+    });
   } catch (...) {
-    // The host state may be half-updated (compressor rows appended, snapshots
-    // written) and earlier chunks done: put it back as it was before this
-    // call, on the CPU (the device may be what failed), and copy it to the
-    // device anew next time.
-    m.kv_dev.invalidate();
-    try {
-      m.cpu.recover(state);
-      m.cpu.truncate(state, n0);
-    } catch (...) {  // the first error is the one reported
-    }
+    m.kv_dev.invalidate();  // copy the session to the device anew next time
     throw;
   }
-  return out;
 }
 
 std::vector<float> GpuEngine::Impl::eval(KVState& state, const SeqSpan& sp, const int64_t* tokens, bool all_logits) {

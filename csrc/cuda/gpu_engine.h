@@ -75,9 +75,10 @@ class GpuEngine {
   GpuEngine(const GpuEngine&) = delete;
   GpuEngine& operator=(const GpuEngine&) = delete;
 
-  // Engine::eval on the GPU, in passes of at most 512 tokens: the same checks
-  // first (nothing changes on an error; a failure midway, e.g. a CUDA error,
-  // puts the session back as it was, by Engine::recover on the CPU), the same
+  // Engine::eval on the GPU (its passes of Engine::kMaxPass tokens, the
+  // activations the plan keeps device room for): the same checks first
+  // (nothing changes on an error; a failure midway, e.g. a CUDA error, puts
+  // the session back as it was, by Engine::recover on the CPU), the same
   // logits up to the GPU kernels' rounding.
   std::vector<float> eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits);
   // Engine::truncate with the re-evaluation on the GPU.

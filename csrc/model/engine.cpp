@@ -23,8 +23,33 @@ Engine::Engine(const std::string& path, int n_threads, bool resident, bool split
 }
 
 std::vector<float> Engine::eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits) {
+  return eval_in_passes(state, tokens, n, all_logits, [&](const int64_t* t, int64_t k) {
+    const BatchItem item{&state, t, k, all_logits};
+    return std::move(eval_batch(&item, 1)[0]);
+  });
+}
+
+std::vector<float> Engine::eval_in_passes(KVState& state, const int64_t* tokens, int64_t n, bool all_logits,
+                                          const Pass& pass) {
   const BatchItem item{&state, tokens, n, all_logits};
-  return std::move(eval_batch(&item, 1)[0]);
+  check_batch(&item, 1);  // nothing changes before this passes
+  if (n <= kMaxPass) return pass(tokens, n);
+  const int64_t n0 = state.n_tokens();
+  std::vector<float> out;
+  try {
+    for (int64_t t0 = 0; t0 < n; t0 += kMaxPass) {
+      const int64_t k = std::min(kMaxPass, n - t0);
+      std::vector<float> logits = pass(tokens + t0, k);
+      if (all_logits || t0 + k == n) out.insert(out.end(), logits.begin(), logits.end());
+    }
+  } catch (...) {  // the failed pass left the session as before it: undo the passes before
+    try {
+      truncate(state, n0);
+    } catch (...) {  // the first error is the one reported
+    }
+    throw;
+  }
+  return out;
 }
 
 std::vector<SeqSpan> Engine::check_batch(const BatchItem* items, int64_t n_items) const {

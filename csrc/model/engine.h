@@ -52,8 +52,25 @@ class Engine {
 
   // Runs tokens [n] through the model after the session's current tokens and
   // returns logits: [n, vocab] if all_logits, else [vocab] for the last token.
-  // Validates everything first: on error the session is unchanged.
+  // Validates everything first: on error the session is unchanged. A long
+  // eval runs in passes of kMaxPass tokens (the same logits, bit for bit).
   std::vector<float> eval(KVState& state, const int64_t* tokens, int64_t n, bool all_logits);
+
+  // Tokens per forward pass of eval. A pass's activations grow with its tokens
+  // (for V4-Flash ~0.3 MB per token in the residual streams and attention, and
+  // ~320 KB per token in the routed experts' buffers): a 32K-token prompt in one
+  // pass would take ~20 GB beside the weights. 512 tokens already keep every
+  // GEMM compute-bound; the GPU plan keeps device room for one pass
+  // (placement.py PREFILL_CHUNK).
+  static constexpr int64_t kMaxPass = 512;
+  // eval's loop, shared with the GPU path: checks the whole call, runs `pass`
+  // on each piece of at most kMaxPass tokens (returning its logits as eval
+  // would; if it throws, it leaves the session as it was before that piece),
+  // and if one throws truncates the session back to where the call started
+  // (on this engine) and rethrows.
+  using Pass = std::function<std::vector<float>(const int64_t* tokens, int64_t n)>;
+  std::vector<float> eval_in_passes(KVState& state, const int64_t* tokens, int64_t n, bool all_logits,
+                                    const Pass& pass);
 
   // One session's part of a batched step.
   struct BatchItem {
