@@ -17,10 +17,12 @@ Placement rules, in order of priority on the GPU:
    or, given a table of routing counts, the most used (layer, expert) first;
 4. everything else stays in host RAM and runs on the CPU kernels.
 
-Reserved on the GPU (`gpu_margin`): 768 MiB for the CUDA context, cuBLAS
-workspace and allocator slack, plus the activations of one prefill chunk of
-512 tokens (residual streams, queries, attention and indexer scores, expert
-hidden states). Reserved in RAM: 4 GiB for the OS and the process. Not counted
+Reserved on the GPU (`gpu_margin`): 768 MiB for the CUDA context and
+allocator slack, plus the activations of one forward pass of 512 tokens
+(Engine::kMaxPass: residual streams, queries, attention and indexer scores,
+expert hidden states, logits). Not counted: the slots that stream host experts
+to the GPU in a prefill (the engine streams only while the device has room for
+them left). Reserved in RAM: 4 GiB for the OS and the process. Not counted
 against RAM: the MTP block (never run by decode; its pages are never touched)
 and the KV snapshots (every 128 tokens; written to the file-backed arena and
 read only by truncate), listed as `file`.
@@ -181,7 +183,8 @@ def gpu_margin(shape: ModelShape, ctx: int, chunk: int = PREFILL_CHUNK) -> int:
                  + 2 * shape.n_head * shape.head_dim                      # queries, attention output
                  + shape.n_head * (shape.window + shape.index_topk)       # attention scores
                  + (ctx // 4 if 4 in shape.compress_ratio else 0)         # indexer scores over every key
-                 + 2 * (shape.n_expert_used + 1) * shape.n_ff_exp)        # expert hidden states
+                 + 2 * (shape.n_expert_used + 1) * shape.n_ff_exp         # expert hidden states
+                 + shape.n_vocab)                                         # logits (logits="all")
     return CUDA_RESERVE + chunk * per_token * 4
 
 

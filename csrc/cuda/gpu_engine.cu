@@ -189,6 +189,22 @@ struct GpuEngine::Impl {
                    float limit, float* y);
   void stream_experts(const LayerWeights& L, const float* x, int64_t n, const std::vector<int32_t>& tok,
                       const std::vector<int32_t>& expert, float limit, float* y);
+
+  // Whether the device has room for the streaming slots of `bytes` of host
+  // experts (two groups of at most stream_bytes / 2; grown on first use). The
+  // plan's margin counts one pass's activations, not these: on a card the
+  // plan filled, the CPU computes the host's experts instead.
+  bool stream_room(size_t bytes) const {
+    const size_t want = 2 * std::min(bytes, stream_bytes / 2);
+    size_t have = 0;
+    for (const auto& slot : stream_w)
+      for (const DeviceBuffer& b : slot) have += b.size();
+    if (want <= have) return true;
+    size_t free = 0, total = 0;
+    PYV4_CUDA_CHECK(cudaMemGetInfo(&free, &total));  // of the current device (DeviceScope)
+    constexpr size_t kHeadroom = size_t(256) << 20;  // the other buffers may still grow
+    return free >= want - have + kHeadroom;
+  }
 };
 
 // attention_forward (csrc/model/attention.cpp) for one session's span; x: the
@@ -496,8 +512,10 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
     const std::vector<int32_t>& ex = loc[n_ranges];  // sorted by expert above
     size_t used = 0;
     for (size_t i = 0; i < ex.size(); ++i) used += i == 0 || ex[i] != ex[i - 1];
-    stream = stream_pays(used * expert_bytes(L, c.n_expert), static_cast<int64_t>(ex.size()),
-                         3.0 * static_cast<double>(c.n_ff_exp) * static_cast<double>(c.n_embd), costs);
+    const size_t bytes = used * expert_bytes(L, c.n_expert);
+    stream = stream_pays(bytes, static_cast<int64_t>(ex.size()),
+                         3.0 * static_cast<double>(c.n_ff_exp) * static_cast<double>(c.n_embd), costs) &&
+             stream_room(bytes);
   }
   const float* x_h = host_work && !stream ? fetch(act_down, {{x, n * D}}) : nullptr;
   // The shared expert and the GPU's routed experts are queued first: the GPU
