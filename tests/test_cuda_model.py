@@ -11,8 +11,8 @@ csrc/cuda/gpu_engine.*) against the CPU engine, on a machine with a GPU:
   >= 0.99 with the CPU fast path over 600 positions;
 * sessions: saved after GPU steps and loaded on the CPU (and the reverse),
   the next logits agree; truncate and fork on the GPU; bad input raises and
-  leaves the session as it was; an eval longer than 512 tokens runs in passes
-  of 512;
+  leaves the session as it was, and so does an eval that fails midway (the
+  KV file cannot grow); an eval longer than 512 tokens runs in passes of 512;
 * the placement in use names the experts the GPU holds;
 * the KV copy on the GPU (csrc/cuda/gpu_kv.h): a long prompt in uneven chunks
   (crossing the window, the CSA / HCA block and the snapshot boundaries, the
@@ -215,6 +215,20 @@ def test_a_long_eval_runs_in_passes_of_512_tokens(f32_file, reference_mode):
     np.testing.assert_array_equal(gpu.new_session(kv="f32").eval(ids, logits="last"), one[-1])
     want = pyv4.Model(f32_file).new_session(kv="f32").eval(ids, logits="all")
     check_close(one, want, "an 1100-token eval (3 passes)")
+
+
+def test_an_eval_that_fails_midway_on_the_gpu(f32_file, tmp_path):
+    """The KV backing file cannot grow during a GPU eval (after the GPU has
+    written rows of it): the session is put back on the CPU as it was, and goes
+    on as a session that never failed (its rows since the last snapshot now
+    the CPU's: within the f32 tolerance)."""
+    from eval_failure import eval_that_fails_midway
+
+    error, n_tokens, diff, scale = eval_that_fails_midway(f32_file, tmp_path, device="cuda")
+    assert error.startswith("error: cannot grow the KV backing file")
+    assert n_tokens == 100
+    print(f"\n[cuda] model eval failed midway, then resumed: max abs logit difference {diff:.3e}")
+    assert diff <= 1e-3 * max(1.0, scale)
 
 
 def test_placement_and_bad_arguments(f32_file):

@@ -9,6 +9,7 @@ import pytest
 import gguf_tools
 import pyv4
 from conftest import random_tokens
+from eval_failure import eval_that_fails_midway
 
 
 @pytest.fixture(scope="module")
@@ -99,45 +100,10 @@ def test_missing_file_is_file_not_found(tmp_path):
         pyv4.Model(tmp_path / "nope.gguf")
 
 
-# An eval that fails midway, after some of its KV rows were written: the KV
-# backing file cannot grow (a file-size limit, as on a full disk). Run in a
-# child process so that the limit and SIGXFSZ stay there.
-_GROW_FAILS = r"""
-import os, resource, signal, sys
-import numpy as np
-import pyv4
-
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # ftruncate past the limit: EFBIG
-model_path, kv_path = sys.argv[1], sys.argv[2]
-m = pyv4.Model(model_path)
-toks = np.random.default_rng(11).integers(0, m.n_vocab, 300)
-s = pyv4.Session(m, path=kv_path)
-s.eval(toks[:100])
-soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(kv_path), hard))
-try:
-    s.eval(toks[100:200])
-except ValueError as e:
-    print("error:", e)
-print("n_tokens", s.n_tokens)
-resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-got = [s.eval(toks[100:200], logits="all"), s.eval(toks[200:300], logits="all")]
-ref = m.new_session()
-ref.eval(toks[:100])
-want = [ref.eval(toks[100:200], logits="all"), ref.eval(toks[200:300], logits="all")]
-print("max diff", max(float(np.abs(g - w).max()) for g, w in zip(got, want)))
-"""
-
-
 def test_eval_that_fails_midway_leaves_session_as_it_was(spec11, tmp_path):
-    import subprocess
-    import sys
-
-    kv = tmp_path / "s.kv"
-    r = subprocess.run([sys.executable, "-c", _GROW_FAILS, str(spec11[0]), str(kv)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert lines[0].startswith("error: cannot grow the KV backing file"), r.stdout
-    assert lines[1] == "n_tokens 100"
-    assert lines[2] == "max diff 0.0", r.stdout  # as if the failed eval never happened
+    """The KV backing file cannot grow in the middle of an eval: the error says
+    so, and the session goes on as if that eval never happened."""
+    error, n_tokens, diff, _ = eval_that_fails_midway(spec11[0], tmp_path)
+    assert error.startswith("error: cannot grow the KV backing file")
+    assert n_tokens == 100
+    assert diff == 0.0  # as if the failed eval never happened
