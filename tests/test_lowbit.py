@@ -14,7 +14,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
-from quant_tools import F16_AT, LOWBIT, check_fast, random_blocks
+from quant_tools import LOWBIT, check_fast, f16_bits, put_f16_bits, random_blocks
 from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
 
 from pyv4 import _core
@@ -40,12 +40,10 @@ def test_dequantize_matches_gguf(type_name):
     raw[1, :] = 0
     raw[2, :] = 0xAA
     raw[3, :] = 0x55
-    for k in range(4):
-        for off in F16_AT[type_name]:
-            raw[k, off:off + 2] = np.array([0x7BFF], np.uint16).view(np.uint8)  # 65504
+    n_scales = f16_bits(type_name, raw).shape[1]
+    put_f16_bits(type_name, raw[:4], np.full((4, n_scales), 0x7BFF))  # 65504
     raw[4, :] = 0xFF
-    for off in F16_AT[type_name]:
-        raw[4, off:off + 2] = np.array([0x8001], np.uint16).view(np.uint8)  # -subnormal
+    put_f16_bits(type_name, raw[4:5], np.full((1, n_scales), 0x8001))  # -subnormal
     n = nb * 256
     ours = _core.quant_dequantize(type_name, raw.reshape(-1), n)
     ref = gguf_dequant(type_name, raw, 1, n).reshape(-1).astype(np.float32)
@@ -124,9 +122,6 @@ def _extreme_rows(type_name, raw, rng):
     """Overwrite whole rows with boundary bit patterns (f16 scales kept): all
     zero, all one bits, and (Q3_K) 6-bit scales 63 with codes 0, where the lane
     GEMM's code a * (c - 4) + 124 hits its ends 252 / 0."""
-    keep = np.zeros(LOWBIT[type_name], bool)
-    for off in F16_AT[type_name]:
-        keep[off:off + 2] = True
     patterns = [np.zeros(LOWBIT[type_name], np.uint8), np.full(LOWBIT[type_name], 255, np.uint8)]
     if type_name == "Q3_K":
         p = np.zeros(LOWBIT[type_name], np.uint8)
@@ -135,7 +130,9 @@ def _extreme_rows(type_name, raw, rng):
     per_row = raw.shape[1] // LOWBIT[type_name]
     for r, pat in zip(rng.choice(raw.shape[0], len(patterns), replace=False), patterns):
         blocks = raw[r].reshape(per_row, -1)
-        blocks[:, ~keep] = pat[~keep]
+        h = f16_bits(type_name, blocks)
+        blocks[:] = pat
+        put_f16_bits(type_name, blocks, h)
 
 
 @pytest.mark.parametrize("type_name", sorted(LOWBIT))

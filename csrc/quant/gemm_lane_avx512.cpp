@@ -1,5 +1,6 @@
 // AVX-512 + VNNI prefill GEMM for the integer weight types (Q8_0, Q4_0, Q4_K,
-// MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS) in the "lane"
+// MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS, IQ3_XXS, IQ1_S,
+// IQ1_M; not IQ2_XS, quant/kernels.h) in the "lane"
 // layout of quant/kernels.h: one int32 lane per 32-block.
 //
 // Blocks go in groups of 16. In a group, zmm k (k = 0..7) holds, in dword lane j,
@@ -34,7 +35,9 @@
 #include <type_traits>
 
 #include "quant/blocks.h"
+#include "quant/iq1s_grid.h"  // the grids of lane_pack_iq.h (included in the namespace below)
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
 #include "quant/split_layout.h"
 
@@ -369,52 +372,8 @@ struct PackIQ4_XS {
     _mm512_storeu_ps(out + 512, _mm512_mul_ps(pair8_f16(p, p1), _mm512_cvtepi32_ps(ls)));
   }
 };
-// IQ2_XXS: 8 groups of 32 per super-block (quant/blocks.h); u = signed grid
-// value + 43 (0..86), dw = d * (0.5 + s) * 0.25, offset k = 43. Grid entry i
-// of a block (elements 8i..8i+7) fills dwords 2i, 2i + 1: one 8-entry gather
-// per super-block and i, the dwords split by permutes; the 8 sign bits of
-// entry i (7-bit field | parity << 7) become two byte masks.
-struct PackIQ2_XXS {
-  static constexpr int kBB = 66, kBlocks = 2;
-  static constexpr Form kForm = Form::Offset;
-  static constexpr GGMLType kType = GGMLType::IQ2_XXS;
-  static inline void group(const uint8_t* p, uint8_t* out) {
-    const uint8_t* p1 = p + kBB;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    // dwords (a, b) of block l at 2l, 2l + 1 of each super-block's qs
-    const __m512i Q0 = _mm512_loadu_si512(p + 2), Q1 = _mm512_loadu_si512(p1 + 2);
-    const __m512i A = _mm512_permutex2var_epi32(Q0, even, Q1);  // grid indices, byte i = entry i
-    const __m512i B = _mm512_permutex2var_epi32(Q0, odd, Q1);   // 4 x 7 sign bits, scale
-    // sign field i of B in byte i, then its parity (bit 0 of a byte's xor-fold) as bit 7
-    const __m512i f7 = _mm512_set1_epi32(127);
-    __m512i S = _mm512_and_si512(B, f7);
-    for (int i = 1; i < 4; ++i)
-      S = _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(B, 7 * i), f7), 8 * i));
-    __m512i par = _mm512_xor_si512(S, _mm512_srli_epi32(S, 4));
-    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
-    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
-    S = _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi8(1)), 7));
-    const __m512i bytes0 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
-    const __m512i bits_lo = _mm512_set1_epi32(0x08040201), bits_hi = _mm512_set1_epi32(static_cast<int>(0x80402010u));
-    const __m512i k43 = _mm512_set1_epi8(43);
-    const long long* grid = reinterpret_cast<const long long*>(kIq2xxsGrid);
-    for (int i = 0; i < 4; ++i) {
-      const __m512i idx = _mm512_and_si512(_mm512_srli_epi32(A, 8 * i), _mm512_set1_epi32(255));
-      const __m512i g0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), grid, 8);
-      const __m512i g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), grid, 8);
-      const __m512i s = _mm512_shuffle_epi8(S, _mm512_add_epi8(bytes0, _mm512_set1_epi8(static_cast<char>(i))));
-      for (int h = 0; h < 2; ++h) {
-        const __m512i g = _mm512_permutex2var_epi32(g0, h ? odd : even, g1);
-        const __mmask64 neg = _mm512_test_epi8_mask(s, h ? bits_hi : bits_lo);
-        store_codes(out, 2 * i + h, _mm512_mask_sub_epi8(_mm512_add_epi8(k43, g), neg, k43, g));
-      }
-    }
-    const __m512 sc = _mm512_cvtepi32_ps(_mm512_srli_epi32(B, 28));
-    _mm512_storeu_ps(out + 512, _mm512_mul_ps(_mm512_mul_ps(pair8_f16(p, p1), _mm512_add_ps(_mm512_set1_ps(0.5f), sc)),
-                                              _mm512_set1_ps(0.25f)));
-  }
-};
+// The i-quant packers (IQ2_XXS, IQ3_XXS, IQ1_S, IQ1_M).
+#include "quant/lane_pack_iq.h"
 
 // Packs groups [0, ng) of one weight row. The last group may be partial: its
 // blocks are copied into a zeroed buffer first (zero scales, zero codes there;
@@ -654,6 +613,9 @@ bool lane_cscale_avx512(GGMLType t, float* cscale) {
     case GGMLType::Q3_K: *cscale = 124.0f; return true;  // a * (c - 4) + 124
     case GGMLType::IQ2_XXS: *cscale = 43.0f; return true;  // signed grid + 43
     case GGMLType::IQ4_XS: *cscale = 128.0f; return true;  // level + 128
+    case GGMLType::IQ3_XXS:                                 // signed grid + 64
+    case GGMLType::IQ1_S: *cscale = lowbit_offset(t); return true;  // 8 (grid + 1) +- 1 + 9
+    case GGMLType::IQ1_M: *cscale = 0.0f; return true;     // offsets use ActQ::hs
     default: return false;
   }
 }
@@ -669,6 +631,9 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
     case GGMLType::Q3_K: gemm_lane<PackQ3_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ2_XXS: gemm_lane<PackIQ2_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ4_XS: gemm_lane<PackIQ4_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ3_XXS: gemm_lane<PackIQ3_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ1_S: gemm_lane<PackIQ1_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ1_M: gemm_lane<PackIQ1_M>(W, act, n_tokens, Y, ldy, r0, r1); return;
     default: return;
   }
 }

@@ -1,15 +1,17 @@
-// AVX2 + FMA + F16C kernels of the super-block weight types Q2_K, Q3_K, IQ2_XXS
-// and IQ4_XS (math in quant/kernels.h), on activations in the plain layout.
-// Per 32-element block b and (row, token):
-//   Q2_K / Q3_K:  P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
+// AVX2 + FMA + F16C kernels of the super-block weight types Q2_K, Q3_K, IQ2_XXS,
+// IQ4_XS and the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (math in quant/kernels.h),
+// on activations in the plain layout. Per 32-element block b and (row, token):
+//   Q2_K / Q3_K / IQ2_XS / IQ1_M (16-element sub-block scales a_s):
+//                 P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
 //                 sub-blocks' scales a_s in the low / high 128-bit halves
 //                 acc += d * dx_b * P;  per super-block acc += -d2*m_s * hs_s
-//   IQ2_XXS:      P = vpmaddwd(vpmaddubsw(u, q), 1),  u = signed grid + 43
-//                 acc += dw * (dx_b * P - cs_b)       (cs = 43/8 * dx * sum q)
+//   IQ2_XXS / IQ3_XXS / IQ1_S (codes u with an offset k = 43 / 64 / 9):
+//                 P = vpmaddwd(vpmaddubsw(u, q), 1)
+//                 acc += dw * (dx_b * P - cs_b)       (cs = k/8 * dx * sum q)
 //   IQ4_XS:       P = vpmaddwd(vpmaddubsw(|v|, sign(q, v)), 1), v the signed level
 //                 acc += dw * dx_b * P                (|v| <= 127: no saturation)
-// vpmaddubsw cannot saturate: codes <= 7 (K types) or <= 86, |q| <= 127, so a
-// pair is at most 2 * 86 * 127 = 21844.
+// vpmaddubsw cannot saturate: codes <= 126 (IQ3_XXS's), |q| <= 127, so a pair
+// is at most 2 * 126 * 127 = 32004.
 // 1..3 tokens: one row at a time (each thread streams its rows); more: tiles of
 // 2 rows x up to 4 tokens, each block decoded once per tile. Small tiles spread
 // their sums over kSets accumulator sets: one dependent FMA chain per output
@@ -19,7 +21,10 @@
 #include <cstring>
 
 #include "quant/blocks.h"
+#include "quant/iq1s_grid.h"
+#include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
 #include "quant/simd_avx2.h"
 #include "quant/tile_drive.h"
@@ -90,6 +95,56 @@ struct DecQ3_K {
     const __m256i hi =
         _mm256_and_si256(_mm256_srl_epi16(load256(blk->hmask), _mm_cvtsi32_si128(b)), one);
     return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
+  }
+};
+
+// The 4 qwords f(0..3) as one vector (a 32-block of 8-element grid entries).
+template <class F>
+inline __m256i qwords4(F&& f) {
+  return _mm256_setr_epi64x(static_cast<long long>(f(0)), static_cast<long long>(f(1)),
+                            static_cast<long long>(f(2)), static_cast<long long>(f(3)));
+}
+
+// IQ2_XS as a K type: a_s = 2 * nibble + 1, c = signed grid + 43 (0..86),
+// d = d16 / 8, d2 * m_s = 43 d a_s (w = d16 * a_s / 8 * (c - 43)).
+struct DecIQ2_XS {
+  static constexpr size_t kBytes = sizeof(BlockIQ2_XS);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
+    k->d = _cvtsh_ss(blk->d) * 0.125f;
+    for (int s = 0; s < 16; ++s) {
+      k->a[s] = static_cast<int16_t>(2 * ((blk->scales[s / 2] >> (4 * (s % 2))) & 15) + 1);
+      k->mneg[s] = -43.0f * k->d * static_cast<float>(k->a[s]);
+    }
+  }
+  static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
+    auto word = [&](int l) { return load_u16(blk->qs + 8 * b + 2 * l); };
+    const __m256i g = qwords4([&](int l) { return kIq2xsGrid[word(l) & 511]; });
+    const __m256i neg = qwords4([&](int l) { return kIq2SignMasks.m[word(l) >> 9]; });
+    const __m256i k = _mm256_set1_epi8(43);
+    return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+  }
+};
+
+// IQ1_M as a K type: a_s = 2 s + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
+// d = d16 / 4, d2 * m_s = 9/8 d16 a_s (w = d16 a_s (grid +- 1/8) = d a_s c - 9/8 d16 a_s).
+struct DecIQ1_M {
+  static constexpr size_t kBytes = sizeof(BlockIQ1_M);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockIQ1_M& blk = *reinterpret_cast<const BlockIQ1_M*>(p);
+    k->d = _cvtsh_ss(iq1m_d(blk)) * 0.25f;
+    for (int s = 0; s < 16; ++s) {
+      k->a[s] = static_cast<int16_t>(2 * iq1m_scale(blk, s) + 1);
+      k->mneg[s] = -4.5f * k->d * static_cast<float>(k->a[s]);
+    }
+  }
+  static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockIQ1_M* blk = reinterpret_cast<const BlockIQ1_M*>(p);
+    auto nib = [&](int l) { return (blk->qh[2 * b + l / 2] >> (4 * (l % 2))) & 15; };
+    const __m256i g = qwords4([&](int l) { return kIq1sGrid[blk->qs[4 * b + l] | ((nib(l) & 7) << 8)]; });
+    const __m256i up = qwords4([&](int l) { return nib(l) & 8 ? 0 : 0x0101010101010101ull; });
+    return _mm256_add_epi8(_mm256_slli_epi16(g, 2), up);  // bytes <= 2: no carry across
   }
 };
 
@@ -170,16 +225,40 @@ inline __m256i iq2xxs_codes(const uint8_t* p, int b, float* dw) {
   std::memcpy(&idx, blk->qs + 8 * b, 4);
   std::memcpy(&sg, blk->qs + 8 * b + 4, 4);
   *dw = _cvtsh_ss(blk->d) * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
-  auto grid = [&](int l) { return static_cast<long long>(kIq2xxsGrid[(idx >> (8 * l)) & 255]); };
-  auto mask = [&](int l) { return static_cast<long long>(kIq2SignMasks.m[(sg >> (7 * l)) & 127]); };
-  const __m256i g = _mm256_setr_epi64x(grid(0), grid(1), grid(2), grid(3));
-  const __m256i neg = _mm256_setr_epi64x(mask(0), mask(1), mask(2), mask(3));
+  const __m256i g = qwords4([&](int l) { return kIq2xxsGrid[(idx >> (8 * l)) & 255]; });
+  const __m256i neg = qwords4([&](int l) { return kIq2SignMasks.m[(sg >> (7 * l)) & 127]; });
   const __m256i k = _mm256_set1_epi8(43);
   return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
 }
 
-template <int R, int T>
-void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
+// IQ3_XXS block b: codes u = signed grid + 64 (2..126), and dw = d (0.5 + s) / 2.
+inline __m256i iq3xxs_codes(const uint8_t* p, int b, float* dw) {
+  const BlockIQ3_XXS* blk = reinterpret_cast<const BlockIQ3_XXS*>(p);
+  uint32_t sg;
+  std::memcpy(&sg, blk->qs + 64 + 4 * b, 4);
+  *dw = _cvtsh_ss(blk->d) * (0.5f + static_cast<float>(sg >> 28)) * 0.5f;
+  const __m128i idx = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->qs + 8 * b));
+  const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(kIq3xxsGrid),
+                                           _mm256_cvtepu8_epi32(idx), 4);
+  const __m256i neg = qwords4([&](int l) { return kIq2SignMasks.m[(sg >> (7 * l)) & 127]; });
+  const __m256i k = _mm256_set1_epi8(64);
+  return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+}
+
+// IQ1_S block b: codes u = 8 (grid + 1) + 2 (delta > 0) (0..18), offset 9, and
+// dw = d (2s + 1) / 8 (w = d (2s + 1) (grid +- 1/8) = dw (u - 9)).
+inline __m256i iq1s_codes(const uint8_t* p, int b, float* dw) {
+  const BlockIQ1_S* blk = reinterpret_cast<const BlockIQ1_S*>(p);
+  const uint32_t qh = load_u16(blk->qh + 2 * b);
+  *dw = _cvtsh_ss(blk->d) * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * 0.125f;
+  const __m256i g = qwords4([&](int l) { return kIq1sGrid[blk->qs[4 * b + l] | (((qh >> (3 * l)) & 7) << 8)]; });
+  return _mm256_add_epi8(_mm256_slli_epi16(g, 3), _mm256_set1_epi8(qh & 0x8000 ? 0 : 2));
+}
+
+// The types whose codes carry an offset k that cs removes (IQ2_XXS, IQ3_XXS,
+// IQ1_S): Codes(super-block, b, &dw) decodes 32-block b.
+template <int R, int T, size_t kBytes, __m256i (*Codes)(const uint8_t*, int, float*)>
+void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
                  int64_t ldy) {
   constexpr int S = kSets<R, T>;
   __m256 acc[S][R][T];
@@ -196,7 +275,7 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
       float dw;
-      U[i] = iq2xxs_codes(rows[i] + sb * sizeof(BlockIQ2_XXS), b, &dw);
+      U[i] = Codes(rows[i] + sb * kBytes, b, &dw);
       DW[i] = _mm256_set1_ps(dw);
     }
 #pragma GCC unroll 4
@@ -306,14 +385,19 @@ void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
                       int64_t ldy, int64_t r0, int64_t r1) {
   drive_rows<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
     constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
-    if (W.type == GGMLType::Q2_K)
-      tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
-    else if (W.type == GGMLType::Q3_K)
-      tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
-    else if (W.type == GGMLType::IQ2_XXS)
-      tile_iq2xxs<kR, kT>(W, r, act, t, Y, ldy);
-    else
-      tile_iq4xs<kR, kT>(W, r, act, t, Y, ldy);
+    switch (W.type) {
+      case GGMLType::Q2_K: return tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::Q3_K: return tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ2_XS: return tile_k<DecIQ2_XS, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ1_M: return tile_k<DecIQ1_M, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ2_XXS:
+        return tile_offset<kR, kT, sizeof(BlockIQ2_XXS), iq2xxs_codes>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ3_XXS:
+        return tile_offset<kR, kT, sizeof(BlockIQ3_XXS), iq3xxs_codes>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ1_S:
+        return tile_offset<kR, kT, sizeof(BlockIQ1_S), iq1s_codes>(W, r, act, t, Y, ldy);
+      default: return tile_iq4xs<kR, kT>(W, r, act, t, Y, ldy);
+    }
   });
 }
 
