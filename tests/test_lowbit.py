@@ -1,4 +1,5 @@
-"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS).
+"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS), and the
+load-only i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (more of them in test_iq_types.py).
 
 Oracles as in test_kernels.py: `gguf.quants.dequantize` bit for bit for the
 scalar decode; for the fast kernels the float64 product of the dequantized
@@ -120,12 +121,17 @@ def test_matmul_fast(type_name, isa, n_tokens):
 
 def _extreme_rows(type_name, raw, rng):
     """Overwrite whole rows with boundary bit patterns (f16 scales kept): all
-    zero, all one bits, and (Q3_K) 6-bit scales 63 with codes 0, where the lane
-    GEMM's code a * (c - 4) + 124 hits its ends 252 / 0."""
+    zero, all one bits, (Q3_K) 6-bit scales 63 with codes 0, where the lane
+    GEMM's code a * (c - 4) + 124 hits its ends 252 / 0, and (IQ1_M) scales 7
+    with grid entry 2047 (all +1) and delta +1/8, its lane code a * c = 15 * 9 = 135."""
     patterns = [np.zeros(LOWBIT[type_name], np.uint8), np.full(LOWBIT[type_name], 255, np.uint8)]
     if type_name == "Q3_K":
         p = np.zeros(LOWBIT[type_name], np.uint8)
         p[96:108] = 255
+        patterns.append(p)
+    if type_name == "IQ1_M":
+        p = np.full(LOWBIT[type_name], 255, np.uint8)
+        p[32:48] = 0x77  # high index bits 7, delta sign bits clear
         patterns.append(p)
     per_row = raw.shape[1] // LOWBIT[type_name]
     for r, pat in zip(rng.choice(raw.shape[0], len(patterns), replace=False), patterns):
@@ -246,7 +252,7 @@ def test_matmul_many_shares_activations(isa):
     cols = 512
     x = rng.standard_normal((3, cols)).astype(np.float32)
     specs = []
-    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K"):
+    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K", "IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
         rows = int(rng.integers(5, 40))
         specs.append((t, random_blocks(t, rows * cols // 256, rng).reshape(-1), rows, cols))
     ys = _core.quant_matmul_many(specs, [x] * len(specs), 2)
