@@ -21,6 +21,12 @@ inline __m512i iq_sign_bytes(__m512i B) {
   par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
   return _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi8(1)), 7));
 }
+// dw = d * (0.5 + (B >> 28)) * mul of the 16 lanes (B: their sign words), to out + 512.
+inline void store_iq_scales(const uint8_t* p, const uint8_t* p1, __m512i B, float mul, uint8_t* out) {
+  const __m512 sc = _mm512_cvtepi32_ps(_mm512_srli_epi32(B, 28));
+  _mm512_storeu_ps(out + 512, _mm512_mul_ps(_mm512_mul_ps(pair8_f16(p, p1), _mm512_add_ps(_mm512_set1_ps(0.5f), sc)),
+                                            _mm512_set1_ps(mul)));
+}
 // The byte mask of elements 4h..4h+3 of sign field i (sign bytes S of iq_sign_bytes).
 inline __mmask64 iq_neg(__m512i S, int i, int h) {
   const __m512i bytes0 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
@@ -78,9 +84,7 @@ struct PackIQ2_XXS {
       gather16(kIq2xxsGrid, _mm512_and_si512(_mm512_srli_epi32(A, 8 * i), _mm512_set1_epi32(255)), &g0, &g1);
       for (int h = 0; h < 2; ++h) store_codes(out, 2 * i + h, iq_signed(qword_half(g0, g1, h), iq_neg(S, i, h), 43));
     }
-    const __m512 sc = _mm512_cvtepi32_ps(_mm512_srli_epi32(B, 28));
-    _mm512_storeu_ps(out + 512, _mm512_mul_ps(_mm512_mul_ps(pair8_f16(p, p1), _mm512_add_ps(_mm512_set1_ps(0.5f), sc)),
-                                              _mm512_set1_ps(0.25f)));
+    store_iq_scales(p, p1, B, 0.25f, out);
   }
 };
 // IQ3_XXS: as IQ2_XXS with 4-element grid entries (entry k of a block is its
@@ -106,9 +110,7 @@ struct PackIQ3_XXS {
         store_codes(out, k, iq_signed(g, iq_neg(S, k / 2, k % 2), 64));
       }
     }
-    const __m512 sc = _mm512_cvtepi32_ps(_mm512_srli_epi32(B, 28));
-    _mm512_storeu_ps(out + 512, _mm512_mul_ps(_mm512_mul_ps(pair8_f16(p, p1), _mm512_add_ps(_mm512_set1_ps(0.5f), sc)),
-                                              _mm512_set1_ps(0.5f)));
+    store_iq_scales(p, p1, B, 0.5f, out);
   }
 };
 // IQ1_S: grid entry l of a block (its low index byte = byte l of qs dword b, the

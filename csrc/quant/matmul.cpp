@@ -27,17 +27,9 @@ bool is_matmul_type(GGMLType t) {
     case GGMLType::Q4_0:
     case GGMLType::Q4_K:
     case GGMLType::MXFP4:
-    case GGMLType::Q2_K:
-    case GGMLType::Q3_K:
-    case GGMLType::IQ2_XXS:
-    case GGMLType::IQ4_XS:
-    case GGMLType::IQ3_XXS:
-    case GGMLType::IQ2_XS:
-    case GGMLType::IQ1_S:
-    case GGMLType::IQ1_M:
       return true;
     default:
-      return false;
+      return qk::is_lowbit(t);
   }
 }
 
