@@ -105,17 +105,27 @@ inline __m256i qwords4(F&& f) {
                             static_cast<long long>(f(2)), static_cast<long long>(f(3)));
 }
 
+// The K scales a_s = 2 v + 1 of the 16 words v, with d and -c * d * a_s as mneg.
+inline void odd_scales(__m256i v, float d, float c, KScales* k) {
+  const __m256i a = _mm256_add_epi16(_mm256_slli_epi16(v, 1), _mm256_set1_epi16(1));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(k->a), a);
+  k->d = d;
+  const __m256 nd = _mm256_set1_ps(-c * d);
+  _mm256_store_ps(k->mneg, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)))));
+  _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)))));
+}
+
 // IQ2_XS as a K type: a_s = 2 * nibble + 1, c = signed grid + 43 (0..86),
 // d = d16 / 8, d2 * m_s = 43 d a_s (w = d16 * a_s / 8 * (c - 43)).
 struct DecIQ2_XS {
   static constexpr size_t kBytes = sizeof(BlockIQ2_XS);
   static inline void scales(const uint8_t* p, KScales* k) {
     const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
-    k->d = _cvtsh_ss(blk->d) * 0.125f;
-    for (int s = 0; s < 16; ++s) {
-      k->a[s] = static_cast<int16_t>(2 * ((blk->scales[s / 2] >> (4 * (s % 2))) & 15) + 1);
-      k->mneg[s] = -43.0f * k->d * static_cast<float>(k->a[s]);
-    }
+    // byte b's low nibble is sub-block 2b, its high nibble 2b + 1
+    const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
+    const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15)), hi = _mm_srli_epi16(w, 4);
+    const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
+    odd_scales(nib, _cvtsh_ss(blk->d) * 0.125f, 43.0f, k);
   }
   static inline __m256i codes(const uint8_t* p, int b) {
     const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
@@ -133,17 +143,26 @@ struct DecIQ1_M {
   static constexpr size_t kBytes = sizeof(BlockIQ1_M);
   static inline void scales(const uint8_t* p, KScales* k) {
     const BlockIQ1_M& blk = *reinterpret_cast<const BlockIQ1_M*>(p);
-    k->d = _cvtsh_ss(iq1m_d(blk)) * 0.25f;
-    for (int s = 0; s < 16; ++s) {
-      k->a[s] = static_cast<int16_t>(2 * iq1m_scale(blk, s) + 1);
-      k->mneg[s] = -4.5f * k->d * static_cast<float>(k->a[s]);
-    }
+    // sub-block s: bits 3 (s % 4) of scale word s / 4 (dwords: AVX2 shifts words alike only)
+    const __m128i w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales));
+    const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9), m7 = _mm256_set1_epi32(7);
+    auto half = [&](int h) {  // sub-blocks 8h .. 8h + 7: words 2h, 2h + 1
+      const __m128i ww = _mm_shuffle_epi8(w, _mm_setr_epi8(4 * h, 4 * h + 1, 4 * h, 4 * h + 1, 4 * h, 4 * h + 1, 4 * h,
+                                                           4 * h + 1, 4 * h + 2, 4 * h + 3, 4 * h + 2, 4 * h + 3,
+                                                           4 * h + 2, 4 * h + 3, 4 * h + 2, 4 * h + 3));
+      return _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu16_epi32(ww), sh), m7);
+    };
+    const __m256i s = _mm256_permute4x64_epi64(_mm256_packus_epi32(half(0), half(1)), _MM_SHUFFLE(3, 1, 2, 0));
+    odd_scales(s, _cvtsh_ss(iq1m_d(blk)) * 0.25f, 4.5f, k);
   }
   static inline __m256i codes(const uint8_t* p, int b) {
     const BlockIQ1_M* blk = reinterpret_cast<const BlockIQ1_M*>(p);
     auto nib = [&](int l) { return (blk->qh[2 * b + l / 2] >> (4 * (l % 2))) & 15; };
     const __m256i g = qwords4([&](int l) { return kIq1sGrid[blk->qs[4 * b + l] | ((nib(l) & 7) << 8)]; });
-    const __m256i up = qwords4([&](int l) { return nib(l) & 8 ? 0 : 0x0101010101010101ull; });
+    // entry l's delta sign is bit 4l + 3 of the block's two qh bytes: 1 where clear
+    const __m256i bit = _mm256_setr_epi64x(8, 0x80, 0x800, 0x8000);
+    const __m256i neg = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(load_u16(blk->qh + 2 * b)), bit), bit);
+    const __m256i up = _mm256_andnot_si256(neg, _mm256_set1_epi8(1));
     return _mm256_add_epi8(_mm256_slli_epi16(g, 2), up);  // bytes <= 2: no carry across
   }
 };
