@@ -48,6 +48,7 @@ SHAPES = [  # name, rows (out), cols (in)
     ("head [129280x4096]", 129280, 4096),
 ]
 INT_TYPES = ["Q8_0", "Q4_0", "Q4_K", "MXFP4", "Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS"]
+LOAD_ONLY_TYPES = ["IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"]  # measured when --types names them
 
 
 def make_weight(type_name, rows, cols, copies, rng):
@@ -100,9 +101,9 @@ def main():
                     help="comma-separated integer weight types to measure")
     args = ap.parse_args()
     types = args.types.split(",")
-    unknown = sorted(set(types) - set(INT_TYPES))
+    unknown = sorted(set(types) - set(INT_TYPES) - set(LOAD_ONLY_TYPES))
     if unknown:
-        ap.error(f"unknown types {unknown}; choose from {INT_TYPES}")
+        ap.error(f"unknown types {unknown}; choose from {INT_TYPES + LOAD_ONLY_TYPES}")
     import os
     threads = args.threads or os.cpu_count()
     _core.set_isa(args.isa)
