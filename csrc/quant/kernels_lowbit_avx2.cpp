@@ -143,7 +143,8 @@ struct DecIQ1_M {
   static constexpr size_t kBytes = sizeof(BlockIQ1_M);
   static inline void scales(const uint8_t* p, KScales* k) {
     const BlockIQ1_M& blk = *reinterpret_cast<const BlockIQ1_M*>(p);
-    // sub-block s: bits 3 (s % 4) of scale word s / 4 (dwords: AVX2 shifts words alike only)
+    // sub-block s: bits 3 (s % 4) of scale word s / 4 (shifted as dwords: AVX2 has no
+    // per-word variable shift)
     const __m128i w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales));
     const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9), m7 = _mm256_set1_epi32(7);
     auto half = [&](int h) {  // sub-blocks 8h .. 8h + 7: words 2h, 2h + 1
