@@ -1,6 +1,6 @@
 // AVX-512 + VNNI prefill GEMM for the integer weight types (Q8_0, Q4_0, Q4_K,
-// MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS, IQ3_XXS, IQ1_S,
-// IQ1_M; not IQ2_XS, quant/kernels.h) in the "lane"
+// MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS, IQ3_XXS, IQ2_XS,
+// IQ1_S, IQ1_M) in the "lane"
 // layout of quant/kernels.h: one int32 lane per 32-block.
 //
 // Blocks go in groups of 16. In a group, zmm k (k = 0..7) holds, in dword lane j,
@@ -36,6 +36,7 @@
 
 #include "quant/blocks.h"
 #include "quant/iq1s_grid.h"  // the grids of lane_pack_iq.h (included in the namespace below)
+#include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
 #include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
@@ -52,10 +53,14 @@ using namespace qblocks;
 //   Min:     F += dw * dx * P - mw * cs              Q4_K (cs = dx sum q)
 //   HalfMin: F += dw * dx * P + mn0 * h0 + mn1 * h1  Q2_K: mins per 16-element sub-block
 //            (mn = -dmin * m of the group's 32 sub-blocks, h = ActQ::hs of the same)
-enum class Form { Offset, Min, HalfMin };
+//   HalfScale: as HalfMin with a dw per 16-element half of each block (IQ2_XS,
+//            whose sub-block scales do not fit a code byte): P of dwords 0..3 (the
+//            first halves) takes dw0 in a float step of its own, dwords 4..7 dw1
+enum class Form { Offset, Min, HalfMin, HalfScale };
 // Packed bytes per row and group: codes 512, dw 64, then mw 64 (Min; unused by
-// Offset) or mn0, mn1 128 (HalfMin).
-constexpr int group_bytes(Form f) { return f == Form::HalfMin ? 704 : 640; }
+// Offset) or mn0, mn1 128 (HalfMin; HalfScale then dw1 64).
+constexpr int group_bytes(Form f) { return f == Form::HalfScale ? 768 : f == Form::HalfMin ? 704 : 640; }
+constexpr bool half_sums(Form f) { return f == Form::HalfMin || f == Form::HalfScale; }
 constexpr int64_t kPanel = 16;       // rows a token tile runs over (packed rows in L2)
 constexpr int64_t kSpanRows = 256;   // rows packed at a time when tokens go in blocks
 constexpr size_t kXBlockBytes = 384 << 10;  // activations of a token block (in L2)
@@ -372,7 +377,7 @@ struct PackIQ4_XS {
     _mm512_storeu_ps(out + 512, _mm512_mul_ps(pair8_f16(p, p1), _mm512_cvtepi32_ps(ls)));
   }
 };
-// The i-quant packers (IQ2_XXS, IQ3_XXS, IQ1_S, IQ1_M).
+// The i-quant packers (IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M).
 #include "quant/lane_pack_iq.h"
 
 // Packs groups [0, ng) of one weight row. The last group may be partial: its
@@ -449,7 +454,7 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
   const int8_t* xq = a.q(t0);
   const float* xd = a.d(t0);
   const float* xc = a.c(t0);
-  const float* xh = kForm == Form::HalfMin ? a.h(t0) : nullptr;
+  const float* xh = half_sums(kForm) ? a.h(t0) : nullptr;
   const int64_t sq = a.nb_pad * 32, sf = a.nb_pad, sh = 2 * a.nb_pad;
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* wg = pw + g * group_bytes(kForm);
@@ -475,12 +480,27 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) P[i][t] = _mm512_dpbusd_epi32(P[i][t], Wv[i], X);
       }
+      if constexpr (kForm == Form::HalfScale) {
+        if (k == 3) {  // the first halves are summed: their dw0, then the sums restart
+#pragma GCC unroll 4
+          for (int t = 0; t < T; ++t) {
+            const __m512 DX = _mm512_loadu_ps(xd + t * sf + 16 * g);
+#pragma GCC unroll 4
+            for (int i = 0; i < R; ++i) {
+              const __m512 DW0 = _mm512_load_ps(reinterpret_cast<const float*>(wg + i * ps + 512));
+              _mm512_store_ps(F[i][t], _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P[i][t]), DX), DW0,
+                                                       _mm512_load_ps(F[i][t])));
+              P[i][t] = _mm512_setzero_si512();
+            }
+          }
+        }
+      }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512 DX = _mm512_loadu_ps(xd + t * sf + 16 * g);
       __m512 KC, H0, H1;
-      if constexpr (kForm == Form::HalfMin) {
+      if constexpr (half_sums(kForm)) {
         H0 = _mm512_loadu_ps(xh + t * sh + 32 * g);
         H1 = _mm512_loadu_ps(xh + t * sh + 32 * g + 16);
       } else {
@@ -490,12 +510,12 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
       for (int i = 0; i < R; ++i) {
         const __m512 f = _mm512_cvtepi32_ps(P[i][t]);
         const float* fw = reinterpret_cast<const float*>(wg + i * ps + 512);
-        const __m512 DW = _mm512_load_ps(fw);
+        const __m512 DW = _mm512_load_ps(kForm == Form::HalfScale ? fw + 48 : fw);  // HalfScale: dw1
         __m512 acc = _mm512_load_ps(F[i][t]);
         if constexpr (kForm == Form::Min) {
           acc = _mm512_fmadd_ps(_mm512_mul_ps(f, DX), DW, acc);
           acc = _mm512_fnmadd_ps(_mm512_load_ps(fw + 16), KC, acc);
-        } else if constexpr (kForm == Form::HalfMin) {
+        } else if constexpr (half_sums(kForm)) {
           acc = _mm512_fmadd_ps(_mm512_mul_ps(f, DX), DW, acc);
           acc = _mm512_fmadd_ps(_mm512_load_ps(fw + 16), H0, acc);
           acc = _mm512_fmadd_ps(_mm512_load_ps(fw + 32), H1, acc);
@@ -615,7 +635,8 @@ bool lane_cscale_avx512(GGMLType t, float* cscale) {
     case GGMLType::IQ4_XS: *cscale = 128.0f; return true;  // level + 128
     case GGMLType::IQ3_XXS:                                 // signed grid + 64
     case GGMLType::IQ1_S: *cscale = lowbit_offset(t); return true;  // 8 (grid + 1) +- 1 + 9
-    case GGMLType::IQ1_M: *cscale = 0.0f; return true;     // offsets use ActQ::hs
+    case GGMLType::IQ1_M:                                  // offsets use ActQ::hs
+    case GGMLType::IQ2_XS: *cscale = 0.0f; return true;
     default: return false;
   }
 }
@@ -634,6 +655,7 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
     case GGMLType::IQ3_XXS: gemm_lane<PackIQ3_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ1_S: gemm_lane<PackIQ1_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ1_M: gemm_lane<PackIQ1_M>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ2_XS: gemm_lane<PackIQ2_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
     default: return;
   }
 }

@@ -129,10 +129,8 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // 51 / 66; IQ4_XS 49 / 51, 43 / 55 (two more IQ4_XS runs: ties to +27 %); at
 // 8 tokens lane is 1.2-2.4x quad. (At 3 tokens lane beat the GEMV only for
 // IQ2_XXS.)
-// IQ3_XXS, IQ1_S and IQ1_M take it from 4 tokens like the other super-block
-// types (not measured apart). IQ2_XS never does: its 16-element sub-block
-// scales (2s + 1 <= 31) times its codes do not fit the lane GEMM's one code
-// byte per weight, so every token count runs its quad tiles.
+// IQ3_XXS, IQ2_XS, IQ1_S and IQ1_M take it from 4 tokens like the other
+// super-block types (not measured apart).
 static inline int64_t lane_min_tokens(GGMLType t) {
   switch (t) {
     case GGMLType::Q4_K: return 6;
@@ -141,9 +139,9 @@ static inline int64_t lane_min_tokens(GGMLType t) {
     case GGMLType::IQ2_XXS:
     case GGMLType::IQ4_XS:
     case GGMLType::IQ3_XXS:
+    case GGMLType::IQ2_XS:
     case GGMLType::IQ1_S:
     case GGMLType::IQ1_M: return 4;
-    case GGMLType::IQ2_XS: return INT64_MAX;
     default: return 20;
   }
 }
@@ -156,7 +154,8 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
 // (block layouts in quant/blocks.h) on the same int8 activations: plain layout
 // on AVX2, quad on AVX-512 below lane_min_tokens, from there the lane GEMM
 // (gemm_lane_avx512.cpp: Q3_K's sub-block scales folded into offset codes,
-// Q2_K's and IQ1_M's into their codes with the offsets through hs; see its packers).
+// Q2_K's and IQ1_M's into their codes with the offsets through hs, IQ2_XS's
+// applied per half block; see its packers).
 // The types with a scale per 16-element sub-block s of a super-block ("K form")
 // have weights
 //     w = d * a_s * c - d2 * m_s
@@ -192,8 +191,8 @@ static inline bool is_lowbit(GGMLType t) {
   }
 }
 // Whether the kernels of a low-bit type read ActQ::hs (the lane GEMM folds
-// Q3_K's scales into its codes and needs them for Q2_K's mins and IQ1_M's
-// offsets only; IQ2_XS never runs it).
+// Q3_K's scales into its codes and needs them for Q2_K's mins and the offsets
+// of IQ1_M and IQ2_XS only).
 static inline bool lowbit_half_sums(GGMLType t, ActLayout layout) {
   return t == GGMLType::Q2_K || t == GGMLType::IQ1_M || t == GGMLType::IQ2_XS ||
          (t == GGMLType::Q3_K && layout != ActLayout::Lane);

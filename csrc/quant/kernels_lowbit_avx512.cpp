@@ -20,8 +20,7 @@
 // These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, the
 // i-quants, and IQ2_XXS where the CPU lacks VBMI or GFNI; Q2_K and IQ2_XXS
 // otherwise have their own (gemv_q2k_avx512.cpp, gemv_iq2xxs_avx512.cpp), and
-// from 4 tokens every super-block type but IQ2_XS runs the lane GEMM
-// (gemm_lane_avx512.cpp; IQ2_XS: these tiles for every token count, quant/kernels.h).
+// from 4 tokens every super-block type runs the lane GEMM (gemm_lane_avx512.cpp).
 // A one-output tile alternates two accumulators (one FMA chain would bound the
 // GEMV by its latency).
 #include <immintrin.h>

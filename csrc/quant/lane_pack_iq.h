@@ -1,9 +1,10 @@
-// The lane-GEMM packers of the i-quants IQ2_XXS, IQ3_XXS, IQ1_S and IQ1_M: a
+// The lane-GEMM packers of the i-quants IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M: a
 // part of gemm_lane_avx512.cpp (its only includer), kept apart for size. It is
 // included inside that file's anonymous namespace, after the packing helpers
 // it uses (Form, store_codes, pair8_f16; contract of a packer there: 16 blocks
 // of 32, two super-blocks, at p -> out[0..512) codes in the lane layout, dw at
-// 512, HalfMin's mins at 576), and compiled with its AVX-512 flags.
+// 512, HalfMin's mins at 576, HalfScale's dw1 at 704), and compiled with its
+// AVX-512 flags.
 // Block layouts: quant/blocks.h; the math of each type: quant/kernels.h; the
 // grid tables are included by gemm_lane_avx512.cpp.
 #pragma once
@@ -111,6 +112,51 @@ struct PackIQ3_XXS {
       }
     }
     store_iq_scales(p, p1, B, 0.5f, out);
+  }
+};
+// IQ2_XS: index word l of a block (u16 4 (j % 8) + l of its super-block's qs: 9-bit
+// grid index, 7-bit sign index) fills dwords 2l, 2l + 1; u = signed grid value + 43
+// (0..86), the sub-block scales a = 2 * nibble + 1 (up to 31) too large to fold into
+// a code byte: dw0 / dw1 = d a / 8 of the block's halves (Form::HalfScale), the
+// offset -43 d a / 8 per sub-block through hs.
+struct PackIQ2_XS {
+  static constexpr int kBB = 74, kBlocks = 2;
+  static constexpr Form kForm = Form::HalfScale;
+  static constexpr GGMLType kType = GGMLType::IQ2_XS;
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    const uint8_t* p1 = p + kBB;
+    const __m512i Q0 = _mm512_loadu_si512(p + 2), Q1 = _mm512_loadu_si512(p1 + 2);
+    for (int h2 = 0; h2 < 2; ++h2) {  // words 2 h2, 2 h2 + 1 of each block: one dword
+      const __m512i W = qword_half(Q0, Q1, h2);
+      for (int m = 0; m < 2; ++m) {
+        const int l = 2 * h2 + m;
+        const __m512i w = _mm512_and_si512(_mm512_srli_epi32(W, 16 * m), _mm512_set1_epi32(0xFFFF));
+        const __m512i v = _mm512_srli_epi32(w, 9);  // sign index; its parity is the 8th sign
+        __m512i par = _mm512_xor_si512(v, _mm512_srli_epi32(v, 4));
+        par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
+        par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
+        const __m512i S = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi32(1)), 7));
+        __m512i g0, g1;
+        gather16(kIq2xsGrid, _mm512_and_si512(w, _mm512_set1_epi32(511)), &g0, &g1);
+        for (int h = 0; h < 2; ++h) store_codes(out, 2 * l + h, iq_signed(qword_half(g0, g1, h), iq_neg(S, 0, h), 43));
+      }
+    }
+    // lane j: scale byte j % 8 (low nibble: the first half, high: the second)
+    const __m512i sc = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 66)), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p1 + 66))));
+    const __m512 d8 = _mm512_mul_ps(pair8_f16(p, p1), _mm512_set1_ps(0.125f));
+    auto odd = [](__m512i nib) {
+      return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(nib, 1), _mm512_set1_epi32(1)));
+    };
+    const __m512 a0 = odd(_mm512_and_si512(sc, _mm512_set1_epi32(15))), a1 = odd(_mm512_srli_epi32(sc, 4));
+    _mm512_storeu_ps(out + 512, _mm512_mul_ps(d8, a0));
+    _mm512_storeu_ps(out + 704, _mm512_mul_ps(d8, a1));
+    // the offsets in ActQ::hs order: sub-blocks 2b (a0 of lane b), 2b + 1 (a1) per super-block
+    const __m512 m0 = _mm512_mul_ps(_mm512_mul_ps(d8, _mm512_set1_ps(-43.0f)), a0);
+    const __m512 m1 = _mm512_mul_ps(_mm512_mul_ps(d8, _mm512_set1_ps(-43.0f)), a1);
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    _mm512_storeu_ps(out + 576, _mm512_permutex2var_ps(m0, lo, m1));
+    _mm512_storeu_ps(out + 640, _mm512_permutex2var_ps(m0, _mm512_add_epi32(lo, _mm512_set1_epi32(8)), m1));
   }
 };
 // IQ1_S: grid entry l of a block (its low index byte = byte l of qs dword b, the
