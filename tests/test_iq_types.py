@@ -151,6 +151,7 @@ def test_info_shows_iq_types(iq_models):
     d = describe(str(iq_models["iq3"]))
     assert {"IQ3_XXS", "IQ2_XS"} <= set(d["tensor_types"])
     assert d["tensor_types"]["IQ2_XS"]["tensors"] == 3  # ffn_down_exps of the 3 layers
+    assert d["loadable"], d["loadable_detail"]
     assert set(describe(str(iq_models["iq1"]))["tensor_types"]) >= {"IQ1_S", "IQ1_M"}
 
 
