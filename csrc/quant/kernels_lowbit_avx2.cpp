@@ -282,7 +282,8 @@ struct OffIQ1_S {
     const uint32_t qh = load_u16(blk->qh + 2 * b);
     *dw = _cvtsh_ss(blk->d) * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * 0.125f;
     const __m256i g = qwords4([&](int l) { return kIq1sGrid[blk->qs[4 * b + l] | (((qh >> (3 * l)) & 7) << 8)]; });
-    return _mm256_add_epi8(_mm256_slli_epi16(g, 3), _mm256_set1_epi8(qh & 0x8000 ? 0 : 2));
+    // + 2 where the delta's sign bit 15 is clear (arithmetic: a branch on random bits mispredicts)
+    return _mm256_add_epi8(_mm256_slli_epi16(g, 3), _mm256_set1_epi8(static_cast<char>((~qh >> 14) & 2)));
   }
 };
 

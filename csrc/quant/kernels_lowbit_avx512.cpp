@@ -320,11 +320,12 @@ inline void iq1s_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* 
       _mm512_srlv_epi32(h, _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9)), _mm512_set1_epi32(7));
   __m512i gA, gB;
   gather_ab(kIq1sGrid, to_ab(_mm512_or_si512(q, _mm512_slli_epi32(hi, 8))), &gA, &gB);
-  // delta > 0 (bit 15 clear) adds 2 to both qwords of the block's lanes
-  unsigned up = 0;
-  for (int j = 0; j < 4; ++j)
-    if (!(load_u16(blk->qh + 8 * n + 2 * j) & 0x8000)) up |= 3u << (2 * j);
-  const __m512i two = _mm512_maskz_mov_epi64(static_cast<__mmask8>(up), _mm512_set1_epi64(0x0202020202020202ll));
+  // delta > 0 (bit 15 clear) adds 2 to both qwords of the block's lanes (qh of
+  // block j in qwords 2j, 2j + 1)
+  const __m512i hq = _mm512_cvtepu32_epi64(_mm256_permutevar8x32_epi32(
+      _mm256_castsi128_si256(qh4), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
+  const __m512i two = _mm512_maskz_mov_epi64(_mm512_testn_epi64_mask(hq, _mm512_set1_epi64(0x8000)),
+                                             _mm512_set1_epi64(0x0202020202020202ll));
   *A = _mm512_add_epi8(_mm512_slli_epi64(gA, 3), two);
   *B = _mm512_add_epi8(_mm512_slli_epi64(gB, 3), two);
   const __m128 s = _mm_cvtepi32_ps(_mm_add_epi32(

@@ -9,18 +9,22 @@
 // grid tables are included by gemm_lane_avx512.cpp.
 #pragma once
 
+// 7-bit sign fields S (one per byte) with their parity (bit 0 of a byte's
+// xor-fold: the shifts stay within a byte) as bit 7: the 8 signs of the field.
+inline __m512i with_parity(__m512i S) {
+  __m512i par = _mm512_xor_si512(S, _mm512_srli_epi32(S, 4));
+  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
+  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
+  return _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi8(1)), 7));
+}
 // IQ2_XXS / IQ3_XXS sign words B (4 x 7 sign bits per dword, quant/blocks.h):
-// sign field i of each dword in its byte i, its parity (bit 0 of a byte's
-// xor-fold) as bit 7.
+// the signs of field i of each dword in its byte i.
 inline __m512i iq_sign_bytes(__m512i B) {
   const __m512i f7 = _mm512_set1_epi32(127);
   __m512i S = _mm512_and_si512(B, f7);
   for (int i = 1; i < 4; ++i)
     S = _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(B, 7 * i), f7), 8 * i));
-  __m512i par = _mm512_xor_si512(S, _mm512_srli_epi32(S, 4));
-  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
-  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
-  return _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi8(1)), 7));
+  return with_parity(S);
 }
 // dw = d * (0.5 + (B >> 28)) * mul of the 16 lanes (B: their sign words), to out + 512.
 inline void store_iq_scales(const uint8_t* p, const uint8_t* p1, __m512i B, float mul, uint8_t* out) {
@@ -131,11 +135,7 @@ struct PackIQ2_XS {
       for (int m = 0; m < 2; ++m) {
         const int l = 2 * h2 + m;
         const __m512i w = _mm512_and_si512(_mm512_srli_epi32(W, 16 * m), _mm512_set1_epi32(0xFFFF));
-        const __m512i v = _mm512_srli_epi32(w, 9);  // sign index; its parity is the 8th sign
-        __m512i par = _mm512_xor_si512(v, _mm512_srli_epi32(v, 4));
-        par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
-        par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
-        const __m512i S = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi32(1)), 7));
+        const __m512i S = with_parity(_mm512_srli_epi32(w, 9));  // the signs in byte 0
         __m512i g0, g1;
         gather16(kIq2xsGrid, _mm512_and_si512(w, _mm512_set1_epi32(511)), &g0, &g1);
         for (int h = 0; h < 2; ++h) store_codes(out, 2 * l + h, iq_signed(qword_half(g0, g1, h), iq_neg(S, 0, h), 43));
