@@ -16,7 +16,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
-from quant_tools import put_f16_bits
+from quant_tools import put_f16_bits, random_blocks
 from test_lowbit import check_fast_model
 from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
 
@@ -97,6 +97,37 @@ def test_iq1m_scale_nibbles_and_delta_per_index():
     assert np.array_equal(v[88:96], np.float32(0.5 * 13) * (g0 + np.float32(0.125)))
     assert np.array_equal(v[:8], np.float32(0.5) * (g0 + np.float32(0.125)))
     assert np.array_equal(v, _oracle("IQ1_M", raw))
+
+
+@pytest.mark.parametrize("type_name", ["IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"])
+def test_every_grid_entry(type_name):
+    """Each grid entry (the tables gen_iq_grids.py writes) at least once, decoded
+    bit for bit as gguf.quants decodes it."""
+    rng = np.random.default_rng(3)
+    n_entries, per_sb = {"IQ3_XXS": (256, 64), "IQ2_XS": (512, 32), "IQ1_S": (2048, 32),
+                         "IQ1_M": (2048, 32)}[type_name]
+    nb = n_entries // per_sb
+    raw = random_blocks(type_name, nb, rng)
+    idx = rng.permutation(n_entries).reshape(nb, per_sb)
+    if type_name == "IQ3_XXS":
+        raw[:, 2:66] = idx
+    elif type_name == "IQ2_XS":
+        w = raw[:, 2:66].copy().view(np.uint16)
+        raw[:, 2:66] = ((w & 0xFE00) | idx).astype(np.uint16).view(np.uint8)
+    else:  # 11-bit indices: low byte in qs, high 3 bits in qh (IQ1_S: 3 per block word, IQ1_M: nibbles)
+        q0 = 2 if type_name == "IQ1_S" else 0
+        raw[:, q0:q0 + 32] = idx & 255
+        hi = idx >> 8
+        if type_name == "IQ1_S":
+            h = raw[:, 34:50].copy().view(np.uint16) & 0xF000
+            for l in range(4):
+                h |= (hi[:, l::4] << (3 * l)).astype(np.uint16)
+            raw[:, 34:50] = h.view(np.uint8)
+        else:
+            qh = raw[:, 32:48] & 0x88
+            raw[:, 32:48] = qh | hi[:, 0::2] | (hi[:, 1::2] << 4)
+    ours = _core.quant_dequantize(type_name, raw.reshape(-1), nb * 256)
+    assert np.array_equal(ours.view(np.uint32), gq.dequantize(raw, QT[type_name]).reshape(-1).view(np.uint32))
 
 
 # ---------------------------------------------------------------- model level
