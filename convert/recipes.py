@@ -66,13 +66,17 @@ TYPE_NAMES: dict[str, T] = {
     "q4_k": T.Q4_K, "mxfp4": T.MXFP4, "q2_k": T.Q2_K, "q3_k": T.Q3_K, "iq2_xxs": T.IQ2_XXS,
     "iq4_xs": T.IQ4_XS,
 }
+# Types pyv4 loads and runs (community GGUFs use them) but has no quantizer for:
+# asking the converter for one is an error that says so.
+LOAD_ONLY: dict[str, T] = {"iq3_xxs": T.IQ3_XXS, "iq2_xs": T.IQ2_XS, "iq1_s": T.IQ1_S, "iq1_m": T.IQ1_M}
 LOWBIT = (T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS)  # quantized with the importance matrix when there is one
 Q2Q4_TAIL = 6  # q2q4: experts of the last this many blocks stay Q4_K
 
 _FIXED_F32_ROLES = {"norm", "hc", "ape", "sink", "bias"}
 _FLOAT_OF_SRC = {"BF16": T.BF16, "F16": T.F16, "F32": T.F32, "F64": T.F32}
 _FALLBACK = {T.Q4_K: T.Q4_0, T.Q4_0: T.F16, T.Q8_0: T.F16, T.MXFP4: T.F16,
-             T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.IQ2_XXS: T.Q4_0, T.IQ4_XS: T.Q4_0}
+             T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.IQ2_XXS: T.Q4_0, T.IQ4_XS: T.Q4_0,
+             **{t: T.Q4_0 for t in LOAD_ONLY.values()}}
 
 
 @dataclass
@@ -86,13 +90,22 @@ class Recipe:
         return choose_type(self, name, shape, role, src)
 
 
-def get_recipe(name: str, overrides: list[tuple[str, str]] | None = None, n_layer: int = 0) -> Recipe:
+def get_recipe(name: str, overrides: list[tuple[str, str]] | None = None, n_layer: int = 0,
+               load_only: bool = False) -> Recipe:
+    """load_only: overrides may name the LOAD_ONLY types too (random-block models,
+    pyv4/synthetic.py: nothing is quantized)."""
     key = name.lower()
     if key not in RECIPES:
         raise ConvertError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     ov: list[tuple[str, T]] = []
     for pattern, tname in overrides or []:
         t = TYPE_NAMES.get(tname.lower())
+        if t is None and tname.lower() in LOAD_ONLY:
+            t = LOAD_ONLY[tname.lower()]
+            if not load_only:
+                raise ConvertError(f"{t.name} (override {pattern}={tname}) can only be loaded, not produced: "
+                                   f"pyv4 runs {t.name} files but has no {t.name} quantizer; "
+                                   f"choose from {', '.join(TYPE_NAMES)}")
         if t is None:
             raise ConvertError(f"unknown tensor type {tname!r} in override {pattern}={tname}; "
                                f"choose from {', '.join(TYPE_NAMES)}")

@@ -142,7 +142,8 @@ def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | No
     embed/head/router/compressors)."""
     from .convert.recipes import get_recipe
 
-    rec = get_recipe(recipe, overrides, n_layer=hp.n_layer)
+    # random blocks, nothing quantized: the load-only types (IQ3_XXS, IQ1_M, ...) may be asked for
+    rec = get_recipe(recipe, overrides, n_layer=hp.n_layer, load_only=True)
     out = {}
     for tname, shape, role in tensor_layout(hp):
         crole, src = _CONVERT_ROLE[role]
@@ -153,7 +154,8 @@ def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | No
 
 
 _BLOCK = {T.Q8_0: (32, 34), T.MXFP4: (32, 17), T.Q4_K: (256, 144), T.Q4_0: (32, 18),
-          T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.IQ2_XXS: (256, 66)}
+          T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.IQ2_XXS: (256, 66), T.IQ3_XXS: (256, 98),
+          T.IQ2_XS: (256, 74), T.IQ1_S: (256, 50), T.IQ1_M: (256, 56)}
 _E2M1_RMS = math.sqrt(sum(v * v for v in (0, .5, 1, 1.5, 2, 3, 4, 6)) / 8)  # uniform codes
 
 
@@ -211,6 +213,23 @@ def _random_rows(rng: np.random.Generator, rows: int, cols: int, t: T, std: floa
         # value = d*(0.5 + s)/4 * grid * sign: random 4-bit s (rms 9.2), grid rms ~20
         d = jitter * np.float32(std / 46.0)
         raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t in (T.IQ3_XXS, T.IQ2_XS):
+        # value = d*(0.5 + s)*c * grid * sign: random 4-bit s (rms 9.2); IQ3_XXS c = 1/2,
+        # grid rms ~31; IQ2_XS c = 1/4, grid rms ~24
+        d = jitter * np.float32(std / (142.0 if t == T.IQ3_XXS else 56.0))
+        raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t == T.IQ1_S:
+        # value = d*(2s + 1) * (grid +- 1/8): random 3-bit s (rms 9.2), grid +- 1/8 rms ~0.78
+        d = jitter * np.float32(std / 7.2)
+        raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t == T.IQ1_M:
+        # as IQ1_S per 16-element sub-block; d's f16 bits are the top nibbles of the 4
+        # scale words (bytes 48..55), word i's holding bits 4i..4i+3
+        h = (jitter * np.float32(std / 7.2)).astype(np.float16).view(np.uint16)
+        w = raw[:, 48:56].copy().view(np.uint16)
+        for i in range(4):
+            w[:, i] = (w[:, i] & 0x0FFF) | (((h >> (4 * i)) & 15) << 12)
+        raw[:, 48:56] = w.view(np.uint8)
     return raw.reshape(rows, -1)
 
 

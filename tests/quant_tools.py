@@ -7,14 +7,22 @@ import numpy as np
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "MXFP4"]
 INT_TYPES = {"Q8_0", "Q4_0", "Q4_K", "MXFP4"}
 # The super-block types of issue #16 (test_lowbit.py): bytes per super-block of
-# 256, and the byte offsets of their f16 scales.
-LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136}
-F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0]}
+# 256, and the byte offsets of their f16 scales (IQ1_M spreads its scale over the
+# top nibbles of its scale words: f16_bits / put_f16_bits).
+GPU_LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136}
+# The i-quants the CPU loads and runs but the GPU kernels do not multiply.
+CPU_ONLY_LOWBIT = {"IQ3_XXS": 98, "IQ2_XS": 74, "IQ1_S": 50, "IQ1_M": 56}
+LOWBIT = {**GPU_LOWBIT, **CPU_ONLY_LOWBIT}
+F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0], "IQ3_XXS": [0],
+          "IQ2_XS": [0], "IQ1_S": [0], "IQ1_M": []}
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
          "Q4_K": (256, 144), "MXFP4": (32, 17), **{t: (256, b) for t, b in LOWBIT.items()}}
-# What the GPU multiplies (csrc/cuda/matmul.h): all of them, the low-bit ones as integer types.
-GPU_TYPES = TYPES + sorted(LOWBIT)
-GPU_INT_TYPES = INT_TYPES | set(LOWBIT)
+# What the GPU multiplies (csrc/cuda/matmul.h): all of them but the CPU-only i-quants,
+# the low-bit ones as integer types.
+GPU_TYPES = TYPES + sorted(GPU_LOWBIT)
+GPU_INT_TYPES = INT_TYPES | set(GPU_LOWBIT)
+# The types whose fast path multiplies int8 activations (check_fast's bound).
+CPU_INT_TYPES = INT_TYPES | set(LOWBIT)
 
 
 def _rand_f16(rng, shape, lo, hi):
@@ -24,25 +32,47 @@ def _rand_f16(rng, shape, lo, hi):
     return (mag * sign).astype(np.float16)
 
 
-def _set_f16(raw, offsets, values):
-    for k, off in enumerate(offsets):
-        raw[:, off:off + 2] = values[:, k:k + 1].astype(np.float16).view(np.uint8).reshape(-1, 2)
+def f16_bits(type_name, raw):
+    """The f16 scale bits of super-blocks raw [nb, bytes] as uint16 [nb, scales]."""
+    if type_name == "IQ1_M":
+        w = np.ascontiguousarray(raw[:, 48:56]).view(np.uint16)
+        return ((w[:, 0] >> 12) | ((w[:, 1] >> 8) & 0xF0) | ((w[:, 2] >> 4) & 0xF00)
+                | (w[:, 3] & 0xF000)).astype(np.uint16)[:, None]
+    return np.stack([np.ascontiguousarray(raw[:, o:o + 2]).view(np.uint16)[:, 0]
+                     for o in F16_AT[type_name]], axis=1)
+
+
+def put_f16_bits(type_name, raw, h):
+    """Sets the f16 scale bits of super-blocks raw [nb, bytes] to h [nb, scales]."""
+    h = np.asarray(h, np.uint16).reshape(raw.shape[0], -1)
+    if type_name == "IQ1_M":
+        w = np.ascontiguousarray(raw[:, 48:56]).view(np.uint16)
+        for i in range(4):  # word i's top nibble holds bits 4i..4i+3 of d
+            w[:, i] = (w[:, i] & 0x0FFF) | (((h[:, 0] >> (4 * i)) & 15) << 12)
+        raw[:, 48:56] = w.view(np.uint8)
+        return
+    for k, off in enumerate(F16_AT[type_name]):
+        raw[:, off:off + 2] = h[:, k:k + 1].view(np.uint8).reshape(-1, 2)
+
+
+def _set_f16(type_name, raw, values):
+    put_f16_bits(type_name, raw, values.astype(np.float16).view(np.uint16))
 
 
 def random_blocks(type_name, nb, rng, full_range=False):
     """Raw low-bit super-blocks [nb, bytes]. full_range: any finite f16 scale bit
     pattern, subnormals included; otherwise scales giving values O(0.01..1)."""
     raw = rng.integers(0, 256, size=(nb, LOWBIT[type_name]), dtype=np.uint8)
-    offs = F16_AT[type_name]
+    n_scales = f16_bits(type_name, raw).shape[1]
     if full_range:
-        h = rng.integers(0, 1 << 16, size=(nb, len(offs)), dtype=np.uint16)
+        h = rng.integers(0, 1 << 16, size=(nb, n_scales), dtype=np.uint16)
         h = np.where((h & 0x7C00) == 0x7C00, h & 0x83FF, h).astype(np.uint16)
-        for k, off in enumerate(offs):
-            raw[:, off:off + 2] = h[:, k:k + 1].view(np.uint8).reshape(-1, 2)
+        put_f16_bits(type_name, raw, h)
     else:
         lo, hi = {"Q2_K": (0.002, 0.01), "Q3_K": (0.0005, 0.002), "IQ2_XXS": (0.0005, 0.002),
-                  "IQ4_XS": (0.00002, 0.0001)}[type_name]
-        _set_f16(raw, offs, rng.uniform(lo, hi, size=(nb, len(offs))))
+                  "IQ4_XS": (0.00002, 0.0001), "IQ3_XXS": (0.0002, 0.0008), "IQ2_XS": (0.0005, 0.002),
+                  "IQ1_S": (0.005, 0.02), "IQ1_M": (0.005, 0.02)}[type_name]
+        _set_f16(type_name, raw, rng.uniform(lo, hi, size=(nb, n_scales)))
     return raw
 
 
@@ -96,7 +126,7 @@ def check_fast(type_name, W, x, y):
     amax/250 leaves room for fp32 rounding); returns the worst error / bound."""
     ref = x.astype(np.float64) @ W.astype(np.float64).T
     absw = np.abs(W.astype(np.float64))
-    if type_name in GPU_INT_TYPES:
+    if type_name in CPU_INT_TYPES:
         n, cols = x.shape
         amax = np.abs(x).reshape(n, cols // 32, 32).max(axis=2)
         bound = np.repeat(amax, 32, axis=1) @ absw.T / 250.0

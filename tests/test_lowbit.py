@@ -1,4 +1,5 @@
-"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS).
+"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS), and the
+load-only i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (more of them in test_iq_types.py).
 
 Oracles as in test_kernels.py: `gguf.quants.dequantize` bit for bit for the
 scalar decode; for the fast kernels the float64 product of the dequantized
@@ -14,7 +15,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
-from quant_tools import F16_AT, LOWBIT, check_fast, random_blocks
+from quant_tools import LOWBIT, check_fast, f16_bits, put_f16_bits, random_blocks
 from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
 
 from pyv4 import _core
@@ -40,12 +41,10 @@ def test_dequantize_matches_gguf(type_name):
     raw[1, :] = 0
     raw[2, :] = 0xAA
     raw[3, :] = 0x55
-    for k in range(4):
-        for off in F16_AT[type_name]:
-            raw[k, off:off + 2] = np.array([0x7BFF], np.uint16).view(np.uint8)  # 65504
+    n_scales = f16_bits(type_name, raw).shape[1]
+    put_f16_bits(type_name, raw[:4], np.full((4, n_scales), 0x7BFF))  # 65504
     raw[4, :] = 0xFF
-    for off in F16_AT[type_name]:
-        raw[4, off:off + 2] = np.array([0x8001], np.uint16).view(np.uint8)  # -subnormal
+    put_f16_bits(type_name, raw[4:5], np.full((1, n_scales), 0x8001))  # -subnormal
     n = nb * 256
     ours = _core.quant_dequantize(type_name, raw.reshape(-1), n)
     ref = gguf_dequant(type_name, raw, 1, n).reshape(-1).astype(np.float32)
@@ -122,20 +121,24 @@ def test_matmul_fast(type_name, isa, n_tokens):
 
 def _extreme_rows(type_name, raw, rng):
     """Overwrite whole rows with boundary bit patterns (f16 scales kept): all
-    zero, all one bits, and (Q3_K) 6-bit scales 63 with codes 0, where the lane
-    GEMM's code a * (c - 4) + 124 hits its ends 252 / 0."""
-    keep = np.zeros(LOWBIT[type_name], bool)
-    for off in F16_AT[type_name]:
-        keep[off:off + 2] = True
+    zero, all one bits, (Q3_K) 6-bit scales 63 with codes 0, where the lane
+    GEMM's code a * (c - 4) + 124 hits its ends 252 / 0, and (IQ1_M) scales 7
+    with grid entry 2047 (all +1) and delta +1/8, its lane code a * c = 15 * 9 = 135."""
     patterns = [np.zeros(LOWBIT[type_name], np.uint8), np.full(LOWBIT[type_name], 255, np.uint8)]
     if type_name == "Q3_K":
         p = np.zeros(LOWBIT[type_name], np.uint8)
         p[96:108] = 255
         patterns.append(p)
+    if type_name == "IQ1_M":
+        p = np.full(LOWBIT[type_name], 255, np.uint8)
+        p[32:48] = 0x77  # high index bits 7, delta sign bits clear
+        patterns.append(p)
     per_row = raw.shape[1] // LOWBIT[type_name]
     for r, pat in zip(rng.choice(raw.shape[0], len(patterns), replace=False), patterns):
         blocks = raw[r].reshape(per_row, -1)
-        blocks[:, ~keep] = pat[~keep]
+        h = f16_bits(type_name, blocks)
+        blocks[:] = pat
+        put_f16_bits(type_name, blocks, h)
 
 
 @pytest.mark.parametrize("type_name", sorted(LOWBIT))
@@ -249,7 +252,7 @@ def test_matmul_many_shares_activations(isa):
     cols = 512
     x = rng.standard_normal((3, cols)).astype(np.float32)
     specs = []
-    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K"):
+    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K", "IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
         rows = int(rng.integers(5, 40))
         specs.append((t, random_blocks(t, rows * cols // 256, rng).reshape(-1), rows, cols))
     ys = _core.quant_matmul_many(specs, [x] * len(specs), 2)
@@ -297,7 +300,13 @@ def test_model_with_lowbit_experts(lowbit_model, isa):
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(lowbit_model)).tensors}
     assert types["blk.1.ffn_gate_exps.weight"] == "IQ2_XXS" and types["blk.1.ffn_up_exps.weight"] == "IQ2_XXS"
     assert types["blk.1.ffn_down_exps.weight"] == "Q2_K" and types["blk.1.ffn_up_shexp.weight"] == "Q3_K"
-    m = pyv4.Model(lowbit_model, threads=2)
+    check_fast_model(pyv4.Model(lowbit_model, threads=2), isa)
+
+
+def check_fast_model(m, isa):
+    """Fast-mode logits of a prefill and two decode steps on `isa` stay close to
+    the reference mode's (scalar decode to fp32, sequential fp32 dots): the int8
+    activations cost ~1.5-3.5 % of the largest logit in these tiny models."""
     toks = np.arange(5, 17)
     _core.set_compute_mode("reference")
     ref = _run(m, toks)
@@ -305,7 +314,6 @@ def test_model_with_lowbit_experts(lowbit_model, isa):
     _core.set_compute_mode("fast")
     fast = _run(m, toks)
     assert np.isfinite(fast).all() and not np.array_equal(fast, ref)
-    # the int8 activations cost ~1.5-3.5 % of the largest logit in this model
     rel = np.abs(fast - ref).max(axis=1) / np.abs(ref).max(axis=1)
     assert rel.max() < 0.05, rel
     assert (fast.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.8

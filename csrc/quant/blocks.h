@@ -88,6 +88,46 @@ struct BlockIQ4_XS {
   uint8_t scales_l[4];
   uint8_t qs[128];
 };
+// IQ3_XXS super-block of 256 (GGML block_iq3_xxs): qs[0..63] are grid indices,
+// one byte per 4 elements (kIq3xxsGrid: 4 magnitudes 4..62 per entry); qs[64..95]
+// are 8 little-endian uint32, one per block of 32, laid out as IQ2_XXS's second
+// word: 4 x 7 sign bits (bits 7l..7l+6 for elements 8l..8l+7, parity rule of
+// iq2_signs8) and a 4-bit scale w >> 28. value = d*(0.5 + (w >> 28))*0.5 * grid * sign.
+struct BlockIQ3_XXS {
+  uint16_t d;  // f16
+  uint8_t qs[96];
+};
+// IQ2_XS super-block of 256 (GGML block_iq2_xs): qs = 32 little-endian uint16,
+// one per 8 elements: bits 0..8 a grid index (kIq2xsGrid, 512 entries of 8
+// magnitudes 8/25/43), bits 9..15 a 7-bit sign index (parity rule of
+// iq2_signs8). scales[b] holds the 4-bit scales of block b's elements 0..15
+// (low nibble) and 16..31 (high). value = d*(0.5 + nibble)*0.25 * grid * sign.
+struct BlockIQ2_XS {
+  uint16_t d;  // f16
+  uint8_t qs[64];
+  uint8_t scales[8];
+};
+// IQ1_S super-block of 256 (GGML block_iq1_s): qs[4b + l] are the low 8 bits of
+// the 11-bit grid index of elements 32b + 8l .. +7 (kIq1sGrid: 2048 entries of
+// 8 values in {-1, 0, 1}); the little-endian uint16 qh[b] at byte 34 + 2b holds
+// their high 3 bits at bits 3l..3l+2, a 3-bit scale s at bits 12..14 and the
+// delta's sign at bit 15. value = d*(2s + 1) * (grid + (bit 15 ? -1/8 : 1/8)).
+struct BlockIQ1_S {
+  uint16_t d;  // f16
+  uint8_t qs[32];
+  uint8_t qh[16];
+};
+// IQ1_M super-block of 256 (GGML block_iq1_m): qs as IQ1_S; qh[2b + l/2] holds,
+// in its nibble l % 2, grid index l's high 3 bits and (bit 3) its delta's sign
+// for the 8 elements of that index; the 4 little-endian uint16 of `scales` hold
+// 3-bit scales s of the 16-element sub-blocks (sub-block k at bits 3(k%4) of word
+// k/4) and, in their top nibbles, the f16 super-block scale d (iq1m_d).
+// value = d*(2s + 1) * (grid + (delta bit ? -1/8 : 1/8)).
+struct BlockIQ1_M {
+  uint8_t qs[32];
+  uint8_t qh[16];
+  uint8_t scales[8];
+};
 #pragma pack(pop)
 
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block");
@@ -98,6 +138,10 @@ static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block");
 static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block");
 static_assert(sizeof(BlockIQ2_XXS) == 66, "IQ2_XXS block");
 static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS block");
+static_assert(sizeof(BlockIQ3_XXS) == 98, "IQ3_XXS block");
+static_assert(sizeof(BlockIQ2_XS) == 74, "IQ2_XS block");
+static_assert(sizeof(BlockIQ1_S) == 50, "IQ1_S block");
+static_assert(sizeof(BlockIQ1_M) == 56, "IQ1_M block");
 
 // The 16 non-linear levels of IQ4_NL / IQ4_XS: format data, GGML's kvalues_iq4nl
 // (ggml-common.h; gguf-py: gguf.quants.IQ4_NL.kvalues).
@@ -234,6 +278,19 @@ static constexpr Iq2SignMasks kIq2SignMasks = make_iq2_sign_masks();
 static inline uint32_t iq2xxs_signs32(uint32_t b) {
   return iq2_signs8(b & 127) | (iq2_signs8((b >> 7) & 127) << 8) |
          (iq2_signs8((b >> 14) & 127) << 16) | (iq2_signs8((b >> 21) & 127) << 24);
+}
+
+// The f16 bits of IQ1_M's super-block scale: the top nibbles of its 4 scale
+// words, word i's giving bits 4i..4i+3.
+static inline uint16_t iq1m_d(const BlockIQ1_M& blk) {
+  uint16_t h = 0;
+  for (int i = 0; i < 4; ++i) h |= static_cast<uint16_t>((load_u16(blk.scales + 2 * i) >> 12) << (4 * i));
+  return h;
+}
+
+// The 3-bit scale of 16-element sub-block k (0..15) of an IQ1_M super-block.
+static inline int iq1m_scale(const BlockIQ1_M& blk, int k) {
+  return (load_u16(blk.scales + 2 * (k / 4)) >> (3 * (k % 4))) & 7;
 }
 
 }  // namespace qblocks

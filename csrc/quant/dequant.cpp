@@ -11,7 +11,10 @@
 
 #include "common/error.h"
 #include "quant/blocks.h"
+#include "quant/iq1s_grid.h"
+#include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3xxs_grid.h"
 #include "quant/matmul.h"
 
 namespace pyv4 {
@@ -147,6 +150,74 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
             dst[j] = dl * static_cast<float>(kIq4nlValues[q[j] & 15]);
             dst[j + 16] = dl * static_cast<float>(kIq4nlValues[q[j] >> 4]);
           }
+        }
+      }
+      return;
+    }
+    case GGMLType::IQ3_XXS: {
+      const BlockIQ3_XXS* b = static_cast<const BlockIQ3_XXS*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int g = 0; g < 8; ++g) {
+          uint32_t sg;
+          std::memcpy(&sg, b[k].qs + 64 + 4 * g, 4);
+          const float db = d * (0.5f + static_cast<float>(sg >> 28)) * 0.5f;
+          const uint32_t signs = iq2xxs_signs32(sg);
+          for (int e = 0; e < 32; ++e) {
+            const uint32_t entry = kIq3xxsGrid[b[k].qs[8 * g + e / 4]];
+            const float mag = static_cast<float>((entry >> (8 * (e % 4))) & 255);
+            *dst++ = db * mag * ((signs >> e) & 1 ? -1.0f : 1.0f);
+          }
+        }
+      }
+      return;
+    }
+    case GGMLType::IQ2_XS: {
+      const BlockIQ2_XS* b = static_cast<const BlockIQ2_XS*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int l = 0; l < 32; ++l) {  // 8 elements per index word
+          const uint16_t w = load_u16(b[k].qs + 2 * l);
+          const int nib = (b[k].scales[l / 4] >> (4 * ((l % 4) / 2))) & 15;
+          const float db = d * (0.5f + static_cast<float>(nib)) * 0.25f;
+          const uint64_t entry = kIq2xsGrid[w & 511];
+          const uint32_t signs = iq2_signs8(w >> 9);
+          for (int e = 0; e < 8; ++e) {
+            const float mag = static_cast<float>((entry >> (8 * e)) & 255);
+            *dst++ = db * mag * ((signs >> e) & 1 ? -1.0f : 1.0f);
+          }
+        }
+      }
+      return;
+    }
+    case GGMLType::IQ1_S: {
+      const BlockIQ1_S* b = static_cast<const BlockIQ1_S*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int ib = 0; ib < 8; ++ib) {
+          const uint16_t qh = load_u16(b[k].qh + 2 * ib);
+          const float dl = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1);
+          const float delta = qh & 0x8000 ? -0.125f : 0.125f;
+          for (int l = 0; l < 4; ++l) {
+            const uint64_t entry = kIq1sGrid[b[k].qs[4 * ib + l] | (((qh >> (3 * l)) & 7) << 8)];
+            for (int e = 0; e < 8; ++e)
+              *dst++ = dl * (static_cast<float>(static_cast<int>((entry >> (8 * e)) & 255) - 1) + delta);
+          }
+        }
+      }
+      return;
+    }
+    case GGMLType::IQ1_M: {
+      const BlockIQ1_M* b = static_cast<const BlockIQ1_M*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(iq1m_d(b[k]));
+        for (int l = 0; l < 32; ++l) {  // grid index l: elements 8l..8l+7, sub-block l / 2
+          const int nib = (b[k].qh[l / 2] >> (4 * (l % 2))) & 15;
+          const float dl = d * static_cast<float>(2 * iq1m_scale(b[k], l / 2) + 1);
+          const float delta = nib & 8 ? -0.125f : 0.125f;
+          const uint64_t entry = kIq1sGrid[b[k].qs[l] | ((nib & 7) << 8)];
+          for (int e = 0; e < 8; ++e)
+            *dst++ = dl * (static_cast<float>(static_cast<int>((entry >> (8 * e)) & 255) - 1) + delta);
         }
       }
       return;

@@ -1,5 +1,6 @@
 // AVX-512 + VNNI prefill GEMM for the integer weight types (Q8_0, Q4_0, Q4_K,
-// MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS) in the "lane"
+// MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS, IQ3_XXS, IQ2_XS,
+// IQ1_S, IQ1_M) in the "lane"
 // layout of quant/kernels.h: one int32 lane per 32-block.
 //
 // Blocks go in groups of 16. In a group, zmm k (k = 0..7) holds, in dword lane j,
@@ -34,7 +35,10 @@
 #include <type_traits>
 
 #include "quant/blocks.h"
+#include "quant/iq1s_grid.h"  // the grids of lane_pack_iq.h (included in the namespace below)
+#include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
 #include "quant/split_layout.h"
 
@@ -49,10 +53,14 @@ using namespace qblocks;
 //   Min:     F += dw * dx * P - mw * cs              Q4_K (cs = dx sum q)
 //   HalfMin: F += dw * dx * P + mn0 * h0 + mn1 * h1  Q2_K: mins per 16-element sub-block
 //            (mn = -dmin * m of the group's 32 sub-blocks, h = ActQ::hs of the same)
-enum class Form { Offset, Min, HalfMin };
+//   HalfScale: as HalfMin with a dw per 16-element half of each block (IQ2_XS,
+//            whose sub-block scales do not fit a code byte): P of dwords 0..3 (the
+//            first halves) takes dw0 in a float step of its own, dwords 4..7 dw1
+enum class Form { Offset, Min, HalfMin, HalfScale };
 // Packed bytes per row and group: codes 512, dw 64, then mw 64 (Min; unused by
-// Offset) or mn0, mn1 128 (HalfMin).
-constexpr int group_bytes(Form f) { return f == Form::HalfMin ? 704 : 640; }
+// Offset) or mn0, mn1 128 (HalfMin; HalfScale then dw1 64).
+constexpr int group_bytes(Form f) { return f == Form::HalfScale ? 768 : f == Form::HalfMin ? 704 : 640; }
+constexpr bool half_sums(Form f) { return f == Form::HalfMin || f == Form::HalfScale; }
 constexpr int64_t kPanel = 16;       // rows a token tile runs over (packed rows in L2)
 constexpr int64_t kSpanRows = 256;   // rows packed at a time when tokens go in blocks
 constexpr size_t kXBlockBytes = 384 << 10;  // activations of a token block (in L2)
@@ -369,52 +377,8 @@ struct PackIQ4_XS {
     _mm512_storeu_ps(out + 512, _mm512_mul_ps(pair8_f16(p, p1), _mm512_cvtepi32_ps(ls)));
   }
 };
-// IQ2_XXS: 8 groups of 32 per super-block (quant/blocks.h); u = signed grid
-// value + 43 (0..86), dw = d * (0.5 + s) * 0.25, offset k = 43. Grid entry i
-// of a block (elements 8i..8i+7) fills dwords 2i, 2i + 1: one 8-entry gather
-// per super-block and i, the dwords split by permutes; the 8 sign bits of
-// entry i (7-bit field | parity << 7) become two byte masks.
-struct PackIQ2_XXS {
-  static constexpr int kBB = 66, kBlocks = 2;
-  static constexpr Form kForm = Form::Offset;
-  static constexpr GGMLType kType = GGMLType::IQ2_XXS;
-  static inline void group(const uint8_t* p, uint8_t* out) {
-    const uint8_t* p1 = p + kBB;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    // dwords (a, b) of block l at 2l, 2l + 1 of each super-block's qs
-    const __m512i Q0 = _mm512_loadu_si512(p + 2), Q1 = _mm512_loadu_si512(p1 + 2);
-    const __m512i A = _mm512_permutex2var_epi32(Q0, even, Q1);  // grid indices, byte i = entry i
-    const __m512i B = _mm512_permutex2var_epi32(Q0, odd, Q1);   // 4 x 7 sign bits, scale
-    // sign field i of B in byte i, then its parity (bit 0 of a byte's xor-fold) as bit 7
-    const __m512i f7 = _mm512_set1_epi32(127);
-    __m512i S = _mm512_and_si512(B, f7);
-    for (int i = 1; i < 4; ++i)
-      S = _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(B, 7 * i), f7), 8 * i));
-    __m512i par = _mm512_xor_si512(S, _mm512_srli_epi32(S, 4));
-    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
-    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
-    S = _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi8(1)), 7));
-    const __m512i bytes0 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
-    const __m512i bits_lo = _mm512_set1_epi32(0x08040201), bits_hi = _mm512_set1_epi32(static_cast<int>(0x80402010u));
-    const __m512i k43 = _mm512_set1_epi8(43);
-    const long long* grid = reinterpret_cast<const long long*>(kIq2xxsGrid);
-    for (int i = 0; i < 4; ++i) {
-      const __m512i idx = _mm512_and_si512(_mm512_srli_epi32(A, 8 * i), _mm512_set1_epi32(255));
-      const __m512i g0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), grid, 8);
-      const __m512i g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), grid, 8);
-      const __m512i s = _mm512_shuffle_epi8(S, _mm512_add_epi8(bytes0, _mm512_set1_epi8(static_cast<char>(i))));
-      for (int h = 0; h < 2; ++h) {
-        const __m512i g = _mm512_permutex2var_epi32(g0, h ? odd : even, g1);
-        const __mmask64 neg = _mm512_test_epi8_mask(s, h ? bits_hi : bits_lo);
-        store_codes(out, 2 * i + h, _mm512_mask_sub_epi8(_mm512_add_epi8(k43, g), neg, k43, g));
-      }
-    }
-    const __m512 sc = _mm512_cvtepi32_ps(_mm512_srli_epi32(B, 28));
-    _mm512_storeu_ps(out + 512, _mm512_mul_ps(_mm512_mul_ps(pair8_f16(p, p1), _mm512_add_ps(_mm512_set1_ps(0.5f), sc)),
-                                              _mm512_set1_ps(0.25f)));
-  }
-};
+// The i-quant packers (IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M).
+#include "quant/lane_pack_iq.h"
 
 // Packs groups [0, ng) of one weight row. The last group may be partial: its
 // blocks are copied into a zeroed buffer first (zero scales, zero codes there;
@@ -490,7 +454,7 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
   const int8_t* xq = a.q(t0);
   const float* xd = a.d(t0);
   const float* xc = a.c(t0);
-  const float* xh = kForm == Form::HalfMin ? a.h(t0) : nullptr;
+  const float* xh = half_sums(kForm) ? a.h(t0) : nullptr;
   const int64_t sq = a.nb_pad * 32, sf = a.nb_pad, sh = 2 * a.nb_pad;
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* wg = pw + g * group_bytes(kForm);
@@ -516,12 +480,27 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) P[i][t] = _mm512_dpbusd_epi32(P[i][t], Wv[i], X);
       }
+      if constexpr (kForm == Form::HalfScale) {
+        if (k == 3) {  // the first halves are summed: their dw0, then the sums restart
+#pragma GCC unroll 4
+          for (int t = 0; t < T; ++t) {
+            const __m512 DX = _mm512_loadu_ps(xd + t * sf + 16 * g);
+#pragma GCC unroll 4
+            for (int i = 0; i < R; ++i) {
+              const __m512 DW0 = _mm512_load_ps(reinterpret_cast<const float*>(wg + i * ps + 512));
+              _mm512_store_ps(F[i][t], _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P[i][t]), DX), DW0,
+                                                       _mm512_load_ps(F[i][t])));
+              P[i][t] = _mm512_setzero_si512();
+            }
+          }
+        }
+      }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512 DX = _mm512_loadu_ps(xd + t * sf + 16 * g);
       __m512 KC, H0, H1;
-      if constexpr (kForm == Form::HalfMin) {
+      if constexpr (half_sums(kForm)) {
         H0 = _mm512_loadu_ps(xh + t * sh + 32 * g);
         H1 = _mm512_loadu_ps(xh + t * sh + 32 * g + 16);
       } else {
@@ -531,12 +510,12 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
       for (int i = 0; i < R; ++i) {
         const __m512 f = _mm512_cvtepi32_ps(P[i][t]);
         const float* fw = reinterpret_cast<const float*>(wg + i * ps + 512);
-        const __m512 DW = _mm512_load_ps(fw);
+        const __m512 DW = _mm512_load_ps(kForm == Form::HalfScale ? fw + 48 : fw);  // HalfScale: dw1
         __m512 acc = _mm512_load_ps(F[i][t]);
         if constexpr (kForm == Form::Min) {
           acc = _mm512_fmadd_ps(_mm512_mul_ps(f, DX), DW, acc);
           acc = _mm512_fnmadd_ps(_mm512_load_ps(fw + 16), KC, acc);
-        } else if constexpr (kForm == Form::HalfMin) {
+        } else if constexpr (half_sums(kForm)) {
           acc = _mm512_fmadd_ps(_mm512_mul_ps(f, DX), DW, acc);
           acc = _mm512_fmadd_ps(_mm512_load_ps(fw + 16), H0, acc);
           acc = _mm512_fmadd_ps(_mm512_load_ps(fw + 32), H1, acc);
@@ -654,6 +633,10 @@ bool lane_cscale_avx512(GGMLType t, float* cscale) {
     case GGMLType::Q3_K: *cscale = 124.0f; return true;  // a * (c - 4) + 124
     case GGMLType::IQ2_XXS: *cscale = 43.0f; return true;  // signed grid + 43
     case GGMLType::IQ4_XS: *cscale = 128.0f; return true;  // level + 128
+    case GGMLType::IQ3_XXS:                                 // signed grid + 64
+    case GGMLType::IQ1_S: *cscale = lowbit_offset(t); return true;  // 8 (grid + 1) +- 1 + 9
+    case GGMLType::IQ1_M:                                  // offsets use ActQ::hs
+    case GGMLType::IQ2_XS: *cscale = 0.0f; return true;
     default: return false;
   }
 }
@@ -669,6 +652,10 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
     case GGMLType::Q3_K: gemm_lane<PackQ3_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ2_XXS: gemm_lane<PackIQ2_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ4_XS: gemm_lane<PackIQ4_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ3_XXS: gemm_lane<PackIQ3_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ1_S: gemm_lane<PackIQ1_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ1_M: gemm_lane<PackIQ1_M>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ2_XS: gemm_lane<PackIQ2_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
     default: return;
   }
 }

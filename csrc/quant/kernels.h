@@ -129,13 +129,21 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // 51 / 66; IQ4_XS 49 / 51, 43 / 55 (two more IQ4_XS runs: ties to +27 %); at
 // 8 tokens lane is 1.2-2.4x quad. (At 3 tokens lane beat the GEMV only for
 // IQ2_XXS.)
+// IQ3_XXS, IQ2_XS, IQ1_S and IQ1_M take it from 4 tokens like the other
+// super-block types: [2048x4096] from DRAM, 2 threads, busy Zen 4 host, Gops/s
+// of their quad GEMV at 3 tokens / the lane GEMM at 4: IQ3_XXS 39 / 49,
+// IQ2_XS 59 / 112, IQ1_S 46 / 72, IQ1_M 40 / 35.
 static inline int64_t lane_min_tokens(GGMLType t) {
   switch (t) {
     case GGMLType::Q4_K: return 6;
     case GGMLType::Q2_K:
     case GGMLType::Q3_K:
     case GGMLType::IQ2_XXS:
-    case GGMLType::IQ4_XS: return 4;
+    case GGMLType::IQ4_XS:
+    case GGMLType::IQ3_XXS:
+    case GGMLType::IQ2_XS:
+    case GGMLType::IQ1_S:
+    case GGMLType::IQ1_M: return 4;
     default: return 20;
   }
 }
@@ -143,43 +151,71 @@ bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
 
-// ---- 2- to 4-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
-// Q2_K, Q3_K, IQ2_XXS and IQ4_XS on the same int8 activations: plain layout on AVX2,
-// quad on AVX-512 below lane_min_tokens, from there the lane GEMM (gemm_lane_avx512.cpp:
-// Q3_K's sub-block scales folded into offset codes, Q2_K's into its codes with the
-// mins through hs; see its packers).
-// Q2_K / Q3_K weights of 16-element sub-block s of a super-block are
+// ---- 1- to 4-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
+// Q2_K, Q3_K, IQ2_XXS, IQ4_XS and the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M
+// (block layouts in quant/blocks.h) on the same int8 activations: plain layout
+// on AVX2, quad on AVX-512 below lane_min_tokens, from there the lane GEMM
+// (gemm_lane_avx512.cpp: Q3_K's sub-block scales folded into offset codes,
+// Q2_K's and IQ1_M's into their codes with the offsets through hs, IQ2_XS's
+// applied per half block; see its packers).
+// The types with a scale per 16-element sub-block s of a super-block ("K form")
+// have weights
 //     w = d * a_s * c - d2 * m_s
 // (Q2_K: a = 4-bit scale, c = 2-bit code, d2 = dmin, m = 4-bit min;
-//  Q3_K: a = m = 6-bit scale - 32, c = 3-bit code 0..7 (value c - 4), d2 = 4d), so
+//  Q3_K: a = m = 6-bit scale - 32, c = 3-bit code 0..7 (value c - 4), d2 = 4d;
+//  IQ2_XS: a = m = 2 * nibble + 1, c = signed grid + 43 (0..86), d = d16/8, d2 = 43d;
+//  IQ1_M: a = m = 2 * 3-bit scale + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
+//         d = d16/4, d2 = 9/8 d16), so
 //     sum_i w_i x_i = d * sum_b dx_b * (sum_s a_s sum_i c_i q_i) - d2 * sum_s m_s hs_s.
 // The first sum is exact in int32 (u8 x s8 pair products, then one 16-bit
 // multiply-add with a_s per pair); the second uses ActQ::hs. Only the
 // activations are rounded, so the error bound is that of the other integer
 // types (quant/matmul.h): sum_i |w_i| * max|x|_block(i) / 254 plus fp32 rounding.
-// IQ2_XXS: codes are the signed grid values + 43 (0..86) with dw = the group's
-// scale d * (0.5 + s) * 0.25, and the offset k = 43 goes through cs.
+// The types with one scale dw per 32-block ("offset form") have codes u with
+// w = dw * (u - k), the offset k through cs:
+//   IQ2_XXS: u = signed grid value + 43 (0..86), dw = d * (0.5 + s) * 0.25;
+//   IQ3_XXS: u = signed grid value + 64 (2..126), dw = d * (0.5 + s) * 0.5;
+//   IQ1_S:   u = 8 (grid + 1) + 2 (delta > 0) (0..18), k = 9, dw = d * (2s + 1) / 8.
 // IQ4_XS: per 32-block dw = d * (ls - 32) times the signed level kIq4nlValues[code];
 // AVX2 multiplies |level| by q with q's sign flipped where the level is negative
 // (no offset), AVX-512 uses level + 128 (1..241) with the offset k = 128 through cs.
 static inline bool is_lowbit(GGMLType t) {
-  return t == GGMLType::Q2_K || t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS ||
-         t == GGMLType::IQ4_XS;
+  switch (t) {
+    case GGMLType::Q2_K:
+    case GGMLType::Q3_K:
+    case GGMLType::IQ2_XXS:
+    case GGMLType::IQ4_XS:
+    case GGMLType::IQ3_XXS:
+    case GGMLType::IQ2_XS:
+    case GGMLType::IQ1_S:
+    case GGMLType::IQ1_M: return true;
+    default: return false;
+  }
 }
 // Whether the kernels of a low-bit type read ActQ::hs (the lane GEMM folds
-// Q3_K's scales into its codes and needs them for Q2_K's mins only).
+// Q3_K's scales into its codes and needs them for Q2_K's mins and the offsets
+// of IQ1_M and IQ2_XS only).
 static inline bool lowbit_half_sums(GGMLType t, ActLayout layout) {
-  return t == GGMLType::Q2_K || (t == GGMLType::Q3_K && layout != ActLayout::Lane);
+  return t == GGMLType::Q2_K || t == GGMLType::IQ1_M || t == GGMLType::IQ2_XS ||
+         (t == GGMLType::Q3_K && layout != ActLayout::Lane);
 }
 static inline ActLayout lowbit_layout(bool avx512) {
   return avx512 ? ActLayout::Quad : ActLayout::Plain;
 }
+// The code offset k of an offset-form type (0: none, or through hs).
+static inline float lowbit_offset(GGMLType t) {
+  switch (t) {
+    case GGMLType::IQ2_XXS: return 43.0f;
+    case GGMLType::IQ3_XXS: return 64.0f;
+    case GGMLType::IQ1_S: return 9.0f;
+    default: return 0.0f;
+  }
+}
 // The cscale quantize_act_avx2 gets for a low-bit type (k / lanes per block).
 static inline float lowbit_cscale(GGMLType t, ActLayout layout) {
   const bool quad = layout == ActLayout::Quad;
-  if (t == GGMLType::IQ2_XXS) return quad ? 43.0f / 4.0f : 43.0f / 8.0f;
-  if (t == GGMLType::IQ4_XS && quad) return 128.0f / 4.0f;
-  return 0.0f;  // Q2_K / Q3_K use hs; IQ4_XS on AVX2 needs no offset
+  if (t == GGMLType::IQ4_XS) return quad ? 128.0f / 4.0f : 0.0f;  // AVX2 needs no offset
+  return lowbit_offset(t) / (quad ? 4.0f : 8.0f);  // the K types use hs
 }
 // Fills hs [n_tokens][2 * nb_pad] from quantized activations in `layout` (AVX2 file).
 void half_sums_avx2(const int8_t* qs, const float* dx, int64_t n_tokens, int64_t nb,

@@ -1,15 +1,17 @@
-// AVX2 + FMA + F16C kernels of the super-block weight types Q2_K, Q3_K, IQ2_XXS
-// and IQ4_XS (math in quant/kernels.h), on activations in the plain layout.
-// Per 32-element block b and (row, token):
-//   Q2_K / Q3_K:  P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
+// AVX2 + FMA + F16C kernels of the super-block weight types Q2_K, Q3_K, IQ2_XXS,
+// IQ4_XS and the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (math in quant/kernels.h),
+// on activations in the plain layout. Per 32-element block b and (row, token):
+//   Q2_K / Q3_K / IQ2_XS / IQ1_M (16-element sub-block scales a_s):
+//                 P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
 //                 sub-blocks' scales a_s in the low / high 128-bit halves
 //                 acc += d * dx_b * P;  per super-block acc += -d2*m_s * hs_s
-//   IQ2_XXS:      P = vpmaddwd(vpmaddubsw(u, q), 1),  u = signed grid + 43
-//                 acc += dw * (dx_b * P - cs_b)       (cs = 43/8 * dx * sum q)
+//   IQ2_XXS / IQ3_XXS / IQ1_S (codes u with an offset k = 43 / 64 / 9):
+//                 P = vpmaddwd(vpmaddubsw(u, q), 1)
+//                 acc += dw * (dx_b * P - cs_b)       (cs = k/8 * dx * sum q)
 //   IQ4_XS:       P = vpmaddwd(vpmaddubsw(|v|, sign(q, v)), 1), v the signed level
 //                 acc += dw * dx_b * P                (|v| <= 127: no saturation)
-// vpmaddubsw cannot saturate: codes <= 7 (K types) or <= 86, |q| <= 127, so a
-// pair is at most 2 * 86 * 127 = 21844.
+// vpmaddubsw cannot saturate: codes <= 126 (IQ3_XXS's), |q| <= 127, so a pair
+// is at most 2 * 126 * 127 = 32004.
 // 1..3 tokens: one row at a time (each thread streams its rows); more: tiles of
 // 2 rows x up to 4 tokens, each block decoded once per tile. Small tiles spread
 // their sums over kSets accumulator sets: one dependent FMA chain per output
@@ -19,7 +21,10 @@
 #include <cstring>
 
 #include "quant/blocks.h"
+#include "quant/iq1s_grid.h"
+#include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
 #include "quant/simd_avx2.h"
 #include "quant/tile_drive.h"
@@ -93,6 +98,76 @@ struct DecQ3_K {
   }
 };
 
+// The 4 qwords f(0..3) as one vector (a 32-block of 8-element grid entries).
+template <class F>
+inline __m256i qwords4(F&& f) {
+  return _mm256_setr_epi64x(static_cast<long long>(f(0)), static_cast<long long>(f(1)),
+                            static_cast<long long>(f(2)), static_cast<long long>(f(3)));
+}
+
+// The K scales a_s = 2 v + 1 of the 16 words v, with d and -c * d * a_s as mneg.
+inline void odd_scales(__m256i v, float d, float c, KScales* k) {
+  const __m256i a = _mm256_add_epi16(_mm256_slli_epi16(v, 1), _mm256_set1_epi16(1));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(k->a), a);
+  k->d = d;
+  const __m256 nd = _mm256_set1_ps(-c * d);
+  _mm256_store_ps(k->mneg, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)))));
+  _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)))));
+}
+
+// IQ2_XS as a K type: a_s = 2 * nibble + 1, c = signed grid + 43 (0..86),
+// d = d16 / 8, d2 * m_s = 43 d a_s (w = d16 * a_s / 8 * (c - 43)).
+struct DecIQ2_XS {
+  static constexpr size_t kBytes = sizeof(BlockIQ2_XS);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
+    // byte b's low nibble is sub-block 2b, its high nibble 2b + 1
+    const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
+    const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15)), hi = _mm_srli_epi16(w, 4);
+    const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
+    odd_scales(nib, _cvtsh_ss(blk->d) * 0.125f, 43.0f, k);
+  }
+  static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
+    auto word = [&](int l) { return load_u16(blk->qs + 8 * b + 2 * l); };
+    const __m256i g = qwords4([&](int l) { return kIq2xsGrid[word(l) & 511]; });
+    const __m256i neg = qwords4([&](int l) { return kIq2SignMasks.m[word(l) >> 9]; });
+    const __m256i k = _mm256_set1_epi8(43);
+    return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+  }
+};
+
+// IQ1_M as a K type: a_s = 2 s + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
+// d = d16 / 4, d2 * m_s = 9/8 d16 a_s (w = d16 a_s (grid +- 1/8) = d a_s c - 9/8 d16 a_s).
+struct DecIQ1_M {
+  static constexpr size_t kBytes = sizeof(BlockIQ1_M);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockIQ1_M& blk = *reinterpret_cast<const BlockIQ1_M*>(p);
+    // sub-block s: bits 3 (s % 4) of scale word s / 4 (shifted as dwords: AVX2 has no
+    // per-word variable shift)
+    const __m128i w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales));
+    const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9), m7 = _mm256_set1_epi32(7);
+    auto half = [&](int h) {  // sub-blocks 8h .. 8h + 7: words 2h, 2h + 1
+      const __m128i ww = _mm_shuffle_epi8(w, _mm_setr_epi8(4 * h, 4 * h + 1, 4 * h, 4 * h + 1, 4 * h, 4 * h + 1, 4 * h,
+                                                           4 * h + 1, 4 * h + 2, 4 * h + 3, 4 * h + 2, 4 * h + 3,
+                                                           4 * h + 2, 4 * h + 3, 4 * h + 2, 4 * h + 3));
+      return _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu16_epi32(ww), sh), m7);
+    };
+    const __m256i s = _mm256_permute4x64_epi64(_mm256_packus_epi32(half(0), half(1)), _MM_SHUFFLE(3, 1, 2, 0));
+    odd_scales(s, _cvtsh_ss(iq1m_d(blk)) * 0.25f, 4.5f, k);
+  }
+  static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockIQ1_M* blk = reinterpret_cast<const BlockIQ1_M*>(p);
+    auto nib = [&](int l) { return (blk->qh[2 * b + l / 2] >> (4 * (l % 2))) & 15; };
+    const __m256i g = qwords4([&](int l) { return kIq1sGrid[blk->qs[4 * b + l] | ((nib(l) & 7) << 8)]; });
+    // entry l's delta sign is bit 4l + 3 of the block's two qh bytes: 1 where clear
+    const __m256i bit = _mm256_setr_epi64x(8, 0x80, 0x800, 0x8000);
+    const __m256i neg = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(load_u16(blk->qh + 2 * b)), bit), bit);
+    const __m256i up = _mm256_andnot_si256(neg, _mm256_set1_epi8(1));
+    return _mm256_add_epi8(_mm256_slli_epi16(g, 2), up);  // bytes <= 2: no carry across
+  }
+};
+
 // Independent accumulators per output of an R x T tile (see the file comment).
 template <int R, int T>
 constexpr int kSets = R * T == 1 ? 4 : R * T == 2 ? 2 : 1;
@@ -163,40 +238,96 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
   store_sums(acc, Y, ldy, r, t0);
 }
 
-// IQ2_XXS per super-block: dw of its 8 blocks, d * (0.5 + scale nibble) / 4 (the
-// nibbles are the top bits of the sign words at qs + 8b + 4).
-inline void iq2xxs_dw8(const uint8_t* p, float* dw) {
-  const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
-  const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
-  const __m256i w = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(load256(blk->qs), odd),
-                                       _mm256_permutevar8x32_epi32(load256(blk->qs + 32), odd), 0xF0);
-  const __m256 s = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w, 28)), _mm256_set1_ps(0.5f));
-  const __m256 d = _mm256_set1_ps(_cvtsh_ss(blk->d));
-  _mm256_storeu_ps(dw, _mm256_mul_ps(_mm256_mul_ps(d, s), _mm256_set1_ps(0.25f)));
-}
-
 // Two table qwords into one 128-bit vector, straight from memory.
 inline __m128i load2q(const uint64_t* a, const uint64_t* b) {
   const __m128i lo = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a));
   return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(lo), reinterpret_cast<const double*>(b)));
 }
 
-// IQ2_XXS block b of the super-block at p: codes u = signed grid + 43.
-inline __m256i iq2xxs_codes(const uint8_t* p, int b) {
-  const uint8_t* q = reinterpret_cast<const BlockIQ2_XXS*>(p)->qs + 8 * b;
-  uint32_t sg;
-  std::memcpy(&sg, q + 4, 4);
-  const uint64_t* G = kIq2xxsGrid;
-  const uint64_t* M = kIq2SignMasks.m;
-  const __m256i g = _mm256_set_m128i(load2q(G + q[2], G + q[3]), load2q(G + q[0], G + q[1]));
-  const __m256i neg = _mm256_set_m128i(load2q(M + ((sg >> 14) & 127), M + ((sg >> 21) & 127)),
-                                       load2q(M + (sg & 127), M + ((sg >> 7) & 127)));
-  const __m256i k = _mm256_set1_epi8(43);
-  return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+// The 8 block scales of a super-block, dw = d * (0.5 + s) * c, from the 8 dwords
+// w whose top nibbles are the s.
+inline void offset_dw8(__m256i w, float d, float c, float* dw) {
+  const __m256 s = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w, 28)), _mm256_set1_ps(0.5f));
+  _mm256_storeu_ps(dw, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(d), s), _mm256_set1_ps(c)));
 }
 
-template <int R, int T>
-void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
+// IQ2_XXS: codes u = signed grid + 43 of block b (0..7) of the super-block at p;
+// dw = d (0.5 + s) / 4, s the top nibble of the block's sign word at qs + 8b + 4.
+struct OffIQ2_XXS {
+  static constexpr size_t kBytes = sizeof(BlockIQ2_XXS);
+  static inline void dw8(const uint8_t* p, float* dw) {
+    const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
+    const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+    const __m256i w = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(load256(blk->qs), odd),
+                                         _mm256_permutevar8x32_epi32(load256(blk->qs + 32), odd), 0xF0);
+    offset_dw8(w, _cvtsh_ss(blk->d), 0.25f, dw);
+  }
+  // the grid and sign tables' qwords loaded into the vectors by their index bytes
+  // (~8 % faster than building them in general registers)
+  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
+    const uint8_t* q = reinterpret_cast<const BlockIQ2_XXS*>(p)->qs + 8 * b;
+    uint32_t sg;
+    std::memcpy(&sg, q + 4, 4);
+    const uint64_t* G = kIq2xxsGrid;
+    const uint64_t* M = kIq2SignMasks.m;
+    const __m256i g = _mm256_set_m128i(load2q(G + q[2], G + q[3]), load2q(G + q[0], G + q[1]));
+    const __m256i neg = _mm256_set_m128i(load2q(M + ((sg >> 14) & 127), M + ((sg >> 21) & 127)),
+                                         load2q(M + (sg & 127), M + ((sg >> 7) & 127)));
+    const __m256i k = _mm256_set1_epi8(43);
+    return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+  }
+};
+
+// IQ3_XXS block b: codes u = signed grid + 64 (2..126), and dw = d (0.5 + s) / 2
+// (s: the top nibble of the block's sign word at qs + 64 + 4b).
+struct OffIQ3_XXS {
+  static constexpr size_t kBytes = sizeof(BlockIQ3_XXS);
+  static inline void dw8(const uint8_t* p, float* dw) {
+    const BlockIQ3_XXS* blk = reinterpret_cast<const BlockIQ3_XXS*>(p);
+    offset_dw8(load256(blk->qs + 64), _cvtsh_ss(blk->d), 0.5f, dw);
+  }
+  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockIQ3_XXS* blk = reinterpret_cast<const BlockIQ3_XXS*>(p);
+    uint32_t sg;
+    std::memcpy(&sg, blk->qs + 64 + 4 * b, 4);
+    // scalar loads, two entries a qword (vpgatherdd measured ~1.7x slower on Zen 4)
+    const uint8_t* idx = blk->qs + 8 * b;
+    const __m256i g = qwords4([&](int l) {
+      return kIq3xxsGrid[idx[2 * l]] | static_cast<uint64_t>(kIq3xxsGrid[idx[2 * l + 1]]) << 32;
+    });
+    const __m256i neg = qwords4([&](int l) { return kIq2SignMasks.m[(sg >> (7 * l)) & 127]; });
+    const __m256i k = _mm256_set1_epi8(64);
+    return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+  }
+};
+
+// IQ1_S block b: codes u = 8 (grid + 1) + 2 (delta > 0) (0..18), offset 9, and
+// dw = d (2s + 1) / 8 (w = d (2s + 1) (grid +- 1/8) = dw (u - 9)); s = bits 12..14
+// of the block's qh word.
+struct OffIQ1_S {
+  static constexpr size_t kBytes = sizeof(BlockIQ1_S);
+  static inline void dw8(const uint8_t* p, float* dw) {
+    const BlockIQ1_S* blk = reinterpret_cast<const BlockIQ1_S*>(p);
+    const __m256i qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->qh)));
+    // 2s + 1 = (0.5 + s) * 2: the s as the top nibble (bit 15, the delta's sign, cleared)
+    offset_dw8(_mm256_slli_epi32(_mm256_and_si256(qh, _mm256_set1_epi32(0x7000)), 16), _cvtsh_ss(blk->d), 0.25f,
+               dw);
+  }
+  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockIQ1_S* blk = reinterpret_cast<const BlockIQ1_S*>(p);
+    const uint32_t qh = load_u16(blk->qh + 2 * b);
+    const __m256i g = qwords4([&](int l) { return kIq1sGrid[blk->qs[4 * b + l] | (((qh >> (3 * l)) & 7) << 8)]; });
+    // + 2 where the delta's sign bit 15 is clear (arithmetic: a branch on random bits mispredicts)
+    return _mm256_add_epi8(_mm256_slli_epi16(g, 3), _mm256_set1_epi8(static_cast<char>((~qh >> 14) & 2)));
+  }
+};
+
+// The types whose codes carry an offset k that cs removes (IQ2_XXS, IQ3_XXS,
+// IQ1_S): Off::dw8(super-block, dw) writes its 8 block scales (vectorised, once
+// per super-block), Off::codes(super-block, b) decodes 32-block b (always
+// inlined: GCC left the calls in the unrolled loop, which cost IQ1_S ~1.7x).
+template <class Off, int R, int T>
+void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
   constexpr int S = kSets<R, T>;
   __m256 acc[S][R][T];
   init_sums(acc);
@@ -205,7 +336,7 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
   const __m256i ones = _mm256_set1_epi16(1);
   alignas(32) float dw[R][8];
   for (int64_t sb = 0; sb < a.nb / 8; ++sb) {
-    for (int i = 0; i < R; ++i) iq2xxs_dw8(rows[i] + sb * sizeof(BlockIQ2_XXS), dw[i]);
+    for (int i = 0; i < R; ++i) Off::dw8(rows[i] + sb * Off::kBytes, dw[i]);
 #pragma GCC unroll 8
     for (int b = 0; b < 8; ++b) {
       const int64_t blk = 8 * sb + b;
@@ -213,7 +344,7 @@ void tile_iq2xxs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
       __m256 DW[R];
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
-        U[i] = iq2xxs_codes(rows[i] + sb * sizeof(BlockIQ2_XXS), b);
+        U[i] = Off::codes(rows[i] + sb * Off::kBytes, b);
         DW[i] = _mm256_broadcast_ss(&dw[i][b]);
       }
 #pragma GCC unroll 4
@@ -324,14 +455,16 @@ void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
                       int64_t ldy, int64_t r0, int64_t r1) {
   drive_rows<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
     constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
-    if (W.type == GGMLType::Q2_K)
-      tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
-    else if (W.type == GGMLType::Q3_K)
-      tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
-    else if (W.type == GGMLType::IQ2_XXS)
-      tile_iq2xxs<kR, kT>(W, r, act, t, Y, ldy);
-    else
-      tile_iq4xs<kR, kT>(W, r, act, t, Y, ldy);
+    switch (W.type) {
+      case GGMLType::Q2_K: return tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::Q3_K: return tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ2_XS: return tile_k<DecIQ2_XS, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ1_M: return tile_k<DecIQ1_M, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ2_XXS: return tile_offset<OffIQ2_XXS, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ3_XXS: return tile_offset<OffIQ3_XXS, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ1_S: return tile_offset<OffIQ1_S, kR, kT>(W, r, act, t, Y, ldy);
+      default: return tile_iq4xs<kR, kT>(W, r, act, t, Y, ldy);
+    }
   });
 }
 

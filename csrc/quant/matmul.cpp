@@ -27,13 +27,9 @@ bool is_matmul_type(GGMLType t) {
     case GGMLType::Q4_0:
     case GGMLType::Q4_K:
     case GGMLType::MXFP4:
-    case GGMLType::Q2_K:
-    case GGMLType::Q3_K:
-    case GGMLType::IQ2_XXS:
-    case GGMLType::IQ4_XS:
       return true;
     default:
-      return false;
+      return qk::is_lowbit(t);
   }
 }
 
