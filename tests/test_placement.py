@@ -457,7 +457,8 @@ def test_cuda_request_says_why(tiny, monkeypatch):
     if _core.cuda_built and not _REAL_CUDA:
         with pytest.raises(pyv4.DeviceError, match="cuda:0: "):
             pyv4.Model(tiny, device="cuda")
-    elif not _core.cuda_built:
+    elif not _core.cuda_built:  # a CPU-only build that (patched) reports a device
+        monkeypatch.setattr(_core, "cuda_device_count", lambda: 1, raising=False)
         with pytest.raises(pyv4.DeviceError, match="no GPU model path"):
             pyv4.Model(tiny, device="cuda")
     with pytest.raises(ValueError, match="CUDA device only"):
