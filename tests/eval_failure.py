@@ -3,6 +3,7 @@ backing file cannot grow (a file-size limit, as on a full disk). Shared by the
 CPU and GPU tests (numpy and pyv4 only: it also runs in bench/gpu_check.sh's
 image)."""
 
+import os
 import subprocess
 import sys
 
@@ -38,8 +39,13 @@ print("scale", max(float(abs(w).max()) for w in want))
 def eval_that_fails_midway(model_path, tmp_path, device="cpu"):
     """(error message, the session's n_tokens after the error, max logit difference
     of its next evals from a session that never failed, max |logit| of those)."""
+    import pyv4
+
+    # the same pyv4 as this process (not a source checkout the child's cwd would put first)
+    site = os.path.dirname(os.path.dirname(os.path.abspath(pyv4.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-c", _SCRIPT, str(model_path), str(tmp_path / "s.kv"), device],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 4, r.stdout
