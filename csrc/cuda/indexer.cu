@@ -3,6 +3,10 @@
 // csrc/kv/kv_kernels.cpp on the decoded keys): one warp per key, each lane
 // decoding dim/32 of the key's elements once and reusing them for every head.
 // The selection of the best keys is topk.cu.
+// The sums are fp32 in a warp's order (fused multiply-adds, a butterfly),
+// not the CPU's: scores agree to rounding, so two keys whose scores tie to
+// rounding may be picked differently than on the CPU. The model tests
+// compare logits within a tolerance and top-1 agreement, which allows that.
 #include <cuda_runtime.h>
 
 #include "common/error.h"
