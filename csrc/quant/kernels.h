@@ -133,19 +133,10 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // super-block types: [2048x4096] from DRAM, 2 threads, busy Zen 4 host, Gops/s
 // of their quad GEMV at 3 tokens / the lane GEMM at 4: IQ3_XXS 39 / 49,
 // IQ2_XS 59 / 112, IQ1_S 46 / 72, IQ1_M 40 / 35.
+static inline bool is_lowbit(GGMLType t);  // the super-block types, below
 static inline int64_t lane_min_tokens(GGMLType t) {
-  switch (t) {
-    case GGMLType::Q4_K: return 6;
-    case GGMLType::Q2_K:
-    case GGMLType::Q3_K:
-    case GGMLType::IQ2_XXS:
-    case GGMLType::IQ4_XS:
-    case GGMLType::IQ3_XXS:
-    case GGMLType::IQ2_XS:
-    case GGMLType::IQ1_S:
-    case GGMLType::IQ1_M: return 4;
-    default: return 20;
-  }
+  if (t == GGMLType::Q4_K) return 6;
+  return is_lowbit(t) ? 4 : 20;
 }
 bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
