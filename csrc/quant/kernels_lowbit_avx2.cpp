@@ -105,6 +105,13 @@ inline __m256i qwords4(F&& f) {
                             static_cast<long long>(f(2)), static_cast<long long>(f(3)));
 }
 
+// Offset codes k + g where the sign mask neg is clear, k - g where it is set
+// (g the grid magnitudes of a 32-block, neg its 0xFF bytes of the negative ones).
+inline __m256i signed_codes(__m256i g, __m256i neg, char k) {
+  const __m256i kk = _mm256_set1_epi8(k);
+  return _mm256_blendv_epi8(_mm256_add_epi8(kk, g), _mm256_sub_epi8(kk, g), neg);
+}
+
 // The K scales a_s = 2 v + 1 of the 16 words v, with d and -c * d * a_s as mneg.
 inline void odd_scales(__m256i v, float d, float c, KScales* k) {
   const __m256i a = _mm256_add_epi16(_mm256_slli_epi16(v, 1), _mm256_set1_epi16(1));
@@ -132,8 +139,7 @@ struct DecIQ2_XS {
     auto word = [&](int l) { return load_u16(blk->qs + 8 * b + 2 * l); };
     const __m256i g = qwords4([&](int l) { return kIq2xsGrid[word(l) & 511]; });
     const __m256i neg = qwords4([&](int l) { return kIq2SignMasks.m[word(l) >> 9]; });
-    const __m256i k = _mm256_set1_epi8(43);
-    return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+    return signed_codes(g, neg, 43);
   }
 };
 
@@ -273,8 +279,7 @@ struct OffIQ2_XXS {
     const __m256i g = _mm256_set_m128i(load2q(G + q[2], G + q[3]), load2q(G + q[0], G + q[1]));
     const __m256i neg = _mm256_set_m128i(load2q(M + ((sg >> 14) & 127), M + ((sg >> 21) & 127)),
                                          load2q(M + (sg & 127), M + ((sg >> 7) & 127)));
-    const __m256i k = _mm256_set1_epi8(43);
-    return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+    return signed_codes(g, neg, 43);
   }
 };
 
@@ -296,8 +301,7 @@ struct OffIQ3_XXS {
       return kIq3xxsGrid[idx[2 * l]] | static_cast<uint64_t>(kIq3xxsGrid[idx[2 * l + 1]]) << 32;
     });
     const __m256i neg = qwords4([&](int l) { return kIq2SignMasks.m[(sg >> (7 * l)) & 127]; });
-    const __m256i k = _mm256_set1_epi8(64);
-    return _mm256_blendv_epi8(_mm256_add_epi8(k, g), _mm256_sub_epi8(k, g), neg);
+    return signed_codes(g, neg, 64);
   }
 };
 
