@@ -20,10 +20,12 @@ constexpr size_t kSegmentBytes = size_t(1) << 30;  // virtual reservation per ma
 
 std::string errno_text() { return std::strerror(errno); }
 
-int open_backing_file(const std::string& path) {
+// The file's descriptor; *where says which file it is, for later errors.
+int open_backing_file(const std::string& path, std::string* where) {
   if (!path.empty()) {
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) throw InputError("cannot create KV backing file " + path + ": " + errno_text());
+    *where = path;
     return fd;
   }
   const char* dir = std::getenv("PYV4_TMPDIR");
@@ -35,6 +37,7 @@ int open_backing_file(const std::string& path) {
   const int fd = ::mkostemp(buf.data(), O_CLOEXEC);
   if (fd < 0) throw InputError("cannot create a KV temporary file in " + std::string(dir) + ": " + errno_text());
   ::unlink(buf.data());  // the data lives as long as the mapping; nothing to clean up
+  *where = "a temporary file in " + std::string(dir);
   return fd;
 }
 }  // namespace
@@ -57,7 +60,7 @@ Arena::Arena(const std::string& path, size_t chunk_bytes) : chunk_bytes_(chunk_b
   if (chunk_bytes == 0 || kSegmentBytes % chunk_bytes != 0) {
     throw std::logic_error("Arena: chunk size must divide the segment size");
   }
-  fd_ = open_backing_file(path);
+  fd_ = open_backing_file(path, &where_);
 }
 
 Arena::~Arena() {
@@ -85,7 +88,8 @@ uint8_t* Arena::own_ptr(int64_t own) {
     // Grow by doubling: the file is sparse, so unused space costs no disk.
     const size_t grown = std::max(need, std::min(file_size_ * 2, file_size_ + (size_t(1) << 30)));
     if (::ftruncate(fd_, static_cast<off_t>(grown)) != 0) {
-      throw InputError("cannot grow the KV backing file: " + errno_text());
+      throw InputError("cannot grow the KV backing file (" + where_ + ") to " + std::to_string(grown >> 20) +
+                       " MiB: " + errno_text());
     }
     file_size_ = grown;
   }
@@ -95,7 +99,7 @@ uint8_t* Arena::own_ptr(int64_t own) {
     // only chunks below file_size_ are ever touched.
     void* p = ::mmap(nullptr, kSegmentBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_,
                      static_cast<off_t>(seg * kSegmentBytes));
-    if (p == MAP_FAILED) throw InputError("cannot map the KV backing file: " + errno_text());
+    if (p == MAP_FAILED) throw InputError("cannot map the KV backing file (" + where_ + "): " + errno_text());
     segments_[seg] = static_cast<uint8_t*>(p);
   }
   return segments_[seg] + (static_cast<size_t>(own) % per_seg) * chunk_bytes_;

@@ -73,6 +73,7 @@ class Arena {
   mutable std::mutex mu_;
   size_t chunk_bytes_;
   int fd_ = -1;
+  std::string where_;  // the backing file, for errors: its path, or "a temporary file in DIR"
   size_t file_size_ = 0;
   std::vector<uint8_t*> segments_;
   std::vector<Chunk> chunks_;
