@@ -204,6 +204,8 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   KScales ks[R];
   const int64_t nsb = a.nb / 8;
+  const __m256i pair_split = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
+                                              2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
   for (int64_t sb = 0; sb < nsb; ++sb) {
     __m256 D[R];
     for (int i = 0; i < R; ++i) {
@@ -216,7 +218,10 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         U[i] = Dec::codes(rows[i] + sb * Dec::kBytes, b);
-        A[i] = _mm256_set_m128i(_mm_set1_epi16(ks[i].a[2 * b + 1]), _mm_set1_epi16(ks[i].a[2 * b]));
+        // a_2b in the low half, a_2b+1 in the high half: one dword broadcast, one byte shuffle
+        int32_t pair;
+        std::memcpy(&pair, &ks[i].a[2 * b], 4);
+        A[i] = _mm256_shuffle_epi8(_mm256_set1_epi32(pair), pair_split);
       }
       const int64_t blk = 8 * sb + b;
 #pragma GCC unroll 4
