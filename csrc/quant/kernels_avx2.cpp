@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
@@ -69,14 +70,15 @@ struct DecMXFP4 {
 
 template <class Dec, int R, int T>
 void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
-  __m256 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  constexpr int S = kSets<T>;
+  __m256 acc[S][R][T];
+  init_sums(acc);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const __m256i ones = _mm256_set1_epi16(1);
-  const int64_t nb = a.nb;
-  for (int64_t b = 0; b < nb; ++b) {
+  // block b into accumulator set s (a compile-time index: the sets stay in registers)
+  auto block = [&](int64_t b, auto s) {
+    constexpr int kS = decltype(s)::value;
     __m256i U[R], A[R];
     __m256 DW[R];
 #pragma GCC unroll 4
@@ -100,17 +102,27 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
         else
           p16 = _mm256_maddubs_epi16(U[i], X);
         const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-        __m256 s;
+        __m256 sc;
         if constexpr (Dec::kOffset)
-          s = _mm256_fmsub_ps(f, DX, KC);
+          sc = _mm256_fmsub_ps(f, DX, KC);
         else
-          s = _mm256_mul_ps(f, DX);
-        acc[i][t] = _mm256_fmadd_ps(s, DW[i], acc[i][t]);
+          sc = _mm256_mul_ps(f, DX);
+        acc[kS][i][t] = _mm256_fmadd_ps(sc, DW[i], acc[kS][i][t]);
       }
     }
+  };
+  const int64_t nb = a.nb;
+  int64_t b = 0;
+  for (; b + S <= nb; b += S) {
+    block(b, std::integral_constant<int, 0>{});
+    if constexpr (S > 1) block(b + 1, std::integral_constant<int, (S > 1 ? 1 : 0)>{});
+    if constexpr (S > 2) {
+      block(b + 2, std::integral_constant<int, (S > 2 ? 2 : 0)>{});
+      block(b + 3, std::integral_constant<int, (S > 3 ? 3 : 0)>{});
+    }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
+  for (; b < nb; ++b) block(b, std::integral_constant<int, 0>{});
+  store_sums(acc, Y, ldy, r, t0);
 }
 
 // Q4_K: 8 sub-blocks of 32 per 144-byte super-block.

@@ -188,30 +188,9 @@ struct DecIQ1_M {
   }
 };
 
-// Independent accumulators per output of an R x T tile (see the file comment).
-template <int R, int T>
-constexpr int kSets = R * T == 1 ? 4 : R * T == 2 ? 2 : 1;
-
-template <int S, int R, int T>
-inline void init_sums(__m256 (&acc)[S][R][T]) {
-  for (int s = 0; s < S; ++s)
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) acc[s][i][t] = _mm256_setzero_ps();
-}
-
-template <int S, int R, int T>
-inline void store_sums(__m256 (&acc)[S][R][T], float* Y, int64_t ldy, int64_t r, int64_t t0) {
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) {
-      __m256 v = acc[0][i][t];
-      for (int s = 1; s < S; ++s) v = _mm256_add_ps(v, acc[s][i][t]);
-      Y[(t0 + t) * ldy + r + i] = hsum(v);
-    }
-}
-
 template <class Dec, int R, int T>
 void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
-  constexpr int S = kSets<R, T>;
+  constexpr int S = kSets<T>;
   __m256 acc[S][R][T];
   init_sums(acc);
   const uint8_t* rows[R];
@@ -344,7 +323,7 @@ struct OffIQ1_S {
 // inlined: GCC left the calls in the unrolled loop, which cost IQ1_S ~1.7x).
 template <class Off, int R, int T>
 void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
-  constexpr int S = kSets<R, T>;
+  constexpr int S = kSets<T>;
   __m256 acc[S][R][T];
   init_sums(acc);
   const uint8_t* rows[R];
@@ -393,7 +372,7 @@ inline __m256i iq4xs_levels(const uint8_t* p, int b, float* dw) {
 template <int R, int T>
 void tile_iq4xs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
                 int64_t ldy) {
-  constexpr int S = kSets<R, T>;
+  constexpr int S = kSets<T>;
   __m256 acc[S][R][T];
   init_sums(acc);
   const uint8_t* rows[R];

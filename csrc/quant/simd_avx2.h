@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace pyv4 {
 namespace qk {
 namespace {
@@ -13,6 +15,32 @@ inline float hsum(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// Independent accumulator sets per output of a tile of T tokens: a GEMV's one
+// dependent FMA chain per output would bound it by the FMA latency (4 cycles
+// per 32-block), so tiles of 1 or 2 tokens spread their sums over kSets sets.
+// The count depends on the tokens only, never on the rows of the tile: how the
+// threads split the rows (and so which rows share a tile) does not change any
+// output's order of sums.
+template <int T>
+constexpr int kSets = T == 1 ? 4 : T == 2 ? 2 : 1;
+
+template <int S, int R, int T>
+inline void init_sums(__m256 (&acc)[S][R][T]) {
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[s][i][t] = _mm256_setzero_ps();
+}
+
+template <int S, int R, int T>
+inline void store_sums(__m256 (&acc)[S][R][T], float* Y, int64_t ldy, int64_t r, int64_t t0) {
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      __m256 v = acc[0][i][t];
+      for (int s = 1; s < S; ++s) v = _mm256_add_ps(v, acc[s][i][t]);
+      Y[(t0 + t) * ldy + r + i] = hsum(v);
+    }
 }
 
 }  // namespace
