@@ -169,8 +169,10 @@ def test_chunking_does_not_change_results(model, kv):
 
 
 def test_a_long_eval_runs_in_passes_of_512(model):
-    """Engine::eval bounds a pass's activations: 1100 tokens in one call run as
-    passes of 512, 512, 76, the same bits as those calls."""
+    """Engine::eval runs 1100 tokens as passes of 512, 512 and 76: the logits it
+    puts together from them ("all", and "last" from the final pass) are the same
+    bits as three calls of those sizes. (That a pass is bounded is not visible
+    from here: chunking never changes the logits, test_chunking_does_not_change_results.)"""
     toks = random_tokens(512, 1100, 5)
     one = model.new_session().eval(toks, logits="all")
     s = model.new_session()

@@ -193,19 +193,17 @@ std::unique_ptr<ImatrixCollector> Engine::end_imatrix() {
   return std::move(imatrix_);
 }
 
-void Engine::recover(KVState& state) {
-  const int64_t n = state.n_tokens();
-  const std::vector<int64_t> ids(state.tokens().begin(), state.tokens().end());
-  const int64_t s = state.restore_before(n);
-  if (s < n) eval(state, ids.data() + s, n - s, /*all_logits=*/false);
-}
+void Engine::recover(KVState& state) { restore_and_replay(state, state.n_tokens(), {}); }
 
 void Engine::truncate(KVState& state, int64_t n, const Reeval& reeval) {
   if (n < 0 || n > state.n_tokens()) {
     throw InputError("truncate: n_tokens must be in [0, " + std::to_string(state.n_tokens()) + "], got " +
                      std::to_string(n));
   }
-  if (n == state.n_tokens()) return;
+  if (n < state.n_tokens()) restore_and_replay(state, n, reeval);
+}
+
+void Engine::restore_and_replay(KVState& state, int64_t n, const Reeval& reeval) {
   const std::vector<int64_t> ids(state.tokens().begin(), state.tokens().begin() + n);
   const int64_t s = state.restore_before(n);
   if (n <= s) return;

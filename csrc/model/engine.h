@@ -100,9 +100,9 @@ class Engine {
 
   // After an eval that threw midway (its KV rows, compressor tails and
   // snapshots partly written, the token count not yet advanced): puts the
-  // session back as it was before that eval, by the same restore as truncate
-  // to its n_tokens() and a re-evaluation here, on the CPU, of the tokens after
-  // the snapshot. eval_batch does it for its sessions; the GPU path for its.
+  // session back as it was before that eval, by truncate's restore to its
+  // n_tokens() (which truncate itself skips as a no-op), re-evaluating here, on
+  // the CPU. eval_batch does it for its sessions; the GPU path for its.
   void recover(KVState& state);
 
   // Importance-matrix collection (model/imatrix.h): from begin_imatrix() on,
@@ -116,6 +116,11 @@ class Engine {
   Profiler* profiler() { return prof_.get(); }
 
  private:
+  // truncate's and recover's common part (0 <= n <= state.n_tokens()): the
+  // latest snapshot at or before n restored, the tokens after it evaluated again
+  // with reeval or, when empty, this engine's eval.
+  void restore_and_replay(KVState& state, int64_t n, const Reeval& reeval);
+
   std::unique_ptr<GGUFFile> file_;
   ModelConfig cfg_;
   ThreadPool pool_;  // before w_: the load's split copies run on it

@@ -40,6 +40,7 @@
 #include "quant/iq2xxs_grid.h"
 #include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx512.h"  // with_parity, iq_signed
 #include "quant/split_layout.h"
 
 namespace pyv4 {

@@ -14,7 +14,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <type_traits>
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
@@ -76,9 +75,9 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const __m256i ones = _mm256_set1_epi16(1);
-  // block b into accumulator set s (a compile-time index: the sets stay in registers)
-  auto block = [&](int64_t b, auto s) {
-    constexpr int kS = decltype(s)::value;
+  // block b into accumulator set s (constant once the loops below are unrolled,
+  // so the sets stay in registers)
+  auto block = [&](int64_t b, int s) {
     __m256i U[R], A[R];
     __m256 DW[R];
 #pragma GCC unroll 4
@@ -107,21 +106,16 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
           sc = _mm256_fmsub_ps(f, DX, KC);
         else
           sc = _mm256_mul_ps(f, DX);
-        acc[kS][i][t] = _mm256_fmadd_ps(sc, DW[i], acc[kS][i][t]);
+        acc[s][i][t] = _mm256_fmadd_ps(sc, DW[i], acc[s][i][t]);
       }
     }
   };
   const int64_t nb = a.nb;
   int64_t b = 0;
-  for (; b + S <= nb; b += S) {
-    block(b, std::integral_constant<int, 0>{});
-    if constexpr (S > 1) block(b + 1, std::integral_constant<int, (S > 1 ? 1 : 0)>{});
-    if constexpr (S > 2) {
-      block(b + 2, std::integral_constant<int, (S > 2 ? 2 : 0)>{});
-      block(b + 3, std::integral_constant<int, (S > 3 ? 3 : 0)>{});
-    }
-  }
-  for (; b < nb; ++b) block(b, std::integral_constant<int, 0>{});
+  for (; b + S <= nb; b += S)
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s) block(b + s, s);
+  for (; b < nb; ++b) block(b, 0);
   store_sums(acc, Y, ldy, r, t0);
 }
 

@@ -111,10 +111,7 @@ inline void k_scales(__m256i a, float d, float c, KScales* k) {
 // of 16 entries' 7-bit sign indices v (dwords, the 8th sign their parity): the
 // 8 sign bits of each entry as bytes, then as the bits of two 64-bit masks.
 inline void entry_sign_masks(__m512i v, __mmask64* ka, __mmask64* kb) {
-  __m512i par = _mm512_xor_si512(v, _mm512_srli_epi32(v, 4));
-  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
-  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
-  const __m128i bytes = _mm512_cvtepi32_epi8(_mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi32(1)), 7)));
+  const __m128i bytes = _mm512_cvtepi32_epi8(with_parity(v));
   *ka = _cvtu64_mask64(static_cast<uint64_t>(_mm_cvtsi128_si64(bytes)));
   *kb = _cvtu64_mask64(static_cast<uint64_t>(_mm_extract_epi64(bytes, 1)));
 }
@@ -137,9 +134,8 @@ struct DecIQ2_XS {
     gather_ab(kIq2xsGrid, _mm512_and_si512(w, _mm512_set1_epi32(511)), &gA, &gB);
     __mmask64 ka, kb;
     entry_sign_masks(_mm512_srli_epi32(w, 9), &ka, &kb);
-    const __m512i k = _mm512_set1_epi8(43);
-    *A = _mm512_mask_sub_epi8(_mm512_add_epi8(k, gA), ka, k, gA);
-    *B = _mm512_mask_sub_epi8(_mm512_add_epi8(k, gB), kb, k, gB);
+    *A = iq_signed(gA, ka, 43);
+    *B = iq_signed(gB, kb, 43);
   }
 };
 
@@ -281,9 +277,8 @@ inline void iq2xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512
   const long long* grid = reinterpret_cast<const long long*>(kIq2xxsGrid);
   const __m512i ga = _mm512_i64gather_epi64(_mm512_cvtepu8_epi64(ab), grid, 8);
   const __m512i gb = _mm512_i64gather_epi64(_mm512_cvtepu8_epi64(_mm_srli_si128(ab, 8)), grid, 8);
-  const __m512i k = _mm512_set1_epi8(43);
-  *A = _mm512_mask_sub_epi8(_mm512_add_epi8(k, ga), ka, k, ga);
-  *B = _mm512_mask_sub_epi8(_mm512_add_epi8(k, gb), kb, k, gb);
+  *A = iq_signed(ga, ka, 43);
+  *B = iq_signed(gb, kb, 43);
 }
 
 // IQ3_XXS quad group n: codes u = signed grid + 64 (each 4-byte grid entry is 4
@@ -303,9 +298,8 @@ inline void iq3xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512
   };
   const __m512i ga = _mm512_setr_epi64(pair(0), pair(2), pair(8), pair(10), pair(16), pair(18), pair(24), pair(26));
   const __m512i gb = _mm512_setr_epi64(pair(4), pair(6), pair(12), pair(14), pair(20), pair(22), pair(28), pair(30));
-  const __m512i k = _mm512_set1_epi8(64);
-  *A = _mm512_mask_sub_epi8(_mm512_add_epi8(k, ga), ka, k, ga);
-  *B = _mm512_mask_sub_epi8(_mm512_add_epi8(k, gb), kb, k, gb);
+  *A = iq_signed(ga, ka, 64);
+  *B = iq_signed(gb, kb, 64);
 }
 
 // IQ1_S quad group n: codes u = 8 (grid + 1) + 2 (delta > 0), dw = d (2s + 1) / 8.

@@ -1,7 +1,8 @@
 // The lane-GEMM packers of the i-quants IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M: a
 // part of gemm_lane_avx512.cpp (its only includer), kept apart for size. It is
 // included inside that file's anonymous namespace, after the packing helpers
-// it uses (Form, store_codes, pair8_f16; contract of a packer there: 16 blocks
+// it uses (Form, store_codes, pair8_f16; with_parity and iq_signed of
+// quant/simd_avx512.h; contract of a packer there: 16 blocks
 // of 32, two super-blocks, at p -> out[0..512) codes in the lane layout, dw at
 // 512, HalfMin's mins at 576, HalfScale's dw1 at 704), and compiled with its
 // AVX-512 flags.
@@ -9,14 +10,6 @@
 // grid tables are included by gemm_lane_avx512.cpp.
 #pragma once
 
-// 7-bit sign fields S (one per byte) with their parity (bit 0 of a byte's
-// xor-fold: the shifts stay within a byte) as bit 7: the 8 signs of the field.
-inline __m512i with_parity(__m512i S) {
-  __m512i par = _mm512_xor_si512(S, _mm512_srli_epi32(S, 4));
-  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
-  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
-  return _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi8(1)), 7));
-}
 // IQ2_XXS / IQ3_XXS sign words B (4 x 7 sign bits per dword, quant/blocks.h):
 // the signs of field i of each dword in its byte i.
 inline __m512i iq_sign_bytes(__m512i B) {
@@ -37,11 +30,6 @@ inline __mmask64 iq_neg(__m512i S, int i, int h) {
   const __m512i bytes0 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
   const __m512i s = _mm512_shuffle_epi8(S, _mm512_add_epi8(bytes0, _mm512_set1_epi8(static_cast<char>(i))));
   return _mm512_test_epi8_mask(s, _mm512_set1_epi32(static_cast<int>(h ? 0x80402010u : 0x08040201u)));
-}
-// u = k + g, or k - g in the bytes of neg.
-inline __m512i iq_signed(__m512i g, __mmask64 neg, char k) {
-  const __m512i kv = _mm512_set1_epi8(k);
-  return _mm512_mask_sub_epi8(_mm512_add_epi8(kv, g), neg, kv, g);
 }
 // Dwords 2j (h = 0) or 2j + 1 of the qwords g0 (lanes 0..7) and g1 (lanes 8..15).
 inline __m512i qword_half(__m512i g0, __m512i g1, int h) {

@@ -23,6 +23,20 @@ inline __m512i reduce4(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
   return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
 }
 
+// 7-bit sign fields S (one per byte) with their parity (bit 0 of a byte's
+// xor-fold: the shifts stay within a byte) as bit 7: the 8 signs of the field.
+inline __m512i with_parity(__m512i S) {
+  __m512i par = _mm512_xor_si512(S, _mm512_srli_epi32(S, 4));
+  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
+  par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
+  return _mm512_or_si512(S, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi8(1)), 7));
+}
+// u = k + g, or k - g in the bytes of neg.
+inline __m512i iq_signed(__m512i g, __mmask64 neg, char k) {
+  const __m512i kv = _mm512_set1_epi8(k);
+  return _mm512_mask_sub_epi8(_mm512_add_epi8(kv, g), neg, kv, g);
+}
+
 }  // namespace
 }  // namespace qk
 }  // namespace pyv4
