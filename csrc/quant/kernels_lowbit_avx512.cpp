@@ -89,14 +89,9 @@ struct DecQ3_K {
   }
 };
 
-// The 16 grid entries of a quad group in A / B order: dwords 0..7 of idx are
-// the entries of A (qword 2j + l: block j's entry l, elements 8l..8l+7 of its
-// first 16), dwords 8..15 those of B. Gathered from an 8-byte-entry table.
-inline void gather_ab(const uint64_t* table, __m512i idx, __m512i* A, __m512i* B) {
-  const long long* t = reinterpret_cast<const long long*>(table);
-  *A = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), t, 8);
-  *B = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), t, 8);
-}
+// A quad group's 16 grid entries gathered (gather16, quant/simd_avx512.h) in A / B
+// order: dwords 0..7 of the index vector are the entries of A (qword 2j + l: block
+// j's entry l, elements 8l..8l+7 of its first 16), dwords 8..15 those of B.
 // Entry e = 4j + l (block j, l = 0..3) of 16 in entry order -> A / B order.
 inline __m512i to_ab(__m512i v) {
   return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15), v);
@@ -131,7 +126,7 @@ struct DecIQ2_XS {
     const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
     const __m512i w = to_ab(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs + 32 * n))));
     __m512i gA, gB;
-    gather_ab(kIq2xsGrid, _mm512_and_si512(w, _mm512_set1_epi32(511)), &gA, &gB);
+    gather16(kIq2xsGrid, _mm512_and_si512(w, _mm512_set1_epi32(511)), &gA, &gB);
     __mmask64 ka, kb;
     entry_sign_masks(_mm512_srli_epi32(w, 9), &ka, &kb);
     *A = iq_signed(gA, ka, 43);
@@ -164,7 +159,7 @@ struct DecIQ1_M {
     const __m512i idx = to_ab(_mm512_or_si512(q, _mm512_slli_epi32(_mm512_and_si512(nib, _mm512_set1_epi32(7)), 8)));
     const __mmask16 neg = _mm512_test_epi32_mask(to_ab(nib), _mm512_set1_epi32(8));
     __m512i gA, gB;
-    gather_ab(kIq1sGrid, idx, &gA, &gB);
+    gather16(kIq1sGrid, idx, &gA, &gB);
     const __m512i one = _mm512_set1_epi64(0x0101010101010101ll);
     *A = _mm512_add_epi8(_mm512_slli_epi64(gA, 2), _mm512_maskz_mov_epi64(static_cast<__mmask8>(~neg), one));
     *B = _mm512_add_epi8(_mm512_slli_epi64(gB, 2), _mm512_maskz_mov_epi64(static_cast<__mmask8>(~neg >> 8), one));
@@ -313,7 +308,7 @@ inline void iq1s_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* 
   const __m512i hi = _mm512_and_si512(
       _mm512_srlv_epi32(h, _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9)), _mm512_set1_epi32(7));
   __m512i gA, gB;
-  gather_ab(kIq1sGrid, to_ab(_mm512_or_si512(q, _mm512_slli_epi32(hi, 8))), &gA, &gB);
+  gather16(kIq1sGrid, to_ab(_mm512_or_si512(q, _mm512_slli_epi32(hi, 8))), &gA, &gB);
   // delta > 0 (bit 15 clear) adds 2 to both qwords of the block's lanes (qh of
   // block j in qwords 2j, 2j + 1)
   const __m512i hq = _mm512_cvtepu32_epi64(_mm256_permutevar8x32_epi32(

@@ -1,7 +1,7 @@
 // The lane-GEMM packers of the i-quants IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M: a
 // part of gemm_lane_avx512.cpp (its only includer), kept apart for size. It is
 // included inside that file's anonymous namespace, after the packing helpers
-// it uses (Form, store_codes, pair8_f16; with_parity and iq_signed of
+// it uses (Form, store_codes, pair8_f16; with_parity, iq_signed and gather16 of
 // quant/simd_avx512.h; contract of a packer there: 16 blocks
 // of 32, two super-blocks, at p -> out[0..512) codes in the lane layout, dw at
 // 512, HalfMin's mins at 576, HalfScale's dw1 at 704), and compiled with its
@@ -35,12 +35,6 @@ inline __mmask64 iq_neg(__m512i S, int i, int h) {
 inline __m512i qword_half(__m512i g0, __m512i g1, int h) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   return _mm512_permutex2var_epi32(g0, h ? _mm512_add_epi32(even, _mm512_set1_epi32(1)) : even, g1);
-}
-// The 8-byte grid entries table[idx] of the 16 lanes: (g0, g1) as qword_half wants them.
-inline void gather16(const uint64_t* table, __m512i idx, __m512i* g0, __m512i* g1) {
-  const long long* t = reinterpret_cast<const long long*>(table);
-  *g0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), t, 8);
-  *g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), t, 8);
 }
 // 32 bytes at p (lanes 0..7) and p1 (lanes 8..15).
 inline __m512i pair256(const uint8_t* p, const uint8_t* p1) {

@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace pyv4 {
 namespace qk {
 namespace {
@@ -35,6 +37,14 @@ inline __m512i with_parity(__m512i S) {
 inline __m512i iq_signed(__m512i g, __mmask64 neg, char k) {
   const __m512i kv = _mm512_set1_epi8(k);
   return _mm512_mask_sub_epi8(_mm512_add_epi8(kv, g), neg, kv, g);
+}
+
+// The 8-byte entries table[idx] of 16 dword indices: lanes 0..7 into g0, 8..15
+// into g1 (lane k of the pair at qword k % 8 of its vector).
+inline void gather16(const uint64_t* table, __m512i idx, __m512i* g0, __m512i* g1) {
+  const long long* t = reinterpret_cast<const long long*>(table);
+  *g0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), t, 8);
+  *g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), t, 8);
 }
 
 }  // namespace
