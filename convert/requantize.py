@@ -115,31 +115,47 @@ def _field_kv(f) -> KV:
     return KV(f.name, vtype, value, sub)
 
 
-def read_input(path: Path) -> tuple[list[KV], list[InTensor]]:
-    """The input's metadata (minus the architecture, which the writer adds first) and
-    tensors (views of its memory map, which lives as long as they do); refuses anything but a ``deepseek4`` GGUF of names the converter writes."""
+def input_shards(path: Path) -> list[str]:
+    """The files of the input model: itself, or all shards of a split model (llama.cpp's
+    gguf-split naming), found and checked by the core from any one of them."""
     if not path.is_file():
         raise ConvertError(f"{path}: input file does not exist")
+    from .._core import GGUFFile  # the core ships with the converter (pyv4.convert)
+
     try:
-        r = GGUFReader(str(path))
+        return GGUFFile(str(path)).shards
+    except ValueError as e:
+        raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
+
+
+def read_input(path: Path) -> tuple[list[KV], list[InTensor]]:
+    """The input's metadata (minus the architecture, which the writer adds first, and the
+    split keys) and tensors (views of its memory maps, which live as long as they do);
+    refuses anything but a ``deepseek4`` GGUF of names the converter writes. A split
+    model (llama.cpp's gguf-split shards) is read from any of its shards."""
+    shards = input_shards(path)
+    try:
+        readers = [GGUFReader(s) for s in shards]
     except Exception as e:  # noqa: BLE001 - gguf-py raises several types for a damaged file
         raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
+    r = readers[0]
     arch = r.fields.get("general.architecture")
     arch = arch.contents() if arch is not None else None
     if arch != ARCH:
         raise ConvertError(f"{path}: architecture {arch!r} is not {ARCH!r} (a DeepSeek-V4 GGUF)")
     kvs = [_field_kv(f) for name, f in r.fields.items()
-           if not name.startswith("GGUF.") and name != "general.architecture"]
+           if not name.startswith(("GGUF.", "split.")) and name != "general.architecture"]
     tensors = []
-    for t in r.tensors:
-        role = names.gguf_role(t.name)
-        if role is None:
-            raise ConvertError(f"{path}: tensor {t.name!r} is not part of a {ARCH} model")
-        shape = tuple(int(s) for s in reversed(list(t.shape)))
-        bs, ts = GGML_QUANT_SIZES[t.tensor_type]
-        rows = int(np.prod(shape[:-1], dtype=np.int64))
-        raw = r.data[t.data_offset:t.data_offset + t.n_bytes].reshape(rows, shape[-1] // bs * ts)
-        tensors.append(InTensor(t.name, shape, t.tensor_type, raw, role))
+    for shard, r in zip(shards, readers):
+        for t in r.tensors:
+            role = names.gguf_role(t.name)
+            if role is None:
+                raise ConvertError(f"{shard}: tensor {t.name!r} is not part of a {ARCH} model")
+            shape = tuple(int(s) for s in reversed(list(t.shape)))
+            bs, ts = GGML_QUANT_SIZES[t.tensor_type]
+            rows = int(np.prod(shape[:-1], dtype=np.int64))
+            raw = r.data[t.data_offset:t.data_offset + t.n_bytes].reshape(rows, shape[-1] // bs * ts)
+            tensors.append(InTensor(t.name, shape, t.tensor_type, raw, role))
     return kvs, tensors
 
 
@@ -155,7 +171,8 @@ def requantize(src: Path | str, out: Path | str, recipe: str, *, overrides: list
     validated before the output is opened. Raises ``ConvertError`` for bad input.
     ``progress`` and ``log`` as in ``convert()``."""
     src, out = Path(src), check_output(out)
-    if src.resolve() == out.resolve() or (out.exists() and src.exists() and os.path.samefile(src, out)):
+    if any(Path(s).resolve() == out.resolve() or (out.exists() and os.path.samefile(s, out))
+           for s in input_shards(src)):
         raise ConvertError(f"{out}: the output would overwrite the input; choose another path")
     kvs, inputs = read_input(src)
     rec = get_recipe(recipe, overrides, n_layer=_n_layer(kvs))
@@ -186,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
                     "their type; the others are decoded and quantized again, which adds the new error to "
                     "the one the input already had (as llama-quantize --allow-requantize does). From an "
                     "MXFP4 conversion of the official checkpoint the result is exactly a direct conversion.")
-    p.add_argument("src", metavar="IN.gguf", help="the deepseek4 GGUF to requantize")
+    p.add_argument("src", metavar="IN.gguf", help="the deepseek4 GGUF to requantize (of a split model: any of its shards)")
     p.add_argument("out", metavar="OUT.gguf", help="output file (appears only when complete)")
     p.add_argument("--recipe", choices=list(RECIPES), required=True,
                    help="the types to write, as in `pyv4 convert --recipe` (e.g. q2, q2q4)")

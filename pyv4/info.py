@@ -46,6 +46,7 @@ def describe(path: str) -> dict:
         loadable, why = False, f"no: {e}"
     return {
         "path": path,
+        "shards": list(f.shards),
         "file_size": f.file_size,
         "gguf_version": f.version,
         "architecture": arch,
@@ -70,7 +71,7 @@ def _human(n: float) -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="pyv4 info", description=__doc__)
-    ap.add_argument("file", help="a GGUF file")
+    ap.add_argument("file", help="a GGUF file (of a split model: any of its shards)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     a = ap.parse_args(argv)
     if not os.path.isfile(a.file):
@@ -84,7 +85,8 @@ def main(argv: list[str]) -> int:
     if a.json:
         print(json.dumps(d, indent=2))
         return 0
-    print(f"{d['path']}: GGUF v{d['gguf_version']}, {_human(d['file_size'])}, {d['n_tensors']} tensors")
+    shards = f" in {len(d['shards'])} shards" if len(d["shards"]) > 1 else ""
+    print(f"{d['path']}: GGUF v{d['gguf_version']}, {_human(d['file_size'])}{shards}, {d['n_tensors']} tensors")
     print(f"architecture: {d['architecture']}" + (f"  ({d['name']})" if d["name"] else ""))
     for k, v in d["hyper_parameters"].items():
         print(f"  {k:<32} {v}")

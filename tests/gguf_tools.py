@@ -118,3 +118,34 @@ def with_context_length(src, dst, n_ctx: int):
     g.set("deepseek4.context_length", U32, n_ctx)
     write(g, dst)
     return dst
+
+
+def split_copy(src, out, max_tensors: int, small_first_shard: bool = False) -> list:
+    """Writes the GGUF at src as a split model with gguf-py's own shard writer
+    (llama.cpp's gguf-split layout: OUT-00001-of-0000N.gguf, ...), at most
+    max_tensors tensors per shard; returns the shard paths."""
+    from pathlib import Path
+
+    import gguf
+
+    r = gguf.GGUFReader(str(src))
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(Path(out), arch, split_max_tensors=max_tensors, small_first_shard=small_first_shard)
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        vtype = gguf.GGUFValueType(int(f.types[0]))
+        sub = gguf.GGUFValueType(int(f.types[-1])) if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, f.contents(), vtype, sub)
+    for t in r.tensors:
+        shape = [int(n) for n in reversed(list(t.shape))]
+        bs, ts = gguf.GGML_QUANT_SIZES[t.tensor_type]
+        byte_shape = shape[:-1] + [shape[-1] // bs * ts]  # gguf-py takes raw bytes by their byte shape
+        w.add_tensor(t.name, np.frombuffer(np.asarray(t.data).tobytes(), np.uint8), raw_shape=byte_shape,
+                     raw_dtype=t.tensor_type)
+    paths = w.format_shard_names(Path(out))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return paths

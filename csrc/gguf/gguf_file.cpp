@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "common/error.h"
@@ -189,41 +190,128 @@ void* read_resident(int fd, size_t size) {
 
 }  // namespace
 
-GGUFFile::GGUFFile(const std::string& path, bool resident) : path_(path), resident_(resident) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) {
-    throw FormatError(path + ": cannot open: " + std::strerror(errno));
+// One mapped file of the model, unmapped and closed when dropped.
+struct GGUFFile::Shard {
+  std::string path;
+  int fd = -1;
+  const uint8_t* base = nullptr;
+  size_t size = 0;
+
+  Shard(const std::string& p, bool resident) : path(p) {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw FormatError(path + ": cannot open: " + std::strerror(errno));
+    struct stat st;
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw FormatError(path + ": not a regular file");
+    }
+    size = static_cast<size_t>(st.st_size);
+    if (size < 4) {
+      ::close(fd);
+      throw FormatError(path + ": truncated file: " + std::to_string(size) +
+                        " bytes, too small for a GGUF header");
+    }
+    void* m = resident ? read_resident(fd, size) : ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) {
+      ::close(fd);
+      throw FormatError(path + (resident ? ": reading into memory failed: " : ": mmap failed: ") +
+                        std::strerror(errno));
+    }
+    base = static_cast<const uint8_t*>(m);
   }
-  struct stat st;
-  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd_);
-    throw FormatError(path + ": not a regular file");
+  ~Shard() {
+    ::munmap(const_cast<uint8_t*>(base), size);
+    ::close(fd);
   }
-  size_ = static_cast<size_t>(st.st_size);
-  if (size_ < 4) {
-    ::close(fd_);
-    throw FormatError(path + ": truncated file: " + std::to_string(size_) +
-                      " bytes, too small for a GGUF header");
-  }
-  void* p = resident ? read_resident(fd_, size_) : ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
-  if (p == MAP_FAILED) {
-    ::close(fd_);
-    throw FormatError(path + (resident ? ": reading into memory failed: " : ": mmap failed: ") +
-                      std::strerror(errno));
-  }
-  base_ = static_cast<const uint8_t*>(p);
-  try {
-    parse();
-  } catch (...) {
-    ::munmap(const_cast<uint8_t*>(base_), size_);
-    ::close(fd_);
-    throw;
-  }
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+};
+
+namespace {
+
+// llama.cpp's split naming: shard i (0-based) of n is PREFIX-%05d-of-%05d.gguf
+// with i + 1 and n.
+std::string split_suffix(int64_t i, int64_t n) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "-%05lld-of-%05lld.gguf", static_cast<long long>(i + 1),
+                static_cast<long long>(n));
+  return buf;
 }
 
-GGUFFile::~GGUFFile() {
-  if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
-  if (fd_ >= 0) ::close(fd_);
+int64_t split_key(const std::map<std::string, GGUFValue>& kv, const char* key, int64_t dflt,
+                  const std::string& path) {
+  auto it = kv.find(key);
+  if (it == kv.end()) return dflt;
+  if (!it->second.is_integer() || it->second.type == GGUFType::BOOL) {
+    throw FormatError(path + ": metadata key '" + key + "' must be an integer");
+  }
+  return it->second.i;
+}
+
+}  // namespace
+
+GGUFFile::GGUFFile(const std::string& path, bool resident) : resident_(resident) {
+  open_shards(path);
+}
+
+GGUFFile::~GGUFFile() = default;
+
+size_t GGUFFile::file_size() const {
+  size_t n = 0;
+  for (const auto& sh : shards_) n += sh->size;
+  return n;
+}
+
+void GGUFFile::open_shards(const std::string& path) {
+  auto first = std::make_unique<Shard>(path, resident_);
+  parse(*first, kv_);
+  const int64_t n = split_key(kv_, "split.count", 1, path);
+  const int64_t no = split_key(kv_, "split.no", 0, path);
+  if (n < 1 || n > 65535 || no < 0 || no >= n) {
+    throw FormatError(path + ": split.no " + std::to_string(no) + " / split.count " +
+                      std::to_string(n) + " are not a shard of a split model");
+  }
+  if (n == 1) {
+    shards_.push_back(std::move(first));
+    shard_paths_ = {path};
+    return;
+  }
+  const std::string own = split_suffix(no, n);
+  if (path.size() <= own.size() || path.compare(path.size() - own.size(), own.size(), own) != 0) {
+    throw FormatError(path + ": shard " + std::to_string(no + 1) + " of a model split into " +
+                      std::to_string(n) + ", but its name does not end in '" + own +
+                      "' (llama.cpp's gguf-split naming), so the other shards cannot be found");
+  }
+  const std::string prefix = path.substr(0, path.size() - own.size());
+  if (no != 0) {  // the model's metadata is the first shard's: start over from it
+    first.reset();
+    kv_.clear();
+    tensors_.clear();
+    tensor_index_.clear();
+    fingerprint_ = kFnvBasis;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string p = prefix + split_suffix(i, n);
+    std::unique_ptr<Shard> sh;
+    std::map<std::string, GGUFValue> own_kv;
+    if (i == 0 && first) {
+      sh = std::move(first);
+    } else {
+      if (::access(p.c_str(), R_OK) != 0) {
+        throw FormatError(p + ": cannot open shard " + std::to_string(i + 1) + " of " +
+                          std::to_string(n) + " of the split model: " + std::strerror(errno));
+      }
+      sh = std::make_unique<Shard>(p, resident_);
+      parse(*sh, i == 0 ? kv_ : own_kv, i, n);
+    }
+    shards_.push_back(std::move(sh));
+    shard_paths_.push_back(p);
+  }
+  const int64_t want = split_key(kv_, "split.tensors.count", -1, path);
+  if (want >= 0 && want != static_cast<int64_t>(tensors_.size())) {
+    throw FormatError(path + ": the shards hold " + std::to_string(tensors_.size()) +
+                      " tensors, but split.tensors.count says " + std::to_string(want));
+  }
 }
 
 const GGUFValue* GGUFFile::find(const std::string& key) const {
@@ -236,40 +324,53 @@ const GGUFTensor* GGUFFile::find_tensor(const std::string& name) const {
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
 }
 
-void GGUFFile::parse() {
-  Cursor c(base_, size_, path_);
+void GGUFFile::parse(const Shard& sh, std::map<std::string, GGUFValue>& kv, int64_t shard_no,
+                     int64_t shard_count) {
+  const std::string& path = sh.path;
+  const uint8_t* base = sh.base;
+  const size_t size = sh.size;
+  Cursor c(base, size, path);
   const uint32_t magic = c.get<uint32_t>("magic");
   if (magic != kMagic) {
-    throw FormatError(path_ + ": not a GGUF file (bad magic bytes)");
+    throw FormatError(path + ": not a GGUF file (bad magic bytes)");
   }
-  version_ = c.get<uint32_t>("version");
-  if (version_ != 2 && version_ != 3) {
-    throw FormatError(path_ + ": unsupported GGUF version " + std::to_string(version_) +
+  const uint32_t version = c.get<uint32_t>("version");
+  if (version != 2 && version != 3) {
+    throw FormatError(path + ": unsupported GGUF version " + std::to_string(version) +
                       " (pyv4 reads versions 2 and 3)");
   }
+  if (&kv == &kv_) version_ = version;  // the model's: the first shard's
   const uint64_t n_tensors = c.get<uint64_t>("tensor count");
   const uint64_t n_kv = c.get<uint64_t>("metadata count");
   // Each tensor info / kv pair takes well over 8 bytes; bound counts by file size.
-  if (n_tensors > size_ / 8 || n_kv > size_ / 8) {
+  if (n_tensors > size / 8 || n_kv > size / 8) {
     c.fail("implausible tensor count " + std::to_string(n_tensors) + " / metadata count " +
-           std::to_string(n_kv) + " for a file of " + std::to_string(size_) + " bytes");
+           std::to_string(n_kv) + " for a file of " + std::to_string(size) + " bytes");
   }
 
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key = c.str("metadata key");
     const uint32_t type = c.get<uint32_t>("metadata value type");
     GGUFValue v = read_value(c, type, key);
-    if (kv_.count(key)) c.fail("duplicate metadata key '" + key + "'");
-    kv_.emplace(std::move(key), std::move(v));
+    if (kv.count(key)) c.fail("duplicate metadata key '" + key + "'");
+    kv.emplace(std::move(key), std::move(v));
   }
-  if (const GGUFValue* a = find("general.alignment")) {
-    if (!a->is_integer() || a->i <= 0 || (a->i & (a->i - 1)) != 0) {
-      throw FormatError(path_ + ": general.alignment must be a power of two");
+  if (shard_no >= 0 && (split_key(kv, "split.no", -1, path) != shard_no ||
+                        split_key(kv, "split.count", -1, path) != shard_count)) {
+    throw FormatError(path + ": its split.no / split.count do not say shard " +
+                      std::to_string(shard_no + 1) + " of " + std::to_string(shard_count) +
+                      " (a shard of another split?)");
+  }
+  uint32_t alignment = 32;
+  if (auto a = kv.find("general.alignment"); a != kv.end()) {
+    if (!a->second.is_integer() || a->second.i <= 0 || (a->second.i & (a->second.i - 1)) != 0) {
+      throw FormatError(path + ": general.alignment must be a power of two");
     }
-    alignment_ = static_cast<uint32_t>(a->i);
+    alignment = static_cast<uint32_t>(a->second.i);
   }
 
-  tensors_.reserve(n_tensors);
+  const size_t first_tensor = tensors_.size();
+  tensors_.reserve(first_tensor + n_tensors);
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GGUFTensor t;
     t.name = c.str("tensor name");
@@ -306,26 +407,28 @@ void GGUFFile::parse() {
   }
 
   const size_t header_end = c.pos();
-  data_offset_ = (header_end + alignment_ - 1) / alignment_ * alignment_;
-  const size_t data_size = size_ >= data_offset_ ? size_ - data_offset_ : 0;
-  for (GGUFTensor& t : tensors_) {
-    if (t.offset % alignment_ != 0) {
-      throw FormatError(path_ + ": tensor '" + t.name + "' data offset " + std::to_string(t.offset) +
-                        " is not aligned to " + std::to_string(alignment_));
+  const size_t data_offset = (header_end + alignment - 1) / alignment * alignment;
+  const size_t data_size = size >= data_offset ? size - data_offset : 0;
+  for (size_t k = first_tensor; k < tensors_.size(); ++k) {
+    GGUFTensor& t = tensors_[k];
+    if (t.offset % alignment != 0) {
+      throw FormatError(path + ": tensor '" + t.name + "' data offset " + std::to_string(t.offset) +
+                        " is not aligned to " + std::to_string(alignment));
     }
     if (t.offset > data_size || t.nbytes > data_size - t.offset) {
-      throw FormatError(path_ + ": tensor '" + t.name + "' data [" + std::to_string(t.offset) +
+      throw FormatError(path + ": tensor '" + t.name + "' data [" + std::to_string(t.offset) +
                         ", " + std::to_string(t.offset + t.nbytes) +
                         ") lies outside the data section of " + std::to_string(data_size) +
                         " bytes (truncated file?)");
     }
-    t.data = base_ + data_offset_ + t.offset;
+    t.data = base + data_offset + t.offset;
   }
 
-  // Fingerprint of the header bytes (metadata + tensor table).
-  uint64_t h = 1469598103934665603ull;
+  // Fingerprint of the header bytes (metadata + tensor table), continued over
+  // the shards in order.
+  uint64_t h = fingerprint_;
   for (size_t k = 0; k < header_end; ++k) {
-    h ^= base_[k];
+    h ^= base[k];
     h *= 1099511628211ull;
   }
   fingerprint_ = h;

@@ -1,7 +1,13 @@
-// Read-only view of a GGUF v2/v3 file: metadata, tensor table, and tensor data
+// Read-only view of a GGUF v2/v3 model: metadata, tensor table, and tensor data
 // in a private read-only mmap of the whole file, or (resident = true) in a
 // read-only copy of the whole file in anonymous memory (huge pages when the
 // kernel grants them): no page of it is reclaimed and re-read from disk later.
+//
+// A model split into shards by llama.cpp's gguf-split convention (the files
+// PREFIX-00001-of-0000N.gguf ... PREFIX-0000N-of-0000N.gguf, each a GGUF with
+// split.no / split.count; the first holds the model's metadata) opens from any
+// of its shards as one model: every shard is mapped and the tensor tables are
+// joined. Community V4-Flash files (80-160 GB) come this way.
 //
 // Everything is validated while the header is parsed (bounds of every read,
 // known tensor types, alignment, duplicate names, data within the file), so
@@ -12,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -61,34 +68,36 @@ class GGUFFile {
   GGUFFile(const GGUFFile&) = delete;
   GGUFFile& operator=(const GGUFFile&) = delete;
 
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return shard_paths_.front(); }  // the first shard
+  const std::vector<std::string>& shard_paths() const { return shard_paths_; }
   uint32_t version() const { return version_; }
-  size_t file_size() const { return size_; }
+  size_t file_size() const;  // bytes of all shards together
   bool resident() const { return resident_; }
-  size_t data_offset() const { return data_offset_; }
-  uint32_t alignment() const { return alignment_; }
 
   const std::map<std::string, GGUFValue>& metadata() const { return kv_; }
   const GGUFValue* find(const std::string& key) const;
   const std::vector<GGUFTensor>& tensors() const { return tensors_; }
   const GGUFTensor* find_tensor(const std::string& name) const;
 
-  // 64-bit FNV-1a over the metadata and tensor table (not the tensor data):
-  // identifies "the same model file layout" for session files.
+  // 64-bit FNV-1a over the metadata and tensor tables of the shards in order
+  // (not the tensor data): identifies "the same model file layout" for
+  // session files.
   uint64_t fingerprint() const { return fingerprint_; }
 
  private:
-  void parse();
+  struct Shard;  // one mapped file
+  void open_shards(const std::string& path);
+  // Parses `sh`'s header; appends its tensors. `kv` receives its metadata.
+  // shard_no >= 0: the file must say it is that shard of shard_count.
+  void parse(const Shard& sh, std::map<std::string, GGUFValue>& kv, int64_t shard_no = -1,
+             int64_t shard_count = 1);
 
-  std::string path_;
-  int fd_ = -1;
-  const uint8_t* base_ = nullptr;
-  size_t size_ = 0;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::vector<std::string> shard_paths_;
   bool resident_ = false;
   uint32_t version_ = 0;
-  uint32_t alignment_ = 32;
-  size_t data_offset_ = 0;
-  uint64_t fingerprint_ = 0;
+  static constexpr uint64_t kFnvBasis = 1469598103934665603ull;  // FNV-1a offset basis
+  uint64_t fingerprint_ = kFnvBasis;
   std::map<std::string, GGUFValue> kv_;
   std::vector<GGUFTensor> tensors_;
   std::map<std::string, size_t> tensor_index_;

@@ -34,11 +34,13 @@ static py::object value_to_py(const GGUFValue& v) {
 
 void bind_gguf(py::module_& m) {
   py::class_<GGUFFile, std::shared_ptr<GGUFFile>>(m, "GGUFFile",
-                                                  "Read-only, validated view of a GGUF file")
+                                                  "Read-only, validated view of a GGUF model (one file or all shards of a split one)")
       .def(py::init<const std::string&>(), py::arg("path"))
       .def_property_readonly("path", &GGUFFile::path)
       .def_property_readonly("version", &GGUFFile::version)
       .def_property_readonly("file_size", &GGUFFile::file_size)
+      .def_property_readonly("shards", &GGUFFile::shard_paths,
+                             "paths of the files the model was read from (one unless split)")
       .def_property_readonly("fingerprint", &GGUFFile::fingerprint)
       .def("keys",
            [](const GGUFFile& f) {
