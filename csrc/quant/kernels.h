@@ -185,9 +185,10 @@ static inline bool is_lowbit(GGMLType t) {
 }
 // Whether the kernels of a low-bit type read ActQ::hs (the lane GEMM folds
 // Q3_K's scales into its codes and needs them for Q2_K's mins and the offsets
-// of IQ1_M and IQ2_XS only).
+// of IQ1_M and IQ2_XS only; IQ1_M's quad GEMV sums its own).
 static inline bool lowbit_half_sums(GGMLType t, ActLayout layout) {
-  return t == GGMLType::Q2_K || t == GGMLType::IQ1_M || t == GGMLType::IQ2_XS ||
+  return t == GGMLType::Q2_K || t == GGMLType::IQ2_XS ||
+         (t == GGMLType::IQ1_M && layout != ActLayout::Quad) ||
          (t == GGMLType::Q3_K && layout != ActLayout::Lane);
 }
 static inline ActLayout lowbit_layout(bool avx512) {
@@ -220,6 +221,9 @@ void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
 // VBMI and GFNI besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1);
+// IQ1_S / IQ1_M GEMV, 1..3 tokens, quad layout (gemv_iq1_avx512.cpp).
+void gemv_iq1_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                     int64_t ldy, int64_t r0, int64_t r1);
 // Q2_K GEMV, 1..3 tokens, quad layout with ActQ::hs (gemv_q2k_avx512.cpp).
 void gemv_q2k_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                      int64_t ldy, int64_t r0, int64_t r1);

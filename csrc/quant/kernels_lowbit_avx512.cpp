@@ -1,25 +1,26 @@
 // AVX-512 (F/BW/VL/DQ) + VNNI GEMVs of the super-block weight types
-// Q3_K, IQ2_XXS and IQ4_XS and of the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M
+// Q3_K, IQ2_XXS and IQ4_XS and of the i-quants IQ3_XXS, IQ2_XS
 // (math in quant/kernels.h), on activations in the quad
 // layout: a quad group is half a super-block (blocks 4g..4g+3), and the codes
 // are built in the same order, A = elements 0..15 of each block (one 128-bit
 // lane per block), B = elements 16..31. In Q3_K's bit packing the 16 codes of
 // a lane come from 16 consecutive bytes, so a group is two broadcast loads and
 // a per-lane shift; the i-quants gather their grid entries in that order.
-//   Q3_K / IQ2_XS / IQ1_M (the K form, scales per 16-element sub-block):
+//   Q3_K / IQ2_XS (the K form, scales per 16-element sub-block):
 //                P = vpdpwssd(vpdpwssd(0, vpmaddubsw(A, xa), a_A), vpmaddubsw(B, xb), a_B)
 //                (A's words all belong to sub-block 2b, B's to 2b + 1, so the
 //                scale vectors are word permutes of the 16 scales); 4 int32
 //                lanes per block; acc += d * dx * P, per super-block += -d2*m * hs
-//   IQ2_XXS / IQ3_XXS / IQ1_S (offset form): P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb),
+//   IQ2_XXS / IQ3_XXS (offset form): P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb),
 //                u = code with offset k (the signs applied with a byte mask from
 //                the sign bits); acc += dw * (dx * P - cs)   (cs = k/4 * dx * sum q per lane)
 //   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
 //                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
 //                cs = 128/4 * dx * sum q
-// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, the
-// i-quants, and IQ2_XXS where the CPU lacks VBMI or GFNI; Q2_K and IQ2_XXS
-// otherwise have their own (gemv_q2k_avx512.cpp, gemv_iq2xxs_avx512.cpp), and
+// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, IQ3_XXS,
+// IQ2_XS, and IQ2_XXS where the CPU lacks VBMI or GFNI; Q2_K, IQ1_S / IQ1_M and
+// IQ2_XXS otherwise have their own (gemv_q2k_avx512.cpp, gemv_iq1_avx512.cpp,
+// gemv_iq2xxs_avx512.cpp), and
 // from 4 tokens every super-block type runs the lane GEMM (gemm_lane_avx512.cpp).
 // A one-output tile alternates two accumulators (one FMA chain would bound the
 // GEMV by its latency).
@@ -28,7 +29,6 @@
 #include <cstring>
 
 #include "quant/blocks.h"
-#include "quant/iq1s_grid.h"
 #include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
 #include "quant/iq3xxs_grid.h"
@@ -131,38 +131,6 @@ struct DecIQ2_XS {
     entry_sign_masks(_mm512_srli_epi32(w, 9), &ka, &kb);
     *A = iq_signed(gA, ka, 43);
     *B = iq_signed(gB, kb, 43);
-  }
-};
-
-// IQ1_M as a K type: a_s = 2s + 1, codes c = 4 (grid + 1) + (delta > 0).
-struct DecIQ1_M {
-  static constexpr size_t kBytes = sizeof(BlockIQ1_M);
-  static inline void scales(const uint8_t* p, KScales* k) {
-    const BlockIQ1_M& blk = *reinterpret_cast<const BlockIQ1_M*>(p);
-    // sub-block s: bits 3 (s % 4) of scale word s / 4
-    const __m256i w = _mm256_permutexvar_epi16(
-        _mm256_setr_epi16(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-        _mm256_castsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales))));
-    const __m256i s = _mm256_and_si256(
-        _mm256_srlv_epi16(w, _mm256_setr_epi16(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9)), _mm256_set1_epi16(7));
-    k_scales(_mm256_add_epi16(_mm256_slli_epi16(s, 1), _mm256_set1_epi16(1)), _cvtsh_ss(iq1m_d(blk)) * 0.25f, 4.5f, k);
-  }
-  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
-    const BlockIQ1_M* blk = reinterpret_cast<const BlockIQ1_M*>(p);
-    // entry e of the group: low index byte qs[16n + e], nibble e % 2 of qh[8n + e / 2]
-    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->qs + 16 * n)));
-    const __m512i h = _mm512_permutexvar_epi32(
-        _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
-        _mm512_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->qh + 8 * n))));
-    const __m512i nib = _mm512_and_si512(
-        _mm512_srlv_epi32(h, _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4)), _mm512_set1_epi32(15));
-    const __m512i idx = to_ab(_mm512_or_si512(q, _mm512_slli_epi32(_mm512_and_si512(nib, _mm512_set1_epi32(7)), 8)));
-    const __mmask16 neg = _mm512_test_epi32_mask(to_ab(nib), _mm512_set1_epi32(8));
-    __m512i gA, gB;
-    gather16(kIq1sGrid, idx, &gA, &gB);
-    const __m512i one = _mm512_set1_epi64(0x0101010101010101ll);
-    *A = _mm512_add_epi8(_mm512_slli_epi64(gA, 2), _mm512_maskz_mov_epi64(static_cast<__mmask8>(~neg), one));
-    *B = _mm512_add_epi8(_mm512_slli_epi64(gB, 2), _mm512_maskz_mov_epi64(static_cast<__mmask8>(~neg >> 8), one));
   }
 };
 
@@ -297,31 +265,6 @@ inline void iq3xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512
   *B = iq_signed(gb, kb, 64);
 }
 
-// IQ1_S quad group n: codes u = 8 (grid + 1) + 2 (delta > 0), dw = d (2s + 1) / 8.
-inline void iq1s_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
-  const BlockIQ1_S* blk = reinterpret_cast<const BlockIQ1_S*>(p);
-  // entry e = 4j + l: low index byte qs[16n + e], high bits 3l of qh word 4n + j
-  const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->qs + 16 * n)));
-  const __m128i qh4 = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->qh + 8 * n)));
-  const __m512i h = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-                                             _mm512_castsi128_si512(qh4));
-  const __m512i hi = _mm512_and_si512(
-      _mm512_srlv_epi32(h, _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9)), _mm512_set1_epi32(7));
-  __m512i gA, gB;
-  gather16(kIq1sGrid, to_ab(_mm512_or_si512(q, _mm512_slli_epi32(hi, 8))), &gA, &gB);
-  // delta > 0 (bit 15 clear) adds 2 to both qwords of the block's lanes (qh of
-  // block j in qwords 2j, 2j + 1)
-  const __m512i hq = _mm512_cvtepu32_epi64(_mm256_permutevar8x32_epi32(
-      _mm256_castsi128_si256(qh4), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
-  const __m512i two = _mm512_maskz_mov_epi64(_mm512_testn_epi64_mask(hq, _mm512_set1_epi64(0x8000)),
-                                             _mm512_set1_epi64(0x0202020202020202ll));
-  *A = _mm512_add_epi8(_mm512_slli_epi64(gA, 3), two);
-  *B = _mm512_add_epi8(_mm512_slli_epi64(gB, 3), two);
-  const __m128 s = _mm_cvtepi32_ps(_mm_add_epi32(
-      _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(qh4, 12), _mm_set1_epi32(7)), 1), _mm_set1_epi32(1)));
-  *DW = spread4(_mm_mul_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->d)), s), _mm_set1_ps(0.125f)));
-}
-
 // IQ2_XXS / IQ4_XS: Group(super-block, n, &A, &B, &DW) decodes quad group n
 // into codes with an offset that cs removes.
 template <int R, int T, size_t kBytes, void (*Group)(const uint8_t*, int, __m512i*, __m512i*, __m512*)>
@@ -392,13 +335,10 @@ void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
     switch (W.type) {
       case GGMLType::Q3_K: return tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XS: return tile_k<DecIQ2_XS, kR, kT>(W, r, act, t, Y, ldy);
-      case GGMLType::IQ1_M: return tile_k<DecIQ1_M, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XXS:
         return tile_offset<kR, kT, sizeof(BlockIQ2_XXS), iq2xxs_group>(W, r, act, t, Y, ldy);
       case GGMLType::IQ3_XXS:
         return tile_offset<kR, kT, sizeof(BlockIQ3_XXS), iq3xxs_group>(W, r, act, t, Y, ldy);
-      case GGMLType::IQ1_S:
-        return tile_offset<kR, kT, sizeof(BlockIQ1_S), iq1s_group>(W, r, act, t, Y, ldy);
       default: return tile_offset<kR, kT, sizeof(BlockIQ4_XS), iq4xs_group>(W, r, act, t, Y, ldy);
     }
   });
