@@ -3,22 +3,22 @@
 //
 // Looking up the grid, not memory, bounds an IQ1 GEMV: every 8 weights are one
 // of 2048 grid entries (8 values in {-1, 0, 1}), too many for register-held
-// byte tables, so each super-block needs 32 table loads (two qword gathers of
-// 8 per 64 weights). The generic K-form kernel (kernels_lowbit_avx512.cpp)
-// spends ~25 ns per super-block on Zen 4 besides, on building offset codes and
-// multiplying the 16-bit pair sums by the sub-block scales. Here the codes are
-// the table bytes themselves, u = grid + 1 (0..2), and everything per
-// sub-block s (16 weights: grid entries 2s, 2s + 1) is done once in float:
-//   sum_{i in s} w_i x_i = W_s * dx * (D_s - 7/8 Q_s - 1/4 sum_{e in s} bit_e Q_e)
-// with W_s = d (2 sc_s + 1), D_s = sum u_i q_i (exact int32), Q_s / Q_e the sums
-// of q over the sub-block / entry e, and bit_e the delta's sign bit of entry e
-// (delta = +1/8, or -1/8 where the bit is set: -1 + delta = -7/8 - bit/4).
-// The activations are re-laid once per call so that 4 chained vpdpbusd leave
+// byte tables, so each super-block needs 32 table loads. On Zen 4 scalar loads
+// of the entries cost ~1 cycle each, qword gathers more (~10 ns of a super-block
+// inside this loop against ~9). The generic quad kernels spent as much again on
+// offset codes and 16-bit pair sums times the sub-block scales. Here the codes
+// are the table bytes, u = grid + 1 (0..2), and everything per sub-block s (16
+// weights: grid entries 2s, 2s + 1) is done once in float:
+//   sum_{i in s} w_i x_i = W_s dx (D_s - 7/8 Q_s - 1/4 sum_{e in s} bit_e Q_e)
+// with W_s = d (2 sc_s + 1), bit_e the delta's sign bit of entry e (delta =
+// +1/8, or -1/8 where set: -1 + delta = -7/8 - bit / 4), D_s = sum u_i q_i
+// (exact int32) and Q_s / Q_e the sums of q over the sub-block / entry e. The
+// activations are re-laid once per call so that 4 chained vpdpbusd leave
 // sub-block s's dot in dwords 2s, 2s + 1 (s < 8) of one vector and 2(s - 8),
 // 2(s - 8) + 1 of another; Q_e, Q_s and dx come precomputed per sub-block in
 // float vectors beside them (xe_layout).
-// IQ1_S is the same with its scale and delta per 32-block (both sub-blocks and
-// all 4 entries share them).
+// IQ1_S is IQ1_M with its scale and delta per 32-block (both sub-blocks and all
+// 4 entries share them).
 #include <immintrin.h>
 
 #include "quant/blocks.h"
@@ -31,27 +31,55 @@ namespace {
 
 using namespace qblocks;
 
-// One super-block row's decode: the grid indices of the even / odd entries
-// (dword s: entry 2s / 2s + 1), the delta bits of those entries (bit s) and the
-// sub-block weight scales W_s (float s).
-struct Iq1Rows {
-  __m512i even, odd;
-  __mmask16 me, mo;
+// The grid entries table[ix[0..7]] in the qwords of one vector (scalar loads:
+// see the top of the file).
+inline __m128i grid2(const uint64_t* table, const uint32_t* ix) {
+  return _mm_insert_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(table + ix[0])),
+                          static_cast<long long>(table[ix[1]]), 1);
+}
+inline __m512i grid8(const uint64_t* table, const uint32_t* ix) {
+  const __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(grid2(table, ix)), grid2(table, ix + 2), 1);
+  const __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(grid2(table, ix + 4)), grid2(table, ix + 6), 1);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+}
+
+// One super-block row decoded: the codes u in the order of the activations'
+// vectors (qword i of g[0] / g[1]: entry 2i / 2i + 1, of g[2] / g[3]: entry
+// 16 + 2i / 17 + 2i), the sub-block weight scales W_s (float s) and the delta
+// bits of entries 2s / 2s + 1 (bit s of me / mo).
+struct RowCodes {
+  __m512i g[4];
   __m512 w;
+  __mmask16 me, mo;
 };
+
+// The codes of 32 entries whose grid indices are dword s of even / odd.
+inline void lookup(const uint64_t* table, __m512i even, __m512i odd, RowCodes* r) {
+  alignas(64) uint32_t ix[32];
+  _mm512_store_si512(ix, even);
+  _mm512_store_si512(ix + 16, odd);
+  r->g[0] = grid8(table, ix), r->g[1] = grid8(table, ix + 16);
+  r->g[2] = grid8(table, ix + 8), r->g[3] = grid8(table, ix + 24);
+}
+
+// W_s = d * (2 sc_s + 1) for the scale sc_s of sub-block s in dword s.
+inline __m512 odd_scales(__m512i sc, float d) {
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sc), _mm512_set1_ps(2 * d), _mm512_set1_ps(d));
+}
 
 struct DecIQ1_M {
   static constexpr size_t kBytes = sizeof(BlockIQ1_M);
-  static inline void decode(const uint8_t* p, Iq1Rows* r) {
+  static inline void decode(const uint8_t* p, RowCodes* r) {
     const BlockIQ1_M& blk = *reinterpret_cast<const BlockIQ1_M*>(p);
     // dword s: qs[2s] | qs[2s + 1] << 8, and qh[s] (entry 2s's high bits and
     // delta bit in its low nibble, entry 2s + 1's in its high nibble)
     const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs)));
     const __m512i h = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qh)));
     const __m512i m7 = _mm512_set1_epi32(0x700);
-    r->even = _mm512_ternarylogic_epi32(_mm512_set1_epi32(0xFF), w, _mm512_and_si512(_mm512_slli_epi32(h, 8), m7),
-                                        0xEA);  // (a & b) | c
-    r->odd = _mm512_or_si512(_mm512_srli_epi32(w, 8), _mm512_and_si512(_mm512_slli_epi32(h, 4), m7));
+    const __m512i even = _mm512_ternarylogic_epi32(_mm512_set1_epi32(0xFF), w,
+                                                   _mm512_and_si512(_mm512_slli_epi32(h, 8), m7), 0xEA);  // a & b | c
+    lookup(kIq1sGrid, even, _mm512_or_si512(_mm512_srli_epi32(w, 8), _mm512_and_si512(_mm512_slli_epi32(h, 4), m7)),
+           r);
     r->me = _mm512_test_epi32_mask(h, _mm512_set1_epi32(0x08));
     r->mo = _mm512_test_epi32_mask(h, _mm512_set1_epi32(0x80));
     // sub-block s: bits 3 (s % 4) of scale word s / 4
@@ -60,14 +88,13 @@ struct DecIQ1_M {
         _mm512_castsi128_si512(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales)))));
     const __m512i sc = _mm512_and_si512(
         _mm512_srlv_epi32(sw, _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9)), _mm512_set1_epi32(7));
-    const float d = _cvtsh_ss(iq1m_d(blk));
-    r->w = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sc), _mm512_set1_ps(2 * d), _mm512_set1_ps(d));
+    r->w = odd_scales(sc, _cvtsh_ss(iq1m_d(blk)));
   }
 };
 
 struct DecIQ1_S {
   static constexpr size_t kBytes = sizeof(BlockIQ1_S);
-  static inline void decode(const uint8_t* p, Iq1Rows* r) {
+  static inline void decode(const uint8_t* p, RowCodes* r) {
     const BlockIQ1_S& blk = *reinterpret_cast<const BlockIQ1_S*>(p);
     const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs)));
     // dword s: the qh word of block s / 2; entries 2s, 2s + 1 are its indices
@@ -77,18 +104,18 @@ struct DecIQ1_S {
         _mm512_castsi256_si512(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qh)))));
     const __m512i m7 = _mm512_set1_epi32(0x700);
     const __m512i he = _mm512_sllv_epi32(h, _mm512_setr_epi32(8, 2, 8, 2, 8, 2, 8, 2, 8, 2, 8, 2, 8, 2, 8, 2));
-    r->even = _mm512_ternarylogic_epi32(_mm512_set1_epi32(0xFF), w, _mm512_and_si512(he, m7), 0xEA);
-    const __m512i ho = _mm512_srlv_epi32(_mm512_slli_epi32(h, 5), _mm512_setr_epi32(0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6));
-    r->odd = _mm512_or_si512(_mm512_srli_epi32(w, 8), _mm512_and_si512(ho, m7));
+    const __m512i ho =
+        _mm512_srlv_epi32(_mm512_slli_epi32(h, 5), _mm512_setr_epi32(0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6));
+    lookup(kIq1sGrid, _mm512_ternarylogic_epi32(_mm512_set1_epi32(0xFF), w, _mm512_and_si512(he, m7), 0xEA),
+           _mm512_or_si512(_mm512_srli_epi32(w, 8), _mm512_and_si512(ho, m7)), r);
     r->me = r->mo = _mm512_test_epi32_mask(h, _mm512_set1_epi32(0x8000));
-    const __m512i sc = _mm512_and_si512(_mm512_srli_epi32(h, 12), _mm512_set1_epi32(7));
-    const float d = _cvtsh_ss(blk.d);
-    r->w = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sc), _mm512_set1_ps(2 * d), _mm512_set1_ps(d));
+    r->w = odd_scales(_mm512_and_si512(_mm512_srli_epi32(h, 12), _mm512_set1_epi32(7)), _cvtsh_ss(blk.d));
   }
 };
 
 // Bytes per super-block and token of the re-laid activations: 4 vectors of q,
-// then 4 of floats per sub-block: dx, -7/8 dx Q_s, -1/4 dx Q_even, -1/4 dx Q_odd.
+// then 4 of floats per sub-block: dx, -7/8 dx Q_s, and -1/4 dx Q_e of the even
+// and of the odd entries.
 constexpr int64_t kXeBytes = 512;
 
 // The activations of every token per super-block s at xe + (t * nsb + s) * 512:
@@ -128,16 +155,6 @@ inline void xe_layout(const ActQ& a, int64_t n_tokens, int8_t* xe) {
   }
 }
 
-inline __m128i grid2(const uint32_t* ix) {
-  return _mm_insert_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(kIq1sGrid + ix[0])),
-                          static_cast<long long>(kIq1sGrid[ix[1]]), 1);
-}
-inline __m512i grid8s(const uint32_t* ix) {
-  const __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(grid2(ix)), grid2(ix + 2), 1);
-  const __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(grid2(ix + 4)), grid2(ix + 6), 1);
-  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-}
-
 constexpr int kPrefetch = 2048;  // bytes ahead in the row stream (as gemv_iq2xxs)
 
 template <class Dec, int T>
@@ -151,28 +168,23 @@ void gemv_row(const uint8_t* row, const ActQ& a, const int8_t* xe, float* Y, int
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* p = row + sb * Dec::kBytes;
     _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch, _MM_HINT_T0);
-    Iq1Rows d;
-    Dec::decode(p, &d);
-    // qword i: the codes of entry 2i / 2i + 1 (sub-blocks 0..7) and 16 + 2i /
-    // 17 + 2i (8..15), with the activations' vectors 0, 1, 2, 3
-    alignas(64) uint32_t ix[32];
-    _mm512_store_si512(ix, d.even);
-    _mm512_store_si512(ix + 16, d.odd);
-    const __m512i g0 = grid8s(ix), g1 = grid8s(ix + 16), g2 = grid8s(ix + 8), g3 = grid8s(ix + 24);
+    RowCodes c;
+    Dec::decode(p, &c);
 #pragma GCC unroll 3
     for (int t = 0; t < T; ++t) {
       const int8_t* x = xe + (t * nsb + sb) * kXeBytes;
-      const __m512i P0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), g0, _mm512_load_si512(x)),
-                                             g1, _mm512_load_si512(x + 64));
-      const __m512i P1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), g2, _mm512_load_si512(x + 128)),
-                                             g3, _mm512_load_si512(x + 192));
+      const __m512i P0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c.g[0], _mm512_load_si512(x)),
+                                             c.g[1], _mm512_load_si512(x + 64));
+      const __m512i P1 = _mm512_dpbusd_epi32(
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), c.g[2], _mm512_load_si512(x + 128)), c.g[3],
+          _mm512_load_si512(x + 192));
       // dword s: D_s, the sum of dwords 2s, 2s + 1 of P0 (s < 8) or P1
       const __m512i D = _mm512_add_epi32(_mm512_permutex2var_epi32(P0, lo, P1), _mm512_permutex2var_epi32(P0, hi, P1));
       const float* f = reinterpret_cast<const float*>(x + 256);
       __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(D), _mm512_load_ps(f), _mm512_load_ps(f + 16));
-      v = _mm512_mask_add_ps(v, d.me, v, _mm512_load_ps(f + 32));
-      v = _mm512_mask_add_ps(v, d.mo, v, _mm512_load_ps(f + 48));
-      acc[t] = _mm512_fmadd_ps(v, d.w, acc[t]);
+      v = _mm512_mask_add_ps(v, c.me, v, _mm512_load_ps(f + 32));
+      v = _mm512_mask_add_ps(v, c.mo, v, _mm512_load_ps(f + 48));
+      acc[t] = _mm512_fmadd_ps(v, c.w, acc[t]);
     }
   }
 #pragma GCC unroll 3
