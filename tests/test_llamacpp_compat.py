@@ -93,6 +93,26 @@ def test_f32_file_matches_llamacpp(fx, tmp_path):
     assert np.abs(a - b).max() <= 1e-4, REPORT["f32 spec11 hf"]
 
 
+def test_split_model_matches_llamacpp(tmp_path):
+    """A model in gguf-split shards (gguf-py's shard writer), as community files come:
+    llama.cpp opens it from the first shard, pyv4 from any; the same logits as each
+    other (F32 KV cache in both) and as pyv4 on the unsplit file."""
+    import gguf_tools
+
+    hf = tm.build_model("spec11", seed=2)
+    tm.save_hf(hf, tmp_path / "hf")
+    tm.write_tiny_tokenizer(tmp_path / "hf", 512)
+    whole = tmp_path / "whole.gguf"
+    convert(tmp_path / "hf", whole, "f32")
+    shards = gguf_tools.split_copy(whole, tmp_path / "split.gguf", max_tensors=60)
+    assert len(shards) >= 3
+    toks = np.random.default_rng(6).integers(3, 512, 200)
+    a, b = _pyv4_logits(shards[1], toks), _llama_logits(shards[0], toks, tmp_path)
+    REPORT["f32 spec11 split"] = {"shards": len(shards), "pyv4_vs_llamacpp_max_abs": float(np.abs(a - b).max())}
+    assert np.abs(a - b).max() <= 1e-4, REPORT["f32 spec11 split"]
+    np.testing.assert_array_equal(a, _pyv4_logits(whole, toks))
+
+
 @pytest.mark.parametrize("recipe", ["f32", "mxfp4", "q8", "q4"])
 def test_pyv4_files_load_in_llamacpp(fx, tmp_path, recipe):
     out = tmp_path / f"official-{recipe}.gguf"
