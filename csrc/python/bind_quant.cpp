@@ -369,6 +369,7 @@ void bind_quant(py::module_& m) {
     d["avx512bf16"] = f.avx512bf16;
     d["avx512vbmi"] = f.avx512vbmi;
     d["gfni"] = f.gfni;
+    d["avx512bitalg"] = f.avx512bitalg;
     d["os_avx"] = f.os_avx;
     d["os_avx512"] = f.os_avx512;
     return d;

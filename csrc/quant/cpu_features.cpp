@@ -46,6 +46,7 @@ CpuFeatures detect() {
     f.avx512vl = b & (1u << 31);
     f.avx512vbmi = c & (1u << 1);
     f.gfni = c & (1u << 8);
+    f.avx512bitalg = c & (1u << 12);
     f.avx512vnni = c & (1u << 11);
   }
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512bf16 = a & (1u << 5);

@@ -19,6 +19,7 @@ struct CpuFeatures {
   bool sse2 = false, avx = false, avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512vnni = false, avx512bf16 = false, avx512vbmi = false, gfni = false;
+  bool avx512bitalg = false;
   bool os_avx = false;     // OS saves YMM state (XCR0 bits 1,2)
   bool os_avx512 = false;  // OS saves ZMM/opmask state (XCR0 bits 5,6,7)
 };

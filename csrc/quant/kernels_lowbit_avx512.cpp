@@ -17,10 +17,11 @@
 //   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
 //                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
 //                cs = 128/4 * dx * sum q
-// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, IQ3_XXS,
-// IQ2_XS, and IQ2_XXS where the CPU lacks VBMI or GFNI; Q2_K, IQ1_S / IQ1_M and
-// IQ2_XXS otherwise have their own (gemv_q2k_avx512.cpp, gemv_iq1_avx512.cpp,
-// gemv_iq2xxs_avx512.cpp), and
+// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, IQ2_XS,
+// and of IQ2_XXS / IQ3_XXS where the CPU lacks VBMI + GFNI / BITALG; Q2_K,
+// IQ1_S / IQ1_M, IQ2_XXS and IQ3_XXS otherwise have their own
+// (gemv_q2k_avx512.cpp, gemv_iq1_avx512.cpp, gemv_iq2xxs_avx512.cpp,
+// gemv_iq3xxs_avx512.cpp), and
 // from 4 tokens every super-block type runs the lane GEMM (gemm_lane_avx512.cpp).
 // A one-output tile alternates two accumulators (one FMA chain would bound the
 // GEMV by its latency).
