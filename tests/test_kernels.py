@@ -29,10 +29,11 @@ ISAS = ["scalar", "avx2", "avx512"]
 
 @pytest.fixture(autouse=True)
 def _restore_switches():
-    isa, mode = _core.active_isa(), _core.compute_mode()
+    isa, mode, ext = _core.active_isa(), _core.compute_mode(), _core.avx512_extensions()
     yield
     _core.set_isa(isa)
     _core.set_compute_mode(mode)
+    _core.set_avx512_extensions(ext)
 
 
 # ---------------------------------------------------------------- decode

@@ -91,14 +91,20 @@ def test_dequantize_rejects_bad_length():
 def _cases():
     # 2: the AVX-512 GEMVs' middle tile; 4: the first count of the AVX-512 lane GEMM
     # (quant/kernels.h lane_min_tokens)
-    return [(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 2, 3, 4, 13, 32, 130)]
+    # avx512-base: the AVX-512-set GEMVs that CPUs without VBMI / GFNI / BITALG run
+    # instead of IQ2_XXS's and IQ3_XXS's own (quant/matmul.cpp)
+    return ([(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 2, 3, 4, 13, 32, 130)] +
+            [(t, "avx512-base", n) for t in ("IQ2_XXS", "IQ3_XXS") for n in (1, 2, 3)])
 
 
 @pytest.mark.parametrize("type_name,isa,n_tokens", _cases())
 def test_matmul_fast(type_name, isa, n_tokens):
+    base = isa == "avx512-base"
+    isa = "avx512" if base else isa
     if not _core.isa_supported(isa):
         pytest.skip(f"CPU lacks {isa}")
     _core.set_isa(isa)
+    _core.set_avx512_extensions(not base)
     _core.set_compute_mode("fast")
     rng = np.random.default_rng(hash((type_name, isa, n_tokens)) & 0xFFFF)
     rows = 130 if n_tokens == 32 else 37  # odd: the single-row tail of the 2-row tiles

@@ -353,6 +353,9 @@ void bind_quant(py::module_& m) {
   m.def("set_compute_mode", [](const std::string& name) { set_compute_mode(name); },
         py::arg("mode"), "reference | fast");
   m.def("compute_mode", [] { return std::string(compute_mode_name(compute_mode())); });
+  m.def("avx512_extensions", [] { return avx512_extensions(); });
+  m.def("set_avx512_extensions", [](bool on) { set_avx512_extensions(on); }, py::arg("on"),
+        "use the VBMI / GFNI / BITALG kernels where the CPU has them (default True)");
   m.def("cpu_features", [] {
     const CpuFeatures& f = cpu_features();
     py::dict d;

@@ -145,6 +145,16 @@ void set_isa(Isa isa) {
 
 void set_isa(const std::string& name) { set_isa(parse_isa(name)); }
 
+namespace {
+std::atomic<bool>& extensions_slot() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+}  // namespace
+
+bool avx512_extensions() { return extensions_slot().load(std::memory_order_relaxed); }
+void set_avx512_extensions(bool on) { extensions_slot().store(on, std::memory_order_relaxed); }
+
 ComputeMode compute_mode() {
   return static_cast<ComputeMode>(mode_slot().load(std::memory_order_relaxed));
 }

@@ -42,6 +42,13 @@ Isa active_isa();
 void set_isa(Isa isa);
 void set_isa(const std::string& name);
 
+// The AVX-512 kernels that need more than the AVX-512 set (VBMI, GFNI, BITALG)
+// run where the CPU has those features and this switch is on (the default);
+// off, the AVX-512-set kernels run, as on a CPU without them (so tests reach
+// both on one machine).
+bool avx512_extensions();
+void set_avx512_extensions(bool on);
+
 enum class ComputeMode { Reference = 0, Fast = 1 };
 ComputeMode compute_mode();  // initially PYV4_COMPUTE or Fast
 void set_compute_mode(ComputeMode m);
