@@ -1,5 +1,6 @@
-"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS), and the
-load-only i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (more of them in test_iq_types.py).
+"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS), the
+load-only i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (more of them in test_iq_types.py)
+and Q5_K, Q6_K (more in test_k_types.py).
 
 Oracles as in test_kernels.py: `gguf.quants.dequantize` bit for bit for the
 scalar decode; for the fast kernels the float64 product of the dequantized
@@ -133,6 +134,11 @@ def _extreme_rows(type_name, raw, rng):
         p = np.full(LOWBIT[type_name], 255, np.uint8)
         p[32:48] = 0x77  # high index bits 7, delta sign bits clear
         patterns.append(p)
+    if type_name == "Q6_K":  # scales -128 with codes 0 and 63: the widest products
+        for code_bits in (0, 255):
+            p = np.full(LOWBIT[type_name], code_bits, np.uint8)
+            p[192:208] = 0x80
+            patterns.append(p)
     per_row = raw.shape[1] // LOWBIT[type_name]
     for r, pat in zip(rng.choice(raw.shape[0], len(patterns), replace=False), patterns):
         blocks = raw[r].reshape(per_row, -1)
@@ -252,7 +258,7 @@ def test_matmul_many_shares_activations(isa):
     cols = 512
     x = rng.standard_normal((3, cols)).astype(np.float32)
     specs = []
-    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K", "IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
+    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K", "IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "Q5_K", "Q6_K"):
         rows = int(rng.integers(5, 40))
         specs.append((t, random_blocks(t, rows * cols // 256, rng).reshape(-1), rows, cols))
     ys = _core.quant_matmul_many(specs, [x] * len(specs), 2)

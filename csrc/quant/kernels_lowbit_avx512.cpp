@@ -1,12 +1,12 @@
 // AVX-512 (F/BW/VL/DQ) + VNNI GEMVs of the super-block weight types
-// Q3_K, IQ2_XXS and IQ4_XS and of the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M
+// Q3_K, IQ2_XXS, IQ4_XS, Q5_K, Q6_K and of the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M
 // (math in quant/kernels.h), on activations in the quad
 // layout: a quad group is half a super-block (blocks 4g..4g+3), and the codes
 // are built in the same order, A = elements 0..15 of each block (one 128-bit
 // lane per block), B = elements 16..31. In Q3_K's bit packing the 16 codes of
 // a lane come from 16 consecutive bytes, so a group is two broadcast loads and
 // a per-lane shift; the i-quants gather their grid entries in that order.
-//   Q3_K / IQ2_XS / IQ1_M (the K form, scales per 16-element sub-block):
+//   Q3_K / IQ2_XS / IQ1_M / Q5_K / Q6_K (the K form, scales per 16-element sub-block):
 //                P = vpdpwssd(vpdpwssd(0, vpmaddubsw(A, xa), a_A), vpmaddubsw(B, xb), a_B)
 //                (A's words all belong to sub-block 2b, B's to 2b + 1, so the
 //                scale vectors are word permutes of the 16 scales); 4 int32
@@ -17,7 +17,7 @@
 //   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
 //                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
 //                cs = 128/4 * dx * sum q
-// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, the
+// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, Q5_K, Q6_K, the
 // i-quants, and IQ2_XXS where the CPU lacks VBMI or GFNI; Q2_K and IQ2_XXS
 // otherwise have their own (gemv_q2k_avx512.cpp, gemv_iq2xxs_avx512.cpp), and
 // from 4 tokens every super-block type runs the lane GEMM (gemm_lane_avx512.cpp).
@@ -163,6 +163,67 @@ struct DecIQ1_M {
     const __m512i one = _mm512_set1_epi64(0x0101010101010101ll);
     *A = _mm512_add_epi8(_mm512_slli_epi64(gA, 2), _mm512_maskz_mov_epi64(static_cast<__mmask8>(~neg), one));
     *B = _mm512_add_epi8(_mm512_slli_epi64(gB, 2), _mm512_maskz_mov_epi64(static_cast<__mmask8>(~neg >> 8), one));
+  }
+};
+
+// The nibbles of v's 128-bit lanes picked by sel (_mm512_shuffle_i64x2's imm)
+// shifted right by `high` (4 or 0 per lane, 16-bit words), then ORed with the
+// high bits (qh16 in every lane, its words shifted by hsh, masked by hmask)
+// moved to bit 4: the codes of Q5_K / Q6_K in A / B order.
+template <int sel>
+inline __m512i nibble_codes(__m512i v, __m512i high, __m512i qh16, __m512i hsh, char hmask) {
+  const __m512i lo = _mm512_and_si512(_mm512_srlv_epi16(_mm512_shuffle_i64x2(v, v, sel), high), _mm512_set1_epi8(15));
+  const __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(qh16, hsh), _mm512_set1_epi8(hmask));
+  return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
+}
+// 16-bit words s in 128-bit lanes 0..3 (the lanes of a quad group's blocks).
+inline __m512i lane_words(int s0, int s1, int s2, int s3) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0))),
+                            _mm256_set_m128i(_mm_set1_epi16(s3), _mm_set1_epi16(s2)), 1);
+}
+
+// Q5_K as a K type: a 32-block's scale and min for both its halves (quad group
+// n: blocks 4n + j, j = 0..3, the nibble j % 2 of qs chunk 2n + j / 2, the high
+// bit 4n + j of qh).
+struct DecQ5_K {
+  static constexpr size_t kBytes = sizeof(BlockQ5_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ5_K* blk = reinterpret_cast<const BlockQ5_K*>(p);
+    uint64_t sc, mn;
+    q4k_scales_mins(blk->scales, &sc, &mn);
+    auto twice = [](uint64_t v) {  // byte j -> bytes 2j, 2j + 1
+      const __m128i x = _mm_cvtsi64_si128(static_cast<long long>(v));
+      return _mm_unpacklo_epi8(x, x);
+    };
+    k->a = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(twice(sc)));
+    k->d = _cvtsh_ss(blk->d);
+    _mm512_store_ps(k->mneg, _mm512_mul_ps(_mm512_set1_ps(-_cvtsh_ss(blk->dmin)),
+                                           _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(twice(mn)))));
+  }
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockQ5_K* blk = reinterpret_cast<const BlockQ5_K*>(p);
+    const __m512i v = _mm512_loadu_si512(blk->qs + 64 * n), high = lane_words(0, 4, 0, 4);
+    const __m512i hsh = lane_counts(4 * n, 1);
+    *A = nibble_codes<_MM_SHUFFLE(2, 2, 0, 0)>(v, high, bcast16(blk->qh), hsh, 1);
+    *B = nibble_codes<_MM_SHUFFLE(3, 3, 1, 1)>(v, high, bcast16(blk->qh + 16), hsh, 1);
+  }
+};
+
+// Q6_K as a K type: a_s = int8 scale, c = 6-bit code, d2 = 32d (quad group n:
+// blocks 4n + j, the nibble j / 2 of ql[64n + 32 (j % 2) ..], the bits 2j of qh[32n ..]).
+struct DecQ6_K {
+  static constexpr size_t kBytes = sizeof(BlockQ6_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(p);
+    k_scales(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales))),
+             _cvtsh_ss(blk->d), 32.0f, k);
+  }
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(p);
+    const __m512i v = _mm512_loadu_si512(blk->ql + 64 * n), high = lane_words(0, 0, 4, 4);
+    const __m512i hsh = lane_counts(0, 2);
+    *A = nibble_codes<_MM_SHUFFLE(2, 0, 2, 0)>(v, high, bcast16(blk->qh + 32 * n), hsh, 3);
+    *B = nibble_codes<_MM_SHUFFLE(3, 1, 3, 1)>(v, high, bcast16(blk->qh + 32 * n + 16), hsh, 3);
   }
 };
 
@@ -391,6 +452,8 @@ void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
     constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
     switch (W.type) {
       case GGMLType::Q3_K: return tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::Q5_K: return tile_k<DecQ5_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::Q6_K: return tile_k<DecQ6_K, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XS: return tile_k<DecIQ2_XS, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ1_M: return tile_k<DecIQ1_M, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XXS:
