@@ -289,7 +289,7 @@ _ENCODERS = {
 }
 # the importance-weighted ones: the C++ search in pyv4._core (csrc/quant/quantize_lowbit.cpp),
 # byte for byte the numpy reference's in convert/quants_lowbit.py, on all cores
-_WEIGHTED = (T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS)
+_WEIGHTED = (T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS, T.Q5_K, T.Q6_K)
 
 
 def quantize(x: np.ndarray, t: T, imatrix: np.ndarray | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Quantizers of the 2- and 3-bit GGML types, minimising the importance-weighted error.
+"""Quantizers of the 2- to 6-bit GGML types, minimising the importance-weighted error.
 
 Formats (value of element i of a 256-element super-block; layouts as csrc/quant/blocks.h):
 
@@ -8,7 +8,9 @@ Formats (value of element i of a 256-element super-block; layouts as csrc/quant/
   (8, 25 or 43) with 7 sign bits per point (the 8th is their parity) and a 4-bit scale
   ``s``: ``d*(0.5+s)/4 * grid * sign``;
 * ``IQ4_XS`` (136 B): 8 blocks of 32, ``d*(ls-32) * level`` with a 6-bit ``ls`` per block and
-  a 4-bit code per element indexing the 16 non-linear IQ4_NL levels (-127 .. 113).
+  a 4-bit code per element indexing the 16 non-linear IQ4_NL levels (-127 .. 113);
+* ``Q5_K`` (176 B): 8 sub-blocks of 32, ``d*sc*q - dmin*m`` with 6-bit ``sc``, ``m``, 5-bit ``q``;
+* ``Q6_K`` (210 B): 16 sub-blocks of 16, ``d*sc*(q-32)`` with int8 ``sc``, 6-bit ``q``.
 
 The search follows the approach of GGML's reference quantizers (our own code): each
 element weighs ``imatrix[col] * sqrt(sigma2 + x^2)`` (``sigma2`` the super-block's mean
@@ -213,6 +215,64 @@ def _q3_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
                        | (low[:, :, :, 3] << 6)).astype(np.uint8).reshape(rows, nsb, 64)
     out[..., 96:108] = pack_q3_k_scales(sc + 32)
     out[..., 108:110] = d16[..., None].view(np.uint8)
+    return out.reshape(rows, -1)
+
+
+def q6_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Float rows [rows, n] -> Q6_K bytes [rows, n/256*210]."""
+    return _in_slices(_q6_k_rows, x, imatrix, 210, 1 << 18)
+
+
+def _q6_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    rows, n = x.shape
+    nsb = n // 256
+    w = element_weights(x, imatrix).reshape(rows, nsb, 16, 16)
+    b = x.reshape(rows, nsb, 16, 16).astype(F32)
+    scale = _fit_symmetric(b, w, 32)
+    d16, sc = _super_scale(scale, w.sum(-1), -128, 127)
+    eff = (d16.astype(F32)[..., None] * sc.astype(F32)).astype(F32)
+    q = np.clip(np.rint(_div(b, eff[..., None])), -32, 31).astype(np.int32) + 32  # 0..63
+    qq = q.reshape(rows, nsb, 2, 4, 32)  # element 128h + 32j + l
+    out = np.empty((rows, nsb, 210), np.uint8)
+    # ql byte 64h + 32 (j % 2) + l: low 4 bits of j (j < 2) in its low nibble, of j + 2 in its high one
+    lo = qq & 15
+    out[..., 0:128] = (lo[:, :, :, 0:2] | (lo[:, :, :, 2:4] << 4)).astype(np.uint8).reshape(rows, nsb, 128)
+    hi = qq >> 4  # qh byte 32h + l: the top 2 bits of j at bits 2j
+    out[..., 128:192] = (hi[:, :, :, 0] | (hi[:, :, :, 1] << 2) | (hi[:, :, :, 2] << 4)
+                         | (hi[:, :, :, 3] << 6)).astype(np.uint8).reshape(rows, nsb, 64)
+    out[..., 192:208] = sc.astype(np.int8).view(np.uint8)
+    out[..., 208:210] = d16[..., None].view(np.uint8)
+    return out.reshape(rows, -1)
+
+
+def q5_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Float rows [rows, n] -> Q5_K bytes [rows, n/256*176]."""
+    return _in_slices(_q5_k_rows, x, imatrix, 176, 1 << 18)
+
+
+def _q5_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    from .quants import _pack_k_scales
+
+    rows, n = x.shape
+    nsb = n // 256
+    w = element_weights(x, imatrix).reshape(rows, nsb, 8, 32)
+    b = x.reshape(rows, nsb, 8, 32).astype(F32)
+    scale, mins = _fit_affine(b, w, 31)
+    sw = w.sum(-1)
+    d16, sc = _super_scale(scale, sw, 0, 63)
+    dm16, mq = _super_scale(mins, sw, 0, 63)
+    eff_d = (d16.astype(F32)[..., None] * sc.astype(F32)).astype(F32)
+    eff_m = (dm16.astype(F32)[..., None] * mq.astype(F32)).astype(F32)
+    q = np.clip(np.rint(_div(b + eff_m[..., None], eff_d[..., None])), 0, 31).astype(np.uint8)
+    out = np.empty((rows, nsb, 176), np.uint8)
+    out[..., 0:2] = d16[..., None].view(np.uint8)
+    out[..., 2:4] = dm16[..., None].view(np.uint8)
+    out[..., 4:16] = _pack_k_scales(sc.astype(np.uint8), mq.astype(np.uint8))
+    # qh byte l: bit j = the fifth bit of element 32j + l; qs byte 32c + l: sub-block 2c's
+    # low nibble, 2c + 1's high one
+    out[..., 16:48] = ((q >> 4) << np.arange(8, dtype=np.uint8)[:, None]).sum(-2, dtype=np.uint8)
+    lo = (q & 15).reshape(rows, nsb, 4, 2, 32)
+    out[..., 48:176] = (lo[:, :, :, 0] | (lo[:, :, :, 1] << 4)).reshape(rows, nsb, 128)
     return out.reshape(rows, -1)
 
 

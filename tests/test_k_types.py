@@ -1,6 +1,5 @@
 """Q5_K and Q6_K, the K types of llama-quantize's ladders (community DeepSeek-V4
-GGUFs store output.weight, attention and ffn_down tensors in them; pyv4 loads and
-runs them but has no quantizer for them).
+GGUFs store output.weight, attention and ffn_down tensors in them).
 
 Their decode and kernels are covered with the other super-block types in
 test_lowbit.py (gguf.quants bit for bit, every ISA path and token count); here:
@@ -8,8 +7,10 @@ hand-made blocks that pin each format's fields, models with these types in every
 role (token embedding, attention, shared and routed experts, output head) whose
 reference-mode logits equal those of the same model with gguf.quants' decoded
 weights stored as F32 (bit for bit) and whose fast-mode logits stay close, a file
-written by llama.cpp's own llama-quantize, `pyv4 info`, the converter's refusal
-to produce them, and the GPU placement keeping them on the host.
+written by llama.cpp's own llama-quantize, `pyv4 info`, `pyv4 requantize --type`
+producing them (the importance-weighted searches of test_quantize_lowbit.py; their
+error against llama-quantize's on the same tensors and importance), and the GPU
+placement keeping them on the host.
 """
 
 import dataclasses
@@ -161,13 +162,29 @@ def test_info_shows_k_types(k_models):
     assert d["loadable"], d["loadable_detail"]
 
 
-@pytest.mark.parametrize("tname", ["q5_k", "q6_k"])
-def test_convert_refuses_to_produce(tname):
-    from pyv4.convert.errors import ConvertError
-    from pyv4.convert.recipes import get_recipe
+def test_requantize_produces_k_types(k_models, tmp_path):
+    """`pyv4 requantize --type` writes Q6_K / Q5_K (rows that do not fit 256 fall
+    back to Q8_0), and the file loads and runs."""
+    import pyv4
+    from gguf import GGUFReader
 
-    with pytest.raises(ConvertError, match="can only be loaded, not produced"):
-        get_recipe("q8", [("output.weight", tname)])
+    from pyv4.convert.requantize import main
+
+    out = tmp_path / "k.gguf"
+    assert main([str(k_models["q5"]), str(out), "--recipe", "q8", "--type", "output.weight=q6_k",
+                 "--type", "*attn_*=q6_k", "--type", "*ffn_*_exps*=q5_k", "-q"]) == 0
+    types = _types(out)
+    assert types["output.weight"] == "Q6_K" and types["blk.1.attn_kv.weight"] == "Q6_K"
+    assert types["blk.1.attn_q_b.weight"] == "Q8_0"  # rows of 32: the fallback
+    assert types["blk.1.ffn_down_exps.weight"] == "Q5_K" and types["blk.1.ffn_up_shexp.weight"] == "Q8_0"
+    src = {t.name: t for t in GGUFReader(str(k_models["q5"])).tensors}
+    dst = {t.name: t for t in GGUFReader(str(out)).tensors}
+    for name, t in (("output.weight", QT.Q6_K), ("blk.1.ffn_down_exps.weight", QT.Q5_K)):
+        a = gq.dequantize(np.asarray(src[name].data), QT(src[name].tensor_type))
+        b = gq.dequantize(np.asarray(dst[name].data), t)
+        assert np.sqrt(np.mean((a - b) ** 2)) < {QT.Q6_K: 0.02, QT.Q5_K: 0.04}[t] * np.sqrt(np.mean(a * a))
+    logits = pyv4.Model(out, threads=2).new_session(kv="f32").eval(np.arange(5, 9))
+    assert np.isfinite(logits).all()
 
 
 def test_requantize_reads_k_types(k_models, tmp_path):
@@ -254,3 +271,57 @@ def test_llama_quantize_file(tmp_path):
     for isa in ("avx2", "avx512"):
         if _core.isa_supported(isa):
             check_fast_model(pyv4.Model(out, threads=2), isa)
+
+
+@pytest.mark.skipif(LLAMA_QUANTIZE is None, reason="llama-quantize not found (set PYV4_LLAMA_TOOLS)")
+@pytest.mark.parametrize("tname,ftype", [("Q6_K", "Q6_K"), ("Q5_K", "Q5_K_M")])
+def test_error_against_llama_quantize(tmp_path, tname, ftype):
+    """pyv4's importance-weighted Q6_K / Q5_K (the converter's C++ search) against
+    llama-quantize's on the same F32 tensors with the same importance matrix (a GGUF
+    imatrix of random column importances, widely spread): the importance-weighted
+    RMSE pooled over every tensor llama-quantize stored in the type, at most 2 %
+    above llama.cpp's."""
+    from gguf import GGMLQuantizationType as T
+    from gguf import GGUFReader
+
+    from pyv4.convert.imatrix import load_imatrix, matrix_weights
+    from pyv4.convert.quants import quantize
+    from pyv4.demo import DEMO_CONFIG
+    from pyv4.imatrix import write_gguf
+    from pyv4.synthetic import write_random_gguf
+
+    f32 = write_random_gguf(tmp_path / "f32.gguf", dict(DEMO_CONFIG, **CONFIG), None, seed=3, matrix_type=T.F32)
+    src = {t.name: t for t in GGUFReader(str(f32)).tensors}
+    rng = np.random.default_rng(0)
+    entries = []
+    for name, t in src.items():
+        ne = [int(s) for s in t.shape]
+        if len(ne) >= 2 and name != "token_embd.weight":
+            n_exp = ne[2] if len(ne) == 3 else 1
+            entries.append((name, np.exp(2 * rng.standard_normal((n_exp, ne[0]))).astype(np.float32), np.ones(n_exp)))
+    write_gguf(tmp_path / "imatrix.gguf", entries, "random", 1, 512)
+    out = tmp_path / f"lcpp-{ftype}.gguf"
+    r = subprocess.run([LLAMA_QUANTIZE, "--imatrix", str(tmp_path / "imatrix.gguf"), "--pure", str(f32), str(out),
+                        ftype, "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    im = load_imatrix(tmp_path / "imatrix.gguf")
+    ours = theirs = den = 0.0
+    n = 0
+    for t in GGUFReader(str(out)).tensors:
+        if t.tensor_type.name != tname:
+            continue
+        shape = tuple(int(s) for s in reversed(list(t.shape)))
+        x = np.asarray(src[t.name].data, np.float32).reshape(-1, shape[-1])
+        imp = matrix_weights(im, t.name, shape)
+        w = np.ones_like(x) if imp is None else imp[np.arange(x.shape[0]) // (x.shape[0] // imp.shape[0])]
+        mine = gq.dequantize(quantize(x, T[tname], None if imp is None else w), T[tname]).reshape(x.shape)
+        lc = gq.dequantize(np.asarray(t.data), T[tname]).reshape(x.shape)
+        ours += float((w * (x - mine) ** 2).sum())
+        theirs += float((w * (x - lc) ** 2).sum())
+        den += float(w.sum())
+        n += 1
+    assert n >= 30
+    ratio = np.sqrt(ours / theirs)
+    print(f"{tname}: {n} tensors, weighted RMSE pyv4 {np.sqrt(ours / den):.6g}, llama.cpp "
+          f"{np.sqrt(theirs / den):.6g}, ratio {ratio:.4f}")
+    assert ratio <= 1.02

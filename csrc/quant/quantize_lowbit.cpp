@@ -1,4 +1,4 @@
-// The importance-weighted Q2_K / Q3_K / IQ2_XXS / IQ4_XS searches (convert/quants_lowbit.py
+// The importance-weighted Q2_K / Q3_K / IQ2_XXS / IQ4_XS / Q5_K / Q6_K searches (convert/quants_lowbit.py
 // is the reference; each function here names the reference function it mirrors).
 // Exactness rules, kept everywhere below:
 //   * float32 arithmetic in the reference's order, no fused multiply-add
@@ -11,7 +11,7 @@
 //   * _div(a, b) is a / b where b != 0, else +0.
 // The hot loops come per ISA, chosen by active_isa(): the IQ2_XXS grid search
 // (quant/quantize_lowbit_kernels.h; the SSE2 baseline at the end of this file)
-// and the Q2_K / Q3_K sub-block fits, one sub-block per vector lane
+// and the Q2_K / Q3_K / Q5_K / Q6_K sub-block fits, one sub-block per vector lane
 // (quant/quantize_lowbit_lanes.h). Each super-block is independent: the pool
 // splits the matrix's blocks over its threads.
 #include "quant/quantize_lowbit.h"
@@ -176,7 +176,7 @@ void store_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 struct IsaOps {
   void (*dots)(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
   void (*pick)(const float* A, const float* B, const float* h, int nh, int* out);
-  void (*fit_affine)(const float* x, const float* w, int nmax, float* s, float* m);
+  void (*fit_affine)(const float* x, const float* w, int nmax, int sub, float* s, float* m);
   void (*fit_symmetric)(const float* x, const float* w, int nmax, float* s);
 };
 
@@ -196,7 +196,7 @@ IsaOps isa_ops() {
 void q2_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
   float w[256], scale[16], mins[16], sw[16];
   element_weights(x, imp, w);
-  ops.fit_affine(x, w, 3, scale, mins);
+  ops.fit_affine(x, w, 3, 16, scale, mins);
   for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
   int sc[16], mq[16];
   const uint16_t d16 = super_scale(scale, sw, 16, 0, 15, sc);
@@ -245,6 +245,62 @@ void q3_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& op
     sp[8 + s % 4] |= static_cast<uint8_t>((u >> 4) << (2 * (s / 4)));
   }
   store_u16(out + 108, d16);
+}
+
+// _q6_k_rows for one super-block.
+void q6_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
+  float w[256], scale[16], sw[16];
+  element_weights(x, imp, w);
+  ops.fit_symmetric(x, w, 32, scale);
+  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
+  int sc[16];
+  const uint16_t d16 = super_scale(scale, sw, 16, -128, 127, sc);
+  const float d = f16_to_f32(d16);
+  std::memset(out, 0, 210);
+  for (int s = 0; s < 16; ++s) {
+    const float eff = d * static_cast<float>(sc[s]);
+    out[192 + s] = static_cast<uint8_t>(sc[s]);  // int8, two's complement
+    for (int l = 0; l < 16; ++l) {
+      const int e = 16 * s + l, h = e / 128, j = (e / 32) % 4, i = e % 32;
+      const int q = static_cast<int>(rint_clip(div0(x[e], eff), -32.0f, 31.0f)) + 32;  // 0..63
+      out[64 * h + 32 * (j % 2) + i] |= static_cast<uint8_t>((q & 15) << (4 * (j / 2)));  // ql
+      out[128 + 32 * h + i] |= static_cast<uint8_t>((q >> 4) << (2 * j));               // qh
+    }
+  }
+  store_u16(out + 208, d16);
+}
+
+// _q5_k_rows for one super-block: 8 sub-blocks of 32.
+void q5_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
+  float w[256], scale[8], mins[8], sw[8];
+  element_weights(x, imp, w);
+  ops.fit_affine(x, w, 31, 32, scale, mins);
+  for (int s = 0; s < 8; ++s) sw[s] = np_sum(w + 32 * s, 32);
+  int sc[8], mq[8];
+  const uint16_t d16 = super_scale(scale, sw, 8, 0, 63, sc);
+  const uint16_t dm16 = super_scale(mins, sw, 8, 0, 63, mq);
+  const float d = f16_to_f32(d16), dm = f16_to_f32(dm16);
+  std::memset(out, 0, 176);
+  store_u16(out, d16);
+  store_u16(out + 2, dm16);
+  // quants.py _pack_k_scales: 6-bit scales and mins of sub-blocks 0..3 in bytes
+  // 0..3 / 4..7, those of 4..7 split into the low nibbles (bytes 8..11) and the
+  // top 2 bits of bytes 0..3 / 4..7
+  uint8_t* sp = out + 4;
+  for (int j = 0; j < 4; ++j) {
+    sp[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
+    sp[4 + j] = static_cast<uint8_t>(mq[j] | ((mq[j + 4] >> 4) << 6));
+    sp[8 + j] = static_cast<uint8_t>((sc[j + 4] & 15) | ((mq[j + 4] & 15) << 4));
+  }
+  for (int s = 0; s < 8; ++s) {
+    // the codes for the scale and min the decoder forms (float32 d*sc, dmin*m)
+    const float eff_d = d * static_cast<float>(sc[s]), eff_m = dm * static_cast<float>(mq[s]);
+    for (int l = 0; l < 32; ++l) {
+      const int q = static_cast<int>(rint_clip(div0(x[32 * s + l] + eff_m, eff_d), 0.0f, 31.0f));
+      out[16 + l] |= static_cast<uint8_t>((q >> 4) << s);                         // qh: bit s
+      out[48 + 32 * (s / 2) + l] |= static_cast<uint8_t>((q & 15) << (4 * (s % 2)));  // qs nibbles
+    }
+  }
 }
 
 // The index of the IQ4_NL level nearest v: np.abs(v - levels).argmin(), the
@@ -442,9 +498,10 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const IsaOps&
 }  // namespace
 
 void check_lowbit_args(GGMLType t, int64_t rows, int64_t cols, bool has_importance) {
-  if (t != GGMLType::Q2_K && t != GGMLType::Q3_K && t != GGMLType::IQ2_XXS && t != GGMLType::IQ4_XS)
+  if (t != GGMLType::Q2_K && t != GGMLType::Q3_K && t != GGMLType::IQ2_XXS && t != GGMLType::IQ4_XS &&
+      t != GGMLType::Q5_K && t != GGMLType::Q6_K)
     throw InputError(std::string("no importance-weighted quantizer for ") + type_name(t) +
-                     " (Q2_K, Q3_K, IQ2_XXS, IQ4_XS)");
+                     " (Q2_K, Q3_K, IQ2_XXS, IQ4_XS, Q5_K, Q6_K)");
   if (rows < 0 || cols <= 0 || cols % 256 != 0)
     throw InputError("a row of " + std::to_string(cols) + " values is not a multiple of the " +
                      type_name(t) + " super-block of 256");
@@ -470,6 +527,10 @@ void quantize_lowbit(GGMLType t, const float* x, int64_t rows, int64_t cols,
         q3_k_block(xb, imp, ob, ops);
       } else if (t == GGMLType::IQ4_XS) {
         iq4_xs_block(xb, imp, ob);
+      } else if (t == GGMLType::Q6_K) {
+        q6_k_block(xb, imp, ob, ops);
+      } else if (t == GGMLType::Q5_K) {
+        q5_k_block(xb, imp, ob, ops);
       } else {
         iq2_xxs_block(xb, imp, ob, ops);
       }
@@ -539,8 +600,8 @@ typedef float V4F __attribute__((vector_size(16)));
 typedef int32_t V4I __attribute__((vector_size(16)));
 }  // namespace
 
-void fit_affine_sse2(const float* x, const float* w, int nmax, float* s, float* m) {
-  lanes_fit_affine<V4F, V4I>(x, w, nmax, s, m);
+void fit_affine_sse2(const float* x, const float* w, int nmax, int sub, float* s, float* m) {
+  lanes_fit_affine<V4F, V4I>(x, w, nmax, sub, s, m);
 }
 
 void fit_symmetric_sse2(const float* x, const float* w, int nmax, float* s) {
