@@ -25,6 +25,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
 import gguf_tools as gt
+from test_iq_types import _f16, _oracle
 from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
 from test_lowbit import _run, check_fast_model
 
@@ -32,14 +33,6 @@ from pyv4 import _core
 
 CONFIG = dict(vocab_size=512, max_position_embeddings=1024, hidden_size=256, moe_intermediate_size=256,
               num_hidden_layers=3, compress_ratios=[0, 4, 128], num_hash_layers=1)
-
-
-def _oracle(type_name, raw):
-    return gq.dequantize(raw.reshape(1, -1), QT[type_name]).reshape(-1)
-
-
-def _f16(x):
-    return np.array([x], np.float16).view(np.uint8)
 
 
 def test_q6k_fields():

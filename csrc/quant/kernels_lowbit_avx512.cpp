@@ -179,7 +179,8 @@ inline __m512i merge_codes(__m512i nib, __m512i hb, char keep) {
 }
 // 16-bit shift counts: lo in the low 256 bits, hi in the high ones.
 inline __m512i half_counts(int lo, int hi) {
-  return _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(lo)), _mm256_set1_epi16(static_cast<int16_t>(hi)), 1);
+  return _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(lo)),
+                            _mm256_set1_epi16(static_cast<int16_t>(hi)), 1);
 }
 // 32 bytes at p in both 256-bit halves.
 inline __m512i bcast32(const uint8_t* p) {

@@ -192,114 +192,123 @@ IsaOps isa_ops() {
   }
 }
 
-// _q2_k_rows for one super-block.
-void q2_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
+// _affine_codes (Q2_K, Q5_K) of one super-block: per sub-block of `sub` values
+// (16 or 32) the scale and min, quantized to 0..smax against f16 d / dmin, and
+// the codes 0..nmax for the scale and min the decoder forms (float32 d*sc, dmin*m).
+struct AffineCodes {
+  uint16_t d16, dm16;
+  int sc[16], mq[16];
+  int q[256];
+};
+void affine_codes(const float* x, const float* imp, int sub, int nmax, int smax, const IsaOps& ops,
+                  AffineCodes* c) {
+  const int ns = 256 / sub;
   float w[256], scale[16], mins[16], sw[16];
   element_weights(x, imp, w);
-  ops.fit_affine(x, w, 3, 16, scale, mins);
-  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
-  int sc[16], mq[16];
-  const uint16_t d16 = super_scale(scale, sw, 16, 0, 15, sc);
-  const uint16_t dm16 = super_scale(mins, sw, 16, 0, 15, mq);
-  const float d = f16_to_f32(d16), dm = f16_to_f32(dm16);
-  std::memset(out, 0, 84);
-  for (int s = 0; s < 16; ++s) {
-    out[s] = static_cast<uint8_t>(sc[s] | (mq[s] << 4));
-    // the codes for the scale and min the decoder forms (float32 d*sc, dmin*m)
-    const float eff_d = d * static_cast<float>(sc[s]), eff_m = dm * static_cast<float>(mq[s]);
-    for (int l = 0; l < 16; ++l) {
-      const int e = 16 * s + l;  // element 128h + 32j + l' -> byte 16 + 32h + l', bits 2j
-      const int q = static_cast<int>(rint_clip(div0(x[e] + eff_m, eff_d), 0.0f, 3.0f));
-      out[16 + 32 * (e / 128) + e % 32] |= static_cast<uint8_t>(q << (2 * ((e / 32) % 4)));
+  ops.fit_affine(x, w, nmax, sub, scale, mins);
+  for (int s = 0; s < ns; ++s) sw[s] = np_sum(w + sub * s, sub);
+  c->d16 = super_scale(scale, sw, ns, 0, smax, c->sc);
+  c->dm16 = super_scale(mins, sw, ns, 0, smax, c->mq);
+  const float d = f16_to_f32(c->d16), dm = f16_to_f32(c->dm16);
+  for (int s = 0; s < ns; ++s) {
+    const float eff_d = d * static_cast<float>(c->sc[s]), eff_m = dm * static_cast<float>(c->mq[s]);
+    for (int l = 0; l < sub; ++l) {
+      const float v = div0(x[sub * s + l] + eff_m, eff_d);
+      c->q[sub * s + l] = static_cast<int>(rint_clip(v, 0.0f, static_cast<float>(nmax)));
     }
   }
-  store_u16(out + 80, d16);
-  store_u16(out + 82, dm16);
+}
+
+// _symmetric_codes (Q3_K, Q6_K) of one super-block: per sub-block of 16 the scale,
+// quantized to slo..shi against an f16 d, and the codes 0..2 nmax - 1 (value
+// code - nmax) for the decoder's float32 d*sc.
+struct SymmetricCodes {
+  uint16_t d16;
+  int sc[16];
+  int q[256];
+};
+void symmetric_codes(const float* x, const float* imp, int nmax, int slo, int shi, const IsaOps& ops,
+                     SymmetricCodes* c) {
+  float w[256], scale[16], sw[16];
+  element_weights(x, imp, w);
+  ops.fit_symmetric(x, w, nmax, scale);
+  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
+  c->d16 = super_scale(scale, sw, 16, slo, shi, c->sc);
+  const float d = f16_to_f32(c->d16), fn = static_cast<float>(nmax);
+  for (int s = 0; s < 16; ++s) {
+    const float eff = d * static_cast<float>(c->sc[s]);
+    for (int l = 0; l < 16; ++l)
+      c->q[16 * s + l] = static_cast<int>(rint_clip(div0(x[16 * s + l], eff), -fn, fn - 1.0f)) + nmax;
+  }
+}
+
+// _q2_k_rows for one super-block.
+void q2_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
+  AffineCodes c;
+  affine_codes(x, imp, 16, 3, 15, ops, &c);
+  std::memset(out, 0, 84);
+  for (int s = 0; s < 16; ++s) out[s] = static_cast<uint8_t>(c.sc[s] | (c.mq[s] << 4));
+  for (int e = 0; e < 256; ++e)  // element 128h + 32j + l' -> byte 16 + 32h + l', bits 2j
+    out[16 + 32 * (e / 128) + e % 32] |= static_cast<uint8_t>(c.q[e] << (2 * ((e / 32) % 4)));
+  store_u16(out + 80, c.d16);
+  store_u16(out + 82, c.dm16);
 }
 
 // _q3_k_rows for one super-block.
 void q3_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
-  float w[256], scale[16], sw[16];
-  element_weights(x, imp, w);
-  ops.fit_symmetric(x, w, 4, scale);
-  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
-  int sc[16];
-  const uint16_t d16 = super_scale(scale, sw, 16, -32, 31, sc);
-  const float d = f16_to_f32(d16);
+  SymmetricCodes c;
+  symmetric_codes(x, imp, 4, -32, 31, ops, &c);  // codes 0..7
   std::memset(out, 0, 110);
-  for (int s = 0; s < 16; ++s) {
-    const float eff = d * static_cast<float>(sc[s]);
-    for (int l = 0; l < 16; ++l) {
-      const int e = 16 * s + l, h = e / 128, j = (e / 32) % 4, i = e % 32;
-      const int q = static_cast<int>(rint_clip(div0(x[e], eff), -4.0f, 3.0f)) + 4;  // 0..7
-      out[i] |= static_cast<uint8_t>((q >> 2) << (4 * h + j));       // hmask
-      out[32 + 32 * h + i] |= static_cast<uint8_t>((q & 3) << (2 * j));  // low bits
-    }
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, j = (e / 32) % 4, i = e % 32;
+    out[i] |= static_cast<uint8_t>((c.q[e] >> 2) << (4 * h + j));       // hmask
+    out[32 + 32 * h + i] |= static_cast<uint8_t>((c.q[e] & 3) << (2 * j));  // low bits
   }
   // pack_q3_k_scales: scale s (+32) has its low nibble in byte s % 8 (high
   // half for s >= 8), its top 2 bits at bit 2*(s / 4) of byte 8 + s % 4
   uint8_t* sp = out + 96;
   for (int s = 0; s < 16; ++s) {
-    const int u = sc[s] + 32;
+    const int u = c.sc[s] + 32;
     sp[s % 8] |= static_cast<uint8_t>((u & 15) << (s < 8 ? 0 : 4));
     sp[8 + s % 4] |= static_cast<uint8_t>((u >> 4) << (2 * (s / 4)));
   }
-  store_u16(out + 108, d16);
+  store_u16(out + 108, c.d16);
 }
 
 // _q6_k_rows for one super-block.
 void q6_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
-  float w[256], scale[16], sw[16];
-  element_weights(x, imp, w);
-  ops.fit_symmetric(x, w, 32, scale);
-  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
-  int sc[16];
-  const uint16_t d16 = super_scale(scale, sw, 16, -128, 127, sc);
-  const float d = f16_to_f32(d16);
+  SymmetricCodes c;
+  symmetric_codes(x, imp, 32, -128, 127, ops, &c);  // codes 0..63
   std::memset(out, 0, 210);
-  for (int s = 0; s < 16; ++s) {
-    const float eff = d * static_cast<float>(sc[s]);
-    out[192 + s] = static_cast<uint8_t>(sc[s]);  // int8, two's complement
-    for (int l = 0; l < 16; ++l) {
-      const int e = 16 * s + l, h = e / 128, j = (e / 32) % 4, i = e % 32;
-      const int q = static_cast<int>(rint_clip(div0(x[e], eff), -32.0f, 31.0f)) + 32;  // 0..63
-      out[64 * h + 32 * (j % 2) + i] |= static_cast<uint8_t>((q & 15) << (4 * (j / 2)));  // ql
-      out[128 + 32 * h + i] |= static_cast<uint8_t>((q >> 4) << (2 * j));               // qh
-    }
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, j = (e / 32) % 4, i = e % 32;
+    out[64 * h + 32 * (j % 2) + i] |= static_cast<uint8_t>((c.q[e] & 15) << (4 * (j / 2)));  // ql
+    out[128 + 32 * h + i] |= static_cast<uint8_t>((c.q[e] >> 4) << (2 * j));               // qh
   }
-  store_u16(out + 208, d16);
+  for (int s = 0; s < 16; ++s) out[192 + s] = static_cast<uint8_t>(c.sc[s]);  // int8, two's complement
+  store_u16(out + 208, c.d16);
 }
 
 // _q5_k_rows for one super-block: 8 sub-blocks of 32.
 void q5_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
-  float w[256], scale[8], mins[8], sw[8];
-  element_weights(x, imp, w);
-  ops.fit_affine(x, w, 31, 32, scale, mins);
-  for (int s = 0; s < 8; ++s) sw[s] = np_sum(w + 32 * s, 32);
-  int sc[8], mq[8];
-  const uint16_t d16 = super_scale(scale, sw, 8, 0, 63, sc);
-  const uint16_t dm16 = super_scale(mins, sw, 8, 0, 63, mq);
-  const float d = f16_to_f32(d16), dm = f16_to_f32(dm16);
+  AffineCodes c;
+  affine_codes(x, imp, 32, 31, 63, ops, &c);
   std::memset(out, 0, 176);
-  store_u16(out, d16);
-  store_u16(out + 2, dm16);
+  store_u16(out, c.d16);
+  store_u16(out + 2, c.dm16);
   // quants.py _pack_k_scales: 6-bit scales and mins of sub-blocks 0..3 in bytes
   // 0..3 / 4..7, those of 4..7 split into the low nibbles (bytes 8..11) and the
   // top 2 bits of bytes 0..3 / 4..7
   uint8_t* sp = out + 4;
   for (int j = 0; j < 4; ++j) {
-    sp[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
-    sp[4 + j] = static_cast<uint8_t>(mq[j] | ((mq[j + 4] >> 4) << 6));
-    sp[8 + j] = static_cast<uint8_t>((sc[j + 4] & 15) | ((mq[j + 4] & 15) << 4));
+    sp[j] = static_cast<uint8_t>(c.sc[j] | ((c.sc[j + 4] >> 4) << 6));
+    sp[4 + j] = static_cast<uint8_t>(c.mq[j] | ((c.mq[j + 4] >> 4) << 6));
+    sp[8 + j] = static_cast<uint8_t>((c.sc[j + 4] & 15) | ((c.mq[j + 4] & 15) << 4));
   }
-  for (int s = 0; s < 8; ++s) {
-    // the codes for the scale and min the decoder forms (float32 d*sc, dmin*m)
-    const float eff_d = d * static_cast<float>(sc[s]), eff_m = dm * static_cast<float>(mq[s]);
-    for (int l = 0; l < 32; ++l) {
-      const int q = static_cast<int>(rint_clip(div0(x[32 * s + l] + eff_m, eff_d), 0.0f, 31.0f));
-      out[16 + l] |= static_cast<uint8_t>((q >> 4) << s);                         // qh: bit s
-      out[48 + 32 * (s / 2) + l] |= static_cast<uint8_t>((q & 15) << (4 * (s % 2)));  // qs nibbles
-    }
+  for (int e = 0; e < 256; ++e) {
+    const int s = e / 32, l = e % 32;
+    out[16 + l] |= static_cast<uint8_t>((c.q[e] >> 4) << s);                         // qh: bit s
+    out[48 + 32 * (s / 2) + l] |= static_cast<uint8_t>((c.q[e] & 15) << (4 * (s % 2)));  // qs nibbles
   }
 }
 
