@@ -164,7 +164,8 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
 //  IQ1_M: a = m = 2 * 3-bit scale + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
 //         d = d16/4, d2 = 9/8 d16;
 //  Q6_K: a = m = int8 scale, c = 6-bit code 0..63 (value c - 32), d2 = 32d;
-//  Q5_K: a = 6-bit scale of the 32-element block (both its 16-element halves),
+//  Q5_K: a = 6-bit scale of the 32-element block (both its 16-element halves;
+//        the AVX-512 GEMV applies d * a as a float to the block's exact dot),
 //        c = 5-bit code, d2 = dmin, m = its 6-bit min), so
 //     sum_i w_i x_i = d * sum_b dx_b * (sum_s a_s sum_i c_i q_i) - d2 * sum_s m_s hs_s.
 // The first sum is exact in int32 (u8 x s8 pair products, at most 2 * 126 * 127,
