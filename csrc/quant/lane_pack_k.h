@@ -1,7 +1,7 @@
 // The lane-GEMM packers of Q5_K and Q6_K (the K types of llama-quantize's
 // ladders): a part of gemm_lane_avx512.cpp (its only includer), kept apart for
 // size, included inside that file's anonymous namespace after the helpers it
-// uses (Form, store_codes, pair8, pair8_f16, lane_block, q4k_nibbles,
+// uses (Form, store_codes, pair8, pair8_f16, lane_block, Q4kNibbles,
 // store_q4k_scales) and compiled with its AVX-512 flags. Contract of a packer
 // there: two super-blocks at p -> out[0..512) codes in the lane layout (lane j:
 // 32-block j % 8 of super-block j / 8), dw at 512, Min's mw at 576, HalfScale's
