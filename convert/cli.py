@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
                         "Example: --type 'blk.*.ffn_*_exps.weight=q4_k'")
     p.add_argument("--imatrix", metavar="FILE",
                    help="importance matrix (`pyv4 imatrix` or llama.cpp's llama-imatrix output, .gguf or legacy .dat) "
-                        "that the low-bit types (q2, q2q4; --type q2_k/q3_k/iq2_xxs/iq4_xs) minimise their "
+                        "that the low-bit types (q2, q2q4; --type q2_k/q3_k/iq2_xxs/iq4_xs/q5_k/q6_k) minimise their "
                         "error against; required for IQ2_XXS")
     p.add_argument("--mtp", choices=("auto", "skip"), default="auto",
                    help="auto: keep the MTP block(s) the checkpoint has; skip: leave them out")

@@ -1,4 +1,4 @@
-"""Quantizers of the 2- and 3-bit GGML types, minimising the importance-weighted error.
+"""Quantizers of the 2- to 6-bit GGML types, minimising the importance-weighted error.
 
 Formats (value of element i of a 256-element super-block; layouts as csrc/quant/blocks.h):
 
@@ -8,7 +8,9 @@ Formats (value of element i of a 256-element super-block; layouts as csrc/quant/
   (8, 25 or 43) with 7 sign bits per point (the 8th is their parity) and a 4-bit scale
   ``s``: ``d*(0.5+s)/4 * grid * sign``;
 * ``IQ4_XS`` (136 B): 8 blocks of 32, ``d*(ls-32) * level`` with a 6-bit ``ls`` per block and
-  a 4-bit code per element indexing the 16 non-linear IQ4_NL levels (-127 .. 113).
+  a 4-bit code per element indexing the 16 non-linear IQ4_NL levels (-127 .. 113);
+* ``Q5_K`` (176 B): 8 sub-blocks of 32, ``d*sc*q - dmin*m`` with 6-bit ``sc``, ``m``, 5-bit ``q``;
+* ``Q6_K`` (210 B): 16 sub-blocks of 16, ``d*sc*(q-32)`` with int8 ``sc``, 6-bit ``q``.
 
 The search follows the approach of GGML's reference quantizers (our own code): each
 element weighs ``imatrix[col] * sqrt(sigma2 + x^2)`` (``sigma2`` the super-block's mean
@@ -145,6 +147,44 @@ def _in_slices(fn, x: np.ndarray, imatrix: np.ndarray | None, block_bytes: int,
     return out
 
 
+def _affine_codes(x, imatrix, sub: int, nmax: int, smax: int):
+    """Q2_K / Q5_K: per sub-block of `sub` values x ~ d*sc*q - dmin*m with q in
+    0..nmax and sc, m in 0..smax against f16 d, dmin. Returns d16, sc, dm16, m, q
+    ([rows, nsb, 256 / sub, sub] codes for the scale and min the decoder forms:
+    float32 d*sc, dmin*m)."""
+    rows, n = x.shape
+    nsb = n // 256
+    w = element_weights(x, imatrix).reshape(rows, nsb, 256 // sub, sub)
+    b = x.reshape(rows, nsb, 256 // sub, sub).astype(F32)
+    scale, mins = _fit_affine(b, w, nmax)
+    sw = w.sum(-1)
+    d16, sc = _super_scale(scale, sw, 0, smax)
+    dm16, mq = _super_scale(mins, sw, 0, smax)
+    eff_d = (d16.astype(F32)[..., None] * sc.astype(F32)).astype(F32)
+    eff_m = (dm16.astype(F32)[..., None] * mq.astype(F32)).astype(F32)
+    q = np.clip(np.rint(_div(b + eff_m[..., None], eff_d[..., None])), 0, nmax).astype(np.uint8)
+    return d16, sc, dm16, mq, q
+
+
+def _symmetric_codes(x, imatrix, nmax: int, slo: int, shi: int):
+    """Q3_K / Q6_K: per sub-block of 16 x ~ d*sc*(q - nmax) with q in 0..2 nmax - 1
+    and sc in slo..shi against an f16 d. Returns d16, sc, q ([rows, nsb, 16, 16])."""
+    rows, n = x.shape
+    nsb = n // 256
+    w = element_weights(x, imatrix).reshape(rows, nsb, 16, 16)
+    b = x.reshape(rows, nsb, 16, 16).astype(F32)
+    scale = _fit_symmetric(b, w, nmax)
+    d16, sc = _super_scale(scale, w.sum(-1), slo, shi)
+    eff = (d16.astype(F32)[..., None] * sc.astype(F32)).astype(F32)
+    q = np.clip(np.rint(_div(b, eff[..., None])), -nmax, nmax - 1).astype(np.int32) + nmax
+    return d16, sc, q
+
+
+def _pack2(v: np.ndarray) -> np.ndarray:
+    """2-bit values [..., 4, m] -> bytes [..., m], value j at bits 2j."""
+    return (v[..., 0, :] | (v[..., 1, :] << 2) | (v[..., 2, :] << 4) | (v[..., 3, :] << 6)).astype(np.uint8)
+
+
 def q2_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Float rows [rows, n] -> Q2_K bytes [rows, n/256*84]."""
     return _in_slices(_q2_k_rows, x, imatrix, 84, 1 << 18)
@@ -153,22 +193,12 @@ def q2_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarra
 def _q2_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     rows, n = x.shape
     nsb = n // 256
-    w = element_weights(x, imatrix).reshape(rows, nsb, 16, 16)
-    b = x.reshape(rows, nsb, 16, 16).astype(F32)
-    scale, mins = _fit_affine(b, w, 3)
-    sw = w.sum(-1)
-    d16, sc = _super_scale(scale, sw, 0, 15)
-    dm16, mq = _super_scale(mins, sw, 0, 15)
-    # codes for the scale and min the decoder forms (float32 d*sc, dmin*m)
-    eff_d = (d16.astype(F32)[..., None] * sc.astype(F32)).astype(F32)
-    eff_m = (dm16.astype(F32)[..., None] * mq.astype(F32)).astype(F32)
-    q = np.clip(np.rint(_div(b + eff_m[..., None], eff_d[..., None])), 0, 3).astype(np.uint8)
+    d16, sc, dm16, mq, q = _affine_codes(x, imatrix, 16, 3, 15)
     out = np.empty((rows, nsb, 84), np.uint8)
     out[..., 0:16] = (sc | (mq << 4)).astype(np.uint8)
     # element 128h + 32j + l -> byte 32h + l, bits 2j
     qq = q.reshape(rows, nsb, 2, 4, 32)
-    out[..., 16:80] = (qq[:, :, :, 0] | (qq[:, :, :, 1] << 2) | (qq[:, :, :, 2] << 4)
-                       | (qq[:, :, :, 3] << 6)).reshape(rows, nsb, 64)
+    out[..., 16:80] = _pack2(qq).reshape(rows, nsb, 64)
     out[..., 80:82] = d16[..., None].view(np.uint8)
     out[..., 82:84] = dm16[..., None].view(np.uint8)
     return out.reshape(rows, -1)
@@ -195,12 +225,7 @@ def q3_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarra
 def _q3_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     rows, n = x.shape
     nsb = n // 256
-    w = element_weights(x, imatrix).reshape(rows, nsb, 16, 16)
-    b = x.reshape(rows, nsb, 16, 16).astype(F32)
-    scale = _fit_symmetric(b, w, 4)
-    d16, sc = _super_scale(scale, w.sum(-1), -32, 31)
-    eff = (d16.astype(F32)[..., None] * sc.astype(F32)).astype(F32)
-    q = np.clip(np.rint(_div(b, eff[..., None])), -4, 3).astype(np.int32) + 4  # 0..7
+    d16, sc, q = _symmetric_codes(x, imatrix, 4, -32, 31)  # q in 0..7
     out = np.empty((rows, nsb, 110), np.uint8)
     qq = q.reshape(rows, nsb, 2, 4, 32)  # element 128h + 32j + l
     hm = np.zeros((rows, nsb, 32), np.int32)
@@ -208,11 +233,52 @@ def _q3_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         for j in range(4):
             hm |= (qq[:, :, h, j] >> 2) << (4 * h + j)
     out[..., 0:32] = hm.astype(np.uint8)
-    low = qq & 3
-    out[..., 32:96] = (low[:, :, :, 0] | (low[:, :, :, 1] << 2) | (low[:, :, :, 2] << 4)
-                       | (low[:, :, :, 3] << 6)).astype(np.uint8).reshape(rows, nsb, 64)
+    out[..., 32:96] = _pack2(qq & 3).reshape(rows, nsb, 64)
     out[..., 96:108] = pack_q3_k_scales(sc + 32)
     out[..., 108:110] = d16[..., None].view(np.uint8)
+    return out.reshape(rows, -1)
+
+
+def q6_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Float rows [rows, n] -> Q6_K bytes [rows, n/256*210]."""
+    return _in_slices(_q6_k_rows, x, imatrix, 210, 1 << 18)
+
+
+def _q6_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    rows, n = x.shape
+    nsb = n // 256
+    d16, sc, q = _symmetric_codes(x, imatrix, 32, -128, 127)  # q in 0..63
+    qq = q.reshape(rows, nsb, 2, 4, 32)  # element 128h + 32j + l
+    out = np.empty((rows, nsb, 210), np.uint8)
+    # ql byte 64h + 32 (j % 2) + l: low 4 bits of j (j < 2) in its low nibble, of j + 2 in its high one
+    lo = qq & 15
+    out[..., 0:128] = (lo[:, :, :, 0:2] | (lo[:, :, :, 2:4] << 4)).astype(np.uint8).reshape(rows, nsb, 128)
+    out[..., 128:192] = _pack2(qq >> 4).reshape(rows, nsb, 64)  # qh byte 32h + l: the top 2 bits of j at bits 2j
+    out[..., 192:208] = sc.astype(np.int8).view(np.uint8)
+    out[..., 208:210] = d16[..., None].view(np.uint8)
+    return out.reshape(rows, -1)
+
+
+def q5_k_quantize(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Float rows [rows, n] -> Q5_K bytes [rows, n/256*176]."""
+    return _in_slices(_q5_k_rows, x, imatrix, 176, 1 << 18)
+
+
+def _q5_k_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    from .quants import _pack_k_scales
+
+    rows, n = x.shape
+    nsb = n // 256
+    d16, sc, dm16, mq, q = _affine_codes(x, imatrix, 32, 31, 63)
+    out = np.empty((rows, nsb, 176), np.uint8)
+    out[..., 0:2] = d16[..., None].view(np.uint8)
+    out[..., 2:4] = dm16[..., None].view(np.uint8)
+    out[..., 4:16] = _pack_k_scales(sc.astype(np.uint8), mq.astype(np.uint8))
+    # qh byte l: bit j = the fifth bit of element 32j + l; qs byte 32c + l: sub-block 2c's
+    # low nibble, 2c + 1's high one
+    out[..., 16:48] = ((q >> 4) << np.arange(8, dtype=np.uint8)[:, None]).sum(-2, dtype=np.uint8)
+    lo = (q & 15).reshape(rows, nsb, 4, 2, 32)
+    out[..., 48:176] = (lo[:, :, :, 0] | (lo[:, :, :, 1] << 4)).reshape(rows, nsb, 128)
     return out.reshape(rows, -1)
 
 

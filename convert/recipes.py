@@ -32,9 +32,10 @@ official checkpoint the ``mxfp4`` recipe therefore gives exactly llama.cpp's per
 ``--type PATTERN=TYPE`` overrides (``fnmatch`` on the GGUF tensor name, first match wins)
 apply to every tensor except the fixed ones. A type whose block does not divide the row
 length falls back (Q4_K -> Q4_0 -> F16; Q8_0, Q4_0, MXFP4 -> F16, llama.cpp's fallback;
-Q2_K, Q3_K, IQ2_XXS, IQ4_XS -> Q4_0); ``choose_type`` returns the fallback and the pipeline
-reports it. The low-bit types (q2 / q2q4 and ``--type`` q2_k / q3_k / iq2_xxs / iq4_xs) are quantized against an
-importance matrix (``--imatrix FILE``, convert/imatrix.py); IQ2_XXS refuses to go without one.
+Q2_K, Q3_K, IQ2_XXS, IQ4_XS -> Q4_0; Q5_K, Q6_K -> Q8_0); ``choose_type`` returns the fallback and
+the pipeline reports it. The low-bit types (q2 / q2q4 and ``--type`` q2_k / q3_k / iq2_xxs / iq4_xs,
+and q5_k / q6_k) are quantized against an importance matrix (``--imatrix FILE``, convert/imatrix.py);
+IQ2_XXS refuses to go without one.
 """
 
 from __future__ import annotations
@@ -64,18 +65,19 @@ DEFAULT_RECIPE = "mxfp4"
 TYPE_NAMES: dict[str, T] = {
     "f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0,
     "q4_k": T.Q4_K, "mxfp4": T.MXFP4, "q2_k": T.Q2_K, "q3_k": T.Q3_K, "iq2_xxs": T.IQ2_XXS,
-    "iq4_xs": T.IQ4_XS,
+    "iq4_xs": T.IQ4_XS, "q5_k": T.Q5_K, "q6_k": T.Q6_K,
 }
 # Types pyv4 loads and runs (community GGUFs use them) but has no quantizer for:
 # asking the converter for one is an error that says so.
 LOAD_ONLY: dict[str, T] = {"iq3_xxs": T.IQ3_XXS, "iq2_xs": T.IQ2_XS, "iq1_s": T.IQ1_S, "iq1_m": T.IQ1_M}
-LOWBIT = (T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS)  # quantized with the importance matrix when there is one
+# quantized with the importance matrix when there is one
+LOWBIT = (T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS, T.Q5_K, T.Q6_K)
 Q2Q4_TAIL = 6  # q2q4: experts of the last this many blocks stay Q4_K
 
 _FIXED_F32_ROLES = {"norm", "hc", "ape", "sink", "bias"}
 _FLOAT_OF_SRC = {"BF16": T.BF16, "F16": T.F16, "F32": T.F32, "F64": T.F32}
 _FALLBACK = {T.Q4_K: T.Q4_0, T.Q4_0: T.F16, T.Q8_0: T.F16, T.MXFP4: T.F16,
-             T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.IQ2_XXS: T.Q4_0, T.IQ4_XS: T.Q4_0,
+             T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.IQ2_XXS: T.Q4_0, T.IQ4_XS: T.Q4_0, T.Q5_K: T.Q8_0, T.Q6_K: T.Q8_0,
              **{t: T.Q4_0 for t in LOAD_ONLY.values()}}
 
 

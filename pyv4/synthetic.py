@@ -155,7 +155,8 @@ def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | No
 
 _BLOCK = {T.Q8_0: (32, 34), T.MXFP4: (32, 17), T.Q4_K: (256, 144), T.Q4_0: (32, 18),
           T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.IQ2_XXS: (256, 66), T.IQ3_XXS: (256, 98),
-          T.IQ2_XS: (256, 74), T.IQ1_S: (256, 50), T.IQ1_M: (256, 56)}
+          T.IQ2_XS: (256, 74), T.IQ1_S: (256, 50), T.IQ1_M: (256, 56), T.Q5_K: (256, 176),
+          T.Q6_K: (256, 210)}
 _E2M1_RMS = math.sqrt(sum(v * v for v in (0, .5, 1, 1.5, 2, 3, 4, 6)) / 8)  # uniform codes
 
 
@@ -190,15 +191,21 @@ def _random_rows(rng: np.random.Generator, rows: int, cols: int, t: T, std: floa
         # E8M0 exponent: 2^(e-127) * rms(e2m1 codes) ~= std, rounded up or down at random
         e = math.log2(std / _E2M1_RMS) + 127
         raw[:, 0] = (math.floor(e) + (rng.random(nb) < e - math.floor(e))).astype(np.uint8)
-    elif t == T.Q4_K:
+    elif t in (T.Q4_K, T.Q5_K):
         from .convert.quants import _pack_k_scales
 
-        # value = d*sc*q - dmin*m with m = sc and dmin = 7.5 d: zero mean, rms d*sc*4.61
+        # value = d*sc*q - dmin*m with m = sc and dmin = (levels - 1) / 2 d: zero mean,
+        # rms d*sc*sqrt((levels^2 - 1) / 12) (Q4_K 16 levels, Q5_K 32)
+        lv = 16 if t == T.Q4_K else 32
         sc = rng.integers(40, 64, (nb, 8), dtype=np.uint8)
-        d = jitter * np.float32(std / (51.5 * math.sqrt((16 * 16 - 1) / 12)))
+        d = jitter * np.float32(std / (51.5 * math.sqrt((lv * lv - 1) / 12)))
         raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
-        raw[:, 2:4] = (d * 7.5).astype(np.float16).reshape(nb, 1).view(np.uint8)
+        raw[:, 2:4] = (d * ((lv - 1) / 2)).astype(np.float16).reshape(nb, 1).view(np.uint8)
         raw[:, 4:16] = _pack_k_scales(sc, sc)
+    elif t == T.Q6_K:
+        # value = d*sc*(q - 32): random int8 sc (rms 73.9) and 6-bit q (q - 32: mean -0.5, rms 18.5)
+        d = jitter * np.float32(std / (73.9 * 18.5))
+        raw[:, 208:210] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
     elif t == T.Q2_K:
         # value = d*sc*q - dmin*m, random 4-bit sc, m and 2-bit q; dmin = 1.5 d
         # makes the mean zero, the rms is then about 13.9 d

@@ -1,5 +1,6 @@
-"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS), and the
-load-only i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (more of them in test_iq_types.py).
+"""Super-block weight types of issue #16: Q2_K, Q3_K, IQ2_XXS (and IQ4_XS), the
+load-only i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (more of them in test_iq_types.py)
+and Q5_K, Q6_K (more in test_k_types.py).
 
 Oracles as in test_kernels.py: `gguf.quants.dequantize` bit for bit for the
 scalar decode; for the fast kernels the float64 product of the dequantized
@@ -90,9 +91,9 @@ def test_dequantize_rejects_bad_length():
 
 def _cases():
     # 2: the AVX-512 GEMVs' middle tile; 4: the first count of the AVX-512 lane GEMM
-    # (quant/kernels.h lane_min_tokens)
-    # avx512-base: the AVX-512-set GEMVs that CPUs without VBMI / GFNI / BITALG run
-    # instead of IQ2_XXS's and IQ3_XXS's own (quant/matmul.cpp)
+    # (quant/kernels.h lane_min_tokens; Q5_K / Q6_K: their quad GEMV at 4, the lane GEMM
+    # from 5); avx512-base: the AVX-512-set GEMVs that CPUs without VBMI / GFNI / BITALG
+    # run instead of IQ2_XXS's and IQ3_XXS's own (quant/matmul.cpp)
     return ([(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 2, 3, 4, 13, 32, 130)] +
             [(t, "avx512-base", n) for t in ("IQ2_XXS", "IQ3_XXS") for n in (1, 2, 3)])
 
@@ -140,6 +141,11 @@ def _extreme_rows(type_name, raw, rng):
         p = np.full(LOWBIT[type_name], 255, np.uint8)
         p[32:48] = 0x77  # high index bits 7, delta sign bits clear
         patterns.append(p)
+    if type_name == "Q6_K":  # scales -128 with codes 0 and 63: the widest products
+        for code_bits in (0, 255):
+            p = np.full(LOWBIT[type_name], code_bits, np.uint8)
+            p[192:208] = 0x80
+            patterns.append(p)
     per_row = raw.shape[1] // LOWBIT[type_name]
     for r, pat in zip(rng.choice(raw.shape[0], len(patterns), replace=False), patterns):
         blocks = raw[r].reshape(per_row, -1)
@@ -168,11 +174,12 @@ def test_lane_gemm_edges(type_name):
     x[:, 1024 + 16:1024 + 32] *= 8.0  # a sub-block of the half group
     x[2, 256:512] = 0.0  # a whole super-block of zero activations
     ys = {}
-    for n in (4, 5, 7, 15):
+    first = 5 if type_name in ("Q5_K", "Q6_K") else 4  # quant/kernels.h lane_min_tokens
+    for n in (first, 5, 7, 15):
         ys[n] = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2)
         check_fast(type_name, W, x[:n], ys[n])
     for n in (5, 7, 15):
-        assert np.array_equal(ys[n][:4], ys[4])
+        assert np.array_equal(ys[n][:first], ys[first])
 
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
@@ -259,7 +266,7 @@ def test_matmul_many_shares_activations(isa):
     cols = 512
     x = rng.standard_normal((3, cols)).astype(np.float32)
     specs = []
-    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K", "IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
+    for t in ("Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS", "Q2_K", "IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "Q5_K", "Q6_K"):
         rows = int(rng.integers(5, 40))
         specs.append((t, random_blocks(t, rows * cols // 256, rng).reshape(-1), rows, cols))
     ys = _core.quant_matmul_many(specs, [x] * len(specs), 2)

@@ -6,7 +6,7 @@ sums, first-index argmax, float64 where numpy promotes), so equality is exact: n
 tolerance. Inputs: Gaussian and heavy-tailed rows at several magnitudes, with and without
 an importance matrix (per element, per column), all-zero rows, zero-importance columns,
 values whose f16 scales overflow or underflow, strided views; bad arguments raise
-ValueError. The hot loops (IQ2_XXS grid search, Q2_K / Q3_K fits) are checked under every ISA the
+ValueError. The hot loops (IQ2_XXS grid search, Q2_K / Q3_K / Q5_K / Q6_K fits) are checked under every ISA the
 CPU has. The converter's entry
 point (quants.quantize) runs the C++ one.
 """
@@ -25,7 +25,7 @@ from pyv4.convert import quants_lowbit as L  # noqa: E402
 T = gguf.GGMLQuantizationType
 F32 = np.float32
 REF = {"Q2_K": L.q2_k_quantize, "Q3_K": L.q3_k_quantize, "IQ2_XXS": L.iq2_xxs_quantize,
-       "IQ4_XS": L.iq4_xs_quantize}
+       "IQ4_XS": L.iq4_xs_quantize, "Q5_K": L.q5_k_quantize, "Q6_K": L.q6_k_quantize}
 TYPES = tuple(REF)
 
 
@@ -72,7 +72,7 @@ def restore_isa():
 @pytest.mark.parametrize("name", TYPES)
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 def test_every_isa(name, isa, restore_isa):
-    # the hot loops (IQ2_XXS grid search, Q2_K / Q3_K sub-block fits) have SSE2
+    # the hot loops (IQ2_XXS grid search, Q2_K / Q3_K / Q5_K / Q6_K sub-block fits) have SSE2
     # ("scalar": the baseline), AVX2 and AVX-512 forms
     if not _core.isa_supported(isa):
         pytest.skip(f"CPU lacks {isa}")
@@ -146,7 +146,7 @@ def test_bad_arguments_raise_value_error():
         _core.quantize_lowbit("Q2_K", x, np.ones((3, 512), F32))
     with pytest.raises(ValueError, match="importance must be"):
         _core.quantize_lowbit("Q2_K", x, np.ones(256, F32))
-    with pytest.raises(ValueError, match=r"no importance-weighted quantizer for Q4_K \(Q2_K, Q3_K, IQ2_XXS, IQ4_XS\)"):
+    with pytest.raises(ValueError, match=r"no importance-weighted quantizer for Q4_K \(Q2_K, Q3_K, IQ2_XXS, IQ4_XS, Q5_K, Q6_K\)"):
         _core.quantize_lowbit("Q4_K", x)
     with pytest.raises(ValueError, match="unknown GGML type"):
         _core.quantize_lowbit("Q9_Z", x)
@@ -155,7 +155,7 @@ def test_bad_arguments_raise_value_error():
     assert _core.quantize_lowbit("Q3_K", np.ones((0, 512), F32)).shape == (0, 220)
 
 
-@pytest.mark.parametrize("t", [T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
 def test_converter_runs_the_cpp_search(t, monkeypatch):
     # quants.quantize (what convert and requantize call) gives the reference's bytes,
     # for stacked leading dims too, without calling the numpy search

@@ -52,6 +52,27 @@ struct BlockQ4_K {
   uint8_t scales[12];
   uint8_t qs[128];
 };
+// Q5_K super-block of 256: Q4_K's scales, mins and nibbles plus a fifth bit:
+// element 32j + l (sub-block j < 8, l < 32) has the low nibble of qs[32 (j / 2) + l]
+// (j even) or its high one (j odd) and the high bit (qh[l] >> j) & 1;
+// value = d*sc[j]*q - dmin*m[j], q in 0..31, sc / m as Q4_K's (q4k_scale_min).
+struct BlockQ5_K {
+  uint16_t d;     // f16
+  uint16_t dmin;  // f16
+  uint8_t scales[12];
+  uint8_t qh[32];
+  uint8_t qs[128];
+};
+// Q6_K super-block of 256: 16 sub-blocks of 16 with int8 scales. Element
+// 128n + 32j + l (n < 2, j < 4, l < 32) has the low 4 bits of
+// ql[64n + 32 (j % 2) + l] >> 4 (j / 2) and the high 2 bits (qh[32n + l] >> 2j) & 3;
+// value = d*scales[s]*(q - 32) with s = element / 16, q in 0..63.
+struct BlockQ6_K {
+  uint8_t ql[128];
+  uint8_t qh[64];
+  int8_t scales[16];
+  uint16_t d;  // f16
+};
 // Q2_K super-block of 256: 16 sub-blocks of 16. Element 128n + 32j + l
 // (n < 2, j < 4, l < 32) has the 2-bit code (qs[32n + l] >> 2j) & 3 and sits in
 // sub-block s = 8n + 2j + l/16; value = d*(scales[s] & 15)*code - dmin*(scales[s] >> 4).
@@ -134,6 +155,8 @@ static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block");
 static_assert(sizeof(BlockMXFP4) == 17, "MXFP4 block");
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block");
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block");
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block");
 static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block");
 static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block");
 static_assert(sizeof(BlockIQ2_XXS) == 66, "IQ2_XXS block");

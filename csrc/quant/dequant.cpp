@@ -87,6 +87,36 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case GGMLType::Q5_K: {
+      const BlockQ5_K* b = static_cast<const BlockQ5_K*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d), dmin = f16_to_f32(b[k].dmin);
+        for (int j = 0; j < 8; ++j) {
+          uint8_t sc, m;
+          q4k_scale_min(b[k].scales, j, &sc, &m);
+          const float dl = d * static_cast<float>(sc), ml = dmin * static_cast<float>(m);
+          for (int l = 0; l < 32; ++l) {
+            const int q = ((b[k].qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 15) | (((b[k].qh[l] >> j) & 1) << 4);
+            *dst++ = dl * static_cast<float>(q) - ml;
+          }
+        }
+      }
+      return;
+    }
+    case GGMLType::Q6_K: {
+      const BlockQ6_K* b = static_cast<const BlockQ6_K*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int e = 0; e < kQK_K; ++e) {
+          const int n128 = e / 128, j = (e % 128) / 32, l = e % 32;
+          const int lo = (b[k].ql[64 * n128 + 32 * (j % 2) + l] >> (4 * (j / 2))) & 15;
+          const int hi = (b[k].qh[32 * n128 + l] >> (2 * j)) & 3;
+          const float dl = d * static_cast<float>(b[k].scales[e / 16]);
+          *dst++ = dl * static_cast<float>((lo | (hi << 4)) - 32);
+        }
+      }
+      return;
+    }
     case GGMLType::Q2_K: {
       const BlockQ2_K* b = static_cast<const BlockQ2_K*>(src);
       for (int64_t k = 0; k < n / kQK_K; ++k) {

@@ -1,6 +1,6 @@
 // AVX-512 + VNNI prefill GEMM for the integer weight types (Q8_0, Q4_0, Q4_K,
 // MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS, IQ3_XXS, IQ2_XS,
-// IQ1_S, IQ1_M) in the "lane"
+// IQ1_S, IQ1_M, Q5_K, Q6_K) in the "lane"
 // layout of quant/kernels.h: one int32 lane per 32-block.
 //
 // Blocks go in groups of 16. In a group, zmm k (k = 0..7) holds, in dword lane j,
@@ -202,44 +202,55 @@ struct PackMXFP4 {
 };
 // Q4_K: a group is two super-blocks (16 sub-blocks of 32). Sub-block j of a
 // super-block is nibble (j & 1) of the 32-byte chunk j / 2, so element 4k+m of
-// sub-block j is that nibble of chunk dword k.
+// sub-block j is that nibble of chunk dword k. (Q5_K's 128 code bytes are laid
+// out alike: Q4kNibbles and store_q4k_scales serve its packer too.)
+struct Q4kNibbles {
+  __m512i L0, H0, L1, H1;  // the 128 qs bytes of each super-block (at q0, q1)
+  Q4kNibbles(const uint8_t* q0, const uint8_t* q1)
+      : L0(_mm512_loadu_si512(q0)), H0(_mm512_loadu_si512(q0 + 64)),
+        L1(_mm512_loadu_si512(q1)), H1(_mm512_loadu_si512(q1 + 64)) {}
+  // The nibbles of dword k of every lane's 32-block.
+  __m512i at(int k) const {
+    const __m512i base = _mm512_setr_epi32(0, 0, 8, 8, 16, 16, 24, 24, 0, 0, 8, 8, 16, 16, 24, 24);
+    const __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32(k));
+    const __m512i A = _mm512_permutex2var_epi32(L0, idx, H0);
+    const __m512i B = _mm512_permutex2var_epi32(L1, idx, H1);
+    __m512i C = _mm512_mask_blend_epi32(0xFF00, A, B);
+    C = _mm512_mask_srli_epi32(C, 0xAAAA, C, 4);
+    return _mm512_and_si512(C, _mm512_set1_epi8(0x0F));
+  }
+};
+// dw = d * sc and mw = dmin * m of the 16 lanes (the f16 d, dmin and 12 scale
+// bytes at the start of each super-block p, p1) to out + 512 and out + 576.
+inline void store_q4k_scales(const uint8_t* p, const uint8_t* p1, uint8_t* out) {
+  uint64_t sc[2], mn[2];
+  q4k_scales_mins(p + 4, &sc[0], &mn[0]);
+  q4k_scales_mins(p1 + 4, &sc[1], &mn[1]);
+  const __m512 scf = _mm512_cvtepi32_ps(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc))));
+  const __m512 mnf = _mm512_cvtepi32_ps(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn))));
+  const __m128 dd0 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(
+      load_u16(p) | (static_cast<uint32_t>(load_u16(p + 2)) << 16))));
+  const __m128 dd1 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(
+      load_u16(p1) | (static_cast<uint32_t>(load_u16(p1 + 2)) << 16))));
+  // [d0 x8, d1 x8] and [dmin0 x8, dmin1 x8]
+  const __m512 d = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_broadcastss_ps(dd0)),
+                                      _mm256_broadcastss_ps(dd1), 1);
+  const __m512 dm = _mm512_insertf32x8(
+      _mm512_castps256_ps512(_mm256_broadcastss_ps(_mm_movehdup_ps(dd0))),
+      _mm256_broadcastss_ps(_mm_movehdup_ps(dd1)), 1);
+  _mm512_storeu_ps(out + 512, _mm512_mul_ps(d, scf));
+  _mm512_storeu_ps(out + 576, _mm512_mul_ps(dm, mnf));
+}
 struct PackQ4_K {
   static constexpr int kBB = 144, kBlocks = 2;
   static constexpr Form kForm = Form::Min;
   static constexpr GGMLType kType = GGMLType::Q4_K;
   static inline void group(const uint8_t* p, uint8_t* out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i base = _mm512_setr_epi32(0, 0, 8, 8, 16, 16, 24, 24, 0, 0, 8, 8, 16, 16, 24, 24);
-    const uint8_t* p1 = p + 144;
-    const __m512i L0 = _mm512_loadu_si512(p + 16), H0 = _mm512_loadu_si512(p + 80);
-    const __m512i L1 = _mm512_loadu_si512(p1 + 16), H1 = _mm512_loadu_si512(p1 + 80);
-    for (int k = 0; k < 8; ++k) {
-      const __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32(k));
-      const __m512i A = _mm512_permutex2var_epi32(L0, idx, H0);
-      const __m512i B = _mm512_permutex2var_epi32(L1, idx, H1);
-      __m512i C = _mm512_mask_blend_epi32(0xFF00, A, B);
-      C = _mm512_mask_srli_epi32(C, 0xAAAA, C, 4);
-      store_codes(out, k, _mm512_and_si512(C, m4));
-    }
-    uint64_t sc[2], mn[2];
-    q4k_scales_mins(p + 4, &sc[0], &mn[0]);
-    q4k_scales_mins(p1 + 4, &sc[1], &mn[1]);
-    const __m512 scf = _mm512_cvtepi32_ps(
-        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc))));
-    const __m512 mnf = _mm512_cvtepi32_ps(
-        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn))));
-    const __m128 dd0 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(
-        load_u16(p) | (static_cast<uint32_t>(load_u16(p + 2)) << 16))));
-    const __m128 dd1 = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(
-        load_u16(p1) | (static_cast<uint32_t>(load_u16(p1 + 2)) << 16))));
-    // [d0 x8, d1 x8] and [dmin0 x8, dmin1 x8]
-    const __m512 d = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_broadcastss_ps(dd0)),
-                                        _mm256_broadcastss_ps(dd1), 1);
-    const __m512 dm = _mm512_insertf32x8(
-        _mm512_castps256_ps512(_mm256_broadcastss_ps(_mm_movehdup_ps(dd0))),
-        _mm256_broadcastss_ps(_mm_movehdup_ps(dd1)), 1);
-    _mm512_storeu_ps(out + 512, _mm512_mul_ps(d, scf));
-    _mm512_storeu_ps(out + 576, _mm512_mul_ps(dm, mnf));
+    const Q4kNibbles q(p + 16, p + 144 + 16);
+    for (int k = 0; k < 8; ++k) store_codes(out, k, q.at(k));
+    store_q4k_scales(p, p + 144, out);
   }
 };
 
@@ -380,6 +391,8 @@ struct PackIQ4_XS {
 };
 // The i-quant packers (IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M).
 #include "quant/lane_pack_iq.h"
+// Q5_K's and Q6_K's.
+#include "quant/lane_pack_k.h"
 
 // Packs groups [0, ng) of one weight row. The last group may be partial: its
 // blocks are copied into a zeroed buffer first (zero scales, zero codes there;
@@ -638,6 +651,8 @@ bool lane_cscale_avx512(GGMLType t, float* cscale) {
     case GGMLType::IQ1_S: *cscale = lowbit_offset(t); return true;  // 8 (grid + 1) +- 1 + 9
     case GGMLType::IQ1_M:                                  // offsets use ActQ::hs
     case GGMLType::IQ2_XS: *cscale = 0.0f; return true;
+    case GGMLType::Q5_K: *cscale = 1.0f; return true;  // mins use dx*sum(q), as Q4_K's
+    case GGMLType::Q6_K: *cscale = 0.0f; return true;  // offsets use ActQ::hs
     default: return false;
   }
 }
@@ -657,6 +672,8 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
     case GGMLType::IQ1_S: gemm_lane<PackIQ1_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ1_M: gemm_lane<PackIQ1_M>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ2_XS: gemm_lane<PackIQ2_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::Q5_K: gemm_lane<PackQ5_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::Q6_K: gemm_lane<PackQ6_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
     default: return;
   }
 }

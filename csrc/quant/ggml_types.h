@@ -16,6 +16,8 @@ enum class GGMLType : uint32_t {
   Q2_K = 10,
   Q3_K = 11,
   Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
   IQ2_XXS = 16,
   IQ2_XS = 17,
   IQ3_XXS = 18,

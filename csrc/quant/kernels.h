@@ -133,22 +133,28 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // super-block types: [2048x4096] from DRAM, 2 threads, busy Zen 4 host, Gops/s
 // of their quad GEMV at 3 tokens / the lane GEMM at 4: IQ3_XXS 39 / 49,
 // IQ2_XS 59 / 112, IQ1_S 46 / 72, IQ1_M 40 / 35.
+// Q5_K and Q6_K take it from 5 tokens: their quad GEMV at 4 tokens decodes each
+// row once like the lane GEMM's packing, with cheaper float steps (1 thread,
+// [512x4096] L2-resident, ns per super-block, quad / lane: 4 tokens Q5_K 17.6 /
+// 20.5, Q6_K 19.6 / 28.0; 8 tokens 35.7 / 29.8, 39.8 / 32.1).
 static inline bool is_lowbit(GGMLType t);  // the super-block types, below
 static inline int64_t lane_min_tokens(GGMLType t) {
   if (t == GGMLType::Q4_K) return 6;
+  if (t == GGMLType::Q5_K || t == GGMLType::Q6_K) return 5;
   return is_lowbit(t) ? 4 : 20;
 }
 bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
 
-// ---- 1- to 4-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
-// Q2_K, Q3_K, IQ2_XXS, IQ4_XS and the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M
-// (block layouts in quant/blocks.h) on the same int8 activations: plain layout
-// on AVX2, quad on AVX-512 below lane_min_tokens, from there the lane GEMM
+// ---- 1- to 6-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
+// Q2_K, Q3_K, IQ2_XXS, IQ4_XS, the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M and
+// the K types of llama-quantize's ladders Q5_K, Q6_K (block layouts in
+// quant/blocks.h) on the same int8 activations: plain layout on AVX2, quad on
+// AVX-512 below lane_min_tokens, from there the lane GEMM
 // (gemm_lane_avx512.cpp: Q3_K's sub-block scales folded into offset codes,
 // Q2_K's and IQ1_M's into their codes with the offsets through hs, IQ2_XS's
-// applied per half block; see its packers).
+// and Q6_K's applied per half block, Q5_K's as Q4_K's; see its packers).
 // The types with a scale per 16-element sub-block s of a super-block ("K form")
 // have weights
 //     w = d * a_s * c - d2 * m_s
@@ -156,10 +162,14 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
 //  Q3_K: a = m = 6-bit scale - 32, c = 3-bit code 0..7 (value c - 4), d2 = 4d;
 //  IQ2_XS: a = m = 2 * nibble + 1, c = signed grid + 43 (0..86), d = d16/8, d2 = 43d;
 //  IQ1_M: a = m = 2 * 3-bit scale + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
-//         d = d16/4, d2 = 9/8 d16), so
+//         d = d16/4, d2 = 9/8 d16;
+//  Q6_K: a = m = int8 scale, c = 6-bit code 0..63 (value c - 32), d2 = 32d;
+//  Q5_K: a = 6-bit scale of the 32-element block (both its 16-element halves;
+//        the AVX-512 GEMV applies d * a as a float to the block's exact dot),
+//        c = 5-bit code, d2 = dmin, m = its 6-bit min), so
 //     sum_i w_i x_i = d * sum_b dx_b * (sum_s a_s sum_i c_i q_i) - d2 * sum_s m_s hs_s.
-// The first sum is exact in int32 (u8 x s8 pair products, then one 16-bit
-// multiply-add with a_s per pair); the second uses ActQ::hs. Only the
+// The first sum is exact in int32 (u8 x s8 pair products, at most 2 * 126 * 127,
+// then one 16-bit multiply-add with a_s per pair, |a_s| <= 128); the second uses ActQ::hs. Only the
 // activations are rounded, so the error bound is that of the other integer
 // types (quant/matmul.h): sum_i |w_i| * max|x|_block(i) / 254 plus fp32 rounding.
 // The types with one scale dw per 32-block ("offset form") have codes u with
@@ -179,17 +189,20 @@ static inline bool is_lowbit(GGMLType t) {
     case GGMLType::IQ3_XXS:
     case GGMLType::IQ2_XS:
     case GGMLType::IQ1_S:
-    case GGMLType::IQ1_M: return true;
+    case GGMLType::IQ1_M:
+    case GGMLType::Q5_K:
+    case GGMLType::Q6_K: return true;
     default: return false;
   }
 }
 // Whether the kernels of a low-bit type read ActQ::hs (the lane GEMM folds
-// Q3_K's scales into its codes and needs them for Q2_K's mins and the offsets
-// of IQ1_M and IQ2_XS only; IQ1_M's quad GEMV sums its own).
+// Q3_K's scales into its codes, takes Q5_K's mins per 32-block through cs as
+// Q4_K's, and needs them for Q2_K's mins and the offsets of IQ1_M, IQ2_XS and
+// Q6_K only; IQ1_M's quad GEMV sums its own).
 static inline bool lowbit_half_sums(GGMLType t, ActLayout layout) {
-  return t == GGMLType::Q2_K || t == GGMLType::IQ2_XS ||
+  return t == GGMLType::Q2_K || t == GGMLType::IQ2_XS || t == GGMLType::Q6_K ||
          (t == GGMLType::IQ1_M && layout != ActLayout::Quad) ||
-         (t == GGMLType::Q3_K && layout != ActLayout::Lane);
+         ((t == GGMLType::Q3_K || t == GGMLType::Q5_K) && layout != ActLayout::Lane);
 }
 static inline ActLayout lowbit_layout(bool avx512) {
   return avx512 ? ActLayout::Quad : ActLayout::Plain;

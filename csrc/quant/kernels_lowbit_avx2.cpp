@@ -1,7 +1,7 @@
 // AVX2 + FMA + F16C kernels of the super-block weight types Q2_K, Q3_K, IQ2_XXS,
-// IQ4_XS and the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M (math in quant/kernels.h),
+// IQ4_XS, the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M and Q5_K, Q6_K (math in quant/kernels.h),
 // on activations in the plain layout. Per 32-element block b and (row, token):
-//   Q2_K / Q3_K / IQ2_XS / IQ1_M (16-element sub-block scales a_s):
+//   Q2_K / Q3_K / IQ2_XS / IQ1_M / Q5_K / Q6_K (16-element sub-block scales a_s):
 //                 P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
 //                 sub-blocks' scales a_s in the low / high 128-bit halves
 //                 acc += d * dx_b * P;  per super-block acc += -d2*m_s * hs_s
@@ -47,6 +47,15 @@ struct KScales {
   float d;
 };
 
+// The K scales a_s (16 words), with d and -c * d * a_s as mneg.
+inline void k_scales(__m256i a, float d, float c, KScales* k) {
+  _mm256_store_si256(reinterpret_cast<__m256i*>(k->a), a);
+  k->d = d;
+  const __m256 nd = _mm256_set1_ps(-c * d);
+  _mm256_store_ps(k->mneg, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)))));
+  _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)))));
+}
+
 // Codes of block b (0..7) of a super-block at p (32 bytes, 0..3 or 0..7).
 struct DecQ2_K {
   static constexpr size_t kBytes = sizeof(BlockQ2_K);
@@ -78,13 +87,7 @@ struct DecQ3_K {
     q3k_scales(blk->scales, &lo, &hi);
     const __m128i s = _mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo));
     const __m256i a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(s), _mm256_set1_epi16(32));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(k->a), a);
-    k->d = _cvtsh_ss(blk->d);
-    const __m256 nd = _mm256_set1_ps(-4.0f * k->d);  // d2 = 4d, m_s = a_s
-    _mm256_store_ps(k->mneg, _mm256_mul_ps(
-        nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)))));
-    _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(
-        nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)))));
+    k_scales(a, _cvtsh_ss(blk->d), 4.0f, k);  // d2 = 4d, m_s = a_s
   }
   static inline __m256i codes(const uint8_t* p, int b) {
     const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
@@ -95,6 +98,55 @@ struct DecQ3_K {
     const __m256i hi =
         _mm256_and_si256(_mm256_srl_epi16(load256(blk->hmask), _mm_cvtsi32_si128(b)), one);
     return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
+  }
+};
+
+// Q5_K as a K type: the scale and min of 32-block j for both its halves,
+// c = nibble | high bit << 4 (0..31).
+struct DecQ5_K {
+  static constexpr size_t kBytes = sizeof(BlockQ5_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ5_K* blk = reinterpret_cast<const BlockQ5_K*>(p);
+    uint64_t sc, mn;
+    q4k_scales_mins(blk->scales, &sc, &mn);
+    auto twice = [](uint64_t v) {  // byte j -> bytes 2j, 2j + 1
+      const __m128i x = _mm_cvtsi64_si128(static_cast<long long>(v));
+      return _mm_unpacklo_epi8(x, x);
+    };
+    _mm256_store_si256(reinterpret_cast<__m256i*>(k->a), _mm256_cvtepu8_epi16(twice(sc)));
+    const __m128i m = twice(mn);
+    const __m256 nd = _mm256_set1_ps(-_cvtsh_ss(blk->dmin));
+    _mm256_store_ps(k->mneg, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m))));
+    _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(m, 8)))));
+    k->d = _cvtsh_ss(blk->d);
+  }
+  static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockQ5_K* blk = reinterpret_cast<const BlockQ5_K*>(p);
+    const __m256i lo = _mm256_and_si256(
+        _mm256_srl_epi16(load256(blk->qs + 32 * (b / 2)), _mm_cvtsi32_si128(4 * (b % 2))), _mm256_set1_epi8(15));
+    const __m256i hi =
+        _mm256_and_si256(_mm256_srl_epi16(load256(blk->qh), _mm_cvtsi32_si128(b)), _mm256_set1_epi8(1));
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+  }
+};
+
+// Q6_K as a K type: a_s = int8 scale, c = 6-bit code (0..63), d2 = 32d.
+struct DecQ6_K {
+  static constexpr size_t kBytes = sizeof(BlockQ6_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(p);
+    const __m256i a = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales)));
+    k_scales(a, _cvtsh_ss(blk->d), 32.0f, k);
+  }
+  static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(p);
+    const int n = b / 4, j = b % 4;
+    const __m256i lo = _mm256_and_si256(
+        _mm256_srl_epi16(load256(blk->ql + 64 * n + 32 * (j % 2)), _mm_cvtsi32_si128(4 * (j / 2))),
+        _mm256_set1_epi8(15));
+    const __m256i hi = _mm256_and_si256(
+        _mm256_srl_epi16(load256(blk->qh + 32 * n), _mm_cvtsi32_si128(2 * j)), _mm256_set1_epi8(3));
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
   }
 };
 
@@ -127,12 +179,7 @@ inline __m256i signed_codes(__m256i g, __m256i neg, char k) {
 
 // The K scales a_s = 2 v + 1 of the 16 words v, with d and -c * d * a_s as mneg.
 inline void odd_scales(__m256i v, float d, float c, KScales* k) {
-  const __m256i a = _mm256_add_epi16(_mm256_slli_epi16(v, 1), _mm256_set1_epi16(1));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(k->a), a);
-  k->d = d;
-  const __m256 nd = _mm256_set1_ps(-c * d);
-  _mm256_store_ps(k->mneg, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)))));
-  _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)))));
+  k_scales(_mm256_add_epi16(_mm256_slli_epi16(v, 1), _mm256_set1_epi16(1)), d, c, k);
 }
 
 // IQ2_XS as a K type: a_s = 2 * nibble + 1, c = signed grid + 43 (0..86),
@@ -453,6 +500,8 @@ void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
     switch (W.type) {
       case GGMLType::Q2_K: return tile_k<DecQ2_K, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::Q3_K: return tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::Q5_K: return tile_k<DecQ5_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::Q6_K: return tile_k<DecQ6_K, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XS: return tile_k<DecIQ2_XS, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ1_M: return tile_k<DecIQ1_M, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XXS: return tile_offset<OffIQ2_XXS, kR, kT>(W, r, act, t, Y, ldy);

@@ -1,25 +1,27 @@
 // AVX-512 (F/BW/VL/DQ) + VNNI GEMVs of the super-block weight types
-// Q3_K, IQ2_XXS and IQ4_XS and of the i-quants IQ3_XXS, IQ2_XS
+// Q3_K, IQ2_XXS, IQ4_XS, Q5_K, Q6_K and of the i-quants IQ3_XXS, IQ2_XS
 // (math in quant/kernels.h), on activations in the quad
 // layout: a quad group is half a super-block (blocks 4g..4g+3), and the codes
 // are built in the same order, A = elements 0..15 of each block (one 128-bit
 // lane per block), B = elements 16..31. In Q3_K's bit packing the 16 codes of
 // a lane come from 16 consecutive bytes, so a group is two broadcast loads and
 // a per-lane shift; the i-quants gather their grid entries in that order.
-//   Q3_K / IQ2_XS (the K form, scales per 16-element sub-block):
+//   Q3_K / IQ2_XS / Q6_K (the K form, scales per 16-element sub-block):
 //                P = vpdpwssd(vpdpwssd(0, vpmaddubsw(A, xa), a_A), vpmaddubsw(B, xb), a_B)
 //                (A's words all belong to sub-block 2b, B's to 2b + 1, so the
 //                scale vectors are word permutes of the 16 scales); 4 int32
 //                lanes per block; acc += d * dx * P, per super-block += -d2*m * hs
+//   Q5_K (a scale per 32-block): P = vpdpbusd(vpdpbusd(0, A, xa), B, xb),
+//                acc += d sc * dx * P, per super-block += -dmin*m * hs (m of both halves)
 //   IQ2_XXS / IQ3_XXS (offset form): P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb),
 //                u = code with offset k (the signs applied with a byte mask from
 //                the sign bits); acc += dw * (dx * P - cs)   (cs = k/4 * dx * sum q per lane)
 //   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
 //                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
 //                cs = 128/4 * dx * sum q
-// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, IQ2_XS,
-// and of IQ2_XXS / IQ3_XXS where the CPU lacks VBMI + GFNI / BITALG; Q2_K,
-// IQ1_S / IQ1_M, IQ2_XXS and IQ3_XXS otherwise have their own
+// These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, Q5_K,
+// Q6_K, IQ2_XS, and of IQ2_XXS / IQ3_XXS where the CPU lacks VBMI + GFNI /
+// BITALG; Q2_K, IQ1_S / IQ1_M, IQ2_XXS and IQ3_XXS otherwise have their own
 // (gemv_q2k_avx512.cpp, gemv_iq1_avx512.cpp, gemv_iq2xxs_avx512.cpp,
 // gemv_iq3xxs_avx512.cpp), and
 // from 4 tokens every super-block type runs the lane GEMM (gemm_lane_avx512.cpp).
@@ -28,6 +30,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "quant/blocks.h"
 #include "quant/iq2xs_grid.h"
@@ -63,6 +66,7 @@ struct KScales {
   __m512i a;
   alignas(64) float mneg[16];
   float d;
+  alignas(16) float dw[8];  // Q5_K: d * scale of each 32-block (its P needs no 16-bit scales)
 };
 
 struct DecQ3_K {
@@ -135,6 +139,79 @@ struct DecIQ2_XS {
   }
 };
 
+// Q5_K / Q6_K codes of 64 bytes in natural order: the low 4 bits from the
+// nibbles nib (bits 0..3 of each byte; its bits 4..7 are ignored), the high bits
+// from hb (already at bit 4 and up; `keep` masks the code's bits), one vpternlog
+// (bits 0..3 of nib, 4..7 of hb) and one and.
+inline __m512i merge_codes(__m512i nib, __m512i hb, char keep) {
+  return _mm512_and_si512(_mm512_ternarylogic_epi32(nib, hb, _mm512_set1_epi8(15), 0xE4), _mm512_set1_epi8(keep));
+}
+// 16-bit shift counts: lo in the low 256 bits, hi in the high ones.
+inline __m512i half_counts(int lo, int hi) {
+  return _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(lo)),
+                            _mm256_set1_epi16(static_cast<int16_t>(hi)), 1);
+}
+// 32 bytes at p in both 256-bit halves.
+inline __m512i bcast32(const uint8_t* p) {
+  return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// Q5_K as a K type with one scale per 32-block (dw, applied as a float to the
+// block's exact dot, as the offset types do) and its min for both halves
+// through hs (quad group n: blocks 4n + j, j = 0..3, the nibble j % 2 of qs
+// chunk 2n + j / 2, the fifth bit 4n + j of qh).
+struct DecQ5_K {
+  static constexpr size_t kBytes = sizeof(BlockQ5_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ5_K* blk = reinterpret_cast<const BlockQ5_K*>(p);
+    uint64_t sc, mn;
+    q4k_scales_mins(blk->scales, &sc, &mn);
+    auto twice = [](uint64_t v) {  // byte j -> bytes 2j, 2j + 1
+      const __m128i x = _mm_cvtsi64_si128(static_cast<long long>(v));
+      return _mm_unpacklo_epi8(x, x);
+    };
+    k->d = _cvtsh_ss(blk->d);
+    _mm256_store_ps(k->dw, _mm256_mul_ps(_mm256_set1_ps(k->d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                                                  _mm_cvtsi64_si128(static_cast<long long>(sc))))));
+    _mm512_store_ps(k->mneg, _mm512_mul_ps(_mm512_set1_ps(-_cvtsh_ss(blk->dmin)),
+                                           _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(twice(mn)))));
+  }
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockQ5_K* blk = reinterpret_cast<const BlockQ5_K*>(p);
+    // chunks 2n, 2n + 1: blocks 4n, 4n + 2 in the low nibbles, 4n + 1, 4n + 3 in the
+    // high ones; block 4n + j's fifth bit is bit 4n + j of qh, moved to bit 4
+    const __m512i v = _mm512_loadu_si512(blk->qs + 64 * n);
+    __m512i h = bcast32(blk->qh);
+    if (n) h = _mm512_srli_epi16(h, 4);
+    const __m512i lo = merge_codes(v, _mm512_sllv_epi16(h, half_counts(4, 2)), 31);
+    const __m512i hi = merge_codes(_mm512_srli_epi16(v, 4), _mm512_sllv_epi16(h, half_counts(3, 1)), 31);
+    // qwords (lo, hi) -> A = elements 0..15 of blocks 0..3 (lo L0, hi L0, lo L2, hi L2), B = 16..31
+    *A = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi);
+    *B = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15), hi);
+  }
+};
+
+// Q6_K as a K type: a_s = int8 scale, c = 6-bit code, d2 = 32d (quad group n:
+// blocks 4n + j, the nibble j / 2 of ql[64n + 32 (j % 2) ..], the bits 2j of qh[32n ..]).
+struct DecQ6_K {
+  static constexpr size_t kBytes = sizeof(BlockQ6_K);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(p);
+    k_scales(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales))),
+             _cvtsh_ss(blk->d), 32.0f, k);
+  }
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(p);
+    // blocks 4n, 4n + 1 in the low nibbles of ql[64n ..], 4n + 2, 4n + 3 in the high
+    // ones; block 4n + j's top 2 bits at bits 2j of qh[32n ..], moved to bits 4..5
+    const __m512i v = _mm512_loadu_si512(blk->ql + 64 * n), h = bcast32(blk->qh + 32 * n);
+    const __m512i c01 = merge_codes(v, _mm512_sllv_epi16(h, half_counts(4, 2)), 63);
+    const __m512i c23 = merge_codes(_mm512_srli_epi16(v, 4), _mm512_srlv_epi16(h, half_counts(0, 2)), 63);
+    *A = _mm512_shuffle_i64x2(c01, c23, _MM_SHUFFLE(2, 0, 2, 0));
+    *B = _mm512_shuffle_i64x2(c01, c23, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+};
+
 template <int R, int T>
 constexpr int kSets = R * T == 1 ? 2 : 1;
 
@@ -158,6 +235,7 @@ inline void store_sums(__m512 (&acc)[S][R][T], float* Y, int64_t ldy, int64_t r,
 template <class Dec, int R, int T>
 void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
   constexpr int S = kSets<R, T>;
+  constexpr bool kBlockScale = std::is_same_v<Dec, DecQ5_K>;  // P = vpdpbusd twice, dw per lane
   __m512 acc[S][R][T];
   init_sums(acc);
   const uint8_t* rows[R];
@@ -171,12 +249,18 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
 #pragma GCC unroll 2
     for (int n = 0; n < 2; ++n) {
       __m512i A[R], B[R], SA[R], SB[R];
+      __m512 DW[R];
       const __m512i ia = n ? _mm512_add_epi16(pa, eight) : pa, ib = _mm512_add_epi16(ia, one);
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         Dec::codes(rows[i] + sb * Dec::kBytes, n, &A[i], &B[i]);
-        SA[i] = _mm512_permutexvar_epi16(ia, ks[i].a);
-        SB[i] = _mm512_permutexvar_epi16(ib, ks[i].a);
+        if constexpr (kBlockScale) {
+          DW[i] = spread4(_mm_load_ps(ks[i].dw + 4 * n));
+        } else {
+          SA[i] = _mm512_permutexvar_epi16(ia, ks[i].a);
+          SB[i] = _mm512_permutexvar_epi16(ib, ks[i].a);
+          DW[i] = _mm512_set1_ps(ks[i].d);
+        }
       }
       const int64_t g = 2 * sb + n;
 #pragma GCC unroll 4
@@ -186,10 +270,14 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
         const __m512 DX = spread4(_mm_loadu_ps(a.d(t0 + t) + 4 * g));
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
-          __m512i P = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(A[i], xa), SA[i]);
-          P = _mm512_dpwssd_epi32(P, _mm512_maddubs_epi16(B[i], xb), SB[i]);
-          acc[n % S][i][t] =
-              _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P), DX), _mm512_set1_ps(ks[i].d), acc[n % S][i][t]);
+          __m512i P;
+          if constexpr (kBlockScale) {
+            P = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), A[i], xa), B[i], xb);
+          } else {
+            P = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(A[i], xa), SA[i]);
+            P = _mm512_dpwssd_epi32(P, _mm512_maddubs_epi16(B[i], xb), SB[i]);
+          }
+          acc[n % S][i][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(P), DX), DW[i], acc[n % S][i][t]);
         }
       }
     }
@@ -335,6 +423,8 @@ void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
     constexpr int kR = decltype(R)::value, kT = decltype(T)::value;
     switch (W.type) {
       case GGMLType::Q3_K: return tile_k<DecQ3_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::Q5_K: return tile_k<DecQ5_K, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::Q6_K: return tile_k<DecQ6_K, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XS: return tile_k<DecIQ2_XS, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XXS:
         return tile_offset<kR, kT, sizeof(BlockIQ2_XXS), iq2xxs_group>(W, r, act, t, Y, ldy);

@@ -1,4 +1,4 @@
-// The importance-weighted Q2_K / Q3_K / IQ2_XXS / IQ4_XS searches (convert/quants_lowbit.py
+// The importance-weighted Q2_K / Q3_K / IQ2_XXS / IQ4_XS / Q5_K / Q6_K searches (convert/quants_lowbit.py
 // is the reference; each function here names the reference function it mirrors).
 // Exactness rules, kept everywhere below:
 //   * float32 arithmetic in the reference's order, no fused multiply-add
@@ -11,7 +11,7 @@
 //   * _div(a, b) is a / b where b != 0, else +0.
 // The hot loops come per ISA, chosen by active_isa(): the IQ2_XXS grid search
 // (quant/quantize_lowbit_kernels.h; the SSE2 baseline at the end of this file)
-// and the Q2_K / Q3_K sub-block fits, one sub-block per vector lane
+// and the Q2_K / Q3_K / Q5_K / Q6_K sub-block fits, one sub-block per vector lane
 // (quant/quantize_lowbit_lanes.h). Each super-block is independent: the pool
 // splits the matrix's blocks over its threads.
 #include "quant/quantize_lowbit.h"
@@ -176,7 +176,7 @@ void store_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 struct IsaOps {
   void (*dots)(const float* wa, const float* w, const float* g, const float* gg, float* A, float* B);
   void (*pick)(const float* A, const float* B, const float* h, int nh, int* out);
-  void (*fit_affine)(const float* x, const float* w, int nmax, float* s, float* m);
+  void (*fit_affine)(const float* x, const float* w, int nmax, int sub, float* s, float* m);
   void (*fit_symmetric)(const float* x, const float* w, int nmax, float* s);
 };
 
@@ -192,59 +192,124 @@ IsaOps isa_ops() {
   }
 }
 
-// _q2_k_rows for one super-block.
-void q2_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
+// _affine_codes (Q2_K, Q5_K) of one super-block: per sub-block of `sub` values
+// (16 or 32) the scale and min, quantized to 0..smax against f16 d / dmin, and
+// the codes 0..nmax for the scale and min the decoder forms (float32 d*sc, dmin*m).
+struct AffineCodes {
+  uint16_t d16, dm16;
+  int sc[16], mq[16];
+  int q[256];
+};
+void affine_codes(const float* x, const float* imp, int sub, int nmax, int smax, const IsaOps& ops,
+                  AffineCodes* c) {
+  const int ns = 256 / sub;
   float w[256], scale[16], mins[16], sw[16];
   element_weights(x, imp, w);
-  ops.fit_affine(x, w, 3, scale, mins);
-  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
-  int sc[16], mq[16];
-  const uint16_t d16 = super_scale(scale, sw, 16, 0, 15, sc);
-  const uint16_t dm16 = super_scale(mins, sw, 16, 0, 15, mq);
-  const float d = f16_to_f32(d16), dm = f16_to_f32(dm16);
-  std::memset(out, 0, 84);
-  for (int s = 0; s < 16; ++s) {
-    out[s] = static_cast<uint8_t>(sc[s] | (mq[s] << 4));
-    // the codes for the scale and min the decoder forms (float32 d*sc, dmin*m)
-    const float eff_d = d * static_cast<float>(sc[s]), eff_m = dm * static_cast<float>(mq[s]);
-    for (int l = 0; l < 16; ++l) {
-      const int e = 16 * s + l;  // element 128h + 32j + l' -> byte 16 + 32h + l', bits 2j
-      const int q = static_cast<int>(rint_clip(div0(x[e] + eff_m, eff_d), 0.0f, 3.0f));
-      out[16 + 32 * (e / 128) + e % 32] |= static_cast<uint8_t>(q << (2 * ((e / 32) % 4)));
+  ops.fit_affine(x, w, nmax, sub, scale, mins);
+  for (int s = 0; s < ns; ++s) sw[s] = np_sum(w + sub * s, sub);
+  c->d16 = super_scale(scale, sw, ns, 0, smax, c->sc);
+  c->dm16 = super_scale(mins, sw, ns, 0, smax, c->mq);
+  const float d = f16_to_f32(c->d16), dm = f16_to_f32(c->dm16);
+  for (int s = 0; s < ns; ++s) {
+    const float eff_d = d * static_cast<float>(c->sc[s]), eff_m = dm * static_cast<float>(c->mq[s]);
+    for (int l = 0; l < sub; ++l) {
+      const float v = div0(x[sub * s + l] + eff_m, eff_d);
+      c->q[sub * s + l] = static_cast<int>(rint_clip(v, 0.0f, static_cast<float>(nmax)));
     }
   }
-  store_u16(out + 80, d16);
-  store_u16(out + 82, dm16);
+}
+
+// _symmetric_codes (Q3_K, Q6_K) of one super-block: per sub-block of 16 the scale,
+// quantized to slo..shi against an f16 d, and the codes 0..2 nmax - 1 (value
+// code - nmax) for the decoder's float32 d*sc.
+struct SymmetricCodes {
+  uint16_t d16;
+  int sc[16];
+  int q[256];
+};
+void symmetric_codes(const float* x, const float* imp, int nmax, int slo, int shi, const IsaOps& ops,
+                     SymmetricCodes* c) {
+  float w[256], scale[16], sw[16];
+  element_weights(x, imp, w);
+  ops.fit_symmetric(x, w, nmax, scale);
+  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
+  c->d16 = super_scale(scale, sw, 16, slo, shi, c->sc);
+  const float d = f16_to_f32(c->d16), fn = static_cast<float>(nmax);
+  for (int s = 0; s < 16; ++s) {
+    const float eff = d * static_cast<float>(c->sc[s]);
+    for (int l = 0; l < 16; ++l)
+      c->q[16 * s + l] = static_cast<int>(rint_clip(div0(x[16 * s + l], eff), -fn, fn - 1.0f)) + nmax;
+  }
+}
+
+// _q2_k_rows for one super-block.
+void q2_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
+  AffineCodes c;
+  affine_codes(x, imp, 16, 3, 15, ops, &c);
+  std::memset(out, 0, 84);
+  for (int s = 0; s < 16; ++s) out[s] = static_cast<uint8_t>(c.sc[s] | (c.mq[s] << 4));
+  for (int e = 0; e < 256; ++e)  // element 128h + 32j + l' -> byte 16 + 32h + l', bits 2j
+    out[16 + 32 * (e / 128) + e % 32] |= static_cast<uint8_t>(c.q[e] << (2 * ((e / 32) % 4)));
+  store_u16(out + 80, c.d16);
+  store_u16(out + 82, c.dm16);
 }
 
 // _q3_k_rows for one super-block.
 void q3_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
-  float w[256], scale[16], sw[16];
-  element_weights(x, imp, w);
-  ops.fit_symmetric(x, w, 4, scale);
-  for (int s = 0; s < 16; ++s) sw[s] = np_sum(w + 16 * s, 16);
-  int sc[16];
-  const uint16_t d16 = super_scale(scale, sw, 16, -32, 31, sc);
-  const float d = f16_to_f32(d16);
+  SymmetricCodes c;
+  symmetric_codes(x, imp, 4, -32, 31, ops, &c);  // codes 0..7
   std::memset(out, 0, 110);
-  for (int s = 0; s < 16; ++s) {
-    const float eff = d * static_cast<float>(sc[s]);
-    for (int l = 0; l < 16; ++l) {
-      const int e = 16 * s + l, h = e / 128, j = (e / 32) % 4, i = e % 32;
-      const int q = static_cast<int>(rint_clip(div0(x[e], eff), -4.0f, 3.0f)) + 4;  // 0..7
-      out[i] |= static_cast<uint8_t>((q >> 2) << (4 * h + j));       // hmask
-      out[32 + 32 * h + i] |= static_cast<uint8_t>((q & 3) << (2 * j));  // low bits
-    }
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, j = (e / 32) % 4, i = e % 32;
+    out[i] |= static_cast<uint8_t>((c.q[e] >> 2) << (4 * h + j));       // hmask
+    out[32 + 32 * h + i] |= static_cast<uint8_t>((c.q[e] & 3) << (2 * j));  // low bits
   }
   // pack_q3_k_scales: scale s (+32) has its low nibble in byte s % 8 (high
   // half for s >= 8), its top 2 bits at bit 2*(s / 4) of byte 8 + s % 4
   uint8_t* sp = out + 96;
   for (int s = 0; s < 16; ++s) {
-    const int u = sc[s] + 32;
+    const int u = c.sc[s] + 32;
     sp[s % 8] |= static_cast<uint8_t>((u & 15) << (s < 8 ? 0 : 4));
     sp[8 + s % 4] |= static_cast<uint8_t>((u >> 4) << (2 * (s / 4)));
   }
-  store_u16(out + 108, d16);
+  store_u16(out + 108, c.d16);
+}
+
+// _q6_k_rows for one super-block.
+void q6_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
+  SymmetricCodes c;
+  symmetric_codes(x, imp, 32, -128, 127, ops, &c);  // codes 0..63
+  std::memset(out, 0, 210);
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, j = (e / 32) % 4, i = e % 32;
+    out[64 * h + 32 * (j % 2) + i] |= static_cast<uint8_t>((c.q[e] & 15) << (4 * (j / 2)));  // ql
+    out[128 + 32 * h + i] |= static_cast<uint8_t>((c.q[e] >> 4) << (2 * j));               // qh
+  }
+  for (int s = 0; s < 16; ++s) out[192 + s] = static_cast<uint8_t>(c.sc[s]);  // int8, two's complement
+  store_u16(out + 208, c.d16);
+}
+
+// _q5_k_rows for one super-block: 8 sub-blocks of 32.
+void q5_k_block(const float* x, const float* imp, uint8_t* out, const IsaOps& ops) {
+  AffineCodes c;
+  affine_codes(x, imp, 32, 31, 63, ops, &c);
+  std::memset(out, 0, 176);
+  store_u16(out, c.d16);
+  store_u16(out + 2, c.dm16);
+  // quants.py _pack_k_scales: 6-bit scales and mins of sub-blocks 0..3 in bytes
+  // 0..3 / 4..7, those of 4..7 split into the low nibbles (bytes 8..11) and the
+  // top 2 bits of bytes 0..3 / 4..7
+  uint8_t* sp = out + 4;
+  for (int j = 0; j < 4; ++j) {
+    sp[j] = static_cast<uint8_t>(c.sc[j] | ((c.sc[j + 4] >> 4) << 6));
+    sp[4 + j] = static_cast<uint8_t>(c.mq[j] | ((c.mq[j + 4] >> 4) << 6));
+    sp[8 + j] = static_cast<uint8_t>((c.sc[j + 4] & 15) | ((c.mq[j + 4] & 15) << 4));
+  }
+  for (int e = 0; e < 256; ++e) {
+    const int s = e / 32, l = e % 32;
+    out[16 + l] |= static_cast<uint8_t>((c.q[e] >> 4) << s);                         // qh: bit s
+    out[48 + 32 * (s / 2) + l] |= static_cast<uint8_t>((c.q[e] & 15) << (4 * (s % 2)));  // qs nibbles
+  }
 }
 
 // The index of the IQ4_NL level nearest v: np.abs(v - levels).argmin(), the
@@ -442,9 +507,10 @@ void iq2_xxs_block(const float* x, const float* imp, uint8_t* out, const IsaOps&
 }  // namespace
 
 void check_lowbit_args(GGMLType t, int64_t rows, int64_t cols, bool has_importance) {
-  if (t != GGMLType::Q2_K && t != GGMLType::Q3_K && t != GGMLType::IQ2_XXS && t != GGMLType::IQ4_XS)
+  if (t != GGMLType::Q2_K && t != GGMLType::Q3_K && t != GGMLType::IQ2_XXS && t != GGMLType::IQ4_XS &&
+      t != GGMLType::Q5_K && t != GGMLType::Q6_K)
     throw InputError(std::string("no importance-weighted quantizer for ") + type_name(t) +
-                     " (Q2_K, Q3_K, IQ2_XXS, IQ4_XS)");
+                     " (Q2_K, Q3_K, IQ2_XXS, IQ4_XS, Q5_K, Q6_K)");
   if (rows < 0 || cols <= 0 || cols % 256 != 0)
     throw InputError("a row of " + std::to_string(cols) + " values is not a multiple of the " +
                      type_name(t) + " super-block of 256");
@@ -470,6 +536,10 @@ void quantize_lowbit(GGMLType t, const float* x, int64_t rows, int64_t cols,
         q3_k_block(xb, imp, ob, ops);
       } else if (t == GGMLType::IQ4_XS) {
         iq4_xs_block(xb, imp, ob);
+      } else if (t == GGMLType::Q6_K) {
+        q6_k_block(xb, imp, ob, ops);
+      } else if (t == GGMLType::Q5_K) {
+        q5_k_block(xb, imp, ob, ops);
       } else {
         iq2_xxs_block(xb, imp, ob, ops);
       }
@@ -539,8 +609,8 @@ typedef float V4F __attribute__((vector_size(16)));
 typedef int32_t V4I __attribute__((vector_size(16)));
 }  // namespace
 
-void fit_affine_sse2(const float* x, const float* w, int nmax, float* s, float* m) {
-  lanes_fit_affine<V4F, V4I>(x, w, nmax, s, m);
+void fit_affine_sse2(const float* x, const float* w, int nmax, int sub, float* s, float* m) {
+  lanes_fit_affine<V4F, V4I>(x, w, nmax, sub, s, m);
 }
 
 void fit_symmetric_sse2(const float* x, const float* w, int nmax, float* s) {

@@ -1,5 +1,5 @@
-// Importance-weighted quantizers of the 2-, 3- and 4-bit GGML types Q2_K, Q3_K,
-// IQ2_XXS and IQ4_XS: the searches of convert/quants_lowbit.py (the readable numpy
+// Importance-weighted quantizers of the 2- to 6-bit GGML types Q2_K, Q3_K,
+// IQ2_XXS, IQ4_XS, Q5_K and Q6_K: the searches of convert/quants_lowbit.py (the readable numpy
 // reference, which documents the method), run per 256-value super-block on the
 // thread pool. Every float operation is the reference's, in its order and
 // precision (float32, float64 where numpy promotes, numpy's pairwise sums, its
@@ -14,7 +14,7 @@
 
 namespace pyv4 {
 
-// InputError unless quantize_lowbit can encode t (Q2_K, Q3_K, IQ2_XXS, IQ4_XS) for
+// InputError unless quantize_lowbit can encode t (Q2_K, Q3_K, IQ2_XXS, IQ4_XS, Q5_K, Q6_K) for
 // rows of `cols` values (a multiple of 256), with an importance matrix if t needs one.
 void check_lowbit_args(GGMLType t, int64_t rows, int64_t cols, bool has_importance);
 

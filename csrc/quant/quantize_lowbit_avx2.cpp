@@ -92,8 +92,8 @@ typedef float VF __attribute__((vector_size(32)));
 typedef int32_t VI __attribute__((vector_size(32)));
 }  // namespace
 
-void fit_affine_avx2(const float* x, const float* w, int nmax, float* s, float* m) {
-  lanes_fit_affine<VF, VI>(x, w, nmax, s, m);
+void fit_affine_avx2(const float* x, const float* w, int nmax, int sub, float* s, float* m) {
+  lanes_fit_affine<VF, VI>(x, w, nmax, sub, s, m);
 }
 
 void fit_symmetric_avx2(const float* x, const float* w, int nmax, float* s) {
