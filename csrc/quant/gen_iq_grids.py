@@ -1,7 +1,7 @@
 """Writes the grid tables of the IQ weight types from the gguf package's copies.
 
 The grids are part of the formats (GGML defines them in ggml-common.h as
-iq2xxs_grid, iq2xs_grid, iq3xxs_grid and iq1s_grid; gguf-py carries the same
+iq2xxs_grid, iq2xs_grid, iq2s_grid, iq3xxs_grid, iq3s_grid and iq1s_grid; gguf-py carries the same
 tables packed at 2 or 3 bits per value). We take them from gguf-py, the oracle
 our decoders are tested against, so the tables and the oracle cannot drift
 apart.  usage: python csrc/quant/gen_iq_grids.py
@@ -65,6 +65,16 @@ def main():
           "// Entry i holds the 4 magnitudes (4, 12, ..., 52 or 62) of grid point i, value j\n"
           "// in byte j (little-endian).\n"
           + namespaced(table("uint32_t", "kIq3xxsGrid", words, 8, 8)))
+    words = grid_of(gq.IQ2_S, np.uint8).copy().view("<u8").reshape(1024)
+    write("iq2s_grid.h", "gguf.quants.IQ2_S (GGML's\n// iq2s_grid)",
+          "// Entry i holds the 8 magnitudes (each 8, 25 or 43) of grid point i, value j in\n"
+          "// byte j (little-endian).\n"
+          + namespaced(table("uint64_t", "kIq2sGrid", words, 16, 4)))
+    words = grid_of(gq.IQ3_S, np.uint8).copy().view("<u4").reshape(512)
+    write("iq3s_grid.h", "gguf.quants.IQ3_S (GGML's\n// iq3s_grid)",
+          "// Entry i holds the 4 magnitudes (1, 3, ..., 15) of grid point i, value j in\n"
+          "// byte j (little-endian).\n"
+          + namespaced(table("uint32_t", "kIq3sGrid", words, 8, 8)))
     g = grid_of(gq.IQ1_S, np.float32)
     words = (g + 1).astype(np.uint8).copy().view("<u8").reshape(2048)
     write("iq1s_grid.h", "gguf.quants.IQ1_S (GGML's\n// iq1s_grid, shared by IQ1_M)",

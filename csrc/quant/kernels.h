@@ -143,18 +143,18 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
                       int64_t ldy, int64_t r0, int64_t r1);
 
 // ---- 1- to 4-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
-// Q2_K, Q3_K, IQ2_XXS, IQ4_XS and the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M
-// (block layouts in quant/blocks.h) on the same int8 activations: plain layout
+// Q2_K, Q3_K, IQ2_XXS, IQ4_XS and the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M,
+// IQ3_S, IQ2_S (block layouts in quant/blocks.h) on the same int8 activations: plain layout
 // on AVX2, quad on AVX-512 below lane_min_tokens, from there the lane GEMM
 // (gemm_lane_avx512.cpp: Q3_K's sub-block scales folded into offset codes,
-// Q2_K's and IQ1_M's into their codes with the offsets through hs, IQ2_XS's
-// applied per half block; see its packers).
+// Q2_K's and IQ1_M's into their codes with the offsets through hs, IQ2_XS's and
+// IQ2_S's applied per half block; see its packers).
 // The types with a scale per 16-element sub-block s of a super-block ("K form")
 // have weights
 //     w = d * a_s * c - d2 * m_s
 // (Q2_K: a = 4-bit scale, c = 2-bit code, d2 = dmin, m = 4-bit min;
 //  Q3_K: a = m = 6-bit scale - 32, c = 3-bit code 0..7 (value c - 4), d2 = 4d;
-//  IQ2_XS: a = m = 2 * nibble + 1, c = signed grid + 43 (0..86), d = d16/8, d2 = 43d;
+//  IQ2_XS, IQ2_S: a = m = 2 * nibble + 1, c = signed grid + 43 (0..86), d = d16/8, d2 = 43d;
 //  IQ1_M: a = m = 2 * 3-bit scale + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
 //         d = d16/4, d2 = 9/8 d16), so
 //     sum_i w_i x_i = d * sum_b dx_b * (sum_s a_s sum_i c_i q_i) - d2 * sum_s m_s hs_s.
@@ -166,7 +166,8 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
 // w = dw * (u - k), the offset k through cs:
 //   IQ2_XXS: u = signed grid value + 43 (0..86), dw = d * (0.5 + s) * 0.25;
 //   IQ3_XXS: u = signed grid value + 64 (2..126), dw = d * (0.5 + s) * 0.5;
-//   IQ1_S:   u = 8 (grid + 1) + 2 (delta > 0) (0..18), k = 9, dw = d * (2s + 1) / 8.
+//   IQ1_S:   u = 8 (grid + 1) + 2 (delta > 0) (0..18), k = 9, dw = d * (2s + 1) / 8;
+//   IQ3_S:   u = signed grid value + 16 (1..31), dw = d * (2s + 1).
 // IQ4_XS: per 32-block dw = d * (ls - 32) times the signed level kIq4nlValues[code];
 // AVX2 multiplies |level| by q with q's sign flipped where the level is negative
 // (no offset), AVX-512 uses level + 128 (1..241) with the offset k = 128 through cs.
@@ -179,15 +180,17 @@ static inline bool is_lowbit(GGMLType t) {
     case GGMLType::IQ3_XXS:
     case GGMLType::IQ2_XS:
     case GGMLType::IQ1_S:
-    case GGMLType::IQ1_M: return true;
+    case GGMLType::IQ1_M:
+    case GGMLType::IQ3_S:
+    case GGMLType::IQ2_S: return true;
     default: return false;
   }
 }
 // Whether the kernels of a low-bit type read ActQ::hs (the lane GEMM folds
 // Q3_K's scales into its codes and needs them for Q2_K's mins and the offsets
-// of IQ1_M and IQ2_XS only).
+// of IQ1_M, IQ2_XS and IQ2_S only).
 static inline bool lowbit_half_sums(GGMLType t, ActLayout layout) {
-  return t == GGMLType::Q2_K || t == GGMLType::IQ1_M || t == GGMLType::IQ2_XS ||
+  return t == GGMLType::Q2_K || t == GGMLType::IQ1_M || t == GGMLType::IQ2_XS || t == GGMLType::IQ2_S ||
          (t == GGMLType::Q3_K && layout != ActLayout::Lane);
 }
 static inline ActLayout lowbit_layout(bool avx512) {
@@ -199,6 +202,7 @@ static inline float lowbit_offset(GGMLType t) {
     case GGMLType::IQ2_XXS: return 43.0f;
     case GGMLType::IQ3_XXS: return 64.0f;
     case GGMLType::IQ1_S: return 9.0f;
+    case GGMLType::IQ3_S: return 16.0f;
     default: return 0.0f;
   }
 }
