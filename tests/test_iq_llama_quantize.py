@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader
 from gguf import quants as gq
 
+from test_iq_types import tiny_config
 from test_lowbit import check_fast_model
 from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
 
@@ -47,13 +48,10 @@ N_CALIB = 128  # imatrix tokens (one chunk)
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
     import pyv4
-    from pyv4.demo import DEMO_CONFIG
     from pyv4.imatrix import collect, write_gguf
     from pyv4.synthetic import parse_config, tensor_types, write_random_gguf
 
-    config = dict(DEMO_CONFIG, vocab_size=512, max_position_embeddings=1024, hidden_size=256,
-                  moe_intermediate_size=256, num_hidden_layers=3, compress_ratios=[0, 4, 128],
-                  num_hash_layers=1)
+    config = tiny_config()
     root = tmp_path_factory.mktemp("iq_llama")
     f32 = write_random_gguf(root / "f32.gguf", config, None, seed=3, matrix_type=QT.F32)
     toks = np.random.default_rng(4).integers(0, config["vocab_size"], N_CALIB)

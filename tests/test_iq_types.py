@@ -191,14 +191,19 @@ MIXES = {
 }
 
 
+def tiny_config():
+    """3 layers (one of each kind), experts 256 wide: every super-block type fits."""
+    from pyv4.demo import DEMO_CONFIG
+
+    return dict(DEMO_CONFIG, vocab_size=512, max_position_embeddings=1024, hidden_size=256,
+                moe_intermediate_size=256, num_hidden_layers=3, compress_ratios=[0, 4, 128], num_hash_layers=1)
+
+
 @pytest.fixture(scope="module")
 def iq_models(tmp_path_factory):
-    from pyv4.demo import DEMO_CONFIG
     from pyv4.synthetic import write_random_gguf_typed
 
-    config = dict(DEMO_CONFIG, vocab_size=512, max_position_embeddings=1024, hidden_size=256,
-                  moe_intermediate_size=256, num_hidden_layers=3, compress_ratios=[0, 4, 128],
-                  num_hash_layers=1)
+    config = tiny_config()
     root = tmp_path_factory.mktemp("iq")
     # seeds with no near-tie among the choices of these random models (with seeds 5 and
     # 9 the iq1 model's fast and reference runs pick differently at one position,

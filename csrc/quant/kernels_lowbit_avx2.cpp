@@ -140,12 +140,17 @@ inline void odd_scales(__m256i v, float d, float c, KScales* k) {
 
 // The K scales of IQ2_XS / IQ2_S: a_s = 2 * nibble s of the 8 scale bytes + 1
 // (byte b's low nibble is sub-block 2b, its high nibble 2b + 1), d = d16 / 8, c = 43.
-inline void iq2_nibble_scales(const uint8_t* scales, uint16_t d16, KScales* k) {
-  const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales)));
-  const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15)), hi = _mm_srli_epi16(w, 4);
-  const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
-  odd_scales(nib, _cvtsh_ss(d16) * 0.125f, 43.0f, k);
-}
+template <class Blk>
+struct Iq2NibbleScales {
+  static constexpr size_t kBytes = sizeof(Blk);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const Blk* blk = reinterpret_cast<const Blk*>(p);
+    const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
+    const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15)), hi = _mm_srli_epi16(w, 4);
+    const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
+    odd_scales(nib, _cvtsh_ss(blk->d) * 0.125f, 43.0f, k);
+  }
+};
 
 // 0xFF in byte e where bit e of `bits` is set (IQ3_S / IQ2_S: a sign bit per element).
 inline __m256i bit_masks(uint32_t bits) {
@@ -158,12 +163,7 @@ inline __m256i bit_masks(uint32_t bits) {
 
 // IQ2_XS as a K type: a_s = 2 * nibble + 1, c = signed grid + 43 (0..86),
 // d = d16 / 8, d2 * m_s = 43 d a_s (w = d16 * a_s / 8 * (c - 43)).
-struct DecIQ2_XS {
-  static constexpr size_t kBytes = sizeof(BlockIQ2_XS);
-  static inline void scales(const uint8_t* p, KScales* k) {
-    const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
-    iq2_nibble_scales(blk->scales, blk->d, k);
-  }
+struct DecIQ2_XS : Iq2NibbleScales<BlockIQ2_XS> {
   static inline __m256i codes(const uint8_t* p, int b) {
     const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
     uint32_t w[4];
@@ -207,12 +207,7 @@ struct DecIQ1_M {
 
 // IQ2_S as IQ2_XS (same scales and codes), its 10-bit grid index and sign byte
 // per 8 elements stored apart.
-struct DecIQ2_S {
-  static constexpr size_t kBytes = sizeof(BlockIQ2_S);
-  static inline void scales(const uint8_t* p, KScales* k) {
-    const BlockIQ2_S* blk = reinterpret_cast<const BlockIQ2_S*>(p);
-    iq2_nibble_scales(blk->scales, blk->d, k);
-  }
+struct DecIQ2_S : Iq2NibbleScales<BlockIQ2_S> {
   [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
     const BlockIQ2_S* blk = reinterpret_cast<const BlockIQ2_S*>(p);
     const uint8_t* q = blk->qs + 4 * b;

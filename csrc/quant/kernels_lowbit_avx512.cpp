@@ -115,12 +115,17 @@ inline void entry_sign_masks(__m512i v, __mmask64* ka, __mmask64* kb) {
 
 // The K scales of IQ2_XS / IQ2_S: a_s = 2 * nibble + 1 of the 8 scale bytes (byte
 // b's low nibble is sub-block 2b, its high nibble 2b + 1), d = d16 / 8, c = 43.
-inline void iq2_nibble_scales(const uint8_t* scales, uint16_t d16, KScales* k) {
-  const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales)));
-  const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15)), hi = _mm_srli_epi16(w, 4);
-  const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
-  k_scales(_mm256_add_epi16(_mm256_slli_epi16(nib, 1), _mm256_set1_epi16(1)), _cvtsh_ss(d16) * 0.125f, 43.0f, k);
-}
+template <class Blk>
+struct Iq2NibbleScales {
+  static constexpr size_t kBytes = sizeof(Blk);
+  static inline void scales(const uint8_t* p, KScales* k) {
+    const Blk* blk = reinterpret_cast<const Blk*>(p);
+    const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
+    const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15)), hi = _mm_srli_epi16(w, 4);
+    const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
+    k_scales(_mm256_add_epi16(_mm256_slli_epi16(nib, 1), _mm256_set1_epi16(1)), _cvtsh_ss(blk->d) * 0.125f, 43.0f, k);
+  }
+};
 
 // IQ3_S / IQ2_S: the 16 sign bytes of a quad group (4 per block: bytes 4j..4j+3 hold
 // the 32 element signs of block j, bit i of a byte element 8 (byte % 4) + i) as the
@@ -133,12 +138,7 @@ inline void bit_sign_masks(const uint8_t* s16, __mmask64* ka, __mmask64* kb) {
 }
 
 // IQ2_XS as a K type (quant/kernels.h): a_s = 2 * nibble + 1, codes u = signed grid + 43.
-struct DecIQ2_XS {
-  static constexpr size_t kBytes = sizeof(BlockIQ2_XS);
-  static inline void scales(const uint8_t* p, KScales* k) {
-    const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
-    iq2_nibble_scales(blk->scales, blk->d, k);
-  }
+struct DecIQ2_XS : Iq2NibbleScales<BlockIQ2_XS> {
   static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
     const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
     const __m512i w = to_ab(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs + 32 * n))));
@@ -154,12 +154,7 @@ struct DecIQ2_XS {
 // IQ2_S as IQ2_XS: entry e = 4j + l of quad group n (block j's index l, elements
 // 8l..8l+7) has the grid index qs[16n + e] | (bits 2e, 2e + 1 of the group's 4 qh
 // bytes) << 8 and the sign byte qs[32 + 16n + e].
-struct DecIQ2_S {
-  static constexpr size_t kBytes = sizeof(BlockIQ2_S);
-  static inline void scales(const uint8_t* p, KScales* k) {
-    const BlockIQ2_S* blk = reinterpret_cast<const BlockIQ2_S*>(p);
-    iq2_nibble_scales(blk->scales, blk->d, k);
-  }
+struct DecIQ2_S : Iq2NibbleScales<BlockIQ2_S> {
   static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
     const BlockIQ2_S* blk = reinterpret_cast<const BlockIQ2_S*>(p);
     uint32_t h;
