@@ -132,7 +132,8 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // IQ3_XXS, IQ2_XS, IQ1_S and IQ1_M take it from 4 tokens like the other
 // super-block types: [2048x4096] from DRAM, 2 threads, busy Zen 4 host, Gops/s
 // of their quad GEMV at 3 tokens / the lane GEMM at 4: IQ3_XXS 39 / 49,
-// IQ2_XS 59 / 112, IQ1_S 46 / 72, IQ1_M 40 / 35.
+// IQ2_XS 59 / 112, IQ1_S 46 / 72, IQ1_M 40 / 35. IQ3_S and IQ2_S alike (the
+// same A/B, load ~4): IQ3_S 24 / 31, IQ2_S 48 / 62 (IQ3_XXS 26 / 33 in that run).
 static inline bool is_lowbit(GGMLType t);  // the super-block types, below
 static inline int64_t lane_min_tokens(GGMLType t) {
   if (t == GGMLType::Q4_K) return 6;
