@@ -1,9 +1,8 @@
 // The lane-GEMM packers of the i-quants IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M,
-// IQ3_S, IQ2_S: a
-// part of gemm_lane_avx512.cpp (its only includer), kept apart for size. It is
-// included inside that file's anonymous namespace, after the packing helpers
-// it uses (Form, store_codes, pair8_f16, lane_block; with_parity, iq_signed and gather16 of
-// quant/simd_avx512.h; contract of a packer there: 16 blocks
+// IQ3_S, IQ2_S: a part of gemm_lane_avx512.cpp (its only includer), kept apart
+// for size. It is included inside that file's anonymous namespace, after the
+// packing helpers it uses (Form, store_codes, pair8_f16, lane_block; with_parity,
+// iq_signed and gather16 of quant/simd_avx512.h; contract of a packer there: 16 blocks
 // of 32, two super-blocks, at p -> out[0..512) codes in the lane layout, dw at
 // 512, HalfMin's mins at 576, HalfScale's dw1 at 704), and compiled with its
 // AVX-512 flags.
