@@ -41,7 +41,7 @@ def namespaced(decl):
             + decl + "\n}  // namespace qblocks\n}  // namespace pyv4\n")
 
 
-def magnitudes(cls, fname, cname, values):
+def magnitudes(cls, fname, cname, values, extra=""):
     """A grid of unsigned magnitudes, one entry per 4 (uint32) or 8 (uint64) values."""
     per = cls.grid_shape[1]
     ctype, digits, per_line = ("uint64_t", 16, 4) if per == 8 else ("uint32_t", 8, 8)
@@ -50,7 +50,7 @@ def magnitudes(cls, fname, cname, values):
     write(fname, f"gguf.quants.{cls.__name__} (GGML's\n// {ggml})",
           f"// Entry i holds the {per} magnitudes {values} of grid point i, value j\n"
           "// in byte j (little-endian).\n"
-          + namespaced(table(ctype, cname, words, digits, per_line)))
+          + namespaced(table(ctype, cname, words, digits, per_line) + extra))
 
 
 def main():
@@ -70,7 +70,12 @@ def main():
     magnitudes(gq.IQ2_XS, "iq2xs_grid.h", "kIq2xsGrid", "(each 8, 25 or 43)")
     magnitudes(gq.IQ3_XXS, "iq3xxs_grid.h", "kIq3xxsGrid", "(4, 12, ..., 52 or 62)")
     magnitudes(gq.IQ2_S, "iq2s_grid.h", "kIq2sGrid", "(each 8, 25 or 43)")
-    magnitudes(gq.IQ3_S, "iq3s_grid.h", "kIq3sGrid", "(1, 3, ..., 15)")
+    g = grid_of(gq.IQ3_S, np.uint16)
+    nibbles = g[:, 0] | g[:, 1] << 4 | g[:, 2] << 8 | g[:, 3] << 12
+    magnitudes(gq.IQ3_S, "iq3s_grid.h", "kIq3sGrid", "(1, 3, ..., 15)",
+               "\n// The same entries as 4-bit fields, value j at bits 4j..4j+3 (the AVX-512 GEMV\n"
+               "// looks them up from registers, 64 entries a vpermt2w).\n"
+               + table("uint16_t", "kIq3sNibbles", nibbles, 4, 12))
     g = grid_of(gq.IQ1_S, np.float32)
     words = (g + 1).astype(np.uint8).copy().view("<u8").reshape(2048)
     write("iq1s_grid.h", "gguf.quants.IQ1_S (GGML's\n// iq1s_grid, shared by IQ1_M)",

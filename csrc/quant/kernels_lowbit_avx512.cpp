@@ -361,13 +361,39 @@ inline void iq1s_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* 
   *DW = spread4(_mm_mul_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->d)), s), _mm_set1_ps(0.125f)));
 }
 
+// The 16-bit entries table[idx] (a 512-entry table, 64-byte aligned) of 32 word
+// indices, from registers: 8 vpermt2w over its 64-entry eighths, each merged
+// into the lanes whose top 3 index bits pick it (a lane keeps its index until then).
+inline __m512i lookup512_epi16(const uint16_t* table, __m512i idx) {
+  const __m512i top = _mm512_srli_epi16(idx, 6);
+  __m512i w = idx;
+#pragma GCC unroll 8
+  for (int t = 0; t < 8; ++t)
+    w = _mm512_mask2_permutex2var_epi16(_mm512_load_si512(table + 64 * t), w,
+                                        _mm512_cmpeq_epi16_mask(top, _mm512_set1_epi16(static_cast<short>(t))),
+                                        _mm512_load_si512(table + 64 * t + 32));
+  return w;
+}
+
+// The 4 nibbles of each of 16 words (nibble j = bits 4j..4j+3) as the 4 bytes of
+// its dword: bytes (b0, b0, b1, b1) of the word, the odd ones shifted right by 4.
+inline __m512i nibbles_to_bytes(__m256i words) {
+  const __m512i dup = _mm512_shuffle_epi8(
+      _mm512_cvtepu16_epi32(words),
+      _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)));
+  const __m512i odd = _mm512_srli_epi16(dup, 4);
+  // even bytes from dup, odd ones from odd (a bit select on 0x00FF00FF)
+  return _mm512_and_si512(_mm512_ternarylogic_epi32(dup, odd, _mm512_set1_epi32(0x00FF00FF), 0xE4),
+                          _mm512_set1_epi8(15));
+}
+
 // IQ3_S quad group n: codes u = signed grid + 16 (1..31), dw = d (1 + 2s). The
 // group's 32 indices (block j's entry m at word 8j + m) get their 9th bit from bit
-// 8j + m of its 4 qh bytes (a word mask), go to A / B order and are gathered
-// (1 thread, 1 / 3 tokens, ns per super-block: 34.8 / 40 against 36.5 / 46 for
-// the indices stored and loaded back for IQ3_XXS's scalar pairs, and 35 / 44 for
-// the pairs' indices built in general registers; a build without the table
-// lookups ran 10 / 16: the 64 lookups per super-block are the cost).
+// 8j + m of its 4 qh bytes (a word mask) and go to A / B order; their entries are
+// looked up as 16-bit nibble fields (kIq3sNibbles) from registers (lookup512_epi16)
+// and spread to bytes (1 thread, 1 / 3 tokens: 25.9 / 32.8 ns
+// per super-block; two 16-dword gathers of kIq3sGrid 34.8 / 40, IQ3_XXS's scalar
+// pairs 35-36.5 / 44-46; a build without any lookup 10 / 16).
 inline void iq3s_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
   const BlockIQ3_S* blk = reinterpret_cast<const BlockIQ3_S*>(p);
   uint32_t h;
@@ -377,9 +403,8 @@ inline void iq3s_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* 
       _mm512_set_epi16(31, 30, 29, 28, 23, 22, 21, 20, 15, 14, 13, 12, 7, 6, 5, 4,  // (high word first)
                        27, 26, 25, 24, 19, 18, 17, 16, 11, 10, 9, 8, 3, 2, 1, 0),
       _mm512_mask_add_epi16(q, _cvtu32_mask32(h), q, _mm512_set1_epi16(256)));
-  const int* grid = reinterpret_cast<const int*>(kIq3sGrid);
-  const __m512i ga = _mm512_i32gather_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(idx)), grid, 4);
-  const __m512i gb = _mm512_i32gather_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(idx, 1)), grid, 4);
+  const __m512i w = lookup512_epi16(kIq3sNibbles, idx);
+  const __m512i ga = nibbles_to_bytes(_mm512_castsi512_si256(w)), gb = nibbles_to_bytes(_mm512_extracti64x4_epi64(w, 1));
   __mmask64 ka, kb;
   bit_sign_masks(blk->signs + 16 * n, &ka, &kb);
   *A = iq_signed(ga, ka, 16);
