@@ -178,6 +178,36 @@ def test_every_grid_entry(type_name):
     assert np.array_equal(ours.view(np.uint32), gq.dequantize(raw, QT[type_name]).reshape(-1).view(np.uint32))
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_iq3s_gemv_every_grid_entry(isa):
+    """Each of IQ3_S's 512 grid entries at every entry position of a block (the AVX-512
+    GEMV looks them up from its own copy of the grid, kIq3sNibbles), read back one
+    weight at a time: token k is the unit vector e_k, so every output is one weight,
+    and a wrong magnitude (off by at least 2 db) exceeds the bound (~|w| / 250)."""
+    from quant_tools import check_fast, gguf_dequant
+
+    if not _core.isa_supported(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    _core.set_isa(isa)
+    _core.set_compute_mode("fast")
+    rng = np.random.default_rng(5)
+    rows, cols = 64, 512  # 128 super-blocks, 8192 entries
+    nb = rows * cols // 256
+    raw = random_blocks("IQ3_S", nb, rng)
+    a, m = np.divmod(np.arange(nb * 64), 8)  # entry m of the a-th run of 8
+    idx = ((a + 64 * m) % 512).reshape(nb, 64)  # each grid entry twice at each position m
+    raw[:, 2:66] = idx & 255
+    hi = (idx >> 8).reshape(nb, 8, 8)
+    raw[:, 66:74] = sum(hi[:, :, m] << m for m in range(8))
+    raw = raw.reshape(rows, -1)
+    W = gguf_dequant("IQ3_S", raw, rows, cols)
+    eye = np.eye(cols, dtype=np.float32)
+    y = np.concatenate([_core.quant_matmul("IQ3_S", raw, rows, cols, eye[k:k + 3], 1)
+                        for k in range(0, cols - 2, 3)] +
+                       [_core.quant_matmul("IQ3_S", raw, rows, cols, eye[-2:], 1)])
+    check_fast("IQ3_S", W, eye, y)
+
+
 # ---------------------------------------------------------------- model level
 
 # routed experts as the community mixes have them; the shared experts too in one model
