@@ -353,8 +353,9 @@ struct OffIQ1_S {
 // block's scale nibble; the 9th index bit of entry m is bit m of qh[b]. The grid
 // as IQ3_XXS's, scalar loads two entries a qword, each index built arithmetically
 // (1 thread, 1 / 3 tokens: 36 / 45 ns per super-block; one vpgatherdd of the
-// vector-built indices 35 / 49, the indices stored and loaded back 41 / 53, the
-// table half picked by a conditional: a branch on random bits, ~195).
+// vector-built indices 35 / 49, the indices stored and loaded back 41 / 53, or
+// moved to general registers as two qwords 37 / 51, the table half picked by a
+// conditional: a branch on random bits, ~195).
 struct OffIQ3_S {
   static constexpr size_t kBytes = sizeof(BlockIQ3_S);
   static inline void dw8(const uint8_t* p, float* dw) {
