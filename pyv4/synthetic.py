@@ -155,8 +155,8 @@ def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | No
 
 _BLOCK = {T.Q8_0: (32, 34), T.MXFP4: (32, 17), T.Q4_K: (256, 144), T.Q4_0: (32, 18),
           T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.IQ2_XXS: (256, 66), T.IQ3_XXS: (256, 98),
-          T.IQ2_XS: (256, 74), T.IQ1_S: (256, 50), T.IQ1_M: (256, 56), T.Q5_K: (256, 176),
-          T.Q6_K: (256, 210)}
+          T.IQ2_XS: (256, 74), T.IQ1_S: (256, 50), T.IQ1_M: (256, 56), T.IQ3_S: (256, 110),
+          T.IQ2_S: (256, 82), T.Q5_K: (256, 176), T.Q6_K: (256, 210)}
 _E2M1_RMS = math.sqrt(sum(v * v for v in (0, .5, 1, 1.5, 2, 3, 4, 6)) / 8)  # uniform codes
 
 
@@ -220,10 +220,14 @@ def _random_rows(rng: np.random.Generator, rows: int, cols: int, t: T, std: floa
         # value = d*(0.5 + s)/4 * grid * sign: random 4-bit s (rms 9.2), grid rms ~20
         d = jitter * np.float32(std / 46.0)
         raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
-    elif t in (T.IQ3_XXS, T.IQ2_XS):
+    elif t in (T.IQ3_XXS, T.IQ2_XS, T.IQ2_S):
         # value = d*(0.5 + s)*c * grid * sign: random 4-bit s (rms 9.2); IQ3_XXS c = 1/2,
-        # grid rms ~31; IQ2_XS c = 1/4, grid rms ~24
+        # grid rms ~31; IQ2_XS / IQ2_S c = 1/4, grid rms ~24
         d = jitter * np.float32(std / (142.0 if t == T.IQ3_XXS else 56.0))
+        raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t == T.IQ3_S:
+        # value = d*(1 + 2s) * grid * sign: random 4-bit s (rms 18.5), grid rms ~7.6
+        d = jitter * np.float32(std / 140.0)
         raw[:, 0:2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
     elif t == T.IQ1_S:
         # value = d*(2s + 1) * (grid +- 1/8): random 3-bit s (rms 9.2), grid +- 1/8 rms ~0.78

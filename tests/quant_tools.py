@@ -11,13 +11,13 @@ INT_TYPES = {"Q8_0", "Q4_0", "Q4_K", "MXFP4"}
 # top nibbles of its scale words: f16_bits / put_f16_bits).
 GPU_LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136}
 # The i-quants the CPU loads and runs but the GPU kernels do not multiply.
-CPU_ONLY_LOWBIT = {"IQ3_XXS": 98, "IQ2_XS": 74, "IQ1_S": 50, "IQ1_M": 56}
+CPU_ONLY_LOWBIT = {"IQ3_XXS": 98, "IQ2_XS": 74, "IQ1_S": 50, "IQ1_M": 56, "IQ3_S": 110, "IQ2_S": 82}
 # The K types of llama-quantize's ladders (output heads, attention of community files),
 # run on the CPU only too.
 CPU_ONLY_K = {"Q5_K": 176, "Q6_K": 210}
 LOWBIT = {**GPU_LOWBIT, **CPU_ONLY_LOWBIT, **CPU_ONLY_K}
 F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0], "IQ3_XXS": [0],
-          "IQ2_XS": [0], "IQ1_S": [0], "IQ1_M": [], "Q5_K": [0, 2], "Q6_K": [208]}
+          "IQ2_XS": [0], "IQ1_S": [0], "IQ1_M": [], "IQ3_S": [0], "IQ2_S": [0], "Q5_K": [0, 2], "Q6_K": [208]}
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
          "Q4_K": (256, 144), "MXFP4": (32, 17), **{t: (256, b) for t, b in LOWBIT.items()}}
 # What the GPU multiplies (csrc/cuda/matmul.h): all of them but the CPU-only i-quants,
@@ -74,8 +74,8 @@ def random_blocks(type_name, nb, rng, full_range=False):
     else:
         lo, hi = {"Q2_K": (0.002, 0.01), "Q3_K": (0.0005, 0.002), "IQ2_XXS": (0.0005, 0.002),
                   "IQ4_XS": (0.00002, 0.0001), "IQ3_XXS": (0.0002, 0.0008), "IQ2_XS": (0.0005, 0.002),
-                  "IQ1_S": (0.005, 0.02), "IQ1_M": (0.005, 0.02), "Q5_K": (0.0003, 0.001),
-                  "Q6_K": (0.0003, 0.001)}[type_name]
+                  "IQ1_S": (0.005, 0.02), "IQ1_M": (0.005, 0.02), "IQ3_S": (0.0005, 0.002),
+                  "IQ2_S": (0.0005, 0.002), "Q5_K": (0.0003, 0.001), "Q6_K": (0.0003, 0.001)}[type_name]
         _set_f16(type_name, raw, rng.uniform(lo, hi, size=(nb, n_scales)))
     return raw
 

@@ -234,11 +234,16 @@ def test_iq2xxs_gemv_every_grid_entry_and_sign_field(isa):
     g[:, :, 4:] = word.astype("<u4").view(np.uint8).reshape(rows * 2, 8, 4)
     raw = raw.reshape(rows, -1)
     W = gguf_dequant("IQ2_XXS", raw, rows, cols)
+    check_fast("IQ2_XXS", W, np.eye(cols, dtype=np.float32), unit_products("IQ2_XXS", raw, rows, cols))
+
+
+def unit_products(type_name, raw, rows, cols):
+    """The weights [cols, rows] read back through the 1..3-token GEMVs: the unit
+    vectors e_k as the tokens, 3 at a time (2 for the last)."""
     eye = np.eye(cols, dtype=np.float32)
-    y = np.concatenate([_core.quant_matmul("IQ2_XXS", raw, rows, cols, eye[k:k + 3], 1)
-                        for k in range(0, cols - 2, 3)] +
-                       [_core.quant_matmul("IQ2_XXS", raw, rows, cols, eye[-2:], 1)])
-    check_fast("IQ2_XXS", W, eye, y)
+    return np.concatenate([_core.quant_matmul(type_name, raw, rows, cols, eye[k:k + 3], 1)
+                           for k in range(0, cols - 2, 3)] +
+                          [_core.quant_matmul(type_name, raw, rows, cols, eye[-2:], 1)])
 
 
 @pytest.mark.parametrize("type_name", sorted(LOWBIT))

@@ -149,6 +149,29 @@ struct BlockIQ1_M {
   uint8_t qh[16];
   uint8_t scales[8];
 };
+// IQ3_S super-block of 256 (GGML block_iq3_s): the 9-bit grid index of elements
+// 4i..4i+3 (i = 8b + m, block b) is qs[i] | ((qh[b] >> m) & 1) << 8 (kIq3sGrid: 512
+// entries of 4 odd magnitudes 1..15); element e is negative where bit e % 8 of
+// signs[e / 8] is set; block b's 4-bit scale s is nibble b % 2 of scales[b / 2]
+// (low first). value = d*(1 + 2s) * grid * sign.
+struct BlockIQ3_S {
+  uint16_t d;  // f16
+  uint8_t qs[64];
+  uint8_t qh[8];
+  uint8_t signs[32];
+  uint8_t scales[4];
+};
+// IQ2_S super-block of 256 (GGML block_iq2_s): qs[0..31] are the low bytes of the
+// 10-bit grid indices of elements 8i..8i+7 (i = 4b + l, block b), the high 2 bits
+// (qh[b] >> 2l) & 3 (kIq2sGrid: 1024 entries of 8 magnitudes 8/25/43); qs[32 + i]
+// holds those 8 elements' signs (bit j: element 8i + j negative); scales as
+// IQ2_XS (nibble per 16 elements, low first). value = d*(0.5 + nibble)*0.25 * grid * sign.
+struct BlockIQ2_S {
+  uint16_t d;  // f16
+  uint8_t qs[64];
+  uint8_t qh[8];
+  uint8_t scales[8];
+};
 #pragma pack(pop)
 
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block");
@@ -165,6 +188,8 @@ static_assert(sizeof(BlockIQ3_XXS) == 98, "IQ3_XXS block");
 static_assert(sizeof(BlockIQ2_XS) == 74, "IQ2_XS block");
 static_assert(sizeof(BlockIQ1_S) == 50, "IQ1_S block");
 static_assert(sizeof(BlockIQ1_M) == 56, "IQ1_M block");
+static_assert(sizeof(BlockIQ3_S) == 110, "IQ3_S block");
+static_assert(sizeof(BlockIQ2_S) == 82, "IQ2_S block");
 
 // The 16 non-linear levels of IQ4_NL / IQ4_XS: format data, GGML's kvalues_iq4nl
 // (ggml-common.h; gguf-py: gguf.quants.IQ4_NL.kvalues).

@@ -12,8 +12,10 @@
 #include "common/error.h"
 #include "quant/blocks.h"
 #include "quant/iq1s_grid.h"
+#include "quant/iq2s_grid.h"
 #include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3s_grid.h"
 #include "quant/iq3xxs_grid.h"
 #include "quant/matmul.h"
 
@@ -248,6 +250,41 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
           const uint64_t entry = kIq1sGrid[b[k].qs[l] | ((nib & 7) << 8)];
           for (int e = 0; e < 8; ++e)
             *dst++ = dl * (static_cast<float>(static_cast<int>((entry >> (8 * e)) & 255) - 1) + delta);
+        }
+      }
+      return;
+    }
+    case GGMLType::IQ3_S: {
+      const BlockIQ3_S* b = static_cast<const BlockIQ3_S*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int ib = 0; ib < 8; ++ib) {
+          const int s = (b[k].scales[ib / 2] >> (4 * (ib % 2))) & 15;
+          const float db = d * static_cast<float>(1 + 2 * s);
+          for (int e = 0; e < 32; ++e) {
+            const int i = 8 * ib + e / 4;  // grid index i: elements 4i..4i+3
+            const uint32_t entry = kIq3sGrid[b[k].qs[i] | (((b[k].qh[ib] >> (e / 4)) & 1) << 8)];
+            const float mag = static_cast<float>((entry >> (8 * (e % 4))) & 255);
+            const bool neg = (b[k].signs[4 * ib + e / 8] >> (e % 8)) & 1;
+            *dst++ = db * mag * (neg ? -1.0f : 1.0f);
+          }
+        }
+      }
+      return;
+    }
+    case GGMLType::IQ2_S: {
+      const BlockIQ2_S* b = static_cast<const BlockIQ2_S*>(src);
+      for (int64_t k = 0; k < n / kQK_K; ++k) {
+        const float d = f16_to_f32(b[k].d);
+        for (int i = 0; i < 32; ++i) {  // grid index i: elements 8i..8i+7, sub-block i / 2
+          const int nib = (b[k].scales[i / 4] >> (4 * ((i % 4) / 2))) & 15;
+          const float db = d * (0.5f + static_cast<float>(nib)) * 0.25f;
+          const uint64_t entry = kIq2sGrid[b[k].qs[i] | (((b[k].qh[i / 4] >> (2 * (i % 4))) & 3) << 8)];
+          const uint8_t signs = b[k].qs[32 + i];
+          for (int e = 0; e < 8; ++e) {
+            const float mag = static_cast<float>((entry >> (8 * e)) & 255);
+            *dst++ = db * mag * ((signs >> e) & 1 ? -1.0f : 1.0f);
+          }
         }
       }
       return;

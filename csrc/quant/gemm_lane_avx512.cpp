@@ -1,6 +1,6 @@
 // AVX-512 + VNNI prefill GEMM for the integer weight types (Q8_0, Q4_0, Q4_K,
 // MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS, IQ3_XXS, IQ2_XS,
-// IQ1_S, IQ1_M, Q5_K, Q6_K) in the "lane"
+// IQ1_S, IQ1_M, IQ3_S, IQ2_S, Q5_K, Q6_K) in the "lane"
 // layout of quant/kernels.h: one int32 lane per 32-block.
 //
 // Blocks go in groups of 16. In a group, zmm k (k = 0..7) holds, in dword lane j,
@@ -36,8 +36,10 @@
 
 #include "quant/blocks.h"
 #include "quant/iq1s_grid.h"  // the grids of lane_pack_iq.h (included in the namespace below)
+#include "quant/iq2s_grid.h"
 #include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3s_grid.h"
 #include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
 #include "quant/simd_avx512.h"  // with_parity, iq_signed
@@ -389,7 +391,7 @@ struct PackIQ4_XS {
     _mm512_storeu_ps(out + 512, _mm512_mul_ps(pair8_f16(p, p1), _mm512_cvtepi32_ps(ls)));
   }
 };
-// The i-quant packers (IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M).
+// The i-quant packers (IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M, IQ3_S, IQ2_S).
 #include "quant/lane_pack_iq.h"
 // Q5_K's and Q6_K's.
 #include "quant/lane_pack_k.h"
@@ -648,9 +650,11 @@ bool lane_cscale_avx512(GGMLType t, float* cscale) {
     case GGMLType::IQ2_XXS: *cscale = 43.0f; return true;  // signed grid + 43
     case GGMLType::IQ4_XS: *cscale = 128.0f; return true;  // level + 128
     case GGMLType::IQ3_XXS:                                 // signed grid + 64
-    case GGMLType::IQ1_S: *cscale = lowbit_offset(t); return true;  // 8 (grid + 1) +- 1 + 9
+    case GGMLType::IQ1_S:                                   // 8 (grid + 1) +- 1 + 9
+    case GGMLType::IQ3_S: *cscale = lowbit_offset(t); return true;  // signed grid + 16
     case GGMLType::IQ1_M:                                  // offsets use ActQ::hs
-    case GGMLType::IQ2_XS: *cscale = 0.0f; return true;
+    case GGMLType::IQ2_XS:
+    case GGMLType::IQ2_S: *cscale = 0.0f; return true;
     case GGMLType::Q5_K: *cscale = 1.0f; return true;  // mins use dx*sum(q), as Q4_K's
     case GGMLType::Q6_K: *cscale = 0.0f; return true;  // offsets use ActQ::hs
     default: return false;
@@ -672,6 +676,8 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
     case GGMLType::IQ1_S: gemm_lane<PackIQ1_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ1_M: gemm_lane<PackIQ1_M>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ2_XS: gemm_lane<PackIQ2_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ3_S: gemm_lane<PackIQ3_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ2_S: gemm_lane<PackIQ2_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q5_K: gemm_lane<PackQ5_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q6_K: gemm_lane<PackQ6_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
     default: return;

@@ -1,7 +1,7 @@
 """Writes the grid tables of the IQ weight types from the gguf package's copies.
 
 The grids are part of the formats (GGML defines them in ggml-common.h as
-iq2xxs_grid, iq2xs_grid, iq3xxs_grid and iq1s_grid; gguf-py carries the same
+iq2xxs_grid, iq2xs_grid, iq2s_grid, iq3xxs_grid, iq3s_grid and iq1s_grid; gguf-py carries the same
 tables packed at 2 or 3 bits per value). We take them from gguf-py, the oracle
 our decoders are tested against, so the tables and the oracle cannot drift
 apart.  usage: python csrc/quant/gen_iq_grids.py
@@ -41,6 +41,18 @@ def namespaced(decl):
             + decl + "\n}  // namespace qblocks\n}  // namespace pyv4\n")
 
 
+def magnitudes(cls, fname, cname, values, extra=""):
+    """A grid of unsigned magnitudes, one entry per 4 (uint32) or 8 (uint64) values."""
+    per = cls.grid_shape[1]
+    ctype, digits, per_line = ("uint64_t", 16, 4) if per == 8 else ("uint32_t", 8, 8)
+    words = grid_of(cls, np.uint8).copy().view(f"<u{per}").reshape(cls.grid_shape[0])
+    ggml = cls.__name__.lower().replace("_", "") + "_grid"
+    write(fname, f"gguf.quants.{cls.__name__} (GGML's\n// {ggml})",
+          f"// Entry i holds the {per} magnitudes {values} of grid point i, value j\n"
+          "// in byte j (little-endian).\n"
+          + namespaced(table(ctype, cname, words, digits, per_line) + extra))
+
+
 def main():
     # IQ2_XXS: also a macro, so the CUDA code defines its device copy from the same data
     words = grid_of(gq.IQ2_XXS, np.uint8).copy().view("<u8").reshape(256)
@@ -55,16 +67,15 @@ def main():
           + "\n\nnamespace pyv4 {\nnamespace qblocks {\n\n"
           "alignas(64) static constexpr uint64_t kIq2xxsGrid[256] = {PYV4_IQ2XXS_GRID_ENTRIES};\n"
           "\n}  // namespace qblocks\n}  // namespace pyv4\n")
-    words = grid_of(gq.IQ2_XS, np.uint8).copy().view("<u8").reshape(512)
-    write("iq2xs_grid.h", "gguf.quants.IQ2_XS (GGML's\n// iq2xs_grid)",
-          "// Entry i holds the 8 magnitudes (each 8, 25 or 43) of grid point i, value j in\n"
-          "// byte j (little-endian).\n"
-          + namespaced(table("uint64_t", "kIq2xsGrid", words, 16, 4)))
-    words = grid_of(gq.IQ3_XXS, np.uint8).copy().view("<u4").reshape(256)
-    write("iq3xxs_grid.h", "gguf.quants.IQ3_XXS (GGML's\n// iq3xxs_grid)",
-          "// Entry i holds the 4 magnitudes (4, 12, ..., 52 or 62) of grid point i, value j\n"
-          "// in byte j (little-endian).\n"
-          + namespaced(table("uint32_t", "kIq3xxsGrid", words, 8, 8)))
+    magnitudes(gq.IQ2_XS, "iq2xs_grid.h", "kIq2xsGrid", "(each 8, 25 or 43)")
+    magnitudes(gq.IQ3_XXS, "iq3xxs_grid.h", "kIq3xxsGrid", "(4, 12, ..., 52 or 62)")
+    magnitudes(gq.IQ2_S, "iq2s_grid.h", "kIq2sGrid", "(each 8, 25 or 43)")
+    g = grid_of(gq.IQ3_S, np.uint16)
+    nibbles = g[:, 0] | g[:, 1] << 4 | g[:, 2] << 8 | g[:, 3] << 12
+    magnitudes(gq.IQ3_S, "iq3s_grid.h", "kIq3sGrid", "(1, 3, ..., 15)",
+               "\n// The same entries as 4-bit fields, value j at bits 4j..4j+3 (the AVX-512 GEMV\n"
+               "// looks them up from registers, 64 entries a vpermt2w).\n"
+               + table("uint16_t", "kIq3sNibbles", nibbles, 4, 12))
     g = grid_of(gq.IQ1_S, np.float32)
     words = (g + 1).astype(np.uint8).copy().view("<u8").reshape(2048)
     write("iq1s_grid.h", "gguf.quants.IQ1_S (GGML's\n// iq1s_grid, shared by IQ1_M)",

@@ -22,6 +22,8 @@ enum class GGMLType : uint32_t {
   IQ2_XS = 17,
   IQ3_XXS = 18,
   IQ1_S = 19,
+  IQ3_S = 21,
+  IQ2_S = 22,
   IQ4_XS = 23,
   I8 = 24,
   I16 = 25,

@@ -132,7 +132,8 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // IQ3_XXS, IQ2_XS, IQ1_S and IQ1_M take it from 4 tokens like the other
 // super-block types: [2048x4096] from DRAM, 2 threads, busy Zen 4 host, Gops/s
 // of their quad GEMV at 3 tokens / the lane GEMM at 4: IQ3_XXS 39 / 49,
-// IQ2_XS 59 / 112, IQ1_S 46 / 72, IQ1_M 40 / 35.
+// IQ2_XS 59 / 112, IQ1_S 46 / 72, IQ1_M 40 / 35. IQ3_S and IQ2_S alike (the
+// same A/B, load ~4): IQ3_S 24 / 31, IQ2_S 48 / 62 (IQ3_XXS 26 / 33 in that run).
 // Q5_K and Q6_K take it from 5 tokens: their quad GEMV at 4 tokens decodes each
 // row once like the lane GEMM's packing, with cheaper float steps (1 thread,
 // [512x4096] L2-resident, ns per super-block, quad / lane: 4 tokens Q5_K 17.6 /
@@ -148,19 +149,19 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
                       int64_t ldy, int64_t r0, int64_t r1);
 
 // ---- 1- to 6-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
-// Q2_K, Q3_K, IQ2_XXS, IQ4_XS, the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M and
-// the K types of llama-quantize's ladders Q5_K, Q6_K (block layouts in
-// quant/blocks.h) on the same int8 activations: plain layout on AVX2, quad on
-// AVX-512 below lane_min_tokens, from there the lane GEMM
+// Q2_K, Q3_K, IQ2_XXS, IQ4_XS, the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M,
+// IQ3_S, IQ2_S and the K types of llama-quantize's ladders Q5_K, Q6_K (block
+// layouts in quant/blocks.h) on the same int8 activations: plain layout on
+// AVX2, quad on AVX-512 below lane_min_tokens, from there the lane GEMM
 // (gemm_lane_avx512.cpp: Q3_K's sub-block scales folded into offset codes,
-// Q2_K's and IQ1_M's into their codes with the offsets through hs, IQ2_XS's
-// and Q6_K's applied per half block, Q5_K's as Q4_K's; see its packers).
+// Q2_K's and IQ1_M's into their codes with the offsets through hs, IQ2_XS's,
+// IQ2_S's and Q6_K's applied per half block, Q5_K's as Q4_K's; see its packers).
 // The types with a scale per 16-element sub-block s of a super-block ("K form")
 // have weights
 //     w = d * a_s * c - d2 * m_s
 // (Q2_K: a = 4-bit scale, c = 2-bit code, d2 = dmin, m = 4-bit min;
 //  Q3_K: a = m = 6-bit scale - 32, c = 3-bit code 0..7 (value c - 4), d2 = 4d;
-//  IQ2_XS: a = m = 2 * nibble + 1, c = signed grid + 43 (0..86), d = d16/8, d2 = 43d;
+//  IQ2_XS, IQ2_S: a = m = 2 * nibble + 1, c = signed grid + 43 (0..86), d = d16/8, d2 = 43d;
 //  IQ1_M: a = m = 2 * 3-bit scale + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
 //         d = d16/4, d2 = 9/8 d16;
 //  Q6_K: a = m = int8 scale, c = 6-bit code 0..63 (value c - 32), d2 = 32d;
@@ -176,7 +177,8 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
 // w = dw * (u - k), the offset k through cs:
 //   IQ2_XXS: u = signed grid value + 43 (0..86), dw = d * (0.5 + s) * 0.25;
 //   IQ3_XXS: u = signed grid value + 64 (2..126), dw = d * (0.5 + s) * 0.5;
-//   IQ1_S:   u = 8 (grid + 1) + 2 (delta > 0) (0..18), k = 9, dw = d * (2s + 1) / 8.
+//   IQ1_S:   u = 8 (grid + 1) + 2 (delta > 0) (0..18), k = 9, dw = d * (2s + 1) / 8;
+//   IQ3_S:   u = signed grid value + 16 (1..31), dw = d * (2s + 1).
 // IQ4_XS: per 32-block dw = d * (ls - 32) times the signed level kIq4nlValues[code];
 // AVX2 multiplies |level| by q with q's sign flipped where the level is negative
 // (no offset), AVX-512 uses level + 128 (1..241) with the offset k = 128 through cs.
@@ -190,6 +192,8 @@ static inline bool is_lowbit(GGMLType t) {
     case GGMLType::IQ2_XS:
     case GGMLType::IQ1_S:
     case GGMLType::IQ1_M:
+    case GGMLType::IQ3_S:
+    case GGMLType::IQ2_S:
     case GGMLType::Q5_K:
     case GGMLType::Q6_K: return true;
     default: return false;
@@ -197,10 +201,10 @@ static inline bool is_lowbit(GGMLType t) {
 }
 // Whether the kernels of a low-bit type read ActQ::hs (the lane GEMM folds
 // Q3_K's scales into its codes, takes Q5_K's mins per 32-block through cs as
-// Q4_K's, and needs them for Q2_K's mins and the offsets of IQ1_M, IQ2_XS and
-// Q6_K only; IQ1_M's quad GEMV sums its own).
+// Q4_K's, and needs them for Q2_K's mins and the offsets of IQ1_M, IQ2_XS, IQ2_S
+// and Q6_K only; IQ1_M's quad GEMV sums its own).
 static inline bool lowbit_half_sums(GGMLType t, ActLayout layout) {
-  return t == GGMLType::Q2_K || t == GGMLType::IQ2_XS || t == GGMLType::Q6_K ||
+  return t == GGMLType::Q2_K || t == GGMLType::IQ2_XS || t == GGMLType::IQ2_S || t == GGMLType::Q6_K ||
          (t == GGMLType::IQ1_M && layout != ActLayout::Quad) ||
          ((t == GGMLType::Q3_K || t == GGMLType::Q5_K) && layout != ActLayout::Lane);
 }
@@ -213,6 +217,7 @@ static inline float lowbit_offset(GGMLType t) {
     case GGMLType::IQ2_XXS: return 43.0f;
     case GGMLType::IQ3_XXS: return 64.0f;
     case GGMLType::IQ1_S: return 9.0f;
+    case GGMLType::IQ3_S: return 16.0f;
     default: return 0.0f;
   }
 }

@@ -1,11 +1,12 @@
 // AVX2 + FMA + F16C kernels of the super-block weight types Q2_K, Q3_K, IQ2_XXS,
-// IQ4_XS, the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M and Q5_K, Q6_K (math in quant/kernels.h),
-// on activations in the plain layout. Per 32-element block b and (row, token):
-//   Q2_K / Q3_K / IQ2_XS / IQ1_M / Q5_K / Q6_K (16-element sub-block scales a_s):
+// IQ4_XS, the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M, IQ3_S, IQ2_S and Q5_K, Q6_K
+// (math in quant/kernels.h), on activations in the plain layout. Per 32-element
+// block b and (row, token):
+//   Q2_K / Q3_K / IQ2_XS / IQ1_M / IQ2_S / Q5_K / Q6_K (16-element sub-block scales a_s):
 //                 P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
 //                 sub-blocks' scales a_s in the low / high 128-bit halves
 //                 acc += d * dx_b * P;  per super-block acc += -d2*m_s * hs_s
-//   IQ2_XXS / IQ3_XXS / IQ1_S (codes u with an offset k = 43 / 64 / 9):
+//   IQ2_XXS / IQ3_XXS / IQ1_S / IQ3_S (codes u with an offset k = 43 / 64 / 9 / 16):
 //                 P = vpmaddwd(vpmaddubsw(u, q), 1)
 //                 acc += dw * (dx_b * P - cs_b)       (cs = k/8 * dx * sum q)
 //   IQ4_XS:       P = vpmaddwd(vpmaddubsw(|v|, sign(q, v)), 1), v the signed level
@@ -22,8 +23,10 @@
 
 #include "quant/blocks.h"
 #include "quant/iq1s_grid.h"
+#include "quant/iq2s_grid.h"
 #include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3s_grid.h"
 #include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
 #include "quant/simd_avx2.h"
@@ -182,18 +185,32 @@ inline void odd_scales(__m256i v, float d, float c, KScales* k) {
   k_scales(_mm256_add_epi16(_mm256_slli_epi16(v, 1), _mm256_set1_epi16(1)), d, c, k);
 }
 
-// IQ2_XS as a K type: a_s = 2 * nibble + 1, c = signed grid + 43 (0..86),
-// d = d16 / 8, d2 * m_s = 43 d a_s (w = d16 * a_s / 8 * (c - 43)).
-struct DecIQ2_XS {
-  static constexpr size_t kBytes = sizeof(BlockIQ2_XS);
+// The K scales of IQ2_XS / IQ2_S: a_s = 2 * nibble s of the 8 scale bytes + 1
+// (byte b's low nibble is sub-block 2b, its high nibble 2b + 1), d = d16 / 8, c = 43.
+template <class Blk>
+struct Iq2NibbleScales {
+  static constexpr size_t kBytes = sizeof(Blk);
   static inline void scales(const uint8_t* p, KScales* k) {
-    const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
-    // byte b's low nibble is sub-block 2b, its high nibble 2b + 1
+    const Blk* blk = reinterpret_cast<const Blk*>(p);
     const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
     const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15)), hi = _mm_srli_epi16(w, 4);
     const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
     odd_scales(nib, _cvtsh_ss(blk->d) * 0.125f, 43.0f, k);
   }
+};
+
+// 0xFF in byte e where bit e of `bits` is set (IQ3_S / IQ2_S: a sign bit per element).
+inline __m256i bit_masks(uint32_t bits) {
+  const __m256i bytes = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(bits)),
+      _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+}
+
+// IQ2_XS as a K type: a_s = 2 * nibble + 1, c = signed grid + 43 (0..86),
+// d = d16 / 8, d2 * m_s = 43 d a_s (w = d16 * a_s / 8 * (c - 43)).
+struct DecIQ2_XS : Iq2NibbleScales<BlockIQ2_XS> {
   static inline __m256i codes(const uint8_t* p, int b) {
     const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
     uint32_t w[4];
@@ -232,6 +249,21 @@ struct DecIQ1_M {
     const __m256i neg = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(load_u16(blk->qh + 2 * b)), bit), bit);
     const __m256i up = _mm256_andnot_si256(neg, _mm256_set1_epi8(1));
     return _mm256_add_epi8(_mm256_slli_epi16(g, 2), up);  // bytes <= 2: no carry across
+  }
+};
+
+// IQ2_S as IQ2_XS (same scales and codes), its 10-bit grid index and sign byte
+// per 8 elements stored apart.
+struct DecIQ2_S : Iq2NibbleScales<BlockIQ2_S> {
+  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockIQ2_S* blk = reinterpret_cast<const BlockIQ2_S*>(p);
+    const uint8_t* q = blk->qs + 4 * b;
+    const uint32_t h = blk->qh[b];  // index l's high bits at 2l
+    const __m256i g = table_qwords(kIq2sGrid, q[0] | ((h << 8) & 0x300), q[1] | ((h << 6) & 0x300),
+                                   q[2] | ((h << 4) & 0x300), q[3] | ((h << 2) & 0x300));
+    uint32_t sg;
+    std::memcpy(&sg, blk->qs + 32 + 4 * b, 4);
+    return signed_codes(g, bit_masks(sg), 43);
   }
 };
 
@@ -364,8 +396,39 @@ struct OffIQ1_S {
   }
 };
 
+// IQ3_S block b: codes u = signed grid + 16 (1..31), dw = d (1 + 2s), s the
+// block's scale nibble; the 9th index bit of entry m is bit m of qh[b]. The grid
+// as IQ3_XXS's, scalar loads two entries a qword, each index built arithmetically
+// (1 thread, 1 / 3 tokens: 36 / 45 ns per super-block; one vpgatherdd of the
+// vector-built indices 35 / 49, the indices stored and loaded back 41 / 53, or
+// moved to general registers as two qwords 37 / 51, the table half picked by a
+// conditional: a branch on random bits, ~195).
+struct OffIQ3_S {
+  static constexpr size_t kBytes = sizeof(BlockIQ3_S);
+  static inline void dw8(const uint8_t* p, float* dw) {
+    const BlockIQ3_S* blk = reinterpret_cast<const BlockIQ3_S*>(p);
+    uint32_t sc;
+    std::memcpy(&sc, blk->scales, 4);
+    const __m256i s = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(sc)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+        _mm256_set1_epi32(15));
+    const __m256 odd = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(s, 1), _mm256_set1_epi32(1)));
+    _mm256_storeu_ps(dw, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->d)), odd));
+  }
+  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
+    const BlockIQ3_S* blk = reinterpret_cast<const BlockIQ3_S*>(p);
+    const uint8_t* idx = blk->qs + 8 * b;
+    const uint32_t h = blk->qh[b];
+    auto at = [&](int m) { return kIq3sGrid[idx[m] | ((h << (8 - m)) & 256)]; };
+    const __m256i g = qwords4([&](int l) { return at(2 * l) | static_cast<uint64_t>(at(2 * l + 1)) << 32; });
+    uint32_t sg;
+    std::memcpy(&sg, blk->signs + 4 * b, 4);
+    return signed_codes(g, bit_masks(sg), 16);
+  }
+};
+
 // The types whose codes carry an offset k that cs removes (IQ2_XXS, IQ3_XXS,
-// IQ1_S): Off::dw8(super-block, dw) writes its 8 block scales (vectorised, once
+// IQ1_S, IQ3_S): Off::dw8(super-block, dw) writes its 8 block scales (vectorised, once
 // per super-block), Off::codes(super-block, b) decodes 32-block b (always
 // inlined: GCC left the calls in the unrolled loop, which cost IQ1_S ~1.7x).
 template <class Off, int R, int T>
@@ -507,6 +570,8 @@ void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
       case GGMLType::IQ2_XXS: return tile_offset<OffIQ2_XXS, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ3_XXS: return tile_offset<OffIQ3_XXS, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ1_S: return tile_offset<OffIQ1_S, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ3_S: return tile_offset<OffIQ3_S, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ2_S: return tile_k<DecIQ2_S, kR, kT>(W, r, act, t, Y, ldy);
       default: return tile_iq4xs<kR, kT>(W, r, act, t, Y, ldy);
     }
   });

@@ -1,26 +1,26 @@
 // AVX-512 (F/BW/VL/DQ) + VNNI GEMVs of the super-block weight types
-// Q3_K, IQ2_XXS, IQ4_XS, Q5_K, Q6_K and of the i-quants IQ3_XXS, IQ2_XS
-// (math in quant/kernels.h), on activations in the quad
+// Q3_K, IQ2_XXS, IQ4_XS, Q5_K, Q6_K and of the i-quants IQ3_XXS, IQ2_XS, IQ3_S,
+// IQ2_S (math in quant/kernels.h), on activations in the quad
 // layout: a quad group is half a super-block (blocks 4g..4g+3), and the codes
 // are built in the same order, A = elements 0..15 of each block (one 128-bit
 // lane per block), B = elements 16..31. In Q3_K's bit packing the 16 codes of
 // a lane come from 16 consecutive bytes, so a group is two broadcast loads and
 // a per-lane shift; the i-quants gather their grid entries in that order.
-//   Q3_K / IQ2_XS / Q6_K (the K form, scales per 16-element sub-block):
+//   Q3_K / IQ2_XS / IQ2_S / Q6_K (the K form, scales per 16-element sub-block):
 //                P = vpdpwssd(vpdpwssd(0, vpmaddubsw(A, xa), a_A), vpmaddubsw(B, xb), a_B)
 //                (A's words all belong to sub-block 2b, B's to 2b + 1, so the
 //                scale vectors are word permutes of the 16 scales); 4 int32
 //                lanes per block; acc += d * dx * P, per super-block += -d2*m * hs
 //   Q5_K (a scale per 32-block): P = vpdpbusd(vpdpbusd(0, A, xa), B, xb),
 //                acc += d sc * dx * P, per super-block += -dmin*m * hs (m of both halves)
-//   IQ2_XXS / IQ3_XXS (offset form): P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb),
+//   IQ2_XXS / IQ3_XXS / IQ3_S (offset form): P = vpdpbusd(vpdpbusd(0, uA, xa), uB, xb),
 //                u = code with offset k (the signs applied with a byte mask from
 //                the sign bits); acc += dw * (dx * P - cs)   (cs = k/4 * dx * sum q per lane)
 //   IQ4_XS:      the 64 code bytes of blocks 4n..4n+3 are one load (low nibbles
 //                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
 //                cs = 128/4 * dx * sum q
 // These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, Q5_K,
-// Q6_K, IQ2_XS, and of IQ2_XXS / IQ3_XXS where the CPU lacks VBMI + GFNI /
+// Q6_K, IQ2_XS, IQ3_S, IQ2_S, and of IQ2_XXS / IQ3_XXS where the CPU lacks VBMI + GFNI /
 // BITALG; Q2_K, IQ1_S / IQ1_M, IQ2_XXS and IQ3_XXS otherwise have their own
 // (gemv_q2k_avx512.cpp, gemv_iq1_avx512.cpp, gemv_iq2xxs_avx512.cpp,
 // gemv_iq3xxs_avx512.cpp), and
@@ -33,8 +33,10 @@
 #include <type_traits>
 
 #include "quant/blocks.h"
+#include "quant/iq2s_grid.h"
 #include "quant/iq2xs_grid.h"
 #include "quant/iq2xxs_grid.h"
+#include "quant/iq3s_grid.h"
 #include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
 #include "quant/simd_avx512.h"
@@ -116,17 +118,32 @@ inline void entry_sign_masks(__m512i v, __mmask64* ka, __mmask64* kb) {
   *kb = _cvtu64_mask64(static_cast<uint64_t>(_mm_extract_epi64(bytes, 1)));
 }
 
-// IQ2_XS as a K type (quant/kernels.h): a_s = 2 * nibble + 1, codes u = signed grid + 43.
-struct DecIQ2_XS {
-  static constexpr size_t kBytes = sizeof(BlockIQ2_XS);
+// The K scales of IQ2_XS / IQ2_S: a_s = 2 * nibble + 1 of the 8 scale bytes (byte
+// b's low nibble is sub-block 2b, its high nibble 2b + 1), d = d16 / 8, c = 43.
+template <class Blk>
+struct Iq2NibbleScales {
+  static constexpr size_t kBytes = sizeof(Blk);
   static inline void scales(const uint8_t* p, KScales* k) {
-    const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
-    // byte b's low nibble is sub-block 2b, its high nibble 2b + 1
+    const Blk* blk = reinterpret_cast<const Blk*>(p);
     const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
     const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15)), hi = _mm_srli_epi16(w, 4);
     const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
     k_scales(_mm256_add_epi16(_mm256_slli_epi16(nib, 1), _mm256_set1_epi16(1)), _cvtsh_ss(blk->d) * 0.125f, 43.0f, k);
   }
+};
+
+// IQ3_S / IQ2_S: the 16 sign bytes of a quad group (4 per block: bytes 4j..4j+3 hold
+// the 32 element signs of block j, bit i of a byte element 8 (byte % 4) + i) as the
+// masks of the A bytes (elements 0..15 of each block: its bytes 0, 1) and the B ones.
+inline void bit_sign_masks(const uint8_t* s16, __mmask64* ka, __mmask64* kb) {
+  const __m128i ab = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16)),
+                                      _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+  *ka = _cvtu64_mask64(static_cast<uint64_t>(_mm_cvtsi128_si64(ab)));
+  *kb = _cvtu64_mask64(static_cast<uint64_t>(_mm_extract_epi64(ab, 1)));
+}
+
+// IQ2_XS as a K type (quant/kernels.h): a_s = 2 * nibble + 1, codes u = signed grid + 43.
+struct DecIQ2_XS : Iq2NibbleScales<BlockIQ2_XS> {
   static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
     const BlockIQ2_XS* blk = reinterpret_cast<const BlockIQ2_XS*>(p);
     const __m512i w = to_ab(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs + 32 * n))));
@@ -134,6 +151,28 @@ struct DecIQ2_XS {
     gather16(kIq2xsGrid, _mm512_and_si512(w, _mm512_set1_epi32(511)), &gA, &gB);
     __mmask64 ka, kb;
     entry_sign_masks(_mm512_srli_epi32(w, 9), &ka, &kb);
+    *A = iq_signed(gA, ka, 43);
+    *B = iq_signed(gB, kb, 43);
+  }
+};
+
+// IQ2_S as IQ2_XS: entry e = 4j + l of quad group n (block j's index l, elements
+// 8l..8l+7) has the grid index qs[16n + e] | (bits 2e, 2e + 1 of the group's 4 qh
+// bytes) << 8 and the sign byte qs[32 + 16n + e].
+struct DecIQ2_S : Iq2NibbleScales<BlockIQ2_S> {
+  static inline void codes(const uint8_t* p, int n, __m512i* A, __m512i* B) {
+    const BlockIQ2_S* blk = reinterpret_cast<const BlockIQ2_S*>(p);
+    uint32_t h;
+    std::memcpy(&h, blk->qh + 4 * n, 4);
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->qs + 16 * n)));
+    const __m512i hi = _mm512_and_si512(
+        _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(h)),
+                          _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)),
+        _mm512_set1_epi32(3));
+    __m512i gA, gB;
+    gather16(kIq2sGrid, to_ab(_mm512_or_si512(q, _mm512_slli_epi32(hi, 8))), &gA, &gB);
+    __mmask64 ka, kb;
+    bit_sign_masks(blk->qs + 32 + 16 * n, &ka, &kb);
     *A = iq_signed(gA, ka, 43);
     *B = iq_signed(gB, kb, 43);
   }
@@ -354,6 +393,61 @@ inline void iq3xxs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512
   *B = iq_signed(gb, kb, 64);
 }
 
+// The 16-bit entries table[idx] (a 512-entry table, 64-byte aligned) of 32 word
+// indices, from registers: 8 vpermt2w over its 64-entry eighths, each merged
+// into the lanes whose top 3 index bits pick it (a lane keeps its index until then).
+inline __m512i lookup512_epi16(const uint16_t* table, __m512i idx) {
+  const __m512i top = _mm512_srli_epi16(idx, 6);
+  __m512i w = idx;
+#pragma GCC unroll 8
+  for (int t = 0; t < 8; ++t)
+    w = _mm512_mask2_permutex2var_epi16(_mm512_load_si512(table + 64 * t), w,
+                                        _mm512_cmpeq_epi16_mask(top, _mm512_set1_epi16(static_cast<short>(t))),
+                                        _mm512_load_si512(table + 64 * t + 32));
+  return w;
+}
+
+// The 4 nibbles of each of 16 words (nibble j = bits 4j..4j+3) as the 4 bytes of
+// its dword: bytes (b0, b0, b1, b1) of the word, the odd ones shifted right by 4.
+inline __m512i nibbles_to_bytes(__m256i words) {
+  const __m512i dup = _mm512_shuffle_epi8(
+      _mm512_cvtepu16_epi32(words),
+      _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)));
+  const __m512i odd = _mm512_srli_epi16(dup, 4);
+  // even bytes from dup, odd ones from odd (a bit select on 0x00FF00FF)
+  return _mm512_and_si512(_mm512_ternarylogic_epi32(dup, odd, _mm512_set1_epi32(0x00FF00FF), 0xE4),
+                          _mm512_set1_epi8(15));
+}
+
+// IQ3_S quad group n: codes u = signed grid + 16 (1..31), dw = d (1 + 2s). The
+// group's 32 indices (block j's entry m at word 8j + m) get their 9th bit from bit
+// 8j + m of its 4 qh bytes (a word mask) and go to A / B order; their entries are
+// looked up as 16-bit nibble fields (kIq3sNibbles) from registers (lookup512_epi16)
+// and spread to bytes (1 thread, 1 / 3 tokens: 25.9 / 32.8 ns
+// per super-block; two 16-dword gathers of kIq3sGrid 34.8 / 40, IQ3_XXS's scalar
+// pairs 35-36.5 / 44-46; a build without any lookup 10 / 16).
+inline void iq3s_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
+  const BlockIQ3_S* blk = reinterpret_cast<const BlockIQ3_S*>(p);
+  uint32_t h;
+  std::memcpy(&h, blk->qh + 4 * n, 4);
+  const __m512i q = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs + 32 * n)));
+  const __m512i idx = _mm512_permutexvar_epi16(
+      _mm512_set_epi16(31, 30, 29, 28, 23, 22, 21, 20, 15, 14, 13, 12, 7, 6, 5, 4,  // (high word first)
+                       27, 26, 25, 24, 19, 18, 17, 16, 11, 10, 9, 8, 3, 2, 1, 0),
+      _mm512_mask_add_epi16(q, _cvtu32_mask32(h), q, _mm512_set1_epi16(256)));
+  const __m512i w = lookup512_epi16(kIq3sNibbles, idx);
+  const __m512i ga = nibbles_to_bytes(_mm512_castsi512_si256(w)), gb = nibbles_to_bytes(_mm512_extracti64x4_epi64(w, 1));
+  __mmask64 ka, kb;
+  bit_sign_masks(blk->signs + 16 * n, &ka, &kb);
+  *A = iq_signed(ga, ka, 16);
+  *B = iq_signed(gb, kb, 16);
+  // blocks 4n..4n+3: the nibbles of scale bytes 2n, 2n + 1
+  const __m128i s = _mm_and_si128(
+      _mm_srlv_epi32(_mm_set1_epi32(load_u16(blk->scales + 2 * n)), _mm_setr_epi32(0, 4, 8, 12)), _mm_set1_epi32(15));
+  const __m128 odd = _mm_cvtepi32_ps(_mm_add_epi32(_mm_slli_epi32(s, 1), _mm_set1_epi32(1)));
+  *DW = spread4(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->d)), odd));
+}
+
 // IQ2_XXS / IQ4_XS: Group(super-block, n, &A, &B, &DW) decodes quad group n
 // into codes with an offset that cs removes.
 template <int R, int T, size_t kBytes, void (*Group)(const uint8_t*, int, __m512i*, __m512i*, __m512*)>
@@ -426,6 +520,9 @@ void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
       case GGMLType::Q5_K: return tile_k<DecQ5_K, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::Q6_K: return tile_k<DecQ6_K, kR, kT>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XS: return tile_k<DecIQ2_XS, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ2_S: return tile_k<DecIQ2_S, kR, kT>(W, r, act, t, Y, ldy);
+      case GGMLType::IQ3_S:
+        return tile_offset<kR, kT, sizeof(BlockIQ3_S), iq3s_group>(W, r, act, t, Y, ldy);
       case GGMLType::IQ2_XXS:
         return tile_offset<kR, kT, sizeof(BlockIQ2_XXS), iq2xxs_group>(W, r, act, t, Y, ldy);
       case GGMLType::IQ3_XXS:

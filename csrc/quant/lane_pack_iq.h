@@ -1,8 +1,8 @@
-// The lane-GEMM packers of the i-quants IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M: a
-// part of gemm_lane_avx512.cpp (its only includer), kept apart for size. It is
-// included inside that file's anonymous namespace, after the packing helpers
-// it uses (Form, store_codes, pair8_f16; with_parity, iq_signed and gather16 of
-// quant/simd_avx512.h; contract of a packer there: 16 blocks
+// The lane-GEMM packers of the i-quants IQ2_XXS, IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M,
+// IQ3_S, IQ2_S: a part of gemm_lane_avx512.cpp (its only includer), kept apart
+// for size. It is included inside that file's anonymous namespace, after the
+// packing helpers it uses (Form, store_codes, pair8_f16, lane_block; with_parity,
+// iq_signed and gather16 of quant/simd_avx512.h; contract of a packer there: 16 blocks
 // of 32, two super-blocks, at p -> out[0..512) codes in the lane layout, dw at
 // 512, HalfMin's mins at 576, HalfScale's dw1 at 704), and compiled with its
 // AVX-512 flags.
@@ -100,6 +100,31 @@ struct PackIQ3_XXS {
     store_iq_scales(p, p1, B, 0.5f, out);
   }
 };
+// 8 bytes at p (lanes 0..7) and p1 (lanes 8..15), zero-extended.
+inline __m512i pair_u8(const uint8_t* p, const uint8_t* p1) {
+  return _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)),
+                                                 _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p1))));
+}
+// Form::HalfScale's floats of IQ2_XS / IQ2_S from the 8 scale bytes at p + off, p1 + off
+// (block b's byte: low nibble its first half, high its second): dw0 / dw1 = d a / 8,
+// a = 2 * nibble + 1, and the offsets -43 d a / 8 per sub-block in ActQ::hs order.
+inline void store_half_scales(const uint8_t* p, const uint8_t* p1, int off, uint8_t* out) {
+  const __m512i sc = pair_u8(p + off, p1 + off);  // lane j: scale byte j % 8
+  const __m512 d8 = _mm512_mul_ps(pair8_f16(p, p1), _mm512_set1_ps(0.125f));
+  auto odd = [](__m512i nib) {
+    return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(nib, 1), _mm512_set1_epi32(1)));
+  };
+  const __m512 a0 = odd(_mm512_and_si512(sc, _mm512_set1_epi32(15))), a1 = odd(_mm512_srli_epi32(sc, 4));
+  _mm512_storeu_ps(out + 512, _mm512_mul_ps(d8, a0));
+  _mm512_storeu_ps(out + 704, _mm512_mul_ps(d8, a1));
+  // sub-blocks 2b (a0 of lane b), 2b + 1 (a1) per super-block
+  const __m512 m0 = _mm512_mul_ps(_mm512_mul_ps(d8, _mm512_set1_ps(-43.0f)), a0);
+  const __m512 m1 = _mm512_mul_ps(_mm512_mul_ps(d8, _mm512_set1_ps(-43.0f)), a1);
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  _mm512_storeu_ps(out + 576, _mm512_permutex2var_ps(m0, lo, m1));
+  _mm512_storeu_ps(out + 640, _mm512_permutex2var_ps(m0, _mm512_add_epi32(lo, _mm512_set1_epi32(8)), m1));
+}
+
 // IQ2_XS: index word l of a block (u16 4 (j % 8) + l of its super-block's qs: 9-bit
 // grid index, 7-bit sign index) fills dwords 2l, 2l + 1; u = signed grid value + 43
 // (0..86), the sub-block scales a = 2 * nibble + 1 (up to 31) too large to fold into
@@ -123,22 +148,60 @@ struct PackIQ2_XS {
         for (int h = 0; h < 2; ++h) store_codes(out, 2 * l + h, iq_signed(qword_half(g0, g1, h), iq_neg(S, 0, h), 43));
       }
     }
-    // lane j: scale byte j % 8 (low nibble: the first half, high: the second)
-    const __m512i sc = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(
-        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 66)), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p1 + 66))));
-    const __m512 d8 = _mm512_mul_ps(pair8_f16(p, p1), _mm512_set1_ps(0.125f));
-    auto odd = [](__m512i nib) {
-      return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(nib, 1), _mm512_set1_epi32(1)));
-    };
-    const __m512 a0 = odd(_mm512_and_si512(sc, _mm512_set1_epi32(15))), a1 = odd(_mm512_srli_epi32(sc, 4));
-    _mm512_storeu_ps(out + 512, _mm512_mul_ps(d8, a0));
-    _mm512_storeu_ps(out + 704, _mm512_mul_ps(d8, a1));
-    // the offsets in ActQ::hs order: sub-blocks 2b (a0 of lane b), 2b + 1 (a1) per super-block
-    const __m512 m0 = _mm512_mul_ps(_mm512_mul_ps(d8, _mm512_set1_ps(-43.0f)), a0);
-    const __m512 m1 = _mm512_mul_ps(_mm512_mul_ps(d8, _mm512_set1_ps(-43.0f)), a1);
-    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    _mm512_storeu_ps(out + 576, _mm512_permutex2var_ps(m0, lo, m1));
-    _mm512_storeu_ps(out + 640, _mm512_permutex2var_ps(m0, _mm512_add_epi32(lo, _mm512_set1_epi32(8)), m1));
+    store_half_scales(p, p1, 66, out);
+  }
+};
+// IQ2_S: as IQ2_XS, entry l of a block (elements 8l..8l+7) with the grid index
+// qs byte 4 (j % 8) + l | ((qh[j % 8] >> 2l) & 3) << 8 and the sign byte 32 bytes on.
+struct PackIQ2_S {
+  static constexpr int kBB = 82, kBlocks = 2;
+  static constexpr Form kForm = Form::HalfScale;
+  static constexpr GGMLType kType = GGMLType::IQ2_S;
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    const uint8_t* p1 = p + kBB;
+    const __m512i Q = pair256(p + 2, p1 + 2), SG = pair256(p + 34, p1 + 34), H = pair_u8(p + 66, p1 + 66);
+    for (int l = 0; l < 4; ++l) {
+      const __m512i idx = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(Q, 8 * l), _mm512_set1_epi32(255)),
+                                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(H, 2 * l), _mm512_set1_epi32(3)), 8));
+      __m512i g0, g1;
+      gather16(kIq2sGrid, idx, &g0, &g1);
+      for (int h = 0; h < 2; ++h) store_codes(out, 2 * l + h, iq_signed(qword_half(g0, g1, h), iq_neg(SG, l, h), 43));
+    }
+    store_half_scales(p, p1, 74, out);
+  }
+};
+// IQ3_S: as IQ3_XXS (entry k of a block is its dword k), the 9th index bit of
+// entry k bit k of the block's qh byte, its signs bits 4k..4k+3 of the block's
+// sign dword; u = signed grid value + 16 (1..31), dw = d * (2s + 1), offset k = 16.
+// (The GEMV's lookup from registers, kernels_lowbit_avx512.cpp, two entries of the
+// 16 blocks at a time, measured no faster here: 1 thread, ns per super-block at
+// 4 / 8 tokens 38.9-41.8 / 45.3-49.5 against these gathers' 39.1-39.7 / 46.0-46.5.)
+struct PackIQ3_S {
+  static constexpr int kBB = 110, kBlocks = 2;
+  static constexpr Form kForm = Form::Offset;
+  static constexpr GGMLType kType = GGMLType::IQ3_S;
+  static inline void group(const uint8_t* p, uint8_t* out) {
+    const uint8_t* p1 = p + kBB;
+    const __m512i S = pair256(p + 74, p1 + 74), H = pair_u8(p + 66, p1 + 66);
+    const __m512i Q0 = _mm512_loadu_si512(p + 2), Q1 = _mm512_loadu_si512(p1 + 2);
+    const int* grid = reinterpret_cast<const int*>(kIq3sGrid);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i I = qword_half(Q0, Q1, h);
+      for (int m = 0; m < 4; ++m) {
+        const int k = 4 * h + m;
+        const __m512i idx = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(I, 8 * m), _mm512_set1_epi32(255)),
+                                            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(H, k), _mm512_set1_epi32(1)), 8));
+        store_codes(out, k, iq_signed(_mm512_i32gather_epi32(idx, grid, 4), iq_neg(S, k / 2, k % 2), 16));
+      }
+    }
+    // lane j: nibble j % 8 of its super-block's 4 scale bytes
+    uint32_t s0, s1;
+    std::memcpy(&s0, p + 106, 4);
+    std::memcpy(&s1, p1 + 106, 4);
+    const __m512i sc = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(static_cast<int>(s0)), _mm512_set1_epi32(static_cast<int>(s1)));
+    const __m512i nib = _mm512_and_si512(_mm512_srlv_epi32(sc, _mm512_slli_epi32(lane_block(), 2)), _mm512_set1_epi32(15));
+    const __m512 odd = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(nib, 1), _mm512_set1_epi32(1)));
+    _mm512_storeu_ps(out + 512, _mm512_mul_ps(pair8_f16(p, p1), odd));
   }
 };
 // IQ1_S: grid entry l of a block (its low index byte = byte l of qs dword b, the
