@@ -24,6 +24,7 @@
 #include "quant/blocks.h"
 #include "quant/iq1s_grid.h"
 #include "quant/kernels.h"
+#include "quant/tile_drive.h"
 
 namespace pyv4 {
 namespace qk {
@@ -197,14 +198,9 @@ void gemv_rows(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* 
   const int64_t nsb = act.nb / 8;
   int8_t* xe = reinterpret_cast<int8_t*>(scratch_bytes(static_cast<size_t>(n_tokens * nsb * kXeBytes)));
   xe_layout(act, n_tokens, xe);
-  for (int64_t r = r0; r < r1; ++r) {
-    if (n_tokens == 1)
-      gemv_row<Dec, 1>(W.row(r), act, xe, Y, ldy, r);
-    else if (n_tokens == 2)
-      gemv_row<Dec, 2>(W.row(r), act, xe, Y, ldy, r);
-    else
-      gemv_row<Dec, 3>(W.row(r), act, xe, Y, ldy, r);
-  }
+  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r) {
+    gemv_row<Dec, decltype(T)::value>(W.row(r), act, xe, Y, ldy, r);
+  });
 }
 
 }  // namespace

@@ -35,6 +35,7 @@
 #include "quant/blocks.h"
 #include "quant/iq2xxs_grid.h"
 #include "quant/kernels.h"
+#include "quant/tile_drive.h"
 
 namespace pyv4 {
 namespace qk {
@@ -272,14 +273,9 @@ void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
   int8_t* xe = reinterpret_cast<int8_t*>(buf);
   float* dk = reinterpret_cast<float*>(buf + xbytes);
   entry_layout(act, n_tokens, xe, dk);
-  for (int64_t r = r0; r < r1; ++r) {
-    if (n_tokens == 1)
-      gemv_row<1>(c, W.row(r), act, xe, dk, Y, ldy, r);
-    else if (n_tokens == 2)
-      gemv_row<2>(c, W.row(r), act, xe, dk, Y, ldy, r);
-    else
-      gemv_row<3>(c, W.row(r), act, xe, dk, Y, ldy, r);
-  }
+  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r) {
+    gemv_row<decltype(T)::value>(c, W.row(r), act, xe, dk, Y, ldy, r);
+  });
 }
 
 }  // namespace qk

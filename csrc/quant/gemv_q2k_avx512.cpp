@@ -20,6 +20,7 @@
 #include "quant/blocks.h"
 #include "quant/kernels.h"
 #include "quant/simd_avx512.h"  // reduce4
+#include "quant/tile_drive.h"
 
 namespace pyv4 {
 namespace qk {
@@ -129,14 +130,9 @@ void gemv_q2k_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, f
                      int64_t ldy, int64_t r0, int64_t r1) {
   uint8_t* xs = scratch_bytes(static_cast<size_t>(n_tokens * (act.nb / 8) * kSbBytes));
   plane_layout(act, n_tokens, xs);
-  for (int64_t r = r0; r < r1; ++r) {
-    if (n_tokens == 1)
-      gemv_row<1>(W.row(r), act, xs, Y, ldy, r);
-    else if (n_tokens == 2)
-      gemv_row<2>(W.row(r), act, xs, Y, ldy, r);
-    else
-      gemv_row<3>(W.row(r), act, xs, Y, ldy, r);
-  }
+  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r) {
+    gemv_row<decltype(T)::value>(W.row(r), act, xs, Y, ldy, r);
+  });
 }
 
 }  // namespace qk

@@ -42,6 +42,20 @@ void drive_rows(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
     drive<R>(r0, r1, n_tokens, f);
 }
 
+// The 1..3-token GEMVs (a row at a time): f(T, r) for every row, the token
+// count T as an integral_constant.
+template <class F>
+void gemv_rows_by_tokens(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
+  for (int64_t r = r0; r < r1; ++r) {
+    if (n_tokens == 1)
+      f(IC<1>{}, r);
+    else if (n_tokens == 2)
+      f(IC<2>{}, r);
+    else
+      f(IC<3>{}, r);
+  }
+}
+
 }  // namespace
 }  // namespace qk
 }  // namespace pyv4
