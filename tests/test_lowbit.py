@@ -93,9 +93,10 @@ def _cases():
     # 2: the AVX-512 GEMVs' middle tile; 4: the first count of the AVX-512 lane GEMM
     # (quant/kernels.h lane_min_tokens; Q5_K / Q6_K: their quad GEMV at 4, the lane GEMM
     # from 5); avx512-base: the AVX-512-set GEMVs that CPUs without VBMI / GFNI / BITALG
-    # run instead of the own GEMVs of IQ2_XXS, IQ2_XS, IQ3_XXS and IQ3_S (quant/matmul.cpp)
+    # run instead of the own GEMVs of IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S (quant/matmul.cpp)
+    base = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")
     return ([(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 2, 3, 4, 13, 32, 130)] +
-            [(t, "avx512-base", n) for t in ("IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S") for n in (1, 2, 3)])
+            [(t, "avx512-base", n) for t in base for n in (1, 2, 3)])
 
 
 @pytest.mark.parametrize("type_name,isa,n_tokens", _cases())

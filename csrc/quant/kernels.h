@@ -243,10 +243,10 @@ void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
 // AVX-512 VBMI and BITALG besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq3_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                      int64_t ldy, int64_t r0, int64_t r1);
-// IQ2_XS GEMV, 1..3 tokens, quad layout (gemv_iq2xs_avx512.cpp): needs AVX-512
-// VBMI besides the AVX-512 set (matmul.cpp checks).
-void gemv_iq2xs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
-                       int64_t ldy, int64_t r0, int64_t r1);
+// IQ2_XS / IQ2_S GEMV, 1..3 tokens, quad layout (gemv_iq2s_avx512.cpp): needs
+// AVX-512 VBMI besides the AVX-512 set (matmul.cpp checks).
+void gemv_iq2s_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                      int64_t ldy, int64_t r0, int64_t r1);
 // IQ1_S / IQ1_M GEMV, 1..3 tokens, quad layout (gemv_iq1_avx512.cpp).
 void gemv_iq1_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                      int64_t ldy, int64_t r0, int64_t r1);

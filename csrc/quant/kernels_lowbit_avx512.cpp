@@ -20,10 +20,10 @@
 //                = A, high = B); u = level + 128 by vpshufb; as IQ2_XXS with
 //                cs = 128/4 * dx * sum q
 // These are the 1..3-token GEMVs (one row at a time) of Q3_K, IQ4_XS, Q5_K,
-// Q6_K, IQ2_S, and of IQ2_XXS / IQ2_XS / IQ3_XXS / IQ3_S where the CPU lacks
+// Q6_K, and of IQ2_XXS / IQ2_XS / IQ2_S / IQ3_XXS / IQ3_S where the CPU lacks
 // VBMI (+ GFNI / BITALG); Q2_K, IQ1_S / IQ1_M and, with those features, IQ2_XXS,
-// IQ2_XS, IQ3_XXS and IQ3_S have their own (gemv_q2k_avx512.cpp,
-// gemv_iq1_avx512.cpp, gemv_iq2xxs_avx512.cpp, gemv_iq2xs_avx512.cpp,
+// IQ2_XS / IQ2_S and IQ3_XXS / IQ3_S have their own (gemv_q2k_avx512.cpp,
+// gemv_iq1_avx512.cpp, gemv_iq2xxs_avx512.cpp, gemv_iq2s_avx512.cpp,
 // gemv_iq3_avx512.cpp), and
 // from 4 tokens every super-block type runs the lane GEMM (gemm_lane_avx512.cpp).
 // A one-output tile alternates two accumulators (one FMA chain would bound the

@@ -116,9 +116,9 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
       qk::gemv_iq2xxs_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
     else if (j.isa == Isa::AVX512 && j.W->type == GGMLType::Q2_K && j.n_tokens < 4)
       qk::gemv_q2k_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
-    else if (j.isa == Isa::AVX512 && j.W->type == GGMLType::IQ2_XS && j.n_tokens < 4 && avx512_extensions() &&
-             cpu_features().avx512vbmi)
-      qk::gemv_iq2xs_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
+    else if (j.isa == Isa::AVX512 && (j.W->type == GGMLType::IQ2_XS || j.W->type == GGMLType::IQ2_S) &&
+             j.n_tokens < 4 && avx512_extensions() && cpu_features().avx512vbmi)
+      qk::gemv_iq2s_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
     else if (j.isa == Isa::AVX512 && (j.W->type == GGMLType::IQ3_XXS || j.W->type == GGMLType::IQ3_S) &&
              j.n_tokens < 4 && avx512_extensions() && cpu_features().avx512vbmi && cpu_features().avx512bitalg)
       qk::gemv_iq3_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
