@@ -98,19 +98,14 @@ struct Consts {
   }
 };
 
-// vpermi2b on two table vectors (the 128 entries of one quarter of a table).
-inline __m512i lookup(__m512i idx, __m512i t0, __m512i t1) {
-  __asm__("vpermi2b %2, %1, %0" : "+v"(idx) : "v"(t0), "v"(t1));
-  return idx;
-}
-
 // A pair table of N entries at 64 indices: bits 0..6 in idx, the higher bits
 // (7, 8, 9) in hb: one vpermi2b per 128 entries, then a blend tree.
 template <int N>
 inline __m512i lookup_pairs(const uint8_t* t, __m512i idx, const __mmask64* hb) {
   __m512i q[N / 128];
 #pragma GCC unroll 8
-  for (int i = 0; i < N / 128; ++i) q[i] = lookup(idx, _mm512_load_si512(t + 128 * i), _mm512_load_si512(t + 128 * i + 64));
+  for (int i = 0; i < N / 128; ++i)
+    q[i] = vpermi2b_lookup(idx, _mm512_load_si512(t + 128 * i), _mm512_load_si512(t + 128 * i + 64));
 #pragma GCC unroll 3
   for (int n = N / 128, l = 0; n > 1; n /= 2, ++l)
 #pragma GCC unroll 4
@@ -140,7 +135,8 @@ struct DecIQ2_S {
   static inline void entries(const Consts& c, const Block& b0, const Block* b1, __m512i* B, __m512i* S) {
     auto half = [&](int at) {
       const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0.qs + at));
-      const __m256i hi = b1 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1->qs + at)) : _mm256_setzero_si256();
+      const __m256i hi =
+          b1 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1->qs + at)) : _mm256_setzero_si256();
       return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
     };
     const __m512i idx = half(0);

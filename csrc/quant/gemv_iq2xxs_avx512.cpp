@@ -35,6 +35,7 @@
 #include "quant/blocks.h"
 #include "quant/iq2xxs_grid.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx512.h"
 #include "quant/tile_drive.h"
 
 namespace pyv4 {
@@ -130,14 +131,6 @@ struct Consts {
   }
 };
 
-// vpermi2b with both tables in registers (left to itself GCC reloads a table from
-// memory for every lookup: 4 more zmm loads per super-block pair; on Zen 4 that
-// measured the same, but it leaves the load port to weights and activations).
-inline __m512i lookup(__m512i idx, __m512i t0, __m512i t1) {
-  __asm__("vpermi2b %2, %1, %0" : "+v"(idx) : "v"(t0), "v"(t1));
-  return idx;
-}
-
 // Decodes the super-blocks at p and p + 66 (none if !two: zero codes) into
 // W[h][l] (qword b = the 8 codes of grid entry l of block b of super-block h, as
 // the activations are laid out by entry_layout); returns the scale nibbles of
@@ -151,8 +144,10 @@ inline __m512i decode2(const Consts& c, const uint8_t* p, bool two, __m512i (&W)
   // bit 7 picks the table half
   const __m512i idx = _mm512_permutex2var_epi8(q[0], c.gather, q[1]);
   const __mmask64 hi = _mm512_movepi8_mask(idx);
-  const __m512i p0 = _mm512_mask_blend_epi8(hi, lookup(idx, c.t0a, c.t0b), lookup(idx, c.t1a, c.t1b));
-  const __m512i p1 = _mm512_mask_blend_epi8(hi, lookup(idx, c.t2a, c.t2b), lookup(idx, c.t3a, c.t3b));
+  const __m512i p0 =
+      _mm512_mask_blend_epi8(hi, vpermi2b_lookup(idx, c.t0a, c.t0b), vpermi2b_lookup(idx, c.t1a, c.t1b));
+  const __m512i p1 =
+      _mm512_mask_blend_epi8(hi, vpermi2b_lookup(idx, c.t2a, c.t2b), vpermi2b_lookup(idx, c.t3a, c.t3b));
   const __mmask64 rows = _cvtu64_mask64(0xFCFCFCFCFCFCFCFCULL);
 #pragma GCC unroll 2
   for (int h = 0; h < 2; ++h) {

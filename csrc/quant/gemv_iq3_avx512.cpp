@@ -83,13 +83,6 @@ struct Consts {
   }
 };
 
-// vpermi2b with both tables in registers (as in gemv_iq2xxs_avx512.cpp: GCC
-// otherwise reloads a table from memory for every lookup).
-inline __m512i lookup(__m512i idx, __m512i t0, __m512i t1) {
-  __asm__("vpermi2b %2, %1, %0" : "+v"(idx) : "v"(t0), "v"(t1));
-  return idx;
-}
-
 // A super-block's codes: U[j] byte k = u of position j of entry k (u = k0 +-
 // magnitude), from the 64 entries' magnitudes M[j] and the 256 sign bits S
 // (qword b = block b's 32 bits in element order).
@@ -115,7 +108,8 @@ struct DecIQ3_XXS {
     __m512i M[4];
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j)
-      M[j] = _mm512_mask_blend_epi8(top, lookup(idx, c.tab[j][0], c.tab[j][1]), lookup(idx, c.tab[j][2], c.tab[j][3]));
+      M[j] = _mm512_mask_blend_epi8(top, vpermi2b_lookup(idx, c.tab[j][0], c.tab[j][1]),
+                                    vpermi2b_lookup(idx, c.tab[j][2], c.tab[j][3]));
     // qword b: block b's sign word (fields, scale nibble at 28)
     const __m512i w = _mm512_cvtepu32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 64)));
     signed_codes(c, M, with_parity(_mm512_and_si512(_mm512_multishift_epi64_epi8(c.fshift, w), c.fmask)), 64, U);
@@ -141,7 +135,7 @@ struct DecIQ3_S {
     for (int j = 0; j < 4; ++j) {
       const uint8_t* t = kSPos.pos[j];
       auto quarter = [&](int q) {
-        return lookup(idx, _mm512_load_si512(t + 128 * q), _mm512_load_si512(t + 128 * q + 64));
+        return vpermi2b_lookup(idx, _mm512_load_si512(t + 128 * q), _mm512_load_si512(t + 128 * q + 64));
       };
       M[j] = _mm512_mask_blend_epi8(b8, _mm512_mask_blend_epi8(b7, quarter(0), quarter(1)),
                                     _mm512_mask_blend_epi8(b7, quarter(2), quarter(3)));
@@ -193,8 +187,9 @@ inline void xe_layout(const Consts& c, const ActQ& a, int64_t n_tokens, float k0
       }
       int8_t* o = xe + (t * nsb + s) * kXeBytes;
       for (int j = 0; j < 4; ++j)
-        _mm512_store_si512(o + 64 * j, _mm512_mask_blend_epi32(0xFF00, _mm512_permutex2var_epi32(src[0], pick[j], src[1]),
-                                                               _mm512_permutex2var_epi32(src[2], pick[j], src[3])));
+        _mm512_store_si512(o + 64 * j,
+                           _mm512_mask_blend_epi32(0xFF00, _mm512_permutex2var_epi32(src[0], pick[j], src[1]),
+                                                   _mm512_permutex2var_epi32(src[2], pick[j], src[3])));
       const __m512i qm = _mm512_mask_blend_epi32(0xFF00, _mm512_permutex2var_epi32(sum[0], pick[0], sum[1]),
                                                  _mm512_permutex2var_epi32(sum[2], pick[0], sum[3]));
       const __m512 dx = _mm512_permutexvar_ps(pairs, _mm512_castps256_ps512(_mm256_loadu_ps(a.d(t) + 8 * s)));

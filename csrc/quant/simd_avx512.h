@@ -47,6 +47,16 @@ inline void gather16(const uint64_t* table, __m512i idx, __m512i* g0, __m512i* g
   *g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), t, 8);
 }
 
+// vpermi2b (VBMI: only the files built with -mavx512vbmi call it) of the 128
+// table bytes in t0, t1 at the low 7 bits of each byte of idx, with both tables
+// in registers: left to itself GCC reloads a table from memory for every lookup
+// (4 more zmm loads per IQ2_XXS super-block pair; on Zen 4 that measured the
+// same, but it leaves the load port to weights and activations).
+inline __m512i vpermi2b_lookup(__m512i idx, __m512i t0, __m512i t1) {
+  __asm__("vpermi2b %2, %1, %0" : "+v"(idx) : "v"(t0), "v"(t1));
+  return idx;
+}
+
 }  // namespace
 }  // namespace qk
 }  // namespace pyv4
