@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +27,17 @@ DEFAULT_SRC = str(Path(__file__).resolve().parents[1] / "bench" / ".venv-llamacp
 
 def llamacpp_src() -> Path:
     return Path(os.environ.get("LLAMACPP_SRC", DEFAULT_SRC))
+
+
+def llama_quantize() -> Path | None:
+    """llama.cpp's llama-quantize binary for the peer tests: in $PYV4_LLAMA_TOOLS, then
+    this project's dev hosts' build (/work/llama-tools/bin), then on PATH; None when absent
+    (bench/lowbit_quality.py says how to build it)."""
+    for d in (os.environ.get("PYV4_LLAMA_TOOLS"), "/work/llama-tools/bin"):
+        if d and (Path(d) / "llama-quantize").is_file():
+            return Path(d) / "llama-quantize"
+    found = shutil.which("llama-quantize")
+    return Path(found) if found else None
 
 
 def cmd_logits(a) -> int:

@@ -10,10 +10,7 @@ build it from the sources bench/setup_llamacpp.sh fetches)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +18,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader
 from gguf import quants as gq
 
+from llamacpp_peer import llama_quantize
 from test_iq_types import tiny_config
 from test_lowbit import check_fast_model
 from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
@@ -28,15 +26,7 @@ from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compu
 from pyv4 import _core
 
 
-def _llama_quantize() -> Path | None:
-    for d in (os.environ.get("PYV4_LLAMA_TOOLS"), "/work/llama-tools/bin"):
-        if d and (Path(d) / "llama-quantize").is_file():
-            return Path(d) / "llama-quantize"
-    found = shutil.which("llama-quantize")
-    return Path(found) if found else None
-
-
-QUANTIZE = _llama_quantize()
+QUANTIZE = llama_quantize()
 pytestmark = pytest.mark.skipif(QUANTIZE is None, reason="llama.cpp's llama-quantize not found")
 
 # llama-quantize's IQ3_S / IQ2_S choices of an IQ3_M / IQ2_M file, and an attention projection

@@ -14,10 +14,7 @@ placement keeping them on the host.
 """
 
 import dataclasses
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +22,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import quants as gq
 
 import gguf_tools as gt
+from llamacpp_peer import llama_quantize
 from test_iq_types import _f16, _oracle
 from test_kernels import _restore_switches  # noqa: F401 (autouse: ISA and compute mode restored)
 from test_lowbit import _run, check_fast_model
@@ -215,17 +213,7 @@ def test_placement_keeps_k_types_on_host(k_models):
 
 # ---------------------------------------------------------------- llama-quantize's own file
 
-def _llama_quantize():
-    """llama.cpp's llama-quantize: $PYV4_LLAMA_TOOLS, then PATH, then this project's
-    dev hosts' build (/work/llama-tools/bin); None when absent."""
-    for d in (os.environ.get("PYV4_LLAMA_TOOLS"), None, "/work/llama-tools/bin"):
-        exe = shutil.which("llama-quantize", path=d) if d is not None else shutil.which("llama-quantize")
-        if exe:
-            return exe
-    return None
-
-
-LLAMA_QUANTIZE = _llama_quantize()
+LLAMA_QUANTIZE = llama_quantize()
 # what a community ladder does with these roles (Q4_K_M / Q5_K_M keep the head and
 # ffn_down in Q6_K), every tensor named exactly in a --pure run
 PEER_TYPES = [("output.weight", "q6_k"), ("token_embd.weight", "q6_k"), ("*attn_kv*", "q5_k"),
