@@ -52,6 +52,15 @@ def test_split_model_is_the_single_file_model(split, which):
     np.testing.assert_array_equal(a, b)
 
 
+def test_split_model_resident(split):
+    """resident=True reads every shard into memory: the same logits as the mapped files."""
+    single, shards = split
+    m = pyv4.Model(str(shards[3]), resident=True)
+    assert m._engine.resident
+    np.testing.assert_array_equal(m.new_session().eval(TOKENS, logits="last"),
+                                  pyv4.Model(str(single)).new_session().eval(TOKENS, logits="last"))
+
+
 def test_metadata_only_first_shard(spec11, tmp_path):
     """gguf-split's --no-tensor-first-split form: the first shard has metadata only."""
     shards = gguf_tools.split_copy(spec11[0], tmp_path / "m.gguf", max_tensors=100, small_first_shard=True)
