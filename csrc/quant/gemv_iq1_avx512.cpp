@@ -32,15 +32,15 @@ namespace {
 
 using namespace qblocks;
 
-// The grid entries table[ix[0..7]] in the qwords of one vector (scalar loads:
-// see the top of the file).
-inline __m128i grid2(const uint64_t* table, const uint32_t* ix) {
-  return _mm_insert_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(table + ix[0])),
-                          static_cast<long long>(table[ix[1]]), 1);
+// The grid entries kIq1sGrid[ix[0..7]] in the qwords of one vector (scalar
+// loads: see the top of the file).
+inline __m128i grid2(const uint32_t* ix) {
+  return _mm_insert_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(kIq1sGrid + ix[0])),
+                          static_cast<long long>(kIq1sGrid[ix[1]]), 1);
 }
-inline __m512i grid8(const uint64_t* table, const uint32_t* ix) {
-  const __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(grid2(table, ix)), grid2(table, ix + 2), 1);
-  const __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(grid2(table, ix + 4)), grid2(table, ix + 6), 1);
+inline __m512i grid8(const uint32_t* ix) {
+  const __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(grid2(ix)), grid2(ix + 2), 1);
+  const __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(grid2(ix + 4)), grid2(ix + 6), 1);
   return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
 }
 
@@ -55,12 +55,12 @@ struct RowCodes {
 };
 
 // The codes of 32 entries whose grid indices are dword s of even / odd.
-inline void lookup(const uint64_t* table, __m512i even, __m512i odd, RowCodes* r) {
+inline void lookup(__m512i even, __m512i odd, RowCodes* r) {
   alignas(64) uint32_t ix[32];
   _mm512_store_si512(ix, even);
   _mm512_store_si512(ix + 16, odd);
-  r->g[0] = grid8(table, ix), r->g[1] = grid8(table, ix + 16);
-  r->g[2] = grid8(table, ix + 8), r->g[3] = grid8(table, ix + 24);
+  r->g[0] = grid8(ix), r->g[1] = grid8(ix + 16);
+  r->g[2] = grid8(ix + 8), r->g[3] = grid8(ix + 24);
 }
 
 // W_s = d * (2 sc_s + 1) for the scale sc_s of sub-block s in dword s.
@@ -79,7 +79,7 @@ struct DecIQ1_M {
     const __m512i m7 = _mm512_set1_epi32(0x700);
     const __m512i even = _mm512_ternarylogic_epi32(_mm512_set1_epi32(0xFF), w,
                                                    _mm512_and_si512(_mm512_slli_epi32(h, 8), m7), 0xEA);  // a & b | c
-    lookup(kIq1sGrid, even, _mm512_or_si512(_mm512_srli_epi32(w, 8), _mm512_and_si512(_mm512_slli_epi32(h, 4), m7)),
+    lookup(even, _mm512_or_si512(_mm512_srli_epi32(w, 8), _mm512_and_si512(_mm512_slli_epi32(h, 4), m7)),
            r);
     r->me = _mm512_test_epi32_mask(h, _mm512_set1_epi32(0x08));
     r->mo = _mm512_test_epi32_mask(h, _mm512_set1_epi32(0x80));
@@ -107,7 +107,7 @@ struct DecIQ1_S {
     const __m512i he = _mm512_sllv_epi32(h, _mm512_setr_epi32(8, 2, 8, 2, 8, 2, 8, 2, 8, 2, 8, 2, 8, 2, 8, 2));
     const __m512i ho =
         _mm512_srlv_epi32(_mm512_slli_epi32(h, 5), _mm512_setr_epi32(0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6, 0, 6));
-    lookup(kIq1sGrid, _mm512_ternarylogic_epi32(_mm512_set1_epi32(0xFF), w, _mm512_and_si512(he, m7), 0xEA),
+    lookup(_mm512_ternarylogic_epi32(_mm512_set1_epi32(0xFF), w, _mm512_and_si512(he, m7), 0xEA),
            _mm512_or_si512(_mm512_srli_epi32(w, 8), _mm512_and_si512(ho, m7)), r);
     r->me = r->mo = _mm512_test_epi32_mask(h, _mm512_set1_epi32(0x8000));
     r->w = odd_scales(_mm512_and_si512(_mm512_srli_epi32(h, 12), _mm512_set1_epi32(7)), _cvtsh_ss(blk.d));

@@ -216,6 +216,12 @@ inline void xe_layout(const ActQ& a, int64_t n_tokens, int8_t* xe) {
       }
       pick[h][q] = _mm512_load_si512(ix);
     }
+  __m512i block[2];  // the block (sub-block / 2) of the lo / hi dwords
+  for (int h = 0; h < 2; ++h) {
+    alignas(64) int32_t bi[16];
+    for (int d = 0; d < 16; ++d) bi[d] = (h ? sub_hi(d) : sub_lo(d)) / 2;
+    block[h] = _mm512_load_si512(bi);
+  }
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t t = 0; t < n_tokens; ++t) {
     for (int64_t s = 0; s < npair; ++s) {
@@ -246,11 +252,9 @@ inline void xe_layout(const ActQ& a, int64_t n_tokens, int8_t* xe) {
       for (int h = 0; h < 2; ++h) {
         const __m512 Q = _mm512_cvtepi32_ps(gather(sum, pick[h][0]));
         // dx of block sub / 2 of the pair: blocks 16s .. 16s + 15 (zeros past nb)
-        alignas(64) int32_t bi[16];
-        for (int d = 0; d < 16; ++d) bi[d] = (h ? sub_hi(d) : sub_lo(d)) / 2;
         const int64_t left = a.nb - 16 * s;
         const __mmask16 m = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-        const __m512 dx = _mm512_permutexvar_ps(_mm512_load_si512(bi), _mm512_maskz_loadu_ps(m, a.d(t) + 16 * s));
+        const __m512 dx = _mm512_permutexvar_ps(block[h], _mm512_maskz_loadu_ps(m, a.d(t) + 16 * s));
         _mm512_store_ps(f + 32 * h, dx);
         _mm512_store_ps(f + 32 * h + 16, _mm512_mul_ps(_mm512_mul_ps(dx, _mm512_set1_ps(43.0f)), Q));
       }

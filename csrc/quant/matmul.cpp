@@ -84,6 +84,27 @@ struct Job {
   bool reference;
 };
 
+using GemvFn = void (*)(const WeightMatrix&, const qk::ActQ&, int64_t, float*, int64_t, int64_t, int64_t);
+
+// The 1..3-token AVX-512 GEMV a low-bit type has of its own, if any: some need
+// more than the AVX-512 set (VBMI, GFNI, BITALG), and set_avx512_extensions(false)
+// falls back to the AVX-512-set kernels as on a CPU without them.
+GemvFn own_gemv_avx512(GGMLType t) {
+  const CpuFeatures& f = cpu_features();
+  const bool ext = avx512_extensions() && f.avx512vbmi;
+  switch (t) {
+    case GGMLType::Q2_K: return qk::gemv_q2k_avx512;
+    case GGMLType::IQ1_S:
+    case GGMLType::IQ1_M: return qk::gemv_iq1_avx512;
+    case GGMLType::IQ2_XXS: return ext && f.gfni ? qk::gemv_iq2xxs_avx512 : nullptr;
+    case GGMLType::IQ2_XS:
+    case GGMLType::IQ2_S: return ext ? qk::gemv_iq2s_avx512 : nullptr;
+    case GGMLType::IQ3_XXS:
+    case GGMLType::IQ3_S: return ext && f.avx512bitalg ? qk::gemv_iq3_avx512 : nullptr;
+    default: return nullptr;
+  }
+}
+
 void run_rows(const Job& j, int64_t r0, int64_t r1) {
   if (j.W->split && (j.reference || j.isa != Isa::AVX512)) {
     // Only the AVX-512 kernels read split rows (a split matrix meets the others
@@ -111,20 +132,9 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
   } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
     qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (qk::is_lowbit(j.W->type)) {
-    if (j.isa == Isa::AVX512 && j.W->type == GGMLType::IQ2_XXS && j.n_tokens < 4 &&
-        avx512_extensions() && cpu_features().avx512vbmi && cpu_features().gfni)
-      qk::gemv_iq2xxs_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
-    else if (j.isa == Isa::AVX512 && j.W->type == GGMLType::Q2_K && j.n_tokens < 4)
-      qk::gemv_q2k_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
-    else if (j.isa == Isa::AVX512 && (j.W->type == GGMLType::IQ2_XS || j.W->type == GGMLType::IQ2_S) &&
-             j.n_tokens < 4 && avx512_extensions() && cpu_features().avx512vbmi)
-      qk::gemv_iq2s_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
-    else if (j.isa == Isa::AVX512 && (j.W->type == GGMLType::IQ3_XXS || j.W->type == GGMLType::IQ3_S) &&
-             j.n_tokens < 4 && avx512_extensions() && cpu_features().avx512vbmi && cpu_features().avx512bitalg)
-      qk::gemv_iq3_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
-    else if (j.isa == Isa::AVX512 && (j.W->type == GGMLType::IQ1_M || j.W->type == GGMLType::IQ1_S) &&
-             j.n_tokens < 4)
-      qk::gemv_iq1_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
+    const GemvFn own = j.isa == Isa::AVX512 && j.n_tokens < 4 ? own_gemv_avx512(j.W->type) : nullptr;
+    if (own)
+      own(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
     else if (j.isa == Isa::AVX512)
       qk::gemm_lowbit_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
     else
