@@ -173,6 +173,12 @@ inline __m256i table_qwords(const uint64_t* T, uint32_t i0, uint32_t i1, uint32_
   return _mm256_set_m128i(load2q(T + i2, T + i3), load2q(T + i0, T + i1));
 }
 
+// The byte sign masks of a 32-block of IQ2_XXS / IQ3_XXS from its sign word sg
+// (4 x 7-bit fields, the 8th sign their parity: kIq2SignMasks).
+inline __m256i block_sign_masks(uint32_t sg) {
+  return table_qwords(kIq2SignMasks.m, sg & 127, (sg >> 7) & 127, (sg >> 14) & 127, (sg >> 21) & 127);
+}
+
 // Offset codes k + g where the sign mask neg is clear, k - g where it is set
 // (g the grid magnitudes of a 32-block, neg its 0xFF bytes of the negative ones).
 inline __m256i signed_codes(__m256i g, __m256i neg, char k) {
@@ -345,8 +351,7 @@ struct OffIQ2_XXS {
     uint32_t sg;
     std::memcpy(&sg, q + 4, 4);
     const __m256i g = table_qwords(kIq2xxsGrid, q[0], q[1], q[2], q[3]);
-    const __m256i neg =
-        table_qwords(kIq2SignMasks.m, sg & 127, (sg >> 7) & 127, (sg >> 14) & 127, (sg >> 21) & 127);
+    const __m256i neg = block_sign_masks(sg);
     return signed_codes(g, neg, 43);
   }
 };
@@ -368,8 +373,7 @@ struct OffIQ3_XXS {
     const __m256i g = qwords4([&](int l) {
       return kIq3xxsGrid[idx[2 * l]] | static_cast<uint64_t>(kIq3xxsGrid[idx[2 * l + 1]]) << 32;
     });
-    const __m256i neg =
-        table_qwords(kIq2SignMasks.m, sg & 127, (sg >> 7) & 127, (sg >> 14) & 127, (sg >> 21) & 127);
+    const __m256i neg = block_sign_masks(sg);
     return signed_codes(g, neg, 64);
   }
 };
