@@ -90,9 +90,10 @@ def test_dequantize_rejects_bad_length():
 # ---------------------------------------------------------------- matmul
 
 def _cases():
-    # 2: the AVX-512 GEMVs' middle tile; 4: the first count of the AVX-512 lane GEMM
-    # (quant/kernels.h lane_min_tokens; Q5_K / Q6_K: their quad GEMV at 4, the lane GEMM
-    # from 5); avx512-base: the AVX-512-set GEMVs that CPUs without VBMI / GFNI / BITALG
+    # 2: the AVX-512 GEMVs' middle tile; 4: a group of 3 and one of 1 in the types'
+    # own AVX-512 GEMVs (those that take the lane GEMM from 5-10 tokens: quant/matmul.cpp
+    # own_gemv_avx512), the first count of the lane GEMM for the others (Q5_K / Q6_K:
+    # their quad GEMV); 13: the lane GEMM on AVX-512; avx512-base: the AVX-512-set GEMVs that CPUs without VBMI / GFNI / BITALG
     # run instead of the own GEMVs of IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S (quant/matmul.cpp)
     base = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")
     return ([(t, isa, n) for t in sorted(LOWBIT) for isa in ISAS for n in (1, 2, 3, 4, 13, 32, 130)] +
@@ -171,41 +172,47 @@ def test_lane_gemm_edges(type_name):
     raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
     _extreme_rows(type_name, raw, rng)
     W = gguf_dequant(type_name, raw, rows, cols)
-    x = rng.standard_normal((15, cols)).astype(np.float32)
+    first = _core.lane_gemm_min_tokens(type_name)  # 4..10, by type (quant/matmul.cpp)
+    x = rng.standard_normal((first + 11, cols)).astype(np.float32)
     x[:, 1024 + 16:1024 + 32] *= 8.0  # a sub-block of the half group
     x[2, 256:512] = 0.0  # a whole super-block of zero activations
     ys = {}
-    first = 5 if type_name in ("Q5_K", "Q6_K") else 4  # quant/kernels.h lane_min_tokens
-    for n in (first, 5, 7, 15):
+    for n in (first, first + 1, first + 3, first + 11):
         ys[n] = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2)
         check_fast(type_name, W, x[:n], ys[n])
-    for n in (5, 7, 15):
+    for n in (first + 1, first + 3, first + 11):
         assert np.array_equal(ys[n][:first], ys[first])
 
 
-@pytest.mark.parametrize("isa", ["avx2", "avx512"])
-@pytest.mark.parametrize("type_name", ["Q2_K", "IQ2_XXS"])
+# The types with an AVX-512 GEMV of their own (quant/matmul.cpp own_gemv_avx512)
+OWN_GEMV = ("Q2_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")
+
+
+@pytest.mark.parametrize("isa,type_name", [("avx2", "Q2_K"), ("avx2", "IQ2_XXS")] +
+                         [("avx512", t) for t in OWN_GEMV])
 def test_gemv_tokens_alone_and_together(type_name, isa):
-    """The 1..3-token GEMVs within the bound for every token count; on AVX-512
-    (gemv_q2k / gemv_iq2xxs, activations re-laid per call) each token's result is
-    bitwise what it gets alone (the same integers and float steps per token; the AVX2
-    kernels spread 1 and 2 tokens over more accumulators). 1280 columns: an odd
-    number of super-blocks (the IQ2_XXS GEMV decodes them in pairs)."""
+    """The GEMVs within the bound for every token count they take; on AVX-512
+    (the types' own GEMVs, activations re-laid per call, tokens in groups of up to 3
+    up to the lane GEMM's first count) each token's result is bitwise what it gets
+    alone (the same integers and float steps per token, whichever group it falls in;
+    the AVX2 kernels spread 1 and 2 tokens over more accumulators). 1280 columns: an
+    odd number of super-blocks (the IQ2_XXS and IQ2_XS GEMVs decode them in pairs)."""
     if not _core.isa_supported(isa):
         pytest.skip(f"CPU lacks {isa}")
     _core.set_isa(isa)
     _core.set_compute_mode("fast")
+    last = max(3, _core.lane_gemm_min_tokens(type_name) - 1)  # the GEMV's largest count
     rng = np.random.default_rng(23)
     rows, cols = 19, 1280
     raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
     W = gguf_dequant(type_name, raw, rows, cols)
-    x = rng.standard_normal((3, cols)).astype(np.float32)
+    x = rng.standard_normal((last, cols)).astype(np.float32)
     x[0, 512 + 16:512 + 32] *= 30.0  # one sub-block with large activations
     x[2, 1024:1056] = 0.0  # an all-zero block
     alone = np.concatenate([_core.quant_matmul(type_name, raw, rows, cols, x[t:t + 1], 1)
-                            for t in range(3)])
+                            for t in range(last)])
     check_fast(type_name, W, x, alone)
-    for n in (2, 3):
+    for n in range(2, last + 1):
         y = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2)
         check_fast(type_name, W, x[:n], y)
         if isa == "avx512":

@@ -356,6 +356,10 @@ void bind_quant(py::module_& m) {
   m.def("avx512_extensions", [] { return avx512_extensions(); });
   m.def("set_avx512_extensions", [](bool on) { set_avx512_extensions(on); }, py::arg("on"),
         "use the VBMI / GFNI / BITALG kernels where the CPU has them (default True)");
+  m.def("lane_gemm_min_tokens", [](const std::string& type_name) { return lane_gemm_min_tokens(type_from_name(type_name)); },
+        py::arg("type_name"),
+        "the token count from which a matmul of this type runs the AVX-512 lane GEMM under the active "
+        "ISA (0: never)");
   m.def("cpu_features", [] {
     const CpuFeatures& f = cpu_features();
     py::dict d;

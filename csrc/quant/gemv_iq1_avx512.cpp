@@ -1,4 +1,4 @@
-// IQ1_S / IQ1_M GEMV (1..3 tokens) on AVX-512 (math in quant/kernels.h and
+// IQ1_S / IQ1_M GEMV (tokens in groups of 1..3) on AVX-512 (math in quant/kernels.h and
 // below; block layouts in quant/blocks.h).
 //
 // Looking up the grid, not memory, bounds an IQ1 GEMV: every 8 weights are one
@@ -198,8 +198,8 @@ void gemv_rows(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* 
   const int64_t nsb = act.nb / 8;
   int8_t* xe = reinterpret_cast<int8_t*>(scratch_bytes(static_cast<size_t>(n_tokens * nsb * kXeBytes)));
   xe_layout(act, n_tokens, xe);
-  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r) {
-    gemv_row<Dec, decltype(T)::value>(W.row(r), act, xe, Y, ldy, r);
+  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r, int64_t t0) {
+    gemv_row<Dec, decltype(T)::value>(W.row(r), act, xe + t0 * nsb * kXeBytes, Y + t0 * ldy, ldy, r);
   });
 }
 

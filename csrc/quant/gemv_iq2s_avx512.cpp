@@ -1,4 +1,4 @@
-// IQ2_XS / IQ2_S GEMV (1..3 tokens) on AVX-512 with VBMI (math in
+// IQ2_XS / IQ2_S GEMV (tokens in groups of 1..3) on AVX-512 with VBMI (math in
 // quant/kernels.h and below; block layouts in quant/blocks.h).
 //
 // Every 8 weights of these types are one grid entry of 8 magnitudes 8 / 25 / 43
@@ -306,8 +306,8 @@ void gemv_rows(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* 
   const int64_t npair = (act.nb / 8 + 1) / 2;
   int8_t* xe = reinterpret_cast<int8_t*>(scratch_bytes(static_cast<size_t>(n_tokens * npair * kXeBytes)));
   xe_layout(act, n_tokens, xe);
-  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r) {
-    gemv_row<Dec, decltype(T)::value>(c, W.row(r), act, xe, Y, ldy, r);
+  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r, int64_t t0) {
+    gemv_row<Dec, decltype(T)::value>(c, W.row(r), act, xe + t0 * npair * kXeBytes, Y + t0 * ldy, ldy, r);
   });
 }
 

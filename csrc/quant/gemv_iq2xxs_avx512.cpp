@@ -1,4 +1,4 @@
-// IQ2_XXS GEMV (1..3 tokens) on AVX-512 with VBMI + GFNI (math in
+// IQ2_XXS GEMV (tokens in groups of 1..3) on AVX-512 with VBMI + GFNI (math in
 // quant/kernels.h: codes u = signed grid value + 43, the offset through cs).
 //
 // Decoding, not memory, bounds an IQ2_XXS GEMV: per 8 weights one grid index
@@ -268,8 +268,9 @@ void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
   int8_t* xe = reinterpret_cast<int8_t*>(buf);
   float* dk = reinterpret_cast<float*>(buf + xbytes);
   entry_layout(act, n_tokens, xe, dk);
-  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r) {
-    gemv_row<decltype(T)::value>(c, W.row(r), act, xe, dk, Y, ldy, r);
+  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r, int64_t t0) {
+    gemv_row<decltype(T)::value>(c, W.row(r), act, xe + t0 * nsb * 256, dk + t0 * 2 * act.nbr, Y + t0 * ldy,
+                                 ldy, r);
   });
 }
 

@@ -1,4 +1,4 @@
-// Q2_K GEMV (1..3 tokens) on AVX-512 + VNNI (math in quant/kernels.h:
+// Q2_K GEMV (tokens in groups of 1..3) on AVX-512 + VNNI (math in quant/kernels.h:
 // sum_i w_i x_i = d * sum_s a_s dx_b(s) (sum_{i in s} c_i q_i) - dmin * sum_s m_s hs_s).
 //
 // The 2-bit codes of a super-block are 64 bytes, code of element 128n + 32j + l
@@ -130,8 +130,9 @@ void gemv_q2k_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, f
                      int64_t ldy, int64_t r0, int64_t r1) {
   uint8_t* xs = scratch_bytes(static_cast<size_t>(n_tokens * (act.nb / 8) * kSbBytes));
   plane_layout(act, n_tokens, xs);
-  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r) {
-    gemv_row<decltype(T)::value>(W.row(r), act, xs, Y, ldy, r);
+  const int64_t per_token = (act.nb / 8) * kSbBytes;
+  gemv_rows_by_tokens(r0, r1, n_tokens, [&](auto T, int64_t r, int64_t t0) {
+    gemv_row<decltype(T)::value>(W.row(r), act, xs + t0 * per_token, Y + t0 * ldy, ldy, r);
   });
 }
 

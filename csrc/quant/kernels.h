@@ -134,6 +134,9 @@ void gemm_float_avx512(const WeightMatrix& W, const float* X, int64_t ldx, int64
 // of their quad GEMV at 3 tokens / the lane GEMM at 4: IQ3_XXS 39 / 49,
 // IQ2_XS 59 / 112, IQ1_S 46 / 72, IQ1_M 40 / 35. IQ3_S and IQ2_S alike (the
 // same A/B, load ~4): IQ3_S 24 / 31, IQ2_S 48 / 62 (IQ3_XXS 26 / 33 in that run).
+// A type with an AVX-512 GEMV of its own runs that GEMV up to the count
+// quant/matmul.cpp own_gemv_avx512 gives with it (5-10 tokens for Q2_K, IQ1_M,
+// IQ2_XXS, IQ3_XXS, IQ3_S; measured there), this count where the CPU lacks it.
 // Q5_K and Q6_K take it from 5 tokens: their quad GEMV at 4 tokens decodes each
 // row once like the lane GEMM's packing, with cheaper float steps (1 thread,
 // [512x4096] L2-resident, ns per super-block, quad / lane: 4 tokens Q5_K 17.6 /
@@ -235,22 +238,22 @@ void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
                       int64_t ldy, int64_t r0, int64_t r1);
 void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1);
-// IQ2_XXS GEMV, 1..3 tokens, quad layout (gemv_iq2xxs_avx512.cpp): needs AVX-512
+// IQ2_XXS GEMV, tokens in groups of 1..3, quad layout (gemv_iq2xxs_avx512.cpp): needs AVX-512
 // VBMI and GFNI besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1);
-// IQ3_XXS / IQ3_S GEMV, 1..3 tokens, quad layout (gemv_iq3_avx512.cpp): needs
+// IQ3_XXS / IQ3_S GEMV, tokens in groups of 1..3, quad layout (gemv_iq3_avx512.cpp): needs
 // AVX-512 VBMI and BITALG besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq3_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                      int64_t ldy, int64_t r0, int64_t r1);
-// IQ2_XS / IQ2_S GEMV, 1..3 tokens, quad layout (gemv_iq2s_avx512.cpp): needs
+// IQ2_XS / IQ2_S GEMV, tokens in groups of 1..3, quad layout (gemv_iq2s_avx512.cpp): needs
 // AVX-512 VBMI besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq2s_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
-// IQ1_S / IQ1_M GEMV, 1..3 tokens, quad layout (gemv_iq1_avx512.cpp).
+// IQ1_S / IQ1_M GEMV, tokens in groups of 1..3, quad layout (gemv_iq1_avx512.cpp).
 void gemv_iq1_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                      int64_t ldy, int64_t r0, int64_t r1);
-// Q2_K GEMV, 1..3 tokens, quad layout with ActQ::hs (gemv_q2k_avx512.cpp).
+// Q2_K GEMV, tokens in groups of 1..3, quad layout with ActQ::hs (gemv_q2k_avx512.cpp).
 void gemv_q2k_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                      int64_t ldy, int64_t r0, int64_t r1);
 

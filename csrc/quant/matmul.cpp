@@ -86,23 +86,45 @@ struct Job {
 
 using GemvFn = void (*)(const WeightMatrix&, const qk::ActQ&, int64_t, float*, int64_t, int64_t, int64_t);
 
-// The 1..3-token AVX-512 GEMV a low-bit type has of its own, if any: some need
-// more than the AVX-512 set (VBMI, GFNI, BITALG), and set_avx512_extensions(false)
-// falls back to the AVX-512-set kernels as on a CPU without them.
-GemvFn own_gemv_avx512(GGMLType t) {
+// The AVX-512 GEMV a low-bit type has of its own, if any (a row at a time,
+// tokens in groups of up to 3: gemv_rows_by_tokens), and the token count from
+// which the lane GEMM takes over. Some need more than the AVX-512 set (VBMI,
+// GFNI, BITALG); set_avx512_extensions(false) falls back to the AVX-512-set
+// kernels as on a CPU without them, with the lane GEMM from lane_min_tokens.
+// Where lane_from > 4 the GEMV's groups of 3 beat the lane GEMM, which a
+// prefill meets when a chunk routes a few tokens to each expert. Measured (Zen 4,
+// [2048x4096] cycled from DRAM, 2 threads, old / new build alternated, ns of wall
+// time per super-block, lane / GEMV): IQ2_XXS 4 tokens 15.7 / 7.9, 6: 21.2 / 10.0,
+// 9: 18.2 / 16.4, 12: 21.5 / 23.9; IQ3_XXS 4: 22.4 / 13.0, 9: 26.2 / 24.2, 12:
+// 29.0 / 30.9; IQ3_S 6: 26.0 / 18.9, 8: 29.4 / 29.2; IQ1_M 6: 34.6 / 27.4, 8: 43.2
+// / 40.3 (L2-resident, 1 thread: 75.8 / 82.7); Q2_K 4: 11.1 / 10.0, 6: 13.2 /
+// 15.4; IQ2_XS and IQ2_S tie at 4-6 and lose from 8; IQ1_S loses from 4 (14.1 /
+// 23.3). L2-resident matrices ([512x4096], 1 thread) put the crossovers 1-2
+// tokens lower; the lane_from below follow the DRAM case, a prefill's.
+struct OwnGemv {
+  GemvFn fn = nullptr;
+  int64_t lane_from = 0;
+};
+
+OwnGemv own_gemv_avx512(GGMLType t) {
   const CpuFeatures& f = cpu_features();
   const bool ext = avx512_extensions() && f.avx512vbmi;
   switch (t) {
-    case GGMLType::Q2_K: return qk::gemv_q2k_avx512;
-    case GGMLType::IQ1_S:
-    case GGMLType::IQ1_M: return qk::gemv_iq1_avx512;
-    case GGMLType::IQ2_XXS: return ext && f.gfni ? qk::gemv_iq2xxs_avx512 : nullptr;
+    case GGMLType::Q2_K: return {qk::gemv_q2k_avx512, 5};
+    case GGMLType::IQ1_S: return {qk::gemv_iq1_avx512, 4};
+    case GGMLType::IQ1_M: return {qk::gemv_iq1_avx512, 8};
+    case GGMLType::IQ2_XXS: return ext && f.gfni ? OwnGemv{qk::gemv_iq2xxs_avx512, 10} : OwnGemv{};
     case GGMLType::IQ2_XS:
-    case GGMLType::IQ2_S: return ext ? qk::gemv_iq2s_avx512 : nullptr;
-    case GGMLType::IQ3_XXS:
-    case GGMLType::IQ3_S: return ext && f.avx512bitalg ? qk::gemv_iq3_avx512 : nullptr;
-    default: return nullptr;
+    case GGMLType::IQ2_S: return ext ? OwnGemv{qk::gemv_iq2s_avx512, 4} : OwnGemv{};
+    case GGMLType::IQ3_XXS: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 10} : OwnGemv{};
+    case GGMLType::IQ3_S: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 8} : OwnGemv{};
+    default: return {};
   }
+}
+
+int64_t lane_from_avx512(GGMLType t) {
+  const OwnGemv own = own_gemv_avx512(t);
+  return own.fn ? own.lane_from : qk::lane_min_tokens(t);
 }
 
 void run_rows(const Job& j, int64_t r0, int64_t r1) {
@@ -132,7 +154,8 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
   } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
     qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (qk::is_lowbit(j.W->type)) {
-    const GemvFn own = j.isa == Isa::AVX512 && j.n_tokens < 4 ? own_gemv_avx512(j.W->type) : nullptr;
+    // (the activations are not in the lane layout: fewer tokens than lane_from)
+    const GemvFn own = j.isa == Isa::AVX512 ? own_gemv_avx512(j.W->type).fn : nullptr;
     if (own)
       own(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
     else if (j.isa == Isa::AVX512)
@@ -165,7 +188,7 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   float cscale = 0.0f;
   qk::ActLayout layout = qk::ActLayout::Plain;
   bool quantize;
-  if (isa == Isa::AVX512 && n_tokens >= qk::lane_min_tokens(W.type)) {
+  if (isa == Isa::AVX512 && n_tokens >= lane_from_avx512(W.type)) {
     quantize = qk::lane_cscale_avx512(W.type, &cscale);
     layout = qk::ActLayout::Lane;
   } else if (qk::is_lowbit(W.type)) {
@@ -225,6 +248,13 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
 
 }  // namespace
 
+
+int64_t lane_gemm_min_tokens(GGMLType t) {
+  float cscale;
+  if (active_isa() != Isa::AVX512 || compute_mode() == ComputeMode::Reference || !qk::lane_cscale_avx512(t, &cscale))
+    return 0;
+  return lane_from_avx512(t);
+}
 
 void matmul_serial(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
                    int64_t ldy) {

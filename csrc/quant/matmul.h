@@ -54,6 +54,12 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n);
 void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
             int64_t ldy, ThreadPool& pool);
 
+// The token count from which matmul runs W's type through the AVX-512 lane GEMM
+// under the active ISA and compute mode (fewer: the type's GEMV or row tiles;
+// quant/matmul.cpp own_gemv_avx512); 0 where it never does. Tests find the
+// edges of the kernel paths by it.
+int64_t lane_gemm_min_tokens(GGMLType t);
+
 // One product of a matmul_many batch: Y = X · Wᵀ over n_tokens rows of X.
 struct MatmulTask {
   const WeightMatrix* W;

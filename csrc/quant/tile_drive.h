@@ -42,18 +42,20 @@ void drive_rows(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
     drive<R>(r0, r1, n_tokens, f);
 }
 
-// The 1..3-token GEMVs (a row at a time): f(T, r) for every row, the token
-// count T as an integral_constant.
+// The GEMVs (a row at a time): f(T, r, t0) for every row and group of up to 3
+// tokens t0..t0+T-1, T as an integral_constant. A row's groups run back to back,
+// so after the first the row is decoded from L1 rather than read again.
 template <class F>
 void gemv_rows_by_tokens(int64_t r0, int64_t r1, int64_t n_tokens, F&& f) {
-  for (int64_t r = r0; r < r1; ++r) {
-    if (n_tokens == 1)
-      f(IC<1>{}, r);
-    else if (n_tokens == 2)
-      f(IC<2>{}, r);
-    else
-      f(IC<3>{}, r);
-  }
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < n_tokens; t += 3) {
+      if (n_tokens - t == 1)
+        f(IC<1>{}, r, t);
+      else if (n_tokens - t == 2)
+        f(IC<2>{}, r, t);
+      else
+        f(IC<3>{}, r, t);
+    }
 }
 
 }  // namespace
