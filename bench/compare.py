@@ -2,13 +2,17 @@
 the machine's memory bandwidth, on the identical synthetic V4-Flash-width GGUF.
 
     PYTHONPATH=<pyv4 site> python bench/compare.py [--threads 2] [--rounds 5] [--long-rounds 1]
-        [--recipe mxfp4] [--write-results] [--plot]
+        [--recipe mxfp4] [--isa native|avx2] [--write-results] [--plot]
 
 Files (bench/make_wide.py, cached in bench/.cache/): the main file has 4 layers (sliding,
 CSA, HCA, CSA) and 32 routed experts; the per-layer cost comes from files with 2 and 6
 layers (16 experts each, to keep them < 4.5 GB): (T6 - T2) / 4, both files loaded in one
 process per runtime with decode tokens alternating between them in blocks of 4 (medians),
 so that the host's bandwidth swings cancel in the difference.
+
+--isa avx2 runs both on AVX2 only, as on a CPU without AVX-512 (an Intel desktop):
+pyv4 with PYV4_ISA=avx2, llama.cpp from bench/.venv-llamacpp-avx2 (built for AVX2 +
+FMA + F16C by `bench/setup_llamacpp.sh --avx2`).
 
 Each measurement runs in its own subprocess (llama.cpp in bench/.venv-llamacpp's
 python), so peak RSS is separable; both load the weights into anonymous memory
@@ -40,6 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VENV_PY = HERE / ".venv-llamacpp" / "bin" / "python"
+VENV_PY_AVX2 = HERE / ".venv-llamacpp-avx2" / "bin" / "python"
 N_PREFILL = 512
 N_SHORT_PROMPT = 16
 N_DECODE = 64
@@ -201,12 +206,14 @@ def bandwidth_probe(threads: int) -> float:
 
 
 def run_worker(runtime: str, model: Path, threads: int, tasks: list[str], n_decode: int, env_extra=None,
-               model6: Path | None = None) -> dict:
-    py = str(VENV_PY) if runtime == "llama" else sys.executable
+               model6: Path | None = None, isa: str = "native") -> dict:
+    py = str(VENV_PY if isa == "native" else VENV_PY_AVX2) if runtime == "llama" else sys.executable
     cmd = [py, str(Path(__file__).resolve()), "--worker", runtime, "--model", str(model),
            "--threads", str(threads), "--tasks", ",".join(tasks), "--n-decode", str(n_decode),
            "--max-context", str(MAX_CONTEXT)] + (["--model6", str(model6)] if model6 else [])
     env = dict(os.environ)
+    if isa == "avx2":
+        env["PYV4_ISA"] = "avx2"
     env.update(env_extra or {})
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -253,7 +260,7 @@ def drive(a) -> dict:
     bpt2 = decode_bytes_per_token(f2)["total"] if f2 else None
     bpt6 = decode_bytes_per_token(f6)["total"] if f6 else None
     res = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
-           "threads": a.threads, "recipe": a.recipe, "main_file": main.name, "main_bytes": main.stat().st_size,
+           "threads": a.threads, "isa": a.isa, "recipe": a.recipe, "main_file": main.name, "main_bytes": main.stat().st_size,
            "bytes_per_token": bpt, "layer_bytes": (bpt6 - bpt2) / 4 if f2 else None,
            "load_before": os.getloadavg(), "rounds": []}
     runtimes = ["pyv4", "llama"]
@@ -263,7 +270,7 @@ def drive(a) -> dict:
         for rt in order:
             tasks = ["short", "prefill"] + (["long"] if r < a.long_rounds else [])
             bw = bandwidth_probe(a.threads)
-            o = run_worker(rt, main, a.threads, tasks, a.n_decode)
+            o = run_worker(rt, main, a.threads, tasks, a.n_decode, isa=a.isa)
             o["bw_gbs"] = bw
             rd[rt] = o
             log(f"round {r} {rt:5s}: bw {bw:5.1f} GB/s, decode {o['decode_short_ms']:6.1f} ms/tok, prefill "
@@ -273,7 +280,7 @@ def drive(a) -> dict:
         if a.per_layer:
             for rt in order:
                 bw = bandwidth_probe(a.threads)
-                o = run_worker(rt, f2, a.threads, ["layers"], a.n_decode_layer, model6=f6)
+                o = run_worker(rt, f2, a.threads, ["layers"], a.n_decode_layer, model6=f6, isa=a.isa)
                 rd[rt + "_layer"] = {"t2": o["t2_ms"], "t6": o["t6_ms"], "bw_gbs": bw,
                                      "per_layer_ms": (o["t6_ms"] - o["t2_ms"]) / 4, "finite": o["finite"]}
                 log(f"round {r} {rt:5s} per layer: T2 {o['t2_ms']:.1f} T6 {o['t6_ms']:.1f} "
@@ -281,7 +288,7 @@ def drive(a) -> dict:
         res["rounds"].append(rd)
     if a.profile:
         res["profile"] = run_worker("pyv4", main, a.threads, ["profile"], a.n_decode,
-                                    {"PYV4_PROFILE": "1"})["profile"]
+                                    {"PYV4_PROFILE": "1"}, isa=a.isa)["profile"]
     res["load_after"] = os.getloadavg()
     res["elapsed_s"] = time.time() - t_start
     res["summary"] = summarize(res)
@@ -320,8 +327,9 @@ def markdown(res: dict) -> str:
     P, L = s["pyv4"], s["llama"]
     bpt = res["bytes_per_token"]
     f = lambda x, p=1: "n/a" if x is None or x != x else f"{x:.{p}f}"  # noqa: E731
+    isa = "" if res.get("isa", "native") == "native" else f", {res['isa']} only (both runtimes)"
     out = [f"### {res['date']} — {res['main_file']} ({res['main_bytes'] / 1e9:.2f} GB), {res['threads']} threads, "
-           f"{len(res['rounds'])} rounds",
+           f"{len(res['rounds'])} rounds{isa}",
            "",
            f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('mem_gb', '?')} GiB; {m['flags']}. "
            f"Load average before/after: {res['load_before'][0]:.2f} / {res['load_after'][0]:.2f}. "
@@ -450,6 +458,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--long-rounds", type=int, default=1, help="rounds that also measure decode at 1k-4k context")
     p.add_argument("--recipe", default="mxfp4", choices=["mxfp4", "q4", "q8", "q2", "q2q4"])
+    p.add_argument("--isa", default="native", choices=["native", "avx2"],
+                   help="avx2: both runtimes on AVX2 only (llama.cpp from bench/.venv-llamacpp-avx2)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--experts", type=int, default=32)
     p.add_argument("--layer-experts", type=int, default=16, help="routed experts of the 2/6-layer files")

@@ -2,11 +2,18 @@
 # Builds the benchmark peer, llama-cpp-python 0.3.36, from source into
 # bench/.venv-llamacpp (about 4 minutes on 2 cores). Not a test dependency.
 # CPU-only, native ISA (it is a local benchmark peer, not something we ship).
+#   --avx2: a second peer in bench/.venv-llamacpp-avx2 built for AVX2 + FMA + F16C
+#   only (what an Intel desktop without AVX-512 runs), for `compare.py --isa avx2`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="$here/.venv-llamacpp"
+isa_args="-DGGML_NATIVE=ON"
+if [ "${1:-}" = "--avx2" ]; then
+  venv="$here/.venv-llamacpp-avx2"
+  isa_args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
+fi
 python3 -m venv --system-site-packages "$venv"
-export CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=ON"
+export CMAKE_ARGS="$isa_args -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=ON"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 "$venv/bin/pip" install --no-binary llama-cpp-python --no-cache-dir "llama-cpp-python==0.3.36"
 "$venv/bin/pip" install matplotlib  # bench/compare.py --plot draws with it

@@ -84,6 +84,10 @@ void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t co
 void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t ldx,
                int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1);
 uint64_t read_sum_avx2(const uint8_t* p, size_t bytes);
+// Float weights (F32, F16, BF16) on AVX2 (gemm_float_avx2.cpp, from gemm_avx2):
+// fp32 FMA dots whose per-(row, token) order does not depend on the batch.
+void gemm_float_avx2(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens,
+                     float* Y, int64_t ldy, int64_t r0, int64_t r1);
 
 // ---- AVX-512 F/BW/VL/DQ + VNNI (kernels_avx512.cpp) ----
 // Same contract as act_cscale_avx2; these kernels want the quad layout.

@@ -185,63 +185,6 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
     for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
 }
 
-// ---- float weights: fp32 FMA dot, no activation quantization ----
-struct ConvF32 {
-  static constexpr int kBytes = 4;
-  static inline __m256 load8(const uint8_t* p) {
-    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
-  }
-  static inline float one(const uint8_t* p) {
-    float f;
-    std::memcpy(&f, p, 4);
-    return f;
-  }
-};
-struct ConvF16 {
-  static constexpr int kBytes = 2;
-  static inline __m256 load8(const uint8_t* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  }
-  static inline float one(const uint8_t* p) { return f16_to_f32(load_u16(p)); }
-};
-struct ConvBF16 {
-  static constexpr int kBytes = 2;
-  static inline __m256 load8(const uint8_t* p) {
-    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-  }
-  static inline float one(const uint8_t* p) { return bf16_to_f32(load_u16(p)); }
-};
-
-template <class Conv, int R, int T>
-void tile_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, int64_t t0,
-                float* Y, int64_t ldy) {
-  __m256 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
-  const uint8_t* rows[R];
-  for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
-  const int64_t n = W.cols, n8 = n & ~int64_t(7);
-  for (int64_t k = 0; k < n8; k += 8) {
-    __m256 w[R];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) w[i] = Conv::load8(rows[i] + k * Conv::kBytes);
-#pragma GCC unroll 4
-    for (int t = 0; t < T; ++t) {
-      const __m256 x = _mm256_loadu_ps(X + (t0 + t) * ldx + k);
-#pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) acc[i][t] = _mm256_fmadd_ps(w[i], x, acc[i][t]);
-    }
-  }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) {
-      float s = hsum(acc[i][t]);
-      const float* x = X + (t0 + t) * ldx;
-      for (int64_t k = n8; k < n; ++k) s += Conv::one(rows[i] + k * Conv::kBytes) * x[k];
-      Y[(t0 + t) * ldy + r + i] = s;
-    }
-}
-
 template <class Dec>
 void run_int(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y, int64_t ldy,
              int64_t r0, int64_t r1) {
@@ -249,14 +192,6 @@ void run_int(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y, i
     tile_int<Dec, decltype(R)::value, decltype(T)::value>(W, r, a, t, Y, ldy);
   };
   drive_rows<2>(r0, r1, n_tokens, f);
-}
-
-template <class Conv>
-void run_float(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
-               int64_t ldy, int64_t r0, int64_t r1) {
-  drive<2>(r0, r1, n_tokens, [&](auto R, auto T, int64_t r, int64_t t) {
-    tile_float<Conv, decltype(R)::value, decltype(T)::value>(W, r, X, ldx, t, Y, ldy);
-  });
 }
 
 }  // namespace
@@ -354,9 +289,9 @@ void quantize_act_avx2(const float* X, int64_t ldx, int64_t n_tokens, int64_t co
 void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t ldx,
                int64_t n_tokens, float* Y, int64_t ldy, int64_t r0, int64_t r1) {
   switch (W.type) {
-    case GGMLType::F32: run_float<ConvF32>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
-    case GGMLType::F16: run_float<ConvF16>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
-    case GGMLType::BF16: run_float<ConvBF16>(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::F32:
+    case GGMLType::F16:
+    case GGMLType::BF16: gemm_float_avx2(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q8_0: run_int<DecQ8_0>(W, *act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q4_0: run_int<DecQ4_0>(W, *act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::MXFP4: run_int<DecMXFP4>(W, *act, n_tokens, Y, ldy, r0, r1); return;
