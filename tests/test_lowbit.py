@@ -162,7 +162,8 @@ def test_lane_gemm_edges(type_name):
     group of two, then a zero-padded half group; Q2_K's sub-block sums hs padded
     alike), 37 rows (panels of 16, row tiles of 4 with a tail of 1), token tiles
     of 4 with tails, boundary bit patterns; a token's result does not depend on
-    the other tokens of the call (the same bits alone in a 4-token call)."""
+    the other tokens of the call (the same bits in a call of the lane GEMM's first
+    count, which is per type: _core.lane_gemm_min_tokens)."""
     if not _core.isa_supported("avx512"):
         pytest.skip("CPU lacks avx512")
     _core.set_isa("avx512")
