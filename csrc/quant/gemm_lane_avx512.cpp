@@ -18,7 +18,7 @@
 // thread-local buffer (codes + dw + mw, 640 bytes per row and group) and then
 // multiplied with every token, in register tiles of kR rows x kT tokens (kR*kT
 // int32 accumulators in registers, the float ones in L1, updated once per 16
-// blocks); the cache policy is in gemm_lane. Measured at 128 tokens, 1 thread:
+// blocks); the cache policy is in quant/lane_drive.h. Measured at 128 tokens, 1 thread:
 // Zen 4 guest ~245 Gops/s (its vpdpbusd issue limit). Zen 5 guest, the 4x4
 // tile alone over 8 groups: ~640, 62 % of its 1,040. The float step (cvt + 2
 // FMA per 8 vpdpbusd, probably on the pipes that issue vpdpbusd) is the main
@@ -42,6 +42,7 @@
 #include "quant/iq3s_grid.h"
 #include "quant/iq3xxs_grid.h"
 #include "quant/kernels.h"
+#include "quant/lane_drive.h"
 #include "quant/simd_avx512.h"  // with_parity, iq_signed
 #include "quant/split_layout.h"
 
@@ -64,10 +65,11 @@ enum class Form { Offset, Min, HalfMin, HalfScale };
 // Offset) or mn0, mn1 128 (HalfMin; HalfScale then dw1 64).
 constexpr int group_bytes(Form f) { return f == Form::HalfScale ? 768 : f == Form::HalfMin ? 704 : 640; }
 constexpr bool half_sums(Form f) { return f == Form::HalfMin || f == Form::HalfScale; }
-constexpr int64_t kPanel = 16;       // rows a token tile runs over (packed rows in L2)
-constexpr int64_t kSpanRows = 256;   // rows packed at a time when tokens go in blocks
-constexpr size_t kXBlockBytes = 384 << 10;  // activations of a token block (in L2)
-constexpr int64_t kChunkGroups = 8;  // groups of a column chunk: a 4-token tile's 16 KB
+// The driver's constants (quant/lane_drive.h: LaneShape, with the cache policy).
+constexpr int64_t kPanel = 16;
+constexpr int64_t kSpanRows = 256;
+constexpr size_t kXBlockBytes = 384 << 10;
+constexpr int64_t kChunkGroups = 8;  // a 4-token tile's 16 KB
 constexpr int kR = 4;         // register tile: rows
 constexpr int kT = 4;         // register tile: tokens
 
@@ -545,9 +547,6 @@ void micro(const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0, 
   store_sums<R, T>(F, Y + t0 * ldy + r, ldy, g0 > 0);
 }
 
-template <int N>
-using IC = std::integral_constant<int, N>;
-
 template <Form kForm, int R>
 void micro_t(int tt, const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, int64_t g0,
              int64_t g1, float* Y, int64_t ldy, int64_t r) {
@@ -567,74 +566,23 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
   const int64_t nblk = W.cols / (Pk::kBlocks == 2 ? 256 : 32);  // packer blocks per row
   const int64_t ng = a.nb_pad / 16;
   const size_t ps = static_cast<size_t>(ng) * group_bytes(Pk::kForm);
-  // Cache policy. The packed rows of a panel (kPanel rows) stay in L2 while
-  // every token tile of a block runs over them; a token tile's activations stay
-  // in L1 across the panel's row tiles. When all the tokens' activations fit in
-  // kXBlockBytes (about a third of a 1 MB L2: 96 tokens of 4096 columns), they
-  // stay in L2 across panels too, and each panel is packed right before use.
-  // Beyond that they would stream from L3 once per panel (512 tokens ran
-  // 5-10 % slower than 128), so kSpanRows rows are packed first (the span,
-  // L3-resident) and the tokens go in blocks that fit, each over every panel.
-  // Rows longer than kChunkGroups groups (4096 columns) run in column chunks,
-  // their sums added to Y: a token tile's activations of one chunk (16 KB)
-  // then stay in L1 while the row tiles' weights stream past from L2. With
-  // whole 8192-column rows they did not (32 KB of activations + 40 KB of
-  // weights per row tile), and [4096x8192] ran at 416 Gops/s on one thread
-  // against 521 for [4096x4096]; chunked, 496.
-  const size_t x_bytes = static_cast<size_t>(a.nb_pad) * 32;  // one token's activations
-  const int64_t tok_block = std::max<int64_t>(kT, (kXBlockBytes / x_bytes) / kT * kT);
-  const int64_t span_rows = n_tokens <= tok_block ? kPanel : kSpanRows;
-  uint8_t* packed = scratch_bytes(ps * span_rows);
-  for (int64_t r = r0; r < r1; r += span_rows) {
-    const int64_t n = std::min<int64_t>(r1 - r, span_rows);
-    // A model's weights come from DRAM, and packing a panel stalled on them:
-    // when a span is one panel, the next panel's rows are prefetched into L2,
-    // a share per token tile, while this one computes. Measured with weights
-    // far larger than L3, 2 threads: 9-32 tokens +9-33 % (Q8_0 rows of 4096+
-    // columns: no change); with L3-resident weights it costs 6-10 % at 12.
-    const uint8_t* next = nullptr;
-    int64_t next_lines = 0, lines_per_tile = 0;
-    if (span_rows == kPanel && r + n < r1) {
-      const int64_t tiles = (n_tokens + kT - 1) / kT;
-      next = W.row(r + n);
-      next_lines = (std::min<int64_t>(r1 - r - n, kPanel) * static_cast<int64_t>(W.row_stride) + 63) / 64;
-      lines_per_tile = (next_lines + tiles - 1) / tiles;
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      if constexpr (split::scale_bytes(Pk::kType) > 0) {  // a type with a split form
-        if (W.split) {
-          pack_split_row<Pk>(W.row(r + i), ng, packed + i * ps);
-          continue;
+  const LaneShape shape{kPanel, kSpanRows, kXBlockBytes, kChunkGroups, kR, kT};
+  lane_drive(
+      shape, W, n_tokens, r0, r1, ng, ps, static_cast<size_t>(a.nb_pad) * 32,
+      [&](int64_t r, uint8_t* out) {
+        if constexpr (split::scale_bytes(Pk::kType) > 0) {  // a type with a split form
+          if (W.split) return pack_split_row<Pk>(W.row(r), ng, out);
         }
-      }
-      pack_row<Pk>(W.row(r + i), nblk, ng, packed + i * ps);
-    }
-    for (int64_t tb = 0; tb < n_tokens; tb += tok_block) {
-      const int64_t te = std::min<int64_t>(n_tokens, tb + tok_block);
-      for (int64_t p = 0; p < n; p += kPanel) {
-        const int64_t pn = std::min<int64_t>(n - p, kPanel);
-        for (int64_t g0 = 0; g0 < ng; g0 += kChunkGroups) {
-          const int64_t g1 = std::min<int64_t>(ng, g0 + kChunkGroups);
-          for (int64_t t = tb; t < te; t += kT) {
-            const int tt = static_cast<int>(std::min<int64_t>(te - t, kT));
-            if (g0 == 0)
-              for (int64_t l = (t / kT) * lines_per_tile, le = std::min(next_lines, l + lines_per_tile);
-                   l < le; ++l)
-                _mm_prefetch(reinterpret_cast<const char*>(next + 64 * l), _MM_HINT_T1);
-            for (int64_t i = p; i < p + pn; i += kR) {
-              const uint8_t* pw = packed + i * ps;
-              switch (std::min<int64_t>(p + pn - i, kR)) {
-                case 4: micro_t<Pk::kForm, 4>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
-                case 3: micro_t<Pk::kForm, 3>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
-                case 2: micro_t<Pk::kForm, 2>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
-                default: micro_t<Pk::kForm, 1>(tt, pw, ps, a, t, g0, g1, Y, ldy, r + i); break;
-              }
-            }
-          }
+        pack_row<Pk>(W.row(r), nblk, ng, out);
+      },
+      [&](int rows, int tt, const uint8_t* pw, int64_t t, int64_t g0, int64_t g1, int64_t r) {
+        switch (rows) {
+          case 4: micro_t<Pk::kForm, 4>(tt, pw, ps, a, t, g0, g1, Y, ldy, r); break;
+          case 3: micro_t<Pk::kForm, 3>(tt, pw, ps, a, t, g0, g1, Y, ldy, r); break;
+          case 2: micro_t<Pk::kForm, 2>(tt, pw, ps, a, t, g0, g1, Y, ldy, r); break;
+          default: micro_t<Pk::kForm, 1>(tt, pw, ps, a, t, g0, g1, Y, ldy, r); break;
         }
-      }
-    }
-  }
+      });
 }
 
 }  // namespace

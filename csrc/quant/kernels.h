@@ -155,6 +155,31 @@ bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
 
+// ---- AVX2 lane-layout GEMM of the low-bit types (gemm_lane_avx2.cpp) ----
+// The super-block types but IQ4_XS, from lane_min_tokens_avx2 tokens (fewer: the
+// plain-layout tiles of kernels_lowbit_avx2.cpp). Its cscale, and whether it
+// reads ActQ::hs (the K types: their mins / offsets per sub-block); false for
+// the types it does not run.
+bool lane_cscale_avx2(GGMLType t, float* cscale, bool* half_sums);
+// Counts measured on a Zen 2 host ([2048x4096] cycled from DRAM, 2 threads, wall
+// ns per super-block, plain tiles / lane GEMM): IQ2_XXS 8 tokens 109 / 101, 64:
+// 890 / 608; IQ3_XXS 8: 132 / 116; Q3_K 8: 106 / 110, 16: 217 / 176; Q2_K 16:
+// 192 / 184, 64: 652 / 640; Q6_K 16: 325 / 279; IQ2_XS 16: 338 / 276; IQ1_S
+// 16: 256 / 208; IQ1_M 8: 130 / 158, 16: 274 / 236; IQ3_S 16: 387 / 233; IQ2_S
+// 16: 296 / 282; Q5_K 16: 266 / 299, 64: 1155 / 688. At 4 tokens the plain
+// tiles win for every type (they decode each block once per 4 tokens anyway).
+static inline int64_t lane_min_tokens_avx2(GGMLType t) {
+  switch (t) {
+    case GGMLType::IQ2_XXS:
+    case GGMLType::IQ3_XXS:
+    case GGMLType::Q3_K: return 8;
+    case GGMLType::Q5_K: return 32;
+    default: return 16;
+  }
+}
+void gemm_lane_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
+                    int64_t ldy, int64_t r0, int64_t r1);
+
 // ---- 1- to 6-bit super-block types (kernels_lowbit_avx2.cpp, kernels_lowbit_avx512.cpp) ----
 // Q2_K, Q3_K, IQ2_XXS, IQ4_XS, the i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M,
 // IQ3_S, IQ2_S and the K types of llama-quantize's ladders Q5_K, Q6_K (block

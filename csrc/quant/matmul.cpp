@@ -152,7 +152,10 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
   if (j.reference) {
     reference_rows(*j.W, j.X, j.ldx, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (j.act && j.act->layout == qk::ActLayout::Lane) {
-    qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
+    if (j.isa == Isa::AVX512)
+      qk::gemm_lane_avx512(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
+    else
+      qk::gemm_lane_avx2(*j.W, *j.act, j.n_tokens, j.Y, j.ldy, r0, r1);
   } else if (qk::is_lowbit(j.W->type)) {
     // (the activations are not in the lane layout: fewer tokens than lane_from)
     const GemvFn own = j.isa == Isa::AVX512 ? own_gemv_avx512(j.W->type).fn : nullptr;
@@ -187,9 +190,13 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   if (job->reference) return;
   float cscale = 0.0f;
   qk::ActLayout layout = qk::ActLayout::Plain;
-  bool quantize;
+  bool quantize, lane_hs = false;
   if (isa == Isa::AVX512 && n_tokens >= lane_from_avx512(W.type)) {
     quantize = qk::lane_cscale_avx512(W.type, &cscale);
+    layout = qk::ActLayout::Lane;
+  } else if (isa == Isa::AVX2 && n_tokens >= qk::lane_min_tokens_avx2(W.type) &&
+             qk::lane_cscale_avx2(W.type, &cscale, &lane_hs)) {
+    quantize = true;
     layout = qk::ActLayout::Lane;
   } else if (qk::is_lowbit(W.type)) {
     layout = qk::lowbit_layout(isa == Isa::AVX512);
@@ -212,7 +219,8 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   const int64_t nbr = (nb + 15) & ~int64_t(15);
   const size_t nr = static_cast<size_t>(n_tokens * nbr);
   if (quad) s.dxr.resize(nr), s.csr.resize(nr);
-  const bool half_sums = qk::lowbit_half_sums(W.type, layout);
+  const bool half_sums = isa == Isa::AVX2 && layout == qk::ActLayout::Lane ? lane_hs
+                                                                           : qk::lowbit_half_sums(W.type, layout);
   if (half_sums) s.hs.resize(static_cast<size_t>(n_tokens * 2 * nb_pad));
   // Tokens are quantized independently: a prefill chunk splits them across the
   // pool (serially, this took ~7 % of a 128-token GEMM on 2 threads).
@@ -251,9 +259,11 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
 
 int64_t lane_gemm_min_tokens(GGMLType t) {
   float cscale;
-  if (active_isa() != Isa::AVX512 || compute_mode() == ComputeMode::Reference || !qk::lane_cscale_avx512(t, &cscale))
-    return 0;
-  return lane_from_avx512(t);
+  bool hs;
+  if (compute_mode() == ComputeMode::Reference) return 0;
+  if (active_isa() == Isa::AVX512) return qk::lane_cscale_avx512(t, &cscale) ? lane_from_avx512(t) : 0;
+  if (active_isa() == Isa::AVX2) return qk::lane_cscale_avx2(t, &cscale, &hs) ? qk::lane_min_tokens_avx2(t) : 0;
+  return 0;
 }
 
 void matmul_serial(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens, float* Y,
