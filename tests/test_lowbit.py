@@ -162,7 +162,7 @@ def test_lane_gemm_edges(type_name, isa):
     """The lane GEMMs of the super-block types: 5 super-blocks per row (AVX-512: a
     group of two, then a zero-padded half group; Q2_K's sub-block sums hs padded
     alike; AVX2: one group per super-block, the last in the first half of a
-    16-block activation group), 37 rows (panels of 16, row tiles of 4 or 2 with a
+    16-block activation group), 37 rows (panels of 16, AVX-512 row tiles of 4 with a
     tail of 1), token tiles of 4 with tails, boundary bit patterns; a token's result
     does not depend on the other tokens of the call (the same bits in a call of the
     lane GEMM's first count, which is per type: _core.lane_gemm_min_tokens)."""

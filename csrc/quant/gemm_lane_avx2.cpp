@@ -46,8 +46,12 @@ using namespace qblocks;
 //   a_s in both words of its block's dword), mneg of the 16 sub-blocks (64),
 //   d (4, padded to 32).
 constexpr int kOffsetBytes = 288, kKBytes = 416;
-constexpr int kR = 2;  // register tile: rows
-constexpr int kT = 4;  // register tile: tokens (2 x 4 int32 sums + 4 activation vectors)
+// Register tile: 1 row x 4 tokens (4 int32 sums, 4 activation vectors, the
+// weights and A). 2 x 4 spilled its sums (16 ymm registers): L2-resident,
+// 1 thread, ns per super-block at 16 / 64 tokens, 2 x 4 -> 1 x 4: IQ2_XXS
+// 557 -> 389 / 1908 -> 1307, Q2_K 574 -> 438 / 1966 -> 1368.
+constexpr int kR = 1;
+constexpr int kT = 4;
 constexpr LaneShape kShape{16, 256, 384 << 10, 16, kR, kT};
 
 // v[j] = the 32 codes of block j in element order -> v[k] dword j = dword k of block j.
@@ -191,7 +195,7 @@ void micro_t(int tt, const uint8_t* pw, size_t ps, const ActQ& a, int64_t t0, in
 template <class Pk>
 void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y, int64_t ldy, int64_t r0,
                int64_t r1) {
-  static_assert(kR == 2 && kT == 4, "tile");
+  static_assert(kR == 1 && kT == 4, "tile");
   const int64_t ng = a.nb / 8;  // super-blocks per row (the padding blocks past them are zero)
   const size_t ps = static_cast<size_t>(ng) * Pk::kGroupBytes;
   lane_drive(
@@ -200,11 +204,8 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
         const uint8_t* row = W.row(r);
         for (int64_t g = 0; g < ng; ++g) Pk::group(row + g * Pk::kSuperBytes, out + g * Pk::kGroupBytes);
       },
-      [&](int rows, int tt, const uint8_t* pw, int64_t t, int64_t g0, int64_t g1, int64_t r) {
-        if (rows == 2)
-          micro_t<Pk, 2>(tt, pw, ps, a, t, g0, g1, Y, ldy, r);
-        else
-          micro_t<Pk, 1>(tt, pw, ps, a, t, g0, g1, Y, ldy, r);
+      [&](int, int tt, const uint8_t* pw, int64_t t, int64_t g0, int64_t g1, int64_t r) {
+        micro_t<Pk, kR>(tt, pw, ps, a, t, g0, g1, Y, ldy, r);
       });
 }
 
