@@ -109,6 +109,36 @@ def test_matmul_fast(type_name, isa, n_tokens, rows):
     assert np.array_equal(y, y2)
 
 
+def test_q8_0_lane_gemm_avx2():
+    """The AVX2 lane GEMM of Q8_0 (from _core.lane_gemm_min_tokens tokens): 21
+    blocks a row (two groups of 8, then a zero-padded group of 5), codes -128 and
+    127 with every activation at q = 127 (the widest vpmaddubsw pairs, 2 * 128 *
+    127), token tails of the 4-token tiles; each token's result is bitwise what it
+    gets in a call of the first count."""
+    if not _core.isa_supported("avx2"):
+        pytest.skip("CPU lacks avx2")
+    _core.set_isa("avx2")
+    _core.set_compute_mode("fast")
+    first = _core.lane_gemm_min_tokens("Q8_0")
+    assert first > 0
+    rng = np.random.default_rng(5)
+    rows, cols = 37, 21 * 32
+    raw = random_weight("Q8_0", rows, cols, rng)
+    blocks = raw.reshape(rows, -1, 34)
+    blocks[3, :, 2:] = 0x80  # every code -128
+    blocks[4, :, 2:] = 127
+    W = gguf_dequant("Q8_0", raw, rows, cols)
+    x = rng.standard_normal((first + 11, cols)).astype(np.float32)
+    x[1] = 1.0  # q = 127 everywhere
+    x[2, 64:96] = 0.0
+    ys = {}
+    for n in (first, first + 1, first + 3, first + 11):
+        ys[n] = _core.quant_matmul("Q8_0", raw, rows, cols, x[:n], 2)
+        check_fast("Q8_0", W, x[:n], ys[n])
+    for n in (first + 1, first + 3, first + 11):
+        assert np.array_equal(ys[n][:first], ys[first])
+
+
 @pytest.mark.parametrize("type_name", TYPES)
 def test_matmul_reference_exact(type_name):
     _core.set_isa("auto")  # reference mode ignores the ISA

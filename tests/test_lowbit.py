@@ -178,10 +178,11 @@ def test_lane_gemm_edges(type_name, isa):
     raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
     _extreme_rows(type_name, raw, rng)
     W = gguf_dequant(type_name, raw, rows, cols)
-    first = _core.lane_gemm_min_tokens(type_name)  # 4..10, by type (quant/matmul.cpp)
+    first = _core.lane_gemm_min_tokens(type_name)  # by type and ISA (quant/matmul.cpp)
     x = rng.standard_normal((first + 11, cols)).astype(np.float32)
     x[:, 1024 + 16:1024 + 32] *= 8.0  # a sub-block of the half group
     x[2, 256:512] = 0.0  # a whole super-block of zero activations
+    x[4] = 1.0  # every q = 127: the widest int16 sums of the AVX2 small-code types
     ys = {}
     for n in (first, first + 1, first + 3, first + 11):
         ys[n] = _core.quant_matmul(type_name, raw, rows, cols, x[:n], 2)

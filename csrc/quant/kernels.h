@@ -155,28 +155,23 @@ bool lane_cscale_avx512(GGMLType t, float* cscale);
 void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
 
-// ---- AVX2 lane-layout GEMM of the low-bit types (gemm_lane_avx2.cpp) ----
-// The super-block types but IQ4_XS, from lane_min_tokens_avx2 tokens (fewer: the
-// plain-layout tiles of kernels_lowbit_avx2.cpp). Its cscale, and whether it
-// reads ActQ::hs (the K types: their mins / offsets per sub-block); false for
-// the types it does not run.
+// ---- AVX2 lane-layout GEMM (gemm_lane_avx2.cpp) ----
+// Q8_0 and the super-block types but IQ4_XS, from lane_min_tokens_avx2 tokens
+// (fewer: the plain-layout tiles of kernels_avx2.cpp / kernels_lowbit_avx2.cpp).
+// Its cscale, and whether it reads ActQ::hs (the K types: their mins / offsets
+// per sub-block); false for the types it does not run.
 bool lane_cscale_avx2(GGMLType t, float* cscale, bool* half_sums);
-// Counts measured on a Zen 2 host ([2048x4096] cycled from DRAM, 2 threads, wall
-// ns per super-block, plain tiles / lane GEMM): IQ2_XXS 8 tokens 109 / 101, 64:
-// 890 / 608; IQ3_XXS 8: 132 / 116; Q3_K 8: 106 / 110, 16: 217 / 176; Q2_K 16:
-// 192 / 184, 64: 652 / 640; Q6_K 16: 325 / 279; IQ2_XS 16: 338 / 276; IQ1_S
-// 16: 256 / 208; IQ1_M 8: 130 / 158, 16: 274 / 236; IQ3_S 16: 387 / 233; IQ2_S
-// 16: 296 / 282; Q5_K 16: 266 / 299, 64: 1155 / 688. At 4 tokens the plain
-// tiles win for every type (they decode each block once per 4 tokens anyway).
-static inline int64_t lane_min_tokens_avx2(GGMLType t) {
-  switch (t) {
-    case GGMLType::IQ2_XXS:
-    case GGMLType::IQ3_XXS:
-    case GGMLType::Q3_K: return 8;
-    case GGMLType::Q5_K: return 32;
-    default: return 16;
-  }
-}
+// From 6 tokens for every type it runs, measured on a Zen 1 host (128-bit FP
+// units; [2048x4096] cycled from DRAM, 2 threads, wall ns per super-block, two
+// rounds, plain tiles / lane GEMM): IQ2_XXS 4 tokens 99 / 100, 6: 146-158 /
+// 97-123, 8: 158 / 112-138; Q2_K 4: 61-71 / 77-79, 6: 77-111 / 92-93, 8: 129-132
+// / 88-109; IQ3_XXS 6: 122-146 / 113-127; Q3_K 6: 101-120 / 90-107; Q6_K 6:
+// 144 / 90-94; IQ1_S 6: 119-177 / 87-103; IQ1_M 4: 80-116 / 100-110, 6: 126-181
+// / 83-136; Q5_K 6: 110-130 / 87-100; IQ2_XS 6: 168-170 / 163-168, 8: 195-202 /
+// 182-184; IQ3_S 6: 190-240 / 110-118; Q8_0 ([4096x4096], Gops/s) 4: 20-25 /
+// 23-24, 6: 19-24 / 27-29, 8: 20-27 / 31-34. At 4 tokens the plain tiles decode
+// each block once per 4 tokens anyway and tie or win.
+static inline int64_t lane_min_tokens_avx2(GGMLType) { return 6; }
 void gemm_lane_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                     int64_t ldy, int64_t r0, int64_t r1);
 

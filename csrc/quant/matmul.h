@@ -55,10 +55,9 @@ void matmul(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_tokens
             int64_t ldy, ThreadPool& pool);
 
 // The token count from which matmul runs W's type through a lane GEMM (AVX-512,
-// or AVX2 for the low-bit types) under the active ISA and compute mode (fewer:
-// the type's GEMV or row tiles; quant/matmul.cpp own_gemv_avx512); 0 where it
-// never does. Tests find the
-// edges of the kernel paths by it.
+// or AVX2 for Q8_0 and the low-bit types) under the active ISA and compute mode
+// (fewer: the type's GEMV or row tiles; quant/matmul.cpp own_gemv_avx512); 0
+// where it never does. Tests find the edges of the kernel paths by it.
 int64_t lane_gemm_min_tokens(GGMLType t);
 
 // One product of a matmul_many batch: Y = X · Wᵀ over n_tokens rows of X.
