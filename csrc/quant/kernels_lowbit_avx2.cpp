@@ -92,6 +92,11 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
 // IQ1_S, IQ3_S): Off::dw8(super-block, dw) writes its 8 block scales (vectorised, once
 // per super-block), Off::codes(super-block, b) decodes 32-block b (always
 // inlined: GCC left the calls in the unrolled loop, which cost IQ1_S ~1.7x).
+// dw * (dx * P - cs) splits into dw dx * P per block and - dw . cs per
+// super-block: both products of 8 blocks at once (dw dx into dxw, read back
+// per block), so a block costs one FMA and one broadcast per (row, token), not
+// an FMA, an FMSUB and three broadcasts (a Zen 1's 128-bit units run each ymm
+// float op as two).
 template <class Off, int R, int T>
 void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
   constexpr int S = kSets<T>;
@@ -101,27 +106,30 @@ void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const __m256i ones = _mm256_set1_epi16(1);
   alignas(32) float dw[R][8];
+  alignas(32) float dxw[R][T][8];
   for (int64_t sb = 0; sb < a.nb / 8; ++sb) {
-    for (int i = 0; i < R; ++i) Off::dw8(rows[i] + sb * Off::kBytes, dw[i]);
+    for (int i = 0; i < R; ++i) {
+      Off::dw8(rows[i] + sb * Off::kBytes, dw[i]);
+      const __m256 DW = _mm256_load_ps(dw[i]), DW8 = _mm256_mul_ps(DW, _mm256_set1_ps(8.0f));
+      for (int t = 0; t < T; ++t) {
+        _mm256_store_ps(dxw[i][t], _mm256_mul_ps(DW, _mm256_loadu_ps(a.d(t0 + t) + 8 * sb)));
+        // cs is per lane (k / 8 * dx * sum q): 8 lanes of a block each took it
+        acc[S - 1][i][t] = _mm256_fnmadd_ps(DW8, _mm256_loadu_ps(a.c(t0 + t) + 8 * sb), acc[S - 1][i][t]);
+      }
+    }
 #pragma GCC unroll 8
     for (int b = 0; b < 8; ++b) {
       const int64_t blk = 8 * sb + b;
       __m256i U[R];
-      __m256 DW[R];
 #pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) {
-        U[i] = Off::codes(rows[i] + sb * Off::kBytes, b);
-        DW[i] = _mm256_broadcast_ss(&dw[i][b]);
-      }
+      for (int i = 0; i < R; ++i) U[i] = Off::codes(rows[i] + sb * Off::kBytes, b);
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) {
         const __m256i X = load256(reinterpret_cast<const uint8_t*>(a.q(t0 + t) + 32 * blk));
-        const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + blk);
-        const __m256 KC = _mm256_broadcast_ss(a.c(t0 + t) + blk);
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
           const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U[i], X), ones));
-          acc[b % S][i][t] = _mm256_fmadd_ps(_mm256_fmsub_ps(f, DX, KC), DW[i], acc[b % S][i][t]);
+          acc[b % S][i][t] = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&dxw[i][t][b]), acc[b % S][i][t]);
         }
       }
     }
