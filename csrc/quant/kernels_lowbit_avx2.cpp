@@ -5,10 +5,11 @@
 //   Q2_K / Q3_K / IQ2_XS / IQ1_M / IQ2_S / Q5_K / Q6_K (16-element sub-block scales a_s):
 //                 P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
 //                 sub-blocks' scales a_s in the low / high 128-bit halves
-//                 acc += d * dx_b * P;  per super-block acc += -d2*m_s * hs_s
+//                 acc += (d * dx_b) * P;  per super-block acc += -d2*m_s * hs_s
 //   IQ2_XXS / IQ3_XXS / IQ1_S / IQ3_S (codes u with an offset k = 43 / 64 / 9 / 16):
 //                 P = vpmaddwd(vpmaddubsw(u, q), 1)
-//                 acc += dw * (dx_b * P - cs_b)       (cs = k/8 * dx * sum q)
+//                 acc += (dw * dx_b) * P;  per super-block acc -= 8 dw . cs
+//                 (cs = k/8 * dx * sum q)
 //   IQ4_XS:       P = vpmaddwd(vpmaddubsw(|v|, sign(q, v)), 1), v the signed level
 //                 acc += dw * dx_b * P                (|v| <= 127: no saturation)
 // vpmaddubsw cannot saturate: codes <= 126 (IQ3_XXS's), |q| <= 127, so a pair
@@ -44,11 +45,12 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
   const int64_t nsb = a.nb / 8;
   const __m256i pair_split = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
                                               2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+  alignas(32) float ddx[R][T][8];  // d * dx of the super-block's 8 blocks (as tile_offset's dxw)
   for (int64_t sb = 0; sb < nsb; ++sb) {
-    __m256 D[R];
     for (int i = 0; i < R; ++i) {
       Dec::scales(rows[i] + sb * Dec::kBytes, &ks[i]);
-      D[i] = _mm256_set1_ps(ks[i].d);
+      for (int t = 0; t < T; ++t)
+        _mm256_store_ps(ddx[i][t], _mm256_mul_ps(_mm256_set1_ps(ks[i].d), _mm256_loadu_ps(a.d(t0 + t) + 8 * sb)));
     }
 #pragma GCC unroll 8
     for (int b = 0; b < 8; ++b) {
@@ -65,12 +67,11 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) {
         const __m256i X = load256(reinterpret_cast<const uint8_t*>(a.q(t0 + t) + 32 * blk));
-        const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + blk);
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
           const __m256 f =
               _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U[i], X), A[i]));
-          acc[b % S][i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f, DX), D[i], acc[b % S][i][t]);
+          acc[b % S][i][t] = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&ddx[i][t][b]), acc[b % S][i][t]);
         }
       }
     }
