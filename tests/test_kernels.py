@@ -125,6 +125,7 @@ def test_q8_0_lane_gemm_avx2():
     rows, cols = 37, 21 * 32
     raw = random_weight("Q8_0", rows, cols, rng)
     blocks = raw.reshape(rows, -1, 34)
+    assert np.shares_memory(blocks, raw)  # the edits below reach raw
     blocks[3, :, 2:] = 0x80  # every code -128
     blocks[4, :, 2:] = 127
     W = gguf_dequant("Q8_0", raw, rows, cols)

@@ -17,9 +17,11 @@
 //     F += d * dx * float(P) + mneg . hs          mins / offsets per sub-block
 // The types with codes of at most 32 (kSum 4: Q2_K, Q3_K, Q5_K, IQ1_S, IQ1_M,
 // IQ3_S) or 64 (kSum 2: Q6_K) add kSum vpmaddubsw results as int16 before the
-// one vpmaddwd (4 * 2 * 31 * 127 and 2 * 2 * 63 * 127 fit): on a Zen 1 host,
-// whose 128-bit units split each ymm multiply in two, Q2_K at 64 tokens ran
-// 1.6x faster than with a vpmaddwd per vpmaddubsw.
+// one vpmaddwd (4 * 2 * 31 * 127 and 2 * 2 * 63 * 127 fit; int16_sums from each
+// decoder's kMaxCode). On a Zen 1 host, whose 128-bit units split each ymm
+// multiply in two, Q2_K at 64 tokens went 1399 -> 832 ns per super-block with
+// these sums and the rolled k loop of micro() together (the loop alone took
+// IQ2_XXS, which sums nothing, 1505 -> 1072).
 // The activations are ActQ's lane layout as the AVX-512 GEMM has it (16-block
 // groups of 512 bytes): a group's ymm k is the 32 bytes at 64k + 32h of its
 // 16-block group (h its half). vpmaddubsw cannot saturate: codes <= 126
@@ -88,11 +90,20 @@ inline void pack_codes(const uint8_t* sb, uint8_t* out) {
   for (int k = 0; k < 8; ++k) _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32 * k), v[k]);
 }
 
+// How many vpmaddubsw results, each pair at most 2 * 127 * max_code, add as
+// int16 before one vpmaddwd: at most 4 (the K form's scale changes at k = 4,
+// and longer sums were not measured).
+constexpr int int16_sums(int max_code) {
+  int n = 4;
+  while (n > 1 && n * 2 * 127 * max_code > 32767) n /= 2;
+  return n;
+}
+
 // Offset form: Off of lowbit_decode_avx2.h (dw8, codes).
-template <class Off, int Sum = 1>
+template <class Off>
 struct PackOffset {
   static constexpr bool kK = false, kSigned = false;
-  static constexpr int kSum = Sum;
+  static constexpr int kSum = int16_sums(Off::kMaxCode);
   static constexpr int kGroupBytes = kOffsetBytes;
   static constexpr size_t kSuperBytes = Off::kBytes;
   static inline void group(const uint8_t* sb, uint8_t* out, int64_t /*blocks: 8*/) {
@@ -102,10 +113,10 @@ struct PackOffset {
 };
 
 // K form: Dec of lowbit_decode_avx2.h (scales, codes).
-template <class Dec, int Sum = 1>
+template <class Dec>
 struct PackK {
   static constexpr bool kK = true, kSigned = false;
-  static constexpr int kSum = Sum;
+  static constexpr int kSum = int16_sums(Dec::kMaxCode);
   static constexpr int kGroupBytes = kKBytes;
   static constexpr size_t kSuperBytes = Dec::kBytes;
   static inline void group(const uint8_t* sb, uint8_t* out, int64_t /*blocks: 8*/) {
@@ -131,7 +142,7 @@ struct PackK {
 // zero-padded (codes and dw 0, against zero-padded activations).
 struct PackQ8_0 {
   static constexpr bool kK = false, kSigned = true;
-  static constexpr int kSum = 1;
+  static constexpr int kSum = int16_sums(128);  // |w| <= 128: 1
   static constexpr int kGroupBytes = kOffsetBytes;
   static constexpr size_t kSuperBytes = 8 * sizeof(BlockQ8_0);
   static inline void group(const uint8_t* p, uint8_t* out, int64_t blocks) {
@@ -260,6 +271,11 @@ void gemm_lane(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y,
       });
 }
 
+static_assert(PackK<DecQ2_K>::kSum == 4 && PackK<DecQ5_K>::kSum == 4 && PackK<DecQ6_K>::kSum == 2 &&
+                  PackOffset<OffIQ1_S>::kSum == 4 && PackOffset<OffIQ3_S>::kSum == 4 &&
+                  PackOffset<OffIQ2_XXS>::kSum == 1 && PackQ8_0::kSum == 1,
+              "int16 sums per type");
+
 }  // namespace
 
 bool lane_cscale_avx2(GGMLType t, float* cscale, bool* half_sums) {
@@ -295,14 +311,14 @@ void gemm_lane_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, fl
     case GGMLType::Q8_0: return gemm_lane<PackQ8_0>(W, act, n_tokens, Y, ldy, r0, r1);
     case GGMLType::IQ2_XXS: return gemm_lane<PackOffset<OffIQ2_XXS>>(W, act, n_tokens, Y, ldy, r0, r1);
     case GGMLType::IQ3_XXS: return gemm_lane<PackOffset<OffIQ3_XXS>>(W, act, n_tokens, Y, ldy, r0, r1);
-    case GGMLType::IQ1_S: return gemm_lane<PackOffset<OffIQ1_S, 4>>(W, act, n_tokens, Y, ldy, r0, r1);
-    case GGMLType::IQ3_S: return gemm_lane<PackOffset<OffIQ3_S, 4>>(W, act, n_tokens, Y, ldy, r0, r1);
-    case GGMLType::Q2_K: return gemm_lane<PackK<DecQ2_K, 4>>(W, act, n_tokens, Y, ldy, r0, r1);
-    case GGMLType::Q3_K: return gemm_lane<PackK<DecQ3_K, 4>>(W, act, n_tokens, Y, ldy, r0, r1);
-    case GGMLType::Q5_K: return gemm_lane<PackK<DecQ5_K, 4>>(W, act, n_tokens, Y, ldy, r0, r1);
-    case GGMLType::Q6_K: return gemm_lane<PackK<DecQ6_K, 2>>(W, act, n_tokens, Y, ldy, r0, r1);
+    case GGMLType::IQ1_S: return gemm_lane<PackOffset<OffIQ1_S>>(W, act, n_tokens, Y, ldy, r0, r1);
+    case GGMLType::IQ3_S: return gemm_lane<PackOffset<OffIQ3_S>>(W, act, n_tokens, Y, ldy, r0, r1);
+    case GGMLType::Q2_K: return gemm_lane<PackK<DecQ2_K>>(W, act, n_tokens, Y, ldy, r0, r1);
+    case GGMLType::Q3_K: return gemm_lane<PackK<DecQ3_K>>(W, act, n_tokens, Y, ldy, r0, r1);
+    case GGMLType::Q5_K: return gemm_lane<PackK<DecQ5_K>>(W, act, n_tokens, Y, ldy, r0, r1);
+    case GGMLType::Q6_K: return gemm_lane<PackK<DecQ6_K>>(W, act, n_tokens, Y, ldy, r0, r1);
     case GGMLType::IQ2_XS: return gemm_lane<PackK<DecIQ2_XS>>(W, act, n_tokens, Y, ldy, r0, r1);
-    case GGMLType::IQ1_M: return gemm_lane<PackK<DecIQ1_M, 4>>(W, act, n_tokens, Y, ldy, r0, r1);
+    case GGMLType::IQ1_M: return gemm_lane<PackK<DecIQ1_M>>(W, act, n_tokens, Y, ldy, r0, r1);
     case GGMLType::IQ2_S: return gemm_lane<PackK<DecIQ2_S>>(W, act, n_tokens, Y, ldy, r0, r1);
     default: return;
   }

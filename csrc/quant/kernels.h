@@ -156,7 +156,7 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
                       int64_t ldy, int64_t r0, int64_t r1);
 
 // ---- AVX2 lane-layout GEMM (gemm_lane_avx2.cpp) ----
-// Q8_0 and the super-block types but IQ4_XS, from lane_min_tokens_avx2 tokens
+// Q8_0 and the super-block types but IQ4_XS, from kLaneMinTokensAvx2 tokens
 // (fewer: the plain-layout tiles of kernels_avx2.cpp / kernels_lowbit_avx2.cpp).
 // Its cscale, and whether it reads ActQ::hs (the K types: their mins / offsets
 // per sub-block); false for the types it does not run.
@@ -171,7 +171,7 @@ bool lane_cscale_avx2(GGMLType t, float* cscale, bool* half_sums);
 // 182-184; IQ3_S 6: 190-240 / 110-118; Q8_0 ([4096x4096], Gops/s) 4: 20-25 /
 // 23-24, 6: 19-24 / 27-29, 8: 20-27 / 31-34. At 4 tokens the plain tiles decode
 // each block once per 4 tokens anyway and tie or win.
-static inline int64_t lane_min_tokens_avx2(GGMLType) { return 6; }
+constexpr int64_t kLaneMinTokensAvx2 = 6;
 void gemm_lane_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                     int64_t ldy, int64_t r0, int64_t r1);
 

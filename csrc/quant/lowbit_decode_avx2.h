@@ -46,8 +46,11 @@ inline void k_scales(__m256i a, float d, float c, KScales* k) {
   _mm256_store_ps(k->mneg + 8, _mm256_mul_ps(nd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)))));
 }
 
+// Each decoder's kMaxCode: the largest code its codes() returns (what bounds a
+// vpmaddubsw pair, kMaxCode * 2 * 127).
 // Codes of block b (0..7) of a super-block at p (32 bytes, 0..3 or 0..7).
 struct DecQ2_K {
+  static constexpr int kMaxCode = 3;
   static constexpr size_t kBytes = sizeof(BlockQ2_K);
   static inline void scales(const uint8_t* p, KScales* k) {
     const BlockQ2_K* blk = reinterpret_cast<const BlockQ2_K*>(p);
@@ -70,6 +73,7 @@ struct DecQ2_K {
 };
 
 struct DecQ3_K {
+  static constexpr int kMaxCode = 7;
   static constexpr size_t kBytes = sizeof(BlockQ3_K);
   static inline void scales(const uint8_t* p, KScales* k) {
     const BlockQ3_K* blk = reinterpret_cast<const BlockQ3_K*>(p);
@@ -94,6 +98,7 @@ struct DecQ3_K {
 // Q5_K as a K type: the scale and min of 32-block j for both its halves,
 // c = nibble | high bit << 4 (0..31).
 struct DecQ5_K {
+  static constexpr int kMaxCode = 31;
   static constexpr size_t kBytes = sizeof(BlockQ5_K);
   static inline void scales(const uint8_t* p, KScales* k) {
     const BlockQ5_K* blk = reinterpret_cast<const BlockQ5_K*>(p);
@@ -122,6 +127,7 @@ struct DecQ5_K {
 
 // Q6_K as a K type: a_s = int8 scale, c = 6-bit code (0..63), d2 = 32d.
 struct DecQ6_K {
+  static constexpr int kMaxCode = 63;
   static constexpr size_t kBytes = sizeof(BlockQ6_K);
   static inline void scales(const uint8_t* p, KScales* k) {
     const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(p);
@@ -182,6 +188,7 @@ inline void odd_scales(__m256i v, float d, float c, KScales* k) {
 // (byte b's low nibble is sub-block 2b, its high nibble 2b + 1), d = d16 / 8, c = 43.
 template <class Blk>
 struct Iq2NibbleScales {
+  static constexpr int kMaxCode = 86;  // signed grid + 43
   static constexpr size_t kBytes = sizeof(Blk);
   static inline void scales(const uint8_t* p, KScales* k) {
     const Blk* blk = reinterpret_cast<const Blk*>(p);
@@ -217,6 +224,7 @@ struct DecIQ2_XS : Iq2NibbleScales<BlockIQ2_XS> {
 // IQ1_M as a K type: a_s = 2 s + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
 // d = d16 / 4, d2 * m_s = 9/8 d16 a_s (w = d16 a_s (grid +- 1/8) = d a_s c - 9/8 d16 a_s).
 struct DecIQ1_M {
+  static constexpr int kMaxCode = 9;
   static constexpr size_t kBytes = sizeof(BlockIQ1_M);
   static inline void scales(const uint8_t* p, KScales* k) {
     const BlockIQ1_M& blk = *reinterpret_cast<const BlockIQ1_M*>(p);
@@ -270,6 +278,7 @@ inline void offset_dw8(__m256i w, float d, float c, float* dw) {
 // IQ2_XXS: codes u = signed grid + 43 of block b (0..7) of the super-block at p;
 // dw = d (0.5 + s) / 4, s the top nibble of the block's sign word at qs + 8b + 4.
 struct OffIQ2_XXS {
+  static constexpr int kMaxCode = 86;
   static constexpr size_t kBytes = sizeof(BlockIQ2_XXS);
   static inline void dw8(const uint8_t* p, float* dw) {
     const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
@@ -291,6 +300,7 @@ struct OffIQ2_XXS {
 // IQ3_XXS block b: codes u = signed grid + 64 (2..126), and dw = d (0.5 + s) / 2
 // (s: the top nibble of the block's sign word at qs + 64 + 4b).
 struct OffIQ3_XXS {
+  static constexpr int kMaxCode = 126;
   static constexpr size_t kBytes = sizeof(BlockIQ3_XXS);
   static inline void dw8(const uint8_t* p, float* dw) {
     const BlockIQ3_XXS* blk = reinterpret_cast<const BlockIQ3_XXS*>(p);
@@ -314,6 +324,7 @@ struct OffIQ3_XXS {
 // dw = d (2s + 1) / 8 (w = d (2s + 1) (grid +- 1/8) = dw (u - 9)); s = bits 12..14
 // of the block's qh word.
 struct OffIQ1_S {
+  static constexpr int kMaxCode = 18;
   static constexpr size_t kBytes = sizeof(BlockIQ1_S);
   static inline void dw8(const uint8_t* p, float* dw) {
     const BlockIQ1_S* blk = reinterpret_cast<const BlockIQ1_S*>(p);
@@ -340,6 +351,7 @@ struct OffIQ1_S {
 // moved to general registers as two qwords 37 / 51, the table half picked by a
 // conditional: a branch on random bits, ~195).
 struct OffIQ3_S {
+  static constexpr int kMaxCode = 31;
   static constexpr size_t kBytes = sizeof(BlockIQ3_S);
   static inline void dw8(const uint8_t* p, float* dw) {
     const BlockIQ3_S* blk = reinterpret_cast<const BlockIQ3_S*>(p);

@@ -194,7 +194,7 @@ void prepare(const WeightMatrix& W, const float* X, int64_t ldx, int64_t n_token
   if (isa == Isa::AVX512 && n_tokens >= lane_from_avx512(W.type)) {
     quantize = qk::lane_cscale_avx512(W.type, &cscale);
     layout = qk::ActLayout::Lane;
-  } else if (isa == Isa::AVX2 && n_tokens >= qk::lane_min_tokens_avx2(W.type) &&
+  } else if (isa == Isa::AVX2 && n_tokens >= qk::kLaneMinTokensAvx2 &&
              qk::lane_cscale_avx2(W.type, &cscale, &lane_hs)) {
     quantize = true;
     layout = qk::ActLayout::Lane;
@@ -262,7 +262,7 @@ int64_t lane_gemm_min_tokens(GGMLType t) {
   bool hs;
   if (compute_mode() == ComputeMode::Reference) return 0;
   if (active_isa() == Isa::AVX512) return qk::lane_cscale_avx512(t, &cscale) ? lane_from_avx512(t) : 0;
-  if (active_isa() == Isa::AVX2) return qk::lane_cscale_avx2(t, &cscale, &hs) ? qk::lane_min_tokens_avx2(t) : 0;
+  if (active_isa() == Isa::AVX2) return qk::lane_cscale_avx2(t, &cscale, &hs) ? qk::kLaneMinTokensAvx2 : 0;
   return 0;
 }
 
