@@ -47,9 +47,11 @@ inline void k_scales(__m256i a, float d, float c, KScales* k) {
 }
 
 // Each decoder's kMaxCode: the largest code its codes() returns (what bounds a
-// vpmaddubsw pair, kMaxCode * 2 * 127).
+// vpmaddubsw pair, kMaxCode * 2 * 127). The K-form decoders' kDecodeAhead: whether
+// kernels_lowbit_avx2.cpp's GEMV tiles decode block b + 1 before block b's products.
 // Codes of block b (0..7) of a super-block at p (32 bytes, 0..3 or 0..7).
 struct DecQ2_K {
+  static constexpr bool kDecodeAhead = false;
   static constexpr int kMaxCode = 3;
   static constexpr size_t kBytes = sizeof(BlockQ2_K);
   static inline void scales(const uint8_t* p, KScales* k) {
@@ -73,6 +75,7 @@ struct DecQ2_K {
 };
 
 struct DecQ3_K {
+  static constexpr bool kDecodeAhead = false;
   static constexpr int kMaxCode = 7;
   static constexpr size_t kBytes = sizeof(BlockQ3_K);
   static inline void scales(const uint8_t* p, KScales* k) {
@@ -98,6 +101,7 @@ struct DecQ3_K {
 // Q5_K as a K type: the scale and min of 32-block j for both its halves,
 // c = nibble | high bit << 4 (0..31).
 struct DecQ5_K {
+  static constexpr bool kDecodeAhead = false;
   static constexpr int kMaxCode = 31;
   static constexpr size_t kBytes = sizeof(BlockQ5_K);
   static inline void scales(const uint8_t* p, KScales* k) {
@@ -127,6 +131,7 @@ struct DecQ5_K {
 
 // Q6_K as a K type: a_s = int8 scale, c = 6-bit code (0..63), d2 = 32d.
 struct DecQ6_K {
+  static constexpr bool kDecodeAhead = false;
   static constexpr int kMaxCode = 63;
   static constexpr size_t kBytes = sizeof(BlockQ6_K);
   static inline void scales(const uint8_t* p, KScales* k) {
@@ -189,6 +194,7 @@ inline void odd_scales(__m256i v, float d, float c, KScales* k) {
 template <class Blk>
 struct Iq2NibbleScales {
   static constexpr int kMaxCode = 86;  // signed grid + 43
+  static constexpr bool kDecodeAhead = true;
   static constexpr size_t kBytes = sizeof(Blk);
   static inline void scales(const uint8_t* p, KScales* k) {
     const Blk* blk = reinterpret_cast<const Blk*>(p);
@@ -224,6 +230,7 @@ struct DecIQ2_XS : Iq2NibbleScales<BlockIQ2_XS> {
 // IQ1_M as a K type: a_s = 2 s + 1, c = 4 (grid + 1) + (delta > 0) (0..9),
 // d = d16 / 4, d2 * m_s = 9/8 d16 a_s (w = d16 a_s (grid +- 1/8) = d a_s c - 9/8 d16 a_s).
 struct DecIQ1_M {
+  static constexpr bool kDecodeAhead = false;
   static constexpr int kMaxCode = 9;
   static constexpr size_t kBytes = sizeof(BlockIQ1_M);
   static inline void scales(const uint8_t* p, KScales* k) {
