@@ -74,25 +74,28 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   init_sums(acc);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
+  const int8_t* xq[T];  // held in registers: GCC recomputed a.q(t) in every block
+  for (int t = 0; t < T; ++t) xq[t] = a.q(t0 + t);
   const __m256i ones = _mm256_set1_epi16(1);
   // block b into accumulator set s (constant once the loops below are unrolled,
   // so the sets stay in registers)
   auto block = [&](int64_t b, int s) {
     __m256i U[R], A[R];
-    __m256 DW[R];
+    float dw[R];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
-      float dw;
-      U[i] = Dec::codes(rows[i], b, &dw);
-      DW[i] = _mm256_set1_ps(dw);
+      U[i] = Dec::codes(rows[i], b, &dw[i]);
       if constexpr (Dec::kSigned) A[i] = _mm256_sign_epi8(U[i], U[i]);
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
-      const __m256i X = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q(t0 + t) + 32 * b));
-      const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + b);
-      __m256 KC = _mm256_setzero_ps();
-      if constexpr (Dec::kOffset) KC = _mm256_broadcast_ss(a.c(t0 + t) + b);
+      const __m256i X = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + 32 * b));
+      const float dx = a.d(t0 + t)[b];
+      __m256 DX = _mm256_setzero_ps(), KC = _mm256_setzero_ps();
+      if constexpr (Dec::kOffset) {
+        DX = _mm256_set1_ps(dx);
+        KC = _mm256_broadcast_ss(a.c(t0 + t) + b);
+      }
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         __m256i p16;
@@ -101,12 +104,12 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
         else
           p16 = _mm256_maddubs_epi16(U[i], X);
         const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-        __m256 sc;
+        // Q8_0: dw * dx as one scalar product (a ymm multiply per block fewer: its
+        // GEMV 15-20 % faster on Zen 1); the offset types subtract cs before dw
         if constexpr (Dec::kOffset)
-          sc = _mm256_fmsub_ps(f, DX, KC);
+          acc[s][i][t] = _mm256_fmadd_ps(_mm256_fmsub_ps(f, DX, KC), _mm256_set1_ps(dw[i]), acc[s][i][t]);
         else
-          sc = _mm256_mul_ps(f, DX);
-        acc[s][i][t] = _mm256_fmadd_ps(sc, DW[i], acc[s][i][t]);
+          acc[s][i][t] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw[i] * dx), acc[s][i][t]);
       }
     }
   };

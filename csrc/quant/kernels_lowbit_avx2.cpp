@@ -21,9 +21,9 @@
 // multiplies: Zen 1, 1 thread, 1 / 3 tokens: IQ2_XXS 44.2 / 86.5 -> 41.1 / 80.3 ns
 // per 256 weights, IQ2_XS 48.5 / 88.6 -> 46.6 / 82.3, IQ2_S 51.1 / 90.6 ->
 // 47.7 / 84.1, IQ3_XXS 56.4 / 95.0 -> 52.6 / 89.1. The K types gained nothing and
-// IQ1_M (codes built in general registers) lost 18 %: they decode in order. Small tiles spread
-// their sums over kSets accumulator sets: one dependent FMA chain per output
-// would bound a GEMV by the FMA latency (4 cycles per block).
+// IQ1_M (codes built in general registers) lost 18 %: they decode in order.
+// Small tiles spread their sums over kSets accumulator sets: one dependent FMA
+// chain per output would bound a GEMV by the FMA latency (4 cycles per block).
 #include <immintrin.h>
 
 #include <cstring>
