@@ -133,8 +133,11 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const int8_t* xq[T];  // held in registers: GCC recomputed a.q(t) in every block
+  for (int t = 0; t < T; ++t) xq[t] = a.q(t0 + t);
   const int64_t nsb = a.nb / 8;
-  alignas(32) float dsc[R][8];
+  // d * sc of the 8 sub-blocks times their dx, per token: one FMA per block below
+  alignas(32) float ddx[R][T][8];
   for (int64_t sb = 0; sb < nsb; ++sb) {
     __m256 MN[R];
     for (int i = 0; i < R; ++i) {
@@ -144,8 +147,9 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
       q4k_scales_mins(p + 4, &sc64, &mn64);
       const __m128i sc8 = _mm_cvtsi64_si128(static_cast<long long>(sc64));
       const __m128i mn8 = _mm_cvtsi64_si128(static_cast<long long>(mn64));
-      _mm256_store_ps(dsc[i], _mm256_mul_ps(_mm256_set1_ps(d),
-                                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc8))));
+      const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc8)));
+      for (int t = 0; t < T; ++t)
+        _mm256_store_ps(ddx[i][t], _mm256_mul_ps(dsc, _mm256_loadu_ps(a.d(t0 + t) + sb * 8)));
       MN[i] = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)));
     }
     for (int c = 0; c < 4; ++c) {
@@ -160,21 +164,16 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
       const int64_t b = sb * 8 + 2 * c;
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) {
-        const int8_t* xq = a.q(t0 + t) + 32 * b;
-        const float* dx = a.d(t0 + t) + b;
-        const __m256i X0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-        const __m256i X1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-        const __m256 DX0 = _mm256_broadcast_ss(dx), DX1 = _mm256_broadcast_ss(dx + 1);
+        const __m256i X0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + 32 * b));
+        const __m256i X1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + 32 * b + 32));
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
           const __m256 f0 =
               _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U0[i], X0), ones));
           const __m256 f1 =
               _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U1[i], X1), ones));
-          acc[i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f0, DX0), _mm256_broadcast_ss(&dsc[i][2 * c]),
-                                      acc[i][t]);
-          acc[i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f1, DX1),
-                                      _mm256_broadcast_ss(&dsc[i][2 * c + 1]), acc[i][t]);
+          acc[i][t] = _mm256_fmadd_ps(f0, _mm256_broadcast_ss(&ddx[i][t][2 * c]), acc[i][t]);
+          acc[i][t] = _mm256_fmadd_ps(f1, _mm256_broadcast_ss(&ddx[i][t][2 * c + 1]), acc[i][t]);
         }
       }
     }
