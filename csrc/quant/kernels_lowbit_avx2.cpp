@@ -189,23 +189,22 @@ void tile_iq4xs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, flo
   for (int b = 0; b < 8; ++b) {
     const int64_t blk = 8 * sb + b;
     __m256i V[R], M[R];
-    __m256 DW[R];
+    float dw[R];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
-      float dw;
-      V[i] = iq4xs_levels(rows[i] + sb * sizeof(BlockIQ4_XS), b, &dw);
+      V[i] = iq4xs_levels(rows[i] + sb * sizeof(BlockIQ4_XS), b, &dw[i]);
       M[i] = _mm256_sign_epi8(V[i], V[i]);  // |level|
-      DW[i] = _mm256_set1_ps(dw);
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m256i X = load256(reinterpret_cast<const uint8_t*>(xq[t] + 32 * blk));
-      const __m256 DX = _mm256_broadcast_ss(a.d(t0 + t) + blk);
+      const float dx = a.d(t0 + t)[blk];
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const __m256i p16 = _mm256_maddubs_epi16(M[i], _mm256_sign_epi8(X, V[i]));
         const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-        acc[b % S][i][t] = _mm256_fmadd_ps(_mm256_mul_ps(f, DX), DW[i], acc[b % S][i][t]);
+        // dw * dx as one scalar product: one ymm FMA per block
+        acc[b % S][i][t] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw[i] * dx), acc[b % S][i][t]);
       }
     }
   }
