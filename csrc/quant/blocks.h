@@ -304,23 +304,23 @@ static inline uint32_t iq2_signs8(uint32_t idx7) {
   return idx7 | (static_cast<uint32_t>(__builtin_parity(idx7)) << 7);
 }
 
-// Byte masks of the 128 IQ2_XXS sign indices: byte j of entry i is 0xFF where
-// element j is negative (iq2_signs8(i)); derived at compile time from the parity rule.
-struct Iq2SignMasks {
+// The signs of the 128 IQ2_XXS sign indices as bytes: byte j of entry i is -1
+// where element j is negative (iq2_signs8(i)), +1 elsewhere (vpsignb's operand);
+// derived at compile time from the parity rule.
+struct Iq2Signs {
   uint64_t m[128];
 };
-static constexpr Iq2SignMasks make_iq2_sign_masks() {
-  Iq2SignMasks t{};
+static constexpr Iq2Signs make_iq2_signs() {
+  Iq2Signs t{};
   for (uint32_t i = 0; i < 128; ++i) {
     uint32_t s = i, par = 0;
     for (uint32_t b = i; b; b >>= 1) par ^= b & 1;
     s |= par << 7;
-    for (int j = 0; j < 8; ++j)
-      if ((s >> j) & 1) t.m[i] |= uint64_t{0xFF} << (8 * j);
+    for (int j = 0; j < 8; ++j) t.m[i] |= uint64_t{(s >> j) & 1 ? 0xFFu : 0x01u} << (8 * j);
   }
   return t;
 }
-static constexpr Iq2SignMasks kIq2SignMasks = make_iq2_sign_masks();
+static constexpr Iq2Signs kIq2Signs = make_iq2_signs();
 
 // The 32 sign bits of IQ2_XXS group word b (bits 8l..8l+7 for grid index l).
 static inline uint32_t iq2xxs_signs32(uint32_t b) {

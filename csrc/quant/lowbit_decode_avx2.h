@@ -171,17 +171,16 @@ inline __m256i table_qwords(const uint64_t* T, uint32_t i0, uint32_t i1, uint32_
   return _mm256_set_m128i(load2q(T + i2, T + i3), load2q(T + i0, T + i1));
 }
 
-// The byte sign masks of a 32-block of IQ2_XXS / IQ3_XXS from its sign word sg
-// (4 x 7-bit fields, the 8th sign their parity: kIq2SignMasks).
-inline __m256i block_sign_masks(uint32_t sg) {
-  return table_qwords(kIq2SignMasks.m, sg & 127, (sg >> 7) & 127, (sg >> 14) & 127, (sg >> 21) & 127);
+// The byte signs (+-1) of a 32-block of IQ2_XXS / IQ3_XXS from its sign word sg
+// (4 x 7-bit fields, the 8th sign their parity: kIq2Signs).
+inline __m256i block_signs(uint32_t sg) {
+  return table_qwords(kIq2Signs.m, sg & 127, (sg >> 7) & 127, (sg >> 14) & 127, (sg >> 21) & 127);
 }
 
-// Offset codes k + g where the sign mask neg is clear, k - g where it is set
-// (g the grid magnitudes of a 32-block, neg its 0xFF bytes of the negative ones).
-inline __m256i signed_codes(__m256i g, __m256i neg, char k) {
-  const __m256i kk = _mm256_set1_epi8(k);
-  return _mm256_blendv_epi8(_mm256_add_epi8(kk, g), _mm256_sub_epi8(kk, g), neg);
+// Offset codes k + g where the sign s is +1, k - g where it is -1 (g the grid
+// magnitudes of a 32-block, s its byte signs).
+inline __m256i signed_codes(__m256i g, __m256i s, char k) {
+  return _mm256_add_epi8(_mm256_set1_epi8(k), _mm256_sign_epi8(g, s));
 }
 
 // The K scales a_s = 2 v + 1 of the 16 words v, with d and -c * d * a_s as mneg.
@@ -205,13 +204,14 @@ struct Iq2NibbleScales {
   }
 };
 
-// 0xFF in byte e where bit e of `bits` is set (IQ3_S / IQ2_S: a sign bit per element).
-inline __m256i bit_masks(uint32_t bits) {
+// Byte e -1 where bit e of `bits` is set, +1 elsewhere (IQ3_S / IQ2_S: a sign
+// bit per element).
+inline __m256i bit_signs(uint32_t bits) {
   const __m256i bytes = _mm256_shuffle_epi8(
       _mm256_set1_epi32(static_cast<int>(bits)),
       _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
   const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
-  return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+  return _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(1));
 }
 
 // IQ2_XS as a K type: a_s = 2 * nibble + 1, c = signed grid + 43 (0..86),
@@ -222,8 +222,7 @@ struct DecIQ2_XS : Iq2NibbleScales<BlockIQ2_XS> {
     uint32_t w[4];
     for (int l = 0; l < 4; ++l) w[l] = load_u16(blk->qs + 8 * b + 2 * l);
     const __m256i g = table_qwords(kIq2xsGrid, w[0] & 511, w[1] & 511, w[2] & 511, w[3] & 511);
-    const __m256i neg = table_qwords(kIq2SignMasks.m, w[0] >> 9, w[1] >> 9, w[2] >> 9, w[3] >> 9);
-    return signed_codes(g, neg, 43);
+    return signed_codes(g, table_qwords(kIq2Signs.m, w[0] >> 9, w[1] >> 9, w[2] >> 9, w[3] >> 9), 43);
   }
 };
 
@@ -271,7 +270,7 @@ struct DecIQ2_S : Iq2NibbleScales<BlockIQ2_S> {
                                    q[2] | ((h << 4) & 0x300), q[3] | ((h << 2) & 0x300));
     uint32_t sg;
     std::memcpy(&sg, blk->qs + 32 + 4 * b, 4);
-    return signed_codes(g, bit_masks(sg), 43);
+    return signed_codes(g, bit_signs(sg), 43);
   }
 };
 
@@ -299,8 +298,7 @@ struct OffIQ2_XXS {
     uint32_t sg;
     std::memcpy(&sg, q + 4, 4);
     const __m256i g = table_qwords(kIq2xxsGrid, q[0], q[1], q[2], q[3]);
-    const __m256i neg = block_sign_masks(sg);
-    return signed_codes(g, neg, 43);
+    return signed_codes(g, block_signs(sg), 43);
   }
 };
 
@@ -322,8 +320,7 @@ struct OffIQ3_XXS {
     const __m256i g = qwords4([&](int l) {
       return kIq3xxsGrid[idx[2 * l]] | static_cast<uint64_t>(kIq3xxsGrid[idx[2 * l + 1]]) << 32;
     });
-    const __m256i neg = block_sign_masks(sg);
-    return signed_codes(g, neg, 64);
+    return signed_codes(g, block_signs(sg), 64);
   }
 };
 
@@ -378,7 +375,7 @@ struct OffIQ3_S {
     const __m256i g = qwords4([&](int l) { return at(2 * l) | static_cast<uint64_t>(at(2 * l + 1)) << 32; });
     uint32_t sg;
     std::memcpy(&sg, blk->signs + 4 * b, 4);
-    return signed_codes(g, bit_masks(sg), 16);
+    return signed_codes(g, bit_signs(sg), 16);
   }
 };
 
