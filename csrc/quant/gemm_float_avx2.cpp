@@ -92,12 +92,10 @@ inline float finish(__m256 c0, __m256 c1, __m256 c2, __m256 c3, const uint8_t* r
 
 // Decode (1..3 tokens), one row: per token 4 FMA chains over 32-element
 // steps, the 8-element steps on chain 0. One contiguous row stream per thread
-// with a software prefetch into L2 kPrefetch bytes ahead, as gemv_float on
+// with a software prefetch into L2 (simd_avx2.h prefetch_ahead), as gemv_float on
 // AVX-512 (there 1.35-1.46x over the hardware prefetcher alone; here the BF16
 // head [129280x4096], 2 threads, Zen 4: 25.5 -> 47.9 GB/s with the chain
 // order). XO: the first n32 columns of X's rows in chain order, row stride ldo.
-constexpr int64_t kPrefetch = 8192;
-
 template <class Conv, int T>
 void gemv_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, const float* XO, int64_t ldo,
                 int64_t t0, float* Y, int64_t ldy) {
@@ -109,9 +107,7 @@ void gemv_float(const WeightMatrix& W, int64_t r, const float* X, int64_t ldx, c
   const int64_t n = W.cols, n32 = n & ~int64_t(31), n8 = n & ~int64_t(7);
   for (int64_t k = 0; k < n32; k += 32) {
     const uint8_t* step = row + k * Conv::kBytes;
-#pragma GCC unroll 2
-    for (int l = 0; l < Conv::kBytes / 2; ++l)  // the step's 32 * kBytes bytes, one line each
-      _mm_prefetch(reinterpret_cast<const char*>(step + kPrefetch + 64 * l), _MM_HINT_T1);
+    prefetch_ahead<32 * Conv::kBytes>(step);
 #pragma GCC unroll 4
     for (int u = 0; u < 4; ++u) {
       const __m256 w = Conv::chain8(step, u);

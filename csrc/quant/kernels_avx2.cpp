@@ -37,28 +37,31 @@ inline __m256i nibbles16(const uint8_t* p) {
 
 // ---- block decoders: codes of block b of a row, and its scale dw ----
 struct DecQ8_0 {
+  static constexpr int64_t kBytes = 34;
   static constexpr bool kSigned = true;
   static constexpr bool kOffset = false;
   static inline __m256i codes(const uint8_t* row, int64_t b, float* dw) {
-    const uint8_t* p = row + b * 34;
+    const uint8_t* p = row + b * kBytes;
     *dw = f16(p);
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
   }
 };
 struct DecQ4_0 {
+  static constexpr int64_t kBytes = 18;
   static constexpr bool kSigned = false;
   static constexpr bool kOffset = true;  // k = 8
   static inline __m256i codes(const uint8_t* row, int64_t b, float* dw) {
-    const uint8_t* p = row + b * 18;
+    const uint8_t* p = row + b * kBytes;
     *dw = f16(p);
     return nibbles16(p + 2);
   }
 };
 struct DecMXFP4 {
+  static constexpr int64_t kBytes = 17;
   static constexpr bool kSigned = false;
   static constexpr bool kOffset = true;  // k = 12
   static inline __m256i codes(const uint8_t* row, int64_t b, float* dw) {
-    const uint8_t* p = row + b * 17;
+    const uint8_t* p = row + b * kBytes;
     *dw = e8m0_to_f32_half(p[0]);
     // 2*E2M1 + 12: 0..24
     const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
@@ -109,9 +112,11 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   };
   const int64_t nb = a.nb;
   int64_t b = 0;
-  for (; b + S <= nb; b += S)
+  for (; b + S <= nb; b += S) {
+    if constexpr (R == 1 && T < 4) prefetch_ahead<S * Dec::kBytes>(rows[0] + b * Dec::kBytes);  // decode
 #pragma GCC unroll 4
     for (int s = 0; s < S; ++s) block(b + s, s);
+  }
   for (; b < nb; ++b) block(b, 0);
   if constexpr (Dec::kOffset)
     for (int i = 0; i < R; ++i)
@@ -136,6 +141,7 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
   // d * sc of the 8 sub-blocks times their dx, per token: one FMA per block below
   alignas(32) float ddx[R][T][8];
   for (int64_t sb = 0; sb < nsb; ++sb) {
+    if constexpr (R == 1 && T < 4) prefetch_ahead<144>(rows[0] + sb * 144);  // decode
     __m256 MN[R];
     for (int i = 0; i < R; ++i) {
       const uint8_t* p = rows[i] + sb * 144;
