@@ -409,7 +409,9 @@ def plan(shape: ModelShape, vram: int, ram: int | None = None, ctx: int | None =
             f"{gib(RAM_RESERVE)} GiB for the system) but ram is {gib(ram)} GiB: short by {gib(short)} GiB. "
             f"Use more --ram, more --vram (each GiB there takes a GiB of experts off the host)"
             + (", a shorter --ctx (its CSA rows take GPU memory the experts could use)" if csa_gpu else "")
-            + ", or smaller routed experts (of the converter's recipes mxfp4 has the smallest)")
+            + ", or smaller routed experts (the converter's recipe q2 stores them at 2.06-2.63 bits a "
+            "weight, q2q4 likewise but for the last 6 layers: `pyv4 convert --recipe q2 --imatrix FILE`, "
+            "or `pyv4 requantize` of an existing GGUF)")
     p = Placement(
         model=shape.name, device=device, ctx=ctx, kv=kv, vram=vram, ram=ram, margin=margin,
         gpu={c: b for c, b in gpu.items() if b}, host={c: b for c, b in host.items() if b},
