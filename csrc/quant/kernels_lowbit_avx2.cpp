@@ -55,7 +55,6 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
                                               2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
   alignas(32) float ddx[R][T][8];  // d * dx of the super-block's 8 blocks (as tile_offset's dxw)
   for (int64_t sb = 0; sb < nsb; ++sb) {
-    if constexpr (R == 1 && T < 4) prefetch_ahead<Dec::kBytes>(rows[0] + sb * Dec::kBytes);  // decode
     for (int i = 0; i < R; ++i) {
       Dec::scales(rows[i] + sb * Dec::kBytes, &ks[i]);
       for (int t = 0; t < T; ++t)
@@ -128,7 +127,6 @@ void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
   alignas(32) float dw[R][8];
   alignas(32) float dxw[R][T][8];
   for (int64_t sb = 0; sb < a.nb / 8; ++sb) {
-    if constexpr (R == 1 && T < 4) prefetch_ahead<Off::kBytes>(rows[0] + sb * Off::kBytes);  // decode
     for (int i = 0; i < R; ++i) {
       Off::dw8(rows[i] + sb * Off::kBytes, dw[i]);
       const __m256 DW = _mm256_load_ps(dw[i]), DW8 = _mm256_mul_ps(DW, _mm256_set1_ps(8.0f));
@@ -186,30 +184,27 @@ void tile_iq4xs(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, flo
   const int8_t* xq[T];  // held in registers: GCC recomputed a.q(t) in every block
   for (int t = 0; t < T; ++t) xq[t] = a.q(t0 + t);
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t sb = 0; sb < a.nb / 8; ++sb) {
-    if constexpr (R == 1 && T < 4)  // decode
-      prefetch_ahead<sizeof(BlockIQ4_XS)>(rows[0] + sb * sizeof(BlockIQ4_XS));
+  for (int64_t sb = 0; sb < a.nb / 8; ++sb)
 #pragma GCC unroll 8
-    for (int b = 0; b < 8; ++b) {
-      const int64_t blk = 8 * sb + b;
-      __m256i V[R], M[R];
-      float dw[R];
+  for (int b = 0; b < 8; ++b) {
+    const int64_t blk = 8 * sb + b;
+    __m256i V[R], M[R];
+    float dw[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      V[i] = iq4xs_levels(rows[i] + sb * sizeof(BlockIQ4_XS), b, &dw[i]);
+      M[i] = _mm256_sign_epi8(V[i], V[i]);  // |level|
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const __m256i X = load256(reinterpret_cast<const uint8_t*>(xq[t] + 32 * blk));
+      const float dx = a.d(t0 + t)[blk];
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
-        V[i] = iq4xs_levels(rows[i] + sb * sizeof(BlockIQ4_XS), b, &dw[i]);
-        M[i] = _mm256_sign_epi8(V[i], V[i]);  // |level|
-      }
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) {
-        const __m256i X = load256(reinterpret_cast<const uint8_t*>(xq[t] + 32 * blk));
-        const float dx = a.d(t0 + t)[blk];
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) {
-          const __m256i p16 = _mm256_maddubs_epi16(M[i], _mm256_sign_epi8(X, V[i]));
-          const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-          // dw * dx as one scalar product: one ymm FMA per block
-          acc[b % S][i][t] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw[i] * dx), acc[b % S][i][t]);
-        }
+        const __m256i p16 = _mm256_maddubs_epi16(M[i], _mm256_sign_epi8(X, V[i]));
+        const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        // dw * dx as one scalar product: one ymm FMA per block
+        acc[b % S][i][t] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw[i] * dx), acc[b % S][i][t]);
       }
     }
   }

@@ -13,10 +13,13 @@ namespace {
 // Decode GEMVs stream each row once from DRAM, one contiguous range per thread.
 // A software prefetch into L2 (T1) kDecodePrefetch bytes ahead keeps more lines
 // in flight than the hardware prefetcher does: the BF16 head on Zen 4 1.35-1.46x
-// (gemm_float_avx2.cpp). Zen 1, 2 threads, weights from DRAM, builds interleaved
-// in three runs of 3-5 rounds: the Q8_0 GEMV at the model's shapes rose from
-// 0.52-0.71 of the read bandwidth (per-run medians) to 0.58-0.86 (4, 8 and 16 KB
-// ahead within each other's noise), the q2 experts' decode step ~4 % faster.
+// (gemm_float_avx2.cpp). Zen 1, 2 threads, weights from DRAM, builds interleaved:
+// the Q8_0 GEMV at the model's shapes rose from 0.52-0.71 of the read bandwidth
+// (per-run medians of three runs) to 0.58-0.86, Q4_K from 0.41-0.50 to 0.43-0.53
+// (4, 8 and 16 KB ahead within each other's noise). The 2-bit types' tiles
+// (kernels_lowbit_avx2.cpp) do not prefetch: bound by their decode here, they
+// gained nothing from DRAM (q2 experts' step 16.0 / 15.9 ms) and lost 5-8 % on
+// cache-resident rows.
 constexpr int64_t kDecodePrefetch = 8192;
 
 // Prefetches the kBytes at p, kDecodePrefetch ahead. Called once per kBytes
