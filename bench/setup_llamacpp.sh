@@ -12,6 +12,15 @@ if [ "${1:-}" = "--avx2" ]; then
   venv="$here/.venv-llamacpp-avx2"
   isa_args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
 fi
+# On a CPU with AMX (Intel Xeon since Sapphire Rapids) a native build puts the Q8_0
+# matrices into ggml's AMX buffer, and the deepseek4 graph then stops in the scheduler
+# (ggml-backend.cpp: GGML_ASSERT(*cur_backend_id != -1)) at the first prefill. Built
+# without AMX, llama.cpp keeps everything else native (AVX-512, VNNI, its CPU repack).
+# GCC keeps explicit -mno-* over what -march=native implies.
+if [ "$isa_args" = "-DGGML_NATIVE=ON" ] && grep -q amx_int8 /proc/cpuinfo; then
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  isa_args="$isa_args -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
+fi
 python3 -m venv --system-site-packages "$venv"
 export CMAKE_ARGS="$isa_args -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=ON"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
