@@ -2,12 +2,15 @@
 
     PYTHONPATH=<checkout> python bench/experts_decode.py [--threads 2] [--steps 40]
                                                          [--configs MXFP4,Q2_K,IQ2_XXS,q2]
+                                                         [--experts 24]
 
 One decode step of a V4-Flash layer runs 6 routed experts on 1 token, as the
 model does (csrc/model/moe.cpp): one matmul_many with every gate and up product
 ([2048x4096], sharing one x), then one with the 6 downs ([4096x2048], each its
-own x). 24 experts are stored and step i uses experts 6(i % 4)..6(i % 4)+5, so
-the ~100-300 MB of weights come from DRAM as in a model. The configurations
+own x). --experts (24) are stored and step i uses experts 6(i % 4)..6(i % 4)+5
+(for 24), so the ~100-300 MB of weights come from DRAM as in a model; where the
+L3 is large enough to keep 24 experts of a 2-bit type (300 MB on a 5th-gen Xeon),
+store more (--experts 96). The configurations
 take turns step by step, so a busy spell of a shared host hits them alike.
 Configurations: one type for all three matrices, or "q2" (gate/up IQ2_XXS,
 down Q2_K: the q2 recipe of `pyv4 convert`). MXFP4 uses the row layout a
@@ -33,7 +36,7 @@ from kernels import BLOCK, make_weight
 
 GATE = (2048, 4096)  # rows (out), cols (in)
 DOWN = (4096, 2048)
-N_EXPERTS, ACTIVE = 24, 6
+ACTIVE = 6
 
 
 def layout_for(type_name):
@@ -50,12 +53,12 @@ def aligned_copy(a):
     return out
 
 
-def expert_weights(type_name, shape, rng):
-    """N_EXPERTS (type, raw, rows, cols, layout) tuples of one matrix kind."""
+def expert_weights(type_name, shape, n_experts, rng):
+    """n_experts (type, raw, rows, cols, layout) tuples of one matrix kind."""
     rows, cols = shape
     layout = layout_for(type_name)
     out = []
-    for _ in range(N_EXPERTS):
+    for _ in range(n_experts):
         raw = make_weight(type_name, rows, cols, 1, rng)
         if layout == "split":
             raw = aligned_copy(_core.quant_split(type_name, raw, rows, cols))
@@ -71,16 +74,16 @@ def step_bytes(types):
     return total
 
 
-def make_step(types, rng):
+def make_step(types, n_experts, rng):
     """A function running decode step i of one configuration."""
-    gate = expert_weights(types[0], GATE, rng)
-    up = expert_weights(types[1], GATE, rng)
-    down = expert_weights(types[2], DOWN, rng)
+    gate = expert_weights(types[0], GATE, n_experts, rng)
+    up = expert_weights(types[1], GATE, n_experts, rng)
+    down = expert_weights(types[2], DOWN, n_experts, rng)
     x = rng.standard_normal((1, GATE[1])).astype(np.float32)
     hs = [rng.standard_normal((1, DOWN[1])).astype(np.float32) for _ in range(ACTIVE)]
 
     def step(i, threads):
-        e0 = ACTIVE * (i % (N_EXPERTS // ACTIVE))
+        e0 = ACTIVE * (i % (n_experts // ACTIVE))
         sel = range(e0, e0 + ACTIVE)
         gu = [w for e in sel for w in (gate[e], up[e])]
         _core.quant_matmul_many(gu, [x] * len(gu), threads)
@@ -89,16 +92,16 @@ def make_step(types, rng):
     return step
 
 
-def measure(steps_by_config, threads, steps):
+def measure(steps_by_config, threads, steps, n_experts):
     """Wall and CPU seconds per step of every configuration, the configurations
     taking turns step by step (so a busy spell of the host hits them alike)."""
     wall = {name: [] for name in steps_by_config}
     cpu = {name: [] for name in steps_by_config}
-    for i in range(steps + N_EXPERTS // ACTIVE):
+    for i in range(steps + n_experts // ACTIVE):
         for name, step in steps_by_config.items():
             t0, c0 = time.perf_counter(), time.process_time()
             step(i, threads)
-            if i >= N_EXPERTS // ACTIVE:  # the first cycle pages the weights in
+            if i >= n_experts // ACTIVE:  # the first cycle pages the weights in
                 wall[name].append(time.perf_counter() - t0)
                 cpu[name].append((time.process_time() - c0) / threads)
     return wall, cpu
@@ -114,22 +117,27 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--configs", default="MXFP4,Q2_K,IQ2_XXS,q2")
+    ap.add_argument("--experts", type=int, default=24,
+                    help="experts stored per configuration (a multiple of 6); raise it where the "
+                         "L3 holds 24 experts of a 2-bit type (a 300 MB L3 on a Xeon)")
     args = ap.parse_args()
+    if args.experts < ACTIVE or args.experts % ACTIVE:
+        ap.error(f"--experts must be a positive multiple of {ACTIVE}")
     names = args.configs.split(",")
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         ap.error(f"unknown configurations {unknown}; choose from {sorted(CONFIGS)}")
     _core.set_compute_mode("fast")
     rng = np.random.default_rng(0)
-    print(f"# experts' share of a decode step: {ACTIVE} of {N_EXPERTS} experts, gate/up "
+    print(f"# experts' share of a decode step: {ACTIVE} of {args.experts} experts, gate/up "
           f"[{GATE[0]}x{GATE[1]}] + down [{DOWN[0]}x{DOWN[1]}], 1 token, isa={_core.active_isa()}, "
           f"threads={args.threads}, {args.steps} steps")
     print("# load average at start: %.2f %.2f %.2f" % os.getloadavg())
     bw0 = _core.read_bandwidth(512 << 20, args.threads, 3)
     print(f"{'config':8s} {'gate/up/down':24s} {'MB/step':>8s} {'best ms':>8s} {'median ms':>9s} "
           f"{'cpu ms':>7s} {'GB/s':>6s} {'speed-up wall/cpu':>17s}")
-    wall, cpu = measure({name: make_step(CONFIGS[name], rng) for name in names}, args.threads,
-                        args.steps)
+    wall, cpu = measure({name: make_step(CONFIGS[name], args.experts, rng) for name in names},
+                        args.threads, args.steps, args.experts)
     base = None
     for name in names:
         types = CONFIGS[name]
