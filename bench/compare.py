@@ -420,8 +420,8 @@ ax.grid(True, alpha=0.3); ax.legend(); fig.tight_layout(); fig.savefig({json.dum
 PREAMBLE = """Same synthetic GGUF for both runtimes (bench/make_wide.py: V4-Flash widths, real
 vocabulary, random weights; recipe mxfp4 = MXFP4 experts, Q8_0 projections, BF16
 embed/head/router/compressors, as llama.cpp's converter writes the official checkpoint).
-llama.cpp = llama-cpp-python 0.3.36 built from source (bench/setup_llamacpp.sh, native ISA,
-OpenMP), `use_mmap=False`, default f16 K/V; pyv4 `Model(resident=True)`, default fp8 KV.
+llama.cpp = llama-cpp-python 0.3.36 built from source (bench/setup_llamacpp.sh, native ISA
+without AMX, whose buffer stops the deepseek4 graph; OpenMP), `use_mmap=False`, default f16 K/V; pyv4 `Model(resident=True)`, default fp8 KV.
 Each runtime runs in its own process; rounds alternate the order; a read-bandwidth probe
 (`_core.read_bandwidth`, all threads, 512 MiB) runs before each; ratios are medians of the
 per-round pairs. Commands:
