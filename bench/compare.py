@@ -327,6 +327,7 @@ def markdown(res: dict) -> str:
     P, L = s["pyv4"], s["llama"]
     bpt = res["bytes_per_token"]
     f = lambda x, p=1: "n/a" if x is None or x != x else f"{x:.{p}f}"  # noqa: E731
+    ratio = lambda x, what="": "n/a" if x is None or x != x else f"{x:.2f}x{what}"  # noqa: E731
     isa = "" if res.get("isa", "native") == "native" else f", {res['isa']} only (both runtimes)"
     # the 2-bit recipes' decode target is issue #16's, the others' the first comparison's
     decode_target = ">= 1.3x" if res.get("recipe") in ("q2", "q2q4") else ">= 1.2x"
@@ -340,17 +341,17 @@ def markdown(res: dict) -> str:
            "| | pyv4 | llama.cpp | ratio (paired median) | target |",
            "|---|---|---|---|---|",
            f"| decode, 16-token prompt (ms/token) | {f(P['decode_ms'])} | {f(L['decode_ms'])} | "
-           f"{f(s['ratio_decode'], 2)}x faster | {decode_target} |",
+           f"{ratio(s['ratio_decode'], ' faster')} | {decode_target} |",
            f"| decode tokens/s | {f(P['decode_tps'], 2)} | {f(L['decode_tps'], 2)} | | |",
            f"| decode after {MAX_CONTEXT} tokens (ms/token) | {f(P['decode_4k_ms'])} | {f(L['decode_4k_ms'])} | "
-           f"{f(s['ratio_decode_4k'], 2)}x faster | |",
+           f"{ratio(s['ratio_decode_4k'], ' faster')} | |",
            f"| prefill, 512-token prompt (tokens/s) | {f(P['prefill_tps'])} | {f(L['prefill_tps'])} | "
-           f"{f(s['ratio_prefill'], 2)}x | >= 2x |",
+           f"{ratio(s['ratio_prefill'])} | >= 2x |",
            f"| per-layer decode cost (ms, (T6-T2)/4) | {f(P.get('per_layer_ms'), 2)} | {f(L.get('per_layer_ms'), 2)} | "
-           f"{f(s.get('ratio_per_layer'), 2)}x the time | <= 0.65x |",
+           f"{ratio(s.get('ratio_per_layer'), ' the time')} | <= 0.65x |",
            f"| effective bandwidth, whole token (GB/s) | {f(P['eff_gbs'])} | {f(L['eff_gbs'])} | | |",
            f"| effective bandwidth, one layer (GB/s) | {f(P.get('per_layer_gbs'))} | {f(L.get('per_layer_gbs'))} | | |",
-           f"| peak RSS (MB) | {P['rss_peak_mb']:.0f} | {L['rss_peak_mb']:.0f} | {f(s['ratio_rss'], 2)}x | <= 1x |",
+           f"| peak RSS (MB) | {P['rss_peak_mb']:.0f} | {L['rss_peak_mb']:.0f} | {ratio(s['ratio_rss'])} | <= 1x |",
            f"| RSS after load (MB) | {P['rss_load_mb']:.0f} | {L['rss_load_mb']:.0f} | | |",
            f"| load time (s) | {f(P['load_s'])} | {f(L['load_s'])} | | |",
            f"| read-bandwidth probe before the run (GB/s, median) | {f(P['bw_gbs'])} | {f(L['bw_gbs'])} | | |",
@@ -421,7 +422,8 @@ PREAMBLE = """Same synthetic GGUF for both runtimes (bench/make_wide.py: V4-Flas
 vocabulary, random weights; recipe mxfp4 = MXFP4 experts, Q8_0 projections, BF16
 embed/head/router/compressors, as llama.cpp's converter writes the official checkpoint).
 llama.cpp = llama-cpp-python 0.3.36 built from source (bench/setup_llamacpp.sh, native ISA
-without AMX, whose buffer stops the deepseek4 graph; OpenMP), `use_mmap=False`, default f16 K/V; pyv4 `Model(resident=True)`, default fp8 KV.
+without AMX, whose buffer stops the deepseek4 graph; OpenMP), `use_mmap=False`, default f16
+K/V; pyv4 `Model(resident=True)`, default fp8 KV.
 Each runtime runs in its own process; rounds alternate the order; a read-bandwidth probe
 (`_core.read_bandwidth`, all threads, 512 MiB) runs before each; ratios are medians of the
 per-round pairs. Commands:

@@ -7,11 +7,11 @@
 One decode step of a V4-Flash layer runs 6 routed experts on 1 token, as the
 model does (csrc/model/moe.cpp): one matmul_many with every gate and up product
 ([2048x4096], sharing one x), then one with the 6 downs ([4096x2048], each its
-own x). --experts (24) are stored and step i uses experts 6(i % 4)..6(i % 4)+5
-(for 24), so the ~100-300 MB of weights come from DRAM as in a model; where the
-L3 is large enough to keep 24 experts of a 2-bit type (300 MB on a 5th-gen Xeon),
-store more (--experts 96). The configurations
-take turns step by step, so a busy spell of a shared host hits them alike.
+own x). N = --experts (24) are stored and step i uses experts 6k..6k+5 with
+k = i mod N/6, so the ~100-300 MB of weights come from DRAM as in a model; where
+the L3 keeps 24 experts of a 2-bit type (300 MB on a 5th-gen Xeon), store more
+(--experts 96). The configurations take turns step by step, so a busy spell of
+a shared host hits them alike.
 Configurations: one type for all three matrices, or "q2" (gate/up IQ2_XXS,
 down Q2_K: the q2 recipe of `pyv4 convert`). MXFP4 uses the row layout a
 loaded model uses (split on AVX-512, quant/split_layout.h). Reported per
