@@ -81,11 +81,12 @@ inline void transpose8x8(__m256i (&v)[8]) {
   }
 }
 
-template <class Dec>
-inline void pack_codes(const uint8_t* sb, uint8_t* out) {
+// codes(b): the 32 codes of block b of a super-block.
+template <class Codes>
+inline void pack_codes(Codes&& codes, uint8_t* out) {
   __m256i v[8];
 #pragma GCC unroll 8
-  for (int b = 0; b < 8; ++b) v[b] = Dec::codes(sb, b);
+  for (int b = 0; b < 8; ++b) v[b] = codes(b);
   transpose8x8(v);
   for (int k = 0; k < 8; ++k) _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32 * k), v[k]);
 }
@@ -99,7 +100,7 @@ constexpr int int16_sums(int max_code) {
   return n;
 }
 
-// Offset form: Off of lowbit_decode_avx2.h (dw8, codes).
+// Offset form: Off of lowbit_decode_avx2.h (begin, codes).
 template <class Off>
 struct PackOffset {
   static constexpr bool kK = false, kSigned = false;
@@ -107,8 +108,9 @@ struct PackOffset {
   static constexpr int kGroupBytes = kOffsetBytes;
   static constexpr size_t kSuperBytes = Off::kBytes;
   static inline void group(const uint8_t* sb, uint8_t* out, int64_t /*blocks: 8*/) {
-    pack_codes<Off>(sb, out);
-    Off::dw8(sb, reinterpret_cast<float*>(out + 256));
+    Off dec;
+    dec.begin(sb, reinterpret_cast<float*>(out + 256));
+    pack_codes([&](int b) { return dec.codes(b); }, out);
   }
 };
 
@@ -120,7 +122,7 @@ struct PackK {
   static constexpr int kGroupBytes = kKBytes;
   static constexpr size_t kSuperBytes = Dec::kBytes;
   static inline void group(const uint8_t* sb, uint8_t* out, int64_t /*blocks: 8*/) {
-    pack_codes<Dec>(sb, out);
+    pack_codes([&](int b) { return Dec::codes(sb, b); }, out);
     KScales ks;
     Dec::scales(sb, &ks);
     // words a_0..a_15 (a_2j, a_2j+1: block j's halves) -> a_2j in both words of dword j, then a_2j+1

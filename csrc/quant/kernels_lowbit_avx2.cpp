@@ -106,9 +106,10 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
 
 
 // The types whose codes carry an offset k that cs removes (IQ2_XXS, IQ3_XXS,
-// IQ1_S, IQ3_S): Off::dw8(super-block, dw) writes its 8 block scales (vectorised, once
-// per super-block), Off::codes(super-block, b) decodes 32-block b (always
-// inlined: GCC left the calls in the unrolled loop, which cost IQ1_S ~1.7x).
+// IQ1_S, IQ3_S): an Off decoder per row takes each super-block (begin: its 8
+// block scales, vectorised, and what its blocks share) and decodes its 32-block
+// b (codes, always inlined: GCC left the calls in the unrolled loop, which cost
+// IQ1_S ~1.7x).
 // dw * (dx * P - cs) splits into dw dx * P per block and - dw . cs per
 // super-block: both products of 8 blocks at once (dw dx into dxw, read back
 // per block), so a block costs one FMA and one broadcast per (row, token), not
@@ -126,9 +127,10 @@ void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
   const __m256i ones = _mm256_set1_epi16(1);
   alignas(32) float dw[R][8];
   alignas(32) float dxw[R][T][8];
+  Off dec[R];
   for (int64_t sb = 0; sb < a.nb / 8; ++sb) {
     for (int i = 0; i < R; ++i) {
-      Off::dw8(rows[i] + sb * Off::kBytes, dw[i]);
+      dec[i].begin(rows[i] + sb * Off::kBytes, dw[i]);
       const __m256 DW = _mm256_load_ps(dw[i]), DW8 = _mm256_mul_ps(DW, _mm256_set1_ps(8.0f));
       for (int t = 0; t < T; ++t) {
         _mm256_store_ps(dxw[i][t], _mm256_mul_ps(DW, _mm256_loadu_ps(a.d(t0 + t) + 8 * sb)));
@@ -138,7 +140,7 @@ void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
     }
     __m256i Un[R];
 #pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) Un[i] = Off::codes(rows[i] + sb * Off::kBytes, 0);
+    for (int i = 0; i < R; ++i) Un[i] = dec[i].codes(0);
 #pragma GCC unroll 8
     for (int b = 0; b < 8; ++b) {
       const int64_t blk = 8 * sb + b;
@@ -146,7 +148,7 @@ void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         U[i] = Un[i];
-        if (b < 7) Un[i] = Off::codes(rows[i] + sb * Off::kBytes, b + 1);
+        if (b < 7) Un[i] = dec[i].codes(b + 1);
       }
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) {

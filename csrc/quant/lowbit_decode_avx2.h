@@ -171,14 +171,56 @@ inline __m256i table_qwords(const uint64_t* T, uint32_t i0, uint32_t i1, uint32_
   return _mm256_set_m128i(load2q(T + i2, T + i3), load2q(T + i0, T + i1));
 }
 
-// The byte signs (+-1) of a 32-block of IQ2_XXS / IQ3_XXS from its sign word sg
-// (4 x 7-bit fields, the 8th sign their parity: kIq2Signs).
-inline __m256i block_signs(uint32_t sg) {
-  return table_qwords(kIq2Signs.m, sg & 127, (sg >> 7) & 127, (sg >> 14) & 127, (sg >> 21) & 127);
+// The signs of IQ2_XXS / IQ3_XXS: per 32-block a sign word sg of 4 x 7-bit
+// fields, one per grid entry, whose 8th sign is the parity of the other 7
+// (kIq2Signs). Computed instead of looked up: 4 table loads per block made the
+// Zen 2 GEMV load-bound (IQ2_XXS 1 token 23.4 -> 19.4 ns per 256 weights this
+// way, with the grid loads left). Per super-block, each block's sign source is
+// the qword [Q, sg], Q = the XOR of every 7-bit window of sg (bit k: bits
+// k - 6..k), so bit 7l + 6 of Q is field l's parity; per block one vpshufb
+// takes each sign's byte out of the source, a per-byte bit test makes it a
+// vpsignb operand.
+struct SignSources {
+  alignas(32) uint64_t w[8];
+};
+
+// Bit k of each 64-bit lane: the XOR of its bits k - 6..k.
+inline __m256i window7_xor(__m256i x) {
+  const __m256i a = _mm256_xor_si256(x, _mm256_add_epi64(x, x));    // k - 1..k
+  const __m256i b = _mm256_xor_si256(a, _mm256_slli_epi64(a, 2));    // k - 3..k
+  const __m256i w8 = _mm256_xor_si256(b, _mm256_slli_epi64(b, 4));  // k - 7..k
+  return _mm256_xor_si256(w8, _mm256_slli_epi64(x, 7));              // k - 6..k
+}
+
+// Byte 8l + j of a block's signs: bit 7l + j of sg (j < 7, source byte 4 + (7l + j) / 8)
+// or, for j = 7, bit 7l + 6 of Q (source byte (7l + 6) / 8).
+struct SignGather {
+  alignas(32) int8_t byte[32];
+  alignas(32) int8_t bit[32];
+};
+constexpr SignGather make_sign_gather() {
+  SignGather g{};
+  for (int l = 0; l < 4; ++l)
+    for (int j = 0; j < 8; ++j) {
+      const int k = 7 * l + (j < 7 ? j : 6);
+      g.byte[8 * l + j] = static_cast<int8_t>((j < 7 ? 4 : 0) + k / 8);
+      g.bit[8 * l + j] = static_cast<int8_t>(1u << (k % 8));
+    }
+  return g;
+}
+inline constexpr SignGather kSignGather = make_sign_gather();
+
+// The vpsignb operand of block b: negative where the sign bit is set, +127 elsewhere.
+inline __m256i block_signs(const SignSources& s, int b) {
+  const __m256i v = _mm256_set1_epi64x(static_cast<long long>(s.w[b]));
+  const __m256i bit = load256(reinterpret_cast<const uint8_t*>(kSignGather.bit));
+  const __m256i picked = _mm256_shuffle_epi8(v, load256(reinterpret_cast<const uint8_t*>(kSignGather.byte)));
+  return _mm256_add_epi8(_mm256_and_si256(picked, bit), _mm256_set1_epi8(0x7F));  // bit 0x80 -> -1
 }
 
 // Offset codes k + g where the sign s is +1, k - g where it is -1 (g the grid
-// magnitudes of a 32-block, s its byte signs).
+// magnitudes of a 32-block, s its byte signs as vpsignb operands: any positive
+// byte for +1, any negative one for -1).
 inline __m256i signed_codes(__m256i g, __m256i s, char k) {
   return _mm256_add_epi8(_mm256_set1_epi8(k), _mm256_sign_epi8(g, s));
 }
@@ -281,24 +323,33 @@ inline void offset_dw8(__m256i w, float d, float c, float* dw) {
   _mm256_storeu_ps(dw, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(d), s), _mm256_set1_ps(c)));
 }
 
-// IQ2_XXS: codes u = signed grid + 43 of block b (0..7) of the super-block at p;
-// dw = d (0.5 + s) / 4, s the top nibble of the block's sign word at qs + 8b + 4.
+// The offset types below are decoders of one super-block: begin(p, dw) takes the
+// super-block at p and writes its 8 block scales dw, codes(b) decodes block b.
+
+// IQ2_XXS: codes u = signed grid + 43 of block b (0..7); dw = d (0.5 + s) / 4, s
+// the top nibble of the block's sign word at qs + 8b + 4.
 struct OffIQ2_XXS {
   static constexpr int kMaxCode = 86;
   static constexpr size_t kBytes = sizeof(BlockIQ2_XXS);
-  static inline void dw8(const uint8_t* p, float* dw) {
-    const BlockIQ2_XXS* blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
-    const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
-    const __m256i w = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(load256(blk->qs), odd),
-                                         _mm256_permutevar8x32_epi32(load256(blk->qs + 32), odd), 0xF0);
+  const BlockIQ2_XXS* blk;
+  SignSources src;
+  inline void begin(const uint8_t* p, float* dw) {
+    blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
+    const __m256i lo = load256(blk->qs), hi = load256(blk->qs + 32);  // qword b: grid indices | sg << 32
+    // [Q, sg]: Q moved to the low dword
+    _mm256_store_si256(reinterpret_cast<__m256i*>(src.w), _mm256_blend_epi32(_mm256_shuffle_epi32(window7_xor(lo), 0xB1), lo, 0xAA));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(src.w + 4), _mm256_blend_epi32(_mm256_shuffle_epi32(window7_xor(hi), 0xB1), hi, 0xAA));
+    // the sign words in block order: shufps takes blocks 0, 1, 4, 5 | 2, 3, 6, 7, vpermq
+    // puts the halves in place (two vpermd took ~3 cycles more on Zen 2)
+    const __m256 odd = _mm256_shuffle_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi), _MM_SHUFFLE(3, 1, 3, 1));
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_castps_si256(odd), _MM_SHUFFLE(3, 1, 2, 0));
     offset_dw8(w, _cvtsh_ss(blk->d), 0.25f, dw);
   }
-  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
-    const uint8_t* q = reinterpret_cast<const BlockIQ2_XXS*>(p)->qs + 8 * b;
-    uint32_t sg;
-    std::memcpy(&sg, q + 4, 4);
-    const __m256i g = table_qwords(kIq2xxsGrid, q[0], q[1], q[2], q[3]);
-    return signed_codes(g, block_signs(sg), 43);
+  [[gnu::always_inline]] inline __m256i codes(int b) const {
+    uint32_t ix;
+    std::memcpy(&ix, blk->qs + 8 * b, 4);
+    const __m256i g = table_qwords(kIq2xxsGrid, ix & 255, (ix >> 8) & 255, (ix >> 16) & 255, ix >> 24);
+    return signed_codes(g, block_signs(src, b), 43);
   }
 };
 
@@ -307,20 +358,25 @@ struct OffIQ2_XXS {
 struct OffIQ3_XXS {
   static constexpr int kMaxCode = 126;
   static constexpr size_t kBytes = sizeof(BlockIQ3_XXS);
-  static inline void dw8(const uint8_t* p, float* dw) {
-    const BlockIQ3_XXS* blk = reinterpret_cast<const BlockIQ3_XXS*>(p);
-    offset_dw8(load256(blk->qs + 64), _cvtsh_ss(blk->d), 0.5f, dw);
+  const BlockIQ3_XXS* blk;
+  SignSources src;
+  inline void begin(const uint8_t* p, float* dw) {
+    blk = reinterpret_cast<const BlockIQ3_XXS*>(p);
+    const __m256i sg = load256(blk->qs + 64);  // the 8 sign words
+    const __m256i q = window7_xor(sg);
+    // [Q_b, sg_b]: unpacklo holds blocks 0, 1 | 4, 5, unpackhi 2, 3 | 6, 7
+    const __m256i lo = _mm256_unpacklo_epi32(q, sg), hi = _mm256_unpackhi_epi32(q, sg);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(src.w), _mm256_permute2x128_si256(lo, hi, 0x20));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(src.w + 4), _mm256_permute2x128_si256(lo, hi, 0x31));
+    offset_dw8(sg, _cvtsh_ss(blk->d), 0.5f, dw);
   }
-  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
-    const BlockIQ3_XXS* blk = reinterpret_cast<const BlockIQ3_XXS*>(p);
-    uint32_t sg;
-    std::memcpy(&sg, blk->qs + 64 + 4 * b, 4);
+  [[gnu::always_inline]] inline __m256i codes(int b) const {
     // scalar loads, two entries a qword (vpgatherdd measured ~1.7x slower on Zen 4)
     const uint8_t* idx = blk->qs + 8 * b;
     const __m256i g = qwords4([&](int l) {
       return kIq3xxsGrid[idx[2 * l]] | static_cast<uint64_t>(kIq3xxsGrid[idx[2 * l + 1]]) << 32;
     });
-    return signed_codes(g, block_signs(sg), 64);
+    return signed_codes(g, block_signs(src, b), 64);
   }
 };
 
@@ -330,15 +386,15 @@ struct OffIQ3_XXS {
 struct OffIQ1_S {
   static constexpr int kMaxCode = 18;
   static constexpr size_t kBytes = sizeof(BlockIQ1_S);
-  static inline void dw8(const uint8_t* p, float* dw) {
-    const BlockIQ1_S* blk = reinterpret_cast<const BlockIQ1_S*>(p);
+  const BlockIQ1_S* blk;
+  inline void begin(const uint8_t* p, float* dw) {
+    blk = reinterpret_cast<const BlockIQ1_S*>(p);
     const __m256i qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->qh)));
     // 2s + 1 = (0.5 + s) * 2: the s as the top nibble (bit 15, the delta's sign, cleared)
     offset_dw8(_mm256_slli_epi32(_mm256_and_si256(qh, _mm256_set1_epi32(0x7000)), 16), _cvtsh_ss(blk->d), 0.25f,
                dw);
   }
-  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
-    const BlockIQ1_S* blk = reinterpret_cast<const BlockIQ1_S*>(p);
+  [[gnu::always_inline]] inline __m256i codes(int b) const {
     const uint32_t qh = load_u16(blk->qh + 2 * b);
     auto at = [&](int l) { return blk->qs[4 * b + l] | (((qh >> (3 * l)) & 7u) << 8); };
     const __m256i g = table_qwords(kIq1sGrid, at(0), at(1), at(2), at(3));
@@ -357,8 +413,9 @@ struct OffIQ1_S {
 struct OffIQ3_S {
   static constexpr int kMaxCode = 31;
   static constexpr size_t kBytes = sizeof(BlockIQ3_S);
-  static inline void dw8(const uint8_t* p, float* dw) {
-    const BlockIQ3_S* blk = reinterpret_cast<const BlockIQ3_S*>(p);
+  const BlockIQ3_S* blk;
+  inline void begin(const uint8_t* p, float* dw) {
+    blk = reinterpret_cast<const BlockIQ3_S*>(p);
     uint32_t sc;
     std::memcpy(&sc, blk->scales, 4);
     const __m256i s = _mm256_and_si256(
@@ -367,8 +424,7 @@ struct OffIQ3_S {
     const __m256 odd = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(s, 1), _mm256_set1_epi32(1)));
     _mm256_storeu_ps(dw, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->d)), odd));
   }
-  [[gnu::always_inline]] static inline __m256i codes(const uint8_t* p, int b) {
-    const BlockIQ3_S* blk = reinterpret_cast<const BlockIQ3_S*>(p);
+  [[gnu::always_inline]] inline __m256i codes(int b) const {
     const uint8_t* idx = blk->qs + 8 * b;
     const uint32_t h = blk->qh[b];
     auto at = [&](int m) { return kIq3sGrid[idx[m] | ((h << (8 - m)) & 256)]; };
