@@ -126,7 +126,7 @@ struct PackK {
     KScales ks;
     Dec::scales(sb, &ks);
     // words a_0..a_15 (a_2j, a_2j+1: block j's halves) -> a_2j in both words of dword j, then a_2j+1
-    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(ks.a));
+    const __m256i a = scale_words(ks);
     const __m256i first = _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,  //
                                            0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13);
     const __m256i second = _mm256_add_epi8(first, _mm256_set1_epi8(2));

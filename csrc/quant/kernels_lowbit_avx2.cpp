@@ -3,9 +3,9 @@
 // (math in quant/kernels.h), on activations in the plain layout. Per 32-element
 // block b and (row, token):
 //   Q2_K / Q3_K / IQ2_XS / IQ1_M / IQ2_S / Q5_K / Q6_K (16-element sub-block scales a_s):
-//                 P = vpmaddwd(vpmaddubsw(c, q), a)   8 int32 lanes, the two
+//                 P = vpmaddwd(vpmaddubsw(c, q), 256 a)   8 int32 lanes, the two
 //                 sub-blocks' scales a_s in the low / high 128-bit halves
-//                 acc += (d * dx_b) * P;  per super-block acc += -d2*m_s * hs_s
+//                 acc += (d / 256 * dx_b) * P;  per super-block acc += -d2*m_s * hs_s
 //   IQ2_XXS / IQ3_XXS / IQ1_S / IQ3_S (codes u with an offset k = 43 / 64 / 9 / 16):
 //                 P = vpmaddwd(vpmaddubsw(u, q), 1)
 //                 acc += (dw * dx_b) * P;  per super-block acc -= 8 dw . cs
@@ -26,7 +26,6 @@
 // chain per output would bound a GEMV by the FMA latency (4 cycles per block).
 #include <immintrin.h>
 
-#include <cstring>
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
@@ -40,6 +39,19 @@ namespace {
 
 using namespace qblocks;
 
+// The vpshufb controls that make block b's vpmaddwd multiplier out of KScales::a8:
+// byte 2b into the high byte of the low lane's words, 2b + 1 into the high lane's.
+struct ScaleSplit {
+  alignas(32) uint8_t c[8][32];
+};
+constexpr ScaleSplit make_scale_split() {
+  ScaleSplit p{};
+  for (int b = 0; b < 8; ++b)
+    for (int e = 0; e < 32; ++e) p.c[b][e] = e % 2 ? static_cast<uint8_t>(2 * b + (e >= 16)) : 0x80;
+  return p;
+}
+inline constexpr ScaleSplit kScaleSplit = make_scale_split();
+
 template <class Dec, int R, int T>
 void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y, int64_t ldy) {
   constexpr int S = kSets<T>;
@@ -51,14 +63,13 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
   for (int t = 0; t < T; ++t) xq[t] = a.q(t0 + t);
   KScales ks[R];
   const int64_t nsb = a.nb / 8;
-  const __m256i pair_split = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
-                                              2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
-  alignas(32) float ddx[R][T][8];  // d * dx of the super-block's 8 blocks (as tile_offset's dxw)
+  alignas(32) float ddx[R][T][8];  // d / 256 * dx of the super-block's 8 blocks (as tile_offset's dxw)
   for (int64_t sb = 0; sb < nsb; ++sb) {
     for (int i = 0; i < R; ++i) {
       Dec::scales(rows[i] + sb * Dec::kBytes, &ks[i]);
+      const __m256 d = _mm256_set1_ps(ks[i].d * (1.0f / 256));  // the multipliers are a_s * 256
       for (int t = 0; t < T; ++t)
-        _mm256_store_ps(ddx[i][t], _mm256_mul_ps(_mm256_set1_ps(ks[i].d), _mm256_loadu_ps(a.d(t0 + t) + 8 * sb)));
+        _mm256_store_ps(ddx[i][t], _mm256_mul_ps(d, _mm256_loadu_ps(a.d(t0 + t) + 8 * sb)));
     }
     __m256i Un[R];
     if constexpr (Dec::kDecodeAhead)
@@ -74,10 +85,7 @@ void tile_k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* 
         } else {
           U[i] = Dec::codes(rows[i] + sb * Dec::kBytes, b);
         }
-        // a_2b in the low half, a_2b+1 in the high half: one dword broadcast, one byte shuffle
-        int32_t pair;
-        std::memcpy(&pair, &ks[i].a[2 * b], 4);
-        A[i] = _mm256_shuffle_epi8(_mm256_set1_epi32(pair), pair_split);
+        A[i] = _mm256_shuffle_epi8(ks[i].a8, load256(kScaleSplit.c[b]));
       }
       const int64_t blk = 8 * sb + b;
 #pragma GCC unroll 4
