@@ -128,9 +128,11 @@ void tile_int(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
 template <int R, int T>
 void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float* Y,
               int64_t ldy) {
-  __m256 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  // kSets sums per output: with one, the GEMV waited on the FMA latency (8 dependent
+  // FMAs a super-block: Zen 2, 1 token, 14.2-14.6 -> 10.1-10.2 ns per 256 weights)
+  constexpr int S = kSets<T>;
+  __m256 acc[S][R][T];
+  init_sums(acc);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = W.row(r + i);
   const __m256i ones = _mm256_set1_epi16(1);
@@ -155,6 +157,7 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
         _mm256_store_ps(ddx[i][t], _mm256_mul_ps(dsc, _mm256_loadu_ps(a.d(t0 + t) + sb * 8)));
       MN[i] = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)));
     }
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
       __m256i U0[R], U1[R];
 #pragma GCC unroll 4
@@ -175,19 +178,20 @@ void tile_q4k(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, float
               _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U0[i], X0), ones));
           const __m256 f1 =
               _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(U1[i], X1), ones));
-          acc[i][t] = _mm256_fmadd_ps(f0, _mm256_broadcast_ss(&ddx[i][t][2 * c]), acc[i][t]);
-          acc[i][t] = _mm256_fmadd_ps(f1, _mm256_broadcast_ss(&ddx[i][t][2 * c + 1]), acc[i][t]);
+          __m256& a0 = acc[(2 * c) % S][i][t];
+          __m256& a1 = acc[(2 * c + 1) % S][i][t];
+          a0 = _mm256_fmadd_ps(f0, _mm256_broadcast_ss(&ddx[i][t][2 * c]), a0);
+          a1 = _mm256_fmadd_ps(f1, _mm256_broadcast_ss(&ddx[i][t][2 * c + 1]), a1);
         }
       }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m256 C = _mm256_loadu_ps(a.c(t0 + t) + sb * 8);
-      for (int i = 0; i < R; ++i) acc[i][t] = _mm256_fnmadd_ps(MN[i], C, acc[i][t]);
+      for (int i = 0; i < R; ++i) acc[S - 1][i][t] = _mm256_fnmadd_ps(MN[i], C, acc[S - 1][i][t]);
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) Y[(t0 + t) * ldy + r + i] = hsum(acc[i][t]);
+  store_sums(acc, Y, ldy, r, t0);
 }
 
 template <class Dec>
