@@ -200,6 +200,15 @@ inline __m256i window7_xor(__m256i x) {
   return _mm256_xor_si256(w8, _mm256_slli_epi64(x, 7));              // k - 6..k
 }
 
+// The sign sources of a super-block's 8 blocks from their sign words (block order).
+inline void sign_sources(__m256i sg, SignSources* s) {
+  const __m256i q = window7_xor(sg);
+  // [Q_b, sg_b]: unpacklo holds blocks 0, 1 | 4, 5, unpackhi 2, 3 | 6, 7
+  const __m256i lo = _mm256_unpacklo_epi32(q, sg), hi = _mm256_unpackhi_epi32(q, sg);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(s->w), _mm256_permute2x128_si256(lo, hi, 0x20));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(s->w + 4), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
 // Byte 8l + j of a block's signs: bit 7l + j of sg (j < 7, source byte 4 + (7l + j) / 8)
 // or, for j = 7, bit 7l + 6 of Q (source byte (7l + 6) / 8).
 struct SignGather {
@@ -329,7 +338,7 @@ struct DecIQ2_S : Iq2NibbleScales<BlockIQ2_S> {
 // w whose top nibbles are the s.
 inline void offset_dw8(__m256i w, float d, float c, float* dw) {
   const __m256 s = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w, 28)), _mm256_set1_ps(0.5f));
-  _mm256_storeu_ps(dw, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(d), s), _mm256_set1_ps(c)));
+  _mm256_storeu_ps(dw, _mm256_mul_ps(_mm256_set1_ps(d * c), s));
 }
 
 // The offset types below are decoders of one super-block: begin(p, dw) takes the
@@ -345,14 +354,12 @@ struct OffIQ2_XXS {
   inline void begin(const uint8_t* p, float* dw) {
     blk = reinterpret_cast<const BlockIQ2_XXS*>(p);
     const __m256i lo = load256(blk->qs), hi = load256(blk->qs + 32);  // qword b: grid indices | sg << 32
-    // [Q, sg]: Q moved to the low dword
-    _mm256_store_si256(reinterpret_cast<__m256i*>(src.w), _mm256_blend_epi32(_mm256_shuffle_epi32(window7_xor(lo), 0xB1), lo, 0xAA));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(src.w + 4), _mm256_blend_epi32(_mm256_shuffle_epi32(window7_xor(hi), 0xB1), hi, 0xAA));
     // the sign words in block order: shufps takes blocks 0, 1, 4, 5 | 2, 3, 6, 7, vpermq
     // puts the halves in place (two vpermd took ~3 cycles more on Zen 2)
     const __m256 odd = _mm256_shuffle_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi), _MM_SHUFFLE(3, 1, 3, 1));
-    const __m256i w = _mm256_permute4x64_epi64(_mm256_castps_si256(odd), _MM_SHUFFLE(3, 1, 2, 0));
-    offset_dw8(w, _cvtsh_ss(blk->d), 0.25f, dw);
+    const __m256i sg = _mm256_permute4x64_epi64(_mm256_castps_si256(odd), _MM_SHUFFLE(3, 1, 2, 0));
+    sign_sources(sg, &src);
+    offset_dw8(sg, _cvtsh_ss(blk->d), 0.25f, dw);
   }
   [[gnu::always_inline]] inline __m256i codes(int b) const {
     uint32_t ix;
@@ -372,11 +379,7 @@ struct OffIQ3_XXS {
   inline void begin(const uint8_t* p, float* dw) {
     blk = reinterpret_cast<const BlockIQ3_XXS*>(p);
     const __m256i sg = load256(blk->qs + 64);  // the 8 sign words
-    const __m256i q = window7_xor(sg);
-    // [Q_b, sg_b]: unpacklo holds blocks 0, 1 | 4, 5, unpackhi 2, 3 | 6, 7
-    const __m256i lo = _mm256_unpacklo_epi32(q, sg), hi = _mm256_unpackhi_epi32(q, sg);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(src.w), _mm256_permute2x128_si256(lo, hi, 0x20));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(src.w + 4), _mm256_permute2x128_si256(lo, hi, 0x31));
+    sign_sources(sg, &src);
     offset_dw8(sg, _cvtsh_ss(blk->d), 0.5f, dw);
   }
   [[gnu::always_inline]] inline __m256i codes(int b) const {
