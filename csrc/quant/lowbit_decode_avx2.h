@@ -182,8 +182,8 @@ inline __m256i table_qwords(const uint64_t* T, uint32_t i0, uint32_t i1, uint32_
 // The signs of IQ2_XXS / IQ3_XXS: per 32-block a sign word sg of 4 x 7-bit
 // fields, one per grid entry, whose 8th sign is the parity of the other 7
 // (kIq2Signs). Computed instead of looked up: 4 table loads per block made the
-// Zen 2 GEMV load-bound (IQ2_XXS 1 token 23.4 -> 19.4 ns per 256 weights this
-// way, with the grid loads left). Per super-block, each block's sign source is
+// Zen 2 GEMV load-bound (IQ2_XXS 1 token 23.3-24.7 -> 18.8-18.9 ns per 256
+// weights this way, with the grid loads left). Per super-block, each block's sign source is
 // the qword [Q, sg], Q = the XOR of every 7-bit window of sg (bit k: bits
 // k - 6..k), so bit 7l + 6 of Q is field l's parity; per block one vpshufb
 // takes each sign's byte out of the source, a per-byte bit test makes it a
