@@ -35,34 +35,32 @@ inline __m256i nibbles16(const uint8_t* p) {
   return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-// The 16-bit (8-bit) fields at p + kStride * k for k < n (n <= 8), zeros after,
-// as the uint16 (uint8) lanes of an xmm: built in a general register (8 narrow
-// stores and one wide load would miss store forwarding).
-template <int64_t kStride>
-inline __m128i u16x8(const uint8_t* p, int n) {
+// The fields F (uint8 / uint16) at p + kStride * k for k < n (n <= 8), zeros after,
+// as the lanes of an xmm: built in general registers (8 narrow stores and one
+// wide load would miss store forwarding); k < n keeps a row's last group in the row.
+template <int64_t kStride, class F>
+inline __m128i fields8(const uint8_t* p, int n) {
+  constexpr int kBits = 8 * sizeof(F);
   uint64_t w[2] = {0, 0};
 #pragma GCC unroll 8
   for (int k = 0; k < 8; ++k)
-    if (k < n) w[k / 4] |= static_cast<uint64_t>(load_u16(p + kStride * k)) << (16 * (k % 4));
+    if (k < n) {
+      F v;
+      std::memcpy(&v, p + kStride * k, sizeof(F));
+      w[k * kBits / 64] |= static_cast<uint64_t>(v) << (k * kBits % 64);
+    }
   return _mm_set_epi64x(static_cast<long long>(w[1]), static_cast<long long>(w[0]));
 }
-template <int64_t kStride>
-inline __m128i u8x8(const uint8_t* p, int n) {
-  uint64_t w = 0;
-#pragma GCC unroll 8
-  for (int k = 0; k < 8; ++k)
-    if (k < n) w |= static_cast<uint64_t>(p[kStride * k]) << (8 * k);
-  return _mm_cvtsi64_si128(static_cast<long long>(w));
-}
 
-// ---- block decoders: scales8(row, b, n), the scales dw of blocks b..b+n-1 (zeros
-// after, n <= 8) as one vector; codes(row, b), the codes of block b ----
+// ---- block decoders: scales8(row, b, n), the scales dw of blocks b..b+n-1 (n <= 8;
+// the lanes after: finite, they meet zero dx and cs) as one vector; codes(row, b),
+// the codes of block b ----
 struct DecQ8_0 {
   static constexpr int64_t kBytes = 34;
   static constexpr bool kSigned = true;
   static constexpr bool kOffset = false;
   static inline __m256 scales8(const uint8_t* row, int64_t b, int n) {
-    return _mm256_cvtph_ps(u16x8<kBytes>(row + b * kBytes, n));
+    return _mm256_cvtph_ps(fields8<kBytes, uint16_t>(row + b * kBytes, n));
   }
   static inline __m256i codes(const uint8_t* row, int64_t b) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kBytes + 2));
@@ -73,7 +71,7 @@ struct DecQ4_0 {
   static constexpr bool kSigned = false;
   static constexpr bool kOffset = true;  // k = 8
   static inline __m256 scales8(const uint8_t* row, int64_t b, int n) {
-    return _mm256_cvtph_ps(u16x8<kBytes>(row + b * kBytes, n));
+    return _mm256_cvtph_ps(fields8<kBytes, uint16_t>(row + b * kBytes, n));
   }
   static inline __m256i codes(const uint8_t* row, int64_t b) { return nibbles16(row + b * kBytes + 2); }
 };
@@ -83,14 +81,10 @@ struct DecMXFP4 {
   static constexpr bool kOffset = true;  // k = 12
   static inline __m256 scales8(const uint8_t* row, int64_t b, int n) {
     // e8m0_to_f32_half in lanes: (e - 1) << 23, or 0x00200000 << e = (e + 1) << 21 for e < 2
-    const __m256i e = _mm256_cvtepu8_epi32(u8x8<kBytes>(row + b * kBytes, n));
+    const __m256i e = _mm256_cvtepu8_epi32(fields8<kBytes, uint8_t>(row + b * kBytes, n));
     const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
     const __m256i tiny = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(1)), 21);
-    const __m256i dw = _mm256_blendv_epi8(normal, tiny, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e));
-    if (n == 8) return _mm256_castsi256_ps(dw);
-    // blocks past n: zero scale (e = 0 gives the smallest subnormal, not 0)
-    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return _mm256_castsi256_ps(_mm256_and_si256(dw, live));
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, tiny, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e)));
   }
   static inline __m256i codes(const uint8_t* row, int64_t b) {
     // 2*E2M1 + 12: 0..24

@@ -26,7 +26,6 @@
 // chain per output would bound a GEMV by the FMA latency (4 cycles per block).
 #include <immintrin.h>
 
-
 #include "quant/blocks.h"
 #include "quant/kernels.h"
 #include "quant/lowbit_decode_avx2.h"
