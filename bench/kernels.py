@@ -9,7 +9,11 @@ GEMV (1 token): GB/s of weight bytes read per second. Each matrix is stored in
 enough copies (>= 256 MiB in all) that every call streams it from DRAM, as in a
 real decode step; the read bandwidth (all threads, 512 MiB buffer) is measured
 right before and right after each kernel measurement (the host's bandwidth
-swings a lot), and the kernel is reported as a fraction of their mean.
+swings a lot), and the kernel is reported as a fraction of their mean. Beside it,
+the same call on one copy repeated ("cached": the matrix stays in the caches
+where it fits, the expert shapes on most hosts, not the head), over the same
+probe: the kernel's compute ceiling on this host. Where the DRAM ratio is low
+and the cached one not much higher, the GEMV is bound by its decode, not by memory.
 GEMM (32/128/512 tokens): int8 multiply-adds x2 per second (Gops/s), and the
 ratio of tokens/s at 128 tokens to tokens/s of the DRAM-bound GEMV. That ratio
 equals Gops/s * (weight bytes per element) / (2 * GEMV GB/s): for 4-bit types
@@ -122,7 +126,8 @@ def main():
 
     shapes = SHAPES[:2] + SHAPES[4:] if args.quick else SHAPES
     print("\n## GEMV (1 token), weight GB/s vs read bandwidth measured around it")
-    print(f"{'shape':28s} {'type':7s} {'MiB':>7s} {'kernel GB/s':>11s} {'read GB/s':>9s} {'ratio':>6s}")
+    print(f"{'shape':28s} {'type':7s} {'MiB':>7s} {'kernel GB/s':>11s} {'read GB/s':>9s} {'ratio':>6s} "
+          f"{'cached GB/s':>11s} {'ratio':>6s}")
     gemv_time = {}
     for name, rows, cols in shapes:
         for t in types + (["BF16"] if "head" in name or "wq_b" in name else []):
@@ -132,20 +137,24 @@ def main():
             x = rng.standard_normal((1, cols)).astype(np.float32)
             reps = max(copies, int(2e9 // size)) if not args.quick else copies
             reps = min(reps, 200)
-            ratios, ks, bws = [], [], []
+            ratios, ks, bws, cached = [], [], [], []
             for _ in range(args.rounds):
                 b0 = _core.read_bandwidth(bw_bytes, threads, 2)
                 sec = _core.quant_matmul_time(t, raw, rows, cols, x, threads, reps, copies,
                                               _layout(t, args.layout))
+                # one copy, repeated: the same work with the weights in the caches where they fit
+                csec = _core.quant_matmul_time(t, raw, rows, cols, x, threads, min(reps, 50), 1,
+                                               _layout(t, args.layout))
                 b1 = _core.read_bandwidth(bw_bytes, threads, 2)
                 k = size / sec / 1e9
                 ks.append(k)
+                cached.append(size / csec / 1e9)
                 bws.append((b0 + b1) / 2)
                 ratios.append(k / ((b0 + b1) / 2))
             i = int(np.argsort(ratios)[len(ratios) // 2])  # median round
             gemv_time[(name, t)] = size / ks[i] / 1e9
             print(f"{name:28s} {t:7s} {size / 2**20:7.1f} {ks[i]:11.1f} {bws[i]:9.1f} "
-                  f"{ratios[i]:6.2f}", flush=True)
+                  f"{ratios[i]:6.2f} {cached[i]:11.1f} {cached[i] / bws[i]:6.2f}", flush=True)
             del raw
 
     peak = statistics.median(_core.int8_peak(threads, 0.2) for _ in range(3))
