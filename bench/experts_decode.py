@@ -12,7 +12,7 @@ k = i mod N/6, so the ~100-300 MB of weights come from DRAM as in a model; where
 the L3 keeps 24 experts of a 2-bit type (300 MB on a 5th-gen Xeon), store more
 (--experts 96). The configurations take turns step by step, so a busy spell of
 a shared host hits them alike.
-Configurations: one type for all three matrices, or "q2" (gate/up IQ2_XXS,
+Configurations: one integer weight type (bench/kernels.py) for all three matrices, or "q2" (gate/up IQ2_XXS,
 down Q2_K: the q2 recipe of `pyv4 convert`). MXFP4 uses the row layout a
 loaded model uses (split on AVX-512, quant/split_layout.h). Reported per
 configuration: ms per step (best and median wall time of --steps, after one
@@ -32,7 +32,7 @@ import numpy as np
 
 from pyv4 import _core
 
-from kernels import BLOCK, make_weight
+from kernels import BLOCK, INT_TYPES, LOAD_ONLY_TYPES, make_weight
 
 GATE = (2048, 4096)  # rows (out), cols (in)
 DOWN = (4096, 2048)
@@ -107,8 +107,7 @@ def measure(steps_by_config, threads, steps, n_experts):
     return wall, cpu
 
 
-CONFIGS = {"MXFP4": ("MXFP4",) * 3, "Q4_K": ("Q4_K",) * 3, "Q2_K": ("Q2_K",) * 3,
-           "Q3_K": ("Q3_K",) * 3, "IQ2_XXS": ("IQ2_XXS",) * 3,
+CONFIGS = {**{t: (t,) * 3 for t in INT_TYPES + LOAD_ONLY_TYPES},
            "q2": ("IQ2_XXS", "IQ2_XXS", "Q2_K")}
 
 

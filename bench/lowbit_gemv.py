@@ -3,7 +3,7 @@ ns per 256-weight super-block of a cache-resident matrix, per ISA and token coun
 
     PYTHONPATH=<checkout> python bench/lowbit_gemv.py [--types MXFP4,Q2_K,IQ2_XXS]
                                                       [--isas avx512,avx2] [--tokens 1,2,3]
-                                                      [--dram [--threads 2]]
+                                                      [--dram [--threads 2] [--mib 256]]
 
 The matrix ([512 x 4096] by default, 0.5-1 MiB) stays in L2, so this measures
 the kernel's decode + dot work, not memory: a GEMV is memory-bound when this
@@ -14,7 +14,8 @@ kernel runs on the calling thread), so other processes on a shared host
 lengthen the wall time but not the figure.
 
 --dram: as a prefill meets an expert instead: [2048 x 4096] matrices cycled
-through 256 MiB of copies, so the weights come from DRAM, on --threads threads,
+through --mib (256) MiB of copies, so the weights come from DRAM (where the L3
+holds 256 MiB, a 300 MB one on a Xeon, give more: --mib 1024), on --threads threads,
 ns of wall time per super-block (best of --rounds passes over all copies). Where
 the kernel path changes with the token count (quant/matmul.cpp own_gemv_avx512:
 a type's GEMV up to _core.lane_gemm_min_tokens, the lane GEMM from there), run
@@ -38,10 +39,10 @@ def cpu_seconds(type_name, raw, rows, cols, x, reps):
     return (time.thread_time() - t0) / (reps + 1)
 
 
-def dram_seconds(type_name, rows, cols, n, threads, rounds, rng):
-    """Wall seconds per call over copies cycled from DRAM (best of rounds passes)."""
+def dram_seconds(type_name, rows, cols, n, threads, rounds, mib, rng):
+    """Wall seconds per call over mib MiB of copies cycled from DRAM (best of rounds passes)."""
     bs, bb = BLOCK[type_name]
-    copies = max(1, (256 << 20) // (rows * cols // bs * bb))
+    copies = max(1, (mib << 20) // (rows * cols // bs * bb))
     raw = make_weight(type_name, rows, cols, copies, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     return min(_core.quant_matmul_time(type_name, raw, rows, cols, x, threads, copies, copies, "auto")
@@ -59,6 +60,7 @@ def main():
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--dram", action="store_true", help="[2048x4096] from DRAM, wall time, --threads")
     ap.add_argument("--threads", type=int, default=2, help="with --dram")
+    ap.add_argument("--mib", type=int, default=256, help="with --dram: MiB of copies cycled")
     args = ap.parse_args()
     if args.dram:
         args.rows = 2048
@@ -66,7 +68,7 @@ def main():
     _core.set_compute_mode("fast")
     tokens = [int(t) for t in args.tokens.split(",")]
     if args.dram:
-        print(f"# wall ns per 256 weights ({args.threads} threads, [{args.rows}x{args.cols}] cycled from DRAM), "
+        print(f"# wall ns per 256 weights ({args.threads} threads, [{args.rows}x{args.cols}] cycled from DRAM through {args.mib} MiB), "
               f"best of {args.rounds} passes")
     else:
         print(f"# ns per 256 weights (1 thread, [{args.rows}x{args.cols}] cache-resident), "
@@ -84,7 +86,7 @@ def main():
             cells = []
             for n in tokens:
                 if args.dram:
-                    sec = dram_seconds(t, args.rows, args.cols, n, args.threads, args.rounds, rng)
+                    sec = dram_seconds(t, args.rows, args.cols, n, args.threads, args.rounds, args.mib, rng)
                 else:
                     x = rng.standard_normal((n, args.cols)).astype(np.float32)
                     sec = min(cpu_seconds(t, raw, args.rows, args.cols, x, args.reps)

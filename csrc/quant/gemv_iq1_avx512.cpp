@@ -24,6 +24,7 @@
 #include "quant/blocks.h"
 #include "quant/iq1s_grid.h"
 #include "quant/kernels.h"
+#include "quant/simd_avx512.h"
 #include "quant/tile_drive.h"
 
 namespace pyv4 {
@@ -156,8 +157,6 @@ inline void xe_layout(const ActQ& a, int64_t n_tokens, int8_t* xe) {
   }
 }
 
-constexpr int kPrefetch = 2048;  // bytes ahead in the row stream (as gemv_iq2xxs)
-
 template <class Dec, int T>
 void gemv_row(const uint8_t* row, const ActQ& a, const int8_t* xe, float* Y, int64_t ldy, int64_t r) {
   const int64_t nsb = a.nb / 8;
@@ -168,7 +167,7 @@ void gemv_row(const uint8_t* row, const ActQ& a, const int8_t* xe, float* Y, int
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* p = row + sb * Dec::kBytes;
-    _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch, _MM_HINT_T0);
+    prefetch_stream(p, 64);
     RowCodes c;
     Dec::decode(p, &c);
 #pragma GCC unroll 3

@@ -262,8 +262,6 @@ inline void xe_layout(const ActQ& a, int64_t n_tokens, int8_t* xe) {
   }
 }
 
-constexpr int kPrefetch = 2048;  // bytes ahead in the row stream (as gemv_iq2xxs)
-
 template <class Dec, int T>
 void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* xe, float* Y, int64_t ldy,
               int64_t r) {
@@ -274,7 +272,7 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t s = 0; s < npair; ++s) {
     const uint8_t* p = row + 2 * s * kB;
-    for (int l = 0; l < 3; ++l) _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + 64 * l, _MM_HINT_T0);
+    prefetch_stream(p, 192);
     __m512i V[8];
     __m512 wlo, whi;
     decode2<Dec>(c, p, 2 * s + 1 < nsb, V, &wlo, &whi);

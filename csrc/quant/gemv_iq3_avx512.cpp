@@ -201,8 +201,6 @@ inline void xe_layout(const Consts& c, const ActQ& a, int64_t n_tokens, float k0
   }
 }
 
-constexpr int kPrefetch = 2048;  // bytes ahead in the row stream (as gemv_iq2xxs)
-
 template <class Dec, int T>
 void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* xe, float* Y, int64_t ldy,
               int64_t r) {
@@ -212,8 +210,7 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* p = row + sb * Dec::kBytes;
-    _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + 64, _MM_HINT_T0);
+    prefetch_stream(p, 128);
     __m512i U[4];
     const __m512 dw = Dec::decode(c, p, U);
 #pragma GCC unroll 3

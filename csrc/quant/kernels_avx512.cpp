@@ -40,14 +40,13 @@ using namespace qblocks;
 // Each GEMV thread streams one contiguous row range. Prefetching into L1 (T0)
 // 4 KB ahead lost to the hardware prefetcher alone (head [129280x4096], 2
 // threads: Q8_0 49 -> 60 GB/s, MXFP4 42 -> 34 of 35 GB/s measured when
-// dropping it); Q8_0's gemv_int prefetches into L2 (T1) kPrefetchQ8 ahead
-// instead, which the hardware prefetcher does not reach: on a busy Zen 4 host
+// dropping it); gemv_int (Q8_0) prefetches into L2 (prefetch_stream) instead,
+// which the hardware prefetcher does not reach: on a busy Zen 4 host
 // (interleaved rounds, one thread, weight bytes per CPU-second, median of the
 // paired ratios) [4096x8192] 1.36x, [32768x1024] 1.14x; 8 KB: 1.33x / 1.06x;
 // 4 KB: 1.11x / 0.98x; T0 at 4 KB: 0.87x. gemv_split (MXFP4 / Q4_0) too: Intel Xeon
 // (family 6 model 207), [2048x4096] from DRAM, 2 threads, ns per 256 weights: MXFP4
 // 11.5-12.0 -> 6.7-7.8, Q4_0 12.1-14.0 -> 7.2-8.4 (~5 % slower on rows in L2).
-constexpr int64_t kPrefetchQ8 = 16384;
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
@@ -463,9 +462,7 @@ void gemv_int(const WeightMatrix& W, int64_t r, const ActQ& a, const int8_t* xt,
     __m512i A[4], B[4];
     __m512 DW[4];
     const uint8_t* sg = row + s * 4 * kGroupBytes;
-#pragma GCC unroll 9
-    for (int l = 0; l < 4 * kGroupBytes; l += 64)  // the super-group's lines, kPrefetchQ8 on
-      _mm_prefetch(reinterpret_cast<const char*>(sg + kPrefetchQ8 + l), _MM_HINT_T1);
+    prefetch_stream(sg, 4 * kGroupBytes);
 #pragma GCC unroll 4
     for (int d = 0; d < 4; ++d) Dec::group_raw(row + (4 * s + d) * kGroupBytes, &A[d], &B[d], &DW[d]);
     superblock_dots<T>(A, B, Dec::scale(order4(DW)), a, xt, t0, s, acc);
@@ -530,8 +527,7 @@ void gemv_split(const WeightMatrix& W, int64_t r, const ActQ& a, const int8_t* x
   const int64_t nsg = a.nb / 16;
   constexpr int kSgBytes = 16 * Dec::kBB;  // a super-group's share of the row, either layout
   for (int64_t s = 0; s < nsg; ++s) {
-    for (int l = 0; l < kSgBytes; l += 64)  // the stream kPrefetchQ8 on, as gemv_int
-      _mm_prefetch(reinterpret_cast<const char*>(row + s * kSgBytes + kPrefetchQ8 + l), _MM_HINT_T1);
+    prefetch_stream(row + s * kSgBytes, kSgBytes);
     const __m512 DWo = Dec::scale(S::scales16(row, s));
     __m512i A[4], B[4];
 #pragma GCC unroll 4
