@@ -98,8 +98,10 @@ using GemvFn = void (*)(const WeightMatrix&, const qk::ActQ&, int64_t, float*, i
 // 9: 18.2 / 16.4, 12: 21.5 / 23.9; IQ3_XXS 4: 22.4 / 13.0, 9: 26.2 / 24.2, 12:
 // 29.0 / 30.9; IQ3_S 6: 26.0 / 18.9, 8: 29.4 / 29.2; IQ1_M 6: 34.6 / 27.4, 8: 43.2
 // / 40.3 (L2-resident, 1 thread: 75.8 / 82.7); Q2_K 4: 11.1 / 10.0, 6: 13.2 /
-// 15.4; IQ2_XS and IQ2_S tie at 4-6 and lose from 8; IQ1_S loses from 4 (14.1 /
-// 23.3). L2-resident matrices ([512x4096], 1 thread) put the crossovers 1-2
+// 15.4; IQ1_S loses from 4 (14.1 / 23.3). IQ2_XS and IQ2_S tied at 4-6 until their GEMV
+// issued its lookups a pair ahead (2026-12-06, same host and measure): IQ2_XS 4 tokens
+// 15.8-16.1 / 11.8-12.5, 6: 18.7-18.8 / 14.4-14.8, 8: 20.3-20.4 / 20.9-21.1; IQ2_S 4:
+// 16.0 / 13.6-15.0, 6: 18.6-18.8 / 16.6-17.6, 8: 20.3-20.5 / 23.5-25.1. L2-resident matrices ([512x4096], 1 thread) put the crossovers 1-2
 // tokens lower; the lane_from below follow the DRAM case, a prefill's.
 struct OwnGemv {
   GemvFn fn = nullptr;
@@ -115,7 +117,7 @@ OwnGemv own_gemv_avx512(GGMLType t) {
     case GGMLType::IQ1_M: return {qk::gemv_iq1_avx512, 8};
     case GGMLType::IQ2_XXS: return ext && f.gfni ? OwnGemv{qk::gemv_iq2xxs_avx512, 10} : OwnGemv{};
     case GGMLType::IQ2_XS:
-    case GGMLType::IQ2_S: return ext ? OwnGemv{qk::gemv_iq2s_avx512, 4} : OwnGemv{};
+    case GGMLType::IQ2_S: return ext ? OwnGemv{qk::gemv_iq2s_avx512, 7} : OwnGemv{};
     case GGMLType::IQ3_XXS: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 10} : OwnGemv{};
     case GGMLType::IQ3_S: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 8} : OwnGemv{};
     default: return {};
