@@ -6,9 +6,11 @@
 // sign. The generic kernel (kernels_lowbit_avx512.cpp) gathers the grid entries
 // and computes the parity by shifts, ~25 ns per 256 weights on Zen 4 where the
 // bytes arrive in ~3-7. Here two super-blocks at a time are decoded with byte
-// permutes (on Zen 4 every permute, vgf2p8affineqb, vpdpbusd, convert and FMA
-// of a zmm takes a cycle, and they share the pipes, so the count of those is
-// the time: ~21 per super-block, ~5.5 ns):
+// permutes (on Zen 4 each zmm permute, vgf2p8affineqb, vpdpbusd and FMA takes a
+// pipe pair for a cycle; vpdpbusd, vgf2p8affineqb and FMA share one pair, the
+// permutes another that overlaps it by one pipe: ~25 cycles a pair of
+// super-blocks by that count; the loop takes ~39, 5.3 ns per super-block, bound
+// by its dependency chain: see gemv_row):
 //  1. The grid is re-coded as two bit planes (kPlanes): bit j of P0[i] / P1[i]
 //     is bit 0 / 1 of the level code (0, 1, 2 = magnitude 8, 25, 43) of value j
 //     of entry i. The 64 indices of two super-blocks, gathered into one vector,
