@@ -281,6 +281,28 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
 
 }  // namespace
 
+void pack_iq2xxs_lane_avx512(const uint8_t* p, uint8_t* out) {
+  static const Consts c;
+  __m512i W[2][4];
+  const __m512i nib = expand_pair(c, lookup_pair(c, p, true), W);
+  // lane vector 2i + h, dword j: elements 8i + 4h .. 8i + 4h + 3 of block j % 8 of
+  // super-block j / 8 = dword h of qword j % 8 of W[j / 8][i]
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    _mm512_storeu_si512(out + 128 * i, _mm512_permutex2var_epi32(W[0][i], even, W[1][i]));
+    _mm512_storeu_si512(out + 128 * i + 64, _mm512_permutex2var_epi32(W[0][i], odd, W[1][i]));
+  }
+  // dw of block j: d * (0.5 + scale nibble) / 4 (the nibble of block b of super-block h
+  // is at dword 2b + h)
+  constexpr size_t kB = sizeof(BlockIQ2_XXS);
+  const __m512i by_block = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512 d = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(_cvtsh_ss(load_u16(p))),
+                                        _mm512_set1_ps(_cvtsh_ss(load_u16(p + kB))));
+  _mm512_storeu_ps(out + 512, _mm512_mul_ps(d, _mm512_permutexvar_ps(_mm512_permutexvar_epi32(by_block, nib), c.quarter)));
+}
+
 void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1) {
   const Consts c;

@@ -266,6 +266,10 @@ void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
 // VBMI and GFNI besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1);
+// The lane GEMM's packing of two IQ2_XXS super-blocks at p (gemm_lane_avx512.cpp's packer
+// contract: codes in the lane layout to out[0..512), dw to 512) by the GEMV's decode; the
+// same needs.
+void pack_iq2xxs_lane_avx512(const uint8_t* p, uint8_t* out);
 // IQ3_XXS / IQ3_S GEMV, tokens in groups of 1..3, quad layout (gemv_iq3_avx512.cpp): needs
 // AVX-512 VBMI and BITALG besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq3_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,

@@ -74,6 +74,14 @@ struct PackIQ2_XXS {
     store_iq_scales(p, p1, B, 0.25f, out);
   }
 };
+// IQ2_XXS where the CPU has VBMI + GFNI: the same codes and dw, decoded by the GEMV's
+// byte permutes (gemv_iq2xxs_avx512.cpp) instead of 32 grid gathers.
+struct PackIQ2_XXS_Vbmi {
+  static constexpr int kBB = 66, kBlocks = 2;
+  static constexpr Form kForm = Form::Offset;
+  static constexpr GGMLType kType = GGMLType::IQ2_XXS;
+  static inline void group(const uint8_t* p, uint8_t* out) { pack_iq2xxs_lane_avx512(p, out); }
+};
 // IQ3_XXS: as IQ2_XXS with 4-element grid entries (entry k of a block is its
 // dword k) and their signs in a sign word per block; u = signed grid value + 64
 // (2..126), dw = d * (0.5 + s) * 0.5, offset k = 64.
