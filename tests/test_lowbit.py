@@ -129,22 +129,24 @@ def test_matmul_fast(type_name, isa, n_tokens):
     assert np.array_equal(y, y2)
 
 
-def test_iq2xxs_lane_packers_agree():
-    """The IQ2_XXS lane GEMM packs by the GEMV's permutes where the CPU has VBMI + GFNI
-    and by grid gathers elsewhere: the same codes and scales, so the same bits."""
+@pytest.mark.parametrize("type_name,needs", [("IQ2_XXS", "gfni"), ("IQ3_XXS", "avx512bitalg")])
+def test_vbmi_lane_packers_agree(type_name, needs):
+    """The IQ2_XXS / IQ3_XXS lane GEMM packs by the GEMV's table lookups where the CPU has
+    VBMI (+ GFNI / BITALG) and by grid gathers elsewhere: the same codes and scales, so
+    the same bits."""
     feats = _core.cpu_features()
-    if not (_core.isa_supported("avx512") and feats.get("avx512vbmi") and feats.get("gfni")):
-        pytest.skip("CPU lacks AVX-512 VBMI + GFNI")
+    if not (_core.isa_supported("avx512") and feats.get("avx512vbmi") and feats.get(needs)):
+        pytest.skip(f"CPU lacks AVX-512 VBMI + {needs}")
     _core.set_isa("avx512")
     _core.set_compute_mode("fast")
     rng = np.random.default_rng(7)
     rows, cols = 37, 768  # 3 super-blocks: a full group and a zero-padded half
-    raw = random_blocks("IQ2_XXS", rows * cols // 256, rng).reshape(rows, -1)
+    raw = random_blocks(type_name, rows * cols // 256, rng).reshape(rows, -1)
     x = rng.standard_normal((32, cols)).astype(np.float32)
     ys = []
     for ext in (True, False):
         _core.set_avx512_extensions(ext)
-        ys.append(_core.quant_matmul("IQ2_XXS", raw, rows, cols, x, 2))
+        ys.append(_core.quant_matmul(type_name, raw, rows, cols, x, 2))
     assert np.array_equal(ys[0], ys[1])
 
 

@@ -628,7 +628,12 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
         gemm_lane<PackIQ2_XXS>(W, act, n_tokens, Y, ldy, r0, r1);
       return;
     case GGMLType::IQ4_XS: gemm_lane<PackIQ4_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
-    case GGMLType::IQ3_XXS: gemm_lane<PackIQ3_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ3_XXS:
+      if (avx512_extensions() && cpu_features().avx512vbmi && cpu_features().avx512bitalg)
+        gemm_lane<PackIQ3_XXS_Vbmi>(W, act, n_tokens, Y, ldy, r0, r1);
+      else
+        gemm_lane<PackIQ3_XXS>(W, act, n_tokens, Y, ldy, r0, r1);
+      return;
     case GGMLType::IQ1_S: gemm_lane<PackIQ1_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ1_M: gemm_lane<PackIQ1_M>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ2_XS: gemm_lane<PackIQ2_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;

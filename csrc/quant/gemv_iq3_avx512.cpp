@@ -263,6 +263,46 @@ void gemv_rows(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* 
 
 }  // namespace
 
+void iq3xxs_lane_magnitudes_avx512(const uint8_t* p, uint8_t* out) {
+  // byte 16L + 4q + r of index vector h: the grid index of entry 4h + q of block j = 4L + r
+  // of the group (super-block j / 8, its qs byte 8 (j % 8) + 4h + q)
+  struct Sel {
+    uint8_t b[2][64];
+  };
+  static constexpr Sel kSel = [] {
+    Sel t{};
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < 64; ++i) {
+        const int L = i / 16, q = (i % 16) / 4, r = i % 4, j = 4 * L + r;
+        t.b[h][i] = static_cast<uint8_t>((j < 8 ? 0 : 64) + 8 * (j % 8) + 4 * h + q);
+      }
+    return t;
+  }();
+  static const Consts c;
+  constexpr size_t kB = sizeof(BlockIQ3_XXS);
+  const __m512i q0 = _mm512_loadu_si512(reinterpret_cast<const BlockIQ3_XXS*>(p)->qs);
+  const __m512i q1 = _mm512_loadu_si512(reinterpret_cast<const BlockIQ3_XXS*>(p + kB)->qs);
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    const __m512i idx = _mm512_permutex2var_epi8(q0, _mm512_loadu_si512(kSel.b[h]), q1);
+    const __mmask64 top = _mm512_movepi8_mask(idx);
+    __m512i M[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      M[j] = _mm512_mask_blend_epi8(top, vpermi2b_lookup(idx, c.tab[j][0], c.tab[j][1]),
+                                    vpermi2b_lookup(idx, c.tab[j][2], c.tab[j][3]));
+    // the 4 positions of index byte i as one dword: bytes 4q..4q + 3 of each 128-bit
+    // lane (lane vector 4h + q) go to vector q
+    const __m512i a = _mm512_unpacklo_epi8(M[0], M[1]), b = _mm512_unpackhi_epi8(M[0], M[1]);
+    const __m512i e = _mm512_unpacklo_epi8(M[2], M[3]), f = _mm512_unpackhi_epi8(M[2], M[3]);
+    uint8_t* o = out + 256 * h;
+    _mm512_storeu_si512(o, _mm512_unpacklo_epi16(a, e));
+    _mm512_storeu_si512(o + 64, _mm512_unpackhi_epi16(a, e));
+    _mm512_storeu_si512(o + 128, _mm512_unpacklo_epi16(b, f));
+    _mm512_storeu_si512(o + 192, _mm512_unpackhi_epi16(b, f));
+  }
+}
+
 void gemv_iq3_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y, int64_t ldy, int64_t r0,
                      int64_t r1) {
   if (W.type == GGMLType::IQ3_S)

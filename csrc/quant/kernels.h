@@ -274,6 +274,10 @@ void pack_iq2xxs_lane_avx512(const uint8_t* p, uint8_t* out);
 // AVX-512 VBMI and BITALG besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq3_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                      int64_t ldy, int64_t r0, int64_t r1);
+// The magnitudes of two IQ3_XXS super-blocks at p in the lane layout (out: 8 vectors, dword j
+// of vector k = the grid entry of entry k of block j), looked up as the GEMV does; the
+// same needs.
+void iq3xxs_lane_magnitudes_avx512(const uint8_t* p, uint8_t* out);
 // IQ2_XS / IQ2_S GEMV, tokens in groups of 1..3, quad layout (gemv_iq2s_avx512.cpp): needs
 // AVX-512 VBMI besides the AVX-512 set (matmul.cpp checks).
 void gemv_iq2s_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
