@@ -282,7 +282,7 @@ void gemv_row(const Consts& c, const uint8_t* row, const ActQ& a, const int8_t* 
 }  // namespace
 
 void pack_iq2xxs_lane_avx512(const uint8_t* p, uint8_t* out) {
-  static const Consts c;
+  const Consts c;  // per call: a function-local static would add a guard (and a weak symbol)
   __m512i W[2][4];
   const __m512i nib = expand_pair(c, lookup_pair(c, p, true), W);
   // lane vector 2i + h, dword j: elements 8i + 4h .. 8i + 4h + 3 of block j % 8 of

@@ -278,7 +278,7 @@ void iq3xxs_lane_magnitudes_avx512(const uint8_t* p, uint8_t* out) {
       }
     return t;
   }();
-  static const Consts c;
+  const Consts c;  // per call: a function-local static would add a guard (and a weak symbol)
   constexpr size_t kB = sizeof(BlockIQ3_XXS);
   const __m512i q0 = _mm512_loadu_si512(reinterpret_cast<const BlockIQ3_XXS*>(p)->qs);
   const __m512i q1 = _mm512_loadu_si512(reinterpret_cast<const BlockIQ3_XXS*>(p + kB)->qs);

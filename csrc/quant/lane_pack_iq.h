@@ -86,7 +86,7 @@ struct PackIQ2_XXS_Vbmi {
 // dword k) and their signs in a sign word per block; u = signed grid value + 64
 // (2..126), dw = d * (0.5 + s) * 0.5, offset k = 64. The magnitudes by gathers,
 // or (kVbmi, where the CPU has VBMI + BITALG) by the GEMV's table lookups (Zen 4,
-// [2048x4096], 2 threads, Gops/s: 16 tokens 247-263 -> 274-277, 96: 450-452 -> 503-509).
+// [2048x4096], 2 threads, Gops/s: 16 tokens 237-279 -> 407-415, 96: 447-505 -> 569-571).
 template <bool kVbmi>
 struct PackIQ3_XXS_T {
   static constexpr int kBB = 98, kBlocks = 2;

@@ -103,7 +103,9 @@ using GemvFn = void (*)(const WeightMatrix&, const qk::ActQ&, int64_t, float*, i
 // 15.8-16.1 / 11.8-12.5, 6: 18.7-18.8 / 14.4-14.8, 8: 20.3-20.4 / 20.9-21.1; IQ2_S 4:
 // 16.0 / 13.6-15.0, 6: 18.6-18.8 / 16.6-17.6, 8: 20.3-20.5 / 23.5-25.1. IQ2_XXS once its
 // lane packer decoded by the GEMV's permutes (pack_iq2xxs_lane_avx512) instead of grid
-// gathers: 6: 10.0-10.5 / 8.8-10.2, 7: 10.8-10.9 / 11.6-11.9, 8: 11.5-11.8 / 13.5-13.8.
+// gathers: 6: 10.0-10.5 / 8.8-10.2, 7: 10.8-10.9 / 11.6-11.9, 8: 11.5-11.8 / 13.5-13.8;
+// IQ3_XXS once its packer looked its magnitudes up likewise: 5: 13.7-14.0 / 12.4, 6:
+// 13.8-13.9 / 13.5-13.6, 7: 14.5-14.7 / 18.3, 9: 16.6-16.9 / 19.8-20.6.
 // L2-resident matrices ([512x4096], 1 thread) put the crossovers 1-2
 // tokens lower; the lane_from below follow the DRAM case, a prefill's.
 struct OwnGemv {
@@ -121,7 +123,7 @@ OwnGemv own_gemv_avx512(GGMLType t) {
     case GGMLType::IQ2_XXS: return ext && f.gfni ? OwnGemv{qk::gemv_iq2xxs_avx512, 7} : OwnGemv{};
     case GGMLType::IQ2_XS:
     case GGMLType::IQ2_S: return ext ? OwnGemv{qk::gemv_iq2s_avx512, 7} : OwnGemv{};
-    case GGMLType::IQ3_XXS: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 10} : OwnGemv{};
+    case GGMLType::IQ3_XXS: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 7} : OwnGemv{};
     case GGMLType::IQ3_S: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 8} : OwnGemv{};
     default: return {};
   }
