@@ -37,7 +37,6 @@
 #include <type_traits>
 
 #include "quant/blocks.h"
-#include "quant/cpu_features.h"
 #include "quant/iq1s_grid.h"  // the grids of lane_pack_iq.h (included in the namespace below)
 #include "quant/iq2s_grid.h"
 #include "quant/iq2xs_grid.h"
@@ -615,12 +614,11 @@ bool lane_cscale_avx512(GGMLType t, float* cscale) {
 namespace {
 
 // The packer that decodes by its type's GEMV lookups (Vbmi: compiled in that GEMV's file)
-// where the CPU has VBMI and `extra` (that file's other feature) and the extensions are on;
-// the generic one elsewhere.
+// where those may run (vbmi_kernels), the generic one elsewhere.
 template <class Vbmi, class Generic>
-void gemm_lane_by(bool extra, const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y, int64_t ldy,
-                  int64_t r0, int64_t r1) {
-  if (avx512_extensions() && cpu_features().avx512vbmi && extra)
+void gemm_lane_by(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y, int64_t ldy, int64_t r0,
+                  int64_t r1) {
+  if (vbmi_kernels(W.type))
     gemm_lane<Vbmi>(W, act, n_tokens, Y, ldy, r0, r1);
   else
     gemm_lane<Generic>(W, act, n_tokens, Y, ldy, r0, r1);
@@ -637,12 +635,9 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
     case GGMLType::Q4_K: gemm_lane<PackQ4_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q2_K: gemm_lane<PackQ2_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q3_K: gemm_lane<PackQ3_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
-    case GGMLType::IQ2_XXS:
-      return gemm_lane_by<PackIQ2_XXS_Vbmi, PackIQ2_XXS>(cpu_features().gfni, W, act, n_tokens, Y, ldy, r0, r1);
+    case GGMLType::IQ2_XXS: gemm_lane_by<PackIQ2_XXS_Vbmi, PackIQ2_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ4_XS: gemm_lane<PackIQ4_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;
-    case GGMLType::IQ3_XXS:
-      return gemm_lane_by<PackIQ3_XXS_Vbmi, PackIQ3_XXS>(cpu_features().avx512bitalg, W, act, n_tokens, Y, ldy,
-                                                          r0, r1);
+    case GGMLType::IQ3_XXS: gemm_lane_by<PackIQ3_XXS_Vbmi, PackIQ3_XXS>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ1_S: gemm_lane<PackIQ1_S>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ1_M: gemm_lane<PackIQ1_M>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::IQ2_XS: gemm_lane<PackIQ2_XS>(W, act, n_tokens, Y, ldy, r0, r1); return;

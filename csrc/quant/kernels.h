@@ -262,8 +262,12 @@ void gemm_lowbit_avx2(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
                       int64_t ldy, int64_t r0, int64_t r1);
 void gemm_lowbit_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1);
+// Whether t's kernels in the files built with more than the AVX-512 set (VBMI, and GFNI or
+// BITALG: the GEMVs below and the lane packers that use their lookups) may run: the CPU
+// has what that file needs and set_avx512_extensions is on (matmul.cpp).
+bool vbmi_kernels(GGMLType t);
 // IQ2_XXS GEMV, tokens in groups of 1..3, quad layout (gemv_iq2xxs_avx512.cpp): needs AVX-512
-// VBMI and GFNI besides the AVX-512 set (matmul.cpp checks).
+// VBMI and GFNI besides the AVX-512 set (vbmi_kernels).
 void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                         int64_t ldy, int64_t r0, int64_t r1);
 // The lane GEMM's packing of two IQ2_XXS super-blocks at p (gemm_lane_avx512.cpp's packer
@@ -271,7 +275,7 @@ void gemv_iq2xxs_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens
 // same needs.
 void pack_iq2xxs_lane_avx512(const uint8_t* p, uint8_t* out);
 // IQ3_XXS / IQ3_S GEMV, tokens in groups of 1..3, quad layout (gemv_iq3_avx512.cpp): needs
-// AVX-512 VBMI and BITALG besides the AVX-512 set (matmul.cpp checks).
+// AVX-512 VBMI and BITALG besides the AVX-512 set (vbmi_kernels).
 void gemv_iq3_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                      int64_t ldy, int64_t r0, int64_t r1);
 // The magnitudes of two IQ3_XXS super-blocks at p in the lane layout (out: 8 vectors, dword j
@@ -279,7 +283,7 @@ void gemv_iq3_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, f
 // same needs.
 void iq3xxs_lane_magnitudes_avx512(const uint8_t* p, uint8_t* out);
 // IQ2_XS / IQ2_S GEMV, tokens in groups of 1..3, quad layout (gemv_iq2s_avx512.cpp): needs
-// AVX-512 VBMI besides the AVX-512 set (matmul.cpp checks).
+// AVX-512 VBMI besides the AVX-512 set (vbmi_kernels).
 void gemv_iq2s_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, float* Y,
                       int64_t ldy, int64_t r0, int64_t r1);
 // IQ1_S / IQ1_M GEMV, tokens in groups of 1..3, quad layout (gemv_iq1_avx512.cpp).

@@ -96,23 +96,21 @@ struct PackIQ3_XXS_T {
     const uint8_t* p1 = p + kBB;
     const __m512i B = pair256(p + 66, p1 + 66);  // sign words
     const __m512i S = iq_sign_bytes(B);
-    alignas(64) uint8_t mags[kVbmi ? 512 : 1];
-    if constexpr (kVbmi) iq3xxs_lane_magnitudes_avx512(p, mags);
-    // block b's 8 index bytes are qs dwords 2b (entries 0..3), 2b + 1 (4..7)
-    const __m512i Q0 = _mm512_loadu_si512(p + 2), Q1 = _mm512_loadu_si512(p1 + 2);
-    const int* grid = reinterpret_cast<const int*>(kIq3xxsGrid);
-    for (int h = 0; h < 2; ++h) {
-      const __m512i I = qword_half(Q0, Q1, h);
-      for (int m = 0; m < 4; ++m) {
-        const int k = 4 * h + m;  // field k / 2, elements 4 (k % 2) .. + 3 of it
-        __m512i g;
-        if constexpr (kVbmi)
-          g = _mm512_load_si512(mags + 64 * k);
-        else
-          g = _mm512_i32gather_epi32(_mm512_and_si512(_mm512_srli_epi32(I, 8 * m), _mm512_set1_epi32(255)), grid, 4);
-        store_codes(out, k, iq_signed(g, iq_neg(S, k / 2, k % 2), 64));
+    // the magnitudes of lane vector k: 64 bytes at mags + 64 k
+    alignas(64) uint8_t mags[512];
+    if constexpr (kVbmi) {
+      iq3xxs_lane_magnitudes_avx512(p, mags);
+    } else {
+      // block b's 8 index bytes are qs dwords 2b (entries 0..3), 2b + 1 (4..7)
+      const __m512i Q0 = _mm512_loadu_si512(p + 2), Q1 = _mm512_loadu_si512(p1 + 2);
+      const int* grid = reinterpret_cast<const int*>(kIq3xxsGrid);
+      for (int k = 0; k < 8; ++k) {
+        const __m512i I = _mm512_srli_epi32(qword_half(Q0, Q1, k / 4), 8 * (k % 4));
+        _mm512_store_si512(mags + 64 * k, _mm512_i32gather_epi32(_mm512_and_si512(I, _mm512_set1_epi32(255)), grid, 4));
       }
     }
+    for (int k = 0; k < 8; ++k)  // field k / 2, elements 4 (k % 2) .. + 3 of it
+      store_codes(out, k, iq_signed(_mm512_load_si512(mags + 64 * k), iq_neg(S, k / 2, k % 2), 64));
     store_iq_scales(p, p1, B, 0.5f, out);
   }
 };

@@ -64,6 +64,19 @@ uint8_t* scratch_bytes(size_t bytes) {
   buf.resize(bytes);
   return buf.data();
 }
+
+bool vbmi_kernels(GGMLType t) {
+  const CpuFeatures& f = cpu_features();
+  if (!avx512_extensions() || !f.avx512vbmi) return false;
+  switch (t) {
+    case GGMLType::IQ2_XXS: return f.gfni;  // gemv_iq2xxs_avx512.cpp
+    case GGMLType::IQ2_XS:
+    case GGMLType::IQ2_S: return true;  // gemv_iq2s_avx512.cpp
+    case GGMLType::IQ3_XXS:
+    case GGMLType::IQ3_S: return f.avx512bitalg;  // gemv_iq3_avx512.cpp
+    default: return false;
+  }
+}
 }  // namespace qk
 
 namespace {
@@ -114,17 +127,16 @@ struct OwnGemv {
 };
 
 OwnGemv own_gemv_avx512(GGMLType t) {
-  const CpuFeatures& f = cpu_features();
-  const bool ext = avx512_extensions() && f.avx512vbmi;
+  const bool vbmi = qk::vbmi_kernels(t);
   switch (t) {
     case GGMLType::Q2_K: return {qk::gemv_q2k_avx512, 5};
     case GGMLType::IQ1_S: return {qk::gemv_iq1_avx512, 4};
     case GGMLType::IQ1_M: return {qk::gemv_iq1_avx512, 8};
-    case GGMLType::IQ2_XXS: return ext && f.gfni ? OwnGemv{qk::gemv_iq2xxs_avx512, 7} : OwnGemv{};
+    case GGMLType::IQ2_XXS: return vbmi ? OwnGemv{qk::gemv_iq2xxs_avx512, 7} : OwnGemv{};
     case GGMLType::IQ2_XS:
-    case GGMLType::IQ2_S: return ext ? OwnGemv{qk::gemv_iq2s_avx512, 7} : OwnGemv{};
-    case GGMLType::IQ3_XXS: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 7} : OwnGemv{};
-    case GGMLType::IQ3_S: return ext && f.avx512bitalg ? OwnGemv{qk::gemv_iq3_avx512, 8} : OwnGemv{};
+    case GGMLType::IQ2_S: return vbmi ? OwnGemv{qk::gemv_iq2s_avx512, 7} : OwnGemv{};
+    case GGMLType::IQ3_XXS: return vbmi ? OwnGemv{qk::gemv_iq3_avx512, 7} : OwnGemv{};
+    case GGMLType::IQ3_S: return vbmi ? OwnGemv{qk::gemv_iq3_avx512, 8} : OwnGemv{};
     default: return {};
   }
 }
