@@ -5,6 +5,7 @@
 #include <span>
 
 #include "common/error.h"
+#include "common/line_buffer.h"
 #include "model/attention.h"
 #include "model/mhc.h"
 #include "model/moe.h"
@@ -115,7 +116,13 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
   for (int64_t s = 0; s < n_items; ++s) std::copy(items[s].tokens, items[s].tokens + items[s].n, &tokens[seqs[s].row0]);
   const int64_t D = c.n_embd, hc = c.hc_mult, W = hc * D;
   // Residual streams: every stream starts as the token's embedding (spec §3.1).
-  std::vector<float> X(n * W), y(n * D), f(n * D);
+  // Buffers of the calling thread, grown to the largest batch and kept (as in
+  // attention_forward and moe_forward: every element is written before it is
+  // read, and fresh vectors faulted their pages in on every eval).
+  thread_local LineBuffer<float> X_buf, y_buf, f_buf;
+  float* X = X_buf.get(n * W);
+  float* y = y_buf.get(n * D);
+  float* f = f_buf.get(n * D);
   {
   PROF_SCOPE("embed");
   for (int64_t t = 0; t < n; ++t) {
@@ -132,20 +139,20 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
     const LayerWeights& L = w_.layers[il];
     {
       PROF_SCOPE("mhc");
-      hc_pre(c, L.hc_attn, X.data(), n, y.data(), mix, pool_);
+      hc_pre(c, L.hc_attn, X, n, y, mix, pool_);
       for (int64_t t = 0; t < n; ++t) rms_norm(&y[t * D], L.attn_norm.data(), &y[t * D], D, eps);
     }
-    attention_forward(c, L, il, rope_[il], y.data(), seqs.data(), n_items, n, f.data(), pool_);
+    attention_forward(c, L, il, rope_[il], y, seqs.data(), n_items, n, f, pool_);
     {
       PROF_SCOPE("mhc");
-      hc_post(c, mix, f.data(), X.data(), n, pool_);
-      hc_pre(c, L.hc_ffn, X.data(), n, y.data(), mix, pool_);
+      hc_post(c, mix, f, X, n, pool_);
+      hc_pre(c, L.hc_ffn, X, n, y, mix, pool_);
       for (int64_t t = 0; t < n; ++t) rms_norm(&y[t * D], L.ffn_norm.data(), &y[t * D], D, eps);
     }
-    moe_forward(c, L, il, y.data(), tokens.data(), n, f.data(), pool_);
+    moe_forward(c, L, il, y, tokens.data(), n, f, pool_);
     {
       PROF_SCOPE("mhc");
-      hc_post(c, mix, f.data(), X.data(), n, pool_);
+      hc_post(c, mix, f, X, n, pool_);
     }
   }
   for (int64_t s = 0; s < n_items; ++s) items[s].state->end_eval(items[s].tokens, items[s].n);
@@ -164,12 +171,12 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
     PROF_SCOPE("mhc");
     std::vector<float> Xo(n_out * W);
     for (int64_t r = 0; r < n_out; ++r) std::copy_n(&X[out_rows[r] * W], W, &Xo[r * W]);
-    hc_head(c, w_, Xo.data(), n_out, y.data(), pool_);
+    hc_head(c, w_, Xo.data(), n_out, y, pool_);
     for (int64_t t = 0; t < n_out; ++t) rms_norm(&y[t * D], w_.output_norm.data(), &y[t * D], D, eps);
   }
   {
     PROF_SCOPE("matmul.head");
-    matmul(w_.output, y.data(), D, n_out, logits.data(), c.n_vocab, pool_);
+    matmul(w_.output, y, D, n_out, logits.data(), c.n_vocab, pool_);
   }
   std::vector<std::vector<float>> result(n_items);
   for (int64_t s = 0, r = 0; s < n_items; ++s) {
