@@ -166,7 +166,18 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
     }
   }
   const int64_t n_out = static_cast<int64_t>(out_rows.size());
-  std::vector<float> logits(n_out * c.n_vocab);
+  // One session (every eval call): its logits are the result vector itself, not
+  // a copy (a decode token's 0.5 MB, allocated fresh each time).
+  std::vector<std::vector<float>> result(n_items);
+  std::vector<float> gathered;
+  float* logits = nullptr;
+  if (n_items == 1) {
+    result[0].resize(n_out * c.n_vocab);
+    logits = result[0].data();
+  } else {
+    gathered.resize(n_out * c.n_vocab);
+    logits = gathered.data();
+  }
   {
     PROF_SCOPE("mhc");
     std::vector<float> Xo(n_out * W);
@@ -176,12 +187,11 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
   }
   {
     PROF_SCOPE("matmul.head");
-    matmul(w_.output, y, D, n_out, logits.data(), c.n_vocab, pool_);
+    matmul(w_.output, y, D, n_out, logits, c.n_vocab, pool_);
   }
-  std::vector<std::vector<float>> result(n_items);
-  for (int64_t s = 0, r = 0; s < n_items; ++s) {
+  for (int64_t s = 0, r = 0; n_items > 1 && s < n_items; ++s) {
     const int64_t rows = items[s].all_logits ? items[s].n : 1;
-    result[s].assign(logits.begin() + r * c.n_vocab, logits.begin() + (r + rows) * c.n_vocab);
+    result[s].assign(logits + r * c.n_vocab, logits + (r + rows) * c.n_vocab);
     r += rows;
   }
   if (prof_) prof_->add_eval(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());

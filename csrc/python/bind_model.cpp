@@ -51,6 +51,15 @@ static py::dict config_dict(const ModelConfig& c) {
   return d;
 }
 
+// Logits as a numpy array that owns the vector's memory (no copy): [rows, V],
+// or [V] where rows is 0 (the last position only).
+static py::array_t<float> logits_array(std::vector<float>&& v, int64_t rows, int64_t V) {
+  auto* owned = new std::vector<float>(std::move(v));
+  py::capsule free_owned(owned, [](void* p) { delete static_cast<std::vector<float>*>(p); });
+  if (rows > 0) return py::array_t<float>({rows, V}, owned->data(), free_owned);
+  return py::array_t<float>({V}, owned->data(), free_owned);
+}
+
 void bind_model(py::module_& m) {
   py::class_<Engine>(m, "Engine", "A loaded DeepSeek-V4 GGUF")
       .def(py::init<const std::string&, int, bool, bool>(), py::arg("path"), py::arg("threads") = 0,
@@ -94,9 +103,7 @@ void bind_model(py::module_& m) {
               logits = e.eval(s, ids.data(), n, all_logits);
             }
             const int64_t V = e.config().n_vocab;
-            py::array_t<float> out = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>(V);
-            std::copy(logits.begin(), logits.end(), out.mutable_data());
-            return out;
+            return logits_array(std::move(logits), all_logits ? n : 0, V);
           },
           py::arg("state"), py::arg("tokens"), py::arg("all_logits"))
       .def("imatrix_begin", &Engine::begin_imatrix,
@@ -133,9 +140,7 @@ void bind_model(py::module_& m) {
             py::list out;
             for (size_t i = 0; i < items.size(); ++i) {
               const int64_t rows = static_cast<int64_t>(logits[i].size()) / V;
-              py::array_t<float> a = items[i].all_logits ? py::array_t<float>({rows, V}) : py::array_t<float>(V);
-              std::copy(logits[i].begin(), logits[i].end(), a.mutable_data());
-              out.append(a);
+              out.append(logits_array(std::move(logits[i]), items[i].all_logits ? rows : 0, V));
             }
             return out;
           },
