@@ -181,7 +181,7 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     PROF_SCOPE("matmul.attn_q");
     const MatmulTask t[2] = {{&w.wq_a, x, D, n, qlat, QL}, {&w.wkv, x, D, n, kvr, d}};
     matmul_many(t, 2, pool);
-    for (int64_t t = 0; t < n; ++t) rms_norm(&qlat[t * QL], w.q_norm.data(), &qlat[t * QL], QL, eps);
+    rms_norm_rows(qlat, w.q_norm.data(), qlat, n, QL, eps, pool);
     matmul(w.wq_b, qlat, QL, n, q, H * d, pool);
   }
   {

@@ -140,14 +140,14 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
     {
       PROF_SCOPE("mhc");
       hc_pre(c, L.hc_attn, X, n, y, mix, pool_);
-      for (int64_t t = 0; t < n; ++t) rms_norm(&y[t * D], L.attn_norm.data(), &y[t * D], D, eps);
+      rms_norm_rows(y, L.attn_norm.data(), y, n, D, eps, pool_);
     }
     attention_forward(c, L, il, rope_[il], y, seqs.data(), n_items, n, f, pool_);
     {
       PROF_SCOPE("mhc");
       hc_post(c, mix, f, X, n, pool_);
       hc_pre(c, L.hc_ffn, X, n, y, mix, pool_);
-      for (int64_t t = 0; t < n; ++t) rms_norm(&y[t * D], L.ffn_norm.data(), &y[t * D], D, eps);
+      rms_norm_rows(y, L.ffn_norm.data(), y, n, D, eps, pool_);
     }
     moe_forward(c, L, il, y, tokens.data(), n, f, pool_);
     {
@@ -183,7 +183,7 @@ std::vector<std::vector<float>> Engine::eval_batch(const BatchItem* items, int64
     std::vector<float> Xo(n_out * W);
     for (int64_t r = 0; r < n_out; ++r) std::copy_n(&X[out_rows[r] * W], W, &Xo[r * W]);
     hc_head(c, w_, Xo.data(), n_out, y, pool_);
-    for (int64_t t = 0; t < n_out; ++t) rms_norm(&y[t * D], w_.output_norm.data(), &y[t * D], D, eps);
+    rms_norm_rows(y, w_.output_norm.data(), y, n_out, D, eps, pool_);
   }
   {
     PROF_SCOPE("matmul.head");

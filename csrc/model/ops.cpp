@@ -15,6 +15,12 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
   }
 }
 
+void rms_norm_rows(const float* x, const float* w, float* y, int64_t n, int64_t d, float eps, ThreadPool& pool) {
+  pool.parallel_for(n, 16, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) rms_norm(x + t * d, w, y + t * d, d, eps);
+  });
+}
+
 void swiglu(const float* g, const float* u, float* h, int64_t n, float limit) {
   for (int64_t i = 0; i < n; ++i) {
     float gi = g[i], ui = u[i];

@@ -6,12 +6,16 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/thread_pool.h"
 #include "model/config.h"
 
 namespace pyv4 {
 
 // y = w ⊙ x · rsqrt(mean(x²) + eps); w == nullptr for the unweighted form. In place ok.
 void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
+// rms_norm of each of n rows of width d (row t at x + t * d, y + t * d), rows
+// spread over the pool (a 512-token chunk's norms ran on one thread: ~5 ms each).
+void rms_norm_rows(const float* x, const float* w, float* y, int64_t n, int64_t d, float eps, ThreadPool& pool);
 
 // Interleaved-pair RoPE on the last 2*inv_freq.size() dims of a vector.
 struct RopeTable {
