@@ -151,6 +151,7 @@ namespace {
 // prefill of the q2 wide file: 149k page faults, 0.3 s of system time).
 struct AttnBuffers {
   LineBuffer<float> qlat, q, kvr, o, z, pkv, gate, ipkv, igate, qI, wI;
+  std::vector<LineBuffer<float>> wrows, crows;  // per session of the batch: decoded window / compressed rows
 };
 
 }  // namespace
@@ -249,12 +250,14 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   // Rows each session's queries read, each decoded once: the stored window rows
   // before pos0, and the compressed rows (HCA: all visible; CSA: the union of
   // the selected ones). F32 rows are read in place.
+  // (Decoded into the kept buffers: in decode, fresh ones were allocated,
+  // zeroed and faulted in for every layer of every token.)
   struct Gathered {
     int64_t w_first = 0;
     std::vector<const float*> wptr, cptr;
-    std::vector<float> wbuf, cbuf;  // decoded rows the pointers point into (non-f32 types)
   };
   std::vector<Gathered> gath(n_seqs);
+  if (static_cast<int64_t>(buf.wrows.size()) < n_seqs) buf.wrows.resize(n_seqs), buf.crows.resize(n_seqs);
   ProfScope prof_gather("attn.gather");
   for (int64_t s = 0; s < n_seqs; ++s) {
     const SeqSpan& sp = seqs[s];
@@ -263,12 +266,12 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
     Gathered& g = gath[s];
     const int64_t pos0 = sp.pos0;
     g.w_first = std::max<int64_t>(0, pos0 - c.window + 1);
-    g.wbuf.resize(mc.type == KVType::F32 ? 0 : (pos0 - g.w_first) * d);
+    float* wbuf = mc.type == KVType::F32 ? nullptr : buf.wrows[s].get((pos0 - g.w_first) * d);
     g.wptr.resize(pos0 - g.w_first);
-    for (int64_t p = g.w_first; p < pos0; ++p) {
-      g.wptr[p - g.w_first] =
-          mc.view(kv.window_rec(il, p), g.wbuf.data() + (g.wbuf.empty() ? 0 : (p - g.w_first) * d));
-    }
+    pool.parallel_for(pos0 - g.w_first, 16, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; ++i)
+        g.wptr[i] = mc.view(kv.window_rec(il, g.w_first + i), wbuf ? wbuf + i * d : nullptr);
+    });
     LayerState& st = kv.layer(il);
     st.touch.window += pos0 - g.w_first;
     if (!ratio) continue;
@@ -283,11 +286,9 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
       for (int64_t t = 0; t < sp.n; ++t) for (int64_t b : picked[sp.row0 + t]) mark[b] = 1;
       for (int64_t b = 0; b < nb_last; ++b) if (mark[b]) need.push_back(b);
     }
-    g.cbuf.resize(mc.type == KVType::F32 ? 0 : need.size() * d);
+    float* cbuf = mc.type == KVType::F32 ? nullptr : buf.crows[s].get(need.size() * d);
     pool.parallel_for(static_cast<int64_t>(need.size()), 16, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t i = i0; i < i1; ++i) {
-        g.cptr[need[i]] = mc.view(kv.comp_rec(il, need[i]), g.cbuf.empty() ? nullptr : g.cbuf.data() + i * d);
-      }
+      for (int64_t i = i0; i < i1; ++i) g.cptr[need[i]] = mc.view(kv.comp_rec(il, need[i]), cbuf ? cbuf + i * d : nullptr);
     });
     st.touch.compressed += static_cast<int64_t>(need.size());
   }
