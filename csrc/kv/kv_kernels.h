@@ -32,6 +32,10 @@ struct KvKernels {
   // FP4 indexer key record (csrc/kv/qat.h, KVType::FP8) -> width floats; exact,
   // so every kernel gives the same bits.
   void (*decode_fp4)(const uint8_t* src, int64_t width, float* row);
+  // FP8 main-row record (decode_fp8_main_row, csrc/kv/qat.h) -> width floats;
+  // exact, so every kernel gives the same bits. Attention decodes the window
+  // and compressed rows it reads with it, every decode step.
+  void (*decode_fp8_main)(const uint8_t* src, int64_t nope, int64_t width, float* row);
   // Scoring straight from FP4 records, AVX-512 VNNI only (null in the other
   // tables; callers then decode keys and use index_scores, which is also the
   // reference: the values are the same, the block dots here exact integers).
@@ -59,6 +63,7 @@ void index_scores(const float* qT, const float* w, int64_t nih, int64_t dim,
 void attend(const float* q, int64_t nh, int64_t d, const float* const* rows, int64_t nk,
             const float* sinks, float scale, float* p, float* out);
 void decode_fp4(const uint8_t* src, int64_t width, float* row);
+void decode_fp8_main(const uint8_t* src, int64_t nope, int64_t width, float* row);
 }  // namespace avx2
 
 namespace avx512 {

@@ -4,7 +4,10 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include <cstring>
+
 #include "kv/kv_kernels.h"
+#include "kv/qat.h"
 
 namespace pyv4::avx2 {
 
@@ -172,6 +175,56 @@ void decode_fp4(const uint8_t* src, int64_t width, float* row) {
       const __m256 v = _mm256_xor_ps(mag, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(idx, 28), sign)));
       _mm256_storeu_ps(row + 32 * blk + 8 * k, _mm256_mul_ps(v, s));
     }
+  }
+}
+
+void decode_fp8_main(const uint8_t* src, int64_t nope, int64_t width, float* row) {
+  // An e4m3fn byte's low 7 bits shifted left by 7 are the fp16 of its value
+  // times 2^-8, subnormals included (fp16 has 4 more exponent bits, a bias 8
+  // higher, and the same leading-bit convention); the sign moves to bit 15.
+  // So value * s = fp16(...) * (s * 2^8): both products are exact reals
+  // rounded once, the same bits as the reference's table value * s. Codes
+  // 0x7F / 0xFF are NaN (as the reference's +-NaN). Blocks whose s * 2^8
+  // would overflow (scale byte > 246, amax near FLT_MAX) or shorter than 16
+  // take the reference's loop.
+  const uint8_t* scales = src + nope + (width - nope) * 2;
+  const __m256i low7 = _mm256_set1_epi16(0x7F), sign8 = _mm256_set1_epi16(0x80);
+  const __m256 nan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000));
+  for (int64_t i0 = 0; i0 < nope; i0 += 64) {
+    const int64_t len = nope - i0 < 64 ? nope - i0 : 64;
+    const uint32_t e = scales[i0 / 64];
+    if (e > 246 || len % 16 != 0) {
+      const float s = ldexpf(1.0f, static_cast<int>(e) - 127);
+      for (int64_t i = i0; i < i0 + len; ++i) row[i] = fp8_e4m3_value(src[i]) * s;
+      continue;
+    }
+    const __m256 s = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>((e + 8) << 23)));  // 2^(e - 119)
+    for (int64_t i = i0; i < i0 + len; i += 16) {
+      const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+      const __m256i mag = _mm256_and_si256(w, low7);
+      const __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7), _mm256_slli_epi16(_mm256_and_si256(w, sign8), 8));
+      const __m256i is_nan = _mm256_cmpeq_epi16(mag, low7);
+      for (int half = 0; half < 2; ++half) {
+        const __m128i h8 = half ? _mm256_extracti128_si256(h, 1) : _mm256_castsi256_si128(h);
+        const __m128i n8 = half ? _mm256_extracti128_si256(is_nan, 1) : _mm256_castsi256_si128(is_nan);
+        __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(h8), s);
+        // NaN codes: the quiet NaN with the code's sign
+        const __m256 sign = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u))));
+        v = _mm256_blendv_ps(v, _mm256_or_ps(nan, sign), _mm256_castsi256_ps(_mm256_cvtepi16_epi32(n8)));
+        _mm256_storeu_ps(row + i + 8 * half, v);
+      }
+    }
+  }
+  // rope dims: bf16 is the high half of its fp32
+  int64_t i = nope;
+  for (; i + 8 <= width; i += 8) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + nope + 2 * (i - nope)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+  }
+  for (; i < width; ++i) {
+    const uint8_t* b = src + nope + 2 * (i - nope);
+    const uint32_t bits = (static_cast<uint32_t>(b[0]) | static_cast<uint32_t>(b[1]) << 8) << 16;
+    std::memcpy(row + i, &bits, 4);
   }
 }
 

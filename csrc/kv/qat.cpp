@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "kv/kv_kernels.h"
 #include "kv/qat_math.h"
 #include "quant/blocks.h"
 
@@ -160,6 +161,20 @@ void decode_fp4_row(const uint8_t* src, int64_t width, float* row) {
   }
 }
 
+void decode_fp8_main_row(const uint8_t* src, int64_t nope, int64_t width, float* row) {
+  const uint8_t* scales = src + nope + (width - nope) * 2;
+  for (int64_t i0 = 0; i0 < nope; i0 += 64) {
+    const float s = std::ldexp(1.0f, static_cast<int>(scales[i0 / 64]) - 127);
+    const int64_t i1 = std::min<int64_t>(nope, i0 + 64);
+    for (int64_t i = i0; i < i1; ++i) row[i] = kFp8.v[src[i]] * s;
+  }
+  for (int64_t i = nope; i < width; ++i) {
+    uint16_t b;
+    std::memcpy(&b, src + nope + 2 * (i - nope), 2);
+    row[i] = bf16_to_f32(b);
+  }
+}
+
 void RowCodec::decode(const uint8_t* src, float* row) const {
   switch (type) {
     case KVType::F32: std::memcpy(row, src, width * 4); return;
@@ -172,17 +187,7 @@ void RowCodec::decode(const uint8_t* src, float* row) const {
       return;
     case KVType::FP8:
       if (kind == Kind::Main) {
-        const uint8_t* scales = src + nope + (width - nope) * 2;
-        for (int64_t i0 = 0; i0 < nope; i0 += 64) {
-          const float s = std::ldexp(1.0f, static_cast<int>(scales[i0 / 64]) - 127);
-          const int64_t i1 = std::min<int64_t>(nope, i0 + 64);
-          for (int64_t i = i0; i < i1; ++i) row[i] = kFp8.v[src[i]] * s;
-        }
-        for (int64_t i = nope; i < width; ++i) {
-          uint16_t b;
-          std::memcpy(&b, src + nope + 2 * (i - nope), 2);
-          row[i] = bf16_to_f32(b);
-        }
+        kv_kernels().decode_fp8_main(src, nope, width, row);  // the same bits in every table
       } else {
         decode_fp4_row(src, width, row);
       }

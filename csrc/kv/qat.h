@@ -79,6 +79,11 @@ struct RowCodec {
 // The reference for kv_kernels' decode_fp4.
 void decode_fp4_row(const uint8_t* src, int64_t width, float* row);
 
+// Decodes a main-row record of KVType::FP8 (spec §4.2): nope e4m3 bytes, then
+// width - nope bf16 rope values, then one UE8M0 scale per 64 nope elements. The
+// reference for kv_kernels' decode_fp8_main.
+void decode_fp8_main_row(const uint8_t* src, int64_t nope, int64_t width, float* row);
+
 // The indexer query (spec §3.6 step 1) gets the same rotation and FP4 QAT as
 // the keys in KVType::FP8; nothing in the other types.
 void round_index_query(KVType t, float* q, int64_t width);

@@ -225,6 +225,18 @@ void bind_session(py::module_& m) {
         return to_array(out);
       },
       py::arg("record"), py::arg("width"));
+  m.def(
+      "kv_decode_fp8",
+      [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> rec, int64_t width, int64_t rope_dim) {
+        const int64_t nope = width - rope_dim;
+        if (width <= 0 || rope_dim < 0 || nope < 0 || rec.size() < nope + 2 * rope_dim + (nope + 63) / 64)
+          throw InputError("kv_decode_fp8: a main record of nope e4m3 bytes, 2 * rope_dim bf16 bytes and a "
+                           "scale per 64 nope values");
+        std::vector<float> out(width);
+        kv_kernels().decode_fp8_main(rec.data(), nope, width, out.data());
+        return to_array(out);
+      },
+      py::arg("record"), py::arg("width"), py::arg("rope_dim"));
   // (rounded, decoded, record bytes) of one row through a KV type's codec.
   m.def(
       "kv_codec_roundtrip",
