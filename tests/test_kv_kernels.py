@@ -133,7 +133,7 @@ def _e4m3_values():
     return np.where(c & 0x80, -mag, mag)
 
 
-@pytest.mark.parametrize("width,rope", [(512, 64), (128, 0), (96, 8), (200, 8)])
+@pytest.mark.parametrize("width,rope", [(512, 64), (128, 0), (96, 8), (200, 8), (100, 4)])
 def test_decode_fp8_main_exact(kernels, width, rope):
     """The fp8 main-row decode: every code (NaN and -0 included), scales from the
     subnormal 2^-127 to 2^127 (the fast kernel's fallback above 2^119), blocks

@@ -8,6 +8,7 @@
 
 #include "kv/kv_kernels.h"
 #include "kv/qat.h"
+#include "quant/blocks.h"  // bf16_to_f32
 
 namespace pyv4::avx2 {
 
@@ -222,9 +223,9 @@ void decode_fp8_main(const uint8_t* src, int64_t nope, int64_t width, float* row
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
   }
   for (; i < width; ++i) {
-    const uint8_t* b = src + nope + 2 * (i - nope);
-    const uint32_t bits = (static_cast<uint32_t>(b[0]) | static_cast<uint32_t>(b[1]) << 8) << 16;
-    std::memcpy(row + i, &bits, 4);
+    uint16_t b;
+    std::memcpy(&b, src + nope + 2 * (i - nope), 2);
+    row[i] = qblocks::bf16_to_f32(b);
   }
 }
 

@@ -148,9 +148,11 @@ namespace {
 // the largest chunk and kept, as moe_forward's (every element is written
 // before it is read). Fresh vectors per layer zeroed them and, above glibc's
 // mmap threshold, faulted their pages in again every layer (512-token
-// prefill of the q2 wide file: 149k page faults, 0.3 s of system time).
+// prefill of the q2 wide file: 149k page faults, 0.3 s of system time); the
+// decoded KV rows too, which decode allocated afresh for every layer of every
+// token. pkv / gate serve the main compressor, then the indexer's.
 struct AttnBuffers {
-  LineBuffer<float> qlat, q, kvr, o, z, pkv, gate, ipkv, igate, qI, wI;
+  LineBuffer<float> qlat, q, kvr, o, z, pkv, gate, qI, wI;
   std::vector<LineBuffer<float>> wrows, crows;  // per session of the batch: decoded window / compressed rows
 };
 
@@ -226,8 +228,8 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   std::vector<std::vector<int64_t>> picked(w.kind == AttnKind::CSA ? n : 0);
   if (w.kind == AttnKind::CSA) {
     const int64_t pw = w.index_comp.kv.rows, nih = c.index_n_head, ihd = c.index_head_dim;
-    float* pkv = buf.ipkv.get(n * pw);
-    float* gate = buf.igate.get(n * pw);
+    float* pkv = buf.pkv.get(n * pw);  // the main compressor's update is done with them
+    float* gate = buf.gate.get(n * pw);
     compressor_project(c, w.index_comp, x, n, pkv, gate, /*indexer=*/true, pool);
     float* qI = buf.qI.get(n * nih * ihd);
     float* wI = buf.wI.get(n * nih);
@@ -250,8 +252,6 @@ void attention_forward(const ModelConfig& c, const LayerWeights& w, int64_t il,
   // Rows each session's queries read, each decoded once: the stored window rows
   // before pos0, and the compressed rows (HCA: all visible; CSA: the union of
   // the selected ones). F32 rows are read in place.
-  // (Decoded into the kept buffers: in decode, fresh ones were allocated,
-  // zeroed and faulted in for every layer of every token.)
   struct Gathered {
     int64_t w_first = 0;
     std::vector<const float*> wptr, cptr;
