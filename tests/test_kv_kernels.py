@@ -8,11 +8,15 @@ AVX-512) kernels against the plain reference loops and against float64 numpy.
 * index_scores: Σ_h w_h·ReLU(q_h·k) over keys (spec §3.6); same tolerances.
 * decode_fp4: exact, so fast and reference agree bit for bit (signed zeros
   included) and equal the value table times the UE8M0 scale.
+* index_round_fp4: Hadamard + FP4 QAT of an indexer query or key and its
+  record; exact, so fast and reference agree bit for bit, equal the numpy QAT
+  (tests/qat_reference.py) and the record decodes to the rounded row.
 """
 
 import numpy as np
 import pytest
 
+import qat_reference as Q
 from attention_reference import attend_numpy
 from pyv4 import _core
 
@@ -122,6 +126,45 @@ def test_decode_fp4_exact(kernels, width):
             assert np.array_equal(got[path], want), path
             assert np.array_equal(np.signbit(got[path]), (nib & 8) != 0), path
         assert np.array_equal(got["fast"].view(np.uint32), got["reference"].view(np.uint32))
+
+
+@pytest.mark.parametrize("width,pad", [(128, 4), (32, 0), (64, 0), (512, 12)])
+def test_index_round_fp4_exact(kernels, width, pad):
+    rng = np.random.default_rng(width + pad)
+    nbytes = width // 2 + width // 32 + pad
+    for trial in range(60):
+        x = (rng.standard_normal(width) * np.exp2(rng.integers(-140, 120))).astype(np.float32)
+        if trial == 0:
+            x[:] = 0.0  # every block at the amax floor
+        elif trial == 1:
+            x[:] = 0.0
+            x[rng.integers(0, width)] = 3.0  # rotated to equal magnitudes: every value at its block's amax
+        elif trial == 2:
+            x[rng.integers(0, width, 3)] = [np.nan, np.inf, -np.inf]
+        elif trial == 3:
+            x = rng.choice(np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0], np.float32), width)
+            x = Q.hadamard(x).astype(np.float32)  # H is its own inverse: back at or near the e2m1 thresholds
+        got = {}
+        for path in ("reference", "fast"):
+            kernels(path)
+            with np.errstate(all="ignore"):
+                got[path] = _core.kv_index_round_fp4(x, nbytes)
+        for a, b in zip(got["fast"], got["reference"]):
+            assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8)), trial
+        rounded, rec = got["reference"]
+        assert not rec[width // 2 + width // 32:].any()  # the padding stays zero
+        if np.isfinite(x).all():
+            with np.errstate(all="ignore"):
+                want = Q.index_qat(x)
+            assert np.array_equal(rounded.view(np.uint32), want.astype(np.float32).view(np.uint32)), trial
+            assert np.array_equal(_core.kv_decode_fp4(rec[: nbytes - pad], width), rounded), trial
+
+
+def test_index_round_fp4_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="power of two"):
+        _core.kv_index_round_fp4(np.zeros(96, np.float32), 64)
+    with pytest.raises(ValueError, match="record needs"):
+        _core.kv_index_round_fp4(np.zeros(128, np.float32), 67)
 
 
 def _e4m3_values():

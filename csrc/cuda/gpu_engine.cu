@@ -306,7 +306,7 @@ void GpuEngine::Impl::attention(int64_t il, const SeqSpan& sp, const float* x, f
 }
 
 // indexer_select on the GPU for kv="fp8" (the keys the device holds, FP4
-// records): the query's RoPE, Hadamard and FP4 rounding (round_index_query:
+// records): the query's RoPE, Hadamard and FP4 rounding (index_round_fp4:
 // kv_encode's index path, the records discarded), the head weights' scales,
 // then per query the scores of its visible keys and their top-k (spec §3.6).
 std::vector<std::vector<int64_t>> GpuEngine::Impl::select_on_gpu(int64_t il, const SeqSpan& sp, float* qI_d,

@@ -52,10 +52,17 @@ void attend_ref(const float* q, int64_t nh, int64_t d, const float* const* rows,
     for (int64_t j = 0; j < nk; ++j) axpy_ref(s[j] / denom, rows[j], oh, d);
   }
 }
-const KvKernels kRef{index_scores_ref, attend_ref, decode_fp4_row, decode_fp8_main_row, nullptr, nullptr};
-const KvKernels kAvx2{avx2::index_scores, avx2::attend, avx2::decode_fp4, avx2::decode_fp8_main, nullptr, nullptr};
-const KvKernels kAvx512{avx2::index_scores,      avx512::attend,     avx2::decode_fp4,
-                        avx2::decode_fp8_main,   avx512::fp4_query, avx512::index_scores_fp4};
+void index_round_fp4_ref(float* row, int64_t width, uint8_t* rec, size_t rec_bytes) {
+  hadamard(row, width);
+  act_quant_fp4(row, width, 32);
+  if (rec) encode_fp4_row(row, width, rec, rec_bytes);
+}
+const KvKernels kRef{index_scores_ref,    attend_ref,         decode_fp4_row, decode_fp8_main_row,
+                     index_round_fp4_ref, nullptr,            nullptr};
+const KvKernels kAvx2{avx2::index_scores,    avx2::attend, avx2::decode_fp4, avx2::decode_fp8_main,
+                      avx2::index_round_fp4, nullptr,      nullptr};
+const KvKernels kAvx512{avx2::index_scores,    avx512::attend,    avx2::decode_fp4,         avx2::decode_fp8_main,
+                        avx2::index_round_fp4, avx512::fp4_query, avx512::index_scores_fp4};
 }  // namespace
 
 const KvKernels& kv_kernels_reference() { return kRef; }

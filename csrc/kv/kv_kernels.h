@@ -10,6 +10,7 @@
 // results do not depend on how a prompt is split into chunks.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace pyv4 {
@@ -36,11 +37,17 @@ struct KvKernels {
   // exact, so every kernel gives the same bits. Attention decodes the window
   // and compressed rows it reads with it, every decode step.
   void (*decode_fp8_main)(const uint8_t* src, int64_t nope, int64_t width, float* row);
+  // An indexer query or key of KVType::FP8 rounded in place (spec §3.6:
+  // Hadamard, then FP4 QAT in blocks of 32), and when rec is not null its FP4
+  // record of rec_bytes (encode_fp4_row, csrc/kv/qat.h). width: a power of two,
+  // a multiple of 32. Exact, so every kernel gives the same bits. Runs for every
+  // query head of every CSA layer and token.
+  void (*index_round_fp4)(float* row, int64_t width, uint8_t* rec, size_t rec_bytes);
   // Scoring straight from FP4 records, AVX-512 VNNI only (null in the other
   // tables; callers then decode keys and use index_scores, which is also the
   // reference: the values are the same, the block dots here exact integers).
   // fp4_query lays out nih query records, `stride` bytes apart (the KVType::FP8
-  // index codec's, after round_index_query; RowCodec::bytes may pad a record),
+  // index codec's, after index_round_fp4; RowCodec::bytes may pad a record),
   // into prep, fp4_prep_bytes(nih, dim) bytes; then
   // index_scores_fp4 scores n key records against it. Needs nih % 16 == 0,
   // dim % 32 == 0, dim <= 512 (fp4_scoring_fits).
@@ -64,6 +71,7 @@ void attend(const float* q, int64_t nh, int64_t d, const float* const* rows, int
             const float* sinks, float scale, float* p, float* out);
 void decode_fp4(const uint8_t* src, int64_t width, float* row);
 void decode_fp8_main(const uint8_t* src, int64_t nope, int64_t width, float* row);
+void index_round_fp4(float* row, int64_t width, uint8_t* rec, size_t rec_bytes);
 }  // namespace avx2
 
 namespace avx512 {

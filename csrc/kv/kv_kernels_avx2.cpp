@@ -8,6 +8,7 @@
 
 #include "kv/kv_kernels.h"
 #include "kv/qat.h"
+#include "kv/qat_math.h"
 #include "quant/blocks.h"  // bf16_to_f32
 
 namespace pyv4::avx2 {
@@ -226,6 +227,111 @@ void decode_fp8_main(const uint8_t* src, int64_t nope, int64_t width, float* row
     uint16_t b;
     std::memcpy(&b, src + nope + 2 * (i - nope), 2);
     row[i] = qblocks::bf16_to_f32(b);
+  }
+}
+
+namespace {
+
+// Butterflies of the Hadamard transform within 8 lanes: stage h pairs lane j
+// with j ^ h; the lower lane gets a + b, the upper a - b, each with the
+// reference's operand order (a the lower lane's value), so the bits match.
+template <int Imm, int Blend>
+inline __m256 butterfly_in_lanes(__m256 v) {
+  const __m256 w = Imm == 0 ? _mm256_permute2f128_ps(v, v, 1) : _mm256_permute_ps(v, Imm);
+  return _mm256_blend_ps(_mm256_add_ps(v, w), _mm256_sub_ps(w, v), Blend);
+}
+
+// UE8M0 exponent of a 32-block (qat_math::block_scale_exp with the FP4 floor):
+// max_ps(|x|, m) keeps m where |x| is NaN, as the reference's comparison does.
+inline int fp4_block_exp(const __m256 (&v)[4]) {
+  const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 m = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) m = _mm256_max_ps(_mm256_and_ps(v[k], abs), m);
+  m = _mm256_max_ps(m, _mm256_permute2f128_ps(m, m, 1));
+  m = _mm256_max_ps(m, _mm256_permute_ps(m, 0x4E));
+  m = _mm256_max_ps(m, _mm256_permute_ps(m, 0xB1));
+  float amax = _mm256_cvtss_f32(m);
+  amax = amax < qat_math::kFp4Floor ? qat_math::kFp4Floor : amax;
+  return qat_math::log2_ceil_bits(amax * qat_math::kFp4Inv);
+}
+
+// qat_math::e2m1_code_abs of 8 magnitudes: 7 minus the thresholds a stays
+// under (a compare is -1 where true).
+inline __m256i e2m1_codes(__m256 a) {
+  __m256i c = _mm256_set1_epi32(7);
+  c = _mm256_add_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(0.25f), _CMP_LE_OQ)));
+  c = _mm256_add_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(0.75f), _CMP_LT_OQ)));
+  c = _mm256_add_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(1.25f), _CMP_LE_OQ)));
+  c = _mm256_add_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(1.75f), _CMP_LT_OQ)));
+  c = _mm256_add_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(2.5f), _CMP_LE_OQ)));
+  c = _mm256_add_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(3.5f), _CMP_LT_OQ)));
+  return _mm256_add_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(5.0f), _CMP_LE_OQ)));
+}
+
+}  // namespace
+
+void index_round_fp4(float* x, int64_t width, uint8_t* rec, size_t rec_bytes) {
+  // Hadamard: stages 1, 2, 4 inside each vector, then vector pairs h / 8 apart.
+  for (int64_t i = 0; i < width; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    v = butterfly_in_lanes<0xB1, 0xAA>(v);
+    v = butterfly_in_lanes<0x4E, 0xCC>(v);
+    v = butterfly_in_lanes<0, 0xF0>(v);
+    _mm256_storeu_ps(x + i, v);
+  }
+  for (int64_t h = 8; h < width; h *= 2)
+    for (int64_t i = 0; i < width; i += 2 * h)
+      for (int64_t j = i; j < i + h; j += 8) {
+        const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
+        _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+        _mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+      }
+  const __m256 scale = _mm256_set1_ps(static_cast<float>(1.0 / sqrt(static_cast<double>(width))));
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m256 mx = _mm256_set1_ps(qat_math::kFp4Max), mmx = _mm256_set1_ps(-qat_math::kFp4Max);
+  const __m256i one = _mm256_set1_epi32(1);
+  for (int64_t b0 = 0; b0 < width; b0 += 32) {
+    __m256 v[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_mul_ps(_mm256_loadu_ps(x + b0 + 8 * k), scale);
+    // FP4 QAT (qat_math::act_quant_block): y = clamp(x / s, +-6) rounded to e2m1, times s
+    const __m256 s = _mm256_set1_ps(ldexpf(1.0f, fp4_block_exp(v)));
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      __m256 y = _mm256_div_ps(v[k], s);
+      y = _mm256_blendv_ps(y, mx, _mm256_cmp_ps(mx, y, _CMP_LT_OQ));
+      y = _mm256_blendv_ps(y, mmx, _mm256_cmp_ps(y, mmx, _CMP_LT_OQ));
+      const __m256i c = e2m1_codes(_mm256_andnot_ps(sign, y));
+      // qat_math::e2m1_abs_value: 2^(c/2 - 1) (1 + (c & 1) / 2) from c >= 2, 0.5 at 1, 0 at 0
+      const __m256i normal = _mm256_or_si256(
+          _mm256_slli_epi32(_mm256_add_epi32(_mm256_srli_epi32(c, 1), _mm256_set1_epi32(126)), 23),
+          _mm256_slli_epi32(_mm256_and_si256(c, one), 22));
+      const __m256i val = _mm256_or_si256(
+          _mm256_and_si256(normal, _mm256_cmpgt_epi32(c, one)),
+          _mm256_and_si256(_mm256_set1_epi32(0x3F000000), _mm256_cmpeq_epi32(c, one)));
+      v[k] = _mm256_mul_ps(_mm256_or_ps(_mm256_castsi256_ps(val), _mm256_and_ps(y, sign)), s);
+      _mm256_storeu_ps(x + b0 + 8 * k, v[k]);
+    }
+    if (!rec) continue;
+    // The record from the rounded block, as qat_math::encode_block derives it
+    // (its own scale, which may be half the QAT's).
+    const int e = fp4_block_exp(v);
+    const __m256 s2 = _mm256_set1_ps(ldexpf(1.0f, e));
+    alignas(32) int32_t nib[32];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m256 y = _mm256_div_ps(v[k], s2);
+      const __m256i neg = _mm256_srli_epi32(_mm256_castps_si256(y), 31);
+      const __m256i c = _mm256_or_si256(e2m1_codes(_mm256_andnot_ps(sign, y)), _mm256_slli_epi32(neg, 3));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(nib + 8 * k), c);
+    }
+    for (int k = 0; k < 16; ++k) rec[b0 / 2 + k] = static_cast<uint8_t>(nib[2 * k] | nib[2 * k + 1] << 4);
+    rec[width / 2 + b0 / 32] = static_cast<uint8_t>(e + 127);
+  }
+  if (rec) {
+    const size_t used = static_cast<size_t>(width / 2 + width / 32);
+    if (rec_bytes > used) std::memset(rec + used, 0, rec_bytes - used);
   }
 }
 

@@ -67,10 +67,11 @@ void act_quant_fp4(float* x, int64_t n, int64_t block) {
 
 void hadamard(float* x, int64_t n) { qat_math::hadamard_inplace(x, n); }
 
-void round_index_query(KVType t, float* q, int64_t width) {
-  if (t != KVType::FP8) return;
-  hadamard(q, width);
-  act_quant_fp4(q, width, 32);
+void encode_fp4_row(const float* row, int64_t width, uint8_t* dst, size_t bytes) {
+  std::memset(dst, 0, bytes);
+  uint8_t* scales = dst + width / 2;
+  for (int64_t blk = 0; blk < width / 32; ++blk)
+    scales[blk] = qat_math::encode_block(row + 32 * blk, 32, false, dst, 32 * blk);
 }
 
 // ---- codecs ----------------------------------------------------------------
@@ -112,8 +113,8 @@ void RowCodec::round(float* row) const {
         act_quant_fp8(row, nope, 64);  // spec §3.4 step 3 / §3.5 post-processing
         for (int64_t i = nope; i < width; ++i) row[i] = round_bf16(row[i]);  // rope dims stay BF16
       } else {
-        hadamard(row, width);  // spec §3.6: Hadamard(128) then FP4 QAT (block 32)
-        act_quant_fp4(row, width, 32);
+        // spec §3.6: Hadamard(128) then FP4 QAT (block 32); the same bits in every table
+        kv_kernels().index_round_fp4(row, width, nullptr, 0);
       }
       return;
   }
@@ -142,9 +143,7 @@ void RowCodec::encode(const float* row, uint8_t* dst) const {
           std::memcpy(dst + nope + 2 * (i - nope), &b, 2);
         }
       } else {
-        uint8_t* scales = dst + width / 2;
-        for (int64_t blk = 0; blk < width / 32; ++blk)
-          scales[blk] = qat_math::encode_block(row + 32 * blk, 32, false, dst, 32 * blk);
+        encode_fp4_row(row, width, dst, bytes);
       }
       return;
   }

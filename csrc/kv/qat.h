@@ -84,8 +84,11 @@ void decode_fp4_row(const uint8_t* src, int64_t width, float* row);
 // reference for kv_kernels' decode_fp8_main.
 void decode_fp8_main_row(const uint8_t* src, int64_t nope, int64_t width, float* row);
 
-// The indexer query (spec §3.6 step 1) gets the same rotation and FP4 QAT as
-// the keys in KVType::FP8; nothing in the other types.
-void round_index_query(KVType t, float* q, int64_t width);
+// The FP4 record of an indexer row of KVType::FP8 already rounded (hadamard +
+// act_quant_fp4(32)): width/2 bytes of e2m1 nibbles (element 2k low, 2k+1
+// high), then one UE8M0 scale per 32 elements; the `bytes` - width/2 - width/32
+// bytes after them zero. RowCodec::encode's index records, and the reference
+// of kv_kernels' index_round_fp4.
+void encode_fp4_row(const float* row, int64_t width, uint8_t* dst, size_t bytes);
 
 }  // namespace pyv4

@@ -49,8 +49,8 @@ std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const Lay
     for (int64_t i = i0; i < i1; ++i) {
       float* qh = &qI[i * ihd];
       rope.apply(qh, ihd, pos0 + i / nih);
-      round_index_query(kv.type(), qh, ihd);  // fp8: Hadamard + FP4 QAT (spec §3.6)
-      if (fp4_scoring) ic.encode(qh, &qrec[i * ic.bytes]);
+      // fp8: the keys' Hadamard + FP4 QAT (spec §3.6), and the record the FP4 scoring reads
+      if (fp4_keys) kk.index_round_fp4(qh, ihd, fp4_scoring ? &qrec[i * ic.bytes] : nullptr, ic.bytes);
       wI[i] *= wscale * qscale;
     }
   });

@@ -237,6 +237,21 @@ void bind_session(py::module_& m) {
         return to_array(out);
       },
       py::arg("record"), py::arg("width"), py::arg("rope_dim"));
+  m.def(
+      "kv_index_round_fp4",
+      [](F32Array x, int64_t rec_bytes) {
+        const int64_t width = x.size();
+        if (width < 32 || width % 32 != 0 || (width & (width - 1)) != 0)
+          throw InputError("kv_index_round_fp4: width must be a power of two and a multiple of 32");
+        if (rec_bytes < width / 2 + width / 32)
+          throw InputError("kv_index_round_fp4: a record needs width / 2 + width / 32 bytes");
+        std::vector<float> v(x.data(), x.data() + width);
+        py::array_t<uint8_t> rec(rec_bytes);
+        kv_kernels().index_round_fp4(v.data(), width, rec.mutable_data(), static_cast<size_t>(rec_bytes));
+        return py::make_tuple(to_array(v), rec);
+      },
+      py::arg("row"), py::arg("record_bytes"),
+      "(rounded row, FP4 record) of an indexer query or key of kv=\"fp8\" (Hadamard + FP4 QAT).");
   // (rounded, decoded, record bytes) of one row through a KV type's codec.
   m.def(
       "kv_codec_roundtrip",
