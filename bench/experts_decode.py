@@ -17,8 +17,13 @@ down Q2_K: the q2 recipe of `pyv4 convert`). MXFP4 uses the row layout a
 loaded model uses (split on AVX-512, quant/split_layout.h). Reported per
 configuration: ms per step (best and median wall time of --steps, after one
 warm-up cycle); the process's CPU time per step divided by the threads
-(median; on a quiet host it equals the wall time, on a shared one it is what
-the step costs while its threads run); the weight bytes a step reads and their
+(the mean: Linux brings a running worker thread's CPU time up to date only at
+a scheduler tick or a switch, so one step's reading is off by up to a tick,
+more than a step lasts, and a median of such readings is biased (on the
+Zen 4 host of RESULTS, 2026-12-06 22:00, the median put q2 13 % under its
+wall time and MXFP4 13 % over; the mean of the next runs had q2 at its wall
+time); the errors cancel in the mean over many steps. It is what the step
+costs while its threads run); the weight bytes a step reads and their
 GB/s at that CPU time, and the speed-up over the first configuration on both
 times. The read bandwidth (all threads) is measured before and after the whole run.
 """
@@ -140,7 +145,7 @@ def main():
     base = None
     for name in names:
         types = CONFIGS[name]
-        best, med, c = min(wall[name]), statistics.median(wall[name]), statistics.median(cpu[name])
+        best, med, c = min(wall[name]), statistics.median(wall[name]), statistics.fmean(cpu[name])
         mb = step_bytes(types) / 1e6
         base = base or (med, c)
         print(f"{name:8s} {'/'.join(types):24s} {mb:8.1f} {best * 1e3:8.2f} {med * 1e3:9.2f} "
