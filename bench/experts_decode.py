@@ -25,7 +25,10 @@ wall time and MXFP4 13 % over; the mean of the next runs had q2 at its wall
 time); the errors cancel in the mean over many steps. It is what the step
 costs while its threads run); the weight bytes a step reads and their
 GB/s at that CPU time, and the speed-up over the first configuration on both
-times. The read bandwidth (all threads) is measured before and after the whole run.
+times; then the weight GB/s at the median wall time and its ratio to the read
+bandwidth (all threads; measured before and after the whole run, the mean of
+the two): issue #16's "q2 GEMV >= 80 % of the read bandwidth" for the
+products a decode step runs, as the model batches them.
 """
 
 import argparse
@@ -138,10 +141,12 @@ def main():
           f"threads={args.threads}, {args.steps} steps")
     print("# load average at start: %.2f %.2f %.2f" % os.getloadavg())
     bw0 = _core.read_bandwidth(512 << 20, args.threads, 3)
-    print(f"{'config':8s} {'gate/up/down':24s} {'MB/step':>8s} {'best ms':>8s} {'median ms':>9s} "
-          f"{'cpu ms':>7s} {'GB/s':>6s} {'speed-up wall/cpu':>17s}")
     wall, cpu = measure({name: make_step(CONFIGS[name], args.experts, rng) for name in names},
                         args.threads, args.steps, args.experts)
+    bw1 = _core.read_bandwidth(512 << 20, args.threads, 3)
+    bw = (bw0 + bw1) / 2
+    print(f"{'config':8s} {'gate/up/down':24s} {'MB/step':>8s} {'best ms':>8s} {'median ms':>9s} "
+          f"{'cpu ms':>7s} {'GB/s':>6s} {'speed-up wall/cpu':>17s} {'wall GB/s':>9s} {'/read':>6s}")
     base = None
     for name in names:
         types = CONFIGS[name]
@@ -149,9 +154,8 @@ def main():
         mb = step_bytes(types) / 1e6
         base = base or (med, c)
         print(f"{name:8s} {'/'.join(types):24s} {mb:8.1f} {best * 1e3:8.2f} {med * 1e3:9.2f} "
-              f"{c * 1e3:7.2f} {mb / 1e3 / c:6.1f} {base[0] / med:8.2f} {base[1] / c:8.2f}",
-              flush=True)
-    bw1 = _core.read_bandwidth(512 << 20, args.threads, 3)
+              f"{c * 1e3:7.2f} {mb / 1e3 / c:6.1f} {base[0] / med:8.2f} {base[1] / c:8.2f} "
+              f"{mb / 1e3 / med:9.1f} {mb / 1e3 / med / bw:6.2f}", flush=True)
     print(f"# read bandwidth ({args.threads} threads): {bw0:.1f} GB/s before, {bw1:.1f} after")
     print("# load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
