@@ -16,14 +16,10 @@ Configurations: one integer weight type (bench/kernels.py) for all three matrice
 down Q2_K: the q2 recipe of `pyv4 convert`). MXFP4 uses the row layout a
 loaded model uses (split on AVX-512, quant/split_layout.h). Reported per
 configuration: ms per step (best and median wall time of --steps, after one
-warm-up cycle); the process's CPU time per step divided by the threads
-(the mean: Linux brings a running worker thread's CPU time up to date only at
-a scheduler tick or a switch, so one step's reading is off by up to a tick,
-more than a step lasts, and a median of such readings is biased (on the
-Zen 4 host of RESULTS, 2026-12-06 22:00, the median put q2 13 % under its
-wall time and MXFP4 13 % over; the mean of the next runs had q2 at its wall
-time); the errors cancel in the mean over many steps. It is what the step
-costs while its threads run); the weight bytes a step reads and their
+warm-up cycle); the process's CPU time per step divided by the threads (a
+second pass, each configuration's steps back to back, read while the pool's
+worker is parked: see cpu_per_step; on a quiet host about the wall time, on a
+shared one what the step costs while its threads run); the weight bytes a step reads and their
 GB/s at that CPU time, and the speed-up over the first configuration on both
 times; then the weight GB/s at the median wall time and its ratio to the read
 bandwidth (all threads; measured before and after the whole run, the mean of
@@ -101,18 +97,33 @@ def make_step(types, n_experts, rng):
 
 
 def measure(steps_by_config, threads, steps, n_experts):
-    """Wall and CPU seconds per step of every configuration, the configurations
-    taking turns step by step (so a busy spell of the host hits them alike)."""
+    """Wall seconds per step of every configuration, the configurations taking
+    turns step by step (so a busy spell of the host hits them alike)."""
     wall = {name: [] for name in steps_by_config}
-    cpu = {name: [] for name in steps_by_config}
     for i in range(steps + n_experts // ACTIVE):
         for name, step in steps_by_config.items():
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0 = time.perf_counter()
             step(i, threads)
             if i >= n_experts // ACTIVE:  # the first cycle pages the weights in
                 wall[name].append(time.perf_counter() - t0)
-                cpu[name].append((time.process_time() - c0) / threads)
-    return wall, cpu
+    return wall
+
+
+def cpu_per_step(step, threads, steps):
+    """CPU seconds per step and thread of one configuration, its steps back to
+    back. Linux brings a running worker thread's CPU time up to date only at a
+    scheduler tick or a switch, so a reading while the pool's worker runs or
+    spins is off by up to a tick, more than a step lasts: on the Zen 4 host of
+    RESULTS (2026-12-06 22:00) per-step readings put q2 13 % under its wall time
+    and MXFP4 13 % over in their median, and up to 10 % off in their mean. Read
+    here only after the worker has parked (its spin is ~30 us), the readings are
+    exact: both configurations then came within 1 % of their wall times."""
+    time.sleep(0.01)
+    c0 = time.process_time()
+    for i in range(steps):
+        step(i, threads)
+    time.sleep(0.01)
+    return (time.process_time() - c0) / steps / threads
 
 
 CONFIGS = {**{t: (t,) * 3 for t in INT_TYPES + LOAD_ONLY_TYPES},
@@ -141,8 +152,9 @@ def main():
           f"threads={args.threads}, {args.steps} steps")
     print("# load average at start: %.2f %.2f %.2f" % os.getloadavg())
     bw0 = _core.read_bandwidth(512 << 20, args.threads, 3)
-    wall, cpu = measure({name: make_step(CONFIGS[name], args.experts, rng) for name in names},
-                        args.threads, args.steps, args.experts)
+    steps = {name: make_step(CONFIGS[name], args.experts, rng) for name in names}
+    wall = measure(steps, args.threads, args.steps, args.experts)
+    cpu = {name: cpu_per_step(step, args.threads, args.steps) for name, step in steps.items()}
     bw1 = _core.read_bandwidth(512 << 20, args.threads, 3)
     bw = (bw0 + bw1) / 2
     print(f"{'config':8s} {'gate/up/down':24s} {'MB/step':>8s} {'best ms':>8s} {'median ms':>9s} "
@@ -150,7 +162,7 @@ def main():
     base = None
     for name in names:
         types = CONFIGS[name]
-        best, med, c = min(wall[name]), statistics.median(wall[name]), statistics.fmean(cpu[name])
+        best, med, c = min(wall[name]), statistics.median(wall[name]), cpu[name]
         mb = step_bytes(types) / 1e6
         base = base or (med, c)
         print(f"{name:8s} {'/'.join(types):24s} {mb:8.1f} {best * 1e3:8.2f} {med * 1e3:9.2f} "
