@@ -29,6 +29,17 @@ void select_topk(const float* scores, int64_t n_visible, int64_t topk, int64_t* 
   *out_n = k;
 }
 
+namespace {
+
+// One thread's buffers for indexer_select: the query in the scoring kernel's
+// layout (qT, or prep for FP4 scoring), decoded keys and a token's scores.
+struct IndexerScratch {
+  std::vector<float> qT, kbuf, scores;
+  std::vector<uint8_t> prep;
+};
+
+}  // namespace
+
 std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const LayerWeights& w,
                                                  int64_t il, const RopeTable& rope, float* qI,
                                                  float* wI, const SeqSpan& sp, ThreadPool& pool) {
@@ -44,7 +55,15 @@ std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const Lay
   // the query encoded the same way (integer block dots, kv_kernels_avx512.cpp).
   const bool fp4_keys = ic.type == KVType::FP8;
   const bool fp4_scoring = fp4_keys && kk.index_scores_fp4 && fp4_scoring_fits(nih, ihd);
-  std::vector<uint8_t> qrec(fp4_scoring ? n * nih * ic.bytes : 0);
+  // Kept by the calling thread across calls, as attention_forward's buffers:
+  // decode allocated them afresh per CSA layer and token. index_round_fp4
+  // writes every byte of a query record.
+  // (The pool's threads would see their own thread_locals: the lambdas below
+  // use `scratch`, a reference to this thread's.)
+  thread_local LineBuffer<uint8_t> qrec_buf;
+  thread_local std::vector<IndexerScratch> scratch_buf;
+  std::vector<IndexerScratch>& scratch = scratch_buf;
+  uint8_t* qrec = fp4_scoring ? qrec_buf.get(n * nih * ic.bytes) : nullptr;
   pool.parallel_for(n * nih, 8, [&](int64_t i0, int64_t i1, int) {
     for (int64_t i = i0; i < i1; ++i) {
       float* qh = &qI[i * ihd];
@@ -61,18 +80,14 @@ std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const Lay
   // heads at once (the float kernel takes the query transposed, the FP4 one
   // its prepared layout).
   constexpr int64_t kTile = 32;
-  struct Scratch {  // one per thread
-    std::vector<float> qT, kbuf, scores;
-    std::vector<uint8_t> prep;
-  };
-  std::vector<Scratch> scratch(pool.size());
-  for (Scratch& s : scratch) {
+  if (static_cast<int>(scratch.size()) < pool.size()) scratch.resize(pool.size());
+  for (IndexerScratch& s : scratch) {
     s.qT.resize(fp4_scoring ? 0 : ihd * nih);
     s.kbuf.resize(fp4_scoring ? 0 : kTile * ihd);
     s.prep.resize(fp4_scoring ? fp4_prep_bytes(nih, ihd) : 0);
   }
   // Token t's query in the kernel's layout, into q.
-  auto prepare_query = [&](int64_t t, Scratch& q) {
+  auto prepare_query = [&](int64_t t, IndexerScratch& q) {
     if (fp4_scoring) {
       kk.fp4_query(&qrec[t * nih * ic.bytes], ic.bytes, nih, ihd, q.prep.data());
     } else {
@@ -81,7 +96,8 @@ std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const Lay
     }
   };
   // Scores of keys b0..b1-1 for token t (query prepared in q; keys decoded into k.kbuf).
-  auto score_keys = [&](int64_t t, const Scratch& q, Scratch& k, int64_t b0, int64_t b1, float* scores) {
+  auto score_keys = [&](int64_t t, const IndexerScratch& q, IndexerScratch& k, int64_t b0, int64_t b1,
+                        float* scores) {
     for (int64_t b = b0; b < b1; b += kTile) {
       const int64_t m = std::min(kTile, b1 - b);
       if (fp4_scoring) {
@@ -116,7 +132,7 @@ std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const Lay
     // (512-token prefill of the q2 wide file, 2 threads: indexer.score
     // 0.068-0.076 -> 0.062-0.070 s; on more threads the split used fewer of them).
     pool.parallel_for_balanced(n, 1, [&](int64_t t0, int64_t t1, int tid) {
-      Scratch& s = scratch[tid];
+      IndexerScratch& s = scratch[tid];
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t nb = (pos0 + t + 1) / ratio;
         prepare_query(t, s);
@@ -128,7 +144,7 @@ std::vector<std::vector<int64_t>> indexer_select(const ModelConfig& c, const Lay
     return picked;
   }
   // Decode (a few tokens): each token's keys split over the threads.
-  Scratch& q = scratch[0];
+  IndexerScratch& q = scratch[0];
   for (int64_t t = 0; t < n; ++t) {
     const int64_t nb = (pos0 + t + 1) / ratio;
     prepare_query(t, q);
