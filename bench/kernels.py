@@ -43,7 +43,7 @@ BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0":
          "Q4_K": (256, 144), "MXFP4": (32, 17), "Q2_K": (256, 84), "Q3_K": (256, 110),
          "IQ2_XXS": (256, 66), "IQ4_XS": (256, 136), "IQ3_XXS": (256, 98), "IQ2_XS": (256, 74),
          "IQ1_S": (256, 50), "IQ1_M": (256, 56), "Q5_K": (256, 176), "Q6_K": (256, 210),
-         "IQ3_S": (256, 110), "IQ2_S": (256, 82)}
+         "IQ3_S": (256, 110), "IQ2_S": (256, 82), "IQ4_NL": (32, 18)}
 
 SHAPES = [  # name, rows (out), cols (in)
     ("expert w1/w3 [2048x4096]", 2048, 4096),
@@ -53,7 +53,7 @@ SHAPES = [  # name, rows (out), cols (in)
     ("head [129280x4096]", 129280, 4096),
 ]
 INT_TYPES = ["Q8_0", "Q4_0", "Q4_K", "MXFP4", "Q2_K", "Q3_K", "IQ2_XXS", "IQ4_XS"]
-LOAD_ONLY_TYPES = ["IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ3_S", "IQ2_S", "Q5_K", "Q6_K"]  # measured when --types names them
+LOAD_ONLY_TYPES = ["IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ3_S", "IQ2_S", "Q5_K", "Q6_K", "IQ4_NL"]  # measured when --types names them
 
 
 def make_weight(type_name, rows, cols, copies, rng):
@@ -61,8 +61,8 @@ def make_weight(type_name, rows, cols, copies, rng):
     bs, bb = BLOCK[type_name]
     nb = rows * cols // bs * copies
     raw = np.frombuffer(rng.bytes(nb * bb), np.uint8).reshape(nb, bb).copy()
-    if type_name in ("Q8_0", "Q4_0"):
-        raw[:, :2] = np.array([0.01], np.float16).view(np.uint8)
+    if type_name in ("Q8_0", "Q4_0", "IQ4_NL"):
+        raw[:, :2] = np.array([0.01 if type_name != "IQ4_NL" else 0.001], np.float16).view(np.uint8)
     elif type_name in ("Q4_K", "Q5_K"):
         raw[:, :4] = np.array([0.001, 0.001], np.float16).view(np.uint8)
     elif type_name == "Q6_K":

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-QUANT_BLOCK = {T.F32: 1, T.F16: 1, T.BF16: 1, T.I32: 1, T.Q8_0: 32, T.Q4_0: 32, T.MXFP4: 32, T.Q4_K: 256,
+QUANT_BLOCK = {T.F32: 1, T.F16: 1, T.BF16: 1, T.I32: 1, T.Q8_0: 32, T.Q4_0: 32, T.IQ4_NL: 32, T.MXFP4: 32, T.Q4_K: 256,
                T.Q2_K: 256, T.Q3_K: 256, T.IQ2_XXS: 256, T.IQ4_XS: 256,
-               T.IQ3_XXS: 256, T.IQ2_XS: 256, T.IQ1_S: 256, T.IQ1_M: 256,  # these 6: load-only
+               T.IQ3_XXS: 256, T.IQ2_XS: 256, T.IQ1_S: 256, T.IQ1_M: 256,  # these 6 and IQ4_NL: load-only
                T.IQ3_S: 256, T.IQ2_S: 256, T.Q5_K: 256, T.Q6_K: 256}
-BLOCK_BYTES = {T.F32: 4, T.F16: 2, T.BF16: 2, T.I32: 4, T.Q8_0: 34, T.Q4_0: 18, T.MXFP4: 17, T.Q4_K: 144,
+BLOCK_BYTES = {T.F32: 4, T.F16: 2, T.BF16: 2, T.I32: 4, T.Q8_0: 34, T.Q4_0: 18, T.IQ4_NL: 18, T.MXFP4: 17, T.Q4_K: 144,
                T.Q2_K: 84, T.Q3_K: 110, T.IQ2_XXS: 66, T.IQ4_XS: 136,
                T.IQ3_XXS: 98, T.IQ2_XS: 74, T.IQ1_S: 50, T.IQ1_M: 56, T.IQ3_S: 110, T.IQ2_S: 82,
                T.Q5_K: 176, T.Q6_K: 210}

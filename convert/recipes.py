@@ -70,7 +70,7 @@ TYPE_NAMES: dict[str, T] = {
 # Types pyv4 loads and runs (community GGUFs use them) but has no quantizer for:
 # asking the converter for one is an error that says so.
 LOAD_ONLY: dict[str, T] = {"iq3_xxs": T.IQ3_XXS, "iq2_xs": T.IQ2_XS, "iq1_s": T.IQ1_S, "iq1_m": T.IQ1_M,
-                           "iq3_s": T.IQ3_S, "iq2_s": T.IQ2_S}
+                           "iq3_s": T.IQ3_S, "iq2_s": T.IQ2_S, "iq4_nl": T.IQ4_NL}
 # quantized with the importance matrix when there is one
 LOWBIT = (T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS, T.Q5_K, T.Q6_K)
 Q2Q4_TAIL = 6  # q2q4: experts of the last this many blocks stay Q4_K

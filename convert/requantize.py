@@ -82,7 +82,7 @@ class InTensor:
 # Types the core decodes (its scalar reference, bit for bit gguf-py's: tests check
 # both) on all cores, 4-15x gguf-py's single-threaded numpy per core; gguf-py's
 # decoders stay for every other type a community file may hold.
-CORE_DECODES = {T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_K, T.MXFP4, T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS,
+CORE_DECODES = {T.F16, T.BF16, T.Q8_0, T.Q4_0, T.IQ4_NL, T.Q4_K, T.MXFP4, T.Q2_K, T.Q3_K, T.IQ2_XXS, T.IQ4_XS,
                 T.IQ3_XXS, T.IQ2_XS, T.IQ1_S, T.IQ1_M, T.IQ3_S, T.IQ2_S, T.Q5_K, T.Q6_K}
 
 

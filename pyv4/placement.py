@@ -74,7 +74,7 @@ _WEIGHTS_ON_GPU = ("head", "attention", "compressor", "indexer", "mhc", "norms",
 # whose routed experts have such a type keeps them on the host, where the CPU
 # runs them (GpuEngine streams only types it multiplies); any other weight of
 # such a type cannot be placed on the GPU.
-CPU_ONLY_TYPES = frozenset({"IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ3_S", "IQ2_S", "Q5_K", "Q6_K"})
+CPU_ONLY_TYPES = frozenset({"IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ3_S", "IQ2_S", "Q5_K", "Q6_K", "IQ4_NL"})
 
 
 class PlacementError(ValueError):

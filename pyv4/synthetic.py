@@ -153,7 +153,7 @@ def tensor_types(hp: HParams, recipe: str, overrides: list[tuple[str, str]] | No
     return out
 
 
-_BLOCK = {T.Q8_0: (32, 34), T.MXFP4: (32, 17), T.Q4_K: (256, 144), T.Q4_0: (32, 18),
+_BLOCK = {T.Q8_0: (32, 34), T.MXFP4: (32, 17), T.Q4_K: (256, 144), T.Q4_0: (32, 18), T.IQ4_NL: (32, 18),
           T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.IQ2_XXS: (256, 66), T.IQ3_XXS: (256, 98),
           T.IQ2_XS: (256, 74), T.IQ1_S: (256, 50), T.IQ1_M: (256, 56), T.IQ3_S: (256, 110),
           T.IQ2_S: (256, 82), T.Q5_K: (256, 176), T.Q6_K: (256, 210)}
@@ -186,6 +186,10 @@ def _random_rows(rng: np.random.Generator, rows: int, cols: int, t: T, std: floa
         raw[:, :2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
     elif t == T.Q4_0:
         d = jitter * np.float32(std / math.sqrt((16 * 16 - 1) / 12))
+        raw[:, :2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
+    elif t == T.IQ4_NL:
+        # value = d * level: uniform codes over the 16 levels, rms 67.4
+        d = jitter * np.float32(std / 67.4)
         raw[:, :2] = d.astype(np.float16).reshape(nb, 1).view(np.uint8)
     elif t == T.MXFP4:
         # E8M0 exponent: 2^(e-127) * rms(e2m1 codes) ~= std, rounded up or down at random

@@ -4,8 +4,10 @@ numpy only at import time: the GPU check runs on an image without gguf."""
 
 import numpy as np
 
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "MXFP4"]
-INT_TYPES = {"Q8_0", "Q4_0", "Q4_K", "MXFP4"}
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "IQ4_NL", "Q4_K", "MXFP4"]
+INT_TYPES = {"Q8_0", "Q4_0", "IQ4_NL", "Q4_K", "MXFP4"}
+# Of those, the ones only the CPU runs (csrc/cuda/matmul.h multiplies).
+CPU_ONLY_INT = {"IQ4_NL"}
 # The super-block types of issue #16 (test_lowbit.py): bytes per super-block of
 # 256, and the byte offsets of their f16 scales (IQ1_M spreads its scale over the
 # top nibbles of its scale words: f16_bits / put_f16_bits).
@@ -18,12 +20,12 @@ CPU_ONLY_K = {"Q5_K": 176, "Q6_K": 210}
 LOWBIT = {**GPU_LOWBIT, **CPU_ONLY_LOWBIT, **CPU_ONLY_K}
 F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0], "IQ3_XXS": [0],
           "IQ2_XS": [0], "IQ1_S": [0], "IQ1_M": [], "IQ3_S": [0], "IQ2_S": [0], "Q5_K": [0, 2], "Q6_K": [208]}
-BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
+BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18), "IQ4_NL": (32, 18),
          "Q4_K": (256, 144), "MXFP4": (32, 17), **{t: (256, b) for t, b in LOWBIT.items()}}
 # What the GPU multiplies (csrc/cuda/matmul.h): all of them but the CPU-only i-quants,
 # the low-bit ones as integer types.
-GPU_TYPES = TYPES + sorted(GPU_LOWBIT)
-GPU_INT_TYPES = INT_TYPES | set(GPU_LOWBIT)
+GPU_TYPES = [t for t in TYPES if t not in CPU_ONLY_INT] + sorted(GPU_LOWBIT)
+GPU_INT_TYPES = (INT_TYPES - CPU_ONLY_INT) | set(GPU_LOWBIT)
 # The types whose fast path multiplies int8 activations (check_fast's bound).
 CPU_INT_TYPES = INT_TYPES | set(LOWBIT)
 
@@ -96,7 +98,7 @@ def random_weight(type_name, rows, cols, rng, full_range=False):
         return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(rows, -1)
     raw = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
     if full_range:
-        if type_name in ("Q8_0", "Q4_0", "Q4_K"):
+        if type_name in ("Q8_0", "Q4_0", "IQ4_NL", "Q4_K"):
             # any finite f16 (exponent field != 31), subnormals included
             nh = 2 if type_name == "Q4_K" else 1
             h = rng.integers(0, 1 << 16, size=(nb, nh), dtype=np.uint16)
@@ -108,6 +110,8 @@ def random_weight(type_name, rows, cols, rng, full_range=False):
             raw[:, :2] = _rand_f16(rng, (nb, 1), 0.002, 0.01).view(np.uint8)
         elif type_name == "Q4_0":
             raw[:, :2] = _rand_f16(rng, (nb, 1), 0.01, 0.1).view(np.uint8)
+        elif type_name == "IQ4_NL":  # levels up to 127
+            raw[:, :2] = _rand_f16(rng, (nb, 1), 0.001, 0.008).view(np.uint8)
         elif type_name == "Q4_K":
             raw[:, 0:2] = np.abs(_rand_f16(rng, (nb, 1), 0.0005, 0.002)).view(np.uint8)
             raw[:, 2:4] = np.abs(_rand_f16(rng, (nb, 1), 0.0005, 0.002)).view(np.uint8)

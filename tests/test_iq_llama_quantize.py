@@ -1,4 +1,4 @@
-"""IQ3_S / IQ2_S tensors made by llama.cpp's own quantizer (`llama-quantize` with
+"""IQ3_S / IQ2_S / IQ4_NL tensors made by llama.cpp's own quantizer (`llama-quantize` with
 an importance matrix, as the community GGUFs are made) load in pyv4 and run:
 the core decodes llama.cpp's blocks bit for bit as gguf.quants does, and the
 fast-mode logits match the reference mode's (scalar decode to fp32, sequential
@@ -29,9 +29,11 @@ from pyv4 import _core
 QUANTIZE = llama_quantize()
 pytestmark = pytest.mark.skipif(QUANTIZE is None, reason="llama.cpp's llama-quantize not found")
 
-# llama-quantize's IQ3_S / IQ2_S choices of an IQ3_M / IQ2_M file, and an attention projection
+# llama-quantize's IQ3_S / IQ2_S choices of an IQ3_M / IQ2_M file, an attention projection,
+# and the shared experts and another projection as its IQ4_NL file type has them
 OVERRIDES = [("*ffn_gate_exps*", "iq3_s"), ("*ffn_up_exps*", "iq3_s"), ("*ffn_down_exps*", "iq2_s"),
-             ("*.attn_kv.weight", "iq3_s")]
+             ("*.attn_kv.weight", "iq3_s"), ("*ffn_*_shexp*", "iq4_nl"), ("*.attn_q_a.weight", "iq4_nl")]
+BLOCK_BYTES = {QT.IQ3_S: (256, 110), QT.IQ2_S: (256, 82), QT.IQ4_NL: (32, 18)}
 N_CALIB = 128  # imatrix tokens (one chunk)
 
 
@@ -60,10 +62,10 @@ def quantized(tmp_path_factory):
     return {"f32": f32, "out": out, "want": want}
 
 
-def test_llama_quantize_wrote_iq3s_iq2s(quantized):
+def test_llama_quantize_wrote_iq_types(quantized):
     got = {t.name: t.tensor_type.name for t in GGUFReader(str(quantized["out"])).tensors}
-    iq = {n: t for n, t in quantized["want"].items() if t in ("IQ3_S", "IQ2_S")}
-    assert len(iq) == 12 and all(got.get(n) == t for n, t in iq.items()), {n: got.get(n) for n in iq}
+    iq = {n: t for n, t in quantized["want"].items() if t in ("IQ3_S", "IQ2_S", "IQ4_NL")}
+    assert len(iq) == 24 and all(got.get(n) == t for n, t in iq.items()), {n: got.get(n) for n in iq}
     # llama-quantize keeps some of the others its own way (the routers F32): pyv4 reads those too
     assert set(got) == set(quantized["want"])
 
@@ -74,19 +76,20 @@ def test_core_decodes_llama_blocks_as_gguf(quantized):
     src = {t.name: t for t in GGUFReader(str(quantized["f32"])).tensors}
     n = 0
     for t in GGUFReader(str(quantized["out"])).tensors:
-        if t.tensor_type not in (QT.IQ3_S, QT.IQ2_S):
+        if t.tensor_type not in BLOCK_BYTES:
             continue
         raw = np.ascontiguousarray(t.data).reshape(-1)
         cols = int(t.shape[0])
-        ours = _core.quant_dequantize(t.tensor_type.name, raw, raw.size // (110 if t.tensor_type == QT.IQ3_S else 82) * 256)
+        bs, bb = BLOCK_BYTES[t.tensor_type]
+        ours = _core.quant_dequantize(t.tensor_type.name, raw, raw.size // bb * bs)
         ref = gq.dequantize(raw, t.tensor_type).reshape(-1)
         assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32)), t.name
         x = np.asarray(src[t.name].data, np.float32).reshape(-1)
         rel = np.sqrt(np.mean((ours - x) ** 2) / np.mean(x * x))
-        assert rel < (0.35 if t.tensor_type == QT.IQ2_S else 0.25), (t.name, rel)
-        assert cols % 256 == 0
+        assert rel < {QT.IQ2_S: 0.35, QT.IQ3_S: 0.25, QT.IQ4_NL: 0.1}[t.tensor_type], (t.name, rel)
+        assert cols % bs == 0
         n += 1
-    assert n == 3 * 4  # gate, up, down experts and attn_kv of 3 layers
+    assert n == 3 * 8  # gate, up, down experts, attn_kv, 3 shared experts and attn_q_a of 3 layers
 
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])

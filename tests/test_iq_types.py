@@ -1,8 +1,9 @@
-"""The load-only i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M, IQ3_S and IQ2_S (community
-GGUFs use them; pyv4 runs them but has no quantizer for them).
+"""The load-only i-quants IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M, IQ3_S, IQ2_S and IQ4_NL
+(community GGUFs use them; pyv4 runs them but has no quantizer for them).
 
 Their decode and kernels are covered with the other super-block types in
-test_lowbit.py (gguf.quants bit for bit, every ISA path and token count); here:
+test_lowbit.py, IQ4_NL's with the 32-block types in test_kernels.py (gguf.quants
+bit for bit, every ISA path and token count); here:
 hand-made blocks that pin each format's fields, a model whose routed experts
 have these types (fast vs reference logits, as test_lowbit.py's model test),
 `pyv4 info`, the converter's refusal to produce them, and the GPU placement
@@ -63,6 +64,22 @@ def test_iq2xs_half_scales_and_9bit_index():
     assert np.array_equal(v[64:72], g511 * lo * np.array([-1, -1, 1, 1, 1, 1, 1, 1]))
     assert np.array_equal(np.abs(v[80:96]), np.full(16, 8 * hi))  # index 0: all 8s
     assert np.array_equal(v, _oracle("IQ2_XS", raw))
+
+
+def test_iq4nl_levels():
+    # Q4_0's layout: f16 d, then byte j = code of element j | code of element j + 16 << 4;
+    # value = d * level[code] (block 1: d = -0.25, codes 15 and 0)
+    raw = np.zeros(36, np.uint8)
+    raw[0:2] = _f16(0.5)
+    raw[2:18] = np.arange(16) | (np.arange(16)[::-1] << 4)
+    raw[18:20] = _f16(-0.25)
+    raw[20:36] = 0x0F
+    v = _core.quant_dequantize("IQ4_NL", raw, 64)
+    levels = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+    assert np.array_equal(v[:16], 0.5 * levels) and np.array_equal(v[16:32], 0.5 * levels[::-1])
+    assert np.array_equal(v[32:48], np.full(16, -0.25 * 113, np.float32))
+    assert np.array_equal(v[48:], np.full(16, -0.25 * -127, np.float32))
+    assert np.array_equal(v, _oracle("IQ4_NL", raw))
 
 
 def test_iq1s_index_scale_delta():
@@ -214,6 +231,8 @@ MIXES = {
     # llama-quantize's IQ3_S / IQ3_M / IQ2_M mixes, and one attention projection
     "iqs": [("*ffn_gate_exps*", "iq3_s"), ("*ffn_up_exps*", "iq3_s"), ("*ffn_down_exps*", "iq2_s"),
             ("*.attn_kv.weight", "iq3_s")],
+    # llama-quantize's IQ4_NL file type: 32-blocks with non-linear levels, attention included
+    "iq4nl": [("*ffn_*_exps*", "iq4_nl"), ("*ffn_*_shexp*", "iq4_nl"), ("*.attn_q_a.weight", "iq4_nl")],
 }
 
 
@@ -236,7 +255,7 @@ def iq_models(tmp_path_factory):
     # whose logits then move 13-48 %, on AVX2 and AVX-512 alike, which agree to 0.7 %;
     # the iqs model does so with seed 7: 33 % at one of 14 positions, AVX2 and AVX-512
     # agreeing to 0.1 %, all other positions 1.2-3.6 %)
-    seeds = {"iq3": 7, "iq1": 7, "iqs": 9}
+    seeds = {"iq3": 7, "iq1": 7, "iqs": 9, "iq4nl": 7}
     return {k: write_random_gguf_typed(root / f"{k}.gguf", config, None, recipe="mxfp4", seed=seeds[k], overrides=ov)
             for k, ov in MIXES.items()}
 
@@ -270,9 +289,11 @@ def test_info_shows_iq_types(iq_models):
     d = describe(str(iq_models["iqs"]))
     assert d["tensor_types"]["IQ3_S"]["tensors"] == 9  # gate and up experts, attn_kv: 3 layers
     assert d["tensor_types"]["IQ2_S"]["tensors"] == 3 and d["loadable"], d["loadable_detail"]
+    d = describe(str(iq_models["iq4nl"]))
+    assert d["tensor_types"]["IQ4_NL"]["tensors"] == 21 and d["loadable"], d["loadable_detail"]  # 7 per layer
 
 
-@pytest.mark.parametrize("tname", ["iq3_xxs", "iq2_xs", "iq1_s", "iq1_m", "iq3_s", "iq2_s"])
+@pytest.mark.parametrize("tname", ["iq3_xxs", "iq2_xs", "iq1_s", "iq1_m", "iq3_s", "iq2_s", "iq4_nl"])
 def test_convert_refuses_to_produce(tname):
     from pyv4.convert.errors import ConvertError
     from pyv4.convert.recipes import get_recipe
@@ -290,19 +311,20 @@ def test_requantize_cli_refuses(iq_models, tmp_path, capsys):
     assert "IQ1_M" in capsys.readouterr().err and not out.exists()
 
 
-def test_requantize_reads_iq_types(iq_models, tmp_path):
-    """A file with i-quant experts is a requantize source (the core decodes them)."""
+@pytest.mark.parametrize("mix,tname", [("iq3", "IQ3_XXS"), ("iq4nl", "IQ4_NL")])
+def test_requantize_reads_iq_types(iq_models, tmp_path, mix, tname):
+    """A file with i-quant weights is a requantize source (the core decodes them)."""
     from gguf import GGUFReader
 
     from pyv4.convert.requantize import main
 
     out = tmp_path / "q8.gguf"
-    assert main([str(iq_models["iq3"]), str(out), "--recipe", "q8", "-q"]) == 0
-    src = {t.name: t for t in GGUFReader(str(iq_models["iq3"])).tensors}
+    assert main([str(iq_models[mix]), str(out), "--recipe", "q8", "-q"]) == 0
+    src = {t.name: t for t in GGUFReader(str(iq_models[mix])).tensors}
     dst = {t.name: t for t in GGUFReader(str(out)).tensors}
     name = "blk.0.ffn_down_shexp.weight"
-    assert src[name].tensor_type == QT.IQ3_XXS and dst[name].tensor_type == QT.Q8_0
-    a = gq.dequantize(np.asarray(src[name].data), QT.IQ3_XXS)
+    assert src[name].tensor_type == QT[tname] and dst[name].tensor_type == QT.Q8_0
+    a = gq.dequantize(np.asarray(src[name].data), QT[tname])
     b = gq.dequantize(np.asarray(dst[name].data), QT.Q8_0)
     assert np.abs(a - b).max() <= np.abs(a).max() / 127  # Q8_0 of the decoded values
 
@@ -335,5 +357,20 @@ def test_placement_keeps_iq3s_iq2s_on_host(iq_models):
         dataclasses.replace(t, type="Q8_0") if t.type == "IQ3_S" and t.category != "experts" else t
         for t in shape.tensors))
     assert {t.type for t in experts_only.tensors if t.category == "experts"} == {"IQ3_S", "IQ2_S"}
+    p = plan(experts_only, 64 << 30)
+    assert p.experts_gpu_per_layer == [0] * shape.n_layer and p.experts_on_gpu == []
+
+
+def test_placement_iq4nl(iq_models):
+    """IQ4_NL runs on the CPU only: its experts stay on the host, an attention weight is refused."""
+    from pyv4.model_shape import from_gguf
+    from pyv4.placement import PlacementError, plan
+
+    shape = from_gguf(str(iq_models["iq4nl"]))
+    with pytest.raises(PlacementError, match="IQ4_NL"):
+        plan(shape, 64 << 30)
+    experts_only = dataclasses.replace(shape, tensors=tuple(
+        dataclasses.replace(t, type="Q8_0") if t.type == "IQ4_NL" and t.category != "experts" else t
+        for t in shape.tensors))
     p = plan(experts_only, 64 << 30)
     assert p.experts_gpu_per_layer == [0] * shape.n_layer and p.experts_on_gpu == []

@@ -34,7 +34,7 @@ constexpr int64_t kGemvMaxTokens = 8;
 
 // Whether matmul multiplies weights of type t: F32, F16, BF16, Q8_0, Q4_0, Q4_K, MXFP4,
 // Q2_K, Q3_K, IQ2_XXS, IQ4_XS. Not the CPU-only IQ3_XXS, IQ2_XS, IQ1_S, IQ1_M,
-// IQ3_S, IQ2_S, Q5_K, Q6_K: uploading one throws (gpu_weights.cu), the placement keeps routed experts
+// IQ3_S, IQ2_S, Q5_K, Q6_K, IQ4_NL: uploading one throws (gpu_weights.cu), the placement keeps routed experts
 // of those types on the host (pyv4/placement.py CPU_ONLY_TYPES) and GpuEngine
 // does not stream them.
 bool multiplies(GGMLType t);

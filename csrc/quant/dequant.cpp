@@ -23,6 +23,26 @@ namespace pyv4 {
 
 using namespace qblocks;
 
+namespace {
+
+constexpr int8_t kQ4_0Levels[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+
+// The 32-element blocks whose 16 bytes hold element j's code (low nibble) and
+// element j + 16's (high): Q4_0, IQ4_NL, MXFP4. value = scale(block) * levels[code].
+template <class Blk, class Scale>
+void nibble_blocks(const void* src, float* dst, int64_t n, const int8_t (&levels)[16], Scale scale) {
+  const Blk* b = static_cast<const Blk*>(src);
+  for (int64_t k = 0; k < n / kQK; ++k, dst += kQK) {
+    const float d = scale(b[k]);
+    for (int j = 0; j < kQK / 2; ++j) {
+      dst[j] = d * static_cast<float>(levels[b[k].qs[j] & 0x0F]);
+      dst[j + 16] = d * static_cast<float>(levels[b[k].qs[j] >> 4]);
+    }
+  }
+}
+
+}  // namespace
+
 void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
   const int64_t bs = traits(type).block_size;
   if (n % bs != 0)
@@ -50,28 +70,14 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
       }
       return;
     }
-    case GGMLType::Q4_0: {
-      const BlockQ4_0* b = static_cast<const BlockQ4_0*>(src);
-      for (int64_t k = 0; k < n / kQK; ++k, dst += kQK) {
-        const float d = f16_to_f32(b[k].d);
-        for (int j = 0; j < kQK / 2; ++j) {
-          dst[j] = d * static_cast<float>((b[k].qs[j] & 0x0F) - 8);
-          dst[j + 16] = d * static_cast<float>((b[k].qs[j] >> 4) - 8);
-        }
-      }
-      return;
-    }
-    case GGMLType::MXFP4: {
-      const BlockMXFP4* b = static_cast<const BlockMXFP4*>(src);
-      for (int64_t k = 0; k < n / kQK; ++k, dst += kQK) {
-        const float d = e8m0_to_f32_half(b[k].e);
-        for (int j = 0; j < kQK / 2; ++j) {
-          dst[j] = d * static_cast<float>(kMxfp4x2[b[k].qs[j] & 0x0F]);
-          dst[j + 16] = d * static_cast<float>(kMxfp4x2[b[k].qs[j] >> 4]);
-        }
-      }
-      return;
-    }
+    case GGMLType::Q4_0:
+      return nibble_blocks<BlockQ4_0>(src, dst, n, kQ4_0Levels, [](const BlockQ4_0& b) { return f16_to_f32(b.d); });
+    case GGMLType::IQ4_NL:
+      return nibble_blocks<BlockIQ4_NL>(src, dst, n, kIq4nlValues,
+                                        [](const BlockIQ4_NL& b) { return f16_to_f32(b.d); });
+    case GGMLType::MXFP4:
+      return nibble_blocks<BlockMXFP4>(src, dst, n, kMxfp4x2,
+                                       [](const BlockMXFP4& b) { return e8m0_to_f32_half(b.e); });
     case GGMLType::Q4_K: {
       const BlockQ4_K* b = static_cast<const BlockQ4_K*>(src);
       for (int64_t k = 0; k < n / kQK_K; ++k) {

@@ -1,4 +1,4 @@
-// AVX-512 + VNNI prefill GEMM for the integer weight types (Q8_0, Q4_0, Q4_K,
+// AVX-512 + VNNI prefill GEMM for the integer weight types (Q8_0, Q4_0, IQ4_NL, Q4_K,
 // MXFP4, and the super-block types Q2_K, Q3_K, IQ2_XXS, IQ4_XS, IQ3_XXS, IQ2_XS,
 // IQ1_S, IQ1_M, IQ3_S, IQ2_S, Q5_K, Q6_K) in the "lane"
 // layout of quant/kernels.h: one int32 lane per 32-block.
@@ -145,19 +145,33 @@ struct PackQ8_0 {
     _mm512_storeu_ps(out + 512, f16_head16(p, 34));
   }
 };
-// The 4-bit packers also read split rows (quant/split_layout.h): a group of 16
-// blocks lies in one chunk, its codes 256 contiguous bytes, its scales 16 or 32.
-struct PackQ4_0 {
+// The codes of 16 blocks of nibbles, transposed into D: the nibbles (Q4_0), or
+// the non-linear levels + 128 (IQ4_NL, IQ4_XS: kLevels).
+template <bool kLevels>
+inline void nibble_codes(const __m512i (&D)[4], uint8_t* out) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  for (int k = 0; k < 4; ++k) {
+    __m512i lo, hi;
+    if constexpr (kLevels) {
+      iq4nl_codes(D[k], &lo, &hi);
+    } else {
+      lo = _mm512_and_si512(D[k], m4);
+      hi = _mm512_and_si512(_mm512_srli_epi16(D[k], 4), m4);
+    }
+    store_codes(out, k, lo);
+    store_codes(out, 4 + k, hi);
+  }
+}
+// Q4_0 and IQ4_NL (one block layout: f16 d, 16 bytes of nibbles; IQ4_NL's codes
+// are its levels + 128, k = 128). The 4-bit packers also read split rows
+// (quant/split_layout.h; Q4_0 and MXFP4): a group of 16 blocks lies in one chunk,
+// its codes 256 contiguous bytes, its scales 16 or 32.
+template <GGMLType kT>
+struct PackNibbles18 {
   static constexpr int kBB = 18, kBlocks = 16;
   static constexpr Form kForm = Form::Offset;
-  static constexpr GGMLType kType = GGMLType::Q4_0;
-  static inline void codes(const __m512i (&D)[4], uint8_t* out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    for (int k = 0; k < 4; ++k) {
-      store_codes(out, k, _mm512_and_si512(D[k], m4));
-      store_codes(out, 4 + k, _mm512_and_si512(_mm512_srli_epi16(D[k], 4), m4));
-    }
-  }
+  static constexpr GGMLType kType = kT;
+  static inline void codes(const __m512i (&D)[4], uint8_t* out) { nibble_codes<kT == GGMLType::IQ4_NL>(D, out); }
   static inline void group(const uint8_t* p, uint8_t* out) {
     __m512i D[4];
     load_t16(p, 18, 2, D);
@@ -172,6 +186,8 @@ struct PackQ4_0 {
                      _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s))));
   }
 };
+using PackQ4_0 = PackNibbles18<GGMLType::Q4_0>;
+using PackIQ4_NL = PackNibbles18<GGMLType::IQ4_NL>;
 struct PackMXFP4 {
   static constexpr int kBB = 17, kBlocks = 16;
   static constexpr Form kForm = Form::Offset;
@@ -373,13 +389,7 @@ struct PackIQ4_XS {
                           _mm512_loadu_si512(p1 + 8), _mm512_loadu_si512(p1 + 72)};
     __m512i D[4];
     transpose16(Z, D);
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i lut = _mm512_broadcast_i32x4(_mm_add_epi8(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)), _mm_set1_epi8(-128)));
-    for (int m = 0; m < 4; ++m) {
-      store_codes(out, m, _mm512_shuffle_epi8(lut, _mm512_and_si512(D[m], m4)));
-      store_codes(out, 4 + m, _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(D[m], 4), m4)));
-    }
+    nibble_codes<true>(D, out);
     // ls of block b: nibble b of scales_l (dword at +4), 2 bits 2b of scales_h (+2)
     uint32_t l0, l1;
     std::memcpy(&l0, p + 4, 4);
@@ -593,6 +603,7 @@ bool lane_cscale_avx512(GGMLType t, float* cscale) {
   switch (t) {
     case GGMLType::Q8_0: *cscale = 128.0f; return true;  // codes w + 128
     case GGMLType::Q4_0: *cscale = 8.0f; return true;    // nibble, k = 8
+    case GGMLType::IQ4_NL: *cscale = 128.0f; return true;  // level + 128
     case GGMLType::MXFP4: *cscale = 12.0f; return true;  // 2*E2M1 + 12
     case GGMLType::Q4_K: *cscale = 1.0f; return true;    // mins use dx*sum(q)
     case GGMLType::Q2_K: *cscale = 0.0f; return true;    // mins use ActQ::hs
@@ -631,6 +642,7 @@ void gemm_lane_avx512(const WeightMatrix& W, const ActQ& act, int64_t n_tokens, 
   switch (W.type) {
     case GGMLType::Q8_0: gemm_lane<PackQ8_0>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q4_0: gemm_lane<PackQ4_0>(W, act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ4_NL: gemm_lane<PackIQ4_NL>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::MXFP4: gemm_lane<PackMXFP4>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q4_K: gemm_lane<PackQ4_K>(W, act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q2_K: gemm_lane<PackQ2_K>(W, act, n_tokens, Y, ldy, r0, r1); return;

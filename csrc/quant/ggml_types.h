@@ -22,6 +22,7 @@ enum class GGMLType : uint32_t {
   IQ2_XS = 17,
   IQ3_XXS = 18,
   IQ1_S = 19,
+  IQ4_NL = 20,
   IQ3_S = 21,
   IQ2_S = 22,
   IQ4_XS = 23,

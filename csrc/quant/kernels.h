@@ -1,11 +1,12 @@
 // Internal interface between the dispatcher (matmul.cpp) and the per-ISA kernel
 // files (kernels_avx2.cpp, kernels_avx512.cpp). Not part of the public API.
 //
-// Integer kernels (Q8_0, Q4_0, Q4_K, MXFP4; Q2_K, Q3_K, IQ2_XXS below) work on activations
-// quantized per token in blocks of 32 (Q8_0-like): x ~= dx[b] * q[32b + i] with
+// Integer kernels (Q8_0, Q4_0, IQ4_NL, Q4_K, MXFP4; Q2_K, Q3_K, IQ2_XXS below) work on
+// activations quantized per token in blocks of 32 (Q8_0-like): x ~= dx[b] * q[32b + i] with
 // dx[b] = max|x| / 127 and q = round-to-nearest-even(x / dx[b]) in [-127, 127].
 // Each weight block is read as unsigned codes u with value = dw * (u - k) (or,
-// for Q4_K, dw_i * u - mw_i), so that
+// for Q4_K, dw_i * u - mw_i; on AVX2 Q8_0's and IQ4_NL's signed values times q
+// with q's sign flipped where the value is negative, k = 0), so that
 //     sum_i w_i x_i = dw * dx * (sum_i u_i q_i) - k * dw * (dx * sum_i q_i)
 // and the second term uses cs[b] = cscale * dx[b] * sum_i q[32b + i], computed
 // once per token.

@@ -7,6 +7,7 @@
 //                  acc += dw * (dx * P - cs)          (cs = k * dx * sum q)
 // Q8_0 has signed codes, so it uses the sign trick (|w| times sign(q, w)), k = 0;
 // Q4_0 codes are the nibbles (k = 8); MXFP4 codes are 2*E2M1 + 12 (k = 12);
+// IQ4_NL codes are its signed levels, multiplied as Q8_0's (k = 0);
 // Q4_K codes are the nibbles with dw = d*sc, and the mins are subtracted once
 // per super-block: acc -= sum_i dmin*m_i * dx_i*sum(q)_i.
 // No pair of u8*s8 products can saturate vpmaddubsw: |u| <= 128 (Q8_0, sign
@@ -74,6 +75,18 @@ struct DecQ4_0 {
     return _mm256_cvtph_ps(fields8<kBytes, uint16_t>(row + b * kBytes, n));
   }
   static inline __m256i codes(const uint8_t* row, int64_t b) { return nibbles16(row + b * kBytes + 2); }
+};
+// IQ4_NL: Q4_0's blocks, the codes its signed non-linear levels (|level| <= 127,
+// multiplied as Q8_0's by the sign trick).
+struct DecIQ4_NL {
+  static constexpr int64_t kBytes = 18;
+  static constexpr bool kSigned = true;
+  static constexpr bool kOffset = false;
+  static inline __m256 scales8(const uint8_t* row, int64_t b, int n) { return DecQ4_0::scales8(row, b, n); }
+  static inline __m256i codes(const uint8_t* row, int64_t b) {
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+    return _mm256_shuffle_epi8(lut, nibbles16(row + b * kBytes + 2));
+  }
 };
 struct DecMXFP4 {
   static constexpr int64_t kBytes = 17;
@@ -257,7 +270,8 @@ void run_int(const WeightMatrix& W, const ActQ& a, int64_t n_tokens, float* Y, i
 
 bool act_cscale_avx2(GGMLType t, float* cscale) {
   switch (t) {
-    case GGMLType::Q8_0: *cscale = 0.0f; return true;          // sign trick, no offset
+    case GGMLType::Q8_0:
+    case GGMLType::IQ4_NL: *cscale = 0.0f; return true;        // sign trick, no offset
     case GGMLType::Q4_0: *cscale = 8.0f / 8.0f; return true;   // k = 8, 8 lanes per block
     case GGMLType::MXFP4: *cscale = 12.0f / 8.0f; return true; // k = 12
     case GGMLType::Q4_K: *cscale = 1.0f; return true;          // mins use dx*sum(q)
@@ -353,6 +367,7 @@ void gemm_avx2(const WeightMatrix& W, const ActQ* act, const float* X, int64_t l
     case GGMLType::BF16: gemm_float_avx2(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q8_0: run_int<DecQ8_0>(W, *act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q4_0: run_int<DecQ4_0>(W, *act, n_tokens, Y, ldy, r0, r1); return;
+    case GGMLType::IQ4_NL: run_int<DecIQ4_NL>(W, *act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::MXFP4: run_int<DecMXFP4>(W, *act, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q4_K: {
       auto f = [&](auto R, auto T, int64_t r, int64_t t) {

@@ -7,9 +7,9 @@
 //   P  = vpdpbusd(vpdpbusd(0, A, xa), B, xb)   16 int32 lanes, 4 per block, exact
 //   acc += dw * (dx * float(P) - cs)            dw, dx, cs spread to their 4 lanes;
 //                                                cs = (k/4) * dx * sum(q)
-// Codes: Q8_0 w+128 (k = 128), Q4_0 nibble (k = 8), MXFP4 2*E2M1+12 (k = 12),
-// Q4_K nibble with dw = d*sc and the mins subtracted once per super-block
-// (acc -= sum_i dmin*m_i * dx_i*sum(q)_i). VNNI sums in int32: no saturation.
+// Codes: Q8_0 w+128 (k = 128), Q4_0 nibble (k = 8), IQ4_NL level+128 (k = 128), MXFP4
+// 2*E2M1+12 (k = 12), Q4_K nibble with dw = d*sc and the mins subtracted once per
+// super-block (acc -= sum_i dmin*m_i * dx_i*sum(q)_i). VNNI sums in int32: no saturation.
 // Up to lane_min_tokens (quant/kernels.h): tiles of 4 rows x up to 4 tokens,
 // each weight group decoded once per tile; or (1 token, and 2..8 tokens on short
 // rows: gemm_avx512 says which) the GEMV (gemv_*): one row stream per thread, the
@@ -94,25 +94,28 @@ struct DecQ8_0 {
     group_raw(p, A, B, DW);
   }
 };
-struct DecQ4_0 {
+// Q4_0 and IQ4_NL: one block layout (f16 d, 16 bytes of nibbles); Q4_0's codes
+// are the nibbles, IQ4_NL's its levels + 128.
+template <GGMLType kT>
+struct DecNibbles18 {
   static constexpr int kBB = 18;
   static inline __m512 scale(__m512 raw) { return raw; }  // already fp32
   // Two stages (gemv_pipelined overlaps them): fetch = loads, code permute,
   // scales; split = nibbles.
   static inline void fetch(const uint8_t* p, __m512i* Z, __m512* DW) {
     // out word 8b+m = word 1+9b+m of p: words < 32 from p, the rest from p + 8
-    static const int16_t ic_w[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17,
-                                         19, 20, 21, 22, 23, 24, 25, 26, 28, 29, 30, 31, 60, 61,
-                                         62, 63};
+    static const int16_t ic_w[32] = {1,  2,  3,  4,  5,  6,  7,  8,  10, 11, 12, 13, 14, 15, 16, 17,
+                                     19, 20, 21, 22, 23, 24, 25, 26, 28, 29, 30, 31, 60, 61, 62, 63};
     const __m512i ic = _mm512_loadu_si512(ic_w);
     static const int16_t is_w[32] = {0, 0, 0, 0, 9, 9, 9, 9, 18, 18, 18, 18, 27, 27, 27, 27,
-                                         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+                                     0, 0, 0, 0, 0, 0, 0, 0, 0,  0,  0,  0,  0,  0,  0,  0};
     const __m512i is = _mm512_loadu_si512(is_w);
     const __m512i z0 = _mm512_loadu_si512(p), z1 = _mm512_loadu_si512(p + 8);
     *DW = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(is, z0)));
     *Z = _mm512_permutex2var_epi16(z0, ic, z1);
   }
   static inline void split(__m512i z, __m512i* A, __m512i* B) {
+    if constexpr (kT == GGMLType::IQ4_NL) return iq4nl_codes(z, A, B);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     *A = _mm512_and_si512(z, m4);
     *B = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
@@ -133,8 +136,8 @@ struct DecQ4_0 {
   static inline void group(const uint8_t* p, __m512i* A, __m512i* B, __m512* DW) {
     group_raw(p, A, B, DW);
   }
-  // Split rows: f16 scales.
-  static constexpr GGMLType kType = GGMLType::Q4_0;
+  // Split rows (Q4_0): f16 scales.
+  static constexpr GGMLType kType = kT;
   static inline __m512 split_scales16(const uint8_t* s) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
   }
@@ -142,6 +145,8 @@ struct DecQ4_0 {
     return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s)));
   }
 };
+using DecQ4_0 = DecNibbles18<GGMLType::Q4_0>;
+using DecIQ4_NL = DecNibbles18<GGMLType::IQ4_NL>;
 struct DecMXFP4 {
   static constexpr int kBB = 17;
   // e8m0_to_f32_half on the (integer) exponents: e < 2 -> 0x00200000 << e, else (e - 1) << 23
@@ -686,6 +691,7 @@ bool act_cscale_avx512(GGMLType t, float* cscale) {
   switch (t) {
     case GGMLType::Q8_0: *cscale = 128.0f / 4.0f; return true;  // k = 128, 4 lanes per block
     case GGMLType::Q4_0: *cscale = 8.0f / 4.0f; return true;    // k = 8
+    case GGMLType::IQ4_NL: *cscale = 128.0f / 4.0f; return true;  // level + 128
     case GGMLType::MXFP4: *cscale = 12.0f / 4.0f; return true;  // k = 12
     case GGMLType::Q4_K: *cscale = 1.0f; return true;           // mins use dx*sum(q)
     default: return false;
@@ -757,6 +763,7 @@ void gemm_avx512(const WeightMatrix& W, const ActQ* act, const float* X, int64_t
     case GGMLType::BF16: gemm_float_avx512(W, X, ldx, n_tokens, Y, ldy, r0, r1); return;
     case GGMLType::Q8_0: ints(DecQ8_0{}); return;
     case GGMLType::Q4_0: ints(DecQ4_0{}); return;
+    case GGMLType::IQ4_NL: ints(DecIQ4_NL{}); return;
     case GGMLType::MXFP4: ints(DecMXFP4{}); return;
     case GGMLType::Q4_K: {
       auto f = [&](auto R, auto T, int64_t r, int64_t t) {

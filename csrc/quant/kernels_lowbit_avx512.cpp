@@ -489,11 +489,7 @@ void tile_offset(const WeightMatrix& W, int64_t r, const ActQ& a, int64_t t0, fl
 // and the 4 blocks' dw spread to their lanes.
 inline void iq4xs_group(const uint8_t* p, int n, __m512i* A, __m512i* B, __m512* DW) {
   const BlockIQ4_XS& blk = *reinterpret_cast<const BlockIQ4_XS*>(p);
-  const __m512i lut = _mm512_broadcast_i32x4(_mm_add_epi8(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)), _mm_set1_epi8(-128)));
-  const __m512i v = _mm512_loadu_si512(blk.qs + 64 * n), m4 = _mm512_set1_epi8(0x0F);
-  *A = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
-  *B = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+  iq4nl_codes(_mm512_loadu_si512(blk.qs + 64 * n), A, B);
   // the 8 scales at once (quant/blocks.h iq4xs_scale): low nibble b at bit 4b of
   // scales_l, high 2 bits at bit 2b of scales_h
   uint32_t l;

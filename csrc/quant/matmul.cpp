@@ -25,6 +25,7 @@ bool is_matmul_type(GGMLType t) {
     case GGMLType::BF16:
     case GGMLType::Q8_0:
     case GGMLType::Q4_0:
+    case GGMLType::IQ4_NL:
     case GGMLType::Q4_K:
     case GGMLType::MXFP4:
       return true;

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "quant/blocks.h"
+
 namespace pyv4 {
 namespace qk {
 namespace {
@@ -18,6 +20,16 @@ namespace {
 // their decode (IQ1 / IQ2_S / IQ3) measured the same either way. On Zen 4 this
 // distance was measured for Q8_0 (kernels_avx512.cpp), not for the 2-bit types.
 constexpr int64_t kStreamAhead = 16384;
+
+// IQ4_NL / IQ4_XS codes for vpdpbusd: the non-linear level + 128 (1..241, the
+// offset k = 128) of the low nibbles of v's bytes into *lo, of the high ones into *hi.
+inline void iq4nl_codes(__m512i v, __m512i* lo, __m512i* hi) {
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_add_epi8(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(qblocks::kIq4nlValues)), _mm_set1_epi8(-128)));
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  *lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+  *hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+}
 
 // Prefetches the `bytes` (a multiple of 64) from p + kStreamAhead into L2.
 inline void prefetch_stream(const void* p, int bytes) {
