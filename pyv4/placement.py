@@ -69,12 +69,11 @@ KV_TYPES = ("fp8", "bf16", "f32")
 
 _WEIGHTS_ON_GPU = ("head", "attention", "compressor", "indexer", "mhc", "norms", "router", "shared", "other")
 # Weight types the CPU kernels run but the GPU kernels do not multiply (the
-# i-quants and the Q5_K / Q6_K some community files use; csrc/cuda/matmul.h
-# multiplies()). A layer
+# i-quants some community files use; csrc/cuda/matmul.h multiplies()). A layer
 # whose routed experts have such a type keeps them on the host, where the CPU
 # runs them (GpuEngine streams only types it multiplies); any other weight of
 # such a type cannot be placed on the GPU.
-CPU_ONLY_TYPES = frozenset({"IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ3_S", "IQ2_S", "Q5_K", "Q6_K", "IQ4_NL"})
+CPU_ONLY_TYPES = frozenset({"IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ3_S", "IQ2_S"})
 
 
 class PlacementError(ValueError):

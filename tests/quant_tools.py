@@ -6,26 +6,22 @@ import numpy as np
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "IQ4_NL", "Q4_K", "MXFP4"]
 INT_TYPES = {"Q8_0", "Q4_0", "IQ4_NL", "Q4_K", "MXFP4"}
-# Of those, the ones only the CPU runs (csrc/cuda/matmul.h multiplies).
-CPU_ONLY_INT = {"IQ4_NL"}
-# The super-block types of issue #16 (test_lowbit.py): bytes per super-block of
+# The super-block types of issue #16 and the K types of llama-quantize's ladders
+# (output heads, attention of community files) (test_lowbit.py): bytes per super-block of
 # 256, and the byte offsets of their f16 scales (IQ1_M spreads its scale over the
 # top nibbles of its scale words: f16_bits / put_f16_bits).
-GPU_LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136}
+GPU_LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136, "Q5_K": 176, "Q6_K": 210}
 # The i-quants the CPU loads and runs but the GPU kernels do not multiply.
 CPU_ONLY_LOWBIT = {"IQ3_XXS": 98, "IQ2_XS": 74, "IQ1_S": 50, "IQ1_M": 56, "IQ3_S": 110, "IQ2_S": 82}
-# The K types of llama-quantize's ladders (output heads, attention of community files),
-# run on the CPU only too.
-CPU_ONLY_K = {"Q5_K": 176, "Q6_K": 210}
-LOWBIT = {**GPU_LOWBIT, **CPU_ONLY_LOWBIT, **CPU_ONLY_K}
+LOWBIT = {**GPU_LOWBIT, **CPU_ONLY_LOWBIT}
 F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0], "IQ3_XXS": [0],
           "IQ2_XS": [0], "IQ1_S": [0], "IQ1_M": [], "IQ3_S": [0], "IQ2_S": [0], "Q5_K": [0, 2], "Q6_K": [208]}
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18), "IQ4_NL": (32, 18),
          "Q4_K": (256, 144), "MXFP4": (32, 17), **{t: (256, b) for t, b in LOWBIT.items()}}
 # What the GPU multiplies (csrc/cuda/matmul.h): all of them but the CPU-only i-quants,
 # the low-bit ones as integer types.
-GPU_TYPES = [t for t in TYPES if t not in CPU_ONLY_INT] + sorted(GPU_LOWBIT)
-GPU_INT_TYPES = (INT_TYPES - CPU_ONLY_INT) | set(GPU_LOWBIT)
+GPU_TYPES = TYPES + sorted(GPU_LOWBIT)
+GPU_INT_TYPES = INT_TYPES | set(GPU_LOWBIT)
 # The types whose fast path multiplies int8 activations (check_fast's bound).
 CPU_INT_TYPES = INT_TYPES | set(LOWBIT)
 

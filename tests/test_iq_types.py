@@ -362,15 +362,12 @@ def test_placement_keeps_iq3s_iq2s_on_host(iq_models):
 
 
 def test_placement_iq4nl(iq_models):
-    """IQ4_NL runs on the CPU only: its experts stay on the host, an attention weight is refused."""
+    """IQ4_NL is a GPU type (csrc/cuda/block_math.h): its experts and its attention
+    weight are placed on the GPU as Q4_0's would be."""
     from pyv4.model_shape import from_gguf
-    from pyv4.placement import PlacementError, plan
+    from pyv4.placement import plan
 
     shape = from_gguf(str(iq_models["iq4nl"]))
-    with pytest.raises(PlacementError, match="IQ4_NL"):
-        plan(shape, 64 << 30)
-    experts_only = dataclasses.replace(shape, tensors=tuple(
-        dataclasses.replace(t, type="Q8_0") if t.type == "IQ4_NL" and t.category != "experts" else t
-        for t in shape.tensors))
-    p = plan(experts_only, 64 << 30)
-    assert p.experts_gpu_per_layer == [0] * shape.n_layer and p.experts_on_gpu == []
+    assert {t.type for t in shape.tensors if t.category == "experts"} == {"IQ4_NL"}
+    p = plan(shape, 64 << 30)
+    assert p.experts_gpu_per_layer == [shape.n_expert] * shape.n_layer

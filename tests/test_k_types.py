@@ -10,7 +10,7 @@ weights stored as F32 (bit for bit) and whose fast-mode logits stay close, a fil
 written by llama.cpp's own llama-quantize, `pyv4 info`, `pyv4 requantize --type`
 producing them (the importance-weighted searches of test_quantize_lowbit.py; their
 error against llama-quantize's on the same tensors and importance), and the GPU
-placement keeping them on the host.
+placement putting them on the GPU (their CUDA decode: test_cuda_host.py).
 """
 
 import dataclasses
@@ -195,20 +195,16 @@ def test_requantize_reads_k_types(k_models, tmp_path):
         assert np.abs(a - b).max() <= np.abs(a).max() / 127  # Q8_0 of the decoded values
 
 
-def test_placement_keeps_k_types_on_host(k_models):
+def test_placement_puts_k_types_on_the_gpu(k_models):
+    """Q5_K / Q6_K are GPU types (csrc/cuda/block_math.h): a model with its head,
+    attention and experts in them is placed like any other."""
     from pyv4.model_shape import from_gguf
-    from pyv4.placement import PlacementError, plan
+    from pyv4.placement import plan
 
     shape = from_gguf(str(k_models["q6"]))
-    # the head (and attention) in a type the GPU does not multiply: refused, named
-    with pytest.raises(PlacementError, match=r"(output|attn).*Q[56]_K"):
-        plan(shape, 64 << 30)
-    # the same shape with only the routed experts in Q5_K / Q6_K: they stay on the host
-    only_exps = dataclasses.replace(shape, tensors=tuple(
-        t if t.category == "experts" or t.type not in ("Q5_K", "Q6_K") else dataclasses.replace(t, type="Q8_0")
-        for t in shape.tensors))
-    p = plan(only_exps, 64 << 30)
-    assert p.experts_gpu_per_layer == [0] * shape.n_layer and p.host["experts"] == shape.bytes_of("experts")
+    assert {"Q5_K", "Q6_K"} <= {t.type for t in shape.tensors if t.category != "experts"}
+    p = plan(shape, 64 << 30)
+    assert p.experts_gpu_per_layer == [shape.n_expert] * shape.n_layer
 
 
 # ---------------------------------------------------------------- llama-quantize's own file

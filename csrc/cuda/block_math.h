@@ -4,16 +4,16 @@
 // tests/test_cuda_host.py) run this same code. Block layouts are the file's
 // (csrc/quant/blocks.h, spec §10); the GPU reads weights in GGML rows.
 //
-// Weights are read in groups of 32 elements: one Q8_0 / Q4_0 / MXFP4 block,
-// one sub-block of a Q4_K / IQ2_XXS / IQ4_XS super-block, or two of a Q2_K /
-// Q3_K one (scales per 16). A group is 32 signed int8 codes, each half h of 16
+// Weights are read in groups of 32 elements: one Q8_0 / Q4_0 / IQ4_NL / MXFP4 block,
+// one sub-block of a Q4_K / Q5_K / IQ2_XXS / IQ4_XS super-block, or two of a Q2_K /
+// Q3_K / Q6_K one (scales per 16). A group is 32 signed int8 codes, each half h of 16
 // with its own scale: value_i = d_h * code_i - m_h. With activations quantized
 // per group of 32 like the CPU's integer kernels (x_i ~= dx * q_i,
 // csrc/quant/kernels.h)
 //     sum_i value_i x_i = dx * sum_h (d_h * sum_{i in h} code_i q_i - m_h * sum_{i in h} q_i)
 // and the integer sums are two dp4a on packed words per half. The codes of the
 // IQ types are their grid / level values (IQ2_XXS: +-8, 25, 43 with the signs
-// applied; IQ4_XS: the 16 non-linear levels), so their dots are integer too.
+// applied; IQ4_NL / IQ4_XS: the 16 non-linear levels), so their dots are integer too.
 #pragma once
 
 #include <cmath>
@@ -125,12 +125,13 @@ static inline PYV4_HD float mul_sub(float a, float b, float c) {
 }
 
 static constexpr PYV4_HD bool is_group_type(GGMLType t) {
-  return t == GGMLType::Q8_0 || t == GGMLType::Q4_0 || t == GGMLType::MXFP4 || t == GGMLType::Q4_K ||
-         t == GGMLType::Q2_K || t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS || t == GGMLType::IQ4_XS;
+  return t == GGMLType::Q8_0 || t == GGMLType::Q4_0 || t == GGMLType::IQ4_NL || t == GGMLType::MXFP4 ||
+         t == GGMLType::Q4_K || t == GGMLType::Q5_K || t == GGMLType::Q6_K || t == GGMLType::Q2_K ||
+         t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS || t == GGMLType::IQ4_XS;
 }
 
 // The code of element e (0..31) of 4-bit group bytes qs: low nibbles hold
-// elements 0..15, high nibbles 16..31 (Q4_0, MXFP4).
+// elements 0..15, high nibbles 16..31 (Q4_0, IQ4_NL, MXFP4).
 static inline PYV4_HD unsigned nibble_lo_hi(const uint8_t* qs, int e) {
   return e < 16 ? qs[e] & 15u : qs[e - 16] >> 4;
 }
@@ -167,13 +168,15 @@ static inline PYV4_HD void group_scale(GGMLType t, const uint8_t* row, int64_t g
       d[0] = f16_to_f32(load_u16(row + sizeof(BlockQ8_0) * g));
       break;
     case GGMLType::Q4_0:
+    case GGMLType::IQ4_NL:  // the same block layout
       d[0] = f16_to_f32(load_u16(row + sizeof(BlockQ4_0) * g));
       break;
     case GGMLType::MXFP4:
       d[0] = e8m0_to_f32_half(row[sizeof(BlockMXFP4) * g]);
       break;
-    case GGMLType::Q4_K: {
-      const uint8_t* sb = super_of<BlockQ4_K>(row, g);
+    case GGMLType::Q4_K:
+    case GGMLType::Q5_K: {  // the same d, dmin and scales at the start of their super-blocks
+      const uint8_t* sb = t == GGMLType::Q4_K ? super_of<BlockQ4_K>(row, g) : super_of<BlockQ5_K>(row, g);
       uint8_t sc, mn;
       q4k_scale_min(sb + 4, static_cast<int>(g % 8), &sc, &mn);
       d[0] = f16_to_f32(load_u16(sb)) * static_cast<float>(sc);
@@ -195,6 +198,13 @@ static inline PYV4_HD void group_scale(GGMLType t, const uint8_t* row, int64_t g
       const float dd = f16_to_f32(load_u16(sb + 108));
       const int s = 2 * static_cast<int>(g % 8);
       for (int h = 0; h < 2; ++h) d[h] = dd * static_cast<float>(q3k_scale(sb + 96, s + h) - 32);
+      return;
+    }
+    case GGMLType::Q6_K: {  // int8 scale of sub-block 2 (g % 8) + h at byte 192 + that (qblocks::BlockQ6_K)
+      const uint8_t* sb = super_of<BlockQ6_K>(row, g);
+      const float dd = f16_to_f32(load_u16(sb + 208));
+      const int s = 2 * static_cast<int>(g % 8);
+      for (int h = 0; h < 2; ++h) d[h] = dd * static_cast<float>(static_cast<int8_t>(sb[192 + s + h]));
       return;
     }
     case GGMLType::IQ2_XXS: {
@@ -222,12 +232,25 @@ static inline PYV4_HD int group_code(GGMLType t, const uint8_t* row, int64_t g, 
       return static_cast<int8_t>(row[sizeof(BlockQ8_0) * g + 2 + e]);
     case GGMLType::Q4_0:
       return static_cast<int>(nibble_lo_hi(row + sizeof(BlockQ4_0) * g + 2, e)) - 8;
+    case GGMLType::IQ4_NL:
+      return iq4nl_level(nibble_lo_hi(row + sizeof(BlockIQ4_NL) * g + 2, e));
     case GGMLType::MXFP4:
       return e2m1x2(nibble_lo_hi(row + sizeof(BlockMXFP4) * g + 1, e));
     case GGMLType::Q4_K: {  // byte 32 * (j / 2) + e of qs, low nibble for even sub-block j
       const int j = static_cast<int>(g % 8);
       const uint8_t q = super_of<BlockQ4_K>(row, g)[16 + 32 * (j / 2) + e];
       return (j & 1) ? q >> 4 : q & 15;
+    }
+    case GGMLType::Q5_K: {  // Q4_K's nibble (qs at 48) and bit j of qh[e] (at 16) above it
+      const int j = static_cast<int>(g % 8);
+      const uint8_t* sb = super_of<BlockQ5_K>(row, g);
+      return ((sb[48 + 32 * (j / 2) + e] >> (4 * (j & 1))) & 15) | ((sb[16 + e] >> j) & 1) << 4;
+    }
+    case GGMLType::Q6_K: {  // elements 128n + 32j + e: ql (at 0) nibble, qh (at 128) 2 bits, - 32
+      const uint8_t* sb = super_of<BlockQ6_K>(row, g);
+      const int n = static_cast<int>(g % 8) / 4, j = static_cast<int>(g % 4);
+      const int lo = (sb[64 * n + 32 * (j % 2) + e] >> (4 * (j / 2))) & 15, hi = (sb[128 + 32 * n + e] >> (2 * j)) & 3;
+      return (lo | hi << 4) - 32;
     }
     case GGMLType::Q2_K: {
       const int n = static_cast<int>(g % 8) / 4, j = static_cast<int>(g % 4);
@@ -284,6 +307,27 @@ static inline PYV4_HD void load_group(GGMLType t, const uint8_t* row, int64_t g,
       for (int k = 0; k < 8; ++k) out->w[k] = static_cast<int32_t>((load_u32(qs + 4 * k) >> (4 * (j & 1))) & 0x0F0F0F0Fu);
       return;
     }
+    case GGMLType::Q5_K: {
+      const int j = static_cast<int>(g % 8);
+      const uint8_t* sb = super_of<BlockQ5_K>(row, g);
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t lo = (load_u32(sb + 48 + 32 * (j / 2) + 4 * k) >> (4 * (j & 1))) & 0x0F0F0F0Fu;
+        const uint32_t hi = (load_u32(sb + 16 + 4 * k) >> j) & 0x01010101u;
+        out->w[k] = static_cast<int32_t>(lo | hi << 4);
+      }
+      return;
+    }
+    case GGMLType::Q6_K: {
+      const uint8_t* sb = super_of<BlockQ6_K>(row, g);
+      const int n = static_cast<int>(g % 8) / 4, j = static_cast<int>(g % 4);
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t lo = (load_u32(sb + 64 * n + 32 * (j % 2) + 4 * k) >> (4 * (j / 2))) & 0x0F0F0F0Fu;
+        const uint32_t hi = (load_u32(sb + 128 + 32 * n + 4 * k) >> (2 * j)) & 0x03030303u;
+        // bytes v in 0..63; v + 96 stays in its byte, and its top bit flipped reads as v - 32
+        out->w[k] = static_cast<int32_t>(((lo | hi << 4) + 0x60606060u) ^ 0x80808080u);
+      }
+      return;
+    }
     case GGMLType::Q2_K: {
       const int n = static_cast<int>(g % 8) / 4, j = static_cast<int>(g % 4);
       const uint8_t* qs = super_of<BlockQ2_K>(row, g) + 16 + 32 * n;
@@ -319,8 +363,9 @@ static inline PYV4_HD void load_group(GGMLType t, const uint8_t* row, int64_t g,
       }
       return;
     }
-    default: {  // IQ4_XS: bytes 16 b .. 16 b + 15 of qs, elements 0..15 in the low nibbles
-      const uint8_t* qs = super_of<BlockIQ4_XS>(row, g) + 8 + 16 * (g % 8);
+    default: {  // IQ4_XS: bytes 16 b .. 16 b + 15 of qs, elements 0..15 in the low nibbles; IQ4_NL: its block's
+      const uint8_t* qs = t == GGMLType::IQ4_NL ? row + sizeof(BlockIQ4_NL) * g + 2
+                                                : super_of<BlockIQ4_XS>(row, g) + 8 + 16 * (g % 8);
       for (int k = 0; k < 8; ++k) {
         const uint32_t nib = nibble_word(qs, k);
         out->w[k] = pack4(iq4nl_level(nib & 15), iq4nl_level((nib >> 8) & 15), iq4nl_level((nib >> 16) & 15),

@@ -40,7 +40,10 @@ void with_type(GGMLType t, F&& f) {
     case GGMLType::BF16: return f(std::integral_constant<GGMLType, GGMLType::BF16>{});
     case GGMLType::Q8_0: return f(std::integral_constant<GGMLType, GGMLType::Q8_0>{});
     case GGMLType::Q4_0: return f(std::integral_constant<GGMLType, GGMLType::Q4_0>{});
+    case GGMLType::IQ4_NL: return f(std::integral_constant<GGMLType, GGMLType::IQ4_NL>{});
     case GGMLType::Q4_K: return f(std::integral_constant<GGMLType, GGMLType::Q4_K>{});
+    case GGMLType::Q5_K: return f(std::integral_constant<GGMLType, GGMLType::Q5_K>{});
+    case GGMLType::Q6_K: return f(std::integral_constant<GGMLType, GGMLType::Q6_K>{});
     case GGMLType::MXFP4: return f(std::integral_constant<GGMLType, GGMLType::MXFP4>{});
     case GGMLType::Q2_K: return f(std::integral_constant<GGMLType, GGMLType::Q2_K>{});
     case GGMLType::Q3_K: return f(std::integral_constant<GGMLType, GGMLType::Q3_K>{});
