@@ -15,8 +15,6 @@ Placement rules, in order of priority on the GPU:
    contract of KVState);
 3. routed experts, as many as fit: layer by layer (layer 0's experts first),
    or, given a table of routing counts, the most used (layer, expert) first;
-   not those of a type only the CPU kernels run (CPU_ONLY_TYPES; such a type
-   elsewhere cannot be placed);
 4. everything else stays in host RAM and runs on the CPU kernels.
 
 Reserved on the GPU (`gpu_margin`): 768 MiB for the CUDA context and
@@ -68,12 +66,6 @@ DEFAULT_PCIE_GBS = 25.0        # PCIe 4.0 x16 as measured by copies, not the 32 
 KV_TYPES = ("fp8", "bf16", "f32")
 
 _WEIGHTS_ON_GPU = ("head", "attention", "compressor", "indexer", "mhc", "norms", "router", "shared", "other")
-# Weight types the CPU kernels run but the GPU kernels do not multiply (the
-# i-quants some community files use; csrc/cuda/matmul.h multiplies()). A layer
-# whose routed experts have such a type keeps them on the host, where the CPU
-# runs them (GpuEngine streams only types it multiplies); any other weight of
-# such a type cannot be placed on the GPU.
-CPU_ONLY_TYPES = frozenset({"IQ3_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ3_S", "IQ2_S"})
 
 
 class PlacementError(ValueError):
@@ -356,13 +348,6 @@ def plan(shape: ModelShape, vram: int, ram: int | None = None, ctx: int | None =
     csa = [il for il in range(shape.n_layer) if shape.layer_kind(il) == "csa"]
     hca = [il for il in range(shape.n_layer) if shape.layer_kind(il) == "hca"]
 
-    cpu_only = [t for t in shape.tensors if t.type in CPU_ONLY_TYPES]
-    stuck = [t for t in cpu_only if t.category in _WEIGHTS_ON_GPU]
-    if stuck:
-        raise PlacementError(
-            f"{stuck[0].name} is {stuck[0].type}, a type the GPU kernels do not multiply ({len(stuck)} such "
-            f"tensors outside the routed experts, which must be on the GPU); run this model on the CPU")
-    host_only = {t.layer for t in cpu_only if t.category == "experts"}  # these layers' experts stay on the host
     gpu = {c: shape.bytes_of(c) for c in _WEIGHTS_ON_GPU}
     gpu = {c: b for c, b in gpu.items() if b}
     gpu.update({"kv window": sum(x.window for x in kvs), "kv hca": sum(kvs[il].comp for il in hca),
@@ -392,7 +377,7 @@ def plan(shape: ModelShape, vram: int, ram: int | None = None, ctx: int | None =
     on_gpu: list[list[int]] = [[] for _ in range(shape.n_layer)]
     ebytes = [shape.expert_bytes(il) for il in range(shape.n_layer)]
     for il, e in order:
-        if (il not in host_only and 0 < ebytes[il] <= rem
+        if (0 < ebytes[il] <= rem
                 and (max_gpu_experts is None or len(on_gpu[il]) < max_gpu_experts)):
             on_gpu[il].append(e)
             rem -= ebytes[il]

@@ -10,10 +10,9 @@ INT_TYPES = {"Q8_0", "Q4_0", "IQ4_NL", "Q4_K", "MXFP4"}
 # (output heads, attention of community files) (test_lowbit.py): bytes per super-block of
 # 256, and the byte offsets of their f16 scales (IQ1_M spreads its scale over the
 # top nibbles of its scale words: f16_bits / put_f16_bits).
-GPU_LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136, "Q5_K": 176, "Q6_K": 210}
-# The i-quants the CPU loads and runs but the GPU kernels do not multiply.
-CPU_ONLY_LOWBIT = {"IQ3_XXS": 98, "IQ2_XS": 74, "IQ1_S": 50, "IQ1_M": 56, "IQ3_S": 110, "IQ2_S": 82}
-LOWBIT = {**GPU_LOWBIT, **CPU_ONLY_LOWBIT}
+LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136, "Q5_K": 176, "Q6_K": 210,
+          "IQ3_XXS": 98, "IQ2_XS": 74, "IQ1_S": 50, "IQ1_M": 56, "IQ3_S": 110, "IQ2_S": 82}
+GPU_LOWBIT = LOWBIT
 F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0], "IQ3_XXS": [0],
           "IQ2_XS": [0], "IQ1_S": [0], "IQ1_M": [], "IQ3_S": [0], "IQ2_S": [0], "Q5_K": [0, 2], "Q6_K": [208]}
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18), "IQ4_NL": (32, 18),

@@ -7,7 +7,7 @@ bit for bit, every ISA path and token count); here:
 hand-made blocks that pin each format's fields, a model whose routed experts
 have these types (fast vs reference logits, as test_lowbit.py's model test),
 `pyv4 info`, the converter's refusal to produce them, and the GPU placement
-keeping them on the host.
+putting them on the GPU (their CUDA decode: test_cuda_host.py).
 """
 
 import dataclasses
@@ -329,45 +329,15 @@ def test_requantize_reads_iq_types(iq_models, tmp_path, mix, tname):
     assert np.abs(a - b).max() <= np.abs(a).max() / 127  # Q8_0 of the decoded values
 
 
-def test_placement_keeps_iq_experts_on_host(iq_models):
-    from pyv4.model_shape import from_gguf
-    from pyv4.placement import PlacementError, plan
-
-    shape = from_gguf(str(iq_models["iq1"]))
-    p = plan(shape, 64 << 30)
-    assert p.experts_gpu_per_layer == [0] * shape.n_layer and p.experts_on_gpu == []
-    assert p.host["experts"] == shape.bytes_of("experts")
-    # the same shape with MXFP4 experts: all on the GPU
-    mx = dataclasses.replace(shape, tensors=tuple(
-        dataclasses.replace(t, type="MXFP4") if t.category == "experts" else t for t in shape.tensors))
-    assert plan(mx, 64 << 30).experts_gpu_per_layer == [shape.n_expert] * shape.n_layer
-    # a weight that must be on the GPU: refused, named
-    with pytest.raises(PlacementError, match="shexp.*IQ3_XXS"):
-        plan(from_gguf(str(iq_models["iq3"])), 64 << 30)
-
-
-def test_placement_keeps_iq3s_iq2s_on_host(iq_models):
-    from pyv4.model_shape import from_gguf
-    from pyv4.placement import PlacementError, plan
-
-    shape = from_gguf(str(iq_models["iqs"]))
-    with pytest.raises(PlacementError, match="attn_kv.*IQ3_S"):  # an attention weight: not on the host
-        plan(shape, 64 << 30)
-    experts_only = dataclasses.replace(shape, tensors=tuple(
-        dataclasses.replace(t, type="Q8_0") if t.type == "IQ3_S" and t.category != "experts" else t
-        for t in shape.tensors))
-    assert {t.type for t in experts_only.tensors if t.category == "experts"} == {"IQ3_S", "IQ2_S"}
-    p = plan(experts_only, 64 << 30)
-    assert p.experts_gpu_per_layer == [0] * shape.n_layer and p.experts_on_gpu == []
-
-
-def test_placement_iq4nl(iq_models):
-    """IQ4_NL is a GPU type (csrc/cuda/block_math.h): its experts and its attention
-    weight are placed on the GPU as Q4_0's would be."""
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_placement_puts_iq_types_on_the_gpu(iq_models, mix):
+    """The i-quants are GPU types (csrc/cuda/iq_math.h, block_math.h): experts, shared
+    experts and attention weights in them are placed like any other type's."""
     from pyv4.model_shape import from_gguf
     from pyv4.placement import plan
 
-    shape = from_gguf(str(iq_models["iq4nl"]))
-    assert {t.type for t in shape.tensors if t.category == "experts"} == {"IQ4_NL"}
+    shape = from_gguf(str(iq_models[mix]))
+    tnames = {tname.upper() for _, tname in MIXES[mix]}
+    assert tnames <= {t.type for t in shape.tensors}
     p = plan(shape, 64 << 30)
-    assert p.experts_gpu_per_layer == [shape.n_expert] * shape.n_layer
+    assert p.experts_gpu_per_layer == [shape.n_expert] * shape.n_layer and p.host.get("experts", 0) == 0

@@ -13,15 +13,16 @@
 //     sum_i value_i x_i = dx * sum_h (d_h * sum_{i in h} code_i q_i - m_h * sum_{i in h} q_i)
 // and the integer sums are two dp4a on packed words per half. The codes of the
 // IQ types are their grid / level values (IQ2_XXS: +-8, 25, 43 with the signs
-// applied; IQ4_NL / IQ4_XS: the 16 non-linear levels), so their dots are integer too.
+// applied; IQ4_NL / IQ4_XS: the 16 non-linear levels; the other grid i-quants in
+// cuda/iq_math.h), so their dots are integer too.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
+#include "cuda/iq_math.h"
 #include "quant/blocks.h"
 #include "quant/ggml_types.h"
-#include "quant/iq2xxs_grid.h"
 
 namespace pyv4 {
 namespace cudamath {
@@ -43,32 +44,6 @@ struct ActGroup {
   int32_t qsum[2];
 };
 
-#ifdef __CUDACC__
-// The IQ2_XXS grid (quant/iq2xxs_grid.h) for device code, one copy per
-// translation unit; lanes of a warp index it at random, so it lives in global
-// memory (cached) rather than in constant memory, which serialises them.
-static __device__ const uint64_t kIq2xxsGridDevice[256] = {PYV4_IQ2XXS_GRID_ENTRIES};
-#endif
-
-static inline PYV4_HD uint64_t iq2xxs_grid(unsigned i) {
-#ifdef __CUDA_ARCH__
-  return kIq2xxsGridDevice[i];
-#else
-  return qblocks::kIq2xxsGrid[i];
-#endif
-}
-
-// Whether element j (0..7) of an IQ2_XXS sign index (7 bits, the 8th sign is
-// their parity: an even count of minus signs) is negative (qblocks::iq2_signs8).
-static inline PYV4_HD bool iq2_negative(uint32_t idx7, int j) {
-#ifdef __CUDA_ARCH__
-  const uint32_t parity = __popc(idx7) & 1u;
-#else
-  const uint32_t parity = static_cast<uint32_t>(__builtin_parity(idx7));
-#endif
-  return ((idx7 | parity << 7) >> j) & 1u;
-}
-
 // qblocks::kIq4nlValues packed 8 per word at compile time: scalar constants,
 // which device code may read (it cannot index the host array).
 constexpr uint64_t pack_levels(int first) {
@@ -89,17 +64,6 @@ static inline PYV4_HD int e2m1x2(unsigned code) {
   const int mag = code & 7;
   const int v = mag < 4 ? mag : (2 + (mag & 1)) << ((mag >> 1) - 1);
   return (code & 8) ? -v : v;
-}
-
-static inline PYV4_HD uint32_t load_u32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
-}
-
-static inline PYV4_HD int32_t pack4(int a, int b, int c, int d) {
-  return static_cast<int32_t>((static_cast<uint32_t>(a) & 255u) | (static_cast<uint32_t>(b) & 255u) << 8 |
-                              (static_cast<uint32_t>(c) & 255u) << 16 |
-                              (static_cast<uint32_t>(d) & 255u) << 24);
 }
 
 // acc + the dot of the four signed bytes of a and b (dp4a on the GPU).
@@ -127,7 +91,7 @@ static inline PYV4_HD float mul_sub(float a, float b, float c) {
 static constexpr PYV4_HD bool is_group_type(GGMLType t) {
   return t == GGMLType::Q8_0 || t == GGMLType::Q4_0 || t == GGMLType::IQ4_NL || t == GGMLType::MXFP4 ||
          t == GGMLType::Q4_K || t == GGMLType::Q5_K || t == GGMLType::Q6_K || t == GGMLType::Q2_K ||
-         t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS || t == GGMLType::IQ4_XS;
+         t == GGMLType::Q3_K || t == GGMLType::IQ2_XXS || t == GGMLType::IQ4_XS || grid_iquant_bytes(t) > 0;
 }
 
 // The code of element e (0..31) of 4-bit group bytes qs: low nibbles hold
@@ -163,6 +127,7 @@ static inline PYV4_HD int q3k_scale(const uint8_t* q, int s) {
 static inline PYV4_HD void group_scale(GGMLType t, const uint8_t* row, int64_t g, float* d, float* m) {
   using namespace qblocks;
   m[0] = m[1] = 0.0f;
+  if (const int bytes = grid_iquant_bytes(t)) return iq_group_scale(t, row + bytes * (g / 8), static_cast<int>(g % 8), d);
   switch (t) {
     case GGMLType::Q8_0:
       d[0] = f16_to_f32(load_u16(row + sizeof(BlockQ8_0) * g));
@@ -227,6 +192,7 @@ static inline PYV4_HD void group_scale(GGMLType t, const uint8_t* row, int64_t g
 // The signed code of element e (0..31) of group g.
 static inline PYV4_HD int group_code(GGMLType t, const uint8_t* row, int64_t g, int e) {
   using namespace qblocks;
+  if (const int bytes = grid_iquant_bytes(t)) return iq_group_code(t, row + bytes * (g / 8), static_cast<int>(g % 8), e);
   switch (t) {
     case GGMLType::Q8_0:
       return static_cast<int8_t>(row[sizeof(BlockQ8_0) * g + 2 + e]);
@@ -281,6 +247,7 @@ static inline PYV4_HD void load_group(GGMLType t, const uint8_t* row, int64_t g,
   using namespace qblocks;
   // Word-wise: one load per 4 codes (one grid load per 8 for IQ2_XXS) rather
   // than one per code; the GEMV's instruction count is mostly these loads.
+  if (const int bytes = grid_iquant_bytes(t)) return iq_group_words(t, row + bytes * (g / 8), static_cast<int>(g % 8), out->w);
   switch (t) {
     case GGMLType::Q8_0: {
       const uint8_t* qs = row + sizeof(BlockQ8_0) * g + 2;

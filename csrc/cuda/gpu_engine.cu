@@ -504,10 +504,9 @@ void GpuEngine::Impl::moe(int64_t il, const int64_t* tokens, int64_t n, const fl
     for (size_t i = 0; i < pair_of[r].size(); ++i) row_of[pair_of[r][i]] = static_cast<int32_t>(seg0[r] + i);
   float* yall_d = fbuf(yall, n * K * D);
 
-  // The host's experts: on the CPU pool, or (a large chunk, types the GPU multiplies) streamed to the GPU.
+  // The host's experts: on the CPU pool, or (a large chunk) streamed to the GPU.
   const bool host_work = !tok[n_ranges].empty();
-  bool stream = host_work && multiplies(L.gate_exps.type) && multiplies(L.up_exps.type) &&
-                multiplies(L.down_exps.type);
+  bool stream = host_work;
   if (stream) {  // the cost model (cuda/stream_plan.h) on the experts this chunk uses
     const std::vector<int32_t>& ex = loc[n_ranges];  // sorted by expert above
     size_t used = 0;

@@ -49,6 +49,12 @@ void with_type(GGMLType t, F&& f) {
     case GGMLType::Q3_K: return f(std::integral_constant<GGMLType, GGMLType::Q3_K>{});
     case GGMLType::IQ2_XXS: return f(std::integral_constant<GGMLType, GGMLType::IQ2_XXS>{});
     case GGMLType::IQ4_XS: return f(std::integral_constant<GGMLType, GGMLType::IQ4_XS>{});
+    case GGMLType::IQ3_XXS: return f(std::integral_constant<GGMLType, GGMLType::IQ3_XXS>{});
+    case GGMLType::IQ2_XS: return f(std::integral_constant<GGMLType, GGMLType::IQ2_XS>{});
+    case GGMLType::IQ3_S: return f(std::integral_constant<GGMLType, GGMLType::IQ3_S>{});
+    case GGMLType::IQ2_S: return f(std::integral_constant<GGMLType, GGMLType::IQ2_S>{});
+    case GGMLType::IQ1_S: return f(std::integral_constant<GGMLType, GGMLType::IQ1_S>{});
+    case GGMLType::IQ1_M: return f(std::integral_constant<GGMLType, GGMLType::IQ1_M>{});
     default: break;
   }
 }

@@ -2,8 +2,8 @@
 // memory (the same bytes as the file). Plain C++ interface (csrc/cuda/matmul.cu).
 //
 // Decode (few tokens): a GEMV that streams each row once for all tokens
-// (gemv.cu). Integer weight types (Q8_0, Q4_0, IQ4_NL, Q4_K, Q5_K, Q6_K, MXFP4 and the
-// low-bit expert types Q2_K, Q3_K, IQ2_XXS, IQ4_XS of issue #16) work on the
+// (gemv.cu). Integer weight types (Q8_0, Q4_0, IQ4_NL, Q4_K, Q5_K, Q6_K, MXFP4, the
+// low-bit expert types Q2_K, Q3_K, IQ2_XXS, IQ4_XS of issue #16 and the other i-quants) work on the
 // activations quantized per group of 32 to int8 exactly as the CPU's fast
 // path does (csrc/quant/kernels.h) with dp4a dots (cuda/block_math.h); F32 /
 // F16 / BF16 are an fp32 dot. Prefill: for the integer types a GEMM on int8
@@ -32,11 +32,9 @@ enum class MatmulKernel { Auto, Gemv, Gemm };
 // per token in registers and re-reads each weight group for every 8 tokens.
 constexpr int64_t kGemvMaxTokens = 8;
 
-// Whether matmul multiplies weights of type t: F32, F16, BF16, Q8_0, Q4_0, IQ4_NL, Q4_K,
-// Q5_K, Q6_K, MXFP4, Q2_K, Q3_K, IQ2_XXS, IQ4_XS. Not the CPU-only IQ3_XXS, IQ2_XS, IQ1_S,
-// IQ1_M, IQ3_S, IQ2_S: uploading one throws (gpu_weights.cu), the placement keeps routed experts
-// of those types on the host (pyv4/placement.py CPU_ONLY_TYPES) and GpuEngine
-// does not stream them.
+// Whether matmul multiplies weights of type t: every weight type the CPU runs (F32, F16,
+// BF16, Q8_0, Q4_0, IQ4_NL, Q4_K, Q5_K, Q6_K, MXFP4, the low-bit types of issue #16 and
+// the i-quants of community files); uploading another type throws (gpu_weights.cu).
 bool multiplies(GGMLType t);
 
 // Device scratch of the quantized activations, grown as needed and kept.

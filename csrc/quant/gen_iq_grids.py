@@ -32,8 +32,12 @@ def write(name, comment, body):
 
 
 def table(ctype, cname, words, digits, per_line):
-    return (f"alignas(64) static constexpr {ctype} {cname}[{len(words)}] = {{\n"
-            + "\n".join(entry_lines(words, digits, per_line)) + "\n};\n")
+    """The table, its entries also a macro PYV4_<NAME>_ENTRIES, so the CUDA code defines
+    its device copy from the same data (csrc/cuda/block_math.h): device code cannot
+    index a host table."""
+    macro = "PYV4_" + cname[1:].upper().replace("GRID", "_GRID").replace("NIBBLES", "_NIBBLES") + "_ENTRIES"
+    return (f"#define {macro} \\\n" + " \\\n".join(entry_lines(words, digits, per_line)) + "\n\n"
+            + f"alignas(64) static constexpr {ctype} {cname}[{len(words)}] = {{{macro}}};\n")
 
 
 def namespaced(decl):
@@ -49,24 +53,13 @@ def magnitudes(cls, fname, cname, values, extra=""):
     ggml = cls.__name__.lower().replace("_", "") + "_grid"
     write(fname, f"gguf.quants.{cls.__name__} (GGML's\n// {ggml})",
           f"// Entry i holds the {per} magnitudes {values} of grid point i, value j\n"
-          "// in byte j (little-endian).\n"
+          "// in byte j (little-endian). The entries are also a macro, for the CUDA code's\n"
+          "// device copy (csrc/cuda/block_math.h).\n"
           + namespaced(table(ctype, cname, words, digits, per_line) + extra))
 
 
 def main():
-    # IQ2_XXS: also a macro, so the CUDA code defines its device copy from the same data
-    words = grid_of(gq.IQ2_XXS, np.uint8).copy().view("<u8").reshape(256)
-    write("iq2xxs_grid.h", "gguf.quants.IQ2_XXS (GGML's\n// iq2xxs_grid)",
-          "// Entry i holds the 8 magnitudes (each 8, 25 or 43) of grid point i, value j in\n"
-          "// byte j (little-endian). The entries are also a macro, so the CUDA code can define\n"
-          "// its device copy from the same data (csrc/cuda/block_math.h): device code cannot\n"
-          "// index a host table.\n"
-          "#pragma once\n\n#include <cstdint>\n\n"
-          "#define PYV4_IQ2XXS_GRID_ENTRIES \\\n"
-          + " \\\n".join(entry_lines(words, 16, 4))
-          + "\n\nnamespace pyv4 {\nnamespace qblocks {\n\n"
-          "alignas(64) static constexpr uint64_t kIq2xxsGrid[256] = {PYV4_IQ2XXS_GRID_ENTRIES};\n"
-          "\n}  // namespace qblocks\n}  // namespace pyv4\n")
+    magnitudes(gq.IQ2_XXS, "iq2xxs_grid.h", "kIq2xxsGrid", "(each 8, 25 or 43)")
     magnitudes(gq.IQ2_XS, "iq2xs_grid.h", "kIq2xsGrid", "(each 8, 25 or 43)")
     magnitudes(gq.IQ3_XXS, "iq3xxs_grid.h", "kIq3xxsGrid", "(4, 12, ..., 52 or 62)")
     magnitudes(gq.IQ2_S, "iq2s_grid.h", "kIq2sGrid", "(each 8, 25 or 43)")
@@ -81,6 +74,7 @@ def main():
     write("iq1s_grid.h", "gguf.quants.IQ1_S (GGML's\n// iq1s_grid, shared by IQ1_M)",
           "// Entry i holds the 8 values (-1, 0 or 1) of grid point i, each plus one (0, 1, 2),\n"
           "// value j in byte j (little-endian): unsigned bytes, as the kernels' codes want them.\n"
+          "// The entries are also a macro, for the CUDA code's device copy (csrc/cuda/block_math.h).\n"
           + namespaced(table("uint64_t", "kIq1sGrid", words, 16, 4)))
 
 

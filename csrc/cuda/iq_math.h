@@ -1,0 +1,162 @@
+// The grid-coded i-quants for cuda/block_math.h: their grids as device copies,
+// and per group of 32 (block b of a super-block sb) the two half scales, one
+// signed code, or the 8 words of 4 codes. __host__ __device__ like block_math.h:
+// tests/test_cuda_host.py runs this code on the CPU against the scalar decode
+// (csrc/quant/dequant.cpp), bit for bit. Each value is d[h] * code with one
+// rounding, as the scalar decode's d * magnitude * sign (a sign flip is exact);
+// IQ1_S / IQ1_M's grid value + -1/8 becomes code 8 * value +- 1 with d / 8 (d / 8
+// is exact, so the product rounds the same real number once).
+#pragma once
+
+#include <cstdint>
+
+#include "quant/blocks.h"
+#include "quant/ggml_types.h"
+#include "quant/iq1s_grid.h"
+#include "quant/iq2s_grid.h"
+#include "quant/iq2xs_grid.h"
+#include "quant/iq2xxs_grid.h"
+#include "quant/iq3s_grid.h"
+#include "quant/iq3xxs_grid.h"
+
+namespace pyv4 {
+namespace cudamath {
+
+// Byte helpers (block_math.h uses them too).
+static inline PYV4_HD uint32_t load_u32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
+         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
+}
+
+static inline PYV4_HD int32_t pack4(int a, int b, int c, int d) {
+  return static_cast<int32_t>((static_cast<uint32_t>(a) & 255u) | (static_cast<uint32_t>(b) & 255u) << 8 |
+                              (static_cast<uint32_t>(c) & 255u) << 16 |
+                              (static_cast<uint32_t>(d) & 255u) << 24);
+}
+
+#ifdef __CUDACC__
+// The grids (quant/iq*_grid.h) for device code, one copy per translation unit;
+// lanes of a warp index them at random, so they live in global memory (cached)
+// rather than in constant memory, which serialises them.
+static __device__ const uint64_t kIq2xxsGridDevice[256] = {PYV4_IQ2XXS_GRID_ENTRIES};
+static __device__ const uint64_t kIq2xsGridDevice[512] = {PYV4_IQ2XS_GRID_ENTRIES};
+static __device__ const uint64_t kIq2sGridDevice[1024] = {PYV4_IQ2S_GRID_ENTRIES};
+static __device__ const uint32_t kIq3xxsGridDevice[256] = {PYV4_IQ3XXS_GRID_ENTRIES};
+static __device__ const uint32_t kIq3sGridDevice[512] = {PYV4_IQ3S_GRID_ENTRIES};
+static __device__ const uint64_t kIq1sGridDevice[2048] = {PYV4_IQ1S_GRID_ENTRIES};
+#endif
+
+#ifdef __CUDA_ARCH__
+#define PYV4_IQ_GRID(name, i) name##Device[i]
+#else
+#define PYV4_IQ_GRID(name, i) qblocks::name[i]
+#endif
+
+static inline PYV4_HD uint64_t iq2xxs_grid(unsigned i) { return PYV4_IQ_GRID(kIq2xxsGrid, i); }
+
+// Whether element j (0..7) of an IQ2 / IQ3_XXS sign index (7 bits, the 8th sign
+// is their parity: an even count of minus signs) is negative (qblocks::iq2_signs8).
+static inline PYV4_HD bool iq2_negative(uint32_t idx7, int j) {
+#ifdef __CUDA_ARCH__
+  const uint32_t parity = __popc(idx7) & 1u;
+#else
+  const uint32_t parity = static_cast<uint32_t>(__builtin_parity(idx7));
+#endif
+  return ((idx7 | parity << 7) >> j) & 1u;
+}
+
+// The i-quants decoded here, and their super-block bytes (0: another type).
+static constexpr PYV4_HD int grid_iquant_bytes(GGMLType t) {
+  return t == GGMLType::IQ3_XXS ? 98 : t == GGMLType::IQ2_XS ? 74 : t == GGMLType::IQ3_S ? 110
+         : t == GGMLType::IQ2_S ? 82 : t == GGMLType::IQ1_S ? 50 : t == GGMLType::IQ1_M ? 56 : 0;
+}
+
+// The 3-bit scale of 16-element sub-block k of an IQ1_M super-block (scales at
+// byte 48: qblocks::iq1m_scale), and its f16 d (the scale words' top nibbles).
+static inline PYV4_HD int iq1m_scale(const uint8_t* sb, int k) {
+  return (qblocks::load_u16(sb + 48 + 2 * (k / 4)) >> (3 * (k % 4))) & 7;
+}
+static inline PYV4_HD float iq1m_d(const uint8_t* sb) {
+  uint16_t h = 0;
+  for (int i = 0; i < 4; ++i) h |= static_cast<uint16_t>((qblocks::load_u16(sb + 48 + 2 * i) >> 12) << (4 * i));
+  return qblocks::f16_to_f32(h);
+}
+
+// d[0], d[1]: the scales of elements 0..15 and 16..31 of block b of super-block sb.
+static inline PYV4_HD void iq_group_scale(GGMLType t, const uint8_t* sb, int b, float* d) {
+  using qblocks::f16_to_f32;
+  using qblocks::load_u16;
+  switch (t) {
+    case GGMLType::IQ3_XXS: {
+      const uint32_t sg = load_u32(sb + 66 + 4 * b);
+      d[0] = d[1] = f16_to_f32(load_u16(sb)) * (0.5f + static_cast<float>(sg >> 28)) * 0.5f;
+      return;
+    }
+    case GGMLType::IQ3_S:
+      d[0] = d[1] = f16_to_f32(load_u16(sb)) * static_cast<float>(1 + 2 * ((sb[106 + b / 2] >> (4 * (b % 2))) & 15));
+      return;
+    case GGMLType::IQ1_S: {
+      const uint16_t qh = load_u16(sb + 34 + 2 * b);
+      d[0] = d[1] = f16_to_f32(load_u16(sb)) * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * 0.125f;
+      return;
+    }
+    case GGMLType::IQ1_M:
+      for (int h = 0; h < 2; ++h) d[h] = iq1m_d(sb) * static_cast<float>(2 * iq1m_scale(sb, 2 * b + h) + 1) * 0.125f;
+      return;
+    default: {  // IQ2_XS (scales at 66), IQ2_S (at 74): nibble h of the block's scale byte
+      const int at = t == GGMLType::IQ2_XS ? 66 : 74;
+      for (int h = 0; h < 2; ++h)
+        d[h] = f16_to_f32(load_u16(sb)) * (0.5f + static_cast<float>((sb[at + b] >> (4 * h)) & 15)) * 0.25f;
+    }
+  }
+}
+
+// The signed code of element e (0..31) of block b of super-block sb.
+static inline PYV4_HD int iq_group_code(GGMLType t, const uint8_t* sb, int b, int e) {
+  using qblocks::load_u16;
+  switch (t) {
+    case GGMLType::IQ3_XXS: {  // grid index bytes at 2 + 8b, sign word at 66 + 4b
+      const int mag = static_cast<int>((PYV4_IQ_GRID(kIq3xxsGrid, sb[2 + 8 * b + e / 4]) >> (8 * (e % 4))) & 255);
+      return iq2_negative((load_u32(sb + 66 + 4 * b) >> (7 * (e / 8))) & 127u, e % 8) ? -mag : mag;
+    }
+    case GGMLType::IQ2_XS: {  // index word l = 4b + e / 8: 9-bit grid index, 7-bit sign index
+      const uint32_t w = load_u16(sb + 2 + 2 * (4 * b + e / 8));
+      const int mag = static_cast<int>((PYV4_IQ_GRID(kIq2xsGrid, w & 511) >> (8 * (e % 8))) & 255);
+      return iq2_negative(w >> 9, e % 8) ? -mag : mag;
+    }
+    case GGMLType::IQ3_S: {  // qs at 2, qh at 66, signs at 74
+      const unsigned idx = sb[2 + 8 * b + e / 4] | ((sb[66 + b] >> (e / 4)) & 1u) << 8;
+      const int mag = static_cast<int>((PYV4_IQ_GRID(kIq3sGrid, idx) >> (8 * (e % 4))) & 255);
+      return (sb[74 + 4 * b + e / 8] >> (e % 8)) & 1 ? -mag : mag;
+    }
+    case GGMLType::IQ2_S: {  // index i = 4b + e / 8: low byte at 2 + i, sign byte at 34 + i, high bits qh at 66
+      const int i = 4 * b + e / 8;
+      const unsigned idx = sb[2 + i] | ((sb[66 + b] >> (2 * (i % 4))) & 3u) << 8;
+      const int mag = static_cast<int>((PYV4_IQ_GRID(kIq2sGrid, idx) >> (8 * (e % 8))) & 255);
+      return (sb[34 + i] >> (e % 8)) & 1 ? -mag : mag;
+    }
+    case GGMLType::IQ1_S: {  // qs at 2, qh words at 34; the grid bytes are value + 1
+      const uint16_t qh = load_u16(sb + 34 + 2 * b);
+      const int l = e / 8;
+      const unsigned idx = sb[2 + 4 * b + l] | ((qh >> (3 * l)) & 7u) << 8;
+      const int v = static_cast<int>((PYV4_IQ_GRID(kIq1sGrid, idx) >> (8 * (e % 8))) & 255) - 1;
+      return 8 * v + (qh & 0x8000 ? -1 : 1);
+    }
+    default: {  // IQ1_M: qs at 0, qh at 32 (nibble per grid index: high bits, delta sign at bit 3)
+      const int l = 4 * b + e / 8;
+      const unsigned nib = (sb[32 + l / 2] >> (4 * (l % 2))) & 15u;
+      const int v = static_cast<int>((PYV4_IQ_GRID(kIq1sGrid, sb[l] | (nib & 7u) << 8) >> (8 * (e % 8))) & 255) - 1;
+      return 8 * v + (nib & 8 ? -1 : 1);
+    }
+  }
+}
+
+// Words k = 0..7 of block b's codes (codes 4k..4k+3, one per byte).
+static inline PYV4_HD void iq_group_words(GGMLType t, const uint8_t* sb, int b, int32_t* w) {
+  for (int k = 0; k < 8; ++k)
+    w[k] = pack4(iq_group_code(t, sb, b, 4 * k), iq_group_code(t, sb, b, 4 * k + 1),
+                 iq_group_code(t, sb, b, 4 * k + 2), iq_group_code(t, sb, b, 4 * k + 3));
+}
+
+}  // namespace cudamath
+}  // namespace pyv4
