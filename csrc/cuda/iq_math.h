@@ -151,11 +151,68 @@ static inline PYV4_HD int iq_group_code(GGMLType t, const uint8_t* sb, int b, in
   }
 }
 
-// Words k = 0..7 of block b's codes (codes 4k..4k+3, one per byte).
+// The 4 codes of bytes 4h..4h+3 of a grid entry (8 magnitudes, or IQ1's
+// values + 1), one per byte of the word: mag * (bit i of neg ? -1 : 1) for
+// mul = 1, or 8 * (byte - 1) + delta for IQ1's (mul = 8).
+static inline PYV4_HD int32_t entry_word(uint64_t entry, int h, uint32_t neg, int mul, int delta) {
+  int c[4];
+  for (int i = 0; i < 4; ++i) {
+    const int v = static_cast<int>((entry >> (8 * (4 * h + i))) & 255u);
+    c[i] = mul == 1 ? ((neg >> (4 * h + i)) & 1u ? -v : v) : mul * (v - 1) + delta;
+  }
+  return pack4(c[0], c[1], c[2], c[3]);
+}
+
+// Words k = 0..7 of block b's codes (codes 4k..4k+3, one per byte): one grid
+// load per entry, as load_group's word-wise decode of the other types.
 static inline PYV4_HD void iq_group_words(GGMLType t, const uint8_t* sb, int b, int32_t* w) {
-  for (int k = 0; k < 8; ++k)
-    w[k] = pack4(iq_group_code(t, sb, b, 4 * k), iq_group_code(t, sb, b, 4 * k + 1),
-                 iq_group_code(t, sb, b, 4 * k + 2), iq_group_code(t, sb, b, 4 * k + 3));
+  using qblocks::load_u16;
+  switch (t) {
+    case GGMLType::IQ3_XXS: {  // 4 magnitudes an entry: one entry a word
+      const uint32_t sg = load_u32(sb + 66 + 4 * b);
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t idx7 = (sg >> (7 * (k / 2))) & 127u;
+        uint32_t neg = 0;
+        for (int i = 0; i < 4; ++i) neg |= static_cast<uint32_t>(iq2_negative(idx7, 4 * (k % 2) + i)) << i;
+        w[k] = entry_word(PYV4_IQ_GRID(kIq3xxsGrid, sb[2 + 8 * b + k]), 0, neg, 1, 0);
+      }
+      return;
+    }
+    case GGMLType::IQ3_S: {
+      for (int k = 0; k < 8; ++k) {
+        const unsigned idx = sb[2 + 8 * b + k] | ((sb[66 + b] >> k) & 1u) << 8;
+        const uint32_t neg = (sb[74 + 4 * b + k / 2] >> (4 * (k % 2))) & 15u;
+        w[k] = entry_word(PYV4_IQ_GRID(kIq3sGrid, idx), 0, neg, 1, 0);
+      }
+      return;
+    }
+    default:  // 8 values an entry: two words
+      for (int l = 0; l < 4; ++l) {
+        uint64_t entry;
+        uint32_t neg = 0;
+        int mul = 1, delta = 0;
+        if (t == GGMLType::IQ2_XS) {
+          const uint32_t x = load_u16(sb + 2 + 2 * (4 * b + l));
+          entry = PYV4_IQ_GRID(kIq2xsGrid, x & 511);
+          for (int j = 0; j < 8; ++j) neg |= static_cast<uint32_t>(iq2_negative(x >> 9, j)) << j;
+        } else if (t == GGMLType::IQ2_S) {
+          const int i = 4 * b + l;
+          entry = PYV4_IQ_GRID(kIq2sGrid, sb[2 + i] | ((sb[66 + b] >> (2 * l)) & 3u) << 8);
+          neg = sb[34 + i];
+        } else if (t == GGMLType::IQ1_S) {
+          const uint16_t qh = load_u16(sb + 34 + 2 * b);
+          entry = PYV4_IQ_GRID(kIq1sGrid, sb[2 + 4 * b + l] | ((qh >> (3 * l)) & 7u) << 8);
+          mul = 8, delta = qh & 0x8000 ? -1 : 1;
+        } else {  // IQ1_M
+          const int i = 4 * b + l;
+          const unsigned nib = (sb[32 + i / 2] >> (4 * (i % 2))) & 15u;
+          entry = PYV4_IQ_GRID(kIq1sGrid, sb[i] | (nib & 7u) << 8);
+          mul = 8, delta = nib & 8 ? -1 : 1;
+        }
+        w[2 * l] = entry_word(entry, 0, neg, mul, delta);
+        w[2 * l + 1] = entry_word(entry, 1, neg, mul, delta);
+      }
+  }
 }
 
 }  // namespace cudamath
