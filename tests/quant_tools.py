@@ -12,17 +12,15 @@ INT_TYPES = {"Q8_0", "Q4_0", "IQ4_NL", "Q4_K", "MXFP4"}
 # top nibbles of its scale words: f16_bits / put_f16_bits).
 LOWBIT = {"Q2_K": 84, "Q3_K": 110, "IQ2_XXS": 66, "IQ4_XS": 136, "Q5_K": 176, "Q6_K": 210,
           "IQ3_XXS": 98, "IQ2_XS": 74, "IQ1_S": 50, "IQ1_M": 56, "IQ3_S": 110, "IQ2_S": 82}
-GPU_LOWBIT = LOWBIT
 F16_AT = {"Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ4_XS": [0], "IQ3_XXS": [0],
           "IQ2_XS": [0], "IQ1_S": [0], "IQ1_M": [], "IQ3_S": [0], "IQ2_S": [0], "Q5_K": [0, 2], "Q6_K": [208]}
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18), "IQ4_NL": (32, 18),
          "Q4_K": (256, 144), "MXFP4": (32, 17), **{t: (256, b) for t, b in LOWBIT.items()}}
-# What the GPU multiplies (csrc/cuda/matmul.h): all of them but the CPU-only i-quants,
-# the low-bit ones as integer types.
-GPU_TYPES = TYPES + sorted(GPU_LOWBIT)
-GPU_INT_TYPES = INT_TYPES | set(GPU_LOWBIT)
 # The types whose fast path multiplies int8 activations (check_fast's bound).
 CPU_INT_TYPES = INT_TYPES | set(LOWBIT)
+# What the GPU multiplies (csrc/cuda/matmul.h): every type, the low-bit ones as integer types.
+GPU_TYPES = TYPES + sorted(LOWBIT)
+GPU_INT_TYPES = CPU_INT_TYPES
 
 
 def _rand_f16(rng, shape, lo, hi):

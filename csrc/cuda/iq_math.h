@@ -100,13 +100,15 @@ static inline PYV4_HD void iq_group_scale(GGMLType t, const uint8_t* sb, int b, 
       d[0] = d[1] = f16_to_f32(load_u16(sb)) * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * 0.125f;
       return;
     }
-    case GGMLType::IQ1_M:
-      for (int h = 0; h < 2; ++h) d[h] = iq1m_d(sb) * static_cast<float>(2 * iq1m_scale(sb, 2 * b + h) + 1) * 0.125f;
+    case GGMLType::IQ1_M: {
+      const float d16 = iq1m_d(sb);
+      for (int h = 0; h < 2; ++h) d[h] = d16 * static_cast<float>(2 * iq1m_scale(sb, 2 * b + h) + 1) * 0.125f;
       return;
+    }
     default: {  // IQ2_XS (scales at 66), IQ2_S (at 74): nibble h of the block's scale byte
       const int at = t == GGMLType::IQ2_XS ? 66 : 74;
-      for (int h = 0; h < 2; ++h)
-        d[h] = f16_to_f32(load_u16(sb)) * (0.5f + static_cast<float>((sb[at + b] >> (4 * h)) & 15)) * 0.25f;
+      const float d16 = f16_to_f32(load_u16(sb));
+      for (int h = 0; h < 2; ++h) d[h] = d16 * (0.5f + static_cast<float>((sb[at + b] >> (4 * h)) & 15)) * 0.25f;
     }
   }
 }
