@@ -6,11 +6,14 @@
 // sign. The generic kernel (kernels_lowbit_avx512.cpp) gathers the grid entries
 // and computes the parity by shifts, ~25 ns per 256 weights on Zen 4 where the
 // bytes arrive in ~3-7. Here two super-blocks at a time are decoded with byte
-// permutes (on Zen 4 each zmm permute, vgf2p8affineqb, vpdpbusd and FMA takes a
-// pipe pair for a cycle; vpdpbusd, vgf2p8affineqb and FMA share one pair, the
-// permutes another that overlaps it by one pipe: ~25 cycles a pair of
-// super-blocks by that count; the loop takes ~39, 5.3 ns per super-block, bound
-// by its dependency chain: see gemv_row):
+// permutes. What bounds it on Zen 4 (family 25 model 17, independent zmm ops
+// timed in a scratch loop): permutes alone issue 1 a cycle, and so do
+// vpdpbusd / vgf2p8affineqb / FMA-class ops alone, but an even mix of the two
+// only ~1.27 a cycle (20 + 20 in 31.5 cycles), and masked blends then cost
+// ~0.4 each. A pair of super-blocks at 1 token is 23 permute-class ops, 16
+// dot/FMA-class and 7 blend/mask ops: 32.4 cycles when all are independent;
+// the loop takes ~37 (4.95-5.3 ns per super-block at ~3.7 GHz), within ~15 %
+// of that, so only fewer ops (not another schedule) would make it faster:
 //  1. The grid is re-coded as two bit planes (kPlanes): bit j of P0[i] / P1[i]
 //     is bit 0 / 1 of the level code (0, 1, 2 = magnitude 8, 25, 43) of value j
 //     of entry i. The 64 indices of two super-blocks, gathered into one vector,
