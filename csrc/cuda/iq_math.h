@@ -67,8 +67,11 @@ static inline PYV4_HD bool iq2_negative(uint32_t idx7, int j) {
 
 // The i-quants decoded here, and their super-block bytes (0: another type).
 static constexpr PYV4_HD int grid_iquant_bytes(GGMLType t) {
-  return t == GGMLType::IQ3_XXS ? 98 : t == GGMLType::IQ2_XS ? 74 : t == GGMLType::IQ3_S ? 110
-         : t == GGMLType::IQ2_S ? 82 : t == GGMLType::IQ1_S ? 50 : t == GGMLType::IQ1_M ? 56 : 0;
+  using namespace qblocks;
+  return static_cast<int>(t == GGMLType::IQ3_XXS ? sizeof(BlockIQ3_XXS) : t == GGMLType::IQ2_XS ? sizeof(BlockIQ2_XS)
+                          : t == GGMLType::IQ3_S ? sizeof(BlockIQ3_S)    : t == GGMLType::IQ2_S  ? sizeof(BlockIQ2_S)
+                          : t == GGMLType::IQ1_S ? sizeof(BlockIQ1_S)    : t == GGMLType::IQ1_M  ? sizeof(BlockIQ1_M)
+                                                                                                : 0);
 }
 
 // The 3-bit scale of 16-element sub-block k of an IQ1_M super-block (scales at

@@ -38,10 +38,7 @@ struct BlockQ4_0 {
 };
 // IQ4_NL: Q4_0's layout with the non-linear levels, value[j] = d * kIq4nlValues[qs[j] & 15],
 // value[j + 16] = d * kIq4nlValues[qs[j] >> 4]
-struct BlockIQ4_NL {
-  uint16_t d;  // f16
-  uint8_t qs[16];
-};
+using BlockIQ4_NL = BlockQ4_0;
 // MXFP4: value[j] = kMxfp4x2[qs[j] & 15] * e8m0_half(e), value[j+16] uses qs[j] >> 4.
 // (GGML stores the E2M1 values doubled as int8 and halves the E8M0 scale.)
 struct BlockMXFP4 {
@@ -182,7 +179,6 @@ struct BlockIQ2_S {
 
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block");
-static_assert(sizeof(BlockIQ4_NL) == 18, "IQ4_NL block");
 static_assert(sizeof(BlockMXFP4) == 17, "MXFP4 block");
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block");
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block");

@@ -71,10 +71,9 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
       return;
     }
     case GGMLType::Q4_0:
-      return nibble_blocks<BlockQ4_0>(src, dst, n, kQ4_0Levels, [](const BlockQ4_0& b) { return f16_to_f32(b.d); });
-    case GGMLType::IQ4_NL:
-      return nibble_blocks<BlockIQ4_NL>(src, dst, n, kIq4nlValues,
-                                        [](const BlockIQ4_NL& b) { return f16_to_f32(b.d); });
+    case GGMLType::IQ4_NL:  // one block layout, f16 d
+      return nibble_blocks<BlockQ4_0>(src, dst, n, type == GGMLType::Q4_0 ? kQ4_0Levels : kIq4nlValues,
+                                      [](const BlockQ4_0& b) { return f16_to_f32(b.d); });
     case GGMLType::MXFP4:
       return nibble_blocks<BlockMXFP4>(src, dst, n, kMxfp4x2,
                                        [](const BlockMXFP4& b) { return e8m0_to_f32_half(b.e); });

@@ -17,8 +17,9 @@ namespace {
 // Intel Xeon (family 6 model 207) the hardware prefetcher alone (MXFP4) or with T0
 // 2 KB ahead (Q2_K / IQ2_XXS: their earlier policy, the best T0 distance on Zen 4)
 // left the DRAM-fed GEMVs stalling (numbers at each GEMV); the types bound by
-// their decode (IQ1 / IQ2_S / IQ3) measured the same either way. On Zen 4 this
-// distance was measured for Q8_0 (kernels_avx512.cpp), not for the 2-bit types.
+// their decode (IQ1 / IQ2_S / IQ3) measured the same either way. On Zen 4 it was
+// measured for Q8_0 (kernels_avx512.cpp); for IQ2_XXS and Q2_K no prefetch, T1 2-32 KB
+// and T0 2-4 KB ahead all ran within the host's noise (bench/RESULTS.md, 2026-12-07).
 constexpr int64_t kStreamAhead = 16384;
 
 // IQ4_NL / IQ4_XS codes for vpdpbusd: the non-linear level + 128 (1..241, the
